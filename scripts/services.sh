@@ -1,0 +1,234 @@
+#!/usr/bin/env bash
+# Bring up, inspect or stop the real components Kiln drives and is tested
+# against: Docker Engine, an OCI registry on loopback, a zfs-fuse pool on a
+# file, QEMU (+KVM when usable), binfmt emulation, skopeo.
+#
+#   bash scripts/services.sh up       install what is missing, start what is not running
+#   bash scripts/services.sh status   say where each one is
+#   bash scripts/services.sh down     stop exactly what `up` started (by pid)
+#
+# Running `up` twice is harmless. State lives under $KILN_STATE_DIR (.kiln).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${KILN_STATE_DIR:-$ROOT/.kiln}
+RUN=$STATE/run
+LOG=$STATE/log
+REGISTRY_ADDR=${KILN_REGISTRY_ADDR:-127.0.0.1:5000}
+POOL=${KILN_ZFS_POOL:-kiln}
+mkdir -p "$RUN" "$LOG"
+
+say() { printf '%s\n' "$*"; }
+die() { printf 'services: %s\n' "$*" >&2; exit 1; }
+
+# pid file written only for what this script started.
+started_pid() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+wait_for() { # seconds, description, command...
+    local secs=$1 what=$2; shift 2
+    local i
+    for ((i = 0; i < secs * 4; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.25
+    done
+    return 1
+}
+
+PACKAGES=(docker.io docker-registry zfs-fuse qemu-system-x86 qemu-user-static
+    binfmt-support skopeo busybox-static debootstrap curl iproute2 zstd)
+
+install_packages() {
+    local missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    # qemu-img must come from the same QEMU release as qemu-system: a newer
+    # backported qemu-utils conflicts with Debian's qemu-system-common.
+    local sys_ver utils_ver
+    sys_ver=$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null || true)
+    utils_ver=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    local codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+    if [ -z "$sys_ver" ] || [ "$sys_ver" != "$utils_ver" ]; then
+        missing+=("qemu-utils/$codename")
+    fi
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "packages: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -q --allow-downgrades "${missing[@]}" >"$LOG/apt.log" 2>&1; then
+        apt-get update -q >>"$LOG/apt.log" 2>&1 || true
+        apt-get install -y -q --allow-downgrades "${missing[@]}" >>"$LOG/apt.log" 2>&1 ||
+            { tail -20 "$LOG/apt.log" >&2; die "apt-get install failed: see $LOG/apt.log"; }
+    fi
+}
+
+docker_up() {
+    if docker version >/dev/null 2>&1; then
+        say "docker: running, $(docker version -f '{{.Server.Version}} API {{.Server.APIVersion}}') at unix:///var/run/docker.sock"
+        return 0
+    fi
+    say "docker: starting dockerd"
+    # cgroup v1 hierarchies may need mounting on minimal machines.
+    command -v cgroupfs-mount >/dev/null && [ ! -e /sys/fs/cgroup/cgroup.controllers ] && cgroupfs-mount >/dev/null 2>&1 || true
+    setsid dockerd >"$LOG/dockerd.log" 2>&1 </dev/null &
+    echo $! >"$RUN/dockerd.pid"
+    wait_for 60 dockerd docker version || { tail -20 "$LOG/dockerd.log" >&2; die "dockerd did not answer: see $LOG/dockerd.log"; }
+    say "docker: $(docker version -f '{{.Server.Version}} API {{.Server.APIVersion}}') at unix:///var/run/docker.sock"
+}
+
+registry_up() {
+    if curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then
+        say "registry: running at http://$REGISTRY_ADDR"
+        return 0
+    fi
+    say "registry: starting on $REGISTRY_ADDR"
+    mkdir -p "$STATE/registry/data"
+    cat >"$STATE/registry/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE/registry/data
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+EOF
+    setsid docker-registry serve "$STATE/registry/config.yml" >"$LOG/registry.log" 2>&1 </dev/null &
+    echo $! >"$RUN/registry.pid"
+    wait_for 30 registry curl -fsS "http://$REGISTRY_ADDR/v2/" || { tail -20 "$LOG/registry.log" >&2; die "registry did not answer: see $LOG/registry.log"; }
+    say "registry: http://$REGISTRY_ADDR (storage $STATE/registry/data)"
+}
+
+zfs_daemon_answers() { zpool list >/dev/null 2>&1; }
+
+zfs_up() {
+    rm -f "$RUN/zfs.unavailable"
+    if zpool list -H -o health "$POOL" 2>/dev/null | grep -q ONLINE; then
+        say "zfs: pool $POOL ONLINE"
+        return 0
+    fi
+    if ! zfs_daemon_answers; then
+        say "zfs: starting zfs-fuse"
+        [ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229 2>/dev/null || true
+        modprobe fuse >/dev/null 2>&1 || true
+        mkdir -p /var/run/zfs /var/lock/zfs
+        rm -f /var/run/zfs/zfs_socket
+        setsid zfs-fuse --no-daemon --no-kstat-mount >"$LOG/zfs-fuse.log" 2>&1 </dev/null &
+        echo $! >"$RUN/zfs-fuse.pid"
+        if ! wait_for 30 zfs-fuse zfs_daemon_answers; then
+            zfs_unavailable "zfs-fuse did not answer within 30s"
+            return 0
+        fi
+    fi
+    # A pool left by an earlier run (zfs-fuse restarted) is imported, not recreated.
+    local dirs=("$STATE/zfs" "/var/lib/kiln-zfs")
+    local d
+    for d in "${dirs[@]}"; do
+        if [ -f "$d/$POOL.img" ] && zpool import -d "$d" "$POOL" >>"$LOG/zfs-fuse.log" 2>&1; then
+            say "zfs: pool $POOL imported from $d/$POOL.img"
+            return 0
+        fi
+    done
+    local attempt
+    for d in "${dirs[@]}"; do
+        mkdir -p "$d"
+        rm -f "$d/$POOL.img"
+        truncate -s 4G "$d/$POOL.img"
+        for attempt in 1 2 3 4 5; do
+            if zpool create -f -m "/$POOL" "$POOL" "$d/$POOL.img" >>"$LOG/zfs-fuse.log" 2>&1; then
+                say "zfs: pool $POOL ONLINE on $d/$POOL.img (4 GiB sparse), mounted at /$POOL"
+                return 0
+            fi
+            sleep 1
+        done
+        rm -f "$d/$POOL.img"
+        say "zfs: zpool create on $d failed (attempts logged in $LOG/zfs-fuse.log)"
+    done
+    zfs_unavailable "zpool create $POOL failed on every backing file"
+}
+
+# ZFS is one component among several: when this machine cannot run it, say
+# so loudly, record why (tests read the reason) and carry on with the rest.
+zfs_unavailable() {
+    echo "$1" >"$RUN/zfs.unavailable"
+    {
+        echo "zfs: UNAVAILABLE: $1"
+        echo "---- $LOG/zfs-fuse.log (tail)"
+        tail -30 "$LOG/zfs-fuse.log" 2>/dev/null || true
+        echo "---- /dev/fuse: $(ls -l /dev/fuse 2>&1)"
+        echo "---- filesystem: $(df -T "$STATE" 2>&1 | tail -1)"
+    } >&2
+}
+
+binfmt_up() {
+    if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+        mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+    fi
+    update-binfmts --enable >/dev/null 2>&1 || true
+    local arches=()
+    local f
+    for f in aarch64:arm64 arm:arm32v7 ppc64le:ppc64le s390x:s390x riscv64:riscv64; do
+        grep -q enabled "/proc/sys/fs/binfmt_misc/qemu-${f%%:*}" 2>/dev/null && arches+=("${f#*:}")
+    done
+    say "binfmt: ${arches[*]:-none}"
+}
+
+qemu_status() {
+    local kvm="no (TCG)"
+    [ -r /dev/kvm ] && [ -w /dev/kvm ] && kvm="yes"
+    say "qemu: $(qemu-system-x86_64 --version | head -1), qemu-img $(qemu-img --version | head -1 | awk '{print $3}'), KVM $kvm"
+    say "skopeo: $(skopeo --version 2>/dev/null | awk '{print $3}')"
+}
+
+up() {
+    install_packages
+    docker_up
+    registry_up
+    zfs_up
+    binfmt_up
+    qemu_status
+    if [ -x "$ROOT/scripts/qemu-fixture.sh" ]; then
+        bash "$ROOT/scripts/qemu-fixture.sh"
+    fi
+}
+
+status() {
+    if docker version >/dev/null 2>&1; then say "docker: running"; else say "docker: down"; fi
+    if curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then say "registry: http://$REGISTRY_ADDR"; else say "registry: down"; fi
+    if zpool list -H -o health "$POOL" 2>/dev/null | grep -q ONLINE; then say "zfs: pool $POOL ONLINE"; else say "zfs: down"; fi
+    binfmt_up
+    qemu_status
+}
+
+stop_pid() {
+    local name=$1
+    if started_pid "$name"; then
+        local pid
+        pid=$(cat "$RUN/$name.pid")
+        kill "$pid" 2>/dev/null || true
+        local i
+        for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        kill -9 "$pid" 2>/dev/null || true
+        say "$name: stopped (pid $pid)"
+    fi
+    rm -f "$RUN/$name.pid"
+}
+
+down() {
+    stop_pid kiln-serve
+    if started_pid zfs-fuse; then
+        zpool export "$POOL" >/dev/null 2>&1 || true
+    fi
+    stop_pid zfs-fuse
+    stop_pid registry
+    stop_pid dockerd
+}
+
+case "${1:-up}" in
+up) up ;;
+status) status ;;
+down) down ;;
+*) die "usage: $0 up|status|down" ;;
+esac

@@ -1,0 +1,5 @@
+//! One module per subcommand: argument struct and a `run` function that
+//! turns library results into output and an exit code.
+
+pub mod config;
+pub mod doctor;

@@ -1,0 +1,489 @@
+//! Configuration: embedded defaults, overridden by a TOML file, then by
+//! `KILN_*` environment variables, then by `--set key=value` flags.
+//!
+//! The embedded defaults are the repository's own `kiln.toml`, so the
+//! documented file and the defaults can never drift apart.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The defaults, compiled in.
+pub const DEFAULT_TOML: &str = include_str!("../kiln.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: invalid TOML: {message}")]
+    Parse { origin: String, message: String },
+    #[error("{origin}: {message}")]
+    Field { origin: String, message: String },
+    #[error("--set {arg}: expected KEY=VALUE with KEY like `registry.url`")]
+    BadSet { arg: String },
+    #[error("{origin}: unknown setting `{key}`; known settings are listed in kiln.toml")]
+    UnknownKey { origin: String, key: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub versions_dir: PathBuf,
+    pub platforms_dir: PathBuf,
+    pub manifests_dir: PathBuf,
+    pub database: Database,
+    pub registry: Registry,
+    pub docker: Docker,
+    pub zfs: Zfs,
+    pub qemu: Qemu,
+    pub api: Api,
+    pub daemon: Daemon,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub url: String,
+    pub namespace: String,
+    pub insecure: bool,
+    pub concurrency: usize,
+    pub rate_limit: f64,
+    pub docker_config: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Docker {
+    pub hosts: Vec<DockerHost>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DockerHost {
+    pub name: String,
+    /// `unix:///path`, `tcp://host:port` (TLS from DOCKER_CERT_PATH) or `ssh://user@host`.
+    pub endpoint: String,
+    /// `linux` or `windows`.
+    pub os: String,
+    /// Native arch, in Kiln's arch names (amd64, arm64, …).
+    pub arch: String,
+    #[serde(default)]
+    pub emulate: Vec<String>,
+    #[serde(default = "one")]
+    pub concurrency: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Zfs {
+    pub hosts: Vec<ZfsHost>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ZfsHost {
+    pub name: String,
+    #[serde(default)]
+    pub ssh: String,
+    pub pool: String,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Qemu {
+    pub accel: String,
+    pub system: String,
+    pub img: String,
+    pub boot_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    pub listen: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Daemon {
+    pub schedule: String,
+    pub max_attempts: u32,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Explicit file (`--config`); when `None`, `$KILN_CONFIG`, then
+    /// `./kiln.toml` if present, else embedded defaults only.
+    pub file: Option<PathBuf>,
+    /// Environment variables to consider (normally `std::env::vars()`).
+    pub env: Vec<(String, String)>,
+    /// `--set key=value` flags.
+    pub sets: Vec<String>,
+}
+
+impl Sources {
+    pub fn from_process(file: Option<PathBuf>, sets: Vec<String>) -> Self {
+        Sources {
+            file,
+            env: std::env::vars().collect(),
+            sets,
+        }
+    }
+}
+
+impl Config {
+    /// Embedded defaults only, with relative paths against `base`.
+    pub fn defaults(base: &Path) -> Result<Config, ConfigError> {
+        let value = parse("embedded defaults", DEFAULT_TOML)?;
+        finish(value, "embedded defaults", base)
+    }
+
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut value = parse("embedded defaults", DEFAULT_TOML)?;
+        let env_file = sources
+            .env
+            .iter()
+            .find(|(k, _)| k == "KILN_CONFIG")
+            .map(|(_, v)| PathBuf::from(v));
+        let file = sources.file.clone().or(env_file).or_else(|| {
+            let p = PathBuf::from("kiln.toml");
+            p.exists().then_some(p)
+        });
+        let mut base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let mut origin = "embedded defaults".to_string();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            origin = path.display().to_string();
+            let overlay = parse(&origin, &text)?;
+            merge(&mut value, overlay, &origin, "")?;
+            if let Some(dir) = path.parent() {
+                base = if dir.as_os_str().is_empty() {
+                    base
+                } else if dir.is_absolute() {
+                    dir.to_path_buf()
+                } else {
+                    base.join(dir)
+                };
+            }
+        }
+        for (key, raw) in &sources.env {
+            let Some(rest) = key.strip_prefix("KILN_") else {
+                continue;
+            };
+            if rest == "CONFIG" || rest == "LOG" {
+                continue;
+            }
+            if let Some(path) = env_path(&value, rest) {
+                set_path(&mut value, &path, raw, &format!("environment {key}"))?;
+            }
+        }
+        for arg in &sources.sets {
+            let (k, v) = arg
+                .split_once('=')
+                .ok_or_else(|| ConfigError::BadSet { arg: arg.clone() })?;
+            let path: Vec<String> = k.split('.').map(str::to_string).collect();
+            if lookup(&value, &path).is_none() {
+                return Err(ConfigError::UnknownKey {
+                    origin: format!("--set {arg}"),
+                    key: k.to_string(),
+                });
+            }
+            set_path(&mut value, &path, v, &format!("--set {arg}"))?;
+        }
+        finish(value, &origin, &base)
+    }
+
+    /// Absolute path of the SQLite database.
+    pub fn database_path(&self) -> &Path {
+        &self.database.path
+    }
+
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("log")
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.state_dir.join("work")
+    }
+
+    pub fn lockfile_path(&self) -> PathBuf {
+        self.manifests_dir.join("lockfile.json")
+    }
+}
+
+fn parse(origin: &str, text: &str) -> Result<toml::Value, ConfigError> {
+    text.parse::<toml::Table>()
+        .map(toml::Value::Table)
+        .map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })
+}
+
+fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+    let mut config: Config = value.try_into().map_err(|e: toml::de::Error| ConfigError::Field {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    })?;
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    config.state_dir = abs(&config.state_dir);
+    config.versions_dir = abs(&config.versions_dir);
+    config.platforms_dir = abs(&config.platforms_dir);
+    config.manifests_dir = abs(&config.manifests_dir);
+    config.database.path = abs(&config.database.path);
+    validate(&config, origin)?;
+    Ok(config)
+}
+
+fn validate(c: &Config, origin: &str) -> Result<(), ConfigError> {
+    let field = |message: String| ConfigError::Field {
+        origin: origin.to_string(),
+        message,
+    };
+    if !(c.registry.url.starts_with("http://") || c.registry.url.starts_with("https://")) {
+        return Err(field(format!(
+            "registry.url = {:?}: must start with http:// or https://",
+            c.registry.url
+        )));
+    }
+    if c.registry.concurrency == 0 {
+        return Err(field("registry.concurrency must be at least 1".into()));
+    }
+    if c.registry.rate_limit.is_nan() || c.registry.rate_limit <= 0.0 {
+        return Err(field("registry.rate_limit must be positive".into()));
+    }
+    for (i, h) in c.docker.hosts.iter().enumerate() {
+        if h.os != "linux" && h.os != "windows" {
+            return Err(field(format!(
+                "docker.hosts[{i}] ({}): os = {:?}, expected \"linux\" or \"windows\"",
+                h.name, h.os
+            )));
+        }
+        if h.concurrency == 0 {
+            return Err(field(format!(
+                "docker.hosts[{i}] ({}): concurrency must be at least 1",
+                h.name
+            )));
+        }
+        let ok = h.endpoint.starts_with("unix://")
+            || h.endpoint.starts_with("tcp://")
+            || h.endpoint.starts_with("ssh://")
+            || h.endpoint.starts_with("npipe://");
+        if !ok {
+            return Err(field(format!(
+                "docker.hosts[{i}] ({}): endpoint = {:?}, expected unix://, tcp://, ssh:// or npipe://",
+                h.name, h.endpoint
+            )));
+        }
+    }
+    if !matches!(c.qemu.accel.as_str(), "auto" | "kvm" | "tcg") {
+        return Err(field(format!(
+            "qemu.accel = {:?}: expected \"auto\", \"kvm\" or \"tcg\"",
+            c.qemu.accel
+        )));
+    }
+    if c.api.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(field(format!(
+            "api.listen = {:?}: expected ADDRESS:PORT such as 127.0.0.1:8080",
+            c.api.listen
+        )));
+    }
+    if let Err(e) = c.daemon.schedule.parse::<cron::Schedule>() {
+        return Err(field(format!(
+            "daemon.schedule = {:?}: {e}",
+            c.daemon.schedule
+        )));
+    }
+    Ok(())
+}
+
+/// Overlay `overlay` onto `base`, refusing keys the defaults do not know.
+fn merge(
+    base: &mut toml::Value,
+    overlay: toml::Value,
+    origin: &str,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    match (base, overlay) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match b.get_mut(&k) {
+                    Some(slot @ toml::Value::Table(_)) if v.is_table() => {
+                        merge(slot, v, origin, &key)?
+                    }
+                    Some(slot) => *slot = v,
+                    None => {
+                        return Err(ConfigError::UnknownKey {
+                            origin: origin.to_string(),
+                            key,
+                        });
+                    }
+                }
+            }
+            Ok(())
+        }
+        (b, o) => {
+            *b = o;
+            Ok(())
+        }
+    }
+}
+
+fn lookup<'a>(value: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    let mut cur = value;
+    for p in path {
+        cur = cur.as_table()?.get(p)?;
+    }
+    Some(cur)
+}
+
+/// Map `REGISTRY_URL` to `["registry", "url"]` when such a scalar exists.
+/// Top-level keys with underscores (`STATE_DIR`) are tried first.
+fn env_path(value: &toml::Value, rest: &str) -> Option<Vec<String>> {
+    let lower = rest.to_ascii_lowercase();
+    let table = value.as_table()?;
+    if let Some(v) = table.get(&lower)
+        && !v.is_table()
+    {
+        return Some(vec![lower]);
+    }
+    let (section, key) = lower.split_once('_')?;
+    let sec = table.get(section)?.as_table()?;
+    match sec.get(key) {
+        Some(v) if !v.is_table() && !v.is_array() => Some(vec![section.into(), key.into()]),
+        _ => None,
+    }
+}
+
+fn set_path(
+    value: &mut toml::Value,
+    path: &[String],
+    raw: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
+    let mut cur = value;
+    for p in path {
+        cur = cur
+            .as_table_mut()
+            .and_then(|t| t.get_mut(p))
+            .ok_or_else(|| ConfigError::UnknownKey {
+                origin: origin.to_string(),
+                key: path.join("."),
+            })?;
+    }
+    let bad = |what: &str| ConfigError::Field {
+        origin: origin.to_string(),
+        message: format!("{} = {raw:?}: expected {what}", path.join(".")),
+    };
+    *cur = match cur {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|_| bad("an integer"))?),
+        toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|_| bad("a number"))?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?),
+        _ => {
+            // Arrays and tables: accept an inline TOML value.
+            let wrapped = format!("v = {raw}");
+            let t: toml::Table = wrapped.parse().map_err(|_| bad("a TOML value"))?;
+            t.get("v").cloned().ok_or_else(|| bad("a TOML value"))?
+        }
+    };
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(env: &[(&str, &str)], sets: &[&str], file: Option<PathBuf>) -> Sources {
+        Sources {
+            file,
+            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            sets: sets.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::defaults(Path::new("/base")).unwrap();
+        assert_eq!(c.registry.url, "http://127.0.0.1:5000");
+        assert_eq!(c.state_dir, PathBuf::from("/base/.kiln"));
+        assert_eq!(c.docker.hosts.len(), 1);
+    }
+
+    #[test]
+    fn precedence_file_env_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, "[registry]\nurl = \"http://file:1\"\nconcurrency = 3\n").unwrap();
+        let c = Config::load(&sources(&[], &[], Some(file.clone()))).unwrap();
+        assert_eq!(c.registry.url, "http://file:1");
+        assert_eq!(c.state_dir, dir.path().join(".kiln"));
+        let c = Config::load(&sources(
+            &[("KILN_REGISTRY_URL", "http://env:2"), ("KILN_STATE_DIR", "/s")],
+            &[],
+            Some(file.clone()),
+        ))
+        .unwrap();
+        assert_eq!(c.registry.url, "http://env:2");
+        assert_eq!(c.registry.concurrency, 3);
+        assert_eq!(c.state_dir, PathBuf::from("/s"));
+        let c = Config::load(&sources(
+            &[("KILN_REGISTRY_URL", "http://env:2")],
+            &["registry.url=http://flag:3", "registry.concurrency=5"],
+            Some(file),
+        ))
+        .unwrap();
+        assert_eq!(c.registry.url, "http://flag:3");
+        assert_eq!(c.registry.concurrency, 5);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("k.toml");
+        std::fs::write(&file, "[registry]\nurll = \"x\"\n").unwrap();
+        let e = Config::load(&sources(&[], &[], Some(file.clone()))).unwrap_err();
+        assert!(e.to_string().contains("registry.urll"), "{e}");
+        std::fs::write(&file, "[api]\nlisten = \"nowhere\"\n").unwrap();
+        let e = Config::load(&sources(&[], &[], Some(file.clone()))).unwrap_err();
+        assert!(e.to_string().contains("api.listen"), "{e}");
+        let e = Config::load(&sources(&[("KILN_REGISTRY_CONCURRENCY", "many")], &[], None))
+            .unwrap_err();
+        assert!(e.to_string().contains("registry.concurrency"), "{e}");
+        let e = Config::load(&sources(&[], &["nokey"], None)).unwrap_err();
+        assert!(matches!(e, ConfigError::BadSet { .. }));
+        let e = Config::load(&sources(&[], &["registry.nope=1"], None)).unwrap_err();
+        assert!(e.to_string().contains("registry.nope"), "{e}");
+    }
+}

@@ -1,0 +1,314 @@
+//! `kiln doctor`: is every component Kiln drives present and answering?
+//!
+//! Each check says what it found and, when it fails, the command that fixes
+//! it. Required components failing make the command exit non-zero.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::process::{Cmd, which};
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Missing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub component: String,
+    pub status: Status,
+    pub required: bool,
+    pub detail: String,
+    /// The command that fixes a failing check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// True when every required component is there.
+    pub fn healthy(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| !c.required || c.status == Status::Ok)
+    }
+
+    pub fn render_table(&self) -> String {
+        let w = self
+            .checks
+            .iter()
+            .map(|c| c.component.len())
+            .max()
+            .unwrap_or(9)
+            .max(9);
+        let mut s = format!("{:<w$}  {:<8}  {:<8}  detail\n", "component", "status", "needed");
+        for c in &self.checks {
+            let status = match c.status {
+                Status::Ok => "ok",
+                Status::Missing => "MISSING",
+            };
+            let needed = if c.required { "required" } else { "optional" };
+            s.push_str(&format!(
+                "{:<w$}  {:<8}  {:<8}  {}\n",
+                c.component, status, needed, c.detail
+            ));
+            if let (Status::Missing, Some(fix)) = (&c.status, &c.fix) {
+                s.push_str(&format!("{:<w$}  {:<8}  {:<8}  fix: {fix}\n", "", "", ""));
+            }
+        }
+        s
+    }
+}
+
+const SERVICES_FIX: &str = "bash scripts/services.sh up";
+
+fn ok(component: &str, required: bool, detail: String) -> Check {
+    Check {
+        component: component.into(),
+        status: Status::Ok,
+        required,
+        detail,
+        fix: None,
+    }
+}
+
+fn missing(component: &str, required: bool, detail: String, fix: &str) -> Check {
+    Check {
+        component: component.into(),
+        status: Status::Missing,
+        required,
+        detail,
+        fix: Some(fix.into()),
+    }
+}
+
+pub async fn run(config: &Config) -> Report {
+    let mut checks = Vec::new();
+    for host in &config.docker.hosts {
+        checks.push(check_engine(&host.name, &host.endpoint).await);
+    }
+    checks.push(check_registry(&config.registry.url).await);
+    for host in &config.zfs.hosts {
+        checks.push(check_zfs(&host.name, &host.ssh, &host.pool).await);
+    }
+    checks.push(check_tool(&config.qemu.img, &["--version"], "qemu-img", true).await);
+    checks.push(check_tool(&config.qemu.system, &["--version"], "qemu-system", true).await);
+    checks.push(check_kvm());
+    checks.push(check_binfmt());
+    checks.push(check_tool("skopeo", &["--version"], "skopeo", true).await);
+    Report { checks }
+}
+
+async fn check_engine(name: &str, endpoint: &str) -> Check {
+    let component = format!("docker engine ({name})");
+    let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
+        bollard::Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION)
+    } else if endpoint.starts_with("tcp://") {
+        bollard::Docker::connect_with_http(endpoint, 10, bollard::API_DEFAULT_VERSION)
+    } else {
+        return missing(
+            &component,
+            true,
+            format!("{endpoint}: doctor checks unix:// and tcp:// engines only"),
+            "check docker.hosts in kiln.toml",
+        );
+    };
+    let docker = match docker {
+        Ok(d) => d,
+        Err(e) => return missing(&component, true, format!("{endpoint}: {e}"), SERVICES_FIX),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), docker.version()).await {
+        Ok(Ok(v)) => ok(
+            &component,
+            true,
+            format!(
+                "{endpoint}: Docker {} API {} ({}/{})",
+                v.version.unwrap_or_default(),
+                v.api_version.unwrap_or_default(),
+                v.os.unwrap_or_default(),
+                v.arch.unwrap_or_default()
+            ),
+        ),
+        Ok(Err(e)) => missing(&component, true, format!("{endpoint}: {e}"), SERVICES_FIX),
+        Err(_) => missing(
+            &component,
+            true,
+            format!("{endpoint}: no answer within 10s"),
+            SERVICES_FIX,
+        ),
+    }
+}
+
+async fn check_registry(url: &str) -> Check {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return missing("registry", true, e.to_string(), SERVICES_FIX),
+    };
+    let probe = format!("{}/v2/", url.trim_end_matches('/'));
+    match client.get(&probe).send().await {
+        Ok(r) if r.status().is_success() || r.status().as_u16() == 401 => {
+            let api = r
+                .headers()
+                .get("docker-distribution-api-version")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            ok("registry", true, format!("{probe} answers {} ({api})", r.status()))
+        }
+        Ok(r) => missing("registry", true, format!("{probe} answers {}", r.status()), SERVICES_FIX),
+        Err(e) => missing("registry", true, format!("{probe}: {e}"), SERVICES_FIX),
+    }
+}
+
+async fn check_zfs(name: &str, ssh: &str, pool: &str) -> Check {
+    let component = format!("zfs pool ({name})");
+    let cmd = if ssh.is_empty() {
+        Cmd::new("zpool")
+    } else {
+        Cmd::new("ssh").arg(ssh).arg("zpool")
+    };
+    let cmd = cmd
+        .args(["list", "-Hp", "-o", "name,health,size,free", pool])
+        .timeout(Duration::from_secs(15));
+    match cmd.run().await {
+        Ok(out) => {
+            let fields: Vec<&str> = out.stdout.trim().split('\t').collect();
+            match fields.as_slice() {
+                [_, "ONLINE", size, free] => ok(
+                    &component,
+                    true,
+                    format!("pool {pool} ONLINE, {} MiB free of {} MiB", mib(free), mib(size)),
+                ),
+                [_, health, ..] => missing(
+                    &component,
+                    true,
+                    format!("pool {pool} is {health}"),
+                    &format!("zpool status {pool}"),
+                ),
+                _ => missing(
+                    &component,
+                    true,
+                    format!("unexpected zpool output {:?}", out.stdout.trim()),
+                    SERVICES_FIX,
+                ),
+            }
+        }
+        Err(e) => missing(&component, true, e.to_string(), SERVICES_FIX),
+    }
+}
+
+fn mib(bytes: &str) -> u64 {
+    bytes.parse::<u64>().unwrap_or(0) / (1024 * 1024)
+}
+
+async fn check_tool(program: &str, args: &[&str], component: &str, required: bool) -> Check {
+    if which(program).is_none() {
+        return missing(
+            component,
+            required,
+            format!("{program} not found on PATH"),
+            SERVICES_FIX,
+        );
+    }
+    match Cmd::new(program)
+        .args(args)
+        .timeout(Duration::from_secs(10))
+        .run()
+        .await
+    {
+        Ok(out) => ok(
+            component,
+            required,
+            out.stdout.lines().next().unwrap_or("").trim().to_string(),
+        ),
+        Err(e) => missing(component, required, e.to_string(), SERVICES_FIX),
+    }
+}
+
+/// KVM is usable when /dev/kvm opens read-write.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+fn check_kvm() -> Check {
+    if kvm_usable() {
+        ok("kvm", false, "/dev/kvm usable: QEMU runs accelerated".into())
+    } else {
+        missing(
+            "kvm",
+            false,
+            "/dev/kvm not usable: QEMU falls back to TCG (slow)".into(),
+            "modprobe kvm_intel || modprobe kvm_amd",
+        )
+    }
+}
+
+/// Foreign arches the kernel can run through binfmt_misc, in Kiln's names.
+pub fn binfmt_arches() -> Vec<&'static str> {
+    const MAP: &[(&str, &str)] = &[
+        ("qemu-aarch64", "arm64"),
+        ("qemu-arm", "arm32v7"),
+        ("qemu-ppc64le", "ppc64le"),
+        ("qemu-s390x", "s390x"),
+        ("qemu-riscv64", "riscv64"),
+    ];
+    MAP.iter()
+        .filter(|(file, _)| {
+            std::fs::read_to_string(format!("/proc/sys/fs/binfmt_misc/{file}"))
+                .map(|s| s.starts_with("enabled"))
+                .unwrap_or(false)
+        })
+        .map(|(_, arch)| *arch)
+        .collect()
+}
+
+fn check_binfmt() -> Check {
+    let arches = binfmt_arches();
+    if arches.is_empty() {
+        missing(
+            "binfmt emulation",
+            false,
+            "no foreign arch registered: only native builds".into(),
+            SERVICES_FIX,
+        )
+    } else {
+        ok("binfmt emulation", false, arches.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_ignores_optional() {
+        let r = Report {
+            checks: vec![
+                ok("a", true, "fine".into()),
+                missing("b", false, "gone".into(), "fix b"),
+            ],
+        };
+        assert!(r.healthy());
+        let table = r.render_table();
+        assert!(table.contains("fix: fix b"), "{table}");
+        let r = Report {
+            checks: vec![missing("a", true, "gone".into(), "fix a")],
+        };
+        assert!(!r.healthy());
+    }
+}

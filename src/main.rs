@@ -1,0 +1,53 @@
+//! The `kiln` command line. Parsing and dispatch only: every command's work
+//! lives in the library, and errors become `anyhow` only here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Base-image factory for OCaml CI")]
+struct Cli {
+    /// Configuration file (default: $KILN_CONFIG, else ./kiln.toml, else embedded defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override one setting, e.g. `--set registry.url=http://127.0.0.1:5000`. Repeatable.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check every component Kiln drives and say how to fix what is missing.
+    Doctor(cmd::doctor::Args),
+    /// Print the effective configuration.
+    Config(cmd::config::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let sources = kiln::config::Sources::from_process(cli.config.clone(), cli.sets.clone());
+    let result = match cli.command {
+        Command::Doctor(a) => cmd::doctor::run(&sources, a),
+        Command::Config(a) => cmd::config::run(&sources, a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

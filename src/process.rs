@@ -1,0 +1,268 @@
+//! Running external tools (`zfs`, `qemu-img`, `skopeo`, …) with errors that
+//! name the command, its exit status and what it printed.
+//!
+//! Every child runs in its own process group so that a timeout or an
+//! interrupted build can kill everything it started, not just the leader.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("`{command}` timed out after {secs}s and was killed")]
+    Timeout { command: String, secs: u64 },
+    #[error("`{command}`: {source}")]
+    Io {
+        command: String,
+        source: std::io::Error,
+    },
+}
+
+/// A command line to run.
+#[derive(Debug, Clone)]
+pub struct Cmd {
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    timeout: Option<Duration>,
+    stdin: Option<Vec<u8>>,
+}
+
+/// What a successful command printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<OsString>) -> Self {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            timeout: None,
+            stdin: None,
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
+    pub fn stdin(mut self, data: Vec<u8>) -> Self {
+        self.stdin = Some(data);
+        self
+    }
+
+    /// The command as a shell-like string, for messages.
+    pub fn display(&self) -> String {
+        let mut s = self.program.to_string_lossy().into_owned();
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(&a.to_string_lossy());
+        }
+        s
+    }
+
+    fn command(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.program);
+        c.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(d) = &self.cwd {
+            c.current_dir(d);
+        }
+        c
+    }
+
+    /// Run to completion; a non-zero exit is an error carrying stderr.
+    pub async fn run(&self) -> Result<Output, ProcessError> {
+        let command = self.display();
+        let mut child = self.command().spawn().map_err(|source| ProcessError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        let pgid = child.id();
+        if let (Some(data), Some(mut stdin)) = (self.stdin.clone(), child.stdin.take()) {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&data).await;
+            });
+        }
+        let mut out = child.stdout.take();
+        let mut err = child.stderr.take();
+        let collect = async {
+            let mut o = Vec::new();
+            let mut e = Vec::new();
+            let (r1, r2) = tokio::join!(
+                async {
+                    match out.as_mut() {
+                        Some(s) => s.read_to_end(&mut o).await.map(|_| ()),
+                        None => Ok(()),
+                    }
+                },
+                async {
+                    match err.as_mut() {
+                        Some(s) => s.read_to_end(&mut e).await.map(|_| ()),
+                        None => Ok(()),
+                    }
+                }
+            );
+            r1.and(r2)?;
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>((status, o, e))
+        };
+        let result = match self.timeout {
+            Some(t) => match tokio::time::timeout(t, collect).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if let Some(pid) = pgid {
+                        kill_group(pid);
+                    }
+                    return Err(ProcessError::Timeout {
+                        command,
+                        secs: t.as_secs(),
+                    });
+                }
+            },
+            None => collect.await,
+        };
+        let (status, o, e) = result.map_err(|source| ProcessError::Io {
+            command: command.clone(),
+            source,
+        })?;
+        // Reap anything the command left behind in its group.
+        if let Some(pid) = pgid {
+            kill_group(pid);
+        }
+        let stdout = String::from_utf8_lossy(&o).into_owned();
+        let stderr = String::from_utf8_lossy(&e).into_owned();
+        if !status.success() {
+            return Err(ProcessError::Failed {
+                command,
+                status: status.to_string(),
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        Ok(Output { stdout, stderr })
+    }
+}
+
+/// SIGKILL a whole process group; a group that is already gone is fine.
+pub fn kill_group(pgid: u32) {
+    if let Ok(pid) = i32::try_from(pgid) {
+        // SAFETY: killpg only sends a signal; an invalid group yields ESRCH.
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Is `program` on PATH (or an existing path)?
+pub fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.exists().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failure_names_command_and_stderr() {
+        let e = Cmd::new("sh")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .run()
+            .await
+            .unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("sh -c") && s.contains("boom") && s.contains('3'), "{s}");
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("pid");
+        let e = Cmd::new("sh")
+            .args([
+                "-c",
+                &format!("sleep 300 & echo $! > {}; wait", marker.display()),
+            ])
+            .timeout(Duration::from_millis(500))
+            .run()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
+        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // The background sleep was in the group and must be gone.
+        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z ");
+        assert!(!alive, "grandchild {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn stdin_and_stdout() {
+        let o = Cmd::new("cat").stdin(b"hello".to_vec()).run().await.unwrap();
+        assert_eq!(o.stdout, "hello");
+    }
+}
