@@ -3,6 +3,13 @@
 //! Data flows catalogue → plan → builders → registry → publish → api.
 //! See ARCHITECTURE.md for the codemap.
 
+pub mod api;
+pub mod builders;
+pub mod catalogue;
 pub mod config;
+pub mod daemon;
 pub mod doctor;
+pub mod plan;
 pub mod process;
+pub mod publish;
+pub mod registry;

@@ -1,0 +1,1 @@
+//! Linux and Windows images built through the Docker Engine API.

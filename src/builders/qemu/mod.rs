@@ -1,0 +1,1 @@
+//! OpenBSD qcow2 disk images built unattended under QEMU.

@@ -1,0 +1,1 @@
+//! macOS and FreeBSD base datasets built on ZFS and shipped as send streams.

@@ -1,0 +1,1 @@
+//! The version catalogue (`versions/`) and platform definitions (`platforms/`).

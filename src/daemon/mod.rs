@@ -1,0 +1,1 @@
+//! The rebuild daemon: durable job queue, schedules, triggers.

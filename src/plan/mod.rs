@@ -1,0 +1,1 @@
+//! Expanding the catalogue into targets, build keys and tags.

@@ -1,0 +1,1 @@
+//! Publication: the digest lockfile and the order in which tags move.

@@ -1,0 +1,1 @@
+//! The OCI registry client: blobs, manifests, indexes, artifacts.
