@@ -241,10 +241,12 @@ fn parse(origin: &str, text: &str) -> Result<toml::Value, ConfigError> {
 }
 
 fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, ConfigError> {
-    let mut config: Config = value.try_into().map_err(|e: toml::de::Error| ConfigError::Field {
-        origin: origin.to_string(),
-        message: e.to_string(),
-    })?;
+    let mut config: Config = value
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Field {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
     let abs = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -408,9 +410,13 @@ fn set_path(
     };
     *cur = match cur {
         toml::Value::String(_) => toml::Value::String(raw.to_string()),
-        toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|_| bad("an integer"))?),
+        toml::Value::Integer(_) => {
+            toml::Value::Integer(raw.parse().map_err(|_| bad("an integer"))?)
+        }
         toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|_| bad("a number"))?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?),
+        toml::Value::Boolean(_) => {
+            toml::Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?)
+        }
         _ => {
             // Arrays and tables: accept an inline TOML value.
             let wrapped = format!("v = {raw}");
@@ -428,7 +434,10 @@ mod tests {
     fn sources(env: &[(&str, &str)], sets: &[&str], file: Option<PathBuf>) -> Sources {
         Sources {
             file,
-            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             sets: sets.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -445,12 +454,19 @@ mod tests {
     fn precedence_file_env_flag() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("k.toml");
-        std::fs::write(&file, "[registry]\nurl = \"http://file:1\"\nconcurrency = 3\n").unwrap();
+        std::fs::write(
+            &file,
+            "[registry]\nurl = \"http://file:1\"\nconcurrency = 3\n",
+        )
+        .unwrap();
         let c = Config::load(&sources(&[], &[], Some(file.clone()))).unwrap();
         assert_eq!(c.registry.url, "http://file:1");
         assert_eq!(c.state_dir, dir.path().join(".kiln"));
         let c = Config::load(&sources(
-            &[("KILN_REGISTRY_URL", "http://env:2"), ("KILN_STATE_DIR", "/s")],
+            &[
+                ("KILN_REGISTRY_URL", "http://env:2"),
+                ("KILN_STATE_DIR", "/s"),
+            ],
             &[],
             Some(file.clone()),
         ))
@@ -478,8 +494,12 @@ mod tests {
         std::fs::write(&file, "[api]\nlisten = \"nowhere\"\n").unwrap();
         let e = Config::load(&sources(&[], &[], Some(file.clone()))).unwrap_err();
         assert!(e.to_string().contains("api.listen"), "{e}");
-        let e = Config::load(&sources(&[("KILN_REGISTRY_CONCURRENCY", "many")], &[], None))
-            .unwrap_err();
+        let e = Config::load(&sources(
+            &[("KILN_REGISTRY_CONCURRENCY", "many")],
+            &[],
+            None,
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("registry.concurrency"), "{e}");
         let e = Config::load(&sources(&[], &["nokey"], None)).unwrap_err();
         assert!(matches!(e, ConfigError::BadSet { .. }));

@@ -49,7 +49,10 @@ impl Report {
             .max()
             .unwrap_or(9)
             .max(9);
-        let mut s = format!("{:<w$}  {:<8}  {:<8}  detail\n", "component", "status", "needed");
+        let mut s = format!(
+            "{:<w$}  {:<8}  {:<8}  detail\n",
+            "component", "status", "needed"
+        );
         for c in &self.checks {
             let status = match c.status {
                 Status::Ok => "ok",
@@ -164,9 +167,18 @@ async fn check_registry(url: &str) -> Check {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("?")
                 .to_string();
-            ok("registry", true, format!("{probe} answers {} ({api})", r.status()))
+            ok(
+                "registry",
+                true,
+                format!("{probe} answers {} ({api})", r.status()),
+            )
         }
-        Ok(r) => missing("registry", true, format!("{probe} answers {}", r.status()), SERVICES_FIX),
+        Ok(r) => missing(
+            "registry",
+            true,
+            format!("{probe} answers {}", r.status()),
+            SERVICES_FIX,
+        ),
         Err(e) => missing("registry", true, format!("{probe}: {e}"), SERVICES_FIX),
     }
 }
@@ -178,8 +190,9 @@ async fn check_zfs(name: &str, ssh: &str, pool: &str) -> Check {
     } else {
         Cmd::new("ssh").arg(ssh).arg("zpool")
     };
+    // zfs-fuse's zpool has no -p: sizes come back human-readable.
     let cmd = cmd
-        .args(["list", "-Hp", "-o", "name,health,size,free", pool])
+        .args(["list", "-H", "-o", "name,health,size,free", pool])
         .timeout(Duration::from_secs(15));
     match cmd.run().await {
         Ok(out) => {
@@ -188,7 +201,7 @@ async fn check_zfs(name: &str, ssh: &str, pool: &str) -> Check {
                 [_, "ONLINE", size, free] => ok(
                     &component,
                     true,
-                    format!("pool {pool} ONLINE, {} MiB free of {} MiB", mib(free), mib(size)),
+                    format!("pool {pool} ONLINE, {free} free of {size}"),
                 ),
                 [_, health, ..] => missing(
                     &component,
@@ -206,10 +219,6 @@ async fn check_zfs(name: &str, ssh: &str, pool: &str) -> Check {
         }
         Err(e) => missing(&component, true, e.to_string(), SERVICES_FIX),
     }
-}
-
-fn mib(bytes: &str) -> u64 {
-    bytes.parse::<u64>().unwrap_or(0) / (1024 * 1024)
 }
 
 async fn check_tool(program: &str, args: &[&str], component: &str, required: bool) -> Check {
@@ -247,7 +256,11 @@ pub fn kvm_usable() -> bool {
 
 fn check_kvm() -> Check {
     if kvm_usable() {
-        ok("kvm", false, "/dev/kvm usable: QEMU runs accelerated".into())
+        ok(
+            "kvm",
+            false,
+            "/dev/kvm usable: QEMU runs accelerated".into(),
+        )
     } else {
         missing(
             "kvm",

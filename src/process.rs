@@ -129,10 +129,13 @@ impl Cmd {
     /// Run to completion; a non-zero exit is an error carrying stderr.
     pub async fn run(&self) -> Result<Output, ProcessError> {
         let command = self.display();
-        let mut child = self.command().spawn().map_err(|source| ProcessError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
+        let mut child = self
+            .command()
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
         let pgid = child.id();
         if let (Some(data), Some(mut stdin)) = (self.stdin.clone(), child.stdin.take()) {
             tokio::spawn(async move {
@@ -233,7 +236,10 @@ mod tests {
             .await
             .unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("sh -c") && s.contains("boom") && s.contains('3'), "{s}");
+        assert!(
+            s.contains("sh -c") && s.contains("boom") && s.contains('3'),
+            "{s}"
+        );
     }
 
     #[tokio::test]
@@ -250,7 +256,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
-        let pid: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         // The background sleep was in the group and must be gone.
         let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -262,7 +272,11 @@ mod tests {
 
     #[tokio::test]
     async fn stdin_and_stdout() {
-        let o = Cmd::new("cat").stdin(b"hello".to_vec()).run().await.unwrap();
+        let o = Cmd::new("cat")
+            .stdin(b"hello".to_vec())
+            .run()
+            .await
+            .unwrap();
         assert_eq!(o.stdout, "hello");
     }
 }
