@@ -1,1 +1,3 @@
 //! Publication: the digest lockfile and the order in which tags move.
+
+pub mod lockfile;
