@@ -127,6 +127,7 @@ zfs_up() {
     local d
     for d in "${dirs[@]}"; do
         if [ -f "$d/$POOL.img" ] && zpool import -d "$d" "$POOL" >>"$LOG/zfs-fuse.log" 2>&1; then
+                echo "$d/$POOL.img" >"$RUN/zpool-$POOL.created"
             say "zfs: pool $POOL imported from $d/$POOL.img"
             return 0
         fi
@@ -138,6 +139,7 @@ zfs_up() {
         truncate -s 4G "$d/$POOL.img"
         for attempt in 1 2 3 4 5; do
             if zpool create -f -m "/$POOL" "$POOL" "$d/$POOL.img" >>"$LOG/zfs-fuse.log" 2>&1; then
+                echo "$d/$POOL.img" >"$RUN/zpool-$POOL.created"
                 say "zfs: pool $POOL ONLINE on $d/$POOL.img (4 GiB sparse), mounted at /$POOL"
                 return 0
             fi
@@ -189,7 +191,7 @@ up() {
     zfs_up
     binfmt_up
     qemu_status
-    if [ -x "$ROOT/scripts/qemu-fixture.sh" ]; then
+    if [ -x "$ROOT/scripts/qemu-fixture.sh" ] && [ -z "${KILN_SKIP_FIXTURES:-}" ]; then
         bash "$ROOT/scripts/qemu-fixture.sh"
     fi
 }
@@ -218,8 +220,16 @@ stop_pid() {
 
 down() {
     stop_pid kiln-serve
-    if started_pid zfs-fuse; then
-        zpool export "$POOL" >/dev/null 2>&1 || true
+    # A pool this script created or imported is exported (its backing file
+    # stays, so the next `up` imports it with its datasets).
+    if [ -f "$RUN/zpool-$POOL.created" ]; then
+        local i
+        for ((i = 0; i < 10; i++)); do
+            zpool export -f "$POOL" >/dev/null 2>&1 && break
+            sleep 1
+        done
+        zpool list "$POOL" >/dev/null 2>&1 && say "zfs: pool $POOL still imported (busy)" || say "zfs: pool $POOL exported"
+        rm -f "$RUN/zpool-$POOL.created"
     fi
     stop_pid zfs-fuse
     stop_pid registry

@@ -1,0 +1,141 @@
+//! The services script and `kiln doctor` against the real components.
+
+use std::path::Path;
+use std::process::Command;
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn doctor_reports_every_component_healthy() {
+    let out = kiln()
+        .current_dir(root())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let zfs_down = root().join(".kiln/run/zfs.unavailable").exists();
+    for c in v["checks"].as_array().unwrap() {
+        let name = c["component"].as_str().unwrap();
+        if zfs_down && name.starts_with("zfs") {
+            continue;
+        }
+        if c["required"].as_bool().unwrap() {
+            assert_eq!(c["status"], "ok", "{name}: {c}");
+        }
+    }
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    for expected in ["docker engine (local)", "registry", "qemu-img", "qemu-system", "kvm", "binfmt emulation", "skopeo"] {
+        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    }
+    if !zfs_down {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    // The engine check reports the API version it talked to.
+    assert!(v["checks"][0]["detail"].as_str().unwrap().contains("API 1."), "{}", v["checks"][0]);
+}
+
+#[test]
+fn doctor_fails_with_the_fix_when_a_component_is_missing() {
+    let out = kiln()
+        .current_dir(root())
+        .args(["--set", "registry.url=http://127.0.0.1:9", "doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("registry")).unwrap();
+    assert!(line.contains("MISSING"), "{text}");
+    assert!(text.contains("fix: bash scripts/services.sh up"), "{text}");
+}
+
+#[test]
+fn bad_config_is_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kiln.toml");
+    std::fs::write(&file, "[docker]\n[[docker.hosts]]\nname = \"w\"\nendpoint = \"unix:///x\"\nos = \"plan9\"\narch = \"amd64\"\n").unwrap();
+    let out = kiln()
+        .args(["--config", file.to_str().unwrap(), "doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("docker.hosts[0]") && err.contains("plan9"), "{err}");
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn services(state: &Path, port: u16, pool: &str, action: &str) -> std::process::Output {
+    Command::new("bash")
+        .arg(root().join("scripts/services.sh"))
+        .arg(action)
+        .env("KILN_STATE_DIR", state)
+        .env("KILN_REGISTRY_ADDR", format!("127.0.0.1:{port}"))
+        .env("KILN_ZFS_POOL", pool)
+        .env("KILN_SKIP_FIXTURES", "1")
+        .output()
+        .unwrap()
+}
+
+fn alive(pid: &str) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+#[test]
+fn services_up_twice_then_down_stops_exactly_what_it_started() {
+    let state = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let pool = format!("kilnsvc{}", std::process::id());
+    let up = services(state.path(), port, &pool, "up");
+    let text = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(up.status.success(), "{text}{}", String::from_utf8_lossy(&up.stderr));
+    assert!(text.contains(&format!("registry: http://127.0.0.1:{port}")), "{text}");
+    let pid = std::fs::read_to_string(state.path().join("run/registry.pid")).unwrap();
+    let pid = pid.trim().to_string();
+    assert!(alive(&pid));
+    let zfs_ok = !state.path().join("run/zfs.unavailable").exists();
+    if zfs_ok {
+        assert!(text.contains(&format!("pool {pool} ONLINE")), "{text}");
+    }
+    // Second run: harmless, starts nothing new.
+    let again = services(state.path(), port, &pool, "up");
+    let text2 = String::from_utf8_lossy(&again.stdout).to_string();
+    assert!(again.status.success(), "{text2}");
+    assert!(text2.contains(&format!("registry: running at http://127.0.0.1:{port}")), "{text2}");
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("run/registry.pid")).unwrap().trim(),
+        pid
+    );
+    // dockerd was already running (started by the suite's services), so not ours.
+    assert!(!state.path().join("run/dockerd.pid").exists());
+    let down = services(state.path(), port, &pool, "down");
+    let text3 = String::from_utf8_lossy(&down.stdout).to_string();
+    assert!(down.status.success(), "{text3}");
+    assert!(!alive(&pid), "registry {pid} still running after down: {text3}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    if zfs_ok {
+        let list = Command::new("zpool").args(["list", "-H", "-o", "name"]).output().unwrap();
+        let pools = String::from_utf8_lossy(&list.stdout);
+        assert!(!pools.lines().any(|l| l == pool), "pool {pool} left behind: {pools}");
+    }
+    // The suite's own services are untouched.
+    assert!(Command::new("docker").arg("version").output().unwrap().status.success());
+}
