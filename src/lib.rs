@@ -13,3 +13,4 @@ pub mod plan;
 pub mod process;
 pub mod publish;
 pub mod registry;
+pub mod status;

@@ -27,6 +27,10 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Print the effective configuration.
     Config(cmd::config::Args),
+    /// Serve the digest API and the status page.
+    Serve(cmd::serve::Args),
+    /// Pin an image by digest, or say why it is refused (exit 0 / 3 / 2).
+    Resolve(cmd::resolve::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(a) => cmd::doctor::run(&sources, a),
         Command::Config(a) => cmd::config::run(&sources, a),
+        Command::Serve(a) => cmd::serve::run(&sources, a),
+        Command::Resolve(a) => cmd::resolve::run(&sources, a),
     };
     match result {
         Ok(code) => code,

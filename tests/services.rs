@@ -35,14 +35,36 @@ fn doctor_reports_every_component_healthy() {
         .iter()
         .map(|c| c["component"].as_str().unwrap())
         .collect();
-    for expected in ["docker engine (local)", "registry", "qemu-img", "qemu-system", "kvm", "binfmt emulation", "skopeo"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+    for expected in [
+        "docker engine (local)",
+        "registry",
+        "qemu-img",
+        "qemu-system",
+        "kvm",
+        "binfmt emulation",
+        "skopeo",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
     if !zfs_down {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     // The engine check reports the API version it talked to.
-    assert!(v["checks"][0]["detail"].as_str().unwrap().contains("API 1."), "{}", v["checks"][0]);
+    assert!(
+        v["checks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("API 1."),
+        "{}",
+        v["checks"][0]
+    );
 }
 
 #[test]
@@ -70,7 +92,10 @@ fn bad_config_is_refused_with_the_field_named() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("docker.hosts[0]") && err.contains("plan9"), "{err}");
+    assert!(
+        err.contains("docker.hosts[0]") && err.contains("plan9"),
+        "{err}"
+    );
     assert!(err.contains(file.to_str().unwrap()), "{err}");
 }
 
@@ -106,8 +131,15 @@ fn services_up_twice_then_down_stops_exactly_what_it_started() {
     let pool = format!("kilnsvc{}", std::process::id());
     let up = services(state.path(), port, &pool, "up");
     let text = String::from_utf8_lossy(&up.stdout).to_string();
-    assert!(up.status.success(), "{text}{}", String::from_utf8_lossy(&up.stderr));
-    assert!(text.contains(&format!("registry: http://127.0.0.1:{port}")), "{text}");
+    assert!(
+        up.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(
+        text.contains(&format!("registry: http://127.0.0.1:{port}")),
+        "{text}"
+    );
     let pid = std::fs::read_to_string(state.path().join("run/registry.pid")).unwrap();
     let pid = pid.trim().to_string();
     assert!(alive(&pid));
@@ -119,9 +151,14 @@ fn services_up_twice_then_down_stops_exactly_what_it_started() {
     let again = services(state.path(), port, &pool, "up");
     let text2 = String::from_utf8_lossy(&again.stdout).to_string();
     assert!(again.status.success(), "{text2}");
-    assert!(text2.contains(&format!("registry: running at http://127.0.0.1:{port}")), "{text2}");
+    assert!(
+        text2.contains(&format!("registry: running at http://127.0.0.1:{port}")),
+        "{text2}"
+    );
     assert_eq!(
-        std::fs::read_to_string(state.path().join("run/registry.pid")).unwrap().trim(),
+        std::fs::read_to_string(state.path().join("run/registry.pid"))
+            .unwrap()
+            .trim(),
         pid
     );
     // dockerd was already running (started by the suite's services), so not ours.
@@ -129,13 +166,29 @@ fn services_up_twice_then_down_stops_exactly_what_it_started() {
     let down = services(state.path(), port, &pool, "down");
     let text3 = String::from_utf8_lossy(&down.stdout).to_string();
     assert!(down.status.success(), "{text3}");
-    assert!(!alive(&pid), "registry {pid} still running after down: {text3}");
+    assert!(
+        !alive(&pid),
+        "registry {pid} still running after down: {text3}"
+    );
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     if zfs_ok {
-        let list = Command::new("zpool").args(["list", "-H", "-o", "name"]).output().unwrap();
+        let list = Command::new("zpool")
+            .args(["list", "-H", "-o", "name"])
+            .output()
+            .unwrap();
         let pools = String::from_utf8_lossy(&list.stdout);
-        assert!(!pools.lines().any(|l| l == pool), "pool {pool} left behind: {pools}");
+        assert!(
+            !pools.lines().any(|l| l == pool),
+            "pool {pool} left behind: {pools}"
+        );
     }
     // The suite's own services are untouched.
-    assert!(Command::new("docker").arg("version").output().unwrap().status.success());
+    assert!(
+        Command::new("docker")
+            .arg("version")
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
 }

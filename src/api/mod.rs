@@ -1,1 +1,501 @@
-//! The digest API: serves pins from the published lockfile and refuses versions that are not complete.
+//! The digest API: serves pins from the published lockfile and refuses
+//! versions that are not complete.
+//!
+//! Every request reads one immutable [`snapshot::Snapshot`]; reloads swap it
+//! atomically. Routes are listed once in [`ROUTES`], which the OpenAPI
+//! document is checked against.
+
+pub mod gate;
+mod html;
+mod openapi;
+pub mod resolve;
+pub mod snapshot;
+pub mod suggest;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use gate::Verdict;
+use snapshot::{Snapshot, Store};
+
+/// Every route, for the OpenAPI sync test: (method, path).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/v1/openapi.json"),
+    ("get", "/v1/resolve"),
+    ("get", "/v1/versions"),
+    ("get", "/v1/versions/{version}"),
+    ("get", "/v1/platforms"),
+    ("get", "/v1/lockfile"),
+    ("post", "/v1/reload"),
+];
+
+/// Query strings longer than this get a 414.
+const MAX_QUERY: usize = 2048;
+/// Request bodies larger than this get a 413.
+const MAX_BODY: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: [AtomicU64; 6],
+    status_2xx: AtomicU64,
+    status_3xx: AtomicU64,
+    status_4xx: AtomicU64,
+    status_5xx: AtomicU64,
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+}
+
+const METRIC_ROUTES: [&str; 6] = [
+    "resolve",
+    "lockfile",
+    "versions",
+    "platforms",
+    "status",
+    "other",
+];
+
+pub struct AppState {
+    pub store: Store,
+    /// Bearer token for writes; empty disables them.
+    pub token: String,
+    pub metrics: Metrics,
+}
+
+pub type Shared = Arc<AppState>;
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(ErrorBody {
+            error: kind.into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn count(state: &AppState, route: usize, status: StatusCode) {
+    state.metrics.requests[route].fetch_add(1, Ordering::Relaxed);
+    let c = match status.as_u16() {
+        200..=299 => &state.metrics.status_2xx,
+        300..=399 => &state.metrics.status_3xx,
+        400..=499 => &state.metrics.status_4xx,
+        _ => &state.metrics.status_5xx,
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/", get(status_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(|| async { openapi::document() }))
+        .route("/v1/resolve", get(resolve_route))
+        .route("/v1/versions", get(versions))
+        .route("/v1/versions/{version}", get(version))
+        .route("/v1/platforms", get(platforms))
+        .route("/v1/lockfile", get(lockfile))
+        .route("/v1/reload", post(reload))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "no such route; see /v1/openapi.json",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` resolves; polls the lockfile for changes.
+pub async fn serve(
+    state: Shared,
+    addr: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    serve_on(state, listener, shutdown).await
+}
+
+pub async fn serve_on(
+    state: Shared,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ApiError> {
+    let watcher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let s = state.clone();
+                let r = tokio::task::spawn_blocking(move || s.store.reload_if_changed()).await;
+                match r {
+                    Ok(Ok(true)) => {
+                        state.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!("lockfile changed: snapshot reloaded");
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        state.metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "lockfile reload failed; serving the previous snapshot");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reload task failed"),
+                }
+            }
+        })
+    };
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "digest API listening");
+    let app = router(state).into_make_service();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ApiError::Serve);
+    watcher.abort();
+    result
+}
+
+async fn readyz(State(st): State<Shared>) -> Response {
+    let snap = st.store.current();
+    (
+        StatusCode::OK,
+        axum::Json(serde_json::json!({
+            "ready": true,
+            "entries": snap.lockfile.entries.len(),
+            "requirements": snap.requirements.len(),
+            "loaded_at": snap.loaded_at,
+        })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ResolveQuery {
+    image: String,
+    arch: Option<String>,
+}
+
+async fn resolve_route(
+    State(st): State<Shared>,
+    RawQuery(raw): RawQuery,
+    query: Result<Query<ResolveQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if raw.as_ref().is_some_and(|q| q.len() > MAX_QUERY) {
+        let r = error(
+            StatusCode::URI_TOO_LONG,
+            "query-too-long",
+            format!("query strings are limited to {MAX_QUERY} bytes"),
+        );
+        count(&st, 0, r.status());
+        return r;
+    }
+    let Ok(Query(q)) = query else {
+        let r = error(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "expected ?image=NAME:TAG[&arch=ARCH], e.g. ?image=ocaml/opam:debian-13-ocaml-5.5",
+        );
+        count(&st, 0, r.status());
+        return r;
+    };
+    let snap = st.store.current();
+    let r = match resolve::resolve(&snap, &q.image, q.arch.as_deref()) {
+        Ok(pin) => (StatusCode::OK, axum::Json(pin)).into_response(),
+        Err(refusal) => {
+            let code = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            (code, axum::Json(refusal)).into_response()
+        }
+    };
+    count(&st, 0, r.status());
+    r
+}
+
+/// Availability of one (platform, OS release) for one version.
+#[derive(Serialize)]
+pub struct Cell {
+    pub platform: String,
+    pub os: String,
+    pub tag: String,
+    pub available: bool,
+    pub arches: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<gate::Missing>,
+}
+
+#[derive(Serialize)]
+pub struct VersionView {
+    pub version: String,
+    /// Every required tag of this version is available.
+    pub available: bool,
+    pub cells: Vec<Cell>,
+}
+
+pub fn version_view(snap: &Snapshot, v: &str) -> Option<VersionView> {
+    let cells: Vec<Cell> = snap
+        .requirements
+        .iter()
+        .filter(|r| r.ocaml == v)
+        .map(|r| match r.verdict(&snap.lockfile, &snap.jobs) {
+            Verdict::Available { entry } => Cell {
+                platform: r.platform.clone(),
+                os: r.os.clone(),
+                tag: r.tag.clone(),
+                available: true,
+                arches: entry
+                    .arches
+                    .iter()
+                    .map(|(a, e)| (a.clone(), e.digest.clone()))
+                    .collect(),
+                missing: vec![],
+            },
+            Verdict::Missing { missing } => Cell {
+                platform: r.platform.clone(),
+                os: r.os.clone(),
+                tag: r.tag.clone(),
+                available: false,
+                arches: BTreeMap::new(),
+                missing,
+            },
+        })
+        .collect();
+    if cells.is_empty() {
+        return None;
+    }
+    Some(VersionView {
+        version: v.to_string(),
+        available: cells.iter().all(|c| c.available),
+        cells,
+    })
+}
+
+async fn versions(State(st): State<Shared>) -> Response {
+    let snap = st.store.current();
+    let all: Vec<VersionView> = snap
+        .versions()
+        .iter()
+        .filter_map(|v| version_view(&snap, v))
+        .collect();
+    count(&st, 2, StatusCode::OK);
+    axum::Json(all).into_response()
+}
+
+async fn version(State(st): State<Shared>, Path(v): Path<String>) -> Response {
+    let snap = st.store.current();
+    let r = match version_view(&snap, &v) {
+        Some(view) => axum::Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown-version",
+            format!(
+                "no catalogue version {v:?}; known: {}",
+                snap.versions()
+                    .into_iter()
+                    .take(8)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+    };
+    count(&st, 2, r.status());
+    r
+}
+
+async fn platforms(State(st): State<Shared>) -> Response {
+    let snap = st.store.current();
+    count(&st, 3, StatusCode::OK);
+    axum::Json(snap.platforms()).into_response()
+}
+
+async fn lockfile(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    let snap = st.store.current();
+    let etag = snap.etag.clone();
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut resp = if matches {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let gzip = headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+        let mut r = if gzip {
+            let mut r = snap.lockfile_gzip.clone().into_response();
+            r.headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            r
+        } else {
+            snap.lockfile_json.clone().into_response()
+        };
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    count(&st, 1, resp.status());
+    resp
+}
+
+/// Constant-time comparison of the presented bearer token.
+fn authorized(token: &str, headers: &HeaderMap) -> bool {
+    if token.is_empty() {
+        return false;
+    }
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let (a, b) = (presented.as_bytes(), token.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, y) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ y);
+    }
+    diff == 0
+}
+
+async fn reload(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    if st.token.is_empty() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "writes-disabled",
+            "writes are disabled: set api.token",
+        );
+    }
+    if !authorized(&st.token, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
+    }
+    let s = st.clone();
+    match tokio::task::spawn_blocking(move || s.store.reload()).await {
+        Ok(Ok(())) => {
+            st.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            let snap = st.store.current();
+            axum::Json(serde_json::json!({"reloaded": true, "entries": snap.lockfile.entries.len(), "etag": snap.etag})).into_response()
+        }
+        Ok(Err(e)) => {
+            st.metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+            error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reload-failed",
+                format!("{e}; still serving the previous snapshot"),
+            )
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload-failed",
+            e.to_string(),
+        ),
+    }
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    let snap = st.store.current();
+    let m = &st.metrics;
+    let mut s = String::new();
+    s.push_str("# HELP kiln_api_requests_total Requests served, by route.\n# TYPE kiln_api_requests_total counter\n");
+    for (i, name) in METRIC_ROUTES.iter().enumerate() {
+        s.push_str(&format!(
+            "kiln_api_requests_total{{route=\"{name}\"}} {}\n",
+            m.requests[i].load(Ordering::Relaxed)
+        ));
+    }
+    s.push_str("# HELP kiln_api_responses_total Responses, by status class.\n# TYPE kiln_api_responses_total counter\n");
+    for (class, c) in [
+        ("2xx", &m.status_2xx),
+        ("3xx", &m.status_3xx),
+        ("4xx", &m.status_4xx),
+        ("5xx", &m.status_5xx),
+    ] {
+        s.push_str(&format!(
+            "kiln_api_responses_total{{class=\"{class}\"}} {}\n",
+            c.load(Ordering::Relaxed)
+        ));
+    }
+    let available = snap
+        .requirements
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.verdict(&snap.lockfile, &snap.jobs),
+                Verdict::Available { .. }
+            )
+        })
+        .count();
+    s.push_str(&format!(
+        "# HELP kiln_lockfile_entries Published tags.\n# TYPE kiln_lockfile_entries gauge\nkiln_lockfile_entries {}\n\
+         # HELP kiln_required_tags Tags the catalogue requires.\n# TYPE kiln_required_tags gauge\nkiln_required_tags {}\n\
+         # HELP kiln_available_tags Required tags that are available.\n# TYPE kiln_available_tags gauge\nkiln_available_tags {available}\n\
+         # HELP kiln_reloads_total Snapshot reloads.\n# TYPE kiln_reloads_total counter\nkiln_reloads_total {}\n\
+         # HELP kiln_reload_errors_total Failed reloads.\n# TYPE kiln_reload_errors_total counter\nkiln_reload_errors_total {}\n",
+        snap.lockfile.entries.len(),
+        snap.requirements.len(),
+        m.reloads.load(Ordering::Relaxed),
+        m.reload_errors.load(Ordering::Relaxed),
+    ));
+    count(&st, 5, StatusCode::OK);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
+}
+
+async fn status_page(State(st): State<Shared>) -> Response {
+    let snap = st.store.current();
+    count(&st, 4, StatusCode::OK);
+    Html(html::render(&snap)).into_response()
+}

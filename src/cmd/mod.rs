@@ -3,3 +3,5 @@
 
 pub mod config;
 pub mod doctor;
+pub mod resolve;
+pub mod serve;

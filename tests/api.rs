@@ -1,0 +1,502 @@
+//! The digest API over real HTTP: every route, refusals, 304, reloads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln::api::gate::{JobState, Jobs, Requirement, job_key};
+use kiln::api::snapshot::Store;
+use kiln::api::{AppState, Metrics};
+use kiln::publish::lockfile::{ArchEntry, ArtifactKind, Entry, Lockfile};
+
+fn digest(n: u8) -> String {
+    format!("sha256:{}", hex::encode([n; 32]))
+}
+
+fn entry(os: &str, ocaml: &str, tag: &str, arches: &[&str], d: u8) -> Entry {
+    Entry {
+        kind: ArtifactKind::Image,
+        platform: "linux".into(),
+        os: os.into(),
+        ocaml: ocaml.into(),
+        variant: None,
+        repository: "kiln/opam".into(),
+        tag: tag.into(),
+        immutable_tag: format!("{tag}-{ocaml}-b1"),
+        aliases: vec![format!(
+            "{}-ocaml-{}",
+            os.split('-').next().unwrap(),
+            &ocaml[..3]
+        )],
+        digest: digest(d),
+        arches: arches
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                (
+                    a.to_string(),
+                    ArchEntry {
+                        digest: digest(d + 100 + i as u8),
+                        build_key: "k".into(),
+                        size: None,
+                    },
+                )
+            })
+            .collect(),
+        build_key: format!("key{d}"),
+        inputs: BTreeMap::new(),
+        published_at: chrono::Utc::now(),
+        verified_at: None,
+        history: vec![],
+    }
+}
+
+fn req(os: &str, ocaml: &str, tag: &str, arches: &[&str]) -> Requirement {
+    Requirement {
+        platform: "linux".into(),
+        os: os.into(),
+        ocaml: ocaml.into(),
+        variant: None,
+        repository: "kiln/opam".into(),
+        tag: tag.into(),
+        aliases: vec![format!(
+            "{}-ocaml-{}",
+            os.split('-').next().unwrap(),
+            &ocaml[..3]
+        )],
+        arches: arches.iter().map(|s| s.to_string()).collect(),
+        no_builder: vec![],
+    }
+}
+
+struct Server {
+    base: String,
+    lockfile: PathBuf,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let lockfile = dir.path().join("manifests/lockfile.json");
+    lock.save(&lockfile).unwrap();
+    let store = Store::open(
+        lockfile.clone(),
+        "127.0.0.1:5000".into(),
+        Arc::new(move || Ok((reqs.clone(), jobs.clone()))),
+    )
+    .unwrap();
+    let state = Arc::new(AppState {
+        store,
+        token: token.into(),
+        metrics: Metrics::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(kiln::api::serve_on(state, listener, async {
+        let _ = rx.await;
+    }));
+    Server {
+        base,
+        lockfile,
+        _dir: dir,
+        stop: Some(tx),
+    }
+}
+
+fn fixture() -> (Lockfile, Vec<Requirement>, Jobs) {
+    let mut lock = Lockfile::default();
+    lock.publish(
+        entry(
+            "debian-13",
+            "5.5.0",
+            "debian-13-ocaml-5.5",
+            &["amd64", "arm64"],
+            1,
+        ),
+        "new",
+    );
+    lock.publish(
+        entry(
+            "alpine-3.22",
+            "5.5.0",
+            "alpine-3.22-ocaml-5.5",
+            &["amd64"],
+            2,
+        ),
+        "new",
+    );
+    lock.publish(
+        entry("debian-13", "4.14.3", "debian-13-ocaml-4.14", &["amd64"], 3),
+        "new",
+    );
+    let reqs = vec![
+        req(
+            "debian-13",
+            "5.5.0",
+            "debian-13-ocaml-5.5",
+            &["amd64", "arm64"],
+        ),
+        req(
+            "alpine-3.22",
+            "5.5.0",
+            "alpine-3.22-ocaml-5.5",
+            &["amd64", "arm64"],
+        ),
+        req("debian-13", "4.14.4", "debian-13-ocaml-4.14", &["amd64"]),
+    ];
+    let mut jobs = Jobs::new();
+    jobs.insert(
+        job_key("kiln/opam", "alpine-3.22-ocaml-5.5", "arm64"),
+        JobState::Failed {
+            error: "smoke test: ocaml -version printed 5.4.1".into(),
+        },
+    );
+    (lock, reqs, jobs)
+}
+
+#[tokio::test]
+async fn resolve_pins_refuses_and_suggests() {
+    let (lock, reqs, jobs) = fixture();
+    let s = start(&lock, reqs, jobs, "").await;
+    let c = reqwest::Client::new();
+    let get = |q: &str| c.get(format!("{}/v1/resolve?{q}", s.base)).send();
+
+    let r = get("image=ocaml/opam:debian-13-ocaml-5.5").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["reference"],
+        format!("127.0.0.1:5000/kiln/opam:debian-13-ocaml-5.5@{}", digest(1))
+    );
+    assert_eq!(v["arches"].as_object().unwrap().len(), 2);
+    assert_eq!(v["ocaml"], "5.5.0");
+
+    // Alias and per-arch digest.
+    let v: serde_json::Value = get("image=ocaml/opam:debian-ocaml-5.5&arch=arm64")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["arch_digest"], digest(102));
+
+    // Incomplete set: 409 with the missing list and why.
+    let r = get("image=ocaml/opam:alpine-3.22-ocaml-5.5").await.unwrap();
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["missing"][0]["arch"], "arm64");
+    assert_eq!(v["missing"][0]["reason"], "failed");
+    assert!(
+        v["missing"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("5.4.1")
+    );
+
+    // The tag holds 4.14.3 but the catalogue wants 4.14.4: refused as stale.
+    let r = get("image=ocaml/opam:debian-13-ocaml-4.14").await.unwrap();
+    assert_eq!(r.status(), 409);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["missing"][0]["reason"], "stale");
+
+    // Unknown: 404 with the closest names.
+    let r = get("image=ocaml/opam:debian-14-ocaml-5.5").await.unwrap();
+    assert_eq!(r.status(), 404);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        v["suggestions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "opam:debian-13-ocaml-5.5"),
+        "{v}"
+    );
+
+    // Unknown arch of a known image.
+    assert_eq!(
+        get("image=ocaml/opam:debian-13-ocaml-5.5&arch=s390x")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // Malformed: 4xx JSON, never 5xx.
+    for q in [
+        "",
+        "image=",
+        "image=nocolon",
+        "image=a:b@sha256:00",
+        "arch=amd64",
+        "image=%ff%fe:x",
+    ] {
+        let r = get(q).await.unwrap();
+        assert!(r.status().is_client_error(), "{q}: {}", r.status());
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert!(v["error"].is_string(), "{q}: {v}");
+    }
+    let long = format!("image={}", "a".repeat(5000));
+    assert_eq!(get(&long).await.unwrap().status(), 414);
+}
+
+#[tokio::test]
+async fn versions_platforms_lockfile_and_pages() {
+    let (lock, reqs, jobs) = fixture();
+    let s = start(&lock, reqs, jobs, "").await;
+    let c = reqwest::Client::new();
+
+    let v: serde_json::Value = c
+        .get(format!("{}/v1/versions", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let versions: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["5.5.0", "4.14.4"]);
+    assert_eq!(v[0]["available"], false);
+
+    let r = c
+        .get(format!("{}/v1/versions/5.5.0", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    let cells = v["cells"].as_array().unwrap();
+    assert!(
+        cells
+            .iter()
+            .any(|c| c["os"] == "debian-13" && c["available"] == true)
+    );
+    assert!(
+        cells
+            .iter()
+            .any(|c| c["os"] == "alpine-3.22" && c["available"] == false)
+    );
+    assert_eq!(
+        c.get(format!("{}/v1/versions/9.9.9", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    let v: serde_json::Value = c
+        .get(format!("{}/v1/platforms", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["linux"].as_array().unwrap().len(), 2);
+
+    // Lockfile: ETag, 304, gzip.
+    let r = c
+        .get(format!("{}/v1/lockfile", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let body: Lockfile = r.json().await.unwrap();
+    assert_eq!(body, lock);
+    let r = c
+        .get(format!("{}/v1/lockfile", s.base))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .get(format!("{}/v1/lockfile", s.base))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let bytes = r.bytes().await.unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+        .unwrap();
+    assert_eq!(serde_json::from_str::<Lockfile>(&text).unwrap(), lock);
+
+    let html = c
+        .get(format!("{}/", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<table>")
+            && html.contains("debian-13")
+            && html.contains("class=\"available\"")
+    );
+    assert!(html.contains("smoke test: ocaml -version printed 5.4.1"));
+
+    let m = c
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("kiln_lockfile_entries 3"), "{m}");
+    assert!(m.contains("kiln_available_tags 1"), "{m}");
+    assert!(
+        m.contains("kiln_api_requests_total{route=\"lockfile\"} 3"),
+        "{m}"
+    );
+
+    let spec: serde_json::Value = c
+        .get(format!("{}/v1/openapi.json", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for (method, path) in kiln::api::ROUTES {
+        assert!(spec["paths"][path][method].is_object(), "{method} {path}");
+    }
+    assert_eq!(
+        c.get(format!("{}/healthz", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/readyz", s.base))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = c.get(format!("{}/nope", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "not-found"
+    );
+    let r = c
+        .delete(format!("{}/v1/lockfile", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "method-not-allowed"
+    );
+}
+
+#[tokio::test]
+async fn hot_reload_and_token() {
+    let (lock, reqs, jobs) = fixture();
+    let s = start(&lock, reqs, jobs, "s3cret").await;
+    let c = reqwest::Client::new();
+    let resolve = |img: &'static str| c.get(format!("{}/v1/resolve?image={img}", s.base)).send();
+    assert_eq!(
+        resolve("opam:alpine-3.22-ocaml-5.5")
+            .await
+            .unwrap()
+            .status(),
+        409
+    );
+
+    // The missing arch gets published: picked up without restart.
+    let mut newer = lock.clone();
+    newer.publish(
+        entry(
+            "alpine-3.22",
+            "5.5.0",
+            "alpine-3.22-ocaml-5.5",
+            &["amd64", "arm64"],
+            7,
+        ),
+        "arm64 built",
+    );
+    newer.save(&s.lockfile).unwrap();
+    let mut ok = false;
+    for _ in 0..40 {
+        if resolve("opam:alpine-3.22-ocaml-5.5")
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "new lockfile not picked up");
+
+    // A broken lockfile on disk: previous snapshot keeps serving.
+    std::fs::write(&s.lockfile, "{ not json").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        resolve("opam:alpine-3.22-ocaml-5.5")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let m = c
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!m.contains("kiln_reload_errors_total 0"), "{m}");
+
+    // Writes need the token.
+    let post = |t: Option<&str>| {
+        let mut r = c.post(format!("{}/v1/reload", s.base));
+        if let Some(t) = t {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("s3cre")).await.unwrap().status(), 401);
+    assert_eq!(post(Some("s3cret")).await.unwrap().status(), 422);
+    newer.save(&s.lockfile).unwrap();
+    assert_eq!(post(Some("s3cret")).await.unwrap().status(), 200);
+    // Oversized bodies are refused with a 4xx.
+    let r = c
+        .post(format!("{}/v1/reload", s.base))
+        .bearer_auth("s3cret")
+        .body(vec![b'x'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
