@@ -29,6 +29,8 @@ enum Command {
     Config(cmd::config::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
+    /// What is published, building, failed and missing, per version.
+    Status(cmd::status::Args),
     /// Pin an image by digest, or say why it is refused (exit 0 / 3 / 2).
     Resolve(cmd::resolve::Args),
 }
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Config(a) => cmd::config::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
+        Command::Status(a) => cmd::status::run(&sources, a),
     };
     match result {
         Ok(code) => code,

@@ -5,3 +5,4 @@ pub mod config;
 pub mod doctor;
 pub mod resolve;
 pub mod serve;
+pub mod status;
