@@ -101,6 +101,16 @@ pub struct ZfsHost {
     pub ssh: String,
     pub pool: String,
     pub prefix: String,
+    /// Platforms (`macos`, `freebsd`) this host builds base datasets for.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// The host's arch, in Kiln's names.
+    #[serde(default = "amd64")]
+    pub arch: String,
+}
+
+fn amd64() -> String {
+    "amd64".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

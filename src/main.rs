@@ -27,6 +27,12 @@ enum Command {
     Doctor(cmd::doctor::Args),
     /// Print the effective configuration.
     Config(cmd::config::Args),
+    /// Validate, list or format the version catalogue.
+    Catalogue(cmd::catalogue::Args),
+    /// Add or update releases in the catalogue.
+    Bump(cmd::bump::Args),
+    /// Show the targets, tags and totals a build would cover.
+    Plan(cmd::plan::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -36,6 +42,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Behave like a Unix filter: `kiln plan | head` ends quietly.
+    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -48,6 +59,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(a) => cmd::doctor::run(&sources, a),
         Command::Config(a) => cmd::config::run(&sources, a),
+        Command::Catalogue(a) => cmd::catalogue::run(&sources, a),
+        Command::Bump(a) => cmd::bump::run(&sources, a),
+        Command::Plan(a) => cmd::plan::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),

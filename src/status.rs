@@ -3,13 +3,47 @@
 //! `kiln status` and `kiln resolve` see them.
 
 use crate::api::gate::{Jobs, Requirement};
+use crate::catalogue::{BuilderKind, CatalogueError};
 use crate::config::Config;
+use crate::plan::{self, Filter, PlanError, Target};
 
 #[derive(Debug, thiserror::Error)]
-pub enum StatusError {}
+pub enum StatusError {
+    #[error(transparent)]
+    Catalogue(#[from] CatalogueError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+}
+
+/// Can any configured builder build this target?
+pub fn can_build(config: &Config, t: &Target) -> bool {
+    match t.builder {
+        BuilderKind::Docker => config
+            .docker
+            .hosts
+            .iter()
+            .any(|h| h.os == t.platform && (h.arch == t.arch || h.emulate.contains(&t.arch))),
+        BuilderKind::Zfs => config
+            .zfs
+            .hosts
+            .iter()
+            .any(|h| h.platforms.contains(&t.platform) && h.arch == t.arch),
+        BuilderKind::Qemu => {
+            t.arch == "amd64" && crate::process::which(&config.qemu.system).is_some()
+        }
+    }
+}
 
 /// Requirements from the catalogue and platform policy, and job states
 /// from the daemon's queue.
-pub fn requirements(_config: &Config) -> Result<(Vec<Requirement>, Jobs), StatusError> {
-    Ok((Vec::new(), Jobs::new()))
+pub fn requirements(config: &Config) -> Result<(Vec<Requirement>, Jobs), StatusError> {
+    if !config.versions_dir.exists() {
+        return Ok((Vec::new(), Jobs::new()));
+    }
+    let cat = crate::catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    let targets = plan::expand(&cat, &Filter::default())?;
+    let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
+        can_build(config, t)
+    });
+    Ok((reqs, Jobs::new()))
 }

@@ -1,1 +1,330 @@
-//! Expanding the catalogue into targets, build keys and tags.
+//! Expanding the catalogue into targets, tags, build keys and the
+//! requirements the availability gate checks.
+//!
+//! A [`Target`] is one (platform, OS release, compiler version, variant,
+//! arch). Targets sharing everything but the arch share one moving tag
+//! (one multi-arch index); [`requirements`] groups them so.
+
+pub mod key;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::api::gate::Requirement;
+use crate::catalogue::{BuilderKind, Catalogue, OcamlVersion, Status};
+
+/// The opam release the recipes install (part of every build key through
+/// the rendered recipe).
+pub const OPAM_VERSION: &str = "2.4.1";
+
+/// Variables a builder supplies at build time, on top of a target's own.
+pub const BUILD_TIME_VARS: &[&str] = &[
+    "parent",
+    "parent_digest",
+    "opam_repository_commit",
+    "http_base",
+    "http_host",
+];
+
+/// opam's binary release names for an arch.
+pub fn opam_arch(arch: &str) -> &'static str {
+    match arch {
+        "amd64" => "x86_64",
+        "arm64" => "arm64",
+        "i386" => "i686",
+        "arm32v7" => "armhf",
+        "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" => "riscv64",
+        _ => "unknown",
+    }
+}
+
+/// Narrow a plan: every field that is set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// A version (`5.5.0`), series (`5.5`) or set (`recent`).
+    pub version: Option<String>,
+    pub platform: Option<String>,
+    /// OS release id or alias.
+    pub os: Option<String>,
+    pub arch: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Target {
+    pub platform: String,
+    pub os: String,
+    pub distro: String,
+    pub tier: u8,
+    pub version: OcamlVersion,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    pub arch: String,
+    /// Native-code compiler on this arch (else bytecode only).
+    pub native: bool,
+    pub builder: BuilderKind,
+    /// Absolute paths of the recipe files.
+    pub recipes: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    pub vars: BTreeMap<String, String>,
+    pub opam_packages: Vec<String>,
+    pub repository: String,
+    /// The moving tag this target's output goes into.
+    pub tag: String,
+    pub aliases: Vec<String>,
+    /// Required for the version to be available on this OS release.
+    pub required: bool,
+}
+
+impl Target {
+    /// Stable id: `linux/debian-13/5.5.0[+flambda]/amd64`.
+    pub fn id(&self) -> String {
+        match &self.variant {
+            Some(v) => format!(
+                "{}/{}/{}+{v}/{}",
+                self.platform, self.os, self.version, self.arch
+            ),
+            None => format!(
+                "{}/{}/{}/{}",
+                self.platform, self.os, self.version, self.arch
+            ),
+        }
+    }
+
+    /// The immutable tag of a build of this target's tag group.
+    pub fn immutable_tag(&self, build_key: &str) -> String {
+        let short = build_key.strip_prefix("sha256:").unwrap_or(build_key);
+        let short = &short[..12.min(short.len())];
+        match &self.variant {
+            Some(v) => format!(
+                "{}-ocaml-{}-{}-{short}",
+                self.os,
+                self.version,
+                v.replace('+', "-")
+            ),
+            None => format!("{}-ocaml-{}-{short}", self.os, self.version),
+        }
+    }
+}
+
+/// The moving tag of (os, version, variant): `debian-13-ocaml-5.5[-flambda]`.
+pub fn moving_tag(os: &str, v: &OcamlVersion, variant: Option<&str>) -> String {
+    match variant {
+        Some(var) => format!("{os}-ocaml-{}-{}", v.series_tag(), var.replace('+', "-")),
+        None => format!("{os}-ocaml-{}", v.series_tag()),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("--version {0}")]
+    Version(String),
+    #[error("{path}: versions: {message}")]
+    Policy { path: PathBuf, message: String },
+}
+
+fn matches(filter: &Option<String>, value: &str) -> bool {
+    filter.as_deref().is_none_or(|f| f == value)
+}
+
+/// Every target the catalogue and policies call for, filtered.
+pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError> {
+    let wanted: Option<Vec<OcamlVersion>> = match &filter.version {
+        Some(v) => Some(cat.select(v).map_err(PlanError::Version)?),
+        None => None,
+    };
+    let latest = cat.latest().cloned();
+    let mut out = Vec::new();
+    for pf in &cat.platforms {
+        if !matches(&filter.platform, &pf.platform) {
+            continue;
+        }
+        let mut versions: Vec<OcamlVersion> = Vec::new();
+        for sel in &pf.policy.versions {
+            let vs = cat.select(sel).map_err(|message| PlanError::Policy {
+                path: pf.dir.join("policy.yaml"),
+                message,
+            })?;
+            for v in vs {
+                if !versions.contains(&v) {
+                    versions.push(v);
+                }
+            }
+        }
+        if let Some(w) = &wanted {
+            // An explicit --version builds it even when the policy would not.
+            versions = w.clone();
+        }
+        for os in &pf.releases {
+            if let Some(f) = &filter.os
+                && *f != os.id
+                && !os.aliases.contains(f)
+            {
+                continue;
+            }
+            for v in &versions {
+                if os.refuses(v).is_some() {
+                    continue;
+                }
+                let Some(series) = cat.series_of(v) else {
+                    continue;
+                };
+                let Some(release) = cat.release(v) else {
+                    continue;
+                };
+                let variants: Vec<Option<&String>> = std::iter::once(None)
+                    .chain(
+                        pf.policy
+                            .variants
+                            .iter()
+                            .filter(|var| series.variants.contains_key(*var))
+                            .map(Some),
+                    )
+                    .collect();
+                for variant in variants {
+                    let tag = moving_tag(&os.id, v, variant.map(String::as_str));
+                    let mut aliases: Vec<String> = os
+                        .aliases
+                        .iter()
+                        .map(|a| moving_tag(a, v, variant.map(String::as_str)))
+                        .collect();
+                    if variant.is_none() && latest.as_ref() == Some(v) {
+                        aliases.push(os.id.clone());
+                        aliases.extend(os.aliases.iter().cloned());
+                        if os.default {
+                            aliases.push("latest".into());
+                        }
+                    }
+                    let required = pf.policy.required_tiers.contains(&os.tier)
+                        && !os.deprecated
+                        && (variant.is_none() || pf.policy.require_variants);
+                    for arch in &os.arches {
+                        if !matches(&filter.arch, arch) {
+                            continue;
+                        }
+                        let native = series.native.contains(arch);
+                        let allowed = match variant {
+                            None => native || series.bytecode_only.contains(arch),
+                            Some(var) => series.variants.get(var).is_some_and(|a| a.contains(arch)),
+                        };
+                        if !allowed {
+                            continue;
+                        }
+                        let mut vars = os.vars.clone();
+                        vars.insert("os".into(), os.id.clone());
+                        vars.insert("distro".into(), os.distro.clone());
+                        vars.insert("arch".into(), arch.clone());
+                        vars.insert("ocaml_version".into(), v.to_string());
+                        vars.insert("ocaml_series".into(), v.series_tag());
+                        vars.insert("variant".into(), variant.cloned().unwrap_or_default());
+                        let opam_packages = crate::catalogue::opam::packages(
+                            v,
+                            release.status,
+                            variant.map(String::as_str),
+                        );
+                        vars.insert("opam_packages".into(), opam_packages.join(","));
+                        vars.insert("opam_version".into(), OPAM_VERSION.into());
+                        vars.insert("opam_arch".into(), opam_arch(arch).into());
+                        vars.insert(
+                            "brew_prefix".into(),
+                            if arch == "arm64" {
+                                "/opt/homebrew"
+                            } else {
+                                "/usr/local"
+                            }
+                            .into(),
+                        );
+                        if let Some(r) = os.vars.get("release") {
+                            vars.insert("release_nodot".into(), r.replace('.', ""));
+                        }
+                        out.push(Target {
+                            platform: pf.platform.clone(),
+                            os: os.id.clone(),
+                            distro: os.distro.clone(),
+                            tier: os.tier,
+                            version: v.clone(),
+                            status: release.status,
+                            variant: variant.cloned(),
+                            arch: arch.clone(),
+                            native,
+                            builder: pf.builder,
+                            recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
+                            parent: os.parent.clone(),
+                            vars,
+                            opam_packages,
+                            repository: pf.repository.clone(),
+                            tag: tag.clone(),
+                            aliases: aliases.clone(),
+                            required,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Group required targets by moving tag into gate requirements.
+/// `can_build(platform, arch)` says whether any configured builder can
+/// build that arch; arches it cannot are reported as `no-builder`.
+pub fn requirements(
+    targets: &[Target],
+    namespace: &str,
+    can_build: impl Fn(&Target) -> bool,
+) -> Vec<Requirement> {
+    let mut groups: BTreeMap<String, Requirement> = BTreeMap::new();
+    for t in targets.iter().filter(|t| t.required) {
+        let repository = format!("{namespace}/{}", t.repository);
+        let r = groups
+            .entry(format!("{repository}:{}", t.tag))
+            .or_insert_with(|| Requirement {
+                platform: t.platform.clone(),
+                os: t.os.clone(),
+                ocaml: t.version.to_string(),
+                variant: t.variant.clone(),
+                repository: repository.clone(),
+                tag: t.tag.clone(),
+                aliases: t.aliases.clone(),
+                arches: vec![],
+                no_builder: vec![],
+            });
+        r.arches.push(t.arch.clone());
+        if !can_build(t) {
+            r.no_builder.push(t.arch.clone());
+        }
+    }
+    groups.into_values().collect()
+}
+
+/// Totals for `kiln plan`: per platform and per arch.
+#[derive(Debug, Default, Serialize)]
+pub struct Totals {
+    pub targets: usize,
+    pub tags: usize,
+    pub required: usize,
+    pub by_platform: BTreeMap<String, usize>,
+    pub by_arch: BTreeMap<String, usize>,
+}
+
+pub fn totals(targets: &[Target]) -> Totals {
+    let mut t = Totals {
+        targets: targets.len(),
+        ..Default::default()
+    };
+    let mut tags = std::collections::BTreeSet::new();
+    for x in targets {
+        tags.insert((x.repository.clone(), x.tag.clone()));
+        *t.by_platform.entry(x.platform.clone()).or_default() += 1;
+        *t.by_arch.entry(x.arch.clone()).or_default() += 1;
+        t.required += usize::from(x.required);
+    }
+    t.tags = tags.len();
+    t
+}

@@ -1,0 +1,466 @@
+//! Reading, validating and (for `kiln bump`) rewriting the catalogue.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::platform::{Platform, Policy};
+use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Release, Series, Sets, Status};
+
+fn read(path: &Path) -> Result<String, CatalogueError> {
+    std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, CatalogueError> {
+    serde_norway::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        CatalogueError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })
+}
+
+/// Load and validate `versions/` and `platforms/`.
+pub fn load(versions_dir: &Path, platforms_dir: &Path) -> Result<Catalogue, CatalogueError> {
+    let mut series = Vec::new();
+    let entries = std::fs::read_dir(versions_dir).map_err(|source| CatalogueError::Read {
+        path: versions_dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && p.file_name().is_some_and(|n| n != "sets.yaml")
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let mut s: Series = parse(&path, &read(&path)?)?;
+        s.file = path;
+        series.push(s);
+    }
+    series.sort_by(|a, b| a.series.cmp(&b.series));
+    let sets_path = versions_dir.join("sets.yaml");
+    let sets: Sets = if sets_path.exists() {
+        parse(&sets_path, &read(&sets_path)?)?
+    } else {
+        Sets::default()
+    };
+    let mut platforms = Vec::new();
+    if platforms_dir.exists() {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(platforms_dir)
+            .map_err(|source| CatalogueError::Read {
+                path: platforms_dir.to_path_buf(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("platform.yaml").exists())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let path = dir.join("platform.yaml");
+            let mut p: Platform = parse(&path, &read(&path)?)?;
+            let policy_path = dir.join("policy.yaml");
+            p.policy = if policy_path.exists() {
+                parse::<Policy>(&policy_path, &read(&policy_path)?)?
+            } else {
+                Policy::default()
+            };
+            p.dir = dir;
+            platforms.push(p);
+        }
+    }
+    let cat = Catalogue {
+        series,
+        sets,
+        platforms,
+        versions_dir: versions_dir.to_path_buf(),
+        platforms_dir: platforms_dir.to_path_buf(),
+    };
+    validate(&cat)?;
+    Ok(cat)
+}
+
+fn check_arches(path: &Path, field: &str, arches: &[String]) -> Result<(), CatalogueError> {
+    let mut seen = BTreeSet::new();
+    for (i, a) in arches.iter().enumerate() {
+        if !ARCHES.contains(&a.as_str()) {
+            return Err(CatalogueError::invalid(
+                path,
+                format!("{field}[{i}]"),
+                format!("unknown arch {a:?}; known: {}", ARCHES.join(", ")),
+            ));
+        }
+        if !seen.insert(a) {
+            return Err(CatalogueError::invalid(
+                path,
+                format!("{field}[{i}]"),
+                format!("{a} listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every rule the data must satisfy; errors name the file and the field.
+pub fn validate(cat: &Catalogue) -> Result<(), CatalogueError> {
+    let mut seen_series = BTreeSet::new();
+    for s in &cat.series {
+        let p = &s.file;
+        if s.series.patch.is_some() {
+            return Err(CatalogueError::invalid(
+                p,
+                "series",
+                format!(
+                    "{} is a release, not a series (write {})",
+                    s.series,
+                    s.series.series()
+                ),
+            ));
+        }
+        if let Some(stem) = p.file_stem().and_then(|x| x.to_str())
+            && stem != s.series.to_string()
+        {
+            return Err(CatalogueError::invalid(
+                p,
+                "series",
+                format!("file is named {stem}.yaml but declares series {}", s.series),
+            ));
+        }
+        if !seen_series.insert(s.series.clone()) {
+            return Err(CatalogueError::invalid(
+                p,
+                "series",
+                format!("series {} is declared twice", s.series),
+            ));
+        }
+        check_arches(p, "native", &s.native)?;
+        check_arches(p, "bytecode_only", &s.bytecode_only)?;
+        if let Some(a) = s.native.iter().find(|a| s.bytecode_only.contains(a)) {
+            return Err(CatalogueError::invalid(
+                p,
+                "bytecode_only",
+                format!("{a} is also native"),
+            ));
+        }
+        for (name, arches) in &s.variants {
+            check_arches(p, &format!("variants.{name}"), arches)?;
+            if let Some(a) = arches.iter().find(|a| !s.native.contains(a)) {
+                return Err(CatalogueError::invalid(
+                    p,
+                    format!("variants.{name}"),
+                    format!("{a} has no native compiler in {}", s.series),
+                ));
+            }
+        }
+        if s.releases.is_empty() {
+            return Err(CatalogueError::invalid(p, "releases", "no releases"));
+        }
+        for (i, r) in s.releases.iter().enumerate() {
+            let field = format!("releases[{i}]");
+            if r.version.series() != s.series {
+                return Err(CatalogueError::invalid(
+                    p,
+                    format!("{field}.version"),
+                    format!("{} is not in series {}", r.version, s.series),
+                ));
+            }
+            if r.version.patch.is_none() || (r.version.extra.is_some() && r.status != Status::Trunk)
+            {
+                return Err(CatalogueError::invalid(
+                    p,
+                    format!("{field}.version"),
+                    format!("{} is not a full release version", r.version),
+                ));
+            }
+            let pre = r.version.is_prerelease();
+            let pre_status = matches!(r.status, Status::Alpha | Status::Beta | Status::Rc);
+            if pre != pre_status && !matches!(r.status, Status::Trunk | Status::Dev) {
+                return Err(CatalogueError::invalid(
+                    p,
+                    format!("{field}.status"),
+                    format!(
+                        "{} has status {:?} but {}",
+                        r.version,
+                        r.status,
+                        if pre {
+                            "is a prerelease"
+                        } else {
+                            "is not a prerelease"
+                        }
+                    ),
+                ));
+            }
+            if i > 0 && s.releases[i - 1].version >= r.version {
+                return Err(CatalogueError::invalid(
+                    p,
+                    format!("{field}.version"),
+                    format!(
+                        "{} must come after {} (releases are listed oldest first, without duplicates)",
+                        r.version,
+                        s.releases[i - 1].version
+                    ),
+                ));
+            }
+        }
+    }
+    let sets_path = cat.versions_dir.join("sets.yaml");
+    for (name, list) in [
+        ("recent", &cat.sets.recent),
+        ("significant", &cat.sets.significant),
+    ] {
+        for (i, v) in list.iter().enumerate() {
+            if cat.series_of(v).is_none() || v.patch.is_some() {
+                return Err(CatalogueError::invalid(
+                    &sets_path,
+                    format!("{name}[{i}]"),
+                    format!("{v} is not a series of the catalogue"),
+                ));
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    for pf in &cat.platforms {
+        let p = pf.dir.join("platform.yaml");
+        let dir_name = pf.dir.file_name().and_then(|x| x.to_str()).unwrap_or("");
+        if pf.platform != dir_name {
+            return Err(CatalogueError::invalid(
+                &p,
+                "platform",
+                format!(
+                    "{:?} does not match its directory {dir_name:?}",
+                    pf.platform
+                ),
+            ));
+        }
+        let mut ids = BTreeSet::new();
+        let mut defaults = 0;
+        for (i, r) in pf.releases.iter().enumerate() {
+            let field = format!("releases[{i}]");
+            if r.id.is_empty()
+                || !r
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            {
+                return Err(CatalogueError::invalid(
+                    &p,
+                    format!("{field}.id"),
+                    format!("{:?}: ids are lowercase letters, digits, '-' and '.'", r.id),
+                ));
+            }
+            if !ids.insert(r.id.clone()) {
+                return Err(CatalogueError::invalid(
+                    &p,
+                    format!("{field}.id"),
+                    format!("{} is declared twice", r.id),
+                ));
+            }
+            if !(1..=3).contains(&r.tier) {
+                return Err(CatalogueError::invalid(
+                    &p,
+                    format!("{field}.tier"),
+                    format!("{} is not 1, 2 or 3", r.tier),
+                ));
+            }
+            check_arches(&p, &format!("{field}.arches"), &r.arches)?;
+            if r.recipes.is_empty() {
+                return Err(CatalogueError::invalid(
+                    &p,
+                    format!("{field}.recipes"),
+                    "no recipe files",
+                ));
+            }
+            for (name, what) in
+                std::iter::once((&r.id, "id")).chain(r.aliases.iter().map(|a| (a, "alias")))
+            {
+                if !names.insert((pf.repository.clone(), name.clone())) {
+                    return Err(CatalogueError::invalid(
+                        &p,
+                        format!("{field}.{what}"),
+                        format!(
+                            "{name} already names another OS release of repository {}",
+                            pf.repository
+                        ),
+                    ));
+                }
+            }
+            defaults += usize::from(r.default);
+        }
+        if defaults > 1 {
+            return Err(CatalogueError::invalid(
+                &p,
+                "releases",
+                "more than one release has default: true",
+            ));
+        }
+        let pol = pf.dir.join("policy.yaml");
+        for (i, v) in pf.policy.versions.iter().enumerate() {
+            if let Err(e) = cat.select(v) {
+                return Err(CatalogueError::invalid(&pol, format!("versions[{i}]"), e));
+            }
+        }
+        for (i, t) in pf.policy.required_tiers.iter().enumerate() {
+            if !(1..=3).contains(t) {
+                return Err(CatalogueError::invalid(
+                    &pol,
+                    format!("required_tiers[{i}]"),
+                    format!("{t} is not 1, 2 or 3"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Check that every recipe a platform names exists.
+pub fn validate_recipes(cat: &Catalogue) -> Result<(), CatalogueError> {
+    for pf in &cat.platforms {
+        for (i, r) in pf.releases.iter().enumerate() {
+            for (j, recipe) in r.recipes.iter().enumerate() {
+                if !pf.dir.join(recipe).is_file() {
+                    return Err(CatalogueError::invalid(
+                        &pf.dir.join("platform.yaml"),
+                        format!("releases[{i}].recipes[{j}]"),
+                        format!("{} does not exist", pf.dir.join(recipe).display()),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The canonical text of a series file.
+pub fn format_series(s: &Series) -> Result<String, CatalogueError> {
+    let body = serde_norway::to_string(s)
+        .map_err(|e| CatalogueError::invalid(&s.file, "(serialize)", e.to_string()))?;
+    Ok(format!(
+        "# OCaml {} series. Canonical form: edit with `kiln bump` or run `kiln catalogue fmt`.\n{body}",
+        s.series
+    ))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BumpOutcome {
+    /// A new release was added (and maybe a new series file created).
+    Added { file: PathBuf },
+    /// An existing release had its status or date changed.
+    Updated { file: PathBuf },
+    /// Already exactly so: nothing written.
+    Unchanged,
+}
+
+/// Add or update a release. Validates the whole catalogue with the change
+/// before writing anything; writes atomically.
+pub fn bump(
+    versions_dir: &Path,
+    platforms_dir: &Path,
+    version: &OcamlVersion,
+    status: Option<Status>,
+    date: Option<chrono::NaiveDate>,
+    dry_run: bool,
+) -> Result<BumpOutcome, CatalogueError> {
+    let mut cat = load(versions_dir, platforms_dir)?;
+    let status = status.unwrap_or(if version.is_prerelease() {
+        match &version.prerelease {
+            Some(super::version::Prerelease::Alpha(_)) => Status::Alpha,
+            Some(super::version::Prerelease::Beta(_)) => Status::Beta,
+            Some(super::version::Prerelease::Rc(_)) => Status::Rc,
+            _ => Status::Dev,
+        }
+    } else {
+        Status::Released
+    });
+    let series_v = version.series();
+    let idx = match cat.series.iter().position(|s| s.series == series_v) {
+        Some(i) => i,
+        None => {
+            // A new series inherits arches and variants from the newest one.
+            let prev = cat
+                .series
+                .iter()
+                .rev()
+                .find(|s| s.series < series_v)
+                .cloned();
+            let (native, bytecode_only, variants) = prev
+                .map(|p| (p.native, p.bytecode_only, p.variants))
+                .unwrap_or_else(|| (vec!["amd64".into()], vec![], BTreeMap::new()));
+            cat.series.push(Series {
+                series: series_v.clone(),
+                native,
+                bytecode_only,
+                variants,
+                releases: vec![],
+                file: versions_dir.join(format!("{series_v}.yaml")),
+            });
+            cat.series.sort_by(|a, b| a.series.cmp(&b.series));
+            cat.series
+                .iter()
+                .position(|s| s.series == series_v)
+                .unwrap_or(0)
+        }
+    };
+    let s = &mut cat.series[idx];
+    let new = Release {
+        version: version.clone(),
+        status,
+        date,
+    };
+    let outcome = match s.releases.iter_mut().find(|r| r.version == *version) {
+        Some(r) => {
+            let merged = Release {
+                date: date.or(r.date),
+                ..new
+            };
+            if *r == merged {
+                return Ok(BumpOutcome::Unchanged);
+            }
+            *r = merged;
+            BumpOutcome::Updated {
+                file: s.file.clone(),
+            }
+        }
+        None => {
+            // A release supersedes the trunk/prerelease entries of its version.
+            s.releases.retain(|r| {
+                !(r.version.release() == version.release() && r.status == Status::Trunk)
+            });
+            s.releases.push(new);
+            s.releases.sort_by(|a, b| a.version.cmp(&b.version));
+            BumpOutcome::Added {
+                file: s.file.clone(),
+            }
+        }
+    };
+    validate(&cat)?;
+    if !dry_run {
+        let s = &cat.series[idx];
+        let text = format_series(s)?;
+        write_atomic(&s.file, &text)?;
+    }
+    Ok(outcome)
+}
+
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), CatalogueError> {
+    let werr = |source| CatalogueError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
+    std::fs::write(tmp.path(), text).map_err(werr)?;
+    tmp.persist(path).map_err(|e| werr(e.error))?;
+    Ok(())
+}

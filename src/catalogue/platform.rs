@@ -1,0 +1,129 @@
+//! Platform definitions: `platforms/<os>/platform.yaml` and `policy.yaml`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::OcamlVersion;
+
+/// Which builder makes a platform's outputs.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    Docker,
+    Zfs,
+    Qemu,
+}
+
+impl BuilderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuilderKind::Docker => "docker",
+            BuilderKind::Zfs => "zfs",
+            BuilderKind::Qemu => "qemu",
+        }
+    }
+}
+
+/// A range of versions an OS release cannot build (`from` ≤ v < `below`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Exclude {
+    pub from: OcamlVersion,
+    pub below: OcamlVersion,
+    /// Why, shown by `kiln plan`.
+    pub reason: String,
+}
+
+/// One OS release of a platform (`debian-13`, `windows-server-ltsc2022-mingw`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OsRelease {
+    /// Used in tags: `debian-13-ocaml-5.5`.
+    pub id: String,
+    /// Family name used for distro aliases (`debian`).
+    pub distro: String,
+    /// 1 = must build for a release to be available, 2 = required too but
+    /// may lag, 3 = best effort.
+    pub tier: u8,
+    pub arches: Vec<String>,
+    /// Other names this release answers to (`debian`, `ubuntu-lts`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub deprecated: bool,
+    /// Recipe files, relative to `platforms/<os>/`.
+    pub recipes: Vec<String>,
+    /// Upstream parent image (`debian:13`), resolved to a digest at plan time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Oldest compiler this OS release builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<OcamlVersion>,
+    #[serde(default)]
+    pub exclude: Vec<Exclude>,
+    /// Extra template variables for the recipes (`port: mingw`).
+    #[serde(default)]
+    pub vars: std::collections::BTreeMap<String, String>,
+    /// The platform's default OS release (gets the `latest` tag).
+    #[serde(default)]
+    pub default: bool,
+}
+
+impl OsRelease {
+    /// Why this OS release does not build `v`, if it does not.
+    pub fn refuses(&self, v: &OcamlVersion) -> Option<String> {
+        if let Some(min) = &self.min_version
+            && v.release() < *min
+        {
+            return Some(format!("{} builds OCaml {min} and later", self.id));
+        }
+        self.exclude
+            .iter()
+            .find(|e| v.release() >= e.from && v.release() < e.below)
+            .map(|e| e.reason.clone())
+    }
+}
+
+/// `platforms/<os>/platform.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// linux, windows, macos, freebsd, openbsd.
+    pub platform: String,
+    pub builder: BuilderKind,
+    /// Repository name inside the registry namespace (`opam`).
+    pub repository: String,
+    pub releases: Vec<OsRelease>,
+    #[serde(skip, default)]
+    pub policy: Policy,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// `platforms/<os>/policy.yaml`: what is built and what is required.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// A set (`recent`, `significant`, `latest`, `all`) or a list of series.
+    pub versions: Vec<String>,
+    /// Variants built besides the default compiler (where the arch allows).
+    #[serde(default)]
+    pub variants: Vec<String>,
+    /// OS releases of these tiers are required for availability.
+    pub required_tiers: Vec<u8>,
+    /// Whether variant tags are required too.
+    #[serde(default)]
+    pub require_variants: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            versions: vec!["recent".into()],
+            variants: vec![],
+            required_tiers: vec![1],
+            require_variants: false,
+        }
+    }
+}

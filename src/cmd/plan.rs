@@ -1,0 +1,98 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+use kiln::catalogue;
+use kiln::config::{Config, Sources};
+use kiln::plan::{self, Filter};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A version (5.5.0), series (5.5) or set (recent, significant, latest, all).
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long)]
+    platform: Option<String>,
+    /// OS release id or alias (debian-13, ubuntu-lts).
+    #[arg(long)]
+    os: Option<String>,
+    #[arg(long)]
+    arch: Option<String>,
+    /// Print every target, not just the tags and totals.
+    #[arg(long)]
+    targets: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
+    let config = Config::load(sources)?;
+    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    let filter = Filter {
+        version: args.version,
+        platform: args.platform,
+        os: args.os,
+        arch: args.arch,
+    };
+    let targets = plan::expand(&cat, &filter)?;
+    let totals = plan::totals(&targets);
+    let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
+        kiln::status::can_build(&config, t)
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "totals": totals,
+                "tags": reqs,
+                "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.targets {
+        for t in &targets {
+            println!(
+                "{:<48} {:<10} {}{}",
+                t.id(),
+                t.builder.as_str(),
+                t.tag,
+                if t.required { "" } else { "  (optional)" }
+            );
+        }
+        println!();
+    } else {
+        let mut tags: Vec<(String, String, usize, bool)> = Vec::new();
+        for t in &targets {
+            match tags
+                .iter_mut()
+                .find(|x| x.0 == t.repository && x.1 == t.tag)
+            {
+                Some(x) => x.2 += 1,
+                None => tags.push((t.repository.clone(), t.tag.clone(), 1, t.required)),
+            }
+        }
+        for (repo, tag, n, req) in &tags {
+            println!(
+                "{}/{repo}:{tag}  {n} arch{}{}",
+                config.registry.namespace,
+                if *n == 1 { "" } else { "es" },
+                if *req { "" } else { "  (optional)" }
+            );
+        }
+        println!();
+    }
+    let no_builder: usize = reqs.iter().map(|r| r.no_builder.len()).sum();
+    println!(
+        "{} targets into {} tags ({} required targets); {} required arch builds have no configured builder",
+        totals.targets, totals.tags, totals.required, no_builder
+    );
+    let fmt = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("by platform: {}", fmt(&totals.by_platform));
+    println!("by arch:     {}", fmt(&totals.by_arch));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,73 @@
+//! Build keys: a content hash of everything that determines a target's
+//! output. Same key → nothing to build, and the published digest stays.
+//!
+//! The inputs are kept as named strings (recorded in the lockfile next to
+//! the key) so that when a key changes, Kiln can say which input changed.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+/// Named inputs of one target's build.
+pub type Inputs = BTreeMap<String, String>;
+
+/// `sha256:<hex>` over the canonical `name=value\n` lines, sorted by name.
+pub fn build_key(inputs: &Inputs) -> String {
+    let mut h = Sha256::new();
+    h.update(b"kiln-build-key-v1\n");
+    for (k, v) in inputs {
+        h.update(k.as_bytes());
+        h.update(b"=");
+        h.update(v.as_bytes());
+        h.update(b"\n");
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+/// The key of a tag group: its per-arch keys, by arch.
+pub fn group_key(arch_keys: &BTreeMap<String, String>) -> String {
+    let inputs: Inputs = arch_keys
+        .iter()
+        .map(|(a, k)| (format!("arch:{a}"), k.clone()))
+        .collect();
+    build_key(&inputs)
+}
+
+/// Which inputs differ between two builds, for "why did this change".
+pub fn changed(old: &Inputs, new: &Inputs) -> Vec<String> {
+    let mut names: Vec<String> = old
+        .keys()
+        .chain(new.keys())
+        .filter(|k| old.get(*k) != new.get(*k))
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_stable_and_sensitive() {
+        let mut a = Inputs::new();
+        a.insert("ocaml".into(), "5.5.0".into());
+        a.insert("parent_digest".into(), "sha256:aa".into());
+        let k1 = build_key(&a);
+        assert_eq!(k1, build_key(&a.clone()));
+        let mut b = a.clone();
+        b.insert("parent_digest".into(), "sha256:bb".into());
+        assert_ne!(k1, build_key(&b));
+        assert_eq!(changed(&a, &b), ["parent_digest"]);
+        // Field boundaries matter: a=bc vs ab=c.
+        let x: Inputs = [("a".to_string(), "bc".to_string())].into();
+        let y: Inputs = [("ab".to_string(), "c".to_string())].into();
+        assert_ne!(build_key(&x), build_key(&y));
+    }
+}

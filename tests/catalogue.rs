@@ -1,0 +1,294 @@
+//! The catalogue: the real data validates, the version type behaves, bad
+//! input is refused with the file and field named, bump is canonical and
+//! idempotent.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln::catalogue::{self, BumpOutcome, OcamlVersion, Status};
+use proptest::prelude::*;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn real() -> catalogue::Catalogue {
+    catalogue::load(&root().join("versions"), &root().join("platforms")).unwrap()
+}
+
+#[test]
+fn real_catalogue_covers_3_07_to_5_5_and_the_matrix() {
+    let cat = real();
+    let v = |s: &str| s.parse::<OcamlVersion>().unwrap();
+    assert_eq!(cat.series.first().unwrap().series, v("3.07"));
+    for r in ["4.14.4", "5.5.0", "4.02.3", "3.12.1", "5.0.0"] {
+        assert!(cat.release(&v(r)).is_some(), "{r} missing");
+    }
+    assert_eq!(cat.latest(), Some(&v("5.5.0")));
+    assert_eq!(cat.release(&v("5.6.0")).unwrap().status, Status::Trunk);
+    let s55 = cat.series_of(&v("5.5.0")).unwrap();
+    assert!(
+        s55.bytecode_only.contains(&"i386".to_string()),
+        "5.x drops native 32-bit"
+    );
+    assert!(
+        cat.series_of(&v("4.14.4"))
+            .unwrap()
+            .native
+            .contains(&"i386".to_string())
+    );
+    let recent = cat.select("recent").unwrap();
+    assert!(recent.contains(&v("4.14.4")) && recent.contains(&v("5.5.0")));
+    let names: Vec<&str> = cat.platforms.iter().map(|p| p.platform.as_str()).collect();
+    assert_eq!(names, ["freebsd", "linux", "macos", "openbsd", "windows"]);
+    let linux = cat.platform("linux").unwrap();
+    for distro in [
+        "debian",
+        "ubuntu",
+        "alpine",
+        "fedora",
+        "opensuse",
+        "oraclelinux",
+        "centos",
+        "archlinux",
+    ] {
+        assert!(
+            linux.releases.iter().any(|r| r.distro == distro),
+            "{distro}"
+        );
+    }
+    let win = cat.platform("windows").unwrap();
+    let msvc = win
+        .releases
+        .iter()
+        .find(|r| r.id == "windows-server-ltsc2022-msvc")
+        .unwrap();
+    assert!(msvc.refuses(&v("5.1.0")).is_some() && msvc.refuses(&v("5.3.0")).is_none());
+    assert!(
+        win.releases
+            .iter()
+            .find(|r| r.id == "windows-server-ltsc2025-mingw")
+            .unwrap()
+            .refuses(&v("4.12.1"))
+            .is_some()
+    );
+}
+
+#[test]
+fn every_recipe_the_platforms_name_exists() {
+    catalogue::validate_recipes(&real()).unwrap();
+}
+
+proptest! {
+    #[test]
+    fn version_round_trips(major in 3u32..7, minor in 0u32..30, patch in proptest::option::of(0u32..10),
+                           pre in proptest::option::of((0u8..3, 0u32..5)), extra in proptest::option::of("[a-z]{1,8}(\\+[a-z]{1,5})?")) {
+        let mut s = if major < 5 { format!("{major}.{minor:02}") } else { format!("{major}.{minor}") };
+        if let Some(p) = patch {
+            s.push_str(&format!(".{p}"));
+            if let Some((k, n)) = pre {
+                s.push_str(&format!("~{}{n}", ["alpha", "beta", "rc"][k as usize]));
+            }
+            if let Some(e) = &extra {
+                s.push_str(&format!("+{e}"));
+            }
+        }
+        let v: OcamlVersion = s.parse().unwrap();
+        prop_assert_eq!(v.to_string(), s.clone());
+        prop_assert_eq!(v.to_string().parse::<OcamlVersion>().unwrap(), v);
+    }
+
+    #[test]
+    fn prerelease_sorts_before_release(major in 4u32..7, minor in 0u32..20, patch in 0u32..5, n in 0u32..9, k in 0usize..3) {
+        let rel: OcamlVersion = format!("{major}.{minor}.{patch}").parse().unwrap();
+        let pre: OcamlVersion = format!("{major}.{minor}.{patch}~{}{n}", ["alpha", "beta", "rc"][k]).parse().unwrap();
+        let prev: OcamlVersion = format!("{major}.{minor}.{patch}").parse::<OcamlVersion>().map(|mut v| { v.patch = v.patch.map(|p| p.saturating_sub(1)); v }).unwrap();
+        prop_assert!(pre < rel);
+        if patch > 0 { prop_assert!(prev < pre); }
+        prop_assert!(pre.series() == rel.series());
+    }
+}
+
+/// A writable copy of the real catalogue.
+fn copy() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let copy_dir = |from: &Path, to: &Path| {
+        Command::new("cp")
+            .arg("-r")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+    };
+    copy_dir(&root().join("versions"), &dir.path().join("versions"));
+    copy_dir(&root().join("platforms"), &dir.path().join("platforms"));
+    let (v, p) = (dir.path().join("versions"), dir.path().join("platforms"));
+    (dir, v, p)
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.clone(), std::fs::read(&p).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn bump_adds_canonically_and_is_idempotent() {
+    let (_d, vd, pd) = copy();
+    let v: OcamlVersion = "5.5.1".parse().unwrap();
+    let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 20);
+    let out = catalogue::bump(&vd, &pd, &v, None, date, false).unwrap();
+    assert_eq!(
+        out,
+        BumpOutcome::Added {
+            file: vd.join("5.5.yaml")
+        }
+    );
+    let before = snapshot(&vd);
+    assert_eq!(
+        catalogue::bump(&vd, &pd, &v, None, date, false).unwrap(),
+        BumpOutcome::Unchanged
+    );
+    assert_eq!(snapshot(&vd), before, "a second bump must change nothing");
+    let cat = catalogue::load(&vd, &pd).unwrap();
+    assert_eq!(cat.latest().unwrap().to_string(), "5.5.1");
+    // The file is in canonical form.
+    let s = cat.series_of(&v).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(vd.join("5.5.yaml")).unwrap(),
+        catalogue::format_series(s).unwrap()
+    );
+    // A new series inherits its arches from the newest one.
+    let v57: OcamlVersion = "5.7.0~alpha1".parse().unwrap();
+    catalogue::bump(&vd, &pd, &v57, None, None, false).unwrap();
+    let cat = catalogue::load(&vd, &pd).unwrap();
+    let s57 = cat.series_of(&v57).unwrap();
+    assert_eq!(s57.releases[0].status, Status::Alpha);
+    assert_eq!(
+        s57.native,
+        cat.series_of(&"5.5".parse().unwrap()).unwrap().native
+    );
+    // Dry run writes nothing.
+    let before = snapshot(&vd);
+    catalogue::bump(&vd, &pd, &"5.5.2".parse().unwrap(), None, None, true).unwrap();
+    assert_eq!(snapshot(&vd), before);
+}
+
+#[test]
+fn bad_input_names_file_and_field_and_changes_nothing() {
+    let (_d, vd, pd) = copy();
+    let before = snapshot(&vd);
+    // A release whose status contradicts its version is refused by bump.
+    let e = catalogue::bump(
+        &vd,
+        &pd,
+        &"5.5.3".parse().unwrap(),
+        Some(Status::Beta),
+        None,
+        false,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("5.5.yaml") && e.to_string().contains("status"),
+        "{e}"
+    );
+    assert_eq!(snapshot(&vd), before);
+
+    // Syntax errors carry the line.
+    std::fs::write(
+        vd.join("5.5.yaml"),
+        "series: '5.5'\nnative: [amd64\nreleases: []\n",
+    )
+    .unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    assert!(e.contains("5.5.yaml:"), "{e}");
+    // Unknown fields, arches, misplaced releases: file and field named.
+    let cases = [
+        (
+            "series: '5.5'\nnative: [amd64]\nreleases: [{version: '5.5.0', status: released}]\ncolour: red\n",
+            "colour",
+        ),
+        (
+            "series: '5.5'\nnative: [amd65]\nreleases: [{version: '5.5.0', status: released}]\n",
+            "native[0]",
+        ),
+        (
+            "series: '5.5'\nnative: [amd64]\nreleases: [{version: '5.4.0', status: released}]\n",
+            "releases[0].version",
+        ),
+        (
+            "series: '5.5'\nnative: [amd64]\nreleases: [{version: '5.5.1', status: released}, {version: '5.5.0', status: released}]\n",
+            "releases[1].version",
+        ),
+        (
+            "series: '5.5'\nnative: [amd64]\nvariants: {flambda: [s390x]}\nreleases: [{version: '5.5.0', status: released}]\n",
+            "variants.flambda",
+        ),
+    ];
+    for (text, field) in cases {
+        std::fs::write(vd.join("5.5.yaml"), text).unwrap();
+        let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+        assert!(e.contains("5.5.yaml") && e.contains(field), "{field}: {e}");
+    }
+    std::fs::write(
+        vd.join("5.5.yaml"),
+        &before
+            .iter()
+            .find(|(p, _)| p.ends_with("5.5.yaml"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    // Platform errors too.
+    let lp = pd.join("linux/platform.yaml");
+    let orig = std::fs::read_to_string(&lp).unwrap();
+    std::fs::write(
+        &lp,
+        orig.replace("tier: 1\n    default: true", "tier: 7\n    default: true"),
+    )
+    .unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    assert!(
+        e.contains("linux/platform.yaml") && e.contains("releases[0].tier"),
+        "{e}"
+    );
+    std::fs::write(&lp, orig.replace("aliases: [alpine]", "aliases: [debian]")).unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    assert!(e.contains("debian already names"), "{e}");
+}
+
+#[test]
+fn cli_bump_and_validate() {
+    let (d, _vd, _pd) = copy();
+    let config = d.path().join("kiln.toml");
+    std::fs::write(&config, "").unwrap();
+    let kiln = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kiln(&["bump", "5.5.1", "4.14.5", "--date", "2026-11-20", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["change"], "added");
+    assert_eq!(v[1]["change"], "added");
+    let out = kiln(&["bump", "5.5.1", "--date", "2026-11-20"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+    // One bad version in the list: nothing is written.
+    let before = snapshot(&d.path().join("versions"));
+    let out = kiln(&["bump", "5.5.2", "5.x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"5.x\""));
+    assert_eq!(snapshot(&d.path().join("versions")), before);
+}

@@ -1,0 +1,211 @@
+//! Plans of the real catalogue: targets, tags, aliases, requirements, and
+//! every production recipe rendering for every target it serves.
+
+use std::path::PathBuf;
+
+use kiln::catalogue::{self, OcamlVersion};
+use kiln::plan::{self, BUILD_TIME_VARS, Filter, key, template};
+
+fn cat() -> catalogue::Catalogue {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    catalogue::load(&root.join("versions"), &root.join("platforms")).unwrap()
+}
+
+fn filter(version: &str, platform: &str, os: &str) -> Filter {
+    Filter {
+        version: Some(version.into()),
+        platform: Some(platform.into()),
+        os: Some(os.into()),
+        arch: None,
+    }
+}
+
+#[test]
+fn debian_13_for_5_5_0() {
+    let c = cat();
+    let ts = plan::expand(&c, &filter("5.5.0", "linux", "debian")).unwrap();
+    let default: Vec<_> = ts.iter().filter(|t| t.variant.is_none()).collect();
+    let arches: Vec<&str> = default.iter().map(|t| t.arch.as_str()).collect();
+    assert_eq!(
+        arches,
+        [
+            "amd64", "arm64", "i386", "arm32v7", "ppc64le", "s390x", "riscv64"
+        ]
+    );
+    assert!(
+        default
+            .iter()
+            .all(|t| t.tag == "debian-13-ocaml-5.5" && t.required)
+    );
+    let i386 = default.iter().find(|t| t.arch == "i386").unwrap();
+    assert!(!i386.native, "5.x is bytecode-only on i386");
+    let amd64 = default.iter().find(|t| t.arch == "amd64").unwrap();
+    for alias in [
+        "debian-ocaml-5.5",
+        "debian-stable-ocaml-5.5",
+        "debian-13",
+        "debian",
+        "latest",
+    ] {
+        assert!(
+            amd64.aliases.contains(&alias.to_string()),
+            "{alias} not in {:?}",
+            amd64.aliases
+        );
+    }
+    assert_eq!(amd64.opam_packages, ["ocaml-base-compiler.5.5.0"]);
+    assert_eq!(amd64.id(), "linux/debian-13/5.5.0/amd64");
+    let flambda: Vec<_> = ts
+        .iter()
+        .filter(|t| t.variant.as_deref() == Some("flambda"))
+        .collect();
+    assert_eq!(flambda.len(), 2);
+    assert_eq!(flambda[0].tag, "debian-13-ocaml-5.5-flambda");
+    assert!(!flambda[0].required);
+    assert_eq!(
+        flambda[0].opam_packages,
+        ["ocaml-variants.5.5.0+options", "ocaml-options-only-flambda"]
+    );
+}
+
+#[test]
+fn older_series_tags_and_constraints() {
+    let c = cat();
+    let ts = plan::expand(&c, &filter("4.14", "linux", "debian-13")).unwrap();
+    let t = ts
+        .iter()
+        .find(|t| t.variant.is_none() && t.arch == "amd64")
+        .unwrap();
+    assert_eq!(t.version.to_string(), "4.14.4");
+    assert_eq!(t.tag, "debian-13-ocaml-4.14");
+    assert!(
+        !t.aliases.contains(&"latest".to_string()),
+        "latest belongs to 5.5"
+    );
+    assert!(ts.iter().any(|t| t.arch == "i386" && t.native));
+    // 4.08 has a two-digit minor in tags and no riscv64.
+    let ts = plan::expand(&c, &filter("4.08", "linux", "debian-13")).unwrap();
+    assert!(ts.iter().all(|t| t.tag.starts_with("debian-13-ocaml-4.08")));
+    assert!(!ts.iter().any(|t| t.arch == "riscv64"));
+    // MSVC has no 5.0–5.2 and mingw no 4.12.
+    let ts = plan::expand(
+        &c,
+        &filter("5.1", "windows", "windows-server-ltsc2022-msvc"),
+    )
+    .unwrap();
+    assert!(ts.is_empty());
+    let ts = plan::expand(
+        &c,
+        &filter("5.5", "windows", "windows-server-ltsc2022-msvc"),
+    )
+    .unwrap();
+    assert_eq!(ts.len(), 1);
+    let ts = plan::expand(&c, &filter("4.12", "windows", "windows-mingw")).unwrap();
+    assert!(ts.is_empty());
+}
+
+#[test]
+fn whole_matrix_and_requirements() {
+    let c = cat();
+    let ts = plan::expand(&c, &Filter::default()).unwrap();
+    let totals = plan::totals(&ts);
+    assert!(totals.targets > 600, "{}", totals.targets);
+    for p in ["linux", "windows", "macos", "freebsd", "openbsd"] {
+        assert!(totals.by_platform.contains_key(p), "{p}");
+    }
+    let reqs = plan::requirements(&ts, "kiln", |t| t.platform == "linux");
+    let deb = reqs
+        .iter()
+        .find(|r| r.tag == "debian-13-ocaml-5.5")
+        .unwrap();
+    assert_eq!(deb.repository, "kiln/opam");
+    assert_eq!(deb.arches.len(), 7);
+    assert!(deb.no_builder.is_empty());
+    let mac = reqs
+        .iter()
+        .find(|r| r.platform == "macos" && r.ocaml == "5.5.0")
+        .unwrap();
+    assert_eq!(mac.no_builder, mac.arches);
+    // Optional tiers are not required.
+    assert!(!reqs.iter().any(|r| r.os == "archlinux"));
+    // Target ids are unique.
+    let mut ids: Vec<String> = ts.iter().map(|t| t.id()).collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), n);
+}
+
+#[test]
+fn every_production_recipe_renders_for_every_target() {
+    let c = cat();
+    let ts = plan::expand(
+        &c,
+        &Filter {
+            version: Some("all".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rendered = 0;
+    for t in &ts {
+        let mut vars = t.vars.clone();
+        for v in BUILD_TIME_VARS {
+            vars.insert(v.to_string(), format!("<{v}>"));
+        }
+        for r in &t.recipes {
+            let text = std::fs::read_to_string(r).unwrap();
+            let out = template::render(&r.display().to_string(), &text, &vars)
+                .unwrap_or_else(|e| panic!("{}: {e}", t.id()));
+            assert!(!out.contains("{{"), "{}", r.display());
+            if r.extension().is_some_and(|x| x == "Dockerfile") {
+                assert!(
+                    out.contains("@<parent_digest>"),
+                    "parent must be pinned by digest in {}",
+                    r.display()
+                );
+            }
+            rendered += 1;
+        }
+    }
+    assert!(rendered > 1000);
+}
+
+#[test]
+fn build_keys_change_with_inputs_only() {
+    let c = cat();
+    let ts = plan::expand(&c, &filter("5.5.0", "linux", "debian-13")).unwrap();
+    let t = &ts[0];
+    let recipe = std::fs::read_to_string(&t.recipes[0]).unwrap();
+    let inputs = |parent: &str| {
+        let mut vars = t.vars.clone();
+        vars.insert("parent".into(), "debian".into());
+        vars.insert("parent_digest".into(), parent.into());
+        vars.insert("opam_repository_commit".into(), "abc".into());
+        let rendered = template::render("apt", &recipe, &vars).unwrap();
+        let mut i = key::Inputs::new();
+        i.insert("recipe".into(), key::sha256_hex(rendered.as_bytes()));
+        i.insert("parent_digest".into(), parent.into());
+        i.insert("ocaml".into(), t.version.to_string());
+        i
+    };
+    assert_eq!(
+        key::build_key(&inputs("sha256:1")),
+        key::build_key(&inputs("sha256:1"))
+    );
+    assert_ne!(
+        key::build_key(&inputs("sha256:1")),
+        key::build_key(&inputs("sha256:2"))
+    );
+    assert_eq!(
+        key::changed(&inputs("sha256:1"), &inputs("sha256:2")),
+        ["parent_digest", "recipe"]
+    );
+    let k = key::build_key(&inputs("sha256:1"));
+    assert!(t.immutable_tag(&k).starts_with("debian-13-ocaml-5.5.0-"));
+    let v: OcamlVersion = "5.5.0".parse().unwrap();
+    assert_eq!(
+        plan::moving_tag("alpine-3.22", &v, Some("fp+flambda")),
+        "alpine-3.22-ocaml-5.5-fp-flambda"
+    );
+}
