@@ -1,3 +1,130 @@
-//! Publication: the digest lockfile and the order in which tags move.
+//! Publication: the order in which tags move, and the digest lockfile.
+//!
+//! A build's index (or artifact) is already pushed by digest. Publishing
+//! it: the immutable tag first (never moved once set); then verification
+//! (every child present, platforms exactly the required set); only then do
+//! the moving tag and its aliases move; last, the lockfile records it
+//! atomically. A set that fails verification is never tagged with a moving
+//! tag and never reaches the lockfile.
 
 pub mod lockfile;
+
+use std::path::Path;
+
+use crate::registry::index::{self, Platform};
+use crate::registry::{Registry, RegistryError};
+use lockfile::{Change, Entry, Lockfile, LockfileError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Lockfile(#[from] LockfileError),
+    #[error(
+        "immutable tag {repo}:{tag} already points at {existing}, not {wanted}: immutable tags never move"
+    )]
+    ImmutableMoved {
+        repo: String,
+        tag: String,
+        existing: String,
+        wanted: String,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Serialize lockfile writers across processes (daemon, CLI) with flock.
+pub struct LockfileGuard {
+    _file: std::fs::File,
+}
+
+pub fn lock_lockfile(path: &Path) -> Result<LockfileGuard, PublishError> {
+    let lock_path = path.with_extension("lock");
+    let err = |source| PublishError::Lock {
+        path: lock_path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = lock_path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(err)?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; blocks until granted.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(LockfileGuard { _file: file })
+}
+
+/// Tag, verify and record one entry whose digest is already in the registry.
+pub async fn publish(
+    reg: &Registry,
+    lockfile_path: &Path,
+    mut entry: Entry,
+    required: &[Platform],
+    reason: &str,
+) -> Result<Change, PublishError> {
+    let repo = entry.repository.clone();
+    let m = reg.get_manifest(&repo, &entry.digest).await?;
+    // 1. The immutable tag: set once, never moved.
+    match reg.head_manifest(&repo, &entry.immutable_tag).await? {
+        Some((existing, _)) if existing != entry.digest => {
+            return Err(PublishError::ImmutableMoved {
+                repo,
+                tag: entry.immutable_tag.clone(),
+                existing,
+                wanted: entry.digest.clone(),
+            });
+        }
+        Some(_) => {}
+        None => {
+            reg.put_manifest(&repo, &entry.immutable_tag, &m.bytes, &m.media_type)
+                .await?;
+        }
+    }
+    // 2. Verify what the immutable tag names, through the tag itself.
+    let (tagged, _) = reg
+        .head_manifest(&repo, &entry.immutable_tag)
+        .await?
+        .ok_or_else(|| {
+            RegistryError::Invalid(format!(
+                "{repo}:{} vanished after push",
+                entry.immutable_tag
+            ))
+        })?;
+    if tagged != entry.digest {
+        return Err(RegistryError::DigestMismatch {
+            what: "immutable tag",
+            reference: format!("{repo}:{}", entry.immutable_tag),
+            expected: entry.digest.clone(),
+            actual: tagged,
+        }
+        .into());
+    }
+    index::verify(reg, &repo, &entry.digest, required).await?;
+    entry.verified_at = Some(chrono::Utc::now());
+    // 3. Moving tag and aliases.
+    for tag in std::iter::once(&entry.tag).chain(entry.aliases.iter()) {
+        let current = reg.head_manifest(&repo, tag).await?.map(|(d, _)| d);
+        if current.as_deref() != Some(entry.digest.as_str()) {
+            reg.put_manifest(&repo, tag, &m.bytes, &m.media_type)
+                .await?;
+        }
+    }
+    // 4. The lockfile, under a cross-process lock, atomically.
+    let _guard = lock_lockfile(lockfile_path)?;
+    let mut lock = Lockfile::load(lockfile_path)?;
+    let change = lock.publish(entry, reason);
+    lock.save(lockfile_path)?;
+    Ok(change)
+}

@@ -1,0 +1,135 @@
+//! Non-container artifacts as OCI 1.1 artifacts: a qcow2 disk or a
+//! `zfs send` stream is one layer with its own media type; the manifest
+//! carries an `artifactType`, annotations (title, size, uncompressed
+//! sha256) and a config blob recording the platform and, for datasets, the
+//! layout. Pulling verifies the manifest, config and layer digests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use super::{OCI_MANIFEST, Registry, RegistryError};
+
+pub const QCOW2_ARTIFACT: &str = "application/vnd.ocaml.kiln.qcow2.v1";
+pub const QCOW2_LAYER: &str = "application/vnd.ocaml.kiln.qcow2.v1+zstd";
+pub const ZFS_ARTIFACT: &str = "application/vnd.ocaml.kiln.zfs-send.v1";
+pub const ZFS_LAYER: &str = "application/vnd.ocaml.kiln.zfs-send.v1+zstd";
+pub const CONFIG: &str = "application/vnd.ocaml.kiln.config.v1+json";
+
+/// What to push.
+#[derive(Debug, Clone)]
+pub struct ArtifactPush<'a> {
+    pub repo: &'a str,
+    pub file: &'a Path,
+    pub artifact_type: &'a str,
+    pub layer_media_type: &'a str,
+    /// The file's name when pulled (`org.opencontainers.image.title`).
+    pub title: &'a str,
+    /// sha256 of the uncompressed content, when the file is compressed.
+    pub uncompressed_sha256: Option<&'a str>,
+    /// Config JSON: must carry `os` and `architecture` so the artifact can
+    /// sit in a multi-arch index; may carry a dataset layout.
+    pub config: Value,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub digest: String,
+    pub layer_digest: String,
+    pub size: u64,
+}
+
+pub async fn push(reg: &Registry, a: &ArtifactPush<'_>) -> Result<Pushed, RegistryError> {
+    if a.config["os"].as_str().is_none() || a.config["architecture"].as_str().is_none() {
+        return Err(RegistryError::Invalid(format!(
+            "artifact {}: config must name os and architecture",
+            a.title
+        )));
+    }
+    let (layer_digest, size) = reg.push_blob_file(a.repo, a.file, None).await?;
+    let cfg_bytes =
+        serde_json::to_vec(&a.config).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let (cfg_digest, cfg_size) = reg.push_blob(a.repo, cfg_bytes.into()).await?;
+    let mut layer_ann = BTreeMap::new();
+    layer_ann.insert(
+        "org.opencontainers.image.title".to_string(),
+        a.title.to_string(),
+    );
+    let mut ann = a.annotations.clone();
+    ann.insert("org.opencontainers.image.title".into(), a.title.to_string());
+    ann.insert("org.ocaml.kiln.size".into(), size.to_string());
+    if let Some(u) = a.uncompressed_sha256 {
+        ann.insert("org.ocaml.kiln.uncompressed-sha256".into(), u.to_string());
+    }
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": a.artifact_type,
+        "config": {"mediaType": CONFIG, "digest": cfg_digest, "size": cfg_size},
+        "layers": [{"mediaType": a.layer_media_type, "digest": layer_digest, "size": size, "annotations": layer_ann}],
+        "annotations": ann,
+    });
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let digest = super::sha256_digest(&bytes);
+    reg.put_manifest(a.repo, &digest, &bytes, OCI_MANIFEST)
+        .await?;
+    Ok(Pushed {
+        digest,
+        layer_digest,
+        size,
+    })
+}
+
+/// A pulled artifact: where its file went, and its manifest and config.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub artifact_type: String,
+    pub manifest: Value,
+    pub config: Value,
+    pub size: u64,
+}
+
+/// Pull `repo@digest` (an artifact manifest) into `dest`, verifying every digest.
+pub async fn pull(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+    dest: &Path,
+) -> Result<Pulled, RegistryError> {
+    let m = reg.get_manifest(repo, digest).await?;
+    let v = m.json()?;
+    let artifact_type = v["artifactType"]
+        .as_str()
+        .ok_or_else(|| {
+            RegistryError::Invalid(format!(
+                "{repo}@{digest} is not an artifact (no artifactType)"
+            ))
+        })?
+        .to_string();
+    let layers = v["layers"].as_array().cloned().unwrap_or_default();
+    let [layer] = layers.as_slice() else {
+        return Err(RegistryError::Invalid(format!(
+            "{repo}@{digest}: expected one layer, found {}",
+            layers.len()
+        )));
+    };
+    let cfg_digest = v["config"]["digest"].as_str().unwrap_or("");
+    let config: Value = serde_json::from_slice(&reg.pull_blob(repo, cfg_digest).await?)
+        .map_err(|e| RegistryError::Invalid(format!("config of {repo}@{digest}: {e}")))?;
+    let ld = layer["digest"].as_str().unwrap_or("");
+    let size = reg.pull_blob_to_file(repo, ld, dest).await?;
+    if Some(size) != layer["size"].as_u64() {
+        let _ = std::fs::remove_file(dest);
+        return Err(RegistryError::Invalid(format!(
+            "{repo}@{digest}: layer size {size} differs from the manifest"
+        )));
+    }
+    Ok(Pulled {
+        artifact_type,
+        manifest: v,
+        config,
+        size,
+    })
+}

@@ -1,0 +1,266 @@
+//! Multi-arch index assembly with the semantics of
+//! `docker buildx imagetools create`, done natively.
+//!
+//! Sources may be single manifests or indexes (what BuildKit produces once
+//! it attaches provenance); platform entries are taken from them;
+//! attestation manifests (platform `unknown/unknown`) are kept as
+//! attestations and never counted as a platform. The index is pushed by
+//! digest, read back and checked — every child present, platforms exactly
+//! the required set — before anything may tag it.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::{DOCKER_LIST, OCI_INDEX, Registry, RegistryError};
+
+/// An OCI platform, in the registry's terms.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// Kiln's arch names → OCI platforms.
+    pub fn for_arch(os: &str, arch: &str) -> Platform {
+        let (architecture, variant) = match arch {
+            "i386" => ("386", None),
+            "arm32v7" => ("arm", Some("v7")),
+            other => (other, None),
+        };
+        Platform {
+            os: os.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
+        }
+    }
+
+    fn from_json(v: &Value) -> Option<Platform> {
+        Some(Platform {
+            os: v["os"].as_str()?.to_string(),
+            architecture: v["architecture"].as_str()?.to_string(),
+            variant: v["variant"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        })
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = json!({"os": self.os, "architecture": self.architecture});
+        if let Some(var) = &self.variant {
+            v["variant"] = json!(var);
+        }
+        v
+    }
+
+    fn is_unknown(&self) -> bool {
+        self.os == "unknown" && self.architecture == "unknown"
+    }
+
+    /// `arm64` and `arm64/v8` are the same platform.
+    fn normalized(&self) -> Platform {
+        let mut p = self.clone();
+        if p.architecture == "arm64" && p.variant.as_deref() == Some("v8") {
+            p.variant = None;
+        }
+        p
+    }
+}
+
+/// One entry of an assembled index.
+#[derive(Debug, Clone)]
+struct Child {
+    media_type: String,
+    digest: String,
+    size: u64,
+    platform: Platform,
+    annotations: Option<Value>,
+    attestation: bool,
+}
+
+/// The outcome of an assembly.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    pub digest: String,
+    pub bytes: Vec<u8>,
+    /// Platform → child manifest digest (attestations excluded).
+    pub platforms: BTreeMap<String, String>,
+    pub attestations: usize,
+}
+
+async fn children_of(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+) -> Result<Vec<Child>, RegistryError> {
+    let m = reg.get_manifest(repo, digest).await?;
+    let v = m.json()?;
+    let media_type = v["mediaType"].as_str().unwrap_or(&m.media_type).to_string();
+    if media_type == OCI_INDEX || media_type == DOCKER_LIST || v["manifests"].is_array() {
+        let mut out = Vec::new();
+        for e in v["manifests"].as_array().into_iter().flatten() {
+            let platform = Platform::from_json(&e["platform"]).unwrap_or(Platform {
+                os: "unknown".into(),
+                architecture: "unknown".into(),
+                variant: None,
+            });
+            let attestation = platform.is_unknown()
+                || e["annotations"]["vnd.docker.reference.type"].as_str()
+                    == Some("attestation-manifest");
+            out.push(Child {
+                media_type: e["mediaType"].as_str().unwrap_or("").to_string(),
+                digest: e["digest"].as_str().unwrap_or("").to_string(),
+                size: e["size"].as_u64().unwrap_or(0),
+                platform,
+                annotations: e.get("annotations").cloned(),
+                attestation,
+            });
+        }
+        Ok(out)
+    } else {
+        // A single manifest: its platform comes from its config blob.
+        let cfg_digest = v["config"]["digest"].as_str().ok_or_else(|| {
+            RegistryError::Invalid(format!("manifest {repo}@{digest} has no config"))
+        })?;
+        let cfg: Value = serde_json::from_slice(&reg.pull_blob(repo, cfg_digest).await?)
+            .map_err(|e| RegistryError::Invalid(format!("config of {repo}@{digest}: {e}")))?;
+        let platform = Platform::from_json(&cfg).ok_or_else(|| {
+            RegistryError::Invalid(format!(
+                "config of {repo}@{digest} names no os/architecture"
+            ))
+        })?;
+        Ok(vec![Child {
+            media_type,
+            digest: m.digest.clone(),
+            size: m.bytes.len() as u64,
+            platform,
+            annotations: None,
+            attestation: false,
+        }])
+    }
+}
+
+/// Assemble, push by digest, read back and verify an index over `sources`
+/// (manifest or index digests in `repo`). `required` is the exact set of
+/// platforms the index must carry.
+pub async fn assemble(
+    reg: &Registry,
+    repo: &str,
+    sources: &[String],
+    required: &[Platform],
+    annotations: &BTreeMap<String, String>,
+) -> Result<Assembled, RegistryError> {
+    let mut children: Vec<Child> = Vec::new();
+    for s in sources {
+        children.extend(children_of(reg, repo, s).await?);
+    }
+    let mut by_platform: BTreeMap<Platform, &Child> = BTreeMap::new();
+    for c in children.iter().filter(|c| !c.attestation) {
+        if let Some(prev) = by_platform.insert(c.platform.normalized(), c)
+            && prev.digest != c.digest
+        {
+            return Err(RegistryError::Invalid(format!(
+                "index for {repo}: platform {} given twice ({} and {})",
+                c.platform, prev.digest, c.digest
+            )));
+        }
+    }
+    let want: std::collections::BTreeSet<Platform> =
+        required.iter().map(Platform::normalized).collect();
+    let have: std::collections::BTreeSet<Platform> = by_platform.keys().cloned().collect();
+    if want != have {
+        let missing: Vec<String> = want.difference(&have).map(|p| p.to_string()).collect();
+        let extra: Vec<String> = have.difference(&want).map(|p| p.to_string()).collect();
+        return Err(RegistryError::Invalid(format!(
+            "index for {repo} is not the required set: missing [{}], unexpected [{}]",
+            missing.join(", "),
+            extra.join(", ")
+        )));
+    }
+    let mut manifests: Vec<Value> = by_platform
+        .values()
+        .map(|c| {
+            json!({"mediaType": c.media_type, "digest": c.digest, "size": c.size, "platform": c.platform.to_json()})
+        })
+        .collect();
+    let attestations: Vec<&Child> = children.iter().filter(|c| c.attestation).collect();
+    for a in &attestations {
+        let mut e = json!({"mediaType": a.media_type, "digest": a.digest, "size": a.size, "platform": a.platform.to_json()});
+        if let Some(ann) = &a.annotations {
+            e["annotations"] = ann.clone();
+        }
+        manifests.push(e);
+    }
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+        "annotations": annotations,
+    });
+    let bytes = serde_json::to_vec(&index).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let digest = super::sha256_digest(&bytes);
+    reg.put_manifest(repo, &digest, &bytes, OCI_INDEX).await?;
+    // Read back and verify before anyone may tag it.
+    let back = reg.get_manifest(repo, &digest).await?;
+    if back.bytes != bytes {
+        return Err(RegistryError::Invalid(format!(
+            "index {repo}@{digest} read back differently"
+        )));
+    }
+    let platforms = verify(reg, repo, &digest, required).await?;
+    Ok(Assembled {
+        digest,
+        bytes,
+        platforms,
+        attestations: attestations.len(),
+    })
+}
+
+/// Check a pushed index: every child present, platforms exactly `required`.
+/// Returns platform → child digest.
+pub async fn verify(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+    required: &[Platform],
+) -> Result<BTreeMap<String, String>, RegistryError> {
+    let children = children_of(reg, repo, digest).await?;
+    let mut out = BTreeMap::new();
+    for c in &children {
+        if reg.head_manifest(repo, &c.digest).await?.is_none() {
+            return Err(RegistryError::Invalid(format!(
+                "index {repo}@{digest}: child {} ({}) is missing",
+                c.digest, c.platform
+            )));
+        }
+        if !c.attestation {
+            out.insert(c.platform.normalized().to_string(), c.digest.clone());
+        }
+    }
+    let want: std::collections::BTreeSet<String> = required
+        .iter()
+        .map(|p| p.normalized().to_string())
+        .collect();
+    let have: std::collections::BTreeSet<String> = out.keys().cloned().collect();
+    if want != have {
+        return Err(RegistryError::Invalid(format!(
+            "index {repo}@{digest} carries [{}], required [{}]",
+            have.into_iter().collect::<Vec<_>>().join(", "),
+            want.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(out)
+}
