@@ -312,9 +312,15 @@ async fn publication_order_and_refusal() {
     // does not move and the lockfile is untouched.
     let amd2 = push_image(&reg, &repo, "linux", "amd64", None, "2").await;
     let only = vec![Platform::for_arch("linux", "amd64")];
-    let partial = index::assemble(&reg, &repo, &[amd2.clone()], &only, &BTreeMap::new())
-        .await
-        .unwrap();
+    let partial = index::assemble(
+        &reg,
+        &repo,
+        std::slice::from_ref(&amd2),
+        &only,
+        &BTreeMap::new(),
+    )
+    .await
+    .unwrap();
     let before = std::fs::read(&lockfile).unwrap();
     let mut bad = entry(
         &repo,
