@@ -184,6 +184,27 @@ qemu_status() {
     say "skopeo: $(skopeo --version 2>/dev/null | awk '{print $3}')"
 }
 
+# Test and demo fixtures: static busybox binaries for amd64 and arm64
+# (parents of the busybox images), and the debootstrap dependencies.
+fixtures_up() {
+    local dir=$STATE/fixtures
+    mkdir -p "$dir"
+    [ -x "$dir/busybox-amd64" ] || cp /bin/busybox "$dir/busybox-amd64"
+    if [ ! -x "$dir/busybox-arm64" ]; then
+        dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
+        local tmp
+        tmp=$(mktemp -d)
+        if ! (cd "$tmp" && apt-get download -q busybox-static:arm64 >/dev/null 2>&1); then
+            apt-get update -q >>"$LOG/apt.log" 2>&1 || true
+            (cd "$tmp" && apt-get download -q busybox-static:arm64 >>"$LOG/apt.log" 2>&1) || { rm -rf "$tmp"; die "cannot download busybox-static:arm64: see $LOG/apt.log"; }
+        fi
+        dpkg-deb -x "$tmp"/busybox-static_*_arm64.deb "$tmp/x"
+        cp "$tmp/x/bin/busybox" "$dir/busybox-arm64"
+        rm -rf "$tmp"
+    fi
+    say "fixtures: busybox amd64 + arm64 in $dir"
+}
+
 up() {
     install_packages
     docker_up
@@ -191,8 +212,11 @@ up() {
     zfs_up
     binfmt_up
     qemu_status
-    if [ -x "$ROOT/scripts/qemu-fixture.sh" ] && [ -z "${KILN_SKIP_FIXTURES:-}" ]; then
-        bash "$ROOT/scripts/qemu-fixture.sh"
+    if [ -z "${KILN_SKIP_FIXTURES:-}" ]; then
+        fixtures_up
+        if [ -x "$ROOT/scripts/qemu-fixture.sh" ]; then
+            bash "$ROOT/scripts/qemu-fixture.sh"
+        fi
     fi
 }
 

@@ -40,6 +40,7 @@ pub struct Config {
     pub docker: Docker,
     pub zfs: Zfs,
     pub qemu: Qemu,
+    pub plan: PlanSettings,
     pub api: Api,
     pub daemon: Daemon,
 }
@@ -120,6 +121,13 @@ pub struct Qemu {
     pub system: String,
     pub img: String,
     pub boot_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSettings {
+    pub opam_repository: String,
+    pub opam_repository_commit: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

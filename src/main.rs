@@ -33,6 +33,10 @@ enum Command {
     Bump(cmd::bump::Args),
     /// Show the targets, tags and totals a build would cover.
     Plan(cmd::plan::Args),
+    /// Build, verify and publish what the plan calls for (skipping what is unchanged).
+    Build(cmd::build::Args),
+    /// Push the local parent images (busybox, Debian) the demo and tests build on.
+    Fixtures(cmd::fixtures::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -62,6 +66,8 @@ fn main() -> ExitCode {
         Command::Catalogue(a) => cmd::catalogue::run(&sources, a),
         Command::Bump(a) => cmd::bump::run(&sources, a),
         Command::Plan(a) => cmd::plan::run(&sources, a),
+        Command::Build(a) => cmd::build::run(&sources, a),
+        Command::Fixtures(a) => cmd::fixtures::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),

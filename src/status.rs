@@ -13,6 +13,8 @@ pub enum StatusError {
     Catalogue(#[from] CatalogueError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error(transparent)]
+    State(#[from] crate::daemon::state::StateError),
 }
 
 /// Can any configured builder build this target?
@@ -45,5 +47,10 @@ pub fn requirements(config: &Config) -> Result<(Vec<Requirement>, Jobs), StatusE
     let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
         can_build(config, t)
     });
-    Ok((reqs, Jobs::new()))
+    let jobs = if config.database.path.exists() {
+        crate::daemon::state::StateStore::open(&config.database.path)?.jobs()?
+    } else {
+        Jobs::new()
+    };
+    Ok((reqs, jobs))
 }

@@ -2,4 +2,5 @@
 
 pub mod docker;
 pub mod qemu;
+pub mod run;
 pub mod zfs;

@@ -1,10 +1,12 @@
 //! One module per subcommand: argument struct and a `run` function that
 //! turns library results into output and an exit code.
 
+pub mod build;
 pub mod bump;
 pub mod catalogue;
 pub mod config;
 pub mod doctor;
+pub mod fixtures;
 pub mod plan;
 pub mod resolve;
 pub mod serve;

@@ -1,1 +1,4 @@
-//! The rebuild daemon: durable job queue, schedules, triggers.
+//! The rebuild daemon: durable job queue, schedules, triggers, and the
+//! per-target build states the API reports.
+
+pub mod state;

@@ -229,7 +229,8 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
                             variant.map(String::as_str),
                         );
                         vars.insert("opam_packages".into(), opam_packages.join(","));
-                        vars.insert("opam_version".into(), OPAM_VERSION.into());
+                        vars.entry("opam_version".into())
+                            .or_insert_with(|| OPAM_VERSION.into());
                         vars.insert("opam_arch".into(), opam_arch(arch).into());
                         vars.insert(
                             "brew_prefix".into(),

@@ -1,0 +1,636 @@
+//! Running a plan: for every tag (a group of per-arch targets), resolve the
+//! inputs, skip what is unchanged, build what is not, assemble and publish.
+//!
+//! Per tag:
+//! 1. each arch's inputs (rendered recipe, parent digest, compiler, opam,
+//!    opam-repository commit, builder, arch) hash into its build key;
+//! 2. an arch whose key equals the published one is reused as is; a tag
+//!    whose every arch is unchanged is left alone (same digest, no churn);
+//! 3. changed arches are built (in parallel, within each host's limit); if
+//!    any fails, nothing of the tag is published and the failure is
+//!    recorded for the API;
+//! 4. the index over every arch is assembled, verified and published, and
+//!    the lockfile says which inputs changed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use super::docker::{self, BuildSpec, Engine, SmokeCheck};
+use crate::catalogue::{BuilderKind, Catalogue};
+use crate::config::Config;
+use crate::daemon::state::{State, StateStore};
+use crate::plan::{self, Filter, Target, key, template};
+use crate::publish::lockfile::{ArchEntry, ArtifactKind, Change, Entry, Lockfile};
+use crate::registry::Registry;
+use crate::registry::index::{self, Platform};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    State(#[from] crate::daemon::state::StateError),
+    #[error(transparent)]
+    Lockfile(#[from] crate::publish::lockfile::LockfileError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How one tag or arch ended.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum Outcome {
+    Built { digest: String },
+    Unchanged { digest: String },
+    Failed { error: String },
+    NoBuilder { reason: String },
+    Planned,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TagReport {
+    pub repository: String,
+    pub tag: String,
+    pub ocaml: String,
+    pub platform: String,
+    pub os: String,
+    pub arches: BTreeMap<String, Outcome>,
+    pub outcome: Outcome,
+    /// Inputs that changed since the published build, when it moved.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changed_inputs: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub tags: Vec<TagReport>,
+    pub built: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    pub no_builder: usize,
+}
+
+/// Progress events for a display.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Planned { arch_builds: usize },
+    Started { target: String },
+    Finished { target: String, outcome: Outcome },
+}
+
+pub struct Options {
+    pub filter: Filter,
+    pub dry_run: bool,
+}
+
+/// `(name without tag, digest)` of an upstream parent reference, for one
+/// platform: when the tag names a multi-arch index, the digest is that of
+/// the platform's own manifest, so the build key records exactly what the
+/// build starts from (and engines never confuse two platforms of one index).
+pub async fn resolve_parent(
+    config: &Config,
+    reference: &str,
+    platform: &Platform,
+) -> Result<(String, String), RunError> {
+    let (name, tag) = match reference.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (reference, "latest"),
+    };
+    let first = name.split('/').next().unwrap_or("");
+    let (host, path) = if name.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        (first.to_string(), name[first.len() + 1..].to_string())
+    } else if name.contains('/') {
+        ("registry-1.docker.io".to_string(), name.to_string())
+    } else {
+        (
+            "registry-1.docker.io".to_string(),
+            format!("library/{name}"),
+        )
+    };
+    let loopback = host.starts_with("127.") || host.starts_with("localhost");
+    let mut rc = config.registry.clone();
+    rc.url = format!("{}://{host}", if loopback { "http" } else { "https" });
+    let reg = Registry::new(&rc)?;
+    let (digest, media_type) = reg
+        .head_manifest(&path, tag)
+        .await
+        .map_err(|e| RunError::Setup(format!("parent {reference}: {e}")))?
+        .ok_or_else(|| RunError::Setup(format!("parent {reference}: no such tag in {host}")))?;
+    if media_type != crate::registry::OCI_INDEX && media_type != crate::registry::DOCKER_LIST {
+        return Ok((name.to_string(), digest));
+    }
+    let idx = reg.get_manifest(&path, &digest).await?.json()?;
+    let child = idx["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            let p = &m["platform"];
+            p["os"] == platform.os.as_str()
+                && p["architecture"] == platform.architecture.as_str()
+                && (platform.variant.is_none()
+                    || p["variant"].as_str() == platform.variant.as_deref())
+        })
+        .and_then(|m| m["digest"].as_str())
+        .ok_or_else(|| RunError::Setup(format!("parent {reference} has no {platform} image")))?;
+    Ok((name.to_string(), child.to_string()))
+}
+
+/// The opam-repository commit: configured, or `git ls-remote` of HEAD.
+pub async fn opam_repository_commit(config: &Config) -> Result<String, RunError> {
+    if !config.plan.opam_repository_commit.is_empty() {
+        return Ok(config.plan.opam_repository_commit.clone());
+    }
+    let out = crate::process::Cmd::new("git")
+        .args(["ls-remote", &config.plan.opam_repository, "HEAD"])
+        .timeout(std::time::Duration::from_secs(30))
+        .run()
+        .await
+        .map_err(|e| RunError::Setup(format!("resolving the opam-repository commit (set plan.opam_repository_commit to pin it): {e}")))?;
+    out.stdout
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            RunError::Setup(format!(
+                "git ls-remote {}: no HEAD",
+                config.plan.opam_repository
+            ))
+        })
+}
+
+struct Prepared {
+    target: Target,
+    inputs: key::Inputs,
+    key: String,
+    dockerfile: String,
+}
+
+async fn prepare(
+    config: &Config,
+    t: &Target,
+    commit: &str,
+    parents: &mut BTreeMap<String, (String, String)>,
+) -> Result<Prepared, String> {
+    let mut vars = t.vars.clone();
+    let mut inputs = key::Inputs::new();
+    if let Some(p) = &t.parent {
+        let cache_key = format!("{p} {}", t.arch);
+        let (name, digest) = match parents.get(&cache_key) {
+            Some(x) => x.clone(),
+            None => {
+                let platform = Platform::for_arch(&t.platform, &t.arch);
+                let x = resolve_parent(config, p, &platform)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                parents.insert(cache_key, x.clone());
+                x
+            }
+        };
+        vars.insert("parent".into(), name.clone());
+        vars.insert("parent_digest".into(), digest.clone());
+        inputs.insert("parent".into(), name);
+        inputs.insert("parent_digest".into(), digest);
+    }
+    vars.insert("opam_repository_commit".into(), commit.to_string());
+    let mut dockerfile = String::new();
+    for r in &t.recipes {
+        let text =
+            std::fs::read_to_string(r).map_err(|e| format!("recipe {}: {e}", r.display()))?;
+        let rendered =
+            template::render(&r.display().to_string(), &text, &vars).map_err(|e| e.to_string())?;
+        let name = r.file_name().and_then(|n| n.to_str()).unwrap_or("recipe");
+        inputs.insert(
+            format!("recipe:{name}"),
+            key::sha256_hex(rendered.as_bytes()),
+        );
+        if dockerfile.is_empty() {
+            dockerfile = rendered;
+        }
+    }
+    inputs.insert("ocaml".into(), t.version.to_string());
+    inputs.insert("variant".into(), t.variant.clone().unwrap_or_default());
+    inputs.insert("opam_packages".into(), t.opam_packages.join(","));
+    inputs.insert("opam_version".into(), plan::OPAM_VERSION.into());
+    inputs.insert("opam_repository_commit".into(), commit.to_string());
+    inputs.insert("builder".into(), t.builder.as_str().into());
+    inputs.insert("arch".into(), t.arch.clone());
+    inputs.insert("os".into(), t.os.clone());
+    let key = key::build_key(&inputs);
+    Ok(Prepared {
+        target: t.clone(),
+        inputs,
+        key,
+        dockerfile,
+    })
+}
+
+/// The expected first line of `ocaml -version` for a target.
+pub fn expected_ocaml(t: &Target) -> String {
+    format!("version {}", t.version.release())
+}
+
+/// Run the plan selected by `opts`.
+pub async fn run(
+    config: &Config,
+    cat: &Catalogue,
+    opts: &Options,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<Summary, RunError> {
+    let targets = plan::expand(cat, &opts.filter)?;
+    let namespace = &config.registry.namespace;
+    let reg = Registry::new(&config.registry)?;
+    let lockfile_path = config.lockfile_path();
+    let lock = Lockfile::load(&lockfile_path)?;
+    let state = StateStore::open(&config.database.path)?;
+    let commit = opam_repository_commit(config).await?;
+    // Engines and their concurrency limits.
+    let mut engines: Vec<(crate::config::DockerHost, Engine, Arc<Semaphore>)> = Vec::new();
+    for h in &config.docker.hosts {
+        match docker::connect(h) {
+            Ok(e) => engines.push((h.clone(), e, Arc::new(Semaphore::new(h.concurrency)))),
+            Err(e) => tracing::warn!(error = %e, "docker host unavailable"),
+        }
+    }
+    let mut groups: BTreeMap<(String, String), Vec<Target>> = BTreeMap::new();
+    for t in targets {
+        groups
+            .entry((format!("{namespace}/{}", t.repository), t.tag.clone()))
+            .or_default()
+            .push(t);
+    }
+    progress(Event::Planned {
+        arch_builds: groups.values().map(Vec::len).sum(),
+    });
+    let mut parents = BTreeMap::new();
+    let mut summary = Summary::default();
+    for ((repository, tag), ts) in groups {
+        let first = ts[0].clone();
+        let mut report = TagReport {
+            repository: repository.clone(),
+            tag: tag.clone(),
+            ocaml: first.version.to_string(),
+            platform: first.platform.clone(),
+            os: first.os.clone(),
+            arches: BTreeMap::new(),
+            outcome: Outcome::Planned,
+            changed_inputs: vec![],
+        };
+        let published = lock
+            .entries
+            .get(&format!("{repository}:{tag}"))
+            .filter(|e| e.ocaml == report.ocaml);
+        // Prepare every arch.
+        let mut prepared = Vec::new();
+        let mut failed = None;
+        for t in &ts {
+            if !crate::status::can_build(config, t)
+                || (t.builder == BuilderKind::Docker && engines.is_empty())
+            {
+                let reason = format!(
+                    "no configured {} builder can build {}",
+                    t.builder.as_str(),
+                    t.arch
+                );
+                report.arches.insert(
+                    t.arch.clone(),
+                    Outcome::NoBuilder {
+                        reason: reason.clone(),
+                    },
+                );
+                failed.get_or_insert(Outcome::NoBuilder { reason });
+                continue;
+            }
+            if t.builder != BuilderKind::Docker {
+                let reason = format!(
+                    "the {} builder is not wired into `kiln build` yet",
+                    t.builder.as_str()
+                );
+                report.arches.insert(
+                    t.arch.clone(),
+                    Outcome::NoBuilder {
+                        reason: reason.clone(),
+                    },
+                );
+                failed.get_or_insert(Outcome::NoBuilder { reason });
+                continue;
+            }
+            match prepare(config, t, &commit, &mut parents).await {
+                Ok(p) => prepared.push(p),
+                Err(error) => {
+                    report.arches.insert(
+                        t.arch.clone(),
+                        Outcome::Failed {
+                            error: error.clone(),
+                        },
+                    );
+                    let _ = state.set(
+                        &repository,
+                        &tag,
+                        &t.arch,
+                        &State::Failed(error.clone()),
+                        None,
+                    );
+                    failed.get_or_insert(Outcome::Failed { error });
+                }
+            }
+        }
+        if let Some(f) = failed {
+            match &f {
+                Outcome::NoBuilder { .. } => summary.no_builder += 1,
+                _ => summary.failed += 1,
+            }
+            report.outcome = f;
+            summary.tags.push(report);
+            continue;
+        }
+        let arch_keys: BTreeMap<String, String> = prepared
+            .iter()
+            .map(|p| (p.target.arch.clone(), p.key.clone()))
+            .collect();
+        let group_key = key::group_key(&arch_keys);
+        if let Some(e) = published
+            && e.build_key == group_key
+        {
+            for p in &prepared {
+                let d = e
+                    .arches
+                    .get(&p.target.arch)
+                    .map(|a| a.digest.clone())
+                    .unwrap_or_default();
+                report
+                    .arches
+                    .insert(p.target.arch.clone(), Outcome::Unchanged { digest: d });
+                progress(Event::Finished {
+                    target: p.target.id(),
+                    outcome: Outcome::Unchanged {
+                        digest: e.digest.clone(),
+                    },
+                });
+            }
+            report.outcome = Outcome::Unchanged {
+                digest: e.digest.clone(),
+            };
+            summary.unchanged += 1;
+            summary.tags.push(report);
+            continue;
+        }
+        if opts.dry_run {
+            for p in &prepared {
+                report
+                    .arches
+                    .insert(p.target.arch.clone(), Outcome::Planned);
+            }
+            summary.tags.push(report);
+            continue;
+        }
+        let immutable = first.immutable_tag(&group_key);
+        // Build the changed arches in parallel, within each host's limit.
+        let mut jobs = Vec::new();
+        for p in &prepared {
+            let reuse = published
+                .and_then(|e| e.arches.get(&p.target.arch))
+                .filter(|a| a.build_key == p.key)
+                .map(|a| a.digest.clone());
+            if let Some(d) = reuse {
+                report.arches.insert(
+                    p.target.arch.clone(),
+                    Outcome::Unchanged { digest: d.clone() },
+                );
+                continue;
+            }
+            let Some((_, engine, sem)) = engines.iter().find(|(h, _, _)| {
+                h.os == p.target.platform
+                    && (h.arch == p.target.arch || h.emulate.contains(&p.target.arch))
+            }) else {
+                continue;
+            };
+            let log = config
+                .log_dir()
+                .join(format!("{}.log", p.target.id().replace('/', "_")));
+            let spec = BuildSpec {
+                target: p.target.id(),
+                dockerfile: p.dockerfile.clone(),
+                context: BTreeMap::new(),
+                os: p.target.platform.clone(),
+                arch: p.target.arch.clone(),
+                push_ref: format!("{}/{repository}:{immutable}-{}", reg.host, p.target.arch),
+                smoke: vec![
+                    SmokeCheck {
+                        argv: vec!["ocaml".into(), "-version".into()],
+                        expect: expected_ocaml(&p.target),
+                    },
+                    SmokeCheck {
+                        argv: vec!["opam".into(), "--version".into()],
+                        expect: p
+                            .target
+                            .vars
+                            .get("opam_version")
+                            .cloned()
+                            .unwrap_or_default(),
+                    },
+                ],
+                log: log.clone(),
+                labels: BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), p.key.clone())]),
+            };
+            let _ = state.set(
+                &repository,
+                &tag,
+                &p.target.arch,
+                &State::Building,
+                Some(&log),
+            );
+            let engine = engine.clone();
+            let sem = sem.clone();
+            let id = p.target.id();
+            progress(Event::Started { target: id.clone() });
+            jobs.push(async move {
+                let _permit = sem.acquire_owned().await;
+                (spec.arch.clone(), log, docker::build(&engine, &spec).await)
+            });
+        }
+        let results = futures_util::future::join_all(jobs).await;
+        let mut ok = true;
+        let mut arch_digests: BTreeMap<String, String> = BTreeMap::new();
+        for (arch, log, r) in results {
+            let id = format!("{}/{}/{}/{arch}", first.platform, first.os, first.version);
+            match r {
+                Ok(b) => {
+                    report.arches.insert(
+                        arch.clone(),
+                        Outcome::Built {
+                            digest: b.digest.clone(),
+                        },
+                    );
+                    progress(Event::Finished {
+                        target: id,
+                        outcome: Outcome::Built {
+                            digest: b.digest.clone(),
+                        },
+                    });
+                    arch_digests.insert(arch, b.digest);
+                }
+                Err(e) => {
+                    ok = false;
+                    let _ = state.set(
+                        &repository,
+                        &tag,
+                        &arch,
+                        &State::Failed(e.to_string()),
+                        Some(&log),
+                    );
+                    report.arches.insert(
+                        arch.clone(),
+                        Outcome::Failed {
+                            error: e.to_string(),
+                        },
+                    );
+                    progress(Event::Finished {
+                        target: id,
+                        outcome: Outcome::Failed {
+                            error: e.to_string(),
+                        },
+                    });
+                }
+            }
+        }
+        for (arch, o) in &report.arches {
+            if let Outcome::Unchanged { digest } = o {
+                arch_digests.insert(arch.clone(), digest.clone());
+            }
+        }
+        if !ok {
+            report.outcome = Outcome::Failed {
+                error: "one or more arches failed: nothing of this tag was published".into(),
+            };
+            summary.failed += 1;
+            summary.tags.push(report);
+            continue;
+        }
+        // Assemble, verify and publish.
+        let required: Vec<Platform> = prepared
+            .iter()
+            .map(|p| Platform::for_arch(&p.target.platform, &p.target.arch))
+            .collect();
+        let mut ann = BTreeMap::new();
+        ann.insert(
+            "org.opencontainers.image.version".to_string(),
+            first.version.to_string(),
+        );
+        ann.insert(
+            "org.opencontainers.image.created".to_string(),
+            chrono::Utc::now().to_rfc3339(),
+        );
+        ann.insert(
+            "org.opencontainers.image.revision".to_string(),
+            commit.clone(),
+        );
+        ann.insert(
+            "org.opencontainers.image.source".to_string(),
+            "https://github.com/ocaml/opam-repository".to_string(),
+        );
+        ann.insert("org.ocaml.kiln.build-key".to_string(), group_key.clone());
+        let sources: Vec<String> = arch_digests.values().cloned().collect();
+        let publish_result = async {
+            let idx = index::assemble(&reg, &repository, &sources, &required, &ann).await?;
+            let mut inputs = BTreeMap::new();
+            for p in &prepared {
+                for (k, v) in &p.inputs {
+                    inputs.insert(format!("{}.{k}", p.target.arch), v.clone());
+                }
+            }
+            let changed = published
+                .map(|e| key::changed(&e.inputs, &inputs))
+                .unwrap_or_default();
+            let reason = if changed.is_empty() {
+                "new".to_string()
+            } else {
+                format!("inputs changed: {}", changed.join(", "))
+            };
+            let entry = Entry {
+                kind: ArtifactKind::Image,
+                platform: first.platform.clone(),
+                os: first.os.clone(),
+                ocaml: first.version.to_string(),
+                variant: first.variant.clone(),
+                repository: repository.clone(),
+                tag: tag.clone(),
+                immutable_tag: immutable.clone(),
+                aliases: first.aliases.clone(),
+                digest: idx.digest.clone(),
+                arches: prepared
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.target.arch.clone(),
+                            ArchEntry {
+                                digest: arch_digests
+                                    .get(&p.target.arch)
+                                    .cloned()
+                                    .unwrap_or_default(),
+                                build_key: p.key.clone(),
+                                size: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                build_key: group_key.clone(),
+                inputs,
+                published_at: chrono::Utc::now(),
+                verified_at: None,
+                history: vec![],
+            };
+            let change =
+                crate::publish::publish(&reg, &lockfile_path, entry, &required, &reason).await?;
+            Ok::<_, crate::publish::PublishError>((idx.digest, change, changed))
+        }
+        .await;
+        match publish_result {
+            Ok((digest, change, changed)) => {
+                for p in &prepared {
+                    let _ = state.set(&repository, &tag, &p.target.arch, &State::Succeeded, None);
+                }
+                report.changed_inputs = changed;
+                report.outcome = match change {
+                    Change::Unchanged => Outcome::Unchanged { digest },
+                    _ => Outcome::Built { digest },
+                };
+                summary.built += usize::from(matches!(report.outcome, Outcome::Built { .. }));
+                summary.unchanged +=
+                    usize::from(matches!(report.outcome, Outcome::Unchanged { .. }));
+            }
+            Err(e) => {
+                for p in &prepared {
+                    let _ = state.set(
+                        &repository,
+                        &tag,
+                        &p.target.arch,
+                        &State::Failed(e.to_string()),
+                        None,
+                    );
+                }
+                report.outcome = Outcome::Failed {
+                    error: e.to_string(),
+                };
+                summary.failed += 1;
+            }
+        }
+        summary.tags.push(report);
+    }
+    Ok(summary)
+}
+
+/// Where a target's log goes.
+pub fn log_path(config: &Config, t: &Target) -> PathBuf {
+    config
+        .log_dir()
+        .join(format!("{}.log", t.id().replace('/', "_")))
+}

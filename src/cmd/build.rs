@@ -1,0 +1,126 @@
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::Result;
+use kiln::builders::run::{self, Event, Options, Outcome};
+use kiln::catalogue;
+use kiln::config::{Config, Sources};
+use kiln::plan::Filter;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A version (5.5.0), series (5.5) or set (recent, latest, all).
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long)]
+    platform: Option<String>,
+    /// OS release id or alias.
+    #[arg(long)]
+    os: Option<String>,
+    #[arg(long)]
+    arch: Option<String>,
+    /// Resolve inputs and show what would be built, without building.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
+    let config = Config::load(sources)?;
+    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    let opts = Options {
+        filter: Filter {
+            version: args.version,
+            platform: args.platform,
+            os: args.os,
+            arch: args.arch,
+        },
+        dry_run: args.dry_run,
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} arch builds  {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let running = Mutex::new(Vec::<String>::new());
+    let progress = |e: Event| match e {
+        Event::Planned { arch_builds } => bar.set_length(arch_builds as u64),
+        Event::Started { target } => {
+            if let Ok(mut r) = running.lock() {
+                r.push(target);
+                bar.set_message(r.join(", "));
+            }
+        }
+        Event::Finished { target, outcome } => {
+            bar.inc(1);
+            if let Ok(mut r) = running.lock() {
+                r.retain(|t| *t != target);
+                bar.set_message(r.join(", "));
+            }
+            if let Outcome::Failed { error } = outcome {
+                bar.println(format!("FAILED {target}: {error}"));
+            }
+        }
+    };
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let rt = tokio::runtime::Runtime::new()?;
+    let summary = rt.block_on(run::run(&config, &cat, &opts, &progress))?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{:<44} {:<10} {:<11} detail", "tag", "ocaml", "result");
+        for t in &summary.tags {
+            let (result, detail) = match &t.outcome {
+                Outcome::Built { digest } => (
+                    "built",
+                    format!(
+                        "{} {}",
+                        &digest[..19.min(digest.len())],
+                        t.changed_inputs.join(",")
+                    ),
+                ),
+                Outcome::Unchanged { digest } => {
+                    ("unchanged", digest[..19.min(digest.len())].to_string())
+                }
+                Outcome::Failed { error } => ("FAILED", error.clone()),
+                Outcome::NoBuilder { reason } => ("no builder", reason.clone()),
+                Outcome::Planned => (
+                    "to build",
+                    t.arches.keys().cloned().collect::<Vec<_>>().join(","),
+                ),
+            };
+            println!(
+                "{:<44} {:<10} {:<11} {}",
+                format!("{}:{}", t.repository, t.tag),
+                t.ocaml,
+                result,
+                detail
+            );
+            if let Outcome::Failed { .. } = t.outcome {
+                for (arch, o) in &t.arches {
+                    if let Outcome::Failed { error } = o {
+                        println!("{:<44} {:<10} {:<11} {arch}: {error}", "", "", "");
+                    }
+                }
+            }
+        }
+        println!(
+            "\n{} built, {} unchanged, {} failed, {} without a builder{}",
+            summary.built,
+            summary.unchanged,
+            summary.failed,
+            summary.no_builder,
+            if opts.dry_run { " (dry run)" } else { "" }
+        );
+    }
+    Ok(if summary.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
