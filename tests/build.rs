@@ -1,0 +1,333 @@
+//! `kiln build` end to end on the real engine and registry: two arches
+//! (arm64 by emulation) on busybox parents, a Debian image with Debian's
+//! own OCaml, no churn on rebuild, smoke failures publishing nothing,
+//! input changes recorded, and the digest API answering from the result.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use kiln::publish::lockfile::Lockfile;
+
+struct Profile {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    namespace: String,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn profile(name: &str) -> Profile {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["versions", "platforms"] {
+        assert!(
+            Command::new("cp")
+                .arg("-r")
+                .arg(root().join("scripts/demo").join(sub))
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let namespace = format!("kiln-test-{name}-{}", std::process::id());
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n",
+            root().join(".kiln").display()
+        ),
+    )
+    .unwrap();
+    Profile {
+        dir,
+        config,
+        namespace,
+    }
+}
+
+impl Profile {
+    fn kiln(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn build(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["build", "--json"];
+        a.extend_from_slice(args);
+        let out = self.kiln(&a);
+        assert!(
+            !out.stdout.is_empty(),
+            "kiln build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn lockfile(&self) -> PathBuf {
+        self.dir.path().join("manifests/lockfile.json")
+    }
+
+    fn store(&self) -> kiln::api::snapshot::Store {
+        let config = kiln::config::Config::load(&kiln::config::Sources {
+            file: Some(self.config.clone()),
+            env: vec![],
+            sets: vec![],
+        })
+        .unwrap();
+        let c2 = config.clone();
+        kiln::api::snapshot::Store::open(
+            config.lockfile_path(),
+            "127.0.0.1:5000".into(),
+            Arc::new(move || kiln::status::requirements(&c2).map_err(|e| e.to_string())),
+        )
+        .unwrap()
+    }
+}
+
+fn fixtures(p: &Profile, debian: bool) {
+    let mut args = vec!["fixtures"];
+    if debian {
+        args.push("--debian");
+    }
+    let out = p.kiln(&args);
+    assert!(
+        out.status.success(),
+        "kiln fixtures: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tag<'a>(summary: &'a serde_json::Value, suffix: &str) -> &'a serde_json::Value {
+    summary["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tag"].as_str().unwrap().ends_with(suffix))
+        .unwrap()
+}
+
+fn skopeo_raw(reference: &str) -> serde_json::Value {
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Smoke containers and local build images still present. Other tests of
+/// this file may be mid-build, so wait (up to two minutes) for the count
+/// to reach zero: a leak never does.
+fn leftovers() -> (usize, usize) {
+    let count = || {
+        let ps = Command::new("docker")
+            .args(["ps", "-aq", "--filter", "name=kiln-smoke"])
+            .output()
+            .unwrap();
+        let imgs = Command::new("docker")
+            .args(["images", "-q", "kiln-build/*"])
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&ps.stdout).lines().count(),
+            String::from_utf8_lossy(&imgs.stdout).lines().count(),
+        )
+    };
+    for _ in 0..240 {
+        if count() == (0, 0) {
+            return (0, 0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    count()
+}
+
+#[test]
+fn two_arch_build_publishes_then_changes_nothing() {
+    let p = profile("twoarch");
+    fixtures(&p, false);
+    let s = p.build(&["--os", "busybox"]);
+    assert_eq!(s["built"], 2, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    let t = tag(&s, "busybox-ocaml-5.5");
+    assert_eq!(t["arches"].as_object().unwrap().len(), 2);
+    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    let e = &lock.entries[&format!("{}/opam:busybox-ocaml-5.5", p.namespace)];
+    assert_eq!(e.arches.len(), 2);
+    assert!(e.verified_at.is_some());
+    // The reference client sees an index with exactly both platforms.
+    let raw = skopeo_raw(&format!("127.0.0.1:5000/{}@{}", e.repository, e.digest));
+    let mut plats: Vec<String> = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap().to_string())
+        .collect();
+    plats.sort();
+    assert_eq!(plats, ["amd64", "arm64"]);
+    assert_eq!(raw["annotations"]["org.ocaml.kiln.build-key"], e.build_key);
+    // Moving tag, alias and immutable tag all name the index.
+    for t in [
+        e.tag.as_str(),
+        "bb-ocaml-5.5",
+        "latest",
+        e.immutable_tag.as_str(),
+    ] {
+        let r = skopeo_raw(&format!("127.0.0.1:5000/{}:{t}", e.repository));
+        assert_eq!(
+            kiln::registry::sha256_digest(&serde_json::to_vec(&r).unwrap()).len(),
+            71,
+            "{t}"
+        );
+    }
+    let before = std::fs::read(p.lockfile()).unwrap();
+
+    // Second round: nothing to build, no digest changes, lockfile untouched.
+    let s2 = p.build(&["--os", "busybox"]);
+    assert_eq!(s2["built"], 0, "{s2}");
+    assert_eq!(s2["unchanged"], 2, "{s2}");
+    assert_eq!(std::fs::read(p.lockfile()).unwrap(), before);
+
+    // The digest API on this lockfile: pins, and refusals with reasons.
+    let store = p.store();
+    let snap = store.current();
+    let pin =
+        kiln::api::resolve::resolve(&snap, "ocaml/opam:busybox-ocaml-5.5", Some("arm64")).unwrap();
+    assert_eq!(pin.digest, e.digest);
+    assert_eq!(
+        pin.arch_digest.as_deref(),
+        Some(e.arches["arm64"].digest.as_str())
+    );
+    let refused =
+        kiln::api::resolve::resolve(&snap, "ocaml/opam:debian-12-ocaml-4.13", None).unwrap_err();
+    assert_eq!(refused.status(), 409);
+    let win = kiln::api::resolve::resolve(
+        &snap,
+        "opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5",
+        None,
+    )
+    .unwrap_err();
+    assert!(serde_json::to_string(&win).unwrap().contains("no-builder"));
+    assert_eq!(
+        leftovers(),
+        (0, 0),
+        "containers or build images left behind"
+    );
+}
+
+#[test]
+fn smoke_failure_publishes_nothing_and_the_api_says_why() {
+    let p = profile("smoke");
+    fixtures(&p, false);
+    let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("version {{ocaml_version}}", "version 4.00.0"),
+    )
+    .unwrap();
+    let out = p.kiln(&["build", "--os", "busybox", "--version", "5.5.0", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["failed"], 1);
+    let err = serde_json::to_string(&tag(&s, "busybox-ocaml-5.5")["arches"]).unwrap();
+    assert!(
+        err.contains("smoke test failed") && err.contains("4.00.0"),
+        "{err}"
+    );
+    // Nothing published: no lockfile entry, no moving tag in the registry.
+    assert!(Lockfile::load(&p.lockfile()).unwrap().entries.is_empty());
+    let head = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!(
+                "docker://127.0.0.1:5000/{}/opam:busybox-ocaml-5.5",
+                p.namespace
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(!head.status.success());
+    // The API refuses with "failed" and the smoke message.
+    let store = p.store();
+    let r = kiln::api::resolve::resolve(&store.current(), "ocaml/opam:busybox-ocaml-5.5", None)
+        .unwrap_err();
+    let body = serde_json::to_string(&r).unwrap();
+    assert!(
+        body.contains("\"failed\"") && body.contains("4.00.0") && body.contains("log:"),
+        "{body}"
+    );
+    assert_eq!(
+        leftovers(),
+        (0, 0),
+        "containers or build images left behind"
+    );
+}
+
+#[test]
+fn an_input_change_rebuilds_and_records_why() {
+    let p = profile("change");
+    fixtures(&p, false);
+    let s = p.build(&["--os", "busybox", "--version", "4.13"]);
+    assert_eq!(s["built"], 1, "{s}");
+    let key = format!("{}/opam:busybox-ocaml-4.13", p.namespace);
+    let first = Lockfile::load(&p.lockfile()).unwrap().entries[&key].clone();
+    let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace("LABEL ", "LABEL org.ocaml.kiln.test=\"changed\" "),
+    )
+    .unwrap();
+    let s = p.build(&["--os", "busybox", "--version", "4.13"]);
+    assert_eq!(s["built"], 1, "{s}");
+    let changed = serde_json::to_string(&tag(&s, "busybox-ocaml-4.13")["changed_inputs"]).unwrap();
+    assert!(
+        changed.contains("amd64.recipe:busybox.Dockerfile")
+            && changed.contains("arm64.recipe:busybox.Dockerfile"),
+        "{changed}"
+    );
+    let second = Lockfile::load(&p.lockfile()).unwrap().entries[&key].clone();
+    assert_ne!(second.digest, first.digest);
+    assert_eq!(second.history[0].digest, first.digest);
+    assert!(
+        second.history[0]
+            .replaced_because
+            .contains("recipe:busybox.Dockerfile")
+    );
+    assert_ne!(second.immutable_tag, first.immutable_tag);
+}
+
+#[test]
+fn debian_image_with_debians_own_ocaml() {
+    let p = profile("debian");
+    fixtures(&p, true);
+    let s = p.build(&["--os", "debian-12"]);
+    assert_eq!(s["built"], 1, "{s}");
+    let log =
+        std::fs::read_to_string(root().join(".kiln/log/linux_debian-12_4.13.1_amd64.log")).unwrap();
+    assert!(log.contains("The OCaml toplevel, version 4.13.1"), "{log}");
+    assert!(log.contains("opam --version -> 2.1.2"), "{log}");
+    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    let e = &lock.entries[&format!("{}/opam:debian-12-ocaml-4.13", p.namespace)];
+    assert!(e.inputs["amd64.parent_digest"].starts_with("sha256:"));
+}
