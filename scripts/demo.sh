@@ -1,15 +1,53 @@
 #!/usr/bin/env bash
-# README's first command: bring the services up and run Kiln's main job on
-# its embedded defaults, then show the result.
+# README's first command: bring the services up, then run Kiln's main job
+# on this machine with the demo profile (scripts/demo/): build every demo
+# target with progress, publish to the local registry, write the lockfile,
+# start the digest API, and show the availability matrix and a few pins.
+# A second run builds nothing and changes no digest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/services.sh up
 echo
-echo "== building kiln"
+echo "== building kiln (release)"
 cargo build --release --locked -q
-KILN=$ROOT/target/release/kiln
-[ -n "${CARGO_TARGET_DIR:-}" ] && KILN=$CARGO_TARGET_DIR/release/kiln
+KILN="${CARGO_TARGET_DIR:-$ROOT/target}/release/kiln"
+DEMO=(--config "$ROOT/scripts/demo/kiln.toml")
 echo
 echo "== kiln doctor"
 "$KILN" doctor
+echo
+echo "== parent images (busybox for amd64+arm64, Debian 12 by debootstrap; once)"
+"$KILN" "${DEMO[@]}" fixtures --debian
+echo
+echo "== kiln plan (demo profile)"
+"$KILN" "${DEMO[@]}" plan
+echo
+echo "== kiln build"
+"$KILN" "${DEMO[@]}" build || true
+if "$KILN" "${DEMO[@]}" --help 2>/dev/null | grep -q '^  verify'; then
+    echo
+    echo "== kiln verify"
+    "$KILN" "${DEMO[@]}" verify
+fi
+echo
+echo "== digest API"
+RUN=$ROOT/.kiln/run
+mkdir -p "$RUN"
+if [ -f "$RUN/kiln-serve.pid" ] && kill -0 "$(cat "$RUN/kiln-serve.pid")" 2>/dev/null; then
+    kill "$(cat "$RUN/kiln-serve.pid")" 2>/dev/null || true
+    sleep 0.5
+fi
+setsid "$KILN" "${DEMO[@]}" serve >"$ROOT/.kiln/log/kiln-serve.log" 2>&1 </dev/null &
+echo $! >"$RUN/kiln-serve.pid"
+for _ in $(seq 1 40); do curl -fsS http://127.0.0.1:8080/healthz >/dev/null 2>&1 && break; sleep 0.25; done
+echo "status page: http://127.0.0.1:8080/  (stop with: bash scripts/services.sh down)"
+echo
+echo "== kiln status"
+"$KILN" "${DEMO[@]}" status
+echo
+echo "== kiln resolve (a pinned reference, and refusals with what is missing)"
+for img in ocaml/opam:busybox-ocaml-5.5 ocaml/opam:debian-ocaml-4.13 ocaml/opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5 ocaml/opam:debian-13-ocaml-5.5; do
+    echo "\$ kiln resolve $img"
+    "$KILN" "${DEMO[@]}" resolve --api http://127.0.0.1:8080 "$img" || echo "(exit $?)"
+done
