@@ -219,6 +219,7 @@ fn main() {
     let after = rss_kib();
     let state = Arc::new(AppState {
         store,
+        log_dir: None,
         token: String::new(),
         metrics: Metrics::default(),
     });

@@ -97,6 +97,7 @@ async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str)
     .unwrap();
     let state = Arc::new(AppState {
         store,
+        log_dir: None,
         token: token.into(),
         metrics: Metrics::default(),
     });

@@ -230,6 +230,95 @@ fn two_arch_build_publishes_then_changes_nothing() {
         (0, 0),
         "containers or build images left behind"
     );
+
+    // Every route over HTTP on this real-build lockfile.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let state = Arc::new(kiln::api::AppState {
+            store,
+            token: "t0k3n".into(),
+            log_dir: Some(root().join(".kiln/log")),
+            metrics: kiln::api::Metrics::default(),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(kiln::api::serve_on(state, listener, std::future::pending()));
+        let c = reqwest::Client::new();
+        let get = |path: &str| c.get(format!("{base}{path}")).send();
+        let r = get("/v1/resolve?image=ocaml/opam:busybox-ocaml-5.5")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["digest"], e.digest.as_str());
+        let r = get("/v1/resolve?image=ocaml/opam:debian-ocaml-4.13")
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["missing"][0]["reason"], "not-built");
+        assert_eq!(
+            get("/v1/resolve?image=ocaml/opam:nope-ocaml-5.5")
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        let v: serde_json::Value = get("/v1/versions").await.unwrap().json().await.unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 2);
+        let v: serde_json::Value = get("/v1/versions/5.5.0")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["cells"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["os"] == "busybox" && c["available"] == true)
+        );
+        let v: serde_json::Value = get("/v1/platforms").await.unwrap().json().await.unwrap();
+        assert!(v["linux"].is_array() && v["windows"].is_array());
+        let r = get("/v1/lockfile").await.unwrap();
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        let body = r.bytes().await.unwrap();
+        assert_eq!(
+            Lockfile::parse(
+                std::path::Path::new("api"),
+                std::str::from_utf8(&body).unwrap()
+            )
+            .unwrap(),
+            Lockfile::load(&p.lockfile()).unwrap()
+        );
+        let r = c
+            .get(format!("{base}/v1/lockfile"))
+            .header("If-None-Match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304);
+        let html = get("/").await.unwrap().text().await.unwrap();
+        assert!(html.contains("busybox") && html.contains("no builder"));
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/v1/openapi.json",
+            "/v1/logs/linux_busybox_5.5.0_arm64.log",
+        ] {
+            assert_eq!(get(path).await.unwrap().status(), 200, "{path}");
+        }
+        assert_eq!(get("/v1/logs/..%2Fkiln.db").await.unwrap().status(), 400);
+        let r = c
+            .post(format!("{base}/v1/reload"))
+            .bearer_auth("t0k3n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    });
 }
 
 #[test]

@@ -40,6 +40,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/versions/{version}"),
     ("get", "/v1/platforms"),
     ("get", "/v1/lockfile"),
+    ("get", "/v1/logs/{name}"),
     ("post", "/v1/reload"),
 ];
 
@@ -83,6 +84,8 @@ pub struct AppState {
     pub store: Store,
     /// Bearer token for writes; empty disables them.
     pub token: String,
+    /// Where build logs live (served under /v1/logs/NAME).
+    pub log_dir: Option<std::path::PathBuf>,
     pub metrics: Metrics,
 }
 
@@ -128,6 +131,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/versions/{version}", get(version))
         .route("/v1/platforms", get(platforms))
         .route("/v1/lockfile", get(lockfile))
+        .route("/v1/logs/{name}", get(build_log))
         .route("/v1/reload", post(reload))
         .fallback(|| async {
             error(
@@ -442,6 +446,37 @@ async fn reload(State(st): State<Shared>, headers: HeaderMap) -> Response {
             StatusCode::SERVICE_UNAVAILABLE,
             "reload-failed",
             e.to_string(),
+        ),
+    }
+}
+
+/// A build log by file name (no paths: `[A-Za-z0-9._+-]+\.log`).
+async fn build_log(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+    let valid = name.ends_with(".log")
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if !valid {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad-log-name",
+            "log names look like linux_debian-13_5.5.0_amd64.log",
+        );
+    }
+    let Some(dir) = &st.log_dir else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no-logs",
+            "this server has no log directory",
+        );
+    };
+    match tokio::fs::read(dir.join(&name)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            "no-such-log",
+            format!("no log {name}"),
         ),
     }
 }

@@ -42,6 +42,9 @@ pub fn spec() -> Value {
             "/v1/platforms": {"get": {"summary": "Platforms and OS releases", "responses": {"200": {"description": "platform → OS releases"}}}},
             "/v1/lockfile": {"get": {"summary": "The whole published lockfile (ETag, If-None-Match, gzip)",
                 "responses": {"200": {"description": "lockfile JSON"}, "304": {"description": "not modified"}}}},
+            "/v1/logs/{name}": {"get": {"summary": "A build log (linked from failures on the status page)",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "text/plain log"}, "400": err("not a log file name"), "404": err("no such log")}}},
             "/v1/reload": {"post": {"summary": "Reload the lockfile now (bearer token)", "security": [{"bearer": []}],
                 "responses": {"200": {"description": "reloaded"}, "401": err("bad token"), "403": err("writes disabled"), "422": err("lockfile invalid; previous snapshot kept")}}}
         },

@@ -19,6 +19,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let state = Arc::new(AppState {
         store,
         token: config.api.token.clone(),
+        log_dir: Some(config.log_dir()),
         metrics: Metrics::default(),
     });
     let rt = tokio::runtime::Runtime::new()?;
