@@ -1,1 +1,3 @@
 //! macOS and FreeBSD base datasets built on ZFS and shipped as send streams.
+
+pub mod driver;

@@ -1,0 +1,170 @@
+//! `zfs` and `zpool` driven as processes, locally or through `ssh host`.
+//!
+//! zfs-fuse (the pool this machine runs) has no `-p` on `list`; exact
+//! numbers come from `zfs get -H -o value -p`, names and mountpoints from
+//! `zfs list -H -o`. Commands that can race with zfs-fuse's own work
+//! (destroy right after a receive or an unmount) are retried briefly.
+
+use std::time::Duration;
+
+use crate::config::ZfsHost;
+use crate::process::{Cmd, ProcessError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZfsError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("zfs on {host}: {message}")]
+    Invalid { host: String, message: String },
+}
+
+/// One ZFS host.
+#[derive(Debug, Clone)]
+pub struct Zfs {
+    pub host: ZfsHost,
+}
+
+impl Zfs {
+    pub fn new(host: &ZfsHost) -> Zfs {
+        Zfs { host: host.clone() }
+    }
+
+    fn cmd(&self, tool: &str) -> Cmd {
+        if self.host.ssh.is_empty() {
+            Cmd::new(tool)
+        } else {
+            Cmd::new("ssh").args(["-o", "BatchMode=yes", self.host.ssh.as_str(), tool])
+        }
+        .timeout(Duration::from_secs(600))
+    }
+
+    pub async fn zfs(&self, args: &[&str]) -> Result<String, ZfsError> {
+        Ok(self
+            .cmd("zfs")
+            .args(args.iter().copied())
+            .run()
+            .await?
+            .stdout)
+    }
+
+    /// `zpool list -H -o health POOL`.
+    pub async fn pool_health(&self) -> Result<String, ZfsError> {
+        let out = self
+            .cmd("zpool")
+            .args(["list", "-H", "-o", "health", self.host.pool.as_str()])
+            .run()
+            .await?;
+        Ok(out.stdout.trim().to_string())
+    }
+
+    /// Does this dataset (or snapshot) exist?
+    pub async fn exists(&self, name: &str) -> Result<bool, ZfsError> {
+        match self
+            .cmd("zfs")
+            .args(["list", "-H", "-o", "name", name])
+            .run()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(ProcessError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Create a dataset (and its parents) with properties.
+    pub async fn create(&self, name: &str, props: &[(&str, &str)]) -> Result<(), ZfsError> {
+        let mut args = vec!["create".to_string(), "-p".to_string()];
+        for (k, v) in props {
+            args.push("-o".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(name.to_string());
+        self.cmd("zfs").args(args).run().await?;
+        Ok(())
+    }
+
+    /// Children (recursive) of a dataset, with mountpoints: `(name, mountpoint)`.
+    pub async fn list(&self, name: &str) -> Result<Vec<(String, String)>, ZfsError> {
+        let out = self
+            .zfs(&["list", "-H", "-r", "-o", "name,mountpoint", name])
+            .await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect())
+    }
+
+    /// An exact numeric property (`used`, `referenced`, …).
+    pub async fn get_number(&self, name: &str, prop: &str) -> Result<u64, ZfsError> {
+        let out = self
+            .zfs(&["get", "-H", "-o", "value", "-p", prop, name])
+            .await?;
+        out.trim().parse().map_err(|_| ZfsError::Invalid {
+            host: self.host.name.clone(),
+            message: format!("{prop} of {name} is {:?}, not a number", out.trim()),
+        })
+    }
+
+    pub async fn get(&self, name: &str, prop: &str) -> Result<String, ZfsError> {
+        Ok(self
+            .zfs(&["get", "-H", "-o", "value", prop, name])
+            .await?
+            .trim()
+            .to_string())
+    }
+
+    pub async fn snapshot_recursive(&self, snap: &str) -> Result<(), ZfsError> {
+        self.zfs(&["snapshot", "-r", snap]).await?;
+        Ok(())
+    }
+
+    /// Destroy recursively, retrying while zfs-fuse reports it busy.
+    pub async fn destroy_recursive(&self, name: &str) -> Result<(), ZfsError> {
+        let mut last = None;
+        for attempt in 0..10 {
+            if !self.exists(name).await? {
+                return Ok(());
+            }
+            match self.zfs(&["destroy", "-r", "-f", name]).await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(300 * (attempt + 1))).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ZfsError::Invalid {
+            host: self.host.name.clone(),
+            message: format!("cannot destroy {name}"),
+        }))
+    }
+
+    /// Clones that depend on any snapshot under `name` (in use by workers).
+    /// zfs-fuse (pool v23) has no `clones` property: look for datasets of
+    /// the pool whose `origin` is a snapshot of `name` or its children.
+    pub async fn clones_of(&self, name: &str) -> Result<Vec<String>, ZfsError> {
+        let out = self
+            .zfs(&[
+                "list",
+                "-H",
+                "-r",
+                "-t",
+                "filesystem",
+                "-o",
+                "name,origin",
+                self.host.pool.as_str(),
+            ])
+            .await?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(_, origin)| {
+                origin.starts_with(&format!("{name}@")) || origin.starts_with(&format!("{name}/"))
+            })
+            .map(|(n, _)| n.to_string())
+            .collect())
+    }
+}
