@@ -81,7 +81,7 @@ async fn zfs_dataset_create_snapshot_destroy() {
     zfs.zfs(&["clone", &format!("{base}/child@snap"), &clone])
         .await
         .unwrap();
-    assert_eq!(zfs.clones_of(&base).await.unwrap(), [clone.clone()]);
+    assert_eq!(zfs.clones_of(&base).await.unwrap(), vec![clone.clone()]);
     zfs.destroy_recursive(&clone).await.unwrap();
     zfs.destroy_recursive(&base).await.unwrap();
     assert!(!zfs.exists(&base).await.unwrap());
