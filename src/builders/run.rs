@@ -167,11 +167,12 @@ pub async fn opam_repository_commit(config: &Config) -> Result<String, RunError>
         })
 }
 
-struct Prepared {
-    target: Target,
-    inputs: key::Inputs,
-    key: String,
-    dockerfile: String,
+pub(crate) struct Prepared {
+    pub(crate) target: Target,
+    pub(crate) inputs: key::Inputs,
+    pub(crate) key: String,
+    /// The first rendered recipe (the Dockerfile, or the provisioning script).
+    pub(crate) dockerfile: String,
 }
 
 async fn prepare(
@@ -309,7 +310,7 @@ pub async fn run(
                 failed.get_or_insert(Outcome::NoBuilder { reason });
                 continue;
             }
-            if t.builder != BuilderKind::Docker {
+            if t.builder == BuilderKind::Qemu {
                 let reason = format!(
                     "the {} builder is not wired into `kiln build` yet",
                     t.builder.as_str()
@@ -407,40 +408,7 @@ pub async fn run(
                 );
                 continue;
             }
-            let Some((_, engine, sem)) = engines.iter().find(|(h, _, _)| {
-                h.os == p.target.platform
-                    && (h.arch == p.target.arch || h.emulate.contains(&p.target.arch))
-            }) else {
-                continue;
-            };
-            let log = config
-                .log_dir()
-                .join(format!("{}.log", p.target.id().replace('/', "_")));
-            let spec = BuildSpec {
-                target: p.target.id(),
-                dockerfile: p.dockerfile.clone(),
-                context: BTreeMap::new(),
-                os: p.target.platform.clone(),
-                arch: p.target.arch.clone(),
-                push_ref: format!("{}/{repository}:{immutable}-{}", reg.host, p.target.arch),
-                smoke: vec![
-                    SmokeCheck {
-                        argv: vec!["ocaml".into(), "-version".into()],
-                        expect: expected_ocaml(&p.target),
-                    },
-                    SmokeCheck {
-                        argv: vec!["opam".into(), "--version".into()],
-                        expect: p
-                            .target
-                            .vars
-                            .get("opam_version")
-                            .cloned()
-                            .unwrap_or_default(),
-                    },
-                ],
-                log: log.clone(),
-                labels: BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), p.key.clone())]),
-            };
+            let log = log_path(config, &p.target);
             let _ = state.set(
                 &repository,
                 &tag,
@@ -448,14 +416,87 @@ pub async fn run(
                 &State::Building,
                 Some(&log),
             );
-            let engine = engine.clone();
-            let sem = sem.clone();
-            let id = p.target.id();
-            progress(Event::Started { target: id.clone() });
-            jobs.push(async move {
-                let _permit = sem.acquire_owned().await;
-                (spec.arch.clone(), log, docker::build(&engine, &spec).await)
+            progress(Event::Started {
+                target: p.target.id(),
             });
+            let arch = p.target.arch.clone();
+            match p.target.builder {
+                BuilderKind::Docker => {
+                    let Some((_, engine, sem)) = engines.iter().find(|(h, _, _)| {
+                        h.os == p.target.platform
+                            && (h.arch == p.target.arch || h.emulate.contains(&p.target.arch))
+                    }) else {
+                        continue;
+                    };
+                    let spec = BuildSpec {
+                        target: p.target.id(),
+                        dockerfile: p.dockerfile.clone(),
+                        context: BTreeMap::new(),
+                        os: p.target.platform.clone(),
+                        arch: p.target.arch.clone(),
+                        push_ref: format!(
+                            "{}/{repository}:{immutable}-{}",
+                            reg.host, p.target.arch
+                        ),
+                        smoke: vec![
+                            SmokeCheck {
+                                argv: vec!["ocaml".into(), "-version".into()],
+                                expect: expected_ocaml(&p.target),
+                            },
+                            SmokeCheck {
+                                argv: vec!["opam".into(), "--version".into()],
+                                expect: p
+                                    .target
+                                    .vars
+                                    .get("opam_version")
+                                    .cloned()
+                                    .unwrap_or_default(),
+                            },
+                        ],
+                        log: log.clone(),
+                        labels: BTreeMap::from([(
+                            "org.ocaml.kiln.build-key".to_string(),
+                            p.key.clone(),
+                        )]),
+                    };
+                    let engine = engine.clone();
+                    let sem = sem.clone();
+                    jobs.push(Box::pin(async move {
+                        let _permit = sem.acquire_owned().await;
+                        let r = docker::build(&engine, &spec)
+                            .await
+                            .map(|b| b.digest)
+                            .map_err(|e| e.to_string());
+                        (arch, log, r)
+                    })
+                        as std::pin::Pin<
+                            Box<
+                                dyn std::future::Future<
+                                        Output = (String, PathBuf, Result<String, String>),
+                                    > + Send
+                                    + '_,
+                            >,
+                        >);
+                }
+                BuilderKind::Qemu => continue,
+                BuilderKind::Zfs => {
+                    let reg = &reg;
+                    let repository = repository.clone();
+                    let immutable = immutable.clone();
+                    jobs.push(Box::pin(async move {
+                        let r = super::zfs::artifact_build(
+                            config,
+                            reg,
+                            p,
+                            &repository,
+                            &immutable,
+                            &log,
+                        )
+                        .await;
+                        (arch, log, r)
+                    }));
+                }
+            }
         }
         let results = futures_util::future::join_all(jobs).await;
         let mut ok = true;
@@ -463,20 +504,20 @@ pub async fn run(
         for (arch, log, r) in results {
             let id = format!("{}/{}/{}/{arch}", first.platform, first.os, first.version);
             match r {
-                Ok(b) => {
+                Ok(digest) => {
                     report.arches.insert(
                         arch.clone(),
                         Outcome::Built {
-                            digest: b.digest.clone(),
+                            digest: digest.clone(),
                         },
                     );
                     progress(Event::Finished {
                         target: id,
                         outcome: Outcome::Built {
-                            digest: b.digest.clone(),
+                            digest: digest.clone(),
                         },
                     });
-                    arch_digests.insert(arch, b.digest);
+                    arch_digests.insert(arch, digest);
                 }
                 Err(e) => {
                     ok = false;
@@ -556,7 +597,11 @@ pub async fn run(
                 format!("inputs changed: {}", changed.join(", "))
             };
             let entry = Entry {
-                kind: ArtifactKind::Image,
+                kind: match first.builder {
+                    BuilderKind::Docker => ArtifactKind::Image,
+                    BuilderKind::Zfs => ArtifactKind::ZfsStream,
+                    BuilderKind::Qemu => ArtifactKind::Qcow2,
+                },
                 platform: first.platform.clone(),
                 os: first.os.clone(),
                 ocaml: first.version.to_string(),

@@ -131,6 +131,14 @@ impl Zfs {
             match self.zfs(&["destroy", "-r", "-f", name]).await {
                 Ok(_) => return Ok(()),
                 Err(e) => {
+                    // Busy: take the deepest children one by one, then retry.
+                    if let Ok(list) = self.list(name).await {
+                        let mut names: Vec<String> = list.into_iter().map(|(n, _)| n).collect();
+                        names.sort_by_key(|n| std::cmp::Reverse(n.matches('/').count()));
+                        for n in names {
+                            let _ = self.zfs(&["destroy", "-r", "-f", &n]).await;
+                        }
+                    }
                     last = Some(e);
                     tokio::time::sleep(Duration::from_millis(300 * (attempt + 1))).await;
                 }

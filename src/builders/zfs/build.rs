@@ -1,0 +1,301 @@
+//! Building one base dataset tree: an immutable dataset named with the full
+//! compiler version and build id, its children mounted where the platform
+//! needs them, the provisioning script run as the build user with a
+//! timeout, every process it leaves behind killed, a recursive snapshot, a
+//! smoke test through the platform's profile, and a zstd-compressed
+//! `zfs send -R` stream with a layout record. A failed build destroys its
+//! datasets and removes its files: nothing half-built remains.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::driver::{Zfs, ZfsError};
+use crate::process::{Cmd, ProcessError};
+
+pub const SNAPSHOT: &str = "kiln";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ZfsBuildError {
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error("{target}: provisioning failed: {source} (log: {log})")]
+    Provision {
+        target: String,
+        source: ProcessError,
+        log: PathBuf,
+    },
+    #[error(
+        "{target}: smoke test failed: `{command}` printed {got:?}, expected it to contain {expected:?} (log: {log})"
+    )]
+    Smoke {
+        target: String,
+        command: String,
+        got: String,
+        expected: String,
+        log: PathBuf,
+    },
+    #[error("{target}: {message}")]
+    Io { target: String, message: String },
+}
+
+/// One child dataset and where it is mounted.
+#[derive(Debug, Clone)]
+pub struct Child {
+    pub name: String,
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZfsSpec {
+    pub target: String,
+    pub platform: String,
+    pub arch: String,
+    /// Full dataset name: `<pool>/<prefix>/base-image/macos-homebrew-ocaml-5.5.0-<id>`.
+    pub dataset: String,
+    pub children: Vec<Child>,
+    /// The rendered provisioning script.
+    pub script: String,
+    /// Environment for the script (HOME, ROOTFS, PATH, …).
+    pub env: BTreeMap<String, String>,
+    /// Build user (`runuser -u USER`); `None` runs as Kiln's user.
+    pub user: Option<String>,
+    pub timeout: Duration,
+    /// Sourced before each smoke command (`~/.profile`).
+    pub profile: PathBuf,
+    /// (command, expected substring of its output)
+    pub smoke: Vec<(String, String)>,
+    pub log: PathBuf,
+    /// Where the compressed stream is written.
+    pub out_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ZfsOutput {
+    pub snapshot: String,
+    pub stream: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    pub uncompressed_sha256: String,
+    pub layout: serde_json::Value,
+}
+
+async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = tokio::fs::File::open(path).await?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf).await?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Build the tree; on failure destroy it and remove partial files.
+pub async fn build(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildError> {
+    let result = build_inner(zfs, spec).await;
+    if result.is_err() {
+        let _ = zfs.destroy_recursive(&spec.dataset).await;
+        let _ = tokio::fs::remove_file(stream_path(spec)).await;
+        let _ = tokio::fs::remove_file(stream_path(spec).with_extension("raw")).await;
+    }
+    result
+}
+
+fn stream_path(spec: &ZfsSpec) -> PathBuf {
+    let name = spec.dataset.rsplit('/').next().unwrap_or("dataset");
+    spec.out_dir.join(format!("{name}.zfs.zst"))
+}
+
+async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildError> {
+    let target = spec.target.clone();
+    let io = |message: String| ZfsBuildError::Io {
+        target: target.clone(),
+        message,
+    };
+    // Immutable, content-addressed names: a complete tree (with its
+    // snapshot) of the same build key is reused, never rebuilt in place; a
+    // leftover of an interrupted build is removed and rebuilt.
+    let snapshot = format!("{}@{SNAPSHOT}", spec.dataset);
+    if zfs.exists(&snapshot).await? {
+        return send(zfs, spec, snapshot, &io).await;
+    }
+    zfs.destroy_recursive(&spec.dataset).await?;
+    zfs.create(&spec.dataset, &[("mountpoint", "none")]).await?;
+    for c in &spec.children {
+        let mp = c.mountpoint.display().to_string();
+        zfs.create(
+            &format!("{}/{}", spec.dataset, c.name),
+            &[("mountpoint", mp.as_str()), ("compression", "on")],
+        )
+        .await?;
+        if let Some(user) = &spec.user {
+            Cmd::new("chown")
+                .arg(user)
+                .arg(&c.mountpoint)
+                .run()
+                .await
+                .map_err(|e| io(e.to_string()))?;
+        }
+    }
+    // Provision: in a fresh PID namespace where available (its init exiting
+    // kills everything the script left behind, even daemons that setsid),
+    // otherwise in its own process group (killed as a whole after the run).
+    if let Some(dir) = spec.log.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| io(format!("{}: {e}", dir.display())))?;
+    }
+    let script_path = spec.out_dir.join(format!(
+        "{}.provision.sh",
+        spec.dataset.rsplit('/').next().unwrap_or("x")
+    ));
+    tokio::fs::create_dir_all(&spec.out_dir)
+        .await
+        .map_err(|e| io(format!("{}: {e}", spec.out_dir.display())))?;
+    tokio::fs::write(&script_path, &spec.script)
+        .await
+        .map_err(|e| io(format!("{}: {e}", script_path.display())))?;
+    let mut cmd = if crate::process::which("unshare").is_some() && zfs.host.ssh.is_empty() {
+        Cmd::new("unshare").args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+    } else {
+        Cmd::new("env")
+    };
+    if let Some(user) = &spec.user {
+        cmd = cmd.args(["runuser", "-u", user.as_str(), "--"]);
+    }
+    cmd = cmd.arg("sh").arg(&script_path).timeout(spec.timeout);
+    for (k, v) in &spec.env {
+        cmd = cmd.env(k, v);
+    }
+    let run = cmd.run().await;
+    let _ = tokio::fs::remove_file(&script_path).await;
+    let log_text = match &run {
+        Ok(o) => format!("{}{}", o.stdout, o.stderr),
+        Err(e) => e.to_string(),
+    };
+    tokio::fs::write(
+        &spec.log,
+        format!("# kiln: provisioning {}\n{log_text}", spec.target),
+    )
+    .await
+    .map_err(|e| io(format!("{}: {e}", spec.log.display())))?;
+    if let Err(source) = run {
+        return Err(ZfsBuildError::Provision {
+            target: spec.target.clone(),
+            source,
+            log: spec.log.clone(),
+        });
+    }
+    zfs.snapshot_recursive(&snapshot).await?;
+    // Smoke test through the profile.
+    let mut smoke_log = String::new();
+    for (command, expected) in &spec.smoke {
+        let line = format!(". {}; {command}", spec.profile.display());
+        let mut c = Cmd::new("sh")
+            .args(["-c", line.as_str()])
+            .timeout(Duration::from_secs(120));
+        for (k, v) in &spec.env {
+            c = c.env(k, v);
+        }
+        let got = match c.run().await {
+            Ok(o) => format!("{}{}", o.stdout, o.stderr),
+            Err(e) => e.to_string(),
+        };
+        smoke_log.push_str(&format!("# kiln smoke: {command} -> {got}"));
+        if !got.contains(expected.as_str()) {
+            let _ = append(&spec.log, &smoke_log).await;
+            return Err(ZfsBuildError::Smoke {
+                target: spec.target.clone(),
+                command: command.clone(),
+                got: got.trim().to_string(),
+                expected: expected.clone(),
+                log: spec.log.clone(),
+            });
+        }
+    }
+    let _ = append(&spec.log, &smoke_log).await;
+    send(zfs, spec, snapshot, &io).await
+}
+
+/// The stream: raw `zfs send -R` (hashed), then zstd, plus the layout.
+async fn send(
+    zfs: &Zfs,
+    spec: &ZfsSpec,
+    snapshot: String,
+    io: &(dyn Fn(String) -> ZfsBuildError + Sync),
+) -> Result<ZfsOutput, ZfsBuildError> {
+    let out = stream_path(spec);
+    let raw = out.with_extension("raw");
+    let send = format!(
+        "set -o pipefail; zfs send -R {snapshot} > {}",
+        shell_quote(&raw.display().to_string())
+    );
+    Cmd::new("bash")
+        .args(["-c", send.as_str()])
+        .timeout(Duration::from_secs(3600))
+        .run()
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    let (uncompressed_sha256, _) = sha256_file(&raw)
+        .await
+        .map_err(|e| io(format!("{}: {e}", raw.display())))?;
+    Cmd::new("zstd")
+        .args(["-q", "-f", "-T0", "--rm", "-o"])
+        .arg(&out)
+        .arg(&raw)
+        .timeout(Duration::from_secs(3600))
+        .run()
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    let (sha256, size) = sha256_file(&out)
+        .await
+        .map_err(|e| io(format!("{}: {e}", out.display())))?;
+    let mut children = Vec::new();
+    for c in &spec.children {
+        let name = format!("{}/{}", spec.dataset, c.name);
+        children.push(json!({
+            "name": c.name,
+            "mountpoint": c.mountpoint,
+            "compression": zfs.get(&name, "compression").await?,
+            "referenced": zfs.get_number(&name, "referenced").await?,
+        }));
+    }
+    let layout = json!({
+        "dataset": spec.dataset,
+        "snapshot": SNAPSHOT,
+        "children": children,
+        "profile": spec.profile,
+        "user": spec.user,
+    });
+    Ok(ZfsOutput {
+        snapshot,
+        stream: out,
+        sha256,
+        size,
+        uncompressed_sha256,
+        layout,
+    })
+}
+
+async fn append(path: &Path, text: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .await?;
+    f.write_all(text.as_bytes()).await
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}

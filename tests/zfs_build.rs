@@ -1,0 +1,311 @@
+//! ZFS base datasets through `kiln build`: the tree, reaping, the smoke
+//! test, the send stream as an OCI artifact, failure leaving nothing, and
+//! a worker-side receive of what was published.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use kiln::publish::lockfile::{ArtifactKind, Lockfile};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn zfs_unavailable() -> bool {
+    let f = root().join(".kiln/run/zfs.unavailable");
+    if f.exists() {
+        eprintln!(
+            "SKIPPED: zfs unavailable: {}",
+            std::fs::read_to_string(&f).unwrap_or_default()
+        );
+        return true;
+    }
+    false
+}
+
+struct Profile {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    namespace: String,
+    prefix: String,
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        // zfs-fuse may report "busy" right after an unmount: destroy the
+        // deepest datasets first and retry until nothing is left.
+        let top = format!("kiln/{}", self.prefix);
+        for _ in 0..40 {
+            let out = Command::new("zfs")
+                .args(["list", "-H", "-r", "-o", "name", &top])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if names.is_empty() {
+                return;
+            }
+            names.sort_by_key(|n| std::cmp::Reverse(n.matches('/').count()));
+            for n in names {
+                let _ = Command::new("zfs")
+                    .args(["destroy", "-r", "-f", &n])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+}
+
+fn profile(name: &str) -> Profile {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["versions", "platforms"] {
+        assert!(
+            Command::new("cp")
+                .arg("-r")
+                .arg(root().join("scripts/demo").join(sub))
+                .arg(dir.path())
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let namespace = format!("kiln-test-zfs-{name}-{}", std::process::id());
+    let prefix = format!("test-zfs-{name}-{}", std::process::id());
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{state}\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n[zfs]\n[[zfs.hosts]]\nname = \"local\"\npool = \"kiln\"\nprefix = \"{prefix}\"\nplatforms = [\"macos\"]\narch = \"amd64\"\n",
+            state = root().join(".kiln").display()
+        ),
+    )
+    .unwrap();
+    Profile {
+        dir,
+        config,
+        namespace,
+        prefix,
+    }
+}
+
+impl Profile {
+    fn build(&self) -> (Option<i32>, serde_json::Value) {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(["build", "--platform", "macos", "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status.code(),
+            serde_json::from_slice(&out.stdout).unwrap(),
+        )
+    }
+
+    fn recipe(&self) -> PathBuf {
+        self.dir.path().join("platforms/macos/provision-demo.sh")
+    }
+
+    fn datasets(&self) -> Vec<String> {
+        let out = Command::new("zfs")
+            .args([
+                "list",
+                "-H",
+                "-r",
+                "-o",
+                "name",
+                &format!("kiln/{}", self.prefix),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn process_running(pattern: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", pattern])
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn dataset_tree_is_built_reaped_published_and_receivable() {
+    if zfs_unavailable() {
+        return;
+    }
+    let p = profile("ok");
+    // A provisioning script that leaves a daemon behind (setsid: its own
+    // session, outside any process group): it must not survive the build.
+    let text = std::fs::read_to_string(p.recipe()).unwrap();
+    std::fs::write(
+        p.recipe(),
+        text.replace(
+            "set -eu\n",
+            "set -eu\nsetsid sleep 654321 >/dev/null 2>&1 < /dev/null &\n",
+        ),
+    )
+    .unwrap();
+    let (code, s) = p.build();
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["built"], 1, "{s}");
+    assert!(
+        !process_running("sleep 654321"),
+        "provisioning left a process behind"
+    );
+    // The tree: immutable name with full version and build id, two children.
+    let ds = p.datasets();
+    let base = ds
+        .iter()
+        .find(|d| {
+            d.contains("/base-image/macos-homebrew-ocaml-5.5.0-")
+                && !d.ends_with("/home")
+                && !d.ends_with("/brew")
+        })
+        .unwrap()
+        .clone();
+    assert!(
+        ds.contains(&format!("{base}/home")) && ds.contains(&format!("{base}/brew")),
+        "{ds:?}"
+    );
+    // Published as an artifact index; the stream pulls back and receives.
+    let lock = Lockfile::load(&p.dir.path().join("manifests/lockfile.json")).unwrap();
+    let e = &lock.entries[&format!("{}/macos-base:macos-homebrew-ocaml-5.5", p.namespace)];
+    assert_eq!(e.kind, ArtifactKind::ZfsStream);
+    let cfg = kiln::config::Config::defaults(&root()).unwrap();
+    let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("base.zfs.zst");
+    let pulled = rt
+        .block_on(kiln::registry::artifact::pull(
+            &reg,
+            &e.repository,
+            &e.arches["amd64"].digest,
+            &stream,
+        ))
+        .unwrap();
+    assert_eq!(pulled.artifact_type, kiln::registry::artifact::ZFS_ARTIFACT);
+    assert_eq!(pulled.config["os"], "macos");
+    assert_eq!(
+        pulled.config["layout"]["children"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let received = format!("kiln/{}/received", p.prefix);
+    let recv = Command::new("bash")
+        .args([
+            "-c",
+            &format!(
+                "set -o pipefail; zstd -dc {} | zfs recv -u -d {received}",
+                stream.display()
+            ),
+        ])
+        .status();
+    // zfs recv -d needs the parent to exist.
+    if !recv.map(|s| s.success()).unwrap_or(false) {
+        assert!(
+            Command::new("zfs")
+                .args(["create", "-p", "-o", "mountpoint=none", &received])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let st = Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "set -o pipefail; zstd -dc {} | zfs recv -u -d {received}",
+                    stream.display()
+                ),
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success(), "zfs recv of the published stream failed");
+    }
+    let after = p.datasets();
+    assert!(
+        after
+            .iter()
+            .any(|d| d.starts_with(&received) && d.ends_with("/brew")),
+        "{after:?}"
+    );
+    // A second round changes nothing.
+    let (_, s2) = p.build();
+    assert_eq!(s2["unchanged"], 1, "{s2}");
+}
+
+#[test]
+fn failed_provisioning_leaves_nothing() {
+    if zfs_unavailable() {
+        return;
+    }
+    let p = profile("fail");
+    let text = std::fs::read_to_string(p.recipe()).unwrap();
+    std::fs::write(
+        p.recipe(),
+        text.replace("set -eu\n", "set -eu\necho about to fail\nexit 7\n"),
+    )
+    .unwrap();
+    let (code, s) = p.build();
+    assert_eq!(code, Some(1), "{s}");
+    let err = serde_json::to_string(&s).unwrap();
+    assert!(
+        err.contains("provisioning failed") && err.contains("exit status: 7"),
+        "{err}"
+    );
+    assert!(
+        !p.datasets().iter().any(|d| d.contains("/base-image/macos")),
+        "{:?}",
+        p.datasets()
+    );
+    assert!(
+        Lockfile::load(&p.dir.path().join("manifests/lockfile.json"))
+            .unwrap()
+            .entries
+            .is_empty()
+    );
+    let work = root().join(".kiln/work/zfs");
+    if work.exists() {
+        let left: Vec<_> = std::fs::read_dir(&work)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.contains(&p.prefix))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    // A smoke failure (wrong version through the profile) also leaves nothing.
+    std::fs::write(
+        p.recipe(),
+        text.replace("version {{ocaml_version}}", "version 3.07.0"),
+    )
+    .unwrap();
+    let (code, s) = p.build();
+    assert_eq!(code, Some(1), "{s}");
+    assert!(
+        serde_json::to_string(&s)
+            .unwrap()
+            .contains("smoke test failed")
+    );
+    assert!(
+        !p.datasets().iter().any(|d| d.contains("/base-image/macos")),
+        "{:?}",
+        p.datasets()
+    );
+}
