@@ -420,3 +420,110 @@ fn debian_image_with_debians_own_ocaml() {
     let e = &lock.entries[&format!("{}/opam:debian-12-ocaml-4.13", p.namespace)];
     assert!(e.inputs["amd64.parent_digest"].starts_with("sha256:"));
 }
+
+/// Build a variant of the busybox parent (both arches) and tag it `tag` in
+/// `repo`; returns the index digest.
+async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
+    use kiln::builders::docker::{self, BuildSpec, SmokeCheck};
+    use kiln::registry::index::{self, Platform};
+    let cfg = kiln::config::Config::defaults(&root()).unwrap();
+    let engine = docker::connect(&cfg.docker.hosts[0]).unwrap();
+    let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut digests = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let plat = Platform::for_arch("linux", arch);
+        let (name, base) = kiln::builders::run::resolve_parent(
+            &cfg,
+            "127.0.0.1:5000/kiln-fixtures/busybox:latest",
+            &plat,
+        )
+        .await
+        .unwrap();
+        let spec = BuildSpec {
+            target: format!("test/parent/{arch}"),
+            dockerfile: format!("FROM {name}@{base}\nRUN echo {marker} > /parent-marker\n"),
+            context: Default::default(),
+            os: "linux".into(),
+            arch: arch.into(),
+            push_ref: format!("{}/{repo}:{tag}-{arch}", reg.host),
+            smoke: vec![SmokeCheck {
+                argv: vec!["cat".into(), "/parent-marker".into()],
+                expect: marker.into(),
+            }],
+            log: dir.path().join(format!("{arch}.log")),
+            labels: Default::default(),
+        };
+        digests.push(docker::build(&engine, &spec).await.unwrap().digest);
+    }
+    let required: Vec<Platform> = ["amd64", "arm64"]
+        .iter()
+        .map(|a| Platform::for_arch("linux", a))
+        .collect();
+    let idx = index::assemble(&reg, repo, &digests, &required, &Default::default())
+        .await
+        .unwrap();
+    reg.put_manifest(repo, tag, &idx.bytes, kiln::registry::OCI_INDEX)
+        .await
+        .unwrap();
+    idx.digest
+}
+
+#[test]
+fn a_parent_change_rebuilds_exactly_its_dependents() {
+    let p = profile("parent");
+    fixtures(&p, false);
+    let parent_repo = format!("kiln-test/parent-{}", std::process::id());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(push_parent_variant(&parent_repo, "latest", "one"));
+    // A second OS release on the shared fixture parent, which must not move.
+    let platform_yaml = p.dir.path().join("platforms/linux/platform.yaml");
+    let text = std::fs::read_to_string(&platform_yaml).unwrap();
+    let text = text.replacen(
+        "parent: 127.0.0.1:5000/kiln-fixtures/busybox:latest",
+        &format!("parent: 127.0.0.1:5000/{parent_repo}:latest"),
+        1,
+    );
+    let text = text.replace(
+        "  - id: debian-12",
+        "  - id: busybox-stable\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: 127.0.0.1:5000/kiln-fixtures/busybox:latest\n  - id: debian-12",
+    );
+    std::fs::write(&platform_yaml, text).unwrap();
+    let s = p.build(&["--os", "busybox", "--version", "5.5"]);
+    assert_eq!(s["built"], 1, "{s}");
+    let s = p.build(&["--os", "busybox-stable", "--version", "5.5"]);
+    assert_eq!(s["built"], 1, "{s}");
+    let before = Lockfile::load(&p.lockfile()).unwrap();
+    // The parent moves to new content: only its dependents rebuild.
+    rt.block_on(push_parent_variant(&parent_repo, "latest", "two"));
+    let s = p.build(&["--version", "5.5", "--platform", "linux"]);
+    let t = s["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tag"] == "busybox-ocaml-5.5")
+        .unwrap();
+    assert_eq!(t["outcome"]["outcome"], "built", "{s}");
+    let changed = serde_json::to_string(&t["changed_inputs"]).unwrap();
+    assert!(
+        changed.contains("amd64.parent_digest") && changed.contains("arm64.parent_digest"),
+        "{changed}"
+    );
+    let stable = s["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tag"] == "busybox-stable-ocaml-5.5")
+        .unwrap();
+    assert_eq!(stable["outcome"]["outcome"], "unchanged", "{s}");
+    let after = Lockfile::load(&p.lockfile()).unwrap();
+    let k_stable = format!("{}/opam:busybox-stable-ocaml-5.5", p.namespace);
+    assert_eq!(after.entries[&k_stable], before.entries[&k_stable]);
+    let k = format!("{}/opam:busybox-ocaml-5.5", p.namespace);
+    assert_ne!(after.entries[&k].digest, before.entries[&k].digest);
+    assert!(
+        after.entries[&k].history[0]
+            .replaced_because
+            .contains("parent_digest")
+    );
+}
