@@ -37,6 +37,10 @@ enum Command {
     Build(cmd::build::Args),
     /// Push the local parent images (busybox, Debian) the demo and tests build on.
     Fixtures(cmd::fixtures::Args),
+    /// Check every lockfile entry against the registry (tags, indexes, children, blobs).
+    Verify(cmd::verify::Args),
+    /// Move a published tag back to an earlier digest from its history.
+    Rollback(cmd::rollback::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -68,6 +72,8 @@ fn main() -> ExitCode {
         Command::Plan(a) => cmd::plan::run(&sources, a),
         Command::Build(a) => cmd::build::run(&sources, a),
         Command::Fixtures(a) => cmd::fixtures::run(&sources, a),
+        Command::Verify(a) => cmd::verify::run(&sources, a),
+        Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),

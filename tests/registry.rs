@@ -2,6 +2,7 @@
 //! the real registry (127.0.0.1:5000), checked with skopeo.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Command;
 
 use kiln::publish::lockfile::{ArchEntry, ArtifactKind, Entry, Lockfile};
@@ -351,5 +352,141 @@ async fn publication_order_and_refusal() {
     assert!(
         err.to_string().contains("immutable tags never move"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn verify_names_problems_and_rollback_moves_back() {
+    let reg = registry();
+    let repo = unique("verify");
+    let dir = tempfile::tempdir().unwrap();
+    let lockfile = dir.path().join("lockfile.json");
+    let both: Vec<Platform> = ["amd64", "arm64"]
+        .iter()
+        .map(|a| Platform::for_arch("linux", a))
+        .collect();
+    let mut digests = Vec::new();
+    for round in ["one", "two"] {
+        let amd = push_image(
+            &reg,
+            &repo,
+            "linux",
+            "amd64",
+            None,
+            &format!("{repo}-{round}"),
+        )
+        .await;
+        let arm = push_image(
+            &reg,
+            &repo,
+            "linux",
+            "arm64",
+            None,
+            &format!("{repo}-{round}"),
+        )
+        .await;
+        let idx = index::assemble(
+            &reg,
+            &repo,
+            &[amd.clone(), arm.clone()],
+            &both,
+            &BTreeMap::new(),
+        )
+        .await
+        .unwrap();
+        let mut e = entry(
+            &repo,
+            &idx.digest,
+            &[("amd64", &amd), ("arm64", &arm)],
+            "debian-13-ocaml-5.5",
+        );
+        e.build_key = format!("key-{round}");
+        kiln::publish::publish(&reg, &lockfile, e, &both, round)
+            .await
+            .unwrap();
+        digests.push(idx.digest);
+    }
+    let lock = Lockfile::load(&lockfile).unwrap();
+    assert!(
+        kiln::publish::verify::verify(&reg, &lock, dir.path())
+            .await
+            .is_empty()
+    );
+    // Roll back: tags and lockfile move to the first digest, history says why.
+    let key = format!("{repo}:debian-13-ocaml-5.5");
+    let e = kiln::publish::verify::rollback(&reg, &lockfile, &key, None, "bad compiler")
+        .await
+        .unwrap();
+    assert_eq!(e.digest, digests[0]);
+    assert_eq!(e.history[0].digest, digests[1]);
+    assert_eq!(e.history[0].replaced_because, "rollback: bad compiler");
+    assert_eq!(
+        reg.head_manifest(&repo, "debian-13-ocaml-5.5")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        digests[0]
+    );
+    assert_eq!(
+        reg.head_manifest(&repo, "debian-ocaml-5.5")
+            .await
+            .unwrap()
+            .unwrap()
+            .0,
+        digests[0]
+    );
+    let lock = Lockfile::load(&lockfile).unwrap();
+    let problems = kiln::publish::verify::verify(&reg, &lock, dir.path()).await;
+    // The immutable tag of the rolled-back entry still names the newer build.
+    assert!(
+        problems
+            .iter()
+            .all(|p| p.problem.contains("tag debian-13-ocaml-5.5.0-")),
+        "{problems:?}"
+    );
+    // Rolling back to a digest not in the history is refused.
+    assert!(
+        kiln::publish::verify::rollback(&reg, &lockfile, &key, Some("sha256:00"), "x")
+            .await
+            .is_err()
+    );
+
+    // A blob corrupted on the registry's disk: verify names it.
+    let config_digest = {
+        let m = reg
+            .get_manifest(&repo, &lock.entries[&key].arches["amd64"].digest)
+            .await
+            .unwrap();
+        m.json().unwrap()["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let hexd = &config_digest[7..];
+    let blob = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(".kiln/registry/data/docker/registry/v2/blobs/sha256")
+        .join(&hexd[..2])
+        .join(hexd)
+        .join("data");
+    if !blob.exists() {
+        // The registry was started by another checkout's services script.
+        eprintln!(
+            "corruption check skipped: registry storage is not under this checkout ({})",
+            blob.display()
+        );
+        return;
+    }
+    let original = std::fs::read(&blob).unwrap();
+    let mut corrupt = original.clone();
+    corrupt[0] ^= 0xff;
+    std::fs::write(&blob, &corrupt).unwrap();
+    let problems = kiln::publish::verify::verify(&reg, &lock, dir.path()).await;
+    std::fs::write(&blob, &original).unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.problem.contains(&config_digest) && p.problem.contains("mismatch")),
+        "{problems:?}"
     );
 }

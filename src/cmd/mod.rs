@@ -9,5 +9,7 @@ pub mod doctor;
 pub mod fixtures;
 pub mod plan;
 pub mod resolve;
+pub mod rollback;
 pub mod serve;
 pub mod status;
+pub mod verify;

@@ -8,6 +8,7 @@
 //! tag and never reaches the lockfile.
 
 pub mod lockfile;
+pub mod verify;
 
 use std::path::Path;
 

@@ -1,0 +1,202 @@
+//! `kiln verify` and `kiln rollback`: the lockfile checked against the
+//! registry, and a moving tag moved back to an earlier digest.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::lockfile::{Entry, HistoryEntry, Lockfile};
+use super::{PublishError, lock_lockfile};
+use crate::registry::index::{self, Platform};
+use crate::registry::{Registry, RegistryError};
+
+/// One thing wrong with one lockfile entry.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// `repository:tag`
+    pub entry: String,
+    pub problem: String,
+}
+
+fn arch_of(platform: &str) -> String {
+    match platform.split_once('/').map(|(_, a)| a).unwrap_or(platform) {
+        "386" => "i386".into(),
+        "arm/v7" => "arm32v7".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Check every entry: tags point at the recorded digest, the index and each
+/// child exist with exactly the recorded arches, and every blob's content
+/// matches its digest. Returns every problem found.
+pub async fn verify(reg: &Registry, lock: &Lockfile, scratch: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (key, e) in &lock.entries {
+        let mut say = |p: String| {
+            problems.push(Problem {
+                entry: key.clone(),
+                problem: p,
+            })
+        };
+        for tag in std::iter::once(&e.tag)
+            .chain(e.aliases.iter())
+            .chain(std::iter::once(&e.immutable_tag))
+        {
+            match reg.head_manifest(&e.repository, tag).await {
+                Ok(Some((d, _))) if d == e.digest => {}
+                Ok(Some((d, _))) => say(format!(
+                    "tag {tag} points at {d}, the lockfile says {}",
+                    e.digest
+                )),
+                Ok(None) => say(format!("tag {tag} is missing from the registry")),
+                Err(err) => say(format!("tag {tag}: {err}")),
+            }
+        }
+        let required: Vec<Platform> = e
+            .arches
+            .keys()
+            .map(|a| Platform::for_arch(&e.platform, a))
+            .collect();
+        match index::verify(reg, &e.repository, &e.digest, &required).await {
+            Ok(children) => {
+                for (platform, digest) in &children {
+                    let arch = arch_of(platform);
+                    if e.arches.get(&arch).map(|a| a.digest.as_str()) != Some(digest.as_str()) {
+                        say(format!(
+                            "{platform}: index holds {digest}, the lockfile says {:?}",
+                            e.arches.get(&arch).map(|a| &a.digest)
+                        ));
+                    }
+                }
+            }
+            Err(err) => say(format!("index {}: {err}", e.digest)),
+        }
+        for (arch, a) in &e.arches {
+            if let Err(err) = verify_manifest_blobs(reg, &e.repository, &a.digest, scratch).await {
+                say(format!("{arch} ({}): {err}", a.digest));
+            }
+        }
+    }
+    problems
+}
+
+/// Every blob a manifest names exists and its content hashes to its digest.
+async fn verify_manifest_blobs(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+    scratch: &Path,
+) -> Result<(), RegistryError> {
+    let m = reg.get_manifest(repo, digest).await?;
+    let v = m.json()?;
+    let mut blobs: Vec<String> = v["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["digest"].as_str().map(str::to_string))
+        .collect();
+    if let Some(c) = v["config"]["digest"].as_str() {
+        blobs.push(c.to_string());
+    }
+    for b in blobs {
+        let tmp = scratch.join(b.replace(':', "-"));
+        let r = reg.pull_blob_to_file(repo, &b, &tmp).await;
+        let _ = std::fs::remove_file(&tmp);
+        r.map_err(|e| RegistryError::Invalid(format!("blob {b}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Move `repository:tag` (and its aliases) back to `to` (default: the
+/// previous digest in its history), after checking that digest is complete
+/// in the registry, and record it in the lockfile.
+pub async fn rollback(
+    reg: &Registry,
+    lockfile_path: &Path,
+    key: &str,
+    to: Option<&str>,
+    reason: &str,
+) -> Result<Entry, PublishError> {
+    let _guard = lock_lockfile(lockfile_path)?;
+    let mut lock = Lockfile::load(lockfile_path)?;
+    let entry = lock.entries.get(key).cloned().ok_or_else(|| {
+        RegistryError::Invalid(format!(
+            "no lockfile entry {key}; `kiln status` lists the published tags"
+        ))
+    })?;
+    let target = match to {
+        Some(d) => entry
+            .history
+            .iter()
+            .find(|h| h.digest == d)
+            .cloned()
+            .ok_or_else(|| RegistryError::Invalid(format!("{d} is not in the history of {key}")))?,
+        None => entry.history.first().cloned().ok_or_else(|| {
+            RegistryError::Invalid(format!("{key} has no earlier digest to roll back to"))
+        })?,
+    };
+    // The old index must still be complete before any tag moves.
+    let m = reg.get_manifest(&entry.repository, &target.digest).await?;
+    let mut arches = std::collections::BTreeMap::new();
+    let v = m.json()?;
+    for c in v["manifests"].as_array().into_iter().flatten() {
+        let p = &c["platform"];
+        if p["os"] == "unknown" {
+            continue;
+        }
+        let mut plat = format!(
+            "{}/{}",
+            p["os"].as_str().unwrap_or(""),
+            p["architecture"].as_str().unwrap_or("")
+        );
+        if let Some(var) = p["variant"].as_str() {
+            plat.push('/');
+            plat.push_str(var);
+        }
+        let d = c["digest"].as_str().unwrap_or("").to_string();
+        if reg.head_manifest(&entry.repository, &d).await?.is_none() {
+            return Err(RegistryError::Invalid(format!(
+                "{key}: {d} ({plat}) of {} is gone from the registry",
+                target.digest
+            ))
+            .into());
+        }
+        arches.insert(
+            arch_of(&plat),
+            super::lockfile::ArchEntry {
+                digest: d,
+                build_key: target.build_key.clone(),
+                size: None,
+            },
+        );
+    }
+    for tag in std::iter::once(&entry.tag).chain(entry.aliases.iter()) {
+        reg.put_manifest(&entry.repository, tag, &m.bytes, &m.media_type)
+            .await?;
+    }
+    let mut new = entry.clone();
+    new.history = std::iter::once(HistoryEntry {
+        digest: entry.digest.clone(),
+        build_key: entry.build_key.clone(),
+        published_at: entry.published_at,
+        replaced_because: format!("rollback: {reason}"),
+    })
+    .chain(
+        entry
+            .history
+            .iter()
+            .filter(|h| h.digest != target.digest)
+            .cloned(),
+    )
+    .collect();
+    new.digest = target.digest.clone();
+    new.build_key = target.build_key.clone();
+    if !arches.is_empty() {
+        new.arches = arches;
+    }
+    new.published_at = chrono::Utc::now();
+    new.verified_at = Some(chrono::Utc::now());
+    lock.entries.insert(key.to_string(), new.clone());
+    lock.save(lockfile_path)?;
+    Ok(new)
+}
