@@ -41,6 +41,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Move a published tag back to an earlier digest from its history.
     Rollback(cmd::rollback::Args),
+    /// Worker side: fetch a published ZFS base dataset, verify and install it.
+    Fetch(cmd::fetch::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Fixtures(a) => cmd::fixtures::run(&sources, a),
         Command::Verify(a) => cmd::verify::run(&sources, a),
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
+        Command::Fetch(a) => cmd::fetch::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),

@@ -207,44 +207,105 @@ fn dataset_tree_is_built_reaped_published_and_receivable() {
             .len(),
         2
     );
-    let received = format!("kiln/{}/received", p.prefix);
-    let recv = Command::new("bash")
-        .args([
-            "-c",
-            &format!(
-                "set -o pipefail; zstd -dc {} | zfs recv -u -d {received}",
-                stream.display()
-            ),
-        ])
-        .status();
-    // zfs recv -d needs the parent to exist.
-    if !recv.map(|s| s.success()).unwrap_or(false) {
-        assert!(
-            Command::new("zfs")
-                .args(["create", "-p", "-o", "mountpoint=none", &received])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let st = Command::new("bash")
-            .args([
-                "-c",
-                &format!(
-                    "set -o pipefail; zstd -dc {} | zfs recv -u -d {received}",
-                    stream.display()
-                ),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "zfs recv of the published stream failed");
-    }
-    let after = p.datasets();
+    // A worker: a second pool, fetched into with `kiln fetch`; the file
+    // trees are identical.
+    let wdir = tempfile::tempdir().unwrap();
+    let pool = format!("kilnw{}", std::process::id());
+    let img = wdir.path().join("worker.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
     assert!(
-        after
-            .iter()
-            .any(|d| d.starts_with(&received) && d.ends_with("/brew")),
-        "{after:?}"
+        Command::new("zpool")
+            .args(["create", "-f", "-m", "none", &pool])
+            .arg(&img)
+            .status()
+            .unwrap()
+            .success()
     );
+    struct PoolGuard(String);
+    impl Drop for PoolGuard {
+        fn drop(&mut self) {
+            for _ in 0..20 {
+                if Command::new("zpool")
+                    .args(["destroy", "-f", &self.0])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(true)
+                {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+    }
+    let _pool = PoolGuard(pool.clone());
+    let mnt = wdir.path().join("mnt");
+    let fetch = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&p.config)
+            .args([
+                "fetch",
+                &format!("{}/macos-base:macos-homebrew-ocaml-5.5", p.namespace),
+                "--pool",
+                &pool,
+                "--prefix",
+                "worker",
+                "--json",
+                "--mount-root",
+            ])
+            .arg(&mnt)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let f = fetch(&[]);
+    assert_eq!(f["state"], "installed", "{f}");
+    let leaf = base.rsplit('/').next().unwrap();
+    let listing = |dir: &std::path::Path| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("find . -type f -exec sha256sum {} + | sort")
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    for child in ["home", "brew"] {
+        let built = Command::new("zfs")
+            .args([
+                "get",
+                "-H",
+                "-o",
+                "value",
+                "mountpoint",
+                &format!("{base}/{child}"),
+            ])
+            .output()
+            .unwrap();
+        let built = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+        let fetched = mnt.join(leaf).join(child);
+        let (a, b) = (listing(&built), listing(&fetched));
+        assert!(!a.is_empty(), "{child}: empty build tree");
+        assert_eq!(a, b, "{child}: fetched tree differs");
+    }
+    // Fetching again is a no-op; the stable name is a clone of the base,
+    // so the base is in use and must never be destroyed.
+    assert_eq!(fetch(&[])["state"], "already present");
+    let clones = Command::new("zfs")
+        .args(["list", "-H", "-r", "-o", "name,origin", &pool])
+        .output()
+        .unwrap();
+    let clones = String::from_utf8_lossy(&clones.stdout).to_string();
+    assert!(clones.contains(&format!("{pool}/worker/base-image/macos-homebrew-ocaml-5.5/brew\t{pool}/worker/base-image/{leaf}/brew@kiln")), "{clones}");
     // A second round changes nothing.
     let (_, s2) = p.build();
     assert_eq!(s2["unchanged"], 1, "{s2}");

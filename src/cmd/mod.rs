@@ -6,6 +6,7 @@ pub mod bump;
 pub mod catalogue;
 pub mod config;
 pub mod doctor;
+pub mod fetch;
 pub mod fixtures;
 pub mod plan;
 pub mod resolve;

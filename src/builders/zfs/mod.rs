@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod driver;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

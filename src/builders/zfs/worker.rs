@@ -1,0 +1,192 @@
+//! The worker side: install a published base dataset tree from its send
+//! stream, immutably, and point the stable name CI uses at it.
+//!
+//! 1. the stream's compressed and uncompressed sha256 are checked;
+//! 2. it is received under a temporary name (zfs-fuse has no `recv -u`:
+//!    children whose mountpoints are busy stay unmounted);
+//! 3. children get the worker's mountpoints, and the tree is renamed to its
+//!    immutable name in one `zfs rename`;
+//! 4. the stable name (`…/base-image/macos-homebrew-ocaml-5.5`) is replaced
+//!    by clones of the new tree: new clones are made first, then two
+//!    renames swap them in; the old stable tree is destroyed only if
+//!    nothing was cloned from it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::build::SNAPSHOT;
+use super::driver::{Zfs, ZfsError};
+use crate::process::Cmd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Zfs(#[from] ZfsError),
+    #[error("{path}: {message}")]
+    Stream { path: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    /// Received and renamed into place.
+    New { dataset: String },
+    /// The immutable tree was already there (same name, same content).
+    Present { dataset: String },
+}
+
+pub struct Install<'a> {
+    pub stream: &'a Path,
+    /// sha256 (hex) of the compressed file, and of the raw stream.
+    pub sha256: &'a str,
+    pub uncompressed_sha256: Option<&'a str>,
+    /// `<pool>/<prefix>/base-image/<leaf>`
+    pub dataset: &'a str,
+    /// `<pool>/<prefix>/base-image/<os>-ocaml-<series>`
+    pub stable: &'a str,
+    /// child name → worker mountpoint (`home` → /Users/mac1000 …).
+    pub mountpoints: Vec<(String, PathBuf)>,
+}
+
+async fn sha256_of(path: &Path) -> Result<String, InstallError> {
+    let out = Cmd::new("sha256sum")
+        .arg(path)
+        .timeout(Duration::from_secs(3600))
+        .run()
+        .await
+        .map_err(|e| InstallError::Stream {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    Ok(out
+        .stdout
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+pub async fn install(zfs: &Zfs, i: &Install<'_>) -> Result<Installed, InstallError> {
+    let stream_err = |message: String| InstallError::Stream {
+        path: i.stream.display().to_string(),
+        message,
+    };
+    if zfs.exists(&format!("{}@{SNAPSHOT}", i.dataset)).await? {
+        point_stable(zfs, i).await?;
+        return Ok(Installed::Present {
+            dataset: i.dataset.to_string(),
+        });
+    }
+    let got = sha256_of(i.stream).await?;
+    if got != i.sha256 {
+        return Err(stream_err(format!("sha256 {got}, expected {}", i.sha256)));
+    }
+    let raw = i.stream.with_extension("raw");
+    Cmd::new("zstd")
+        .args(["-q", "-d", "-f", "-o"])
+        .arg(&raw)
+        .arg(i.stream)
+        .timeout(Duration::from_secs(3600))
+        .run()
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    let result = async {
+        if let Some(u) = i.uncompressed_sha256 {
+            let got = sha256_of(&raw).await?;
+            if got != u {
+                return Err(stream_err(format!(
+                    "uncompressed sha256 {got}, expected {u}"
+                )));
+            }
+        }
+        let (parent, leaf) = i
+            .dataset
+            .rsplit_once('/')
+            .ok_or_else(|| stream_err(format!("bad dataset name {}", i.dataset)))?;
+        let incoming = format!("{parent}/incoming-{leaf}");
+        zfs.destroy_recursive(&incoming).await?;
+        zfs.create(parent, &[]).await.or_else(|e| match e {
+            ZfsError::Process(crate::process::ProcessError::Failed { ref stderr, .. })
+                if stderr.contains("exists") =>
+            {
+                Ok(())
+            }
+            other => Err(other),
+        })?;
+        let recv = format!(
+            "zfs receive {incoming} < '{}'",
+            raw.display().to_string().replace('\'', "'\\''")
+        );
+        let received = Cmd::new("sh")
+            .args(["-c", recv.as_str()])
+            .timeout(Duration::from_secs(3600))
+            .run()
+            .await;
+        if let Err(e) = received {
+            let _ = zfs.destroy_recursive(&incoming).await;
+            return Err(stream_err(format!("zfs receive: {e}")));
+        }
+        let setup = async {
+            for (child, mp) in &i.mountpoints {
+                let mp = mp.display().to_string();
+                zfs.zfs(&[
+                    "set",
+                    &format!("mountpoint={mp}"),
+                    &format!("{incoming}/{child}"),
+                ])
+                .await?;
+            }
+            zfs.zfs(&["rename", &incoming, i.dataset]).await?;
+            Ok::<_, ZfsError>(())
+        };
+        if let Err(e) = setup.await {
+            let _ = zfs.destroy_recursive(&incoming).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&raw).await;
+    result?;
+    point_stable(zfs, i).await?;
+    Ok(Installed::New {
+        dataset: i.dataset.to_string(),
+    })
+}
+
+/// Make `stable` a clone tree of `dataset@kiln`, swapping out the old one.
+async fn point_stable(zfs: &Zfs, i: &Install<'_>) -> Result<(), InstallError> {
+    let origin = format!(
+        "{}/{}@{SNAPSHOT}",
+        i.dataset,
+        i.mountpoints.first().map(|(c, _)| c.as_str()).unwrap_or("")
+    );
+    if zfs.exists(i.stable).await? && !i.mountpoints.is_empty() {
+        let first = format!("{}/{}", i.stable, i.mountpoints[0].0);
+        if zfs.get(&first, "origin").await? == origin {
+            return Ok(());
+        }
+    }
+    let new = format!("{}-new", i.stable);
+    zfs.destroy_recursive(&new).await?;
+    zfs.create(&new, &[("mountpoint", "none")]).await?;
+    for (child, _) in &i.mountpoints {
+        zfs.zfs(&[
+            "clone",
+            "-o",
+            "mountpoint=none",
+            &format!("{}/{child}@{SNAPSHOT}", i.dataset),
+            &format!("{new}/{child}"),
+        ])
+        .await?;
+    }
+    let old = format!("{}-old", i.stable);
+    zfs.destroy_recursive(&old).await?;
+    if zfs.exists(i.stable).await? {
+        zfs.zfs(&["rename", i.stable, &old]).await?;
+    }
+    zfs.zfs(&["rename", &new, i.stable]).await?;
+    if zfs.exists(&old).await? && zfs.clones_of(&old).await?.is_empty() {
+        zfs.destroy_recursive(&old).await?;
+    }
+    Ok(())
+}
