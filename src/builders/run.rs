@@ -202,6 +202,9 @@ async fn prepare(
         inputs.insert("parent_digest".into(), digest);
     }
     vars.insert("opam_repository_commit".into(), commit.to_string());
+    // The QEMU builder's HTTP address is only known at build time.
+    vars.insert("http_base".into(), super::qemu::HTTP_BASE.into());
+    vars.insert("http_host".into(), super::qemu::HTTP_HOST.into());
     let mut dockerfile = String::new();
     for r in &t.recipes {
         let text =
@@ -300,20 +303,6 @@ pub async fn run(
                     "no configured {} builder can build {}",
                     t.builder.as_str(),
                     t.arch
-                );
-                report.arches.insert(
-                    t.arch.clone(),
-                    Outcome::NoBuilder {
-                        reason: reason.clone(),
-                    },
-                );
-                failed.get_or_insert(Outcome::NoBuilder { reason });
-                continue;
-            }
-            if t.builder == BuilderKind::Qemu {
-                let reason = format!(
-                    "the {} builder is not wired into `kiln build` yet",
-                    t.builder.as_str()
                 );
                 report.arches.insert(
                     t.arch.clone(),
@@ -478,7 +467,23 @@ pub async fn run(
                             >,
                         >);
                 }
-                BuilderKind::Qemu => continue,
+                BuilderKind::Qemu => {
+                    let reg = &reg;
+                    let repository = repository.clone();
+                    let immutable = immutable.clone();
+                    jobs.push(Box::pin(async move {
+                        let r = super::qemu::artifact_build(
+                            config,
+                            reg,
+                            p,
+                            &repository,
+                            &immutable,
+                            &log,
+                        )
+                        .await;
+                        (arch, log, r)
+                    }));
+                }
                 BuilderKind::Zfs => {
                     let reg = &reg;
                     let repository = repository.clone();

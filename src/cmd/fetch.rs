@@ -23,6 +23,12 @@ pub struct Args {
     /// Mount the children under DIR/<dataset>/<child> instead of the paths the build used.
     #[arg(long)]
     mount_root: Option<PathBuf>,
+    /// Disk images: where to put the verified qcow2 (default: the state dir's work/fetch).
+    #[arg(long)]
+    dest: Option<PathBuf>,
+    /// Disk images: also create a copy-on-write overlay for one build step.
+    #[arg(long)]
+    overlay: bool,
     #[arg(long)]
     json: bool,
 }
@@ -43,9 +49,12 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             config.lockfile_path().display()
         )
     })?;
+    if entry.kind == ArtifactKind::Qcow2 {
+        return fetch_qcow2(&config, entry, &args);
+    }
     if entry.kind != ArtifactKind::ZfsStream {
         bail!(
-            "{} is a {:?}, not a ZFS base dataset",
+            "{} is a {:?}, not a ZFS base dataset or a disk image",
             args.name,
             entry.kind
         );
@@ -145,6 +154,87 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             "{} ({digest}): {state} as {dataset}; {stable} points at it",
             args.name
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Worker side for disk images: pull by digest (verified), check the
+/// recorded sha256 and `qemu-img check`, optionally make a build overlay.
+fn fetch_qcow2(
+    config: &Config,
+    entry: &kiln::publish::lockfile::Entry,
+    args: &Args,
+) -> Result<ExitCode> {
+    let arch = args.arch.clone().unwrap_or_else(|| "amd64".into());
+    let digest = &entry
+        .arches
+        .get(&arch)
+        .with_context(|| format!("{} has no {arch} image", args.name))?
+        .digest;
+    let dest_dir = args
+        .dest
+        .clone()
+        .unwrap_or_else(|| config.work_dir().join("fetch"));
+    std::fs::create_dir_all(&dest_dir)?;
+    let reg = Registry::new(&config.registry)?;
+    let img = kiln::builders::qemu::img::Img::new(&config.qemu.img);
+    let rt = tokio::runtime::Runtime::new()?;
+    let (path, overlay) = rt.block_on(async {
+        let tmp = dest_dir.join(format!(".{}.partial", digest.trim_start_matches("sha256:")));
+        let pulled = artifact::pull(&reg, &entry.repository, digest, &tmp).await?;
+        if pulled.artifact_type != artifact::QCOW2_ARTIFACT {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("{digest} is a {}, not a qcow2 disk", pulled.artifact_type);
+        }
+        let title = pulled.manifest["annotations"]["org.opencontainers.image.title"]
+            .as_str()
+            .unwrap_or("disk.qcow2")
+            .to_string();
+        let want = pulled.config["disk"]["sha256"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let got = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(&tmp)?))
+        };
+        if got != want {
+            let _ = std::fs::remove_file(&tmp);
+            bail!("{digest}: disk sha256 {got}, the artifact records {want}");
+        }
+        if let Err(e) = img.check(&tmp).await {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let path = dest_dir.join(&title);
+        std::fs::rename(&tmp, &path)?;
+        let overlay = if args.overlay {
+            let o = dest_dir.join(format!(
+                "{}.overlay.qcow2",
+                title.trim_end_matches(".qcow2")
+            ));
+            let _ = std::fs::remove_file(&o);
+            img.overlay(&path, &o).await?;
+            Some(o)
+        } else {
+            None
+        };
+        anyhow::Ok((path, overlay))
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"name": args.name, "digest": digest, "path": path, "overlay": overlay})
+        );
+    } else {
+        println!(
+            "{} ({digest}): verified disk at {}",
+            args.name,
+            path.display()
+        );
+        if let Some(o) = overlay {
+            println!("overlay for a build step: {}", o.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
