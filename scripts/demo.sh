@@ -45,7 +45,17 @@ echo "== kiln status"
 "$KILN" "${DEMO[@]}" status
 echo
 echo "== kiln resolve (a pinned reference, and refusals with what is missing)"
-for img in ocaml/opam:busybox-ocaml-5.5 ocaml/opam:debian-ocaml-4.13 ocaml/opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5 ocaml/opam:debian-13-ocaml-5.5; do
+for img in ocaml/opam:busybox-ocaml-5.5 ocaml/opam:debian-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5 \
+    ocaml/opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5 ocaml/opam:debian-13-ocaml-5.5; do
     echo "\$ kiln resolve $img"
     "$KILN" "${DEMO[@]}" resolve --api http://127.0.0.1:8080 "$img" || echo "(exit $?)"
+done
+echo
+echo "== the pins, read back by skopeo (a client Kiln did not write)"
+for img in ocaml/opam:busybox-ocaml-5.5 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5; do
+    pin=$("$KILN" "${DEMO[@]}" resolve "$img")
+    repo="${pin#*/}"; repo="${repo%%:*}"; digest="${pin##*@}"
+    printf '%-40s ' "$img"
+    skopeo inspect --tls-verify=false --raw "docker://${pin%%/*}/$repo@$digest" |
+        python3 -c 'import json,sys; m=json.load(sys.stdin); print(", ".join(sorted(e["platform"]["os"]+"/"+e["platform"]["architecture"] for e in m["manifests"])))'
 done
