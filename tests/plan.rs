@@ -209,3 +209,47 @@ fn build_keys_change_with_inputs_only() {
         "alpine-3.22-ocaml-5.5-fp-flambda"
     );
 }
+
+#[test]
+fn plan_shows_openbsd_targets_with_build_keys() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(&root)
+            .args([
+                "--set",
+                "plan.opam_repository_commit=0123abc",
+                "plan",
+                "--platform",
+                "openbsd",
+                "--version",
+                "5.5.0",
+                "--targets",
+                "--keys",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let v = run();
+    let keys = v["build_keys"].as_object().unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for (id, k) in keys {
+        assert!(id.starts_with("openbsd/openbsd-7."), "{id}");
+        assert!(
+            k.as_str().unwrap().starts_with("sha256:") && k.as_str().unwrap().len() == 71,
+            "{k}"
+        );
+    }
+    assert_eq!(
+        run()["build_keys"],
+        v["build_keys"],
+        "build keys must be deterministic"
+    );
+}

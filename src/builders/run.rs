@@ -237,6 +237,32 @@ async fn prepare(
     })
 }
 
+/// Each target's build key (resolving parents and the opam-repository
+/// commit as a build would), or why it cannot be computed.
+pub async fn target_keys(
+    config: &Config,
+    targets: &[Target],
+) -> Vec<(String, Result<String, String>)> {
+    let commit = match opam_repository_commit(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            return targets
+                .iter()
+                .map(|t| (t.id(), Err(e.to_string())))
+                .collect();
+        }
+    };
+    let mut parents = BTreeMap::new();
+    let mut out = Vec::new();
+    for t in targets {
+        let k = prepare(config, t, &commit, &mut parents)
+            .await
+            .map(|p| p.key);
+        out.push((t.id(), k));
+    }
+    out
+}
+
 /// The expected first line of `ocaml -version` for a target.
 pub fn expected_ocaml(t: &Target) -> String {
     format!("version {}", t.version.release())

@@ -20,6 +20,9 @@ pub struct Args {
     /// Print every target, not just the tags and totals.
     #[arg(long)]
     targets: bool,
+    /// With --targets: also compute each target's build key (resolves parents).
+    #[arg(long)]
+    keys: bool,
     #[arg(long)]
     json: bool,
 }
@@ -38,6 +41,15 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
         kiln::status::can_build(&config, t)
     });
+    let keys: std::collections::BTreeMap<String, String> = if args.keys {
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(kiln::builders::run::target_keys(&config, &targets))
+            .into_iter()
+            .map(|(id, k)| (id, k.unwrap_or_else(|e| format!("(no key: {e})"))))
+            .collect()
+    } else {
+        Default::default()
+    };
     if args.json {
         println!(
             "{}",
@@ -45,14 +57,19 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 "totals": totals,
                 "tags": reqs,
                 "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
+                "build_keys": keys,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
     if args.targets {
         for t in &targets {
+            let key = keys
+                .get(&t.id())
+                .map(|k| format!("  {k}"))
+                .unwrap_or_default();
             println!(
-                "{:<48} {:<10} {}{}",
+                "{:<48} {:<10} {}{}{key}",
                 t.id(),
                 t.builder.as_str(),
                 t.tag,
