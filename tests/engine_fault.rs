@@ -16,6 +16,59 @@ fn root() -> PathBuf {
 struct PrivateEngine {
     dir: PathBuf,
     child: Option<Child>,
+    bridge: String,
+}
+
+/// The private engine's own bridge: `--bridge=none` would make dockerd
+/// delete the host's docker0 (which the shared engine uses), so it gets a
+/// bridge of its own, removed at the end.
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for _ in 0..10 {
+            if Command::new("ip")
+                .args(["link", "del", &self.0])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(true)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn make_bridge() -> String {
+    let name = format!("kilnpd{}", std::process::id() % 100_000);
+    let _ = Command::new("ip")
+        .args(["link", "del", &name])
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        Command::new("ip")
+            .args(["link", "add", &name, "type", "bridge"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["addr", "add", "172.31.253.1/24", "dev", &name])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["link", "set", &name, "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    name
 }
 
 impl PrivateEngine {
@@ -23,7 +76,7 @@ impl PrivateEngine {
         self.dir.join("docker.sock")
     }
 
-    fn start(dir: &Path) -> PrivateEngine {
+    fn start(dir: &Path, bridge: &str) -> PrivateEngine {
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let child = Command::new("setsid")
             .arg("dockerd")
@@ -35,7 +88,8 @@ impl PrivateEngine {
             .arg(dir.join("docker.pid"))
             .arg("-H")
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
-            .args(["--bridge=none", "--iptables=false"])
+            .arg(format!("--bridge={bridge}"))
+            .args(["--iptables=false", "--ip-masq=false"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -43,6 +97,7 @@ impl PrivateEngine {
         let e = PrivateEngine {
             dir: dir.to_path_buf(),
             child: Some(child),
+            bridge: bridge.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
@@ -131,7 +186,9 @@ impl Drop for PrivateEngine {
 #[test]
 fn engine_killed_mid_build_publishes_nothing_and_a_rerun_completes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = PrivateEngine::start(dir.path());
+    let bridge = make_bridge();
+    let _bridge_guard = Bridge(bridge.clone());
+    let mut engine = PrivateEngine::start(dir.path(), &bridge);
     // Profile: the demo slice, the private engine as the only host.
     let prof = dir.path().join("profile");
     std::fs::create_dir_all(&prof).unwrap();
@@ -247,7 +304,7 @@ fn engine_killed_mid_build_publishes_nothing_and_a_rerun_completes() {
     );
     // The engine comes back; the rerun completes.
     drop(engine);
-    let _engine = PrivateEngine::start(dir.path());
+    let _engine = PrivateEngine::start(dir.path(), &bridge);
     std::fs::write(&recipe, &original).unwrap();
     let out = kiln().output().unwrap();
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
