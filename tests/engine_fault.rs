@@ -16,7 +16,6 @@ fn root() -> PathBuf {
 struct PrivateEngine {
     dir: PathBuf,
     child: Option<Child>,
-    bridge: String,
 }
 
 /// The private engine's own bridge: `--bridge=none` would make dockerd
@@ -97,7 +96,6 @@ impl PrivateEngine {
         let e = PrivateEngine {
             dir: dir.to_path_buf(),
             child: Some(child),
-            bridge: bridge.to_string(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
