@@ -220,6 +220,7 @@ fn main() {
     let state = Arc::new(AppState {
         store,
         log_dir: None,
+        rebuild: None,
         token: String::new(),
         metrics: Metrics::default(),
     });

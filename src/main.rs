@@ -43,6 +43,8 @@ enum Command {
     Rollback(cmd::rollback::Args),
     /// Worker side: fetch a published ZFS base dataset, verify and install it.
     Fetch(cmd::fetch::Args),
+    /// The rebuild daemon: cron-scheduled and requested rounds plus the digest API.
+    Daemon(cmd::daemon::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(&sources, a),
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Fetch(a) => cmd::fetch::run(&sources, a),
+        Command::Daemon(a) => cmd::daemon::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),

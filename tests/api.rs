@@ -98,6 +98,7 @@ async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str)
     let state = Arc::new(AppState {
         store,
         log_dir: None,
+        rebuild: None,
         token: token.into(),
         metrics: Metrics::default(),
     });

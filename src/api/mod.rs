@@ -42,6 +42,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/lockfile"),
     ("get", "/v1/logs/{name}"),
     ("post", "/v1/reload"),
+    ("post", "/v1/rebuild"),
 ];
 
 /// Query strings longer than this get a 414.
@@ -86,6 +87,8 @@ pub struct AppState {
     pub token: String,
     /// Where build logs live (served under /v1/logs/NAME).
     pub log_dir: Option<std::path::PathBuf>,
+    /// The daemon's rebuild trigger, when the API runs inside `kiln daemon`.
+    pub rebuild: Option<tokio::sync::mpsc::Sender<String>>,
     pub metrics: Metrics,
 }
 
@@ -133,6 +136,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/lockfile", get(lockfile))
         .route("/v1/logs/{name}", get(build_log))
         .route("/v1/reload", post(reload))
+        .route("/v1/rebuild", post(rebuild))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -477,6 +481,48 @@ async fn build_log(State(st): State<Shared>, Path(name): Path<String>) -> Respon
             StatusCode::NOT_FOUND,
             "no-such-log",
             format!("no log {name}"),
+        ),
+    }
+}
+
+/// Ask the daemon for a rebuild round (bearer token).
+async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    if st.token.is_empty() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "writes-disabled",
+            "writes are disabled: set api.token",
+        );
+    }
+    if !authorized(&st.token, &headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        );
+    }
+    let Some(tx) = &st.rebuild else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-daemon",
+            "rebuilds are run by `kiln daemon`; this is `kiln serve`",
+        );
+    };
+    match tx.try_send("api".into()) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"queued": true})),
+        )
+            .into_response(),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"queued": true, "note": "a rebuild is already queued"})),
+        )
+            .into_response(),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-daemon",
+            "the scheduler has stopped",
         ),
     }
 }

@@ -45,6 +45,8 @@ pub fn spec() -> Value {
             "/v1/logs/{name}": {"get": {"summary": "A build log (linked from failures on the status page)",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "text/plain log"}, "400": err("not a log file name"), "404": err("no such log")}}},
+            "/v1/rebuild": {"post": {"summary": "Queue a rebuild round in the daemon (bearer token)", "security": [{"bearer": []}],
+                "responses": {"202": {"description": "queued"}, "401": err("bad token"), "403": err("writes disabled"), "503": err("not running inside kiln daemon")}}},
             "/v1/reload": {"post": {"summary": "Reload the lockfile now (bearer token)", "security": [{"bearer": []}],
                 "responses": {"200": {"description": "reloaded"}, "401": err("bad token"), "403": err("writes disabled"), "422": err("lockfile invalid; previous snapshot kept")}}}
         },

@@ -5,6 +5,7 @@ pub mod build;
 pub mod bump;
 pub mod catalogue;
 pub mod config;
+pub mod daemon;
 pub mod doctor;
 pub mod fetch;
 pub mod fixtures;

@@ -20,6 +20,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         store,
         token: config.api.token.clone(),
         log_dir: Some(config.log_dir()),
+        rebuild: None,
         metrics: Metrics::default(),
     });
     let rt = tokio::runtime::Runtime::new()?;

@@ -1,4 +1,7 @@
-//! The rebuild daemon: durable job queue, schedules, triggers, and the
-//! per-target build states the API reports.
+//! The rebuild daemon: schedules, rebuild rounds, the single-instance lock,
+//! and the per-target build states the API reports.
 
+pub mod lock;
+pub mod rounds;
+pub mod run;
 pub mod state;

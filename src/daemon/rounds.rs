@@ -1,0 +1,154 @@
+//! Rebuild rounds in the SQLite state store: each round (scheduled, asked
+//! for through the API, or resuming an interrupted one) with its trigger,
+//! timings, outcome counts and state. One transaction per state change.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::state::StateError;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Round {
+    pub id: i64,
+    pub trigger: String,
+    pub state: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub built: i64,
+    pub unchanged: i64,
+    pub failed: i64,
+    pub error: Option<String>,
+}
+
+pub struct Rounds {
+    conn: std::sync::Mutex<Connection>,
+    path: String,
+}
+
+impl Rounds {
+    pub fn open(path: &Path) -> Result<Rounds, StateError> {
+        let p = path.display().to_string();
+        let err = |source| StateError {
+            path: p.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS rounds (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                trigger TEXT NOT NULL,
+                state TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                finished_at TEXT,
+                built INTEGER NOT NULL DEFAULT 0,
+                unchanged INTEGER NOT NULL DEFAULT 0,
+                failed INTEGER NOT NULL DEFAULT 0,
+                error TEXT
+            );",
+        )
+        .map_err(err)?;
+        Ok(Rounds {
+            conn: std::sync::Mutex::new(conn),
+            path: p,
+        })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        |source| StateError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self.conn.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn start(&self, trigger: &str) -> Result<i64, StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO rounds (trigger, state, started_at) VALUES (?1, 'running', ?2)",
+            params![trigger, chrono::Utc::now().to_rfc3339()],
+        )
+        .map_err(self.err())?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn finish(
+        &self,
+        id: i64,
+        built: usize,
+        unchanged: usize,
+        failed: usize,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "UPDATE rounds SET state = ?2, finished_at = ?3, built = ?4, unchanged = ?5, failed = ?6, error = ?7 WHERE id = ?1",
+                params![
+                    id,
+                    if error.is_some() { "failed" } else { "done" },
+                    chrono::Utc::now().to_rfc3339(),
+                    built as i64,
+                    unchanged as i64,
+                    failed as i64,
+                    error
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Rounds a killed daemon left `running` become `interrupted`; returns
+    /// how many (the caller runs a resuming round for them).
+    pub fn recover(&self) -> Result<usize, StateError> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE rounds SET state = 'interrupted', finished_at = ?1 WHERE state = 'running'",
+                params![chrono::Utc::now().to_rfc3339()],
+            )
+            .map_err(self.err())?;
+        Ok(n)
+    }
+
+    pub fn list(&self, limit: usize) -> Result<Vec<Round>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT id, trigger, state, started_at, finished_at, built, unchanged, failed, error FROM rounds ORDER BY id DESC LIMIT ?1")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([limit as i64], |r| {
+                Ok(Round {
+                    id: r.get(0)?,
+                    trigger: r.get(1)?,
+                    state: r.get(2)?,
+                    started_at: r.get(3)?,
+                    finished_at: r.get(4)?,
+                    built: r.get(5)?,
+                    unchanged: r.get(6)?,
+                    failed: r.get(7)?,
+                    error: r.get(8)?,
+                })
+            })
+            .map_err(self.err())?;
+        let out = rows.collect::<Result<Vec<_>, _>>().map_err(self.err());
+        out
+    }
+
+    pub fn last(&self) -> Result<Option<Round>, StateError> {
+        Ok(self.list(1)?.into_iter().next())
+    }
+}
