@@ -144,8 +144,7 @@ impl Rounds {
                 })
             })
             .map_err(self.err())?;
-        let out = rows.collect::<Result<Vec<_>, _>>().map_err(self.err());
-        out
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
     pub fn last(&self) -> Result<Option<Round>, StateError> {
