@@ -41,6 +41,7 @@ pub struct Config {
     pub zfs: Zfs,
     pub qemu: Qemu,
     pub plan: PlanSettings,
+    pub refresh: Refresh,
     pub api: Api,
     pub daemon: Daemon,
 }
@@ -128,6 +129,38 @@ pub struct Qemu {
 pub struct PlanSettings {
     pub opam_repository: String,
     pub opam_repository_commit: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Refresh {
+    pub api_url: String,
+    pub token_env: String,
+    pub consumers: Vec<Consumer>,
+}
+
+/// One CI repository Kiln refreshes.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Consumer {
+    /// `owner/name`
+    pub repo: String,
+    #[serde(default = "main_branch")]
+    pub base: String,
+    pub path: String,
+    /// `json-pins`, `yaml-pins` or `version-list`.
+    pub format: String,
+    /// `pull-request` or `issue`.
+    #[serde(default = "pull_request")]
+    pub mode: String,
+}
+
+fn main_branch() -> String {
+    "main".into()
+}
+
+fn pull_request() -> String {
+    "pull-request".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -327,6 +360,29 @@ fn validate(c: &Config, origin: &str) -> Result<(), ConfigError> {
             "qemu.accel = {:?}: expected \"auto\", \"kvm\" or \"tcg\"",
             c.qemu.accel
         )));
+    }
+    for (i, k) in c.refresh.consumers.iter().enumerate() {
+        if !matches!(
+            k.format.as_str(),
+            "json-pins" | "yaml-pins" | "version-list"
+        ) {
+            return Err(field(format!(
+                "refresh.consumers[{i}] ({}): format = {:?}, expected \"json-pins\", \"yaml-pins\" or \"version-list\"",
+                k.repo, k.format
+            )));
+        }
+        if !matches!(k.mode.as_str(), "pull-request" | "issue") {
+            return Err(field(format!(
+                "refresh.consumers[{i}] ({}): mode = {:?}, expected \"pull-request\" or \"issue\"",
+                k.repo, k.mode
+            )));
+        }
+        if k.repo.split('/').count() != 2 {
+            return Err(field(format!(
+                "refresh.consumers[{i}]: repo = {:?}, expected OWNER/NAME",
+                k.repo
+            )));
+        }
     }
     if c.api.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(field(format!(

@@ -12,5 +12,6 @@ pub mod doctor;
 pub mod plan;
 pub mod process;
 pub mod publish;
+pub mod refresh;
 pub mod registry;
 pub mod status;

@@ -45,6 +45,8 @@ enum Command {
     Fetch(cmd::fetch::Args),
     /// The rebuild daemon: cron-scheduled and requested rounds plus the digest API.
     Daemon(cmd::daemon::Args),
+    /// The release cascade: bump, build, verify, open the gate, refresh CI (rerunnable).
+    Release(cmd::release::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Fetch(a) => cmd::fetch::run(&sources, a),
         Command::Daemon(a) => cmd::daemon::run(&sources, a),
+        Command::Release(a) => cmd::release::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),
