@@ -381,6 +381,29 @@ fn an_input_change_rebuilds_and_records_why() {
     assert_eq!(s["built"], 1, "{s}");
     let key = format!("{}/opam:busybox-ocaml-4.13", p.namespace);
     let first = Lockfile::load(&p.lockfile()).unwrap().entries[&key].clone();
+    let plan_states = |p: &Profile| {
+        let out = p.kiln(&[
+            "plan",
+            "--os",
+            "busybox",
+            "--version",
+            "4.13",
+            "--targets",
+            "--keys",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["states"].clone()
+    };
+    assert_eq!(
+        plan_states(&p)["linux/busybox/4.13.1/amd64"],
+        "published, current"
+    );
     let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
     let text = std::fs::read_to_string(&recipe).unwrap();
     std::fs::write(
@@ -388,6 +411,10 @@ fn an_input_change_rebuilds_and_records_why() {
         text.replace("LABEL ", "LABEL org.ocaml.kiln.test=\"changed\" "),
     )
     .unwrap();
+    assert_eq!(
+        plan_states(&p)["linux/busybox/4.13.1/arm64"],
+        "stale: recipe:busybox.Dockerfile changed"
+    );
     let s = p.build(&["--os", "busybox", "--version", "4.13"]);
     assert_eq!(s["built"], 1, "{s}");
     let changed = serde_json::to_string(&tag(&s, "busybox-ocaml-4.13")["changed_inputs"]).unwrap();

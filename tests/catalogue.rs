@@ -292,3 +292,114 @@ fn cli_bump_and_validate() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"5.x\""));
     assert_eq!(snapshot(&d.path().join("versions")), before);
 }
+
+/// Set the catalogue back to 5.4.1 / 4.14.3, bump 5.5.0 and 4.14.4, and
+/// get exactly the shipped files back.
+#[test]
+fn bump_reproduces_the_5_5_0_and_4_14_4_release() {
+    let (d, vd, pd) = copy();
+    let shipped_55 = std::fs::read_to_string(vd.join("5.5.yaml")).unwrap();
+    let shipped_414 = std::fs::read_to_string(vd.join("4.14.yaml")).unwrap();
+    // Set back: no 5.5 series, no 4.14.4, 5.5 out of the sets.
+    std::fs::remove_file(vd.join("5.5.yaml")).unwrap();
+    let mut s414: kiln::catalogue::Series = serde_norway::from_str(&shipped_414).unwrap();
+    s414.releases.retain(|r| r.version.to_string() != "4.14.4");
+    s414.file = vd.join("4.14.yaml");
+    std::fs::write(
+        vd.join("4.14.yaml"),
+        catalogue::format_series(&s414).unwrap(),
+    )
+    .unwrap();
+    let sets = std::fs::read_to_string(vd.join("sets.yaml")).unwrap();
+    std::fs::write(vd.join("sets.yaml"), sets.replace(", \"5.5\"", "")).unwrap();
+    let cat = catalogue::load(&vd, &pd).unwrap();
+    assert_eq!(cat.latest().unwrap().to_string(), "5.4.1");
+    // The release manager's command.
+    let config = d.path().join("kiln.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&config)
+        .args(["bump", "5.5.0", "4.14.4"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(vd.join("5.5.yaml")).unwrap(),
+        shipped_55
+    );
+    assert_eq!(
+        std::fs::read_to_string(vd.join("4.14.yaml")).unwrap(),
+        shipped_414
+    );
+    let cat = catalogue::load(&vd, &pd).unwrap();
+    assert_eq!(cat.latest().unwrap().to_string(), "5.5.0");
+    assert!(
+        cat.sets.recent.iter().any(|s| s.to_string() == "5.5"),
+        "a new minor joins `recent`"
+    );
+    // `significant` is curated by hand: the bump leaves it alone.
+    assert!(!cat.sets.significant.iter().any(|s| s.to_string() == "5.5"));
+}
+
+#[test]
+fn catalogue_show_and_list() {
+    let kiln = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .current_dir(root())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = kiln(&["catalogue", "show", "5.5.0", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "released");
+    assert_eq!(v["latest"], true);
+    assert_eq!(
+        v["opam_packages"]["default"][0],
+        "ocaml-base-compiler.5.5.0"
+    );
+    assert_eq!(
+        v["opam_packages"]["flambda"][1],
+        "ocaml-options-only-flambda"
+    );
+    let msvc = v["os_releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["os"] == "windows-server-ltsc2022-msvc")
+        .unwrap();
+    assert_eq!(msvc["builds"], true);
+    let out = kiln(&["catalogue", "show", "5.1.1", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let msvc = v["os_releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["os"] == "windows-server-ltsc2022-msvc")
+        .unwrap();
+    assert_eq!(msvc["builds"], false);
+    assert!(msvc["why_not"].as_str().unwrap().contains("MSVC"));
+    assert_eq!(kiln(&["catalogue", "show", "5.9.9"]).status.code(), Some(2));
+    let out = kiln(&["catalogue", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n: usize = v["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["releases"].as_array().unwrap().len())
+        .sum();
+    assert!(n > 60, "{n} releases");
+    assert_eq!(v["latest"], "5.5.0");
+    let out = kiln(&["catalogue", "validate", "--json"]);
+    assert!(out.status.success());
+}

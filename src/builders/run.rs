@@ -242,7 +242,7 @@ async fn prepare(
 pub async fn target_keys(
     config: &Config,
     targets: &[Target],
-) -> Vec<(String, Result<String, String>)> {
+) -> Vec<(String, Result<(String, key::Inputs), String>)> {
     let commit = match opam_repository_commit(config).await {
         Ok(c) => c,
         Err(e) => {
@@ -257,7 +257,7 @@ pub async fn target_keys(
     for t in targets {
         let k = prepare(config, t, &commit, &mut parents)
             .await
-            .map(|p| p.key);
+            .map(|p| (p.key, p.inputs));
         out.push((t.id(), k));
     }
     out

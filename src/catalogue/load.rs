@@ -444,11 +444,45 @@ pub fn bump(
             }
         }
     };
+    // A newly released minor joins the `recent` set (a reviewable one-line
+    // diff in sets.yaml); `latest` follows by itself.
+    let mut sets_changed = false;
+    if status.is_release() && !cat.sets.recent.contains(&series_v) {
+        cat.sets.recent.push(series_v.clone());
+        cat.sets.recent.sort();
+        sets_changed = true;
+    }
     validate(&cat)?;
     if !dry_run {
         let s = &cat.series[idx];
         let text = format_series(s)?;
         write_atomic(&s.file, &text)?;
+        if sets_changed {
+            let sets_path = versions_dir.join("sets.yaml");
+            let old = std::fs::read_to_string(&sets_path).unwrap_or_default();
+            let quoted = |l: &[OcamlVersion]| {
+                l.iter()
+                    .map(|v| format!("\"{v}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let recent_line = format!("recent: [{}]", quoted(&cat.sets.recent));
+            let mut out: Vec<String> = old
+                .lines()
+                .map(|l| {
+                    if l.starts_with("recent:") {
+                        recent_line.clone()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            if !old.lines().any(|l| l.starts_with("recent:")) {
+                out.push(recent_line);
+                out.push(format!("significant: [{}]", quoted(&cat.sets.significant)));
+            }
+            write_atomic(&sets_path, &format!("{}\n", out.join("\n")))?;
+        }
     }
     Ok(outcome)
 }

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use kiln::catalogue;
 use kiln::config::{Config, Sources};
 
@@ -24,6 +24,12 @@ enum Sub {
     },
     /// Rewrite every versions/<series>.yaml in canonical form.
     Fmt,
+    /// One release: status, date, arches, variants, opam packages, where it builds.
+    Show {
+        version: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
@@ -103,6 +109,73 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                     "significant: {}",
                     show(cat.select("significant").unwrap_or_default())
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Sub::Show { version, json } => {
+            let cat = loaded?;
+            let v: catalogue::OcamlVersion = version.parse()?;
+            let series = cat
+                .series_of(&v)
+                .with_context(|| format!("no series {} in the catalogue", v.series()))?;
+            let release = cat.release(&v).with_context(|| {
+                format!("no release {v} in the catalogue; `kiln catalogue list` shows them")
+            })?;
+            let mut packages = serde_json::Map::new();
+            packages.insert(
+                "default".into(),
+                serde_json::json!(catalogue::opam::packages(&v, release.status, None)),
+            );
+            for var in series.variants.keys() {
+                packages.insert(
+                    var.clone(),
+                    serde_json::json!(catalogue::opam::packages(&v, release.status, Some(var))),
+                );
+            }
+            let mut builds = Vec::new();
+            for p in &cat.platforms {
+                for os in &p.releases {
+                    builds.push(serde_json::json!({
+                        "platform": p.platform, "os": os.id, "tier": os.tier,
+                        "builds": os.refuses(&v).is_none(),
+                        "why_not": os.refuses(&v),
+                        "tag": kiln::plan::moving_tag(&os.id, &v, None),
+                    }));
+                }
+            }
+            let out = serde_json::json!({
+                "version": v, "series": v.series(), "status": release.status, "date": release.date,
+                "native": series.native, "bytecode_only": series.bytecode_only, "variants": series.variants,
+                "opam_packages": packages, "latest": cat.latest() == Some(&v), "os_releases": builds,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "OCaml {v} ({:?}{})",
+                    release.status,
+                    release.date.map(|d| format!(", {d}")).unwrap_or_default()
+                );
+                println!("  native:        {}", series.native.join(", "));
+                println!("  bytecode only: {}", series.bytecode_only.join(", "));
+                for (var, arches) in &series.variants {
+                    println!("  variant {var:<20} {}", arches.join(", "));
+                }
+                println!(
+                    "  opam:          {}",
+                    catalogue::opam::packages(&v, release.status, None).join(" ")
+                );
+                for b in &builds {
+                    if b["builds"] == true {
+                        println!(
+                            "  builds on {}/{} (tier {}) as {}",
+                            b["platform"].as_str().unwrap_or(""),
+                            b["os"].as_str().unwrap_or(""),
+                            b["tier"],
+                            b["tag"].as_str().unwrap_or("")
+                        );
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -41,15 +41,69 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
         kiln::status::can_build(&config, t)
     });
-    let keys: std::collections::BTreeMap<String, String> = if args.keys {
+    // With --keys: each target's build key, immutable tag, and state
+    // against the published lockfile.
+    let mut keys: std::collections::BTreeMap<String, String> = Default::default();
+    let mut states: std::collections::BTreeMap<String, String> = Default::default();
+    let mut immutable: std::collections::BTreeMap<String, String> = Default::default();
+    if args.keys {
         let rt = tokio::runtime::Runtime::new()?;
-        rt.block_on(kiln::builders::run::target_keys(&config, &targets))
-            .into_iter()
-            .map(|(id, k)| (id, k.unwrap_or_else(|e| format!("(no key: {e})"))))
-            .collect()
-    } else {
-        Default::default()
-    };
+        let computed = rt.block_on(kiln::builders::run::target_keys(&config, &targets));
+        let lock = kiln::publish::lockfile::Lockfile::load(&config.lockfile_path())?;
+        let mut groups: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, String>,
+        > = Default::default();
+        for (t, (id, k)) in targets.iter().zip(computed) {
+            match k {
+                Ok((key, inputs)) => {
+                    let repo = format!("{}/{}", config.registry.namespace, t.repository);
+                    let state = match lock.entries.get(&format!("{repo}:{}", t.tag)) {
+                        None => "missing".to_string(),
+                        Some(e) if e.ocaml != t.version.to_string() => {
+                            format!("stale: the tag holds OCaml {}", e.ocaml)
+                        }
+                        Some(e) => match e.arches.get(&t.arch) {
+                            None => "missing".to_string(),
+                            Some(a) if a.build_key == key => "published, current".to_string(),
+                            Some(_) => {
+                                let prefix = format!("{}.", t.arch);
+                                let old: kiln::plan::key::Inputs = e
+                                    .inputs
+                                    .iter()
+                                    .filter_map(|(k, v)| {
+                                        k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone()))
+                                    })
+                                    .collect();
+                                format!(
+                                    "stale: {} changed",
+                                    kiln::plan::key::changed(&old, &inputs).join(", ")
+                                )
+                            }
+                        },
+                    };
+                    states.insert(id.clone(), state);
+                    groups
+                        .entry(format!("{repo}:{}", t.tag))
+                        .or_default()
+                        .insert(t.arch.clone(), key.clone());
+                    keys.insert(id, key);
+                }
+                Err(e) => {
+                    keys.insert(id, format!("(no key: {e})"));
+                }
+            }
+        }
+        for t in &targets {
+            let g = format!("{}/{}:{}", config.registry.namespace, t.repository, t.tag);
+            if let Some(arch_keys) = groups.get(&g) {
+                immutable.insert(
+                    t.id(),
+                    t.immutable_tag(&kiln::plan::key::group_key(arch_keys)),
+                );
+            }
+        }
+    }
     if args.json {
         println!(
             "{}",
@@ -58,6 +112,8 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 "tags": reqs,
                 "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
                 "build_keys": keys,
+                "immutable_tags": immutable,
+                "states": states,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
@@ -66,7 +122,13 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         for t in &targets {
             let key = keys
                 .get(&t.id())
-                .map(|k| format!("  {k}"))
+                .map(|k| {
+                    format!(
+                        "  {k}  {}  [{}]",
+                        immutable.get(&t.id()).map(String::as_str).unwrap_or(""),
+                        states.get(&t.id()).map(String::as_str).unwrap_or("")
+                    )
+                })
                 .unwrap_or_default();
             println!(
                 "{:<48} {:<10} {}{}{key}",
