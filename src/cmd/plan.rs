@@ -118,7 +118,9 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // Cascade order: per-arch builds, then multi-arch indexes, then the gate.
     if args.targets {
+        println!("== per-arch builds ({})", targets.len());
         for t in &targets {
             let key = keys
                 .get(&t.id())
@@ -139,27 +141,51 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             );
         }
         println!();
-    } else {
-        let mut tags: Vec<(String, String, usize, bool)> = Vec::new();
-        for t in &targets {
-            match tags
-                .iter_mut()
-                .find(|x| x.0 == t.repository && x.1 == t.tag)
-            {
-                Some(x) => x.2 += 1,
-                None => tags.push((t.repository.clone(), t.tag.clone(), 1, t.required)),
-            }
-        }
-        for (repo, tag, n, req) in &tags {
-            println!(
-                "{}/{repo}:{tag}  {n} arch{}{}",
-                config.registry.namespace,
-                if *n == 1 { "" } else { "es" },
-                if *req { "" } else { "  (optional)" }
-            );
-        }
-        println!();
     }
+    let mut tags: Vec<(String, String, Vec<String>, bool)> = Vec::new();
+    for t in &targets {
+        match tags
+            .iter_mut()
+            .find(|x| x.0 == t.repository && x.1 == t.tag)
+        {
+            Some(x) => x.2.push(t.arch.clone()),
+            None => tags.push((
+                t.repository.clone(),
+                t.tag.clone(),
+                vec![t.arch.clone()],
+                t.required,
+            )),
+        }
+    }
+    println!("== multi-arch indexes ({})", tags.len());
+    for (repo, tag, arches, req) in &tags {
+        println!(
+            "{}/{repo}:{tag}  [{}]{}",
+            config.registry.namespace,
+            arches.join(", "),
+            if *req { "" } else { "  (optional)" }
+        );
+    }
+    println!();
+    println!("== availability gate");
+    let mut versions: Vec<&str> = reqs.iter().map(|r| r.ocaml.as_str()).collect();
+    versions.dedup();
+    versions.sort_by(|a, b| kiln::api::snapshot::version_cmp(b, a));
+    versions.dedup();
+    for v in versions {
+        let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == v).collect();
+        let nb: usize = rs.iter().map(|r| r.no_builder.len()).sum();
+        println!(
+            "OCaml {v}: available once {} required tags are published{}",
+            rs.len(),
+            if nb > 0 {
+                format!(" ({nb} required arch builds have no configured builder)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!();
     let no_builder: usize = reqs.iter().map(|r| r.no_builder.len()).sum();
     println!(
         "{} targets into {} tags ({} required targets); {} required arch builds have no configured builder",
