@@ -197,6 +197,25 @@ fn two_arch_build_publishes_then_changes_nothing() {
             "{t}"
         );
     }
+    // `docker pull --platform linux/arm64` of the index gets the arm64 child.
+    let reference = format!("127.0.0.1:5000/{}@{}", e.repository, e.digest);
+    let pull = Command::new("docker")
+        .args(["pull", "-q", "--platform", "linux/arm64", &reference])
+        .output()
+        .unwrap();
+    assert!(
+        pull.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pull.stderr)
+    );
+    let arch = Command::new("docker")
+        .args(["image", "inspect", "-f", "{{.Architecture}}", &reference])
+        .output()
+        .unwrap();
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &reference])
+        .output();
+    assert_eq!(String::from_utf8_lossy(&arch.stdout).trim(), "arm64");
     let before = std::fs::read(p.lockfile()).unwrap();
 
     // Second round: nothing to build, no digest changes, lockfile untouched.

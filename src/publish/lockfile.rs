@@ -385,3 +385,28 @@ pub(crate) mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod schema_sync {
+    use super::tests::entry;
+
+    /// The committed JSON schema names exactly the fields the code writes.
+    #[test]
+    fn schema_matches_the_serialized_entry() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../manifests/lockfile.schema.json")).unwrap();
+        let props = schema["$defs"]["entry"]["properties"].as_object().unwrap();
+        let mut e = entry("t", 1);
+        e.variant = Some("flambda".into());
+        e.verified_at = Some(chrono::Utc::now());
+        let v = serde_json::to_value(&e).unwrap();
+        let mut written: Vec<&String> = v.as_object().unwrap().keys().collect();
+        let mut documented: Vec<&String> = props.keys().collect();
+        written.sort();
+        documented.sort();
+        assert_eq!(written, documented);
+        for r in schema["$defs"]["entry"]["required"].as_array().unwrap() {
+            assert!(v.get(r.as_str().unwrap()).is_some(), "{r}");
+        }
+    }
+}
