@@ -96,6 +96,58 @@ pub async fn release(
             .push(run::run(config, &cat, &opts, &|_| {}).await?);
     }
     if dry_run {
+        // What each consumer's file would become with what is published now
+        // (reads only; GitHub being unreachable is reported, not fatal).
+        if !config.refresh.consumers.is_empty() {
+            let lock = Lockfile::load(&config.lockfile_path())?;
+            let (reqs, jobs) = crate::status::requirements(config)?;
+            let mut update = Update::default();
+            for v in versions {
+                let vs = v.to_string();
+                let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == vs).collect();
+                if !rs.is_empty()
+                    && rs
+                        .iter()
+                        .all(|r| matches!(r.verdict(&lock, &jobs), Verdict::Available { .. }))
+                {
+                    update.versions.push(vs);
+                }
+                for r in rs {
+                    if let Verdict::Available { entry } = r.verdict(&lock, &jobs) {
+                        let name = format!(
+                            "{}:{}",
+                            crate::api::snapshot::basename(&entry.repository),
+                            entry.tag
+                        );
+                        update.pins.insert(
+                            name,
+                            format!(
+                                "{}/{}:{}@{}",
+                                config
+                                    .registry
+                                    .url
+                                    .trim_start_matches("http://")
+                                    .trim_start_matches("https://"),
+                                entry.repository,
+                                entry.tag,
+                                entry.digest
+                            ),
+                        );
+                    }
+                }
+            }
+            let gh = super::client(&config.refresh)?;
+            for c in &config.refresh.consumers {
+                let a = match super::refresh(&gh, c, &update, "kiln/dry-run", "dry run", true).await
+                {
+                    Ok(a) => a,
+                    Err(e) => Action::WouldChange {
+                        diff: format!("(cannot compute: {e})"),
+                    },
+                };
+                report.refreshed.insert(c.repo.clone(), a);
+            }
+        }
         return Ok(report);
     }
     // 4. Verify what is published for these versions.
