@@ -538,8 +538,45 @@ fn a_parent_change_rebuilds_exactly_its_dependents() {
     std::fs::write(&platform_yaml, text).unwrap();
     let s = p.build(&["--os", "busybox", "--version", "5.5"]);
     assert_eq!(s["built"], 1, "{s}");
+    // `latest` and the other series-less aliases wait for the whole tier-1
+    // set of 5.5.0: busybox-stable is not built yet.
+    let k = format!("{}/opam:busybox-ocaml-5.5", p.namespace);
+    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    assert!(
+        !lock.entries[&k].aliases.contains(&"latest".to_string()),
+        "{:?}",
+        lock.entries[&k].aliases
+    );
+    assert!(
+        lock.entries[&k]
+            .aliases
+            .contains(&"bb-ocaml-5.5".to_string())
+    );
+    let latest = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://127.0.0.1:5000/{}/opam:latest", p.namespace),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !latest.status.success(),
+        "latest moved before the tier-1 set was complete"
+    );
     let s = p.build(&["--os", "busybox-stable", "--version", "5.5"]);
     assert_eq!(s["built"], 1, "{s}");
+    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    for a in ["latest", "busybox", "bb"] {
+        assert!(
+            lock.entries[&k].aliases.contains(&a.to_string()),
+            "{a}: {:?}",
+            lock.entries[&k].aliases
+        );
+    }
+    let latest = skopeo_raw(&format!("127.0.0.1:5000/{}/opam:latest", p.namespace));
+    assert!(latest["manifests"].is_array());
     let before = Lockfile::load(&p.lockfile()).unwrap();
     // The parent moves to new content: only its dependents rebuild.
     rt.block_on(push_parent_variant(&parent_repo, "latest", "two"));

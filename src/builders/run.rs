@@ -640,7 +640,14 @@ pub async fn run(
                 repository: repository.clone(),
                 tag: tag.clone(),
                 immutable_tag: immutable.clone(),
-                aliases: first.aliases.clone(),
+                // Series-less aliases (`debian-13`, `debian`, `latest`) wait
+                // for the whole tier-1 set: see `promote_newest_aliases`.
+                aliases: first
+                    .aliases
+                    .iter()
+                    .filter(|a| a.contains("-ocaml-"))
+                    .cloned()
+                    .collect(),
                 digest: idx.digest.clone(),
                 arches: prepared
                     .iter()
@@ -701,7 +708,74 @@ pub async fn run(
         }
         summary.tags.push(report);
     }
+    if !opts.dry_run {
+        promote_newest_aliases(config, cat, &reg).await?;
+    }
     Ok(summary)
+}
+
+/// Aliases that name no compiler series (`debian-13`, `debian`, `latest`)
+/// mean "the newest compiler". They move to a version only once every
+/// tier-1 target of that version is published, so CI following `latest`
+/// never lands on a release that is only partly built. Returns the aliases
+/// moved.
+pub async fn promote_newest_aliases(
+    config: &Config,
+    cat: &Catalogue,
+    reg: &Registry,
+) -> Result<Vec<String>, RunError> {
+    let all = plan::expand(cat, &Filter::default())?;
+    let ns = &config.registry.namespace;
+    let path = config.lockfile_path();
+    let _guard =
+        crate::publish::lock_lockfile(&path).map_err(|e| RunError::Setup(e.to_string()))?;
+    let mut lock = Lockfile::load(&path)?;
+    let mut moved = Vec::new();
+    let versions: std::collections::BTreeSet<String> =
+        all.iter().map(|t| t.version.to_string()).collect();
+    for v in versions {
+        let mine: Vec<&Target> = all
+            .iter()
+            .filter(|t| t.version.to_string() == v && t.variant.is_none())
+            .collect();
+        let tier1: Vec<&&Target> = mine.iter().filter(|t| t.tier == 1).collect();
+        if tier1.is_empty() {
+            continue;
+        }
+        let complete = tier1.iter().all(|t| {
+            lock.entries
+                .get(&format!("{ns}/{}:{}", t.repository, t.tag))
+                .is_some_and(|e| e.ocaml == v && e.arches.contains_key(&t.arch))
+        });
+        if !complete {
+            continue;
+        }
+        for t in &mine {
+            let Some(e) = lock
+                .entries
+                .get_mut(&format!("{ns}/{}:{}", t.repository, t.tag))
+            else {
+                continue;
+            };
+            if e.ocaml != v {
+                continue;
+            }
+            for a in t.aliases.iter().filter(|a| !a.contains("-ocaml-")) {
+                if e.aliases.contains(a) {
+                    continue;
+                }
+                let m = reg.get_manifest(&e.repository, &e.digest).await?;
+                reg.put_manifest(&e.repository, a, &m.bytes, &m.media_type)
+                    .await?;
+                e.aliases.push(a.clone());
+                moved.push(format!("{}:{a}", e.repository));
+            }
+        }
+    }
+    if !moved.is_empty() {
+        lock.save(&path)?;
+    }
+    Ok(moved)
 }
 
 /// Where a target's log goes.
