@@ -128,7 +128,7 @@ impl PrivateEngine {
             let _ = c.wait();
         }
         let _ = Command::new("pkill")
-            .args(["-9", "-f", &self.dir.display().to_string()])
+            .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
             .status();
         // This machine's init may not reap the killed containerd: drop its
         // pid file so the restarted engine starts a fresh one.
@@ -164,7 +164,7 @@ impl Drop for PrivateEngine {
         self.stop();
         // Anything still running from this engine's directories (shims).
         let _ = Command::new("pkill")
-            .args(["-9", "-f", &self.dir.display().to_string()])
+            .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
             .status();
         let _ = Command::new("umount")
             .arg("-R")
