@@ -134,8 +134,15 @@ zfs_up() {
     done
     local attempt
     for d in "${dirs[@]}"; do
+        if [ -f "$d/$POOL.img" ]; then
+            # Never destroy a pool's data: an image that does not import is
+            # reported, not recreated.
+            zfs_unavailable "$d/$POOL.img exists but does not import as pool $POOL (see $LOG/zfs-fuse.log)"
+            return 0
+        fi
+    done
+    for d in "${dirs[@]}"; do
         mkdir -p "$d"
-        rm -f "$d/$POOL.img"
         truncate -s 4G "$d/$POOL.img"
         for attempt in 1 2 3 4 5; do
             if zpool create -f -m "/$POOL" "$POOL" "$d/$POOL.img" >>"$LOG/zfs-fuse.log" 2>&1; then

@@ -150,6 +150,8 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
     // Provision: in a fresh PID namespace where available (its init exiting
     // kills everything the script left behind, even daemons that setsid),
     // otherwise in its own process group (killed as a whole after the run).
+    // No new mount namespace: a copy of zfs-fuse's FUSE mounts held by
+    // another namespace has been seen to wedge zfs-fuse.
     if let Some(dir) = spec.log.parent() {
         tokio::fs::create_dir_all(dir)
             .await
@@ -166,7 +168,7 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
         .await
         .map_err(|e| io(format!("{}: {e}", script_path.display())))?;
     let mut cmd = if crate::process::which("unshare").is_some() && zfs.host.ssh.is_empty() {
-        Cmd::new("unshare").args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        Cmd::new("unshare").args(["--pid", "--fork", "--kill-child"])
     } else {
         Cmd::new("env")
     };
