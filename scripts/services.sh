@@ -83,6 +83,9 @@ registry_up() {
     fi
     say "registry: starting on $REGISTRY_ADDR"
     mkdir -p "$STATE/registry/data"
+    # A fixed secret: upload sessions survive a registry restart, so an
+    # interrupted push resumes where it stopped instead of starting again.
+    [ -s "$STATE/registry/secret" ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/registry/secret"
     cat >"$STATE/registry/config.yml" <<EOF
 version: 0.1
 log:
@@ -94,6 +97,7 @@ storage:
     enabled: true
 http:
   addr: $REGISTRY_ADDR
+  secret: $(cat "$STATE/registry/secret")
 EOF
     setsid docker-registry serve "$STATE/registry/config.yml" >"$LOG/registry.log" 2>&1 </dev/null &
     echo $! >"$RUN/registry.pid"

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use kiln::publish::lockfile::{ArchEntry, ArtifactKind, Entry, Lockfile};
 use kiln::registry::index::{self, Platform};
-use kiln::registry::{OCI_MANIFEST, Registry, artifact, sha256_digest};
+use kiln::registry::{OCI_MANIFEST, PushedHow, Registry, artifact, sha256_digest};
 use serde_json::json;
 
 fn registry() -> Registry {
@@ -88,13 +88,28 @@ async fn blobs_round_trip_mount_and_chunks() {
     // A file larger than one chunk streams in several PATCHes.
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.bin");
-    let data: Vec<u8> = (0..(kiln::registry::CHUNK * 2 + 12345))
+    let mut reg = reg;
+    reg.chunk_size = 1 << 20;
+    let data: Vec<u8> = (0..((2 << 20) + 12345))
         .map(|i| (i * 7 % 251) as u8)
         .collect();
     std::fs::write(&big, &data).unwrap();
     let (bd, bn) = reg.push_blob_file(&repo, &big, None).await.unwrap();
     assert_eq!(bd, sha256_digest(&data));
     assert_eq!(bn as usize, data.len());
+    // Mount tried before any upload: from a repository without the blob the
+    // registry answers 202 and the upload goes ahead; from one with it,
+    // nothing is sent.
+    let r = reg
+        .push_blob_file_report(&unique("blobs-third"), &big, Some(&unique("nowhere")))
+        .await
+        .unwrap();
+    assert_eq!((r.how, r.bytes_sent), (PushedHow::Uploaded, bn));
+    let r = reg
+        .push_blob_file_report(&unique("blobs-fourth"), &big, Some(&repo))
+        .await
+        .unwrap();
+    assert_eq!((r.how, r.bytes_sent), (PushedHow::Mounted, 0));
     let back = dir.path().join("back.bin");
     reg.pull_blob_to_file(&repo, &bd, &back).await.unwrap();
     assert_eq!(std::fs::read(&back).unwrap(), data);
@@ -191,6 +206,7 @@ async fn artifacts_round_trip() {
             artifact_type: artifact::QCOW2_ARTIFACT,
             layer_media_type: artifact::QCOW2_LAYER,
             title: "openbsd-7.9-amd64-ocaml-5.5.0.qcow2",
+            digest: None,
             uncompressed_sha256: Some("00"),
             config: json!({"os": "openbsd", "architecture": "amd64"}),
             annotations: BTreeMap::new(),
@@ -216,6 +232,7 @@ async fn artifacts_round_trip() {
             artifact_type: "x",
             layer_media_type: "y",
             title: "t",
+            digest: None,
             uncompressed_sha256: None,
             config: json!({}),
             annotations: BTreeMap::new(),

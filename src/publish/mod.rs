@@ -77,6 +77,9 @@ pub async fn publish(
 ) -> Result<Change, PublishError> {
     let repo = entry.repository.clone();
     let m = reg.get_manifest(&repo, &entry.digest).await?;
+    // 0. Nothing gets a tag until every child is there with exactly the
+    //    required platforms.
+    index::verify(reg, &repo, &entry.digest, required).await?;
     // 1. The immutable tag: set once, never moved.
     match reg.head_manifest(&repo, &entry.immutable_tag).await? {
         Some((existing, _)) if existing != entry.digest => {

@@ -26,6 +26,9 @@ pub struct ArtifactPush<'a> {
     pub layer_media_type: &'a str,
     /// The file's name when pulled (`org.opencontainers.image.title`).
     pub title: &'a str,
+    /// `sha256:…` of the file, when the builder hashed it as it wrote it:
+    /// saves a pass over the file (the upload still checks it).
+    pub digest: Option<&'a str>,
     /// sha256 of the uncompressed content, when the file is compressed.
     pub uncompressed_sha256: Option<&'a str>,
     /// Config JSON: must carry `os` and `architecture` so the artifact can
@@ -48,7 +51,21 @@ pub async fn push(reg: &Registry, a: &ArtifactPush<'_>) -> Result<Pushed, Regist
             a.title
         )));
     }
-    let (layer_digest, size) = reg.push_blob_file(a.repo, a.file, None).await?;
+    let (layer_digest, size) = match a.digest {
+        Some(d) => {
+            let size = std::fs::metadata(a.file)
+                .map_err(|source| RegistryError::Io {
+                    path: a.file.display().to_string(),
+                    source,
+                })?
+                .len();
+            let r = reg
+                .push_blob_file_known(a.repo, a.file, d, size, None)
+                .await?;
+            (r.digest, r.size)
+        }
+        None => reg.push_blob_file(a.repo, a.file, None).await?,
+    };
     let cfg_bytes =
         serde_json::to_vec(&a.config).map_err(|e| RegistryError::Invalid(e.to_string()))?;
     let (cfg_digest, cfg_size) = reg.push_blob(a.repo, cfg_bytes.into()).await?;

@@ -32,6 +32,38 @@ impl std::fmt::Debug for Credentials {
 pub struct Body {
     pub bytes: bytes::Bytes,
     pub content_type: Option<String>,
+    /// When set, the body is this range of a file instead of `bytes`,
+    /// streamed afresh from disk on each attempt (never held in memory).
+    pub file: Option<FileRange>,
+}
+
+impl Body {
+    pub fn bytes(bytes: bytes::Bytes, content_type: &str) -> Body {
+        Body {
+            bytes,
+            content_type: Some(content_type.to_string()),
+            file: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileRange {
+    async fn stream(&self) -> std::io::Result<reqwest::Body> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut f = tokio::fs::File::open(&self.path).await?;
+        f.seek(std::io::SeekFrom::Start(self.offset)).await?;
+        let reader = tokio::io::BufReader::with_capacity(1 << 20, f.take(self.len));
+        Ok(reqwest::Body::wrap_stream(
+            tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20),
+        ))
+    }
 }
 
 pub struct Registry {
@@ -47,8 +79,12 @@ pub struct Registry {
     /// Next instant a request may start (client-side rate limit).
     next_slot: Mutex<Instant>,
     interval: Duration,
+    /// How far ahead of the schedule a burst may run.
+    burst: Duration,
     pub max_attempts: u32,
     pub base_backoff: Duration,
+    /// Upload chunk size: each chunk is one PATCH, the unit of resumption.
+    pub chunk_size: u64,
 }
 
 impl std::fmt::Debug for Registry {
@@ -123,8 +159,12 @@ impl Registry {
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             next_slot: Mutex::new(Instant::now()),
             interval: Duration::from_secs_f64(1.0 / cfg.rate_limit.max(0.001)),
+            burst: Duration::from_secs_f64(
+                cfg.concurrency.max(1) as f64 / cfg.rate_limit.max(0.001),
+            ),
             max_attempts: 5,
             base_backoff: Duration::from_millis(200),
+            chunk_size: super::CHUNK,
         })
     }
 
@@ -136,13 +176,17 @@ impl Registry {
         }
     }
 
+    /// Client-side rate limit: a virtual schedule (GCRA) spacing requests
+    /// `interval` apart on average, with a burst of `concurrency` allowed.
     async fn rate_limit(&self) {
         let wait = {
             let mut next = self.next_slot.lock().await;
             let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + self.interval;
-            start.saturating_duration_since(now)
+            let tat = (*next).max(now);
+            *next = tat + self.interval;
+            tat.checked_sub(self.burst)
+                .unwrap_or(now)
+                .saturating_duration_since(now)
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -178,9 +222,18 @@ impl Registry {
                 if let Some(ct) = &b.content_type {
                     req = req.header(header::CONTENT_TYPE, ct);
                 }
-                req = req
-                    .header(header::CONTENT_LENGTH, b.bytes.len())
-                    .body(b.bytes.clone());
+                req = match &b.file {
+                    Some(range) => {
+                        let stream = range.stream().await.map_err(|e| RegistryError::Io {
+                            path: range.path.display().to_string(),
+                            source: e,
+                        })?;
+                        req.header(header::CONTENT_LENGTH, range.len).body(stream)
+                    }
+                    None => req
+                        .header(header::CONTENT_LENGTH, b.bytes.len())
+                        .body(b.bytes.clone()),
+                };
             }
             if let Some(token) = self.tokens.lock().await.get(scope) {
                 req = req.bearer_auth(token);

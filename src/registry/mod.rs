@@ -16,7 +16,7 @@ use reqwest::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub use client::{Body, Credentials, Registry};
+pub use client::{Body, Credentials, FileRange, Registry};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -24,8 +24,86 @@ pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const ACCEPT_ALL: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
-/// Uploads larger than this go in chunks.
-pub const CHUNK: usize = 8 * 1024 * 1024;
+/// Default upload chunk: each chunk is one PATCH streamed from the file and
+/// the unit an interrupted upload resumes from. Large, because every PATCH
+/// costs the registry a hash-state round trip (measured: 16 chunks of
+/// 64 MiB take 27% longer than one stream for 1 GiB on distribution 2.8).
+pub const CHUNK: u64 = 256 * 1024 * 1024;
+
+/// How many times one upload may resume before it gives up.
+const MAX_RESUMES: u32 = 8;
+
+/// What [`Registry::push_blob_file_report`] did.
+#[derive(Debug, Clone)]
+pub struct BlobPush {
+    pub digest: String,
+    pub size: u64,
+    pub how: PushedHow,
+    /// Bytes in chunks the registry answered, resent ones included.
+    pub bytes_sent: u64,
+    /// Times the upload resumed after a failed chunk.
+    pub resumes: u32,
+    /// Of those, times the registry had discarded the session and the
+    /// upload began again from byte 0.
+    pub restarts: u32,
+}
+
+/// The registry could not be reached or failed on its side.
+fn unreachable(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Http { .. } => true,
+        RegistryError::Status { status, .. } => status.is_server_error(),
+        _ => false,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushedHow {
+    /// The repository already had it.
+    Present,
+    /// Mounted from another repository: no bytes sent.
+    Mounted,
+    Uploaded,
+}
+
+/// Statuses after which an upload asks where it stands rather than giving up.
+fn resumable_status(s: StatusCode) -> bool {
+    s == StatusCode::RANGE_NOT_SATISFIABLE
+        || s == StatusCode::NOT_FOUND
+        || s == StatusCode::BAD_REQUEST
+        || s.is_server_error()
+}
+
+/// sha256 and length of the first `limit` bytes of a file.
+async fn hash_file(path: &Path, limit: u64) -> Result<(String, u64), RegistryError> {
+    let h = hash_prefix(path, limit).await?;
+    Ok((format!("sha256:{}", hex::encode(h.0.finalize())), h.1))
+}
+
+async fn hasher_of_prefix(path: &Path, limit: u64) -> Result<Sha256, RegistryError> {
+    Ok(hash_prefix(path, limit).await?.0)
+}
+
+async fn hash_prefix(path: &Path, limit: u64) -> Result<(Sha256, u64), RegistryError> {
+    let io = |source| RegistryError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    while n < limit {
+        let want = (limit - n).min(buf.len() as u64) as usize;
+        let got = f.read(&mut buf[..want]).await.map_err(io)?;
+        if got == 0 {
+            break;
+        }
+        h.update(&buf[..got]);
+        n += got as u64;
+    }
+    Ok((h, n))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -189,6 +267,7 @@ impl Registry {
         let body = last.or(Some(Body {
             bytes: bytes::Bytes::new(),
             content_type: Some("application/octet-stream".into()),
+            file: None,
         }));
         let r = self
             .send(
@@ -238,6 +317,7 @@ impl Registry {
             Some(Body {
                 bytes: data,
                 content_type: Some("application/octet-stream".into()),
+                file: None,
             }),
         )
         .await?;
@@ -252,82 +332,236 @@ impl Registry {
         path: &Path,
         mount_from: Option<&str>,
     ) -> Result<(String, u64), RegistryError> {
+        let r = self.push_blob_file_report(repo, path, mount_from).await?;
+        Ok((r.digest, r.size))
+    }
+
+    /// [`Registry::push_blob_file`], saying how the blob got there.
+    pub async fn push_blob_file_report(
+        &self,
+        repo: &str,
+        path: &Path,
+        mount_from: Option<&str>,
+    ) -> Result<BlobPush, RegistryError> {
+        // First pass: the digest, so that HEAD and mount can skip the upload.
+        let (digest, size) = hash_file(path, u64::MAX).await?;
+        self.push_blob_file_known(repo, path, &digest, size, mount_from)
+            .await
+    }
+
+    /// Push a file whose digest and size the caller already knows (a builder
+    /// hashed it as it wrote it): no first pass over the file. The upload
+    /// still hashes what it streams and refuses a file that changed.
+    pub async fn push_blob_file_known(
+        &self,
+        repo: &str,
+        path: &Path,
+        digest: &str,
+        size: u64,
+        mount_from: Option<&str>,
+    ) -> Result<BlobPush, RegistryError> {
+        let mut report = BlobPush {
+            digest: digest.to_string(),
+            size,
+            how: PushedHow::Present,
+            bytes_sent: 0,
+            resumes: 0,
+            restarts: 0,
+        };
+        if self.blob_size(repo, &report.digest).await?.is_some() {
+            return Ok(report);
+        }
+        if let Some(from) = mount_from
+            && self.mount_blob(repo, &report.digest, from).await?
+        {
+            report.how = PushedHow::Mounted;
+            return Ok(report);
+        }
+        report.how = PushedHow::Uploaded;
+        self.upload_file(repo, path, &mut report).await?;
+        Ok(report)
+    }
+
+    /// The chunked upload. A chunk that fails (dropped connection, registry
+    /// restarted, 416 after a partial write) is followed by an upload-status
+    /// query; the upload resumes at the offset the registry reports, or
+    /// starts afresh when the registry no longer knows the session.
+    async fn upload_file(
+        &self,
+        repo: &str,
+        path: &Path,
+        report: &mut BlobPush,
+    ) -> Result<(), RegistryError> {
         let io = |source| RegistryError::Io {
             path: path.display().to_string(),
             source,
         };
-        // First pass: the digest, so that HEAD and mount can skip the upload.
-        let mut f = tokio::fs::File::open(path).await.map_err(io)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut size = 0u64;
-        loop {
-            let n = f.read(&mut buf).await.map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            size += n as u64;
-        }
-        let digest = format!("sha256:{}", hex::encode(h.finalize()));
-        if self.blob_size(repo, &digest).await?.is_some() {
-            return Ok((digest, size));
-        }
-        if let Some(from) = mount_from
-            && self.mount_blob(repo, &digest, from).await?
-        {
-            return Ok((digest, size));
-        }
+        let size = report.size;
         let mut loc = self.start_upload(repo).await?;
-        let mut f = tokio::fs::File::open(path).await.map_err(io)?;
         let mut h = Sha256::new();
         let mut offset = 0u64;
-        let mut chunk = vec![0u8; CHUNK];
-        loop {
-            let mut filled = 0;
-            while filled < CHUNK {
-                let n = f.read(&mut chunk[filled..]).await.map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            h.update(&chunk[..filled]);
-            let end = offset + filled as u64 - 1;
+        while offset < size {
+            let want = (size - offset).min(self.chunk_size.max(1));
+            let end = offset + want - 1;
             let range = format!("{offset}-{end}");
-            let r = self
+            // The chunk streams from disk; a blocking thread hashes the same
+            // range meanwhile (it is in the page cache by then).
+            let hashing = {
+                let (mut h, path) = (h.clone(), path.to_path_buf());
+                tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
+                    use std::io::{Read, Seek};
+                    let mut f = std::fs::File::open(&path)?;
+                    f.seek(std::io::SeekFrom::Start(offset))?;
+                    let mut f = f.take(want);
+                    let mut buf = vec![0u8; 1 << 20];
+                    let mut n = 0u64;
+                    loop {
+                        let k = f.read(&mut buf)?;
+                        if k == 0 {
+                            break;
+                        }
+                        h.update(&buf[..k]);
+                        n += k as u64;
+                    }
+                    if n != want {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!("file is shorter than {size} bytes"),
+                        ));
+                    }
+                    Ok(h)
+                })
+            };
+            let sent = self
                 .send(
                     Method::PATCH,
                     &self.absolute(&loc),
                     &[("content-range", range.as_str())],
                     Some(Body {
-                        bytes: bytes::Bytes::copy_from_slice(&chunk[..filled]),
+                        bytes: bytes::Bytes::new(),
                         content_type: Some("application/octet-stream".into()),
+                        file: Some(FileRange {
+                            path: path.to_path_buf(),
+                            offset,
+                            len: want,
+                        }),
                     }),
                     &scope(repo, true),
                 )
-                .await?;
-            if r.status() != StatusCode::ACCEPTED {
-                return Err(fail("upload chunk", format!("{repo} {range}"), r).await);
+                .await;
+            let hashed = hashing
+                .await
+                .map_err(|e| io(std::io::Error::other(e.to_string())))?
+                .map_err(io)?;
+            if sent.is_ok() {
+                report.bytes_sent += want;
             }
-            loc = location(&r).unwrap_or(loc);
-            offset += filled as u64;
+            let failure = match sent {
+                Ok(r) if r.status() == StatusCode::ACCEPTED => {
+                    h = hashed;
+                    loc = location(&r).unwrap_or(loc);
+                    offset += want;
+                    continue;
+                }
+                Ok(r) if resumable_status(r.status()) => {
+                    fail("upload chunk", format!("{repo} {range}"), r).await
+                }
+                Ok(r) => return Err(fail("upload chunk", format!("{repo} {range}"), r).await),
+                Err(e) => e,
+            };
+            report.resumes += 1;
+            if report.resumes > MAX_RESUMES {
+                return Err(failure);
+            }
+            tracing::warn!(repo, range, error = %failure, "upload chunk failed; asking the registry where to resume");
+            match self.upload_offset_patiently(repo, &loc).await? {
+                Some((received, at)) if received > 0 => {
+                    loc = at;
+                    offset = received;
+                }
+                _ => {
+                    // The registry discarded the session (distribution
+                    // cancels one whose size disagrees with the client's
+                    // state, e.g. after part of a chunk was written).
+                    loc = self.start_upload(repo).await?;
+                    offset = 0;
+                    report.restarts += 1;
+                }
+            }
+            tracing::info!(repo, offset, "resuming upload");
+            h = hasher_of_prefix(path, offset).await?;
         }
         // The file must not have changed between the two passes.
         let streamed = format!("sha256:{}", hex::encode(h.finalize()));
-        if streamed != digest {
+        if streamed != report.digest {
             return Err(RegistryError::DigestMismatch {
                 what: "blob file",
                 reference: path.display().to_string(),
-                expected: digest,
+                expected: report.digest.clone(),
                 actual: streamed,
             });
         }
-        self.finish_upload(repo, &loc, &digest, None).await?;
-        Ok((digest, size))
+        self.finish_upload(repo, &loc, &report.digest, None).await
+    }
+
+    /// [`Registry::upload_offset`], waiting with backoff while the registry
+    /// is unreachable or failing (a restart in progress).
+    async fn upload_offset_patiently(
+        &self,
+        repo: &str,
+        loc: &str,
+    ) -> Result<Option<(u64, String)>, RegistryError> {
+        let mut attempt = 0u32;
+        loop {
+            match self.upload_offset(repo, loc).await {
+                Err(e) if attempt < 6 && unreachable(&e) => {
+                    attempt += 1;
+                    let wait = (self.base_backoff * 2u32.pow(attempt.min(6)))
+                        .min(std::time::Duration::from_secs(30));
+                    tracing::warn!(repo, error = %e, attempt, "registry unreachable; waiting to resume the upload");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Where an upload session stands: bytes received and the location to
+    /// continue at; `None` when the registry no longer knows the session.
+    async fn upload_offset(
+        &self,
+        repo: &str,
+        loc: &str,
+    ) -> Result<Option<(u64, String)>, RegistryError> {
+        let r = self
+            .send(
+                Method::GET,
+                &self.absolute(loc),
+                &[],
+                None,
+                &scope(repo, true),
+            )
+            .await?;
+        match r.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => {
+                // `Range: 0-N` names the last byte received; `0-0` is also
+                // what an empty upload reports, so it counts as nothing.
+                let received = r
+                    .headers()
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once('-'))
+                    .and_then(|(_, end)| end.trim().parse::<u64>().ok())
+                    .map(|end| if end == 0 { 0 } else { end + 1 })
+                    .unwrap_or(0);
+                Ok(Some((
+                    received,
+                    location(&r).unwrap_or_else(|| loc.to_string()),
+                )))
+            }
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST => Ok(None),
+            _ => Err(fail("upload status", repo.to_string(), r).await),
+        }
     }
 
     /// Fetch a blob and check its digest.
@@ -526,6 +760,7 @@ impl Registry {
                 Some(Body {
                     bytes: bytes::Bytes::copy_from_slice(bytes),
                     content_type: Some(media_type.to_string()),
+                    file: None,
                 }),
                 &scope(repo, true),
             )

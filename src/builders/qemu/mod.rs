@@ -147,6 +147,7 @@ pub(crate) async fn artifact_build(
     );
     ann.insert("org.ocaml.kiln.sha256".to_string(), out.sha256.clone());
     let title = format!("{name}.qcow2");
+    let digest = format!("sha256:{}", out.sha256);
     let pushed = artifact::push(
         reg,
         &artifact::ArtifactPush {
@@ -155,6 +156,7 @@ pub(crate) async fn artifact_build(
             artifact_type: artifact::QCOW2_ARTIFACT,
             layer_media_type: artifact::QCOW2_LAYER,
             title: &title,
+            digest: Some(&digest),
             uncompressed_sha256: None,
             config: serde_json::json!({"os": t.platform, "architecture": t.arch,
                 "disk": {"format": "qcow2", "virtual_size": out.virtual_size, "sha256": out.sha256}}),

@@ -121,6 +121,7 @@ pub(crate) async fn artifact_build(
             artifact_type: artifact::ZFS_ARTIFACT,
             layer_media_type: artifact::ZFS_LAYER,
             title: &title,
+            digest: None,
             uncompressed_sha256: Some(&out.uncompressed_sha256),
             config: serde_json::json!({"os": t.platform, "architecture": t.arch, "layout": out.layout}),
             annotations: ann,
