@@ -221,6 +221,7 @@ fn main() {
         store,
         log_dir: None,
         rebuild: None,
+        queue_db: None,
         token: String::new(),
         metrics: Metrics::default(),
     });

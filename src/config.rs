@@ -4,9 +4,13 @@
 //! The embedded defaults are the repository's own `kiln.toml`, so the
 //! documented file and the defaults can never drift apart.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// The platforms Kiln knows (`platforms/<name>/`).
+pub const PLATFORMS: [&str; 5] = ["linux", "windows", "macos", "freebsd", "openbsd"];
 
 /// The defaults, compiled in.
 pub const DEFAULT_TOML: &str = include_str!("../kiln.toml");
@@ -129,6 +133,13 @@ pub struct Qemu {
 pub struct PlanSettings {
     pub opam_repository: String,
     pub opam_repository_commit: String,
+    /// The ref followed (`git ls-remote`) when no commit is pinned.
+    #[serde(default = "head")]
+    pub opam_repository_ref: String,
+}
+
+fn head() -> String {
+    "HEAD".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,8 +184,28 @@ pub struct Api {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Daemon {
+    /// Cron schedule (with seconds) for every platform without its own.
     pub schedule: String,
+    /// Per-platform cron schedules: `macos = "0 0 4 * * Sat"`.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, String>,
+    /// Attempts per job before an infrastructure failure is final.
     pub max_attempts: u32,
+    /// Backoff after the first infrastructure failure; doubles each time.
+    #[serde(default = "retry_base_secs")]
+    pub retry_base_secs: u64,
+    /// How often the parent digests, the opam-repository ref and the
+    /// catalogue are polled for changes; 0 turns polling off.
+    #[serde(default = "poll_secs")]
+    pub poll_secs: u64,
+}
+
+fn retry_base_secs() -> u64 {
+    30
+}
+
+fn poll_secs() -> u64 {
+    300
 }
 
 /// Where the configuration comes from.
@@ -396,8 +427,31 @@ fn validate(c: &Config, origin: &str) -> Result<(), ConfigError> {
             c.daemon.schedule
         )));
     }
+    for (platform, schedule) in &c.daemon.schedules {
+        if !PLATFORMS.contains(&platform.as_str()) {
+            return Err(field(format!(
+                "daemon.schedules.{platform}: unknown platform, expected one of {}",
+                PLATFORMS.join(", ")
+            )));
+        }
+        if let Err(e) = schedule.parse::<cron::Schedule>() {
+            return Err(field(format!(
+                "daemon.schedules.{platform} = {schedule:?}: {e}"
+            )));
+        }
+    }
+    if c.daemon.max_attempts == 0 {
+        return Err(field("daemon.max_attempts must be at least 1".into()));
+    }
+    if c.daemon.retry_base_secs == 0 {
+        return Err(field("daemon.retry_base_secs must be at least 1".into()));
+    }
     Ok(())
 }
+
+/// Tables that take keys of the user's choosing; their values are checked
+/// in `validate`.
+const OPEN_TABLES: [&str; 1] = ["daemon.schedules"];
 
 /// Overlay `overlay` onto `base`, refusing keys the defaults do not know.
 fn merge(
@@ -419,6 +473,10 @@ fn merge(
                         merge(slot, v, origin, &key)?
                     }
                     Some(slot) => *slot = v,
+                    // Tables whose keys are the user's (platform names).
+                    None if OPEN_TABLES.contains(&prefix) => {
+                        b.insert(k, v);
+                    }
                     None => {
                         return Err(ConfigError::UnknownKey {
                             origin: origin.to_string(),

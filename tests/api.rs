@@ -99,6 +99,7 @@ async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str)
         store,
         log_dir: None,
         rebuild: None,
+        queue_db: None,
         token: token.into(),
         metrics: Metrics::default(),
     });

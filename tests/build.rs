@@ -258,6 +258,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
             token: "t0k3n".into(),
             log_dir: Some(root().join(".kiln/log")),
             rebuild: None,
+            queue_db: None,
             metrics: kiln::api::Metrics::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

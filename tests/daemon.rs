@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use kiln::publish::lockfile::Lockfile;
 
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -30,6 +32,30 @@ struct Profile {
 
 /// A one-tag profile (busybox, amd64, OCaml 5.5.0) with its own state dir.
 fn profile(name: &str, schedule: &str, recipe_prefix: &str) -> Profile {
+    profile_with(
+        name,
+        recipe_prefix,
+        &Settings {
+            daemon: format!("schedule = \"{schedule}\"\nmax_attempts = 3\n"),
+            ..Settings::default()
+        },
+    )
+}
+
+/// What a test changes in the profile's kiln.toml.
+#[derive(Default)]
+struct Settings {
+    /// Lines of `[daemon]` (tables such as `[daemon.schedules]` may follow).
+    daemon: String,
+    /// Lines of `[plan]`; default: a pinned opam-repository commit.
+    plan: Option<String>,
+    /// `[registry] url`; default: the shared registry.
+    registry_url: Option<String>,
+    /// The parent image; default: the busybox fixture.
+    parent: Option<String>,
+}
+
+fn profile_with(name: &str, recipe_prefix: &str, settings: &Settings) -> Profile {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("fixtures")
         .current_dir(root())
@@ -57,7 +83,7 @@ fn profile(name: &str, schedule: &str, recipe_prefix: &str) -> Profile {
     let os = format!("busybox-daemon-{name}");
     std::fs::write(
         p.join("platforms/linux/platform.yaml"),
-        format!("platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: 127.0.0.1:5000/kiln-fixtures/busybox:latest\n"),
+        format!("platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: {}\n", settings.parent.as_deref().unwrap_or("127.0.0.1:5000/kiln-fixtures/busybox:latest")),
     )
     .unwrap();
     std::fs::write(
@@ -79,7 +105,17 @@ fn profile(name: &str, schedule: &str, recipe_prefix: &str) -> Profile {
     std::fs::write(
         &config,
         format!(
-            "state_dir = \"state\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"state/kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"daemon-token\"\n[daemon]\nschedule = \"{schedule}\"\nmax_attempts = 3\n"
+            "state_dir = \"state\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"state/kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n{}[plan]\n{}\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"daemon-token\"\n[daemon]\n{}",
+            settings
+                .registry_url
+                .as_ref()
+                .map(|u| format!("url = \"{u}\"\n"))
+                .unwrap_or_default(),
+            settings
+                .plan
+                .as_deref()
+                .unwrap_or("opam_repository_commit = \"test-pinned\""),
+            settings.daemon,
         ),
     )
     .unwrap();
@@ -163,7 +199,15 @@ fn wait_http(port: u16) {
 
 #[test]
 fn scheduled_rounds_build_once_then_nothing_and_stop_on_sigterm() {
-    let p = profile("sched", "*/3 * * * * *", "");
+    // The default schedule is once a year; linux has its own, every 3 s.
+    let p = profile_with(
+        "sched",
+        "",
+        &Settings {
+            daemon: "schedule = \"0 0 3 1 1 *\"\nmax_attempts = 3\n[daemon.schedules]\nlinux = \"*/3 * * * * *\"\n".into(),
+            ..Settings::default()
+        },
+    );
     let mut d = p.spawn();
     wait_http(p.port);
     // A second daemon on the same state refuses to start, naming the first.
@@ -176,6 +220,7 @@ fn scheduled_rounds_build_once_then_nothing_and_stop_on_sigterm() {
     );
 
     let r = p.wait_rounds(2, true, 120);
+    assert_eq!(r[0]["trigger"], "schedule: linux", "{r:?}");
     assert_eq!(r[0]["built"], 1, "{r:?}");
     assert_eq!(r[1]["built"], 0, "{r:?}");
     assert_eq!(r[1]["unchanged"], 1, "{r:?}");
@@ -232,6 +277,36 @@ fn bad_schedule_is_refused_at_start() {
         err.contains("daemon.schedule") && err.contains("every tuesday"),
         "{err}"
     );
+    // A bad per-platform schedule, and one for a platform that does not exist.
+    for (line, named) in [
+        (
+            "macos = \"at noon\"",
+            "daemon.schedules.macos = \"at noon\"",
+        ),
+        (
+            "beos = \"* * * * * *\"",
+            "daemon.schedules.beos: unknown platform",
+        ),
+    ] {
+        let p = profile_with(
+            "badcron2",
+            "",
+            &Settings {
+                daemon: format!(
+                    "schedule = \"0 0 3 * * Sun\"\nmax_attempts = 3\n[daemon.schedules]\n{line}\n"
+                ),
+                ..Settings::default()
+            },
+        );
+        let out = p.spawn().wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{err}");
+        assert!(
+            !p.dir.path().join("state/kiln.db").exists(),
+            "nothing started"
+        );
+    }
 }
 
 #[test]
@@ -286,4 +361,290 @@ fn killed_mid_build_then_restarted_resumes_and_publishes_once() {
         "published once"
     );
     assert_eq!(sigterm(&mut d), Some(0));
+}
+
+fn post_rebuild(port: u16) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/v1/rebuild"))
+            .bearer_auth("daemon-token")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert_eq!(status, 202);
+}
+
+fn jobs(p: &Profile) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&p.config)
+        .args(["daemon", "jobs", "--json", "--limit", "50"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn metrics(port: u16) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    })
+}
+
+/// The registry the daemon publishes to is down for a minute: the job
+/// fails as an infrastructure failure, is retried with backoff, and
+/// completes once the registry is back. Logs are JSON with target ids;
+/// the metrics count the failures.
+#[test]
+fn registry_down_for_a_minute_jobs_retry_and_complete() {
+    let reg_dir = tempfile::tempdir().unwrap();
+    let mut registry = common::PrivateRegistry::start(reg_dir.path());
+    let p = profile_with(
+        "regdown",
+        "",
+        &Settings {
+            daemon: "schedule = \"0 0 3 1 1 *\"\nmax_attempts = 8\nretry_base_secs = 5\n".into(),
+            registry_url: Some(registry.url()),
+            ..Settings::default()
+        },
+    );
+    let log = p.dir.path().join("daemon.log");
+    let mut d = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&p.config)
+        .args(["--log-format", "json", "daemon"])
+        .env("KILN_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_http(p.port);
+    registry.kill();
+    let down = Instant::now();
+    post_rebuild(p.port);
+    // Failed at least twice, each time as infrastructure, and queued again.
+    wait_for("two infrastructure failures", 120, || {
+        jobs(&p).first().is_some_and(|j| {
+            j["attempts"].as_i64() >= Some(2) && j["failure"] == "infra" && j["state"] == "queued"
+        })
+    });
+    let m = metrics(p.port);
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("kiln_build_failures_total{kind=\"infra\"}") && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+    assert!(m.contains("kiln_jobs{state=\"queued\"} 1"), "{m}");
+    assert!(
+        p.lockfile().entries.is_empty(),
+        "nothing published while the registry is down"
+    );
+    // Back after a minute.
+    let elapsed = down.elapsed();
+    if elapsed < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(60) - elapsed);
+    }
+    registry.restart();
+    wait_for("the job to complete", 240, || {
+        jobs(&p).first().is_some_and(|j| j["state"] == "succeeded")
+    });
+    let job = jobs(&p)[0].clone();
+    assert_eq!(job["outcome"], "built", "{job}");
+    assert!(job["attempts"].as_i64().unwrap() >= 3, "{job}");
+    let lock = p.lockfile();
+    assert_eq!(lock.entries.len(), 1);
+    let r = p.rounds();
+    assert_eq!(
+        (r[0]["state"].as_str(), r[0]["built"].as_i64()),
+        (Some("done"), Some(1)),
+        "{r:?}"
+    );
+    assert_eq!(sigterm(&mut d), Some(0));
+    // Every log line is a JSON object; the job's lines carry its target id.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let target = format!("{}/opam:busybox-daemon-regdown-ocaml-5.5", p.namespace);
+    let mut with_target = 0;
+    for line in text.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        if v["span"]["target"] == target.as_str() {
+            with_target += 1;
+        }
+    }
+    assert!(
+        with_target >= 3,
+        "job log lines with the target id: {with_target}\n{text}"
+    );
+    assert!(text.contains("\"kind\":\"infra\""), "{text}");
+}
+
+/// The pollers: a new opam-repository commit on the followed ref, a new
+/// digest behind the parent's tag, and an edited recipe each queue the tag,
+/// and the lockfile history says which input changed.
+#[test]
+fn polled_inputs_trigger_rebuilds_that_name_the_change() {
+    let git_dir = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=kiln",
+                "-c",
+                "user.email=kiln@example.invalid",
+            ])
+            .args(args)
+            .current_dir(git_dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(git_dir.path().join("README"), "one\n").unwrap();
+    git(&["add", "README"]);
+    git(&["commit", "-q", "-m", "one"]);
+    // A parent of our own, so that moving its tag disturbs no other test.
+    let parent = format!(
+        "127.0.0.1:5000/kiln-test-parent-{}:latest",
+        std::process::id()
+    );
+    let copy = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "docker://127.0.0.1:5000/kiln-fixtures/busybox:latest",
+            &format!("docker://{parent}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let p = profile_with(
+        "poll",
+        "",
+        &Settings {
+            daemon: "schedule = \"0 0 3 1 1 *\"\nmax_attempts = 3\npoll_secs = 1\n".into(),
+            plan: Some(format!(
+                "opam_repository = \"{}\"\nopam_repository_commit = \"\"\nopam_repository_ref = \"main\"",
+                git_dir.path().display()
+            )),
+            parent: Some(parent.clone()),
+            ..Settings::default()
+        },
+    );
+    let mut d = p.spawn();
+    wait_http(p.port);
+    post_rebuild(p.port);
+    let key = format!("{}/opam:busybox-daemon-poll-ocaml-5.5", p.namespace);
+    let history = |n: usize| {
+        wait_for(&format!("{n} changes of {key}"), 180, || {
+            Lockfile::load(&p.dir.path().join("manifests/lockfile.json"))
+                .ok()
+                .and_then(|l| l.entries.get(&key).map(|e| e.history.len()))
+                == Some(n)
+        });
+        p.lockfile().entries[&key].history[0]
+            .replaced_because
+            .clone()
+    };
+    wait_for("the first build", 180, || {
+        p.rounds()
+            .iter()
+            .any(|r| r["trigger"] == "manual: api" && r["state"] == "done")
+    });
+    assert_eq!(p.lockfile().entries.len(), 1);
+
+    // 1. opam-repository moves.
+    std::fs::write(git_dir.path().join("README"), "two\n").unwrap();
+    git(&["commit", "-q", "-am", "two"]);
+    let why = history(1);
+    assert!(why.contains("opam_repository_commit"), "{why}");
+    assert!(
+        p.rounds().iter().any(|r| r["trigger"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("opam-repository moved"))),
+        "{:?}",
+        p.rounds()
+    );
+
+    // 2. The parent's tag moves to a new image.
+    let build = Command::new("docker")
+        .args(["build", "-q", "-t", &parent, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(
+                format!("FROM {parent}\nLABEL org.ocaml.kiln.test=moved\n").as_bytes(),
+            )?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let push = Command::new("docker")
+        .args(["push", &parent])
+        .output()
+        .unwrap();
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    let why = history(2);
+    assert!(why.contains("parent"), "{why}");
+    assert!(
+        p.rounds()
+            .iter()
+            .any(|r| r["trigger"] == format!("parent changed: {parent}").as_str()),
+        "{:?}",
+        p.rounds()
+    );
+
+    // 3. The recipe changes.
+    let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(&recipe, format!("{text}\nRUN echo recipe-changed\n")).unwrap();
+    let why = history(3);
+    assert!(why.contains("recipe"), "{why}");
+    assert!(
+        p.rounds()
+            .iter()
+            .any(|r| r["trigger"] == "catalogue changed"),
+        "{:?}",
+        p.rounds()
+    );
+    assert_eq!(sigterm(&mut d), Some(0));
+    let _ = Command::new("docker").args(["rmi", &parent]).output();
 }

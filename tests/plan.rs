@@ -17,6 +17,7 @@ fn filter(version: &str, platform: &str, os: &str) -> Filter {
         platform: Some(platform.into()),
         os: Some(os.into()),
         arch: None,
+        tag: None,
     }
 }
 

@@ -89,6 +89,8 @@ pub struct AppState {
     pub log_dir: Option<std::path::PathBuf>,
     /// The daemon's rebuild trigger, when the API runs inside `kiln daemon`.
     pub rebuild: Option<tokio::sync::mpsc::Sender<String>>,
+    /// The state database holding the job queue, for queue metrics.
+    pub queue_db: Option<std::path::PathBuf>,
     pub metrics: Metrics,
 }
 
@@ -527,6 +529,39 @@ async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
     }
 }
 
+/// The job queue in Prometheus text format: depth by state, attempt
+/// durations by builder, failed attempts by kind.
+fn queue_metrics(q: &crate::daemon::queue::QueueStats) -> String {
+    let mut s =
+        String::from("# HELP kiln_jobs Jobs in the queue, by state.\n# TYPE kiln_jobs gauge\n");
+    for state in ["queued", "running", "succeeded", "failed"] {
+        let n = q
+            .states
+            .iter()
+            .find(|(k, _)| k == state)
+            .map_or(0, |(_, n)| *n);
+        s.push_str(&format!("kiln_jobs{{state=\"{state}\"}} {n}\n"));
+    }
+    s.push_str("# HELP kiln_build_duration_seconds Time spent in build attempts, by builder.\n# TYPE kiln_build_duration_seconds summary\n");
+    for (builder, sum, count) in &q.durations {
+        s.push_str(&format!(
+            "kiln_build_duration_seconds_sum{{builder=\"{builder}\"}} {sum}\nkiln_build_duration_seconds_count{{builder=\"{builder}\"}} {count}\n"
+        ));
+    }
+    s.push_str("# HELP kiln_build_failures_total Failed build attempts, by kind.\n# TYPE kiln_build_failures_total counter\n");
+    for kind in ["infra", "recipe", "no-builder"] {
+        let n = q
+            .failures
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map_or(0, |(_, n)| *n);
+        s.push_str(&format!(
+            "kiln_build_failures_total{{kind=\"{kind}\"}} {n}\n"
+        ));
+    }
+    s
+}
+
 async fn metrics(State(st): State<Shared>) -> Response {
     let snap = st.store.current();
     let m = &st.metrics;
@@ -571,6 +606,17 @@ async fn metrics(State(st): State<Shared>) -> Response {
         m.reloads.load(Ordering::Relaxed),
         m.reload_errors.load(Ordering::Relaxed),
     ));
+    if let Some(db) = st.queue_db.clone()
+        && db.exists()
+    {
+        let stats = tokio::task::spawn_blocking(move || {
+            crate::daemon::queue::Queue::open(&db).and_then(|q| q.stats())
+        })
+        .await;
+        if let Ok(Ok(q)) = stats {
+            s.push_str(&queue_metrics(&q));
+        }
+    }
     count(&st, 5, StatusCode::OK);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }

@@ -150,7 +150,11 @@ pub async fn opam_repository_commit(config: &Config) -> Result<String, RunError>
         return Ok(config.plan.opam_repository_commit.clone());
     }
     let out = crate::process::Cmd::new("git")
-        .args(["ls-remote", &config.plan.opam_repository, "HEAD"])
+        .args([
+            "ls-remote",
+            &config.plan.opam_repository,
+            &config.plan.opam_repository_ref,
+        ])
         .timeout(std::time::Duration::from_secs(30))
         .run()
         .await
@@ -161,8 +165,8 @@ pub async fn opam_repository_commit(config: &Config) -> Result<String, RunError>
         .map(str::to_string)
         .ok_or_else(|| {
             RunError::Setup(format!(
-                "git ls-remote {}: no HEAD",
-                config.plan.opam_repository
+                "git ls-remote {} {}: no such ref",
+                config.plan.opam_repository, config.plan.opam_repository_ref
             ))
         })
 }
@@ -431,6 +435,7 @@ pub async fn run(
                 &State::Building,
                 Some(&log),
             );
+            tracing::info!(target_id = %p.target.id(), builder = p.target.builder.as_str(), key = %p.key, log = %log.display(), "build started");
             progress(Event::Started {
                 target: p.target.id(),
             });
@@ -536,6 +541,7 @@ pub async fn run(
             let id = format!("{}/{}/{}/{arch}", first.platform, first.os, first.version);
             match r {
                 Ok(digest) => {
+                    tracing::info!(target_id = %id, %digest, "build succeeded");
                     report.arches.insert(
                         arch.clone(),
                         Outcome::Built {
@@ -551,6 +557,7 @@ pub async fn run(
                     arch_digests.insert(arch, digest);
                 }
                 Err(e) => {
+                    tracing::warn!(target_id = %id, error = %e, log = %log.display(), "build failed");
                     ok = false;
                     let _ = state.set(
                         &repository,

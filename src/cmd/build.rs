@@ -35,6 +35,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             platform: args.platform,
             os: args.os,
             arch: args.arch,
+            tag: None,
         },
         dry_run: args.dry_run,
     };

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use kiln::api::{AppState, Metrics};
 use kiln::config::{Config, Sources};
-use kiln::daemon::{lock::DaemonLock, rounds::Rounds, run};
+use kiln::daemon::{lock::DaemonLock, queue::Queue, rounds::Rounds, run};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,6 +24,13 @@ enum Sub {
         #[arg(long)]
         json: bool,
         #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// The latest jobs of the queue: state, attempts, failure kind, log.
+    Jobs {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 20)]
         limit: usize,
     },
 }
@@ -55,13 +62,36 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Sub::Jobs { json, limit } => {
+            let jobs = Queue::open(&config.database.path)?.list(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                for j in &jobs {
+                    println!(
+                        "#{:<4} {:<10} {}:{}  attempts {}  {}{}{}",
+                        j.id,
+                        j.state,
+                        j.repository,
+                        j.tag,
+                        j.attempts,
+                        j.outcome.as_deref().unwrap_or(""),
+                        j.failure
+                            .as_deref()
+                            .map(|f| format!("{f} failure: {}", j.error.as_deref().unwrap_or("")))
+                            .unwrap_or_default(),
+                        j.log
+                            .as_deref()
+                            .map(|l| format!("  (log: {l})"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Sub::Run => {
             // Refuse a bad schedule and a second daemon before anything starts.
-            config
-                .daemon
-                .schedule
-                .parse::<cron::Schedule>()
-                .with_context(|| format!("daemon.schedule = {:?}", config.daemon.schedule))?;
+            run::Schedules::parse(&config)?;
             let lock = DaemonLock::acquire(&config.state_dir)?;
             let addr = args.addr.unwrap_or_else(|| config.api.listen.clone());
             let store = super::resolve::open_store(&config)?;
@@ -71,6 +101,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 token: config.api.token.clone(),
                 log_dir: Some(config.log_dir()),
                 rebuild: Some(tx),
+                queue_db: Some(config.database.path.clone()),
                 metrics: Metrics::default(),
             });
             let rt = tokio::runtime::Runtime::new()?;

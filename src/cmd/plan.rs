@@ -35,6 +35,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         platform: args.platform,
         os: args.os,
         arch: args.arch,
+        tag: None,
     };
     let targets = plan::expand(&cat, &filter)?;
     let totals = plan::totals(&targets);

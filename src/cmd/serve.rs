@@ -21,6 +21,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         token: config.api.token.clone(),
         log_dir: Some(config.log_dir()),
         rebuild: None,
+        queue_db: Some(config.database.path.clone()),
         metrics: Metrics::default(),
     });
     let rt = tokio::runtime::Runtime::new()?;

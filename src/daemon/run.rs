@@ -1,89 +1,399 @@
-//! The daemon loop: rebuild rounds on the cron schedule, on request
-//! (`POST /v1/rebuild`), and once at start-up when a killed daemon left a
-//! round unfinished. A round runs the whole plan through
-//! `builders::run`, which skips every tag whose build key is unchanged, so
-//! a round with no input change builds nothing and moves no digest.
+//! The daemon loop. Triggers queue jobs; workers take them.
 //!
-//! SIGTERM/SIGINT: no new round starts; a running round finishes (every
-//! tag it publishes is published completely or not at all); then exit.
+//! Triggers: the cron schedules (one per platform, `daemon.schedule` for
+//! the rest), a rebuild asked for through the API, and three pollers that
+//! run every `daemon.poll_secs`: the catalogue's fingerprint, each Docker
+//! parent's digest, and the followed opam-repository ref. A trigger opens
+//! a round and queues one job per affected tag, unless that tag already
+//! has a job waiting in the queue (when all have, no round opens).
+//!
+//! Workers: one job at a time per builder kind (Docker, ZFS, QEMU); inside
+//! a job, arches build in parallel within each Docker host's limit. A job
+//! runs `builders::run` for its one tag, which skips it when its build key
+//! is unchanged, so a round with no input change builds nothing and moves
+//! no digest. An infrastructure failure goes back to the queue with
+//! exponential backoff; a recipe failure is final and the API shows it
+//! with its log.
+//!
+//! SIGTERM/SIGINT: no new job starts; running jobs finish (each publishes
+//! completely or not at all); then exit. After `kill -9`, the next start
+//! puts the interrupted jobs back in the queue under a `resume-interrupted`
+//! round.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::lock::DaemonLock;
+use super::queue::{FailureKind, Finish, Job, Queue, classify};
 use super::rounds::Rounds;
-use crate::builders::run::{self, Options};
+use super::state::{State, StateError, StateStore};
+use crate::builders::run::{self, Options, Outcome};
 use crate::config::Config;
-use crate::plan::Filter;
+use crate::plan::{Filter, Target};
+use crate::registry::index::Platform;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Lock(#[from] super::lock::LockError),
     #[error(transparent)]
-    State(#[from] super::state::StateError),
-    #[error("daemon.schedule = {schedule:?}: {message}")]
-    Schedule { schedule: String, message: String },
+    State(#[from] StateError),
+    #[error("{field} = {schedule:?}: {message}")]
+    Schedule {
+        field: String,
+        schedule: String,
+        message: String,
+    },
     #[error(transparent)]
     Catalogue(#[from] crate::catalogue::CatalogueError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
 }
 
 /// Why a round starts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    Schedule,
+    /// A cron schedule: one platform's, or the default one (`None`).
+    Schedule(Option<String>),
     Manual(String),
-    Resume,
+    Catalogue,
+    Parent(String),
+    OpamRepository(String),
 }
 
 impl Trigger {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         match self {
-            Trigger::Schedule => "schedule".into(),
+            Trigger::Schedule(None) => "schedule".into(),
+            Trigger::Schedule(Some(p)) => format!("schedule: {p}"),
             Trigger::Manual(who) => format!("manual: {who}"),
-            Trigger::Resume => "resume-interrupted".into(),
+            Trigger::Catalogue => "catalogue changed".into(),
+            Trigger::Parent(p) => format!("parent changed: {p}"),
+            Trigger::OpamRepository(c) => format!("opam-repository moved: {c}"),
         }
     }
 }
 
-/// Run one round now.
-pub async fn round(config: &Config, rounds: &Rounds, trigger: &Trigger) -> Result<(), DaemonError> {
-    let id = rounds.start(&trigger.name())?;
-    tracing::info!(round = id, trigger = %trigger.name(), "rebuild round starting");
-    let result = async {
-        let cat = crate::catalogue::load(&config.versions_dir, &config.platforms_dir)
-            .map_err(|e| e.to_string())?;
-        run::run(
-            config,
-            &cat,
-            &Options {
-                filter: Filter::default(),
-                dry_run: false,
-            },
-            &|_| {},
-        )
-        .await
-        .map_err(|e| e.to_string())
-    }
-    .await;
-    match result {
-        Ok(s) => {
-            tracing::info!(
-                round = id,
-                built = s.built,
-                unchanged = s.unchanged,
-                failed = s.failed,
-                "rebuild round done"
-            );
-            rounds.finish(id, s.built, s.unchanged, s.failed, None)?;
+/// The cron schedules, each with the platforms it covers.
+pub struct Schedules {
+    entries: Vec<(Option<String>, cron::Schedule)>,
+}
+
+impl Schedules {
+    pub fn parse(config: &Config) -> Result<Schedules, DaemonError> {
+        let parse = |field: String, s: &str| {
+            cron::Schedule::from_str(s).map_err(|e| DaemonError::Schedule {
+                field,
+                schedule: s.to_string(),
+                message: e.to_string(),
+            })
+        };
+        let mut entries = vec![(
+            None,
+            parse("daemon.schedule".into(), &config.daemon.schedule)?,
+        )];
+        for (p, s) in &config.daemon.schedules {
+            entries.push((Some(p.clone()), parse(format!("daemon.schedules.{p}"), s)?));
         }
+        Ok(Schedules { entries })
+    }
+
+    fn upcoming(&self, after: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        self.entries
+            .iter()
+            .map(|(_, s)| {
+                s.after(&after)
+                    .next()
+                    .unwrap_or(after + chrono::Duration::days(365))
+            })
+            .collect()
+    }
+}
+
+const BUILDERS: [&str; 3] = ["docker", "zfs", "qemu"];
+
+/// Everything the loop shares with its job tasks.
+struct Daemon {
+    config: Config,
+    rounds: Rounds,
+    queue: Queue,
+}
+
+impl Daemon {
+    fn state(&self) -> Option<StateStore> {
+        StateStore::open(&self.config.database.path).ok()
+    }
+
+    /// Open a round for `trigger` and queue the tags `pick` selects that
+    /// some configured builder can build. Returns the round, if one opened.
+    fn trigger(
+        &self,
+        trigger: &Trigger,
+        pick: &dyn Fn(&Target) -> bool,
+    ) -> Result<Option<i64>, DaemonError> {
+        let cat = crate::catalogue::load(&self.config.versions_dir, &self.config.platforms_dir)?;
+        let targets = crate::plan::expand(&cat, &Filter::default())?;
+        let mut groups: BTreeMap<(String, String), Vec<&Target>> = BTreeMap::new();
+        for t in &targets {
+            if crate::status::can_build(&self.config, t) {
+                groups
+                    .entry((
+                        format!("{}/{}", self.config.registry.namespace, t.repository),
+                        t.tag.clone(),
+                    ))
+                    .or_default()
+                    .push(t);
+            }
+        }
+        let state = self.state();
+        let mut round = None;
+        for ((repository, tag), ts) in groups {
+            if !ts.iter().any(|t| pick(t)) || self.queue.is_queued(&repository, &tag)? {
+                continue;
+            }
+            let id = match round {
+                Some(id) => id,
+                None => {
+                    let id = self.rounds.start(&trigger.name())?;
+                    round = Some(id);
+                    id
+                }
+            };
+            let first = ts[0];
+            if self.queue.enqueue(
+                id,
+                &repository,
+                &tag,
+                &first.platform,
+                first.builder.as_str(),
+            )? {
+                tracing::info!(round = id, target = %format!("{repository}:{tag}"), trigger = %trigger.name(), "queued");
+                if let Some(s) = &state {
+                    for t in &ts {
+                        let _ = s.set(&repository, &tag, &t.arch, &State::Queued, None);
+                    }
+                }
+            }
+        }
+        match round {
+            Some(id) => {
+                self.close_round_if_done(id)?;
+                tracing::info!(round = id, trigger = %trigger.name(), "round opened");
+            }
+            None => {
+                tracing::info!(trigger = %trigger.name(), "nothing to queue: every affected tag is queued already")
+            }
+        }
+        Ok(round)
+    }
+
+    fn close_round_if_done(&self, round: i64) -> Result<(), DaemonError> {
+        let (pending, built, unchanged, failed) = self.queue.round_counts(round)?;
+        if pending == 0 {
+            self.rounds.finish(
+                round,
+                built as usize,
+                unchanged as usize,
+                failed as usize,
+                None,
+            )?;
+            tracing::info!(round, built, unchanged, failed, "round done");
+        }
+        Ok(())
+    }
+}
+
+/// Run one job: `builders::run` for its tag.
+async fn run_job(config: &Config, job: &Job) -> (Finish, Vec<String>) {
+    let cat = match crate::catalogue::load(&config.versions_dir, &config.platforms_dir) {
+        Ok(c) => c,
         Err(e) => {
-            tracing::warn!(round = id, error = %e, "rebuild round failed");
-            rounds.finish(id, 0, 0, 0, Some(&e))?;
+            return (
+                Finish::Failed {
+                    kind: FailureKind::Recipe,
+                    error: e.to_string(),
+                    log: None,
+                },
+                vec![],
+            );
+        }
+    };
+    let opts = Options {
+        filter: Filter {
+            platform: Some(job.platform.clone()),
+            tag: Some(job.tag.clone()),
+            ..Default::default()
+        },
+        dry_run: false,
+    };
+    let summary = match run::run(config, &cat, &opts, &|_| {}).await {
+        Ok(s) => s,
+        Err(e) => {
+            let error = e.to_string();
+            return (
+                Finish::Failed {
+                    kind: classify(&error),
+                    error,
+                    log: None,
+                },
+                vec![],
+            );
+        }
+    };
+    let Some(report) = summary
+        .tags
+        .iter()
+        .find(|r| r.repository == job.repository && r.tag == job.tag)
+    else {
+        // The tag left the catalogue since it was queued.
+        return (
+            Finish::Succeeded {
+                outcome: "unchanged".into(),
+            },
+            vec![],
+        );
+    };
+    let arches: Vec<String> = report.arches.keys().cloned().collect();
+    let finish = match &report.outcome {
+        Outcome::Built { .. } => Finish::Succeeded {
+            outcome: "built".into(),
+        },
+        Outcome::Unchanged { .. } | Outcome::Planned => Finish::Succeeded {
+            outcome: "unchanged".into(),
+        },
+        Outcome::NoBuilder { reason } => Finish::Failed {
+            kind: FailureKind::NoBuilder,
+            error: reason.clone(),
+            log: None,
+        },
+        Outcome::Failed { error } => {
+            let mut errors: Vec<String> = report
+                .arches
+                .iter()
+                .filter_map(|(a, o)| match o {
+                    Outcome::Failed { error } => Some(format!("{a}: {error}")),
+                    _ => None,
+                })
+                .collect();
+            if errors.is_empty() {
+                errors.push(error.clone());
+            }
+            let error = errors.join("; ");
+            let failed: BTreeSet<&String> = report
+                .arches
+                .iter()
+                .filter(|(_, o)| matches!(o, Outcome::Failed { .. }))
+                .map(|(a, _)| a)
+                .collect();
+            let log = crate::plan::expand(&cat, &opts.filter)
+                .unwrap_or_default()
+                .iter()
+                .find(|t| failed.contains(&t.arch))
+                .map(|t| run::log_path(config, t))
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string());
+            Finish::Failed {
+                kind: classify(&error),
+                error,
+                log,
+            }
+        }
+    };
+    (finish, arches)
+}
+
+/// sha256 over every file of the catalogue and platform definitions.
+pub fn catalogue_fingerprint(config: &Config) -> String {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
         }
     }
-    Ok(())
+    let mut files = Vec::new();
+    walk(&config.versions_dir, &mut files);
+    walk(&config.platforms_dir, &mut files);
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.display().to_string().as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(&f).unwrap_or_default());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// One poll: record what is seen; a change from what was recorded before
+/// fires a trigger. The first sighting only records.
+async fn poll(d: &Daemon) -> Vec<Trigger> {
+    let mut fired = Vec::new();
+    let seen = |key: &str, value: &str| -> bool {
+        let before = d.queue.watch_get(key).ok().flatten();
+        if before.as_deref() != Some(value) {
+            let _ = d.queue.watch_set(key, value);
+        }
+        before.is_some_and(|b| b != value)
+    };
+    if seen("catalogue", &catalogue_fingerprint(&d.config)) {
+        fired.push(Trigger::Catalogue);
+    }
+    if d.config.plan.opam_repository_commit.is_empty() {
+        match run::opam_repository_commit(&d.config).await {
+            Ok(commit) => {
+                if seen("opam-repository", &commit) {
+                    fired.push(Trigger::OpamRepository(commit));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "polling the opam-repository ref"),
+        }
+    }
+    let parents: BTreeSet<(String, String, String)> =
+        match crate::catalogue::load(&d.config.versions_dir, &d.config.platforms_dir) {
+            Ok(cat) => crate::plan::expand(&cat, &Filter::default())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| crate::status::can_build(&d.config, t))
+                .filter_map(|t| {
+                    t.parent
+                        .clone()
+                        .map(|p| (p, t.platform.clone(), t.arch.clone()))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "catalogue unreadable while polling parents");
+                BTreeSet::new()
+            }
+        };
+    for (parent, platform, arch) in parents {
+        let p = Platform::for_arch(&platform, &arch);
+        match run::resolve_parent(&d.config, &parent, &p).await {
+            Ok((_, digest)) => {
+                if seen(&format!("parent {parent} {platform}/{arch}"), &digest) {
+                    let t = Trigger::Parent(parent.clone());
+                    if !fired.contains(&t) {
+                        fired.push(t);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(parent, error = %e, "polling a parent image"),
+        }
+    }
+    fired
 }
 
 /// The scheduler: holds the daemon lock, recovers, then loops until a
@@ -94,32 +404,136 @@ pub async fn scheduler(
     mut manual: mpsc::Receiver<String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
-    let schedule =
-        cron::Schedule::from_str(&config.daemon.schedule).map_err(|e| DaemonError::Schedule {
-            schedule: config.daemon.schedule.clone(),
-            message: e.to_string(),
-        })?;
-    let rounds = Rounds::open(&config.database.path)?;
-    if rounds.recover()? > 0 {
-        round(&config, &rounds, &Trigger::Resume).await?;
+    let schedules = Schedules::parse(&config)?;
+    let d = Arc::new(Daemon {
+        rounds: Rounds::open(&config.database.path)?,
+        queue: Queue::open(&config.database.path)?,
+        config,
+    });
+    d.rounds.recover()?;
+    let resumed = d.queue.recover(|| d.rounds.start("resume-interrupted"))?;
+    if resumed > 0 {
+        tracing::info!(jobs = resumed, "interrupted jobs queued again");
     }
+    let poll_every = Duration::from_secs(d.config.daemon.poll_secs);
+    let mut next_poll = (d.config.daemon.poll_secs > 0).then(Utc::now);
+    let mut next_fire = schedules.upcoming(Utc::now());
+    let mut running: JoinSet<(Job, Finish, Vec<String>)> = JoinSet::new();
+    let mut busy: BTreeSet<String> = BTreeSet::new();
+    let mut stopping = *stop.borrow();
     loop {
-        let next = schedule.upcoming(chrono::Utc).next();
-        let wait = next
-            .map(|n| (n - chrono::Utc::now()).to_std().unwrap_or_default())
-            .unwrap_or(std::time::Duration::from_secs(3600));
-        let trigger = tokio::select! {
-            _ = tokio::time::sleep(wait) => Trigger::Schedule,
-            Some(who) = manual.recv() => Trigger::Manual(who),
-            _ = stop.changed() => return Ok(()),
-        };
-        if *stop.borrow() {
+        // Start what is due on every idle builder.
+        if !stopping {
+            for b in BUILDERS {
+                if busy.contains(b) {
+                    continue;
+                }
+                if let Some(job) = d.queue.take(b, Utc::now())? {
+                    busy.insert(b.to_string());
+                    let d = d.clone();
+                    let span = tracing::info_span!("job", job = job.id, target = %format!("{}:{}", job.repository, job.tag), attempt = job.attempts);
+                    running.spawn(
+                        async move {
+                            tracing::info!("job started");
+                            let (finish, arches) = run_job(&d.config, &job).await;
+                            (job, finish, arches)
+                        }
+                        .instrument(span),
+                    );
+                }
+            }
+        }
+        if stopping && running.is_empty() {
             return Ok(());
         }
-        // The round runs to completion even if a stop arrives meanwhile.
-        round(&config, &rounds, &trigger).await?;
-        if *stop.borrow() {
-            return Ok(());
+        let now = Utc::now();
+        let mut wake = next_fire
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(now + chrono::Duration::hours(1));
+        if let Some(p) = next_poll {
+            wake = wake.min(p);
+        }
+        if let Some(due) = d.queue.next_due()? {
+            wake = wake.min(due.max(now + chrono::Duration::milliseconds(200)));
+        }
+        let wait = (wake - now)
+            .to_std()
+            .unwrap_or_default()
+            .min(Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                if stopping {
+                    continue;
+                }
+                let now = Utc::now();
+                let due: Vec<usize> = (0..next_fire.len()).filter(|&i| next_fire[i] <= now).collect();
+                if !due.is_empty() {
+                    let own: BTreeSet<String> = d.config.daemon.schedules.keys().cloned().collect();
+                    for i in due {
+                        let platform = schedules.entries[i].0.clone();
+                        let pick: Box<dyn Fn(&Target) -> bool> = match &platform {
+                            Some(p) => { let p = p.clone(); Box::new(move |t: &Target| t.platform == p) }
+                            None => { let own = own.clone(); Box::new(move |t: &Target| !own.contains(&t.platform)) }
+                        };
+                        if let Err(e) = d.trigger(&Trigger::Schedule(platform), &*pick) {
+                            tracing::error!(error = %e, "scheduled round not opened");
+                        }
+                    }
+                    next_fire = schedules.upcoming(now);
+                }
+                if next_poll.is_some_and(|p| p <= now) {
+                    for trigger in poll(&d).await {
+                        let pick: Box<dyn Fn(&Target) -> bool> = match &trigger {
+                            Trigger::Parent(p) => { let p = p.clone(); Box::new(move |t: &Target| t.parent.as_deref() == Some(p.as_str())) }
+                            _ => Box::new(|_: &Target| true),
+                        };
+                        tracing::info!(trigger = %trigger.name(), "input changed");
+                        if let Err(e) = d.trigger(&trigger, &*pick) {
+                            tracing::error!(error = %e, trigger = %trigger.name(), "round not opened");
+                        }
+                    }
+                    next_poll = Some(Utc::now() + chrono::Duration::from_std(poll_every).unwrap_or_default());
+                }
+            }
+            Some(who) = manual.recv(), if !stopping => {
+                if let Err(e) = d.trigger(&Trigger::Manual(who), &|_| true) {
+                    tracing::error!(error = %e, "requested round not opened");
+                }
+            }
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let (job, finish, arches) = match done {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::error!(error = %e, "job task failed");
+                        continue;
+                    }
+                };
+                busy.remove(&job.builder);
+                let new_state = d.queue.finish(
+                    &job,
+                    &finish,
+                    d.config.daemon.max_attempts,
+                    Duration::from_secs(d.config.daemon.retry_base_secs),
+                )?;
+                match &finish {
+                    Finish::Succeeded { outcome } => tracing::info!(job = job.id, target = %format!("{}:{}", job.repository, job.tag), outcome, "job succeeded"),
+                    Finish::Failed { kind, error, .. } => tracing::warn!(job = job.id, target = %format!("{}:{}", job.repository, job.tag), kind = kind.as_str(), attempt = job.attempts, next = %new_state, error, "job failed"),
+                }
+                if new_state == "queued"
+                    && let Some(s) = d.state()
+                {
+                    for a in &arches {
+                        let _ = s.set(&job.repository, &job.tag, a, &State::Queued, None);
+                    }
+                }
+                d.close_round_if_done(job.round)?;
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                tracing::info!(running = running.len(), "stopping: no new jobs; running ones finish");
+            }
         }
     }
 }

@@ -52,6 +52,8 @@ pub struct Filter {
     /// OS release id or alias.
     pub os: Option<String>,
     pub arch: Option<String>,
+    /// One moving tag (`debian-13-ocaml-5.5`): the daemon's unit of work.
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -189,6 +191,9 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
                     .collect();
                 for variant in variants {
                     let tag = moving_tag(&os.id, v, variant.map(String::as_str));
+                    if filter.tag.as_ref().is_some_and(|f| *f != tag) {
+                        continue;
+                    }
                     let mut aliases: Vec<String> = os
                         .aliases
                         .iter()

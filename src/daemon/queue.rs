@@ -1,0 +1,602 @@
+//! The durable job queue in SQLite: one job per tag (the unit that is
+//! built and published together), each `queued`, `running`, `succeeded`
+//! or `failed`, with attempts, timings, the failure kind and the log path.
+//! Every state change is one transaction; WAL lets the API and `kiln
+//! status` read while the daemon writes. A `watch` table keeps what the
+//! pollers last saw (catalogue fingerprint, parent digests, the
+//! opam-repository commit).
+
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::state::StateError;
+
+/// Why a build failed, which decides whether it is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// Engine, registry or host unreachable, or failing on its side:
+    /// retried with exponential backoff.
+    Infra,
+    /// The recipe or its smoke test failed: marked failed, not retried
+    /// until an input changes or someone asks.
+    Recipe,
+    /// No configured builder can build it.
+    NoBuilder,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Infra => "infra",
+            FailureKind::Recipe => "recipe",
+            FailureKind::NoBuilder => "no-builder",
+        }
+    }
+}
+
+/// Messages our builders and the tools they drive give when the
+/// infrastructure, not the recipe, failed. Everything else is the recipe's.
+const INFRA_MARKERS: &[&str] = &[
+    "connection refused",
+    "connection reset",
+    "error sending request",
+    "error trying to connect",
+    "client error (connect)",
+    "broken pipe",
+    "no route to host",
+    "network is unreachable",
+    "registry answered 429",
+    "registry answered 500",
+    "registry answered 502",
+    "registry answered 503",
+    "registry answered 504",
+    "too many requests",
+    "service unavailable",
+    "ssh: connect to host",
+    "cannot connect to the docker daemon",
+    "docker host unavailable",
+    "i/o timeout",
+];
+
+pub fn classify(error: &str) -> FailureKind {
+    let e = error.to_lowercase();
+    if INFRA_MARKERS.iter().any(|m| e.contains(m)) {
+        FailureKind::Infra
+    } else {
+        FailureKind::Recipe
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Job {
+    pub id: i64,
+    pub round: i64,
+    pub repository: String,
+    pub tag: String,
+    pub platform: String,
+    pub builder: String,
+    pub state: String,
+    pub attempts: i64,
+    pub failure: Option<String>,
+    pub error: Option<String>,
+    pub outcome: Option<String>,
+    pub log: Option<String>,
+    pub queued_at: String,
+    pub next_attempt_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_secs: Option<f64>,
+}
+
+/// How a job ended, as the runner saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// `built` or `unchanged`.
+    Succeeded { outcome: String },
+    Failed {
+        kind: FailureKind,
+        error: String,
+        log: Option<String>,
+    },
+}
+
+/// Queue metrics for Prometheus.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    /// state → count
+    pub states: Vec<(String, i64)>,
+    /// builder → (sum of seconds, count) of finished attempts
+    pub durations: Vec<(String, f64, i64)>,
+    /// failure kind → failed attempts
+    pub failures: Vec<(String, i64)>,
+}
+
+pub struct Queue {
+    conn: std::sync::Mutex<Connection>,
+    path: String,
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339()
+}
+
+fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        round: r.get(1)?,
+        repository: r.get(2)?,
+        tag: r.get(3)?,
+        platform: r.get(4)?,
+        builder: r.get(5)?,
+        state: r.get(6)?,
+        attempts: r.get(7)?,
+        failure: r.get(8)?,
+        error: r.get(9)?,
+        outcome: r.get(10)?,
+        log: r.get(11)?,
+        queued_at: r.get(12)?,
+        next_attempt_at: r.get(13)?,
+        started_at: r.get(14)?,
+        finished_at: r.get(15)?,
+        duration_secs: r.get(16)?,
+    })
+}
+
+const COLUMNS: &str = "id, round, repository, tag, platform, builder, state, attempts, failure, error, outcome, log, queued_at, next_attempt_at, started_at, finished_at, duration_secs";
+
+impl Queue {
+    pub fn open(path: &Path) -> Result<Queue, StateError> {
+        let p = path.display().to_string();
+        let err = |source| StateError {
+            path: p.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS jobs (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                round INTEGER NOT NULL,
+                repository TEXT NOT NULL,
+                tag TEXT NOT NULL,
+                platform TEXT NOT NULL,
+                builder TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                failure TEXT,
+                error TEXT,
+                outcome TEXT,
+                log TEXT,
+                queued_at TEXT NOT NULL,
+                next_attempt_at TEXT NOT NULL,
+                started_at TEXT,
+                finished_at TEXT,
+                duration_secs REAL
+            );
+            CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, next_attempt_at);
+            CREATE TABLE IF NOT EXISTS attempts (
+                job INTEGER NOT NULL,
+                builder TEXT NOT NULL,
+                started_at TEXT NOT NULL,
+                duration_secs REAL NOT NULL,
+                failure TEXT
+            );
+            CREATE TABLE IF NOT EXISTS watch (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL,
+                updated_at TEXT NOT NULL
+            );",
+        )
+        .map_err(err)?;
+        Ok(Queue {
+            conn: std::sync::Mutex::new(conn),
+            path: p,
+        })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        |source| StateError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self.conn.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Queue a tag for `round` unless it is already queued (a queued job
+    /// reads its inputs when it starts, so one is enough). A running job
+    /// does not count: it may have read its inputs before the change that
+    /// triggered this. Returns whether a job was added.
+    pub fn enqueue(
+        &self,
+        round: i64,
+        repository: &str,
+        tag: &str,
+        platform: &str,
+        builder: &str,
+    ) -> Result<bool, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let pending: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE repository = ?1 AND tag = ?2 AND state = 'queued'",
+                params![repository, tag],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        if pending > 0 {
+            return Ok(false);
+        }
+        let t = now();
+        tx.execute(
+            "INSERT INTO jobs (round, repository, tag, platform, builder, state, queued_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+            params![round, repository, tag, platform, builder, t],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(true)
+    }
+
+    /// Is a job for this tag waiting in the queue?
+    pub fn is_queued(&self, repository: &str, tag: &str) -> Result<bool, StateError> {
+        let n: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE repository = ?1 AND tag = ?2 AND state = 'queued'",
+                params![repository, tag],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// Take the oldest due job of `builder` and mark it running.
+    pub fn take(&self, builder: &str, at: DateTime<Utc>) -> Result<Option<Job>, StateError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let job = tx
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE state = 'queued' AND builder = ?1 AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT 1"),
+                params![builder, at.to_rfc3339()],
+                row_to_job,
+            )
+            .optional()
+            .map_err(self.err())?;
+        let Some(mut job) = job else {
+            return Ok(None);
+        };
+        let t = now();
+        tx.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2 WHERE id = ?1",
+            params![job.id, t],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        job.state = "running".into();
+        job.attempts += 1;
+        job.started_at = Some(t);
+        Ok(Some(job))
+    }
+
+    /// Record the end of a running job. An infrastructure failure with
+    /// attempts left goes back to the queue after `backoff(attempts)`.
+    /// Returns the job's new state.
+    pub fn finish(
+        &self,
+        job: &Job,
+        finish: &Finish,
+        max_attempts: u32,
+        retry_base: Duration,
+    ) -> Result<String, StateError> {
+        let t = Utc::now();
+        let duration = job
+            .started_at
+            .as_deref()
+            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+            .map(|s| (t - s.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0)
+            .unwrap_or(0.0);
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let (state, failure) = match finish {
+            Finish::Succeeded { outcome } => {
+                tx.execute(
+                    "UPDATE jobs SET state = 'succeeded', outcome = ?2, error = NULL, failure = NULL, finished_at = ?3, duration_secs = ?4 WHERE id = ?1",
+                    params![job.id, outcome, t.to_rfc3339(), duration],
+                )
+                .map_err(self.err())?;
+                ("succeeded".to_string(), None)
+            }
+            Finish::Failed { kind, error, log } => {
+                let retry = *kind == FailureKind::Infra && (job.attempts as u32) < max_attempts;
+                if retry {
+                    let wait = backoff(retry_base, job.attempts as u32);
+                    let next = t + chrono::Duration::from_std(wait).unwrap_or_default();
+                    tx.execute(
+                        "UPDATE jobs SET state = 'queued', failure = ?2, error = ?3, log = ?4, next_attempt_at = ?5, duration_secs = ?6 WHERE id = ?1",
+                        params![job.id, kind.as_str(), error, log, next.to_rfc3339(), duration],
+                    )
+                    .map_err(self.err())?;
+                    ("queued".to_string(), Some(kind.as_str()))
+                } else {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'failed', failure = ?2, error = ?3, log = ?4, finished_at = ?5, duration_secs = ?6 WHERE id = ?1",
+                        params![job.id, kind.as_str(), error, log, t.to_rfc3339(), duration],
+                    )
+                    .map_err(self.err())?;
+                    ("failed".to_string(), Some(kind.as_str()))
+                }
+            }
+        };
+        tx.execute(
+            "INSERT INTO attempts (job, builder, started_at, duration_secs, failure) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![job.id, job.builder, job.started_at.clone().unwrap_or_default(), duration, failure],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(state)
+    }
+
+    /// Jobs a killed daemon left running go back to the queue (the
+    /// interrupted attempt is not counted); they and the jobs still queued
+    /// move to a new `round`. Returns how many were running.
+    pub fn recover(
+        &self,
+        round: impl Fn() -> Result<i64, StateError>,
+    ) -> Result<usize, StateError> {
+        let running: i64 = self
+            .conn()
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'running'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        if running == 0 {
+            return Ok(0);
+        }
+        let round = round()?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let n = tx
+            .execute(
+                "UPDATE jobs SET state = 'queued', round = ?1, attempts = MAX(attempts - 1, 0), started_at = NULL, next_attempt_at = ?2 WHERE state = 'running'",
+                params![round, now()],
+            )
+            .map_err(self.err())?;
+        tx.execute(
+            "UPDATE jobs SET round = ?1 WHERE state = 'queued'",
+            params![round],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(n)
+    }
+
+    /// The time the next queued job becomes due, if any.
+    pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, StateError> {
+        let s: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        Ok(s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|d| d.with_timezone(&Utc)))
+    }
+
+    /// Counts of a round's jobs: (pending, built, unchanged, failed).
+    pub fn round_counts(&self, round: i64) -> Result<(i64, i64, i64, i64), StateError> {
+        self.conn()
+            .query_row(
+                "SELECT
+                    COALESCE(SUM(state IN ('queued', 'running')), 0),
+                    COALESCE(SUM(state = 'succeeded' AND outcome = 'built'), 0),
+                    COALESCE(SUM(state = 'succeeded' AND outcome = 'unchanged'), 0),
+                    COALESCE(SUM(state = 'failed'), 0)
+                 FROM jobs WHERE round = ?1",
+                [round],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(self.err())
+    }
+
+    pub fn list(&self, limit: usize) -> Result<Vec<Job>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?1"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([limit as i64], row_to_job)
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    pub fn stats(&self) -> Result<QueueStats, StateError> {
+        let conn = self.conn();
+        let mut out = QueueStats::default();
+        let mut stmt = conn
+            .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
+            .map_err(self.err())?;
+        out.states = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err())?
+            .collect::<Result<_, _>>()
+            .map_err(self.err())?;
+        let mut stmt = conn
+            .prepare("SELECT builder, SUM(duration_secs), COUNT(*) FROM attempts GROUP BY builder ORDER BY builder")
+            .map_err(self.err())?;
+        out.durations = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.err())?
+            .collect::<Result<_, _>>()
+            .map_err(self.err())?;
+        let mut stmt = conn
+            .prepare("SELECT failure, COUNT(*) FROM attempts WHERE failure IS NOT NULL GROUP BY failure ORDER BY failure")
+            .map_err(self.err())?;
+        out.failures = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err())?
+            .collect::<Result<_, _>>()
+            .map_err(self.err())?;
+        Ok(out)
+    }
+
+    pub fn watch_get(&self, key: &str) -> Result<Option<String>, StateError> {
+        self.conn()
+            .query_row("SELECT value FROM watch WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())
+    }
+
+    pub fn watch_set(&self, key: &str, value: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute(
+                "INSERT INTO watch (key, value, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                params![key, value, now()],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+}
+
+/// Exponential backoff after the `attempt`-th failure: base, 2·base, 4·base…
+/// capped at an hour.
+pub fn backoff(base: Duration, attempt: u32) -> Duration {
+    (base * 2u32.saturating_pow(attempt.saturating_sub(1).min(16))).min(Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_told_apart() {
+        for infra in [
+            "push 127.0.0.1:5001/x: Get \"http://127.0.0.1:5001/v2/\": dial tcp 127.0.0.1:5001: connect: connection refused",
+            "http://127.0.0.1:5000/v2/a/blobs/uploads/: error sending request for url (http://127.0.0.1:5000/v2/a/blobs/uploads/)",
+            "blob HEAD a@sha256:00: registry answered 503 Service Unavailable: ",
+            "ssh: connect to host mac1 port 22: No route to host",
+        ] {
+            assert_eq!(classify(infra), FailureKind::Infra, "{infra}");
+        }
+        for recipe in [
+            "linux/debian-13/5.5.0/amd64: build step failed: The command '/bin/sh -c opam init' returned a non-zero code: 1",
+            "macos/x: smoke test failed: `ocaml -version` printed \"4.14\", expected it to contain \"5.5.0\"",
+            "provisioning failed: timed out after 60s",
+        ] {
+            assert_eq!(classify(recipe), FailureKind::Recipe, "{recipe}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let b = Duration::from_secs(30);
+        assert_eq!(backoff(b, 1), Duration::from_secs(30));
+        assert_eq!(backoff(b, 2), Duration::from_secs(60));
+        assert_eq!(backoff(b, 3), Duration::from_secs(120));
+        assert_eq!(backoff(b, 30), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn queue_retries_infra_failures_and_not_recipe_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("kiln.db")).unwrap();
+        assert!(q.enqueue(1, "kiln/opam", "a", "linux", "docker").unwrap());
+        assert!(
+            !q.enqueue(2, "kiln/opam", "a", "linux", "docker").unwrap(),
+            "deduplicated"
+        );
+        assert!(q.enqueue(1, "kiln/opam", "b", "linux", "docker").unwrap());
+        let far = Utc::now() + chrono::Duration::hours(2);
+        assert!(q.take("zfs", far).unwrap().is_none());
+        let a = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert_eq!((a.tag.as_str(), a.attempts), ("a", 1));
+        let infra = Finish::Failed {
+            kind: FailureKind::Infra,
+            error: "connection refused".into(),
+            log: None,
+        };
+        assert_eq!(
+            q.finish(&a, &infra, 2, Duration::from_secs(60)).unwrap(),
+            "queued"
+        );
+        // Not due yet: b comes first.
+        let b = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert_eq!(b.tag, "b");
+        let recipe = Finish::Failed {
+            kind: FailureKind::Recipe,
+            error: "build step failed".into(),
+            log: Some("/l".into()),
+        };
+        assert_eq!(
+            q.finish(&b, &recipe, 2, Duration::from_secs(60)).unwrap(),
+            "failed"
+        );
+        assert!(q.take("docker", Utc::now()).unwrap().is_none());
+        let a = q.take("docker", far).unwrap().unwrap();
+        assert_eq!(a.attempts, 2);
+        assert_eq!(
+            q.finish(&a, &infra, 2, Duration::from_secs(60)).unwrap(),
+            "failed",
+            "out of attempts"
+        );
+        assert_eq!(q.round_counts(1).unwrap(), (0, 0, 0, 2));
+        let s = q.stats().unwrap();
+        assert_eq!(
+            s.failures,
+            vec![("infra".to_string(), 2), ("recipe".to_string(), 1)]
+        );
+        assert_eq!(s.durations[0].2, 3);
+        // A killed daemon's running job goes back to the queue, uncounted.
+        assert!(q.enqueue(3, "kiln/opam", "c", "linux", "docker").unwrap());
+        let c = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert_eq!(c.attempts, 1);
+        assert_eq!(q.recover(|| Ok(4)).unwrap(), 1);
+        let c = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert_eq!((c.round, c.attempts), (4, 1));
+        q.finish(
+            &c,
+            &Finish::Succeeded {
+                outcome: "built".into(),
+            },
+            2,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(q.round_counts(4).unwrap(), (0, 1, 0, 0));
+        q.watch_set("k", "v1").unwrap();
+        q.watch_set("k", "v2").unwrap();
+        assert_eq!(q.watch_get("k").unwrap().as_deref(), Some("v2"));
+    }
+}
