@@ -35,7 +35,8 @@ wait_for() { # seconds, description, command...
 }
 
 PACKAGES=(docker.io docker-registry zfs-fuse qemu-system-x86 qemu-user-static
-    binfmt-support skopeo busybox-static debootstrap curl iproute2 zstd)
+    binfmt-support skopeo busybox-static debootstrap curl iproute2 zstd rsync
+    shellcheck)
 
 install_packages() {
     local missing=()

@@ -97,6 +97,20 @@ fn one() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Zfs {
     pub hosts: Vec<ZfsHost>,
+    /// `kiln gc` keeps unreferenced base images younger than this.
+    #[serde(default = "retention_days")]
+    pub retention_days: u64,
+    /// The provisioning script is killed after this long.
+    #[serde(default = "provision_timeout_secs")]
+    pub provision_timeout_secs: u64,
+}
+
+fn retention_days() -> u64 {
+    14
+}
+
+fn provision_timeout_secs() -> u64 {
+    7200
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

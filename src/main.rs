@@ -59,6 +59,8 @@ enum Command {
     Rollback(cmd::rollback::Args),
     /// Worker side: fetch a published ZFS base dataset, verify and install it.
     Fetch(cmd::fetch::Args),
+    /// Worker side: remove old base datasets nothing references or uses.
+    Gc(cmd::gc::Args),
     /// The rebuild daemon: cron-scheduled and requested rounds plus the digest API.
     Daemon(cmd::daemon::Args),
     /// The release cascade: bump, build, verify, open the gate, refresh CI (rerunnable).
@@ -103,6 +105,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(&sources, a),
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Fetch(a) => cmd::fetch::run(&sources, a),
+        Command::Gc(a) => cmd::gc::run(&sources, a),
         Command::Daemon(a) => cmd::daemon::run(&sources, a),
         Command::Release(a) => cmd::release::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),

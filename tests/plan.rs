@@ -254,3 +254,62 @@ fn plan_shows_openbsd_targets_with_build_keys() {
         "build keys must be deterministic"
     );
 }
+
+/// The shell recipes (macOS and FreeBSD provisioning, which cannot run on
+/// this machine, and the demo's Linux stand-in) are shellcheck-clean as
+/// rendered for every target, with build-time values in place.
+#[test]
+fn shell_recipes_are_shellcheck_clean() {
+    let mut cats = vec![cat()];
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo");
+    cats.push(kiln::catalogue::load(&demo.join("versions"), &demo.join("platforms")).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut files = Vec::new();
+    for c in &cats {
+        let ts = plan::expand(
+            c,
+            &Filter {
+                version: Some("all".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        for t in ts
+            .iter()
+            .filter(|t| t.platform == "macos" || t.platform == "freebsd")
+        {
+            let mut vars = t.vars.clone();
+            vars.insert("opam_repository_commit".into(), "0123456789abcdef".into());
+            for r in &t.recipes {
+                let text = std::fs::read_to_string(r).unwrap();
+                let out = template::render(&r.display().to_string(), &text, &vars).unwrap();
+                // One file per distinct rendering.
+                if seen.insert(out.clone()) {
+                    let f = dir
+                        .path()
+                        .join(format!("{}-{}.sh", files.len(), t.platform));
+                    std::fs::write(&f, &out).unwrap();
+                    files.push((f, format!("{} for {}", r.display(), t.id())));
+                }
+            }
+        }
+    }
+    assert!(files.len() >= 3, "{files:?}");
+    for chunk in files.chunks(50) {
+        let out = std::process::Command::new("shellcheck")
+            .args(["--shell=sh", "--severity=style", "--format=gcc"])
+            .args(chunk.iter().map(|(f, _)| f))
+            .output()
+            .expect("shellcheck (scripts/services.sh up installs it)");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "shellcheck:\n{report}\nfiles: {:?}",
+            chunk
+                .iter()
+                .map(|(f, w)| format!("{} = {w}", f.display()))
+                .collect::<Vec<_>>()
+        );
+    }
+}

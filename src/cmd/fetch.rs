@@ -29,26 +29,45 @@ pub struct Args {
     /// Disk images: also create a copy-on-write overlay for one build step.
     #[arg(long)]
     overlay: bool,
+    /// Resolve the name through this digest API (`http://kiln:8080`)
+    /// instead of the local lockfile: a worker needs no checkout.
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
     #[arg(long)]
     json: bool,
+}
+
+/// The published lockfile as the digest API serves it (`GET /v1/lockfile`).
+fn lockfile_from_api(api: &str) -> Result<Lockfile> {
+    let url = format!("{}/v1/lockfile", api.trim_end_matches('/'));
+    let rt = tokio::runtime::Runtime::new()?;
+    let text = rt
+        .block_on(async {
+            let r = reqwest::get(&url).await?.error_for_status()?;
+            r.text().await
+        })
+        .with_context(|| format!("GET {url}"))?;
+    Ok(Lockfile::parse(std::path::Path::new(&url), &text)?)
 }
 
 /// Worker side: pull a published base dataset by digest, verify it,
 /// receive it under its immutable name and point the stable name at it.
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
-    let lock = Lockfile::load(&config.lockfile_path())?;
+    let (lock, from) = match &args.api {
+        Some(api) => (lockfile_from_api(api)?, format!("the digest API at {api}")),
+        None => (
+            Lockfile::load(&config.lockfile_path())?,
+            format!("the lockfile {}", config.lockfile_path().display()),
+        ),
+    };
     let (repo, tag) = args
         .name
         .rsplit_once(':')
         .context("expected repository:tag")?;
-    let entry = lock.resolve(repo, tag).with_context(|| {
-        format!(
-            "{} is not in the lockfile {}",
-            args.name,
-            config.lockfile_path().display()
-        )
-    })?;
+    let entry = lock
+        .resolve(repo, tag)
+        .with_context(|| format!("{} is not published in {from}", args.name))?;
     if entry.kind == ArtifactKind::Qcow2 {
         return fetch_qcow2(&config, entry, &args);
     }
@@ -89,24 +108,19 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let stream = work.join(format!("{}.zfs.zst", digest.trim_start_matches("sha256:")));
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(async {
-        let pulled = artifact::pull(&reg, &entry.repository, digest, &stream).await?;
-        if pulled.artifact_type != artifact::ZFS_ARTIFACT {
-            bail!("{digest} is a {}, not a ZFS stream", pulled.artifact_type);
+        let (manifest, config) = artifact::inspect(&reg, &entry.repository, digest).await?;
+        if manifest["artifactType"].as_str() != Some(artifact::ZFS_ARTIFACT) {
+            bail!(
+                "{digest} is a {}, not a ZFS stream",
+                manifest["artifactType"]
+            );
         }
-        let layout = &pulled.config["layout"];
+        let layout = &config["layout"];
         let leaf = layout["dataset"]
             .as_str()
             .and_then(|d| d.rsplit('/').next())
             .context("layout names no dataset")?
             .to_string();
-        let layer_digest = pulled.manifest["layers"][0]["digest"]
-            .as_str()
-            .unwrap_or("")
-            .trim_start_matches("sha256:")
-            .to_string();
-        let uncompressed = pulled.manifest["annotations"]["org.ocaml.kiln.uncompressed-sha256"]
-            .as_str()
-            .map(str::to_string);
         let mountpoints: Vec<(String, PathBuf)> = layout["children"]
             .as_array()
             .into_iter()
@@ -124,6 +138,85 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         let dataset = format!("{base}/{leaf}");
         let stable = format!("{base}/{}", entry.tag);
         let zfs = Zfs::new(&host);
+        if dataset_exists(&zfs, &dataset).await? {
+            // Already here: only the stable name may need to move.
+            let installed = worker::install(
+                &zfs,
+                &worker::Install {
+                    stream: &stream,
+                    sha256: "",
+                    uncompressed_sha256: None,
+                    dataset: &dataset,
+                    stable: &stable,
+                    mountpoints,
+                },
+            )
+            .await?;
+            return anyhow::Ok((installed, dataset, stable, "present".to_string(), 0));
+        }
+        // An incremental stream from an image this worker holds (same
+        // snapshot guids) is fetched instead of the full stream.
+        for inc in config["incremental"].as_array().into_iter().flatten() {
+            let (Some(from), Some(inc_digest)) = (inc["from"].as_str(), inc["digest"].as_str())
+            else {
+                continue;
+            };
+            let guids: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(inc["from_guids"].clone()).unwrap_or_default();
+            if !worker::has_base(&zfs, &format!("{base}/{from}"), &guids).await? {
+                continue;
+            }
+            let file = work.join(format!(
+                "{}.incremental.tar.zst",
+                inc_digest.trim_start_matches("sha256:")
+            ));
+            let pulled = artifact::pull(&reg, &entry.repository, inc_digest, &file).await;
+            let installed = async {
+                let pulled = pulled?;
+                if pulled.artifact_type != artifact::ZFS_INCREMENTAL_ARTIFACT {
+                    bail!(
+                        "{inc_digest} is a {}, not an incremental ZFS stream",
+                        pulled.artifact_type
+                    );
+                }
+                let layer = pulled.manifest["layers"][0]["digest"]
+                    .as_str()
+                    .unwrap_or("")
+                    .trim_start_matches("sha256:")
+                    .to_string();
+                let installed = worker::install_incremental(
+                    &zfs,
+                    &worker::IncrementalInstall {
+                        stream: &file,
+                        sha256: &layer,
+                        dataset: &dataset,
+                        stable: &stable,
+                        mountpoints: mountpoints.clone(),
+                    },
+                )
+                .await?;
+                anyhow::Ok((installed, pulled.size))
+            }
+            .await;
+            let _ = std::fs::remove_file(&file);
+            let (installed, bytes) = installed?;
+            return anyhow::Ok((
+                installed,
+                dataset,
+                stable,
+                format!("incremental from {from}"),
+                bytes,
+            ));
+        }
+        let pulled = artifact::pull(&reg, &entry.repository, digest, &stream).await?;
+        let layer_digest = pulled.manifest["layers"][0]["digest"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches("sha256:")
+            .to_string();
+        let uncompressed = pulled.manifest["annotations"]["org.ocaml.kiln.uncompressed-sha256"]
+            .as_str()
+            .map(str::to_string);
         let installed = worker::install(
             &zfs,
             &worker::Install {
@@ -136,10 +229,10 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             },
         )
         .await?;
-        anyhow::Ok((installed, dataset, stable))
+        anyhow::Ok((installed, dataset, stable, "full".to_string(), pulled.size))
     });
     let _ = std::fs::remove_file(&stream);
-    let (installed, dataset, stable) = result?;
+    let (installed, dataset, stable, via, bytes) = result?;
     let state = match installed {
         worker::Installed::New { .. } => "installed",
         worker::Installed::Present { .. } => "already present",
@@ -147,11 +240,11 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"name": args.name, "digest": digest, "dataset": dataset, "stable": stable, "state": state})
+            serde_json::json!({"name": args.name, "digest": digest, "dataset": dataset, "stable": stable, "state": state, "via": via, "bytes": bytes})
         );
     } else {
         println!(
-            "{} ({digest}): {state} as {dataset}; {stable} points at it",
+            "{} ({digest}): {state} as {dataset} ({via}, {bytes} bytes fetched); {stable} points at it",
             args.name
         );
     }
@@ -237,4 +330,13 @@ fn fetch_qcow2(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn dataset_exists(zfs: &Zfs, dataset: &str) -> Result<bool> {
+    Ok(zfs
+        .exists(&format!(
+            "{dataset}@{}",
+            kiln::builders::zfs::build::SNAPSHOT
+        ))
+        .await?)
 }

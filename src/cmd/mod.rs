@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod fetch;
 pub mod fixtures;
+pub mod gc;
 pub mod plan;
 pub mod release;
 pub mod resolve;

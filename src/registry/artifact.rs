@@ -15,6 +15,10 @@ pub const QCOW2_ARTIFACT: &str = "application/vnd.ocaml.kiln.qcow2.v1";
 pub const QCOW2_LAYER: &str = "application/vnd.ocaml.kiln.qcow2.v1+zstd";
 pub const ZFS_ARTIFACT: &str = "application/vnd.ocaml.kiln.zfs-send.v1";
 pub const ZFS_LAYER: &str = "application/vnd.ocaml.kiln.zfs-send.v1+zstd";
+/// A tar of `zfs send -i` streams, one per child dataset, zstd-compressed.
+pub const ZFS_INCREMENTAL_ARTIFACT: &str = "application/vnd.ocaml.kiln.zfs-send-incremental.v1";
+pub const ZFS_INCREMENTAL_LAYER: &str =
+    "application/vnd.ocaml.kiln.zfs-send-incremental.v1.tar+zstd";
 pub const CONFIG: &str = "application/vnd.ocaml.kiln.config.v1+json";
 
 /// What to push.
@@ -106,6 +110,19 @@ pub struct Pulled {
     pub manifest: Value,
     pub config: Value,
     pub size: u64,
+}
+
+/// An artifact's manifest and config, verified, without its layer.
+pub async fn inspect(
+    reg: &Registry,
+    repo: &str,
+    digest: &str,
+) -> Result<(Value, Value), RegistryError> {
+    let v = reg.get_manifest(repo, digest).await?.json()?;
+    let cfg_digest = v["config"]["digest"].as_str().unwrap_or("");
+    let config: Value = serde_json::from_slice(&reg.pull_blob(repo, cfg_digest).await?)
+        .map_err(|e| RegistryError::Invalid(format!("config of {repo}@{digest}: {e}")))?;
+    Ok((v, config))
 }
 
 /// Pull `repo@digest` (an artifact manifest) into `dest`, verifying every digest.

@@ -65,7 +65,8 @@ pub struct ZfsSpec {
     /// Build user (`runuser -u USER`); `None` runs as Kiln's user.
     pub user: Option<String>,
     pub timeout: Duration,
-    /// Sourced before each smoke command (`~/.profile`).
+    /// Sourced before each smoke command (macOS: `~/.obuilder_profile.sh`,
+    /// which obuilder sources before every step).
     pub profile: PathBuf,
     /// (command, expected substring of its output)
     pub smoke: Vec<(String, String)>,
@@ -300,4 +301,176 @@ async fn append(path: &Path, text: &str) -> std::io::Result<()> {
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// An incremental stream from an earlier image of the same series.
+#[derive(Debug, Clone)]
+pub struct Incremental {
+    /// zstd-compressed tar of one `zfs send -i` stream per child
+    /// (`<child>.zfs`).
+    pub stream: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    /// The earlier image's leaf name, and the guid of each of its
+    /// children's `@kiln` snapshot: a worker applies the stream only on
+    /// exactly those snapshots.
+    pub from: String,
+    pub from_guids: BTreeMap<String, String>,
+}
+
+/// The `zfs send -i` streams that turn `previous` (an earlier image of the
+/// same series on this host) into the tree just built. The new tree was
+/// built from scratch, so it shares no blocks with `previous`: its content
+/// is laid over a scratch clone of `previous` with `rsync --inplace`, which
+/// rewrites only what differs, and the streams are sent from the clone
+/// (a clone stream: a worker receives it as a clone of its own copy of
+/// `previous`). The scratch clone and every temporary file are removed,
+/// whatever happens.
+pub async fn incremental(
+    zfs: &Zfs,
+    spec: &ZfsSpec,
+    previous: &str,
+) -> Result<Incremental, ZfsBuildError> {
+    let leaf = spec.dataset.rsplit('/').next().unwrap_or("dataset");
+    let delta = format!("{}-delta", spec.dataset);
+    let work = spec.out_dir.join(format!("{leaf}.delta"));
+    let result = incremental_inner(zfs, spec, previous, &delta, &work).await;
+    let _ = zfs.destroy_recursive(&delta).await;
+    let _ = tokio::fs::remove_dir_all(&work).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(incremental_path(spec)).await;
+    }
+    result
+}
+
+fn incremental_path(spec: &ZfsSpec) -> PathBuf {
+    let name = spec.dataset.rsplit('/').next().unwrap_or("dataset");
+    spec.out_dir.join(format!("{name}.incremental.tar.zst"))
+}
+
+async fn incremental_inner(
+    zfs: &Zfs,
+    spec: &ZfsSpec,
+    previous: &str,
+    delta: &str,
+    work: &Path,
+) -> Result<Incremental, ZfsBuildError> {
+    let io = |message: String| ZfsBuildError::Io {
+        target: spec.target.clone(),
+        message,
+    };
+    zfs.destroy_recursive(delta).await?;
+    let _ = tokio::fs::remove_dir_all(work).await;
+    let streams = work.join("streams");
+    tokio::fs::create_dir_all(&streams)
+        .await
+        .map_err(|e| io(format!("{}: {e}", streams.display())))?;
+    zfs.create(delta, &[("mountpoint", "none")]).await?;
+    let mut from_guids = BTreeMap::new();
+    for c in &spec.children {
+        let origin = format!("{previous}/{}@{SNAPSHOT}", c.name);
+        from_guids.insert(c.name.clone(), zfs.get(&origin, "guid").await?);
+        let mnt = work.join("mnt").join(&c.name);
+        tokio::fs::create_dir_all(&mnt)
+            .await
+            .map_err(|e| io(format!("{}: {e}", mnt.display())))?;
+        let clone = format!("{delta}/{}", c.name);
+        zfs.zfs(&[
+            "clone",
+            "-o",
+            &format!("mountpoint={}", mnt.display()),
+            &origin,
+            &clone,
+        ])
+        .await?;
+        // Only what differs is written: the clone keeps sharing the rest.
+        Cmd::new("rsync")
+            .args([
+                "-a",
+                "-H",
+                "--delete",
+                "--inplace",
+                "--no-whole-file",
+                "--checksum",
+            ])
+            .arg(format!("{}/", c.mountpoint.display()))
+            .arg(format!("{}/", mnt.display()))
+            .timeout(Duration::from_secs(3600))
+            .run()
+            .await
+            .map_err(|e| io(format!("rsync into {clone}: {e}")))?;
+        zfs.zfs(&["snapshot", &format!("{clone}@{SNAPSHOT}")])
+            .await?;
+        let send = format!(
+            "set -o pipefail; zfs send -i {origin} {clone}@{SNAPSHOT} > {}",
+            shell_quote(
+                &streams
+                    .join(format!("{}.zfs", c.name))
+                    .display()
+                    .to_string()
+            )
+        );
+        Cmd::new("bash")
+            .args(["-c", send.as_str()])
+            .timeout(Duration::from_secs(3600))
+            .run()
+            .await
+            .map_err(|e| io(e.to_string()))?;
+        // Unmount before the clone is destroyed.
+        let _ = zfs.zfs(&["umount", &clone]).await;
+    }
+    let out = incremental_path(spec);
+    let pack = format!(
+        "set -o pipefail; tar -C {} -cf - . | zstd -q -f -T0 -o {}",
+        shell_quote(&streams.display().to_string()),
+        shell_quote(&out.display().to_string())
+    );
+    Cmd::new("bash")
+        .args(["-c", pack.as_str()])
+        .timeout(Duration::from_secs(3600))
+        .run()
+        .await
+        .map_err(|e| io(e.to_string()))?;
+    let (sha256, size) = sha256_file(&out)
+        .await
+        .map_err(|e| io(format!("{}: {e}", out.display())))?;
+    Ok(Incremental {
+        stream: out,
+        sha256,
+        size,
+        from: previous.rsplit('/').next().unwrap_or("").to_string(),
+        from_guids,
+    })
+}
+
+/// The most recent other image of the same series on this host: a dataset
+/// next to `dataset` whose name starts with `series_prefix`, that is an
+/// image (ends in a build id) and has its `@kiln` snapshot.
+pub async fn previous_image(
+    zfs: &Zfs,
+    dataset: &str,
+    series_prefix: &str,
+) -> Result<Option<String>, ZfsError> {
+    let Some((base, _)) = dataset.rsplit_once('/') else {
+        return Ok(None);
+    };
+    let mut best: Option<(u64, String)> = None;
+    for (name, _) in zfs.list(base).await? {
+        let Some(leaf) = name.strip_prefix(&format!("{base}/")) else {
+            continue;
+        };
+        if name == dataset
+            || leaf.contains('/')
+            || !leaf.starts_with(series_prefix)
+            || !super::gc::is_image(leaf)
+            || !zfs.exists(&format!("{name}@{SNAPSHOT}")).await?
+        {
+            continue;
+        }
+        let created = zfs.get_number(&name, "creation").await?;
+        if best.as_ref().is_none_or(|(c, _)| created >= *c) {
+            best = Some((created, name));
+        }
+    }
+    Ok(best.map(|(_, n)| n))
 }

@@ -121,6 +121,24 @@ impl Zfs {
         Ok(())
     }
 
+    /// `zfs rename`, retried while zfs-fuse reports the dataset busy (it
+    /// does for a moment after a receive or a mountpoint change).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ZfsError> {
+        let mut attempt = 0u64;
+        loop {
+            match self.zfs(&["rename", from, to]).await {
+                Ok(_) => return Ok(()),
+                Err(ZfsError::Process(ProcessError::Failed { ref stderr, .. }))
+                    if stderr.contains("busy") && attempt < 10 =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Destroy recursively, retrying while zfs-fuse reports it busy.
     pub async fn destroy_recursive(&self, name: &str) -> Result<(), ZfsError> {
         let mut last = None;

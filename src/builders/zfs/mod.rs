@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod driver;
+pub mod gc;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -72,7 +73,7 @@ pub(crate) async fn artifact_build(
         "macos" => {
             env.insert("HOME".into(), children[0].mountpoint.display().to_string());
             env.insert("BREW".into(), children[1].mountpoint.display().to_string());
-            children[0].mountpoint.join(".profile")
+            children[0].mountpoint.join(".obuilder_profile.sh")
         }
         _ => {
             env.insert(
@@ -92,7 +93,7 @@ pub(crate) async fn artifact_build(
         script: p.dockerfile.clone(),
         env,
         user,
-        timeout: Duration::from_secs(config.qemu.boot_timeout_secs),
+        timeout: Duration::from_secs(config.zfs.provision_timeout_secs),
         profile,
         smoke: vec![(
             "ocaml -version".into(),
@@ -102,6 +103,36 @@ pub(crate) async fn artifact_build(
         out_dir,
     };
     let out = build::build(&zfs, &spec).await.map_err(|e| e.to_string())?;
+    // An earlier image of the same series on this host: also publish the
+    // incremental stream from it. It is an optimisation for workers, so a
+    // failure here is logged and the full stream is published alone.
+    let series_prefix = format!("{}-ocaml-{}.", t.os, t.version.series_tag());
+    let mut incremental = None;
+    match build::previous_image(&zfs, &spec.dataset, &series_prefix).await {
+        Ok(Some(previous)) => match build::incremental(&zfs, &spec, &previous).await {
+            Ok(inc) => {
+                let pushed = push_incremental(reg, repository, t, &leaf, &inc).await;
+                let _ = tokio::fs::remove_file(&inc.stream).await;
+                match pushed {
+                    Ok(digest) => {
+                        tracing::info!(target_id = %t.id(), from = %inc.from, bytes = inc.size, "incremental stream published");
+                        incremental = Some(serde_json::json!({
+                            "from": inc.from, "digest": digest, "size": inc.size,
+                            "from_guids": inc.from_guids,
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not pushed")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not built")
+            }
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!(target_id = %t.id(), error = %e, "looking for an earlier image"),
+    }
     let mut ann = BTreeMap::new();
     ann.insert(
         "org.opencontainers.image.version".to_string(),
@@ -123,7 +154,8 @@ pub(crate) async fn artifact_build(
             title: &title,
             digest: None,
             uncompressed_sha256: Some(&out.uncompressed_sha256),
-            config: serde_json::json!({"os": t.platform, "architecture": t.arch, "layout": out.layout}),
+            config: serde_json::json!({"os": t.platform, "architecture": t.arch, "layout": out.layout,
+                "incremental": incremental.into_iter().collect::<Vec<_>>()}),
             annotations: ann,
         },
     )
@@ -131,4 +163,34 @@ pub(crate) async fn artifact_build(
     .map_err(|e| e.to_string());
     let _ = tokio::fs::remove_file(&out.stream).await;
     Ok(pushed?.digest)
+}
+
+/// Push an incremental stream as its own artifact; returns its digest.
+async fn push_incremental(
+    reg: &Registry,
+    repository: &str,
+    t: &crate::plan::Target,
+    leaf: &str,
+    inc: &build::Incremental,
+) -> Result<String, String> {
+    let digest = format!("sha256:{}", inc.sha256);
+    let title = format!("{leaf}.from-{}.tar.zst", inc.from);
+    let pushed = artifact::push(
+        reg,
+        &artifact::ArtifactPush {
+            repo: repository,
+            file: &inc.stream,
+            artifact_type: artifact::ZFS_INCREMENTAL_ARTIFACT,
+            layer_media_type: artifact::ZFS_INCREMENTAL_LAYER,
+            title: &title,
+            digest: Some(&digest),
+            uncompressed_sha256: None,
+            config: serde_json::json!({"os": t.platform, "architecture": t.arch,
+                "to": leaf, "from": inc.from, "from_guids": inc.from_guids}),
+            annotations: BTreeMap::new(),
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(pushed.digest)
 }

@@ -11,6 +11,7 @@
 //!    renames swap them in; the old stable tree is destroyed only if
 //!    nothing was cloned from it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -135,7 +136,7 @@ pub async fn install(zfs: &Zfs, i: &Install<'_>) -> Result<Installed, InstallErr
                 ])
                 .await?;
             }
-            zfs.zfs(&["rename", &incoming, i.dataset]).await?;
+            zfs.rename(&incoming, i.dataset).await?;
             Ok::<_, ZfsError>(())
         };
         if let Err(e) = setup.await {
@@ -182,11 +183,135 @@ async fn point_stable(zfs: &Zfs, i: &Install<'_>) -> Result<(), InstallError> {
     let old = format!("{}-old", i.stable);
     zfs.destroy_recursive(&old).await?;
     if zfs.exists(i.stable).await? {
-        zfs.zfs(&["rename", i.stable, &old]).await?;
+        zfs.rename(i.stable, &old).await?;
     }
-    zfs.zfs(&["rename", &new, i.stable]).await?;
+    zfs.rename(&new, i.stable).await?;
     if zfs.exists(&old).await? && zfs.clones_of(&old).await?.is_empty() {
         zfs.destroy_recursive(&old).await?;
     }
     Ok(())
+}
+
+/// An incremental stream (a tar of per-child `zfs send -i` clone streams)
+/// to install on top of an earlier image this worker has.
+pub struct IncrementalInstall<'a> {
+    pub stream: &'a Path,
+    /// sha256 (hex) of the compressed file.
+    pub sha256: &'a str,
+    pub dataset: &'a str,
+    pub stable: &'a str,
+    pub mountpoints: Vec<(String, PathBuf)>,
+}
+
+/// Does this worker hold exactly the snapshots an incremental stream was
+/// made from (same guid for every child's `@kiln`)?
+pub async fn has_base(
+    zfs: &Zfs,
+    from: &str,
+    guids: &BTreeMap<String, String>,
+) -> Result<bool, ZfsError> {
+    if guids.is_empty() {
+        return Ok(false);
+    }
+    for (child, guid) in guids {
+        let snap = format!("{from}/{child}@{SNAPSHOT}");
+        if !zfs.exists(&snap).await? || zfs.get(&snap, "guid").await? != *guid {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Receive each child's stream as a clone of the earlier image's child,
+/// under a temporary name, then rename the tree into its immutable name
+/// and point the stable name at it, as [`install`] does.
+pub async fn install_incremental(
+    zfs: &Zfs,
+    i: &IncrementalInstall<'_>,
+) -> Result<Installed, InstallError> {
+    let stream_err = |message: String| InstallError::Stream {
+        path: i.stream.display().to_string(),
+        message,
+    };
+    let as_full = Install {
+        stream: i.stream,
+        sha256: i.sha256,
+        uncompressed_sha256: None,
+        dataset: i.dataset,
+        stable: i.stable,
+        mountpoints: i.mountpoints.clone(),
+    };
+    if zfs.exists(&format!("{}@{SNAPSHOT}", i.dataset)).await? {
+        point_stable(zfs, &as_full).await?;
+        return Ok(Installed::Present {
+            dataset: i.dataset.to_string(),
+        });
+    }
+    let got = sha256_of(i.stream).await?;
+    if got != i.sha256 {
+        return Err(stream_err(format!("sha256 {got}, expected {}", i.sha256)));
+    }
+    let unpacked = i.stream.with_extension("d");
+    let _ = tokio::fs::remove_dir_all(&unpacked).await;
+    tokio::fs::create_dir_all(&unpacked)
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    let result = async {
+        let unpack = format!(
+            "set -o pipefail; zstd -q -d -c '{}' | tar -C '{}' -xf -",
+            i.stream.display().to_string().replace('\'', "'\\''"),
+            unpacked.display().to_string().replace('\'', "'\\''")
+        );
+        Cmd::new("bash")
+            .args(["-c", unpack.as_str()])
+            .timeout(Duration::from_secs(3600))
+            .run()
+            .await
+            .map_err(|e| stream_err(format!("unpacking: {e}")))?;
+        let (parent, leaf) = i
+            .dataset
+            .rsplit_once('/')
+            .ok_or_else(|| stream_err(format!("bad dataset name {}", i.dataset)))?;
+        let incoming = format!("{parent}/incoming-{leaf}");
+        zfs.destroy_recursive(&incoming).await?;
+        zfs.create(&incoming, &[("mountpoint", "none")]).await?;
+        let received = async {
+            for (child, mp) in &i.mountpoints {
+                let file = unpacked.join(format!("{child}.zfs"));
+                let recv = format!(
+                    "zfs receive {incoming}/{child} < '{}'",
+                    file.display().to_string().replace('\'', "'\\''")
+                );
+                Cmd::new("sh")
+                    .args(["-c", recv.as_str()])
+                    .timeout(Duration::from_secs(3600))
+                    .run()
+                    .await
+                    .map_err(|e| stream_err(format!("zfs receive {child}: {e}")))?;
+                let mp = mp.display().to_string();
+                zfs.zfs(&[
+                    "set",
+                    &format!("mountpoint={mp}"),
+                    &format!("{incoming}/{child}"),
+                ])
+                .await?;
+            }
+            zfs.zfs(&["snapshot", &format!("{incoming}@{SNAPSHOT}")])
+                .await?;
+            zfs.rename(&incoming, i.dataset).await?;
+            Ok::<_, InstallError>(())
+        }
+        .await;
+        if received.is_err() {
+            let _ = zfs.destroy_recursive(&incoming).await;
+        }
+        received
+    }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&unpacked).await;
+    result?;
+    point_stable(zfs, &as_full).await?;
+    Ok(Installed::New {
+        dataset: i.dataset.to_string(),
+    })
 }
