@@ -32,6 +32,11 @@ pub struct PrivateRegistry {
 
 impl PrivateRegistry {
     pub fn start(dir: &Path) -> PrivateRegistry {
+        PrivateRegistry::start_with(dir, "")
+    }
+
+    /// With more configuration (YAML appended at top level, e.g. `auth:`).
+    pub fn start_with(dir: &Path, extra: &str) -> PrivateRegistry {
         let port = free_port();
         let storage = dir.join("data");
         std::fs::create_dir_all(&storage).unwrap();
@@ -39,7 +44,7 @@ impl PrivateRegistry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-fault-test-secret\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-fault-test-secret\n{extra}",
                 storage.display()
             ),
         )
