@@ -78,18 +78,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             entry.kind
         );
     }
-    let mut host = config
-        .zfs
-        .hosts
-        .first()
-        .cloned()
-        .context("no zfs host configured")?;
-    if let Some(p) = args.pool {
-        host.pool = p;
-    }
-    if let Some(p) = args.prefix {
-        host.prefix = p;
-    }
+    let host = super::zfs_host(&config, args.pool, args.prefix)?;
     let arch = args.arch.unwrap_or_else(|| host.arch.clone());
     let digest = &entry
         .arches

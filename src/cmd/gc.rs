@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kiln::builders::zfs::{driver::Zfs, gc};
 use kiln::config::{Config, Sources};
 
@@ -28,18 +28,7 @@ pub struct Args {
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
     let lock = kiln::publish::lockfile::Lockfile::load(&config.lockfile_path())?;
-    let mut host = config
-        .zfs
-        .hosts
-        .first()
-        .cloned()
-        .context("no zfs host configured")?;
-    if let Some(p) = args.pool {
-        host.pool = p;
-    }
-    if let Some(p) = args.prefix {
-        host.prefix = p;
-    }
+    let host = super::zfs_host(&config, args.pool, args.prefix)?;
     let days = args.retention_days.unwrap_or(config.zfs.retention_days);
     let rt = tokio::runtime::Runtime::new()?;
     let decisions = rt.block_on(gc::gc(

@@ -17,3 +17,26 @@ pub mod rollback;
 pub mod serve;
 pub mod status;
 pub mod verify;
+
+/// The ZFS host a worker-side command acts on: the first configured one,
+/// with `--pool` and `--prefix` applied.
+pub fn zfs_host(
+    config: &kiln::config::Config,
+    pool: Option<String>,
+    prefix: Option<String>,
+) -> anyhow::Result<kiln::config::ZfsHost> {
+    use anyhow::Context;
+    let mut host = config
+        .zfs
+        .hosts
+        .first()
+        .cloned()
+        .context("no zfs host configured")?;
+    if let Some(p) = pool {
+        host.pool = p;
+    }
+    if let Some(p) = prefix {
+        host.prefix = p;
+    }
+    Ok(host)
+}

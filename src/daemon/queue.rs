@@ -152,18 +152,8 @@ const COLUMNS: &str = "id, round, repository, tag, platform, builder, state, att
 impl Queue {
     pub fn open(path: &Path) -> Result<Queue, StateError> {
         let p = path.display().to_string();
-        let err = |source| StateError {
-            path: p.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(
+        let conn = super::state::open_db(
+            path,
             "CREATE TABLE IF NOT EXISTS jobs (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 round INTEGER NOT NULL,
@@ -196,8 +186,7 @@ impl Queue {
                 value TEXT NOT NULL,
                 updated_at TEXT NOT NULL
             );",
-        )
-        .map_err(err)?;
+        )?;
         Ok(Queue {
             conn: std::sync::Mutex::new(conn),
             path: p,

@@ -30,19 +30,8 @@ pub struct Rounds {
 impl Rounds {
     pub fn open(path: &Path) -> Result<Rounds, StateError> {
         let p = path.display().to_string();
-        let err = |source| StateError {
-            path: p.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(
+        let conn = super::state::open_db(
+            path,
             "CREATE TABLE IF NOT EXISTS rounds (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 trigger TEXT NOT NULL,
@@ -54,8 +43,7 @@ impl Rounds {
                 failed INTEGER NOT NULL DEFAULT 0,
                 error TEXT
             );",
-        )
-        .map_err(err)?;
+        )?;
         Ok(Rounds {
             conn: std::sync::Mutex::new(conn),
             path: p,

@@ -29,22 +29,30 @@ pub enum State {
     Failed(String),
 }
 
+/// Open the state database (WAL, so readers never wait for the daemon)
+/// and create `schema` if missing.
+pub(crate) fn open_db(path: &Path, schema: &str) -> Result<Connection, StateError> {
+    let err = |source| StateError {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(err)?;
+    conn.execute_batch(schema).map_err(err)?;
+    Ok(conn)
+}
+
 impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StateError> {
         let p = path.display().to_string();
-        let err = |source| StateError {
-            path: p.clone(),
-            source,
-        };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.execute_batch(
+        let conn = open_db(
+            path,
             "CREATE TABLE IF NOT EXISTS target_state (
                 repository TEXT NOT NULL,
                 tag TEXT NOT NULL,
@@ -55,8 +63,7 @@ impl StateStore {
                 updated_at TEXT NOT NULL,
                 PRIMARY KEY (repository, tag, arch)
             );",
-        )
-        .map_err(err)?;
+        )?;
         Ok(StateStore { conn, path: p })
     }
 
