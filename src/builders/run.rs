@@ -290,7 +290,11 @@ pub async fn run(
     let mut engines: Vec<(crate::config::DockerHost, Engine, Arc<Semaphore>)> = Vec::new();
     for h in &config.docker.hosts {
         match docker::connect(h) {
-            Ok(e) => engines.push((h.clone(), e, Arc::new(Semaphore::new(h.concurrency)))),
+            Ok(e) => engines.push((
+                h.clone(),
+                e,
+                host_permits(&format!("docker:{}", h.name), h.concurrency),
+            )),
             Err(e) => tracing::warn!(error = %e, "docker host unavailable"),
         }
     }
@@ -783,6 +787,22 @@ pub async fn promote_newest_aliases(
         lock.save(&path)?;
     }
     Ok(moved)
+}
+
+/// The build slots of one builder host, shared by every build in this
+/// process: the daemon runs several jobs at once, and together they must
+/// stay within each host's `concurrency`.
+pub fn host_permits(host: &str, concurrency: usize) -> Arc<Semaphore> {
+    static HOSTS: std::sync::OnceLock<std::sync::Mutex<BTreeMap<String, Arc<Semaphore>>>> =
+        std::sync::OnceLock::new();
+    let mut hosts = match HOSTS.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    hosts
+        .entry(host.to_string())
+        .or_insert_with(|| Arc::new(Semaphore::new(concurrency.max(1))))
+        .clone()
 }
 
 /// Where a target's log goes.

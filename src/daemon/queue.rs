@@ -257,7 +257,9 @@ impl Queue {
         Ok(n > 0)
     }
 
-    /// Take the oldest due job of `builder` and mark it running.
+    /// Take the oldest due job of `builder` whose tag is not being built
+    /// already (two builds of one tag could publish out of order) and mark
+    /// it running.
     pub fn take(&self, builder: &str, at: DateTime<Utc>) -> Result<Option<Job>, StateError> {
         let mut conn = self.conn();
         let tx = conn
@@ -265,7 +267,9 @@ impl Queue {
             .map_err(self.err())?;
         let job = tx
             .query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE state = 'queued' AND builder = ?1 AND next_attempt_at <= ?2 ORDER BY next_attempt_at, id LIMIT 1"),
+                &format!("SELECT {COLUMNS} FROM jobs q WHERE state = 'queued' AND builder = ?1 AND next_attempt_at <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.repository = q.repository AND r.tag = q.tag)
+                 ORDER BY next_attempt_at, id LIMIT 1"),
                 params![builder, at.to_rfc3339()],
                 row_to_job,
             )
@@ -567,6 +571,33 @@ mod tests {
             vec![("infra".to_string(), 2), ("recipe".to_string(), 1)]
         );
         assert_eq!(s.durations[0].2, 3);
+        // A tag being built is not taken twice.
+        assert!(q.enqueue(5, "kiln/opam", "d", "linux", "docker").unwrap());
+        let d1 = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert!(q.enqueue(5, "kiln/opam", "d", "linux", "docker").unwrap());
+        assert!(
+            q.take("docker", Utc::now()).unwrap().is_none(),
+            "d is running"
+        );
+        q.finish(
+            &d1,
+            &Finish::Succeeded {
+                outcome: "built".into(),
+            },
+            2,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let d2 = q.take("docker", Utc::now()).unwrap().unwrap();
+        q.finish(
+            &d2,
+            &Finish::Succeeded {
+                outcome: "unchanged".into(),
+            },
+            2,
+            Duration::from_secs(1),
+        )
+        .unwrap();
         // A killed daemon's running job goes back to the queue, uncounted.
         assert!(q.enqueue(3, "kiln/opam", "c", "linux", "docker").unwrap());
         let c = q.take("docker", Utc::now()).unwrap().unwrap();

@@ -7,8 +7,10 @@
 //! a round and queues one job per affected tag, unless that tag already
 //! has a job waiting in the queue (when all have, no round opens).
 //!
-//! Workers: one job at a time per builder kind (Docker, ZFS, QEMU); inside
-//! a job, arches build in parallel within each Docker host's limit. A job
+//! Workers: as many jobs of a builder kind run at once as its hosts have
+//! slots (Docker: the sum of the hosts' `concurrency`; ZFS: one per host;
+//! QEMU: one); a process-wide semaphore per host keeps every host within
+//! its own limit across jobs. A job
 //! runs `builders::run` for its one tag, which skips it when its build key
 //! is unchanged, so a round with no input change builds nothing and moves
 //! no digest. An infrastructure failure goes back to the queue with
@@ -119,6 +121,18 @@ impl Schedules {
 }
 
 const BUILDERS: [&str; 3] = ["docker", "zfs", "qemu"];
+
+/// How many jobs of a builder kind may run at once: every slot of every
+/// host of that kind (the hosts' own limits hold across jobs, see
+/// `builders::run::host_permits`). QEMU builds share this machine's CPUs.
+fn capacity(config: &Config, builder: &str) -> usize {
+    match builder {
+        "docker" => config.docker.hosts.iter().map(|h| h.concurrency).sum(),
+        "zfs" => config.zfs.hosts.len(),
+        _ => 1,
+    }
+    .max(1)
+}
 
 /// Everything the loop shares with its job tasks.
 struct Daemon {
@@ -419,17 +433,17 @@ pub async fn scheduler(
     let mut next_poll = (d.config.daemon.poll_secs > 0).then(Utc::now);
     let mut next_fire = schedules.upcoming(Utc::now());
     let mut running: JoinSet<(Job, Finish, Vec<String>)> = JoinSet::new();
-    let mut busy: BTreeSet<String> = BTreeSet::new();
+    let mut busy: BTreeMap<String, usize> = BTreeMap::new();
     let mut stopping = *stop.borrow();
     loop {
-        // Start what is due on every idle builder.
+        // Start what is due, up to each builder kind's capacity.
         if !stopping {
             for b in BUILDERS {
-                if busy.contains(b) {
-                    continue;
-                }
-                if let Some(job) = d.queue.take(b, Utc::now())? {
-                    busy.insert(b.to_string());
+                while busy.get(b).copied().unwrap_or(0) < capacity(&d.config, b) {
+                    let Some(job) = d.queue.take(b, Utc::now())? else {
+                        break;
+                    };
+                    *busy.entry(b.to_string()).or_default() += 1;
                     let d = d.clone();
                     let span = tracing::info_span!("job", job = job.id, target = %format!("{}:{}", job.repository, job.tag), attempt = job.attempts);
                     running.spawn(
@@ -510,7 +524,9 @@ pub async fn scheduler(
                         continue;
                     }
                 };
-                busy.remove(&job.builder);
+                if let Some(n) = busy.get_mut(&job.builder) {
+                    *n = n.saturating_sub(1);
+                }
                 let new_state = d.queue.finish(
                     &job,
                     &finish,

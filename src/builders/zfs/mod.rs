@@ -29,6 +29,11 @@ pub(crate) async fn artifact_build(
         .iter()
         .find(|h| h.platforms.contains(&t.platform) && h.arch == t.arch)
         .ok_or_else(|| format!("no zfs host builds {} {}", t.platform, t.arch))?;
+    // One build at a time per ZFS host, across every job of the process.
+    let _slot = crate::builders::run::host_permits(&format!("zfs:{}", host.name), 1)
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
     let zfs = driver::Zfs::new(host);
     let short = &p.key.trim_start_matches("sha256:")[..12];
     let leaf = format!("{}-ocaml-{}-{short}", t.os, t.version);
