@@ -87,11 +87,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => {
+            cmd::JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            logs.json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .init()
+        }
     }
     let sources = kiln::config::Sources::from_process(cli.config.clone(), cli.sets.clone());
     let result = match cli.command {

@@ -482,7 +482,7 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
     let text = std::fs::read_to_string(&log).unwrap();
     let target = format!("{}/opam:busybox-daemon-regdown-ocaml-5.5", p.namespace);
     let mut with_target = 0;
-    for line in text.lines().filter(|l| l.starts_with('{')) {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         if v["span"]["target"] == target.as_str() {

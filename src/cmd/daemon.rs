@@ -110,10 +110,10 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 let listener = tokio::net::TcpListener::bind(&addr)
                     .await
                     .with_context(|| format!("listening on {addr}"))?;
-                eprintln!(
+                super::say(&format!(
                     "kiln daemon: digest API on http://{addr}/, schedule {:?}",
                     config.daemon.schedule
-                );
+                ));
                 let mut api_stop = stop_rx.clone();
                 let api = tokio::spawn(kiln::api::serve_on(state, listener, async move {
                     let _ = api_stop.changed().await;
@@ -125,7 +125,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                     _ = tokio::signal::ctrl_c() => {}
                     _ = term.recv() => {}
                 }
-                eprintln!("kiln daemon: stopping (a running round finishes first)");
+                super::say("kiln daemon: stopping (running jobs finish first)");
                 let _ = stop_tx.send(true);
                 sched.await.context("scheduler")??;
                 let _ = api.await;

@@ -18,6 +18,19 @@ pub mod serve;
 pub mod status;
 pub mod verify;
 
+/// Set by `main` when logs are JSON (`--log-format json`).
+pub static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A line for the operator of a long-running command: plain on stderr, or,
+/// when logs are JSON, a log event like every other line.
+pub fn say(message: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("{message}");
+    }
+}
+
 /// The ZFS host a worker-side command acts on: the first configured one,
 /// with `--pool` and `--prefix` applied.
 pub fn zfs_host(

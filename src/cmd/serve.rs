@@ -34,7 +34,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
             }
         };
-        eprintln!("kiln: digest API on http://{addr}/");
+        super::say(&format!("kiln: digest API on http://{addr}/"));
         kiln::api::serve(state, &addr, shutdown)
             .await
             .context("digest API")
