@@ -612,3 +612,80 @@ fn a_parent_change_rebuilds_exactly_its_dependents() {
             .contains("parent_digest")
     );
 }
+
+/// A `kiln build` killed (SIGKILL) during a smoke test cannot clean up: its
+/// container and local image stay. The next build on this host sweeps
+/// them, and only them (they name their owner, a process that is gone).
+#[test]
+fn what_a_killed_build_leaves_is_swept_by_the_next() {
+    let p = profile("killed");
+    fixtures(&p, false);
+    let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    std::fs::write(
+        &recipe,
+        text.replace(
+            "echo \"The OCaml toplevel",
+            "sleep 300; echo \"The OCaml toplevel",
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&p.config)
+        .args(["build", "--json", "--os", "busybox", "--arch", "amd64"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let owner = format!("label=org.ocaml.kiln.owner={host}/{}", child.id());
+    let pid_tag = format!("{}-", child.id());
+    let left = || {
+        let ps = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &owner])
+            .output()
+            .unwrap();
+        let imgs = Command::new("docker")
+            .args(["images", "--format", "{{.Tag}}", "kiln-build/amd64"])
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&ps.stdout).lines().count(),
+            String::from_utf8_lossy(&imgs.stdout)
+                .lines()
+                .filter(|t| t.starts_with(&pid_tag))
+                .count(),
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while left().0 == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the smoke test never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (containers, images) = left();
+    assert!(
+        containers >= 1 && images >= 1,
+        "the killed build left ({containers}, {images})"
+    );
+    std::fs::write(&recipe, &text).unwrap();
+    let s = p.build(&["--os", "busybox", "--arch", "amd64"]);
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(left(), (0, 0), "swept by the next build");
+    assert!(
+        Lockfile::load(&p.lockfile())
+            .unwrap()
+            .entries
+            .values()
+            .all(|e| e.history.is_empty()),
+        "published once each"
+    );
+}

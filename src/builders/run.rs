@@ -289,6 +289,12 @@ pub async fn run(
     // Engines and their concurrency limits.
     let mut engines: Vec<(crate::config::DockerHost, Engine, Arc<Semaphore>)> = Vec::new();
     for h in &config.docker.hosts {
+        if !opts.dry_run
+            && let Ok(e) = docker::connect(h)
+            && let Err(err) = docker::sweep_orphans(&e).await
+        {
+            tracing::warn!(host = %h.name, error = %err, "sweeping what killed kiln processes left");
+        }
         match docker::connect(h) {
             Ok(e) => engines.push((
                 h.clone(),

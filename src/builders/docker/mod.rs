@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
-    PushImageOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    TagImageOptionsBuilder, WaitContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptions,
+    ListImagesOptions, LogsOptionsBuilder, PushImageOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -218,6 +218,114 @@ impl Cleanup<'_> {
     }
 }
 
+/// The label naming the Kiln process that made a smoke container:
+/// `<hostname>/<pid>`.
+pub const OWNER_LABEL: &str = "org.ocaml.kiln.owner";
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+fn owner() -> String {
+    format!("{}/{}", hostname(), std::process::id())
+}
+
+fn host_hash() -> String {
+    crate::registry::sha256_digest(hostname().as_bytes())[7..15].to_string()
+}
+
+/// The owner of a local build tag `kiln-build/<arch>:<pid>-<host hash>-…`,
+/// as an owner label would say it, when it is this host's.
+fn tag_owner(tag: &str) -> Option<String> {
+    let (_, t) = tag.rsplit_once(':')?;
+    let mut parts = t.splitn(3, '-');
+    let (pid, host) = (parts.next()?, parts.next()?);
+    (host == host_hash()).then(|| format!("{}/{pid}", hostname()))
+}
+
+/// Is the process that owns this label gone (this host, pid not alive)?
+fn orphaned(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once('/') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if host != hostname() || pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Remove the smoke containers and local build images a Kiln process on
+/// this host left when it was killed before its own cleanup ran. Returns
+/// (containers, images) removed.
+pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::errors::Error> {
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![OWNER_LABEL.to_string()])].into();
+    let containers = engine
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await?;
+    let mut removed = (0, 0);
+    for c in containers {
+        let owner = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(OWNER_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        if let Some(id) = c.id
+            && orphaned(&owner)
+        {
+            let gone = engine
+                .docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+            if gone.is_ok() {
+                removed.0 += 1;
+            }
+        }
+    }
+    let images = engine
+        .docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some([("reference".to_string(), vec!["kiln-build/*".to_string()])].into()),
+            ..Default::default()
+        }))
+        .await?;
+    for tag in images.iter().flat_map(|i| i.repo_tags.iter()) {
+        if tag_owner(tag).is_some_and(|o| orphaned(&o)) {
+            let gone = engine
+                .docker
+                .remove_image(
+                    tag,
+                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    None,
+                )
+                .await;
+            if gone.is_ok() {
+                removed.1 += 1;
+            }
+        }
+    }
+    if removed != (0, 0) {
+        tracing::info!(engine = %engine.name, containers = removed.0, images = removed.1, "removed what a killed kiln process left behind");
+    }
+    Ok(removed)
+}
+
 /// Build, smoke-test and push one arch. Nothing is pushed unless the smoke
 /// test passes; local images and containers are removed either way.
 pub async fn build(engine: &Engine, spec: &BuildSpec) -> Result<BuildResult, DockerError> {
@@ -250,18 +358,17 @@ async fn build_inner(
         target: spec.target.clone(),
         source,
     };
+    // The local tag names its owner (`<pid>-<host hash>-…`) so that what a
+    // killed process leaves can be swept; nothing of it reaches the
+    // pushed image.
     let local = format!(
-        "kiln-build/{}:{}",
+        "kiln-build/{}:{}-{}-{}",
         spec.arch,
+        std::process::id(),
+        host_hash(),
         &crate::registry::sha256_digest(
-            format!(
-                "{}{}{:?}",
-                spec.target,
-                std::process::id(),
-                std::time::SystemTime::now()
-            )
-            .as_bytes()
-        )[7..23]
+            format!("{}{:?}", spec.target, std::time::SystemTime::now()).as_bytes()
+        )[7..19]
     );
     cleanup.images.push(local.clone());
     let tar = context_tar(&spec.dockerfile, &spec.context)?;
@@ -425,6 +532,7 @@ async fn run_in(
             ),
             ContainerCreateBody {
                 image: Some(image.to_string()),
+                labels: Some([(OWNER_LABEL.to_string(), owner())].into()),
                 entrypoint: Some(vec![]),
                 cmd: Some(argv.to_vec()),
                 network_disabled: Some(true),
