@@ -120,6 +120,20 @@ impl Cmd {
             })
             .process_group(0)
             .kill_on_drop(true);
+        // Own process group (so a timeout kills the whole tree), but tied to
+        // Kiln's life: if Kiln dies (SIGKILL, Ctrl-C), the kernel kills the
+        // child too, instead of leaving a QEMU or a provisioning script
+        // running. Children are spawned from runtime threads, which live as
+        // long as Kiln does.
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; it runs in the child between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         if let Some(d) = &self.cwd {
             c.current_dir(d);
         }
@@ -222,6 +236,37 @@ pub fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// This machine's name, for owner marks.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `<hostname>/<pid>`: marks what this process creates outside itself
+/// (containers, datasets, work dirs) so that, should it be killed before
+/// cleaning up, a later Kiln can tell the leftovers from live work.
+pub fn owner() -> String {
+    format!("{}/{}", hostname(), std::process::id())
+}
+
+/// Is the owner named by an [`owner`] mark a process of this host that no
+/// longer exists? Marks of other hosts are never judged gone.
+pub fn owner_is_gone(owner: &str) -> bool {
+    let Some((host, pid)) = owner.rsplit_once('/') else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if host != hostname() || pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 #[cfg(test)]

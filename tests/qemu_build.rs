@@ -229,4 +229,53 @@ fn qemu_images_build_in_parallel_verify_publish_and_fail_cleanly() {
             .is_empty()
     );
     no_leftovers();
+
+    // `kiln build` killed outright (SIGKILL) in the middle of an install:
+    // QEMU dies with it; the next build removes its work dir and publishes.
+    let k = profile("killed", 300);
+    k.rename_os("openbsd-7.5");
+    // An install that would go on for ten minutes: only Kiln's death can
+    // end this QEMU early.
+    let text = std::fs::read_to_string(k.recipe()).unwrap();
+    std::fs::write(k.recipe(), "sleep 600\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&k.config)
+        .args(["build", "--platform", "openbsd", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ours = format!(
+        "{}/{}-",
+        root().join(".kiln/work/qemu").display(),
+        child.id()
+    );
+    let qemu_running = || {
+        !Command::new("pgrep")
+            .args(["-f", &ours])
+            .output()
+            .unwrap()
+            .stdout
+            .is_empty()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !qemu_running() {
+        assert!(std::time::Instant::now() < deadline, "QEMU never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while qemu_running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU outlived the kiln that started it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::write(k.recipe(), text).unwrap();
+    let (code, s) = k.build();
+    assert_eq!((code, &s["built"]), (Some(0), &serde_json::json!(1)), "{s}");
+    no_leftovers();
 }

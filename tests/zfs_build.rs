@@ -275,6 +275,59 @@ fn timed_out_or_killed_provisioning_leaves_nothing() {
     let err = String::from_utf8_lossy(&out.stdout);
     assert!(err.contains("provisioning failed"), "{err}");
     assert_nothing_left(&p, &before, "76543");
+
+    // Kiln itself killed (SIGKILL) while a quiet script runs: the script
+    // and what it started die with Kiln; the half-built tree, which only
+    // Kiln could have destroyed, is swept by the next build.
+    let p = profile("kiln-killed");
+    std::fs::write(
+        p.recipe(),
+        text.replace(
+            "set -eu\n",
+            "set -eu\necho partial > \"$HOME/partial\"\nsleep 765435\n",
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&p.config)
+        .args(["build", "--platform", "macos", "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !process_running("sleep 765435") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the script never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while process_running("sleep 765435") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the provisioning script outlived the kiln that started it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let half: Vec<String> = p
+        .datasets()
+        .into_iter()
+        .filter(|d| d.contains("/base-image/") && !d.ends_with("/home") && !d.ends_with("/brew"))
+        .collect();
+    assert_eq!(half.len(), 1, "the killed build's tree: {half:?}");
+    std::fs::write(p.recipe(), &text).unwrap();
+    let (code, s) = p.build();
+    assert_eq!((code, &s["built"]), (Some(0), &serde_json::json!(1)), "{s}");
+    assert!(
+        !p.datasets().iter().any(|d| d.starts_with(&half[0])),
+        "the half-built tree was swept: {:?}",
+        p.datasets()
+    );
 }
 
 fn dataset_tree_is_built_reaped_published_and_receivable() {

@@ -222,18 +222,8 @@ impl Cleanup<'_> {
 /// `<hostname>/<pid>`.
 pub const OWNER_LABEL: &str = "org.ocaml.kiln.owner";
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
-}
-
-fn owner() -> String {
-    format!("{}/{}", hostname(), std::process::id())
-}
-
 fn host_hash() -> String {
-    crate::registry::sha256_digest(hostname().as_bytes())[7..15].to_string()
+    crate::registry::sha256_digest(crate::process::hostname().as_bytes())[7..15].to_string()
 }
 
 /// The owner of a local build tag `kiln-build/<arch>:<pid>-<host hash>-…`,
@@ -242,23 +232,7 @@ fn tag_owner(tag: &str) -> Option<String> {
     let (_, t) = tag.rsplit_once(':')?;
     let mut parts = t.splitn(3, '-');
     let (pid, host) = (parts.next()?, parts.next()?);
-    (host == host_hash()).then(|| format!("{}/{pid}", hostname()))
-}
-
-/// Is the process that owns this label gone (this host, pid not alive)?
-fn orphaned(owner: &str) -> bool {
-    let Some((host, pid)) = owner.rsplit_once('/') else {
-        return false;
-    };
-    let Ok(pid) = pid.parse::<i32>() else {
-        return false;
-    };
-    if host != hostname() || pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    (host == host_hash()).then(|| format!("{}/{pid}", crate::process::hostname()))
 }
 
 /// Remove the smoke containers and local build images a Kiln process on
@@ -284,7 +258,7 @@ pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::e
             .cloned()
             .unwrap_or_default();
         if let Some(id) = c.id
-            && orphaned(&owner)
+            && crate::process::owner_is_gone(&owner)
         {
             let gone = engine
                 .docker
@@ -306,7 +280,7 @@ pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::e
         }))
         .await?;
     for tag in images.iter().flat_map(|i| i.repo_tags.iter()) {
-        if tag_owner(tag).is_some_and(|o| orphaned(&o)) {
+        if tag_owner(tag).is_some_and(|o| crate::process::owner_is_gone(&o)) {
             let gone = engine
                 .docker
                 .remove_image(
@@ -532,7 +506,7 @@ async fn run_in(
             ),
             ContainerCreateBody {
                 image: Some(image.to_string()),
-                labels: Some([(OWNER_LABEL.to_string(), owner())].into()),
+                labels: Some([(OWNER_LABEL.to_string(), crate::process::owner())].into()),
                 entrypoint: Some(vec![]),
                 cmd: Some(argv.to_vec()),
                 network_disabled: Some(true),

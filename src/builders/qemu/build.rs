@@ -132,6 +132,8 @@ fn qemu_cmd(spec: &QemuSpec, disk: &Path, serial: &Path) -> Cmd {
 
 /// Build, verify and compact; on any failure nothing is left behind (the
 /// work directory goes, QEMU is killed, the output is not written).
+/// A Kiln killed outright takes QEMU with it (see `process`), and the next
+/// build removes its work directory.
 pub async fn build(img: &Img, spec: &QemuSpec) -> Result<QemuOutput, QemuError> {
     let setup = |message: String| QemuError::Setup {
         target: spec.target.clone(),
@@ -139,8 +141,12 @@ pub async fn build(img: &Img, spec: &QemuSpec) -> Result<QemuOutput, QemuError> 
     };
     std::fs::create_dir_all(&spec.work_root)
         .map_err(|e| setup(format!("{}: {e}", spec.work_root.display())))?;
-    let work =
-        tempfile::tempdir_in(&spec.work_root).map_err(|e| setup(format!("work dir: {e}")))?;
+    sweep_dead_work_dirs(&spec.work_root);
+    // Named by our pid, so that a later build can tell a dead process's dir.
+    let work = tempfile::Builder::new()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&spec.work_root)
+        .map_err(|e| setup(format!("work dir: {e}")))?;
     if let Some(dir) = spec.log.parent() {
         std::fs::create_dir_all(dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
     }
@@ -322,5 +328,22 @@ fn append_log(log: &Path, stage: &str, serial: &Path, truncate: bool) {
     };
     if let Err(e) = r {
         tracing::warn!(log = %log.display(), error = %e, "cannot write the build log");
+    }
+}
+
+/// Remove work directories (`<pid>-…`) of Kiln processes that are gone.
+fn sweep_dead_work_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if crate::process::owner_is_gone(&format!("{}/{pid}", crate::process::hostname())) {
+            tracing::info!(dir = %e.path().display(), "removing the work dir of a killed build");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }

@@ -101,8 +101,38 @@ async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(h.finalize()), n))
 }
 
+/// A user property on every tree a build creates: who is building it
+/// (`process::owner`). Cleared once the tree is complete.
+pub const OWNER_PROPERTY: &str = "org.ocaml.kiln:owner";
+
+/// Destroy the trees next to `dataset` that a killed Kiln left half-built:
+/// still marked with an owner that is gone.
+pub async fn sweep_dead(zfs: &Zfs, dataset: &str) -> Result<(), ZfsError> {
+    let Some((base, _)) = dataset.rsplit_once('/') else {
+        return Ok(());
+    };
+    if !zfs.exists(base).await? {
+        return Ok(());
+    }
+    for (name, _) in zfs.list(base).await? {
+        let top = name
+            .strip_prefix(&format!("{base}/"))
+            .is_some_and(|leaf| !leaf.contains('/'));
+        if !top {
+            continue;
+        }
+        let owner = zfs.get(&name, OWNER_PROPERTY).await?;
+        if crate::process::owner_is_gone(&owner) {
+            tracing::info!(dataset = %name, %owner, "destroying a tree a killed build left");
+            zfs.destroy_recursive(&name).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Build the tree; on failure destroy it and remove partial files.
 pub async fn build(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildError> {
+    sweep_dead(zfs, &spec.dataset).await?;
     let result = build_inner(zfs, spec).await;
     if result.is_err() {
         let _ = zfs.destroy_recursive(&spec.dataset).await;
@@ -127,11 +157,18 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
     // snapshot) of the same build key is reused, never rebuilt in place; a
     // leftover of an interrupted build is removed and rebuilt.
     let snapshot = format!("{}@{SNAPSHOT}", spec.dataset);
-    if zfs.exists(&snapshot).await? {
+    if zfs.exists(&snapshot).await? && zfs.get(&spec.dataset, OWNER_PROPERTY).await? == "-" {
         return send(zfs, spec, snapshot, &io).await;
     }
     zfs.destroy_recursive(&spec.dataset).await?;
-    zfs.create(&spec.dataset, &[("mountpoint", "none")]).await?;
+    zfs.create(
+        &spec.dataset,
+        &[
+            ("mountpoint", "none"),
+            (OWNER_PROPERTY, &crate::process::owner()),
+        ],
+    )
+    .await?;
     for c in &spec.children {
         let mp = c.mountpoint.display().to_string();
         zfs.create(
@@ -227,6 +264,8 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
         }
     }
     let _ = append(&spec.log, &smoke_log).await;
+    // Complete and smoke-tested: no longer anyone's work in progress.
+    zfs.zfs(&["inherit", OWNER_PROPERTY, &spec.dataset]).await?;
     send(zfs, spec, snapshot, &io).await
 }
 
@@ -365,7 +404,14 @@ async fn incremental_inner(
     tokio::fs::create_dir_all(&streams)
         .await
         .map_err(|e| io(format!("{}: {e}", streams.display())))?;
-    zfs.create(delta, &[("mountpoint", "none")]).await?;
+    zfs.create(
+        delta,
+        &[
+            ("mountpoint", "none"),
+            (OWNER_PROPERTY, &crate::process::owner()),
+        ],
+    )
+    .await?;
     let mut from_guids = BTreeMap::new();
     for c in &spec.children {
         let origin = format!("{previous}/{}@{SNAPSHOT}", c.name);

@@ -83,6 +83,11 @@ pub async fn gc(
                 reason,
             })
         };
+        let owner = zfs.get(&dataset, super::build::OWNER_PROPERTY).await?;
+        if owner != "-" && !crate::process::owner_is_gone(&owner) {
+            decide("kept", format!("being built by {owner}"));
+            continue;
+        }
         if keep.contains(&leaf) {
             decide("kept", "referenced by the lockfile".into());
             continue;
