@@ -76,25 +76,6 @@ fn noise_file(path: &Path, mib: usize, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// sha256 (hex) and size of a file.
-fn hash(path: &Path) -> anyhow::Result<(String, u64)> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut h = sha2::Sha256::new();
-    let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -217,7 +198,7 @@ async fn artifacts(reg: &Registry, mib: usize, tag: &str) -> anyhow::Result<()> 
     std::fs::create_dir_all(layout.join("blobs/sha256"))?;
     let theirs = dir.path().join("theirs.qcow2");
     noise_file(&theirs, mib, seed ^ 0x5a5a)?;
-    let (layer, size) = hash(&theirs)?;
+    let (layer, size) = kiln::registry::sha256_file(&theirs).await?;
     std::fs::rename(&theirs, layout.join("blobs/sha256").join(&layer))?;
     let write_blob = |bytes: &[u8]| -> anyhow::Result<(String, usize)> {
         let d = sha256_digest(bytes);
@@ -248,7 +229,7 @@ async fn artifacts(reg: &Registry, mib: usize, tag: &str) -> anyhow::Result<()> 
     let ours2 = dir.path().join("ours2.qcow2");
     noise_file(&ours2, mib, seed ^ 0xa5a5)?;
     let known = {
-        let (d, _) = hash(&ours)?;
+        let (d, _) = kiln::registry::sha256_file(&ours).await?;
         format!("sha256:{d}")
     };
     let push = |repo: String, file: std::path::PathBuf, digest: Option<String>| async move {

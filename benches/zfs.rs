@@ -223,9 +223,10 @@ fn main() -> anyhow::Result<()> {
             .to_string();
         worker::install_incremental(
             &wzfs,
-            &worker::IncrementalInstall {
+            &worker::Install {
                 stream: &file,
                 sha256: &sha,
+                uncompressed_sha256: None,
                 dataset: &format!("{wbase}/{leaf2}"),
                 stable: &format!("{wbase}/macos-homebrew-ocaml-5.5"),
                 mountpoints: mounts(leaf2),

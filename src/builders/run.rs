@@ -289,18 +289,19 @@ pub async fn run(
     // Engines and their concurrency limits.
     let mut engines: Vec<(crate::config::DockerHost, Engine, Arc<Semaphore>)> = Vec::new();
     for h in &config.docker.hosts {
-        if !opts.dry_run
-            && let Ok(e) = docker::connect(h)
-            && let Err(err) = docker::sweep_orphans(&e).await
-        {
-            tracing::warn!(host = %h.name, error = %err, "sweeping what killed kiln processes left");
-        }
         match docker::connect(h) {
-            Ok(e) => engines.push((
-                h.clone(),
-                e,
-                host_permits(&format!("docker:{}", h.name), h.concurrency),
-            )),
+            Ok(e) => {
+                if !opts.dry_run
+                    && let Err(err) = docker::sweep_orphans(&e).await
+                {
+                    tracing::warn!(host = %h.name, error = %err, "sweeping what killed kiln processes left");
+                }
+                engines.push((
+                    h.clone(),
+                    e,
+                    host_permits(&format!("docker:{}", h.name), h.concurrency),
+                ));
+            }
             Err(e) => tracing::warn!(error = %e, "docker host unavailable"),
         }
     }

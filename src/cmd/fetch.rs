@@ -175,9 +175,10 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                     .to_string();
                 let installed = worker::install_incremental(
                     &zfs,
-                    &worker::IncrementalInstall {
+                    &worker::Install {
                         stream: &file,
                         sha256: &layer,
+                        uncompressed_sha256: None,
                         dataset: &dataset,
                         stable: &stable,
                         mountpoints: mountpoints.clone(),

@@ -10,10 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::state::StateError;
+use super::state::{Db, StateError};
 
 /// Why a build failed, which decides whether it is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,8 +117,7 @@ pub struct QueueStats {
 }
 
 pub struct Queue {
-    conn: std::sync::Mutex<Connection>,
-    path: String,
+    db: Db,
 }
 
 fn now() -> String {
@@ -151,8 +150,7 @@ const COLUMNS: &str = "id, round, repository, tag, platform, builder, state, att
 
 impl Queue {
     pub fn open(path: &Path) -> Result<Queue, StateError> {
-        let p = path.display().to_string();
-        let conn = super::state::open_db(
+        let db = Db::open(
             path,
             "CREATE TABLE IF NOT EXISTS jobs (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -187,24 +185,7 @@ impl Queue {
                 updated_at TEXT NOT NULL
             );",
         )?;
-        Ok(Queue {
-            conn: std::sync::Mutex::new(conn),
-            path: p,
-        })
-    }
-
-    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
-        |source| StateError {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        match self.conn.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        Ok(Queue { db })
     }
 
     /// Queue a tag for `round` unless it is already queued (a queued job
@@ -219,17 +200,17 @@ impl Queue {
         platform: &str,
         builder: &str,
     ) -> Result<bool, StateError> {
-        let mut conn = self.conn();
+        let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let pending: i64 = tx
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE repository = ?1 AND tag = ?2 AND state = 'queued'",
                 params![repository, tag],
                 |r| r.get(0),
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         if pending > 0 {
             return Ok(false);
         }
@@ -239,21 +220,22 @@ impl Queue {
              VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
             params![round, repository, tag, platform, builder, t],
         )
-        .map_err(self.err())?;
-        tx.commit().map_err(self.err())?;
+        .map_err(self.db.err())?;
+        tx.commit().map_err(self.db.err())?;
         Ok(true)
     }
 
     /// Is a job for this tag waiting in the queue?
     pub fn is_queued(&self, repository: &str, tag: &str) -> Result<bool, StateError> {
         let n: i64 = self
+            .db
             .conn()
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE repository = ?1 AND tag = ?2 AND state = 'queued'",
                 params![repository, tag],
                 |r| r.get(0),
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         Ok(n > 0)
     }
 
@@ -261,10 +243,10 @@ impl Queue {
     /// already (two builds of one tag could publish out of order) and mark
     /// it running.
     pub fn take(&self, builder: &str, at: DateTime<Utc>) -> Result<Option<Job>, StateError> {
-        let mut conn = self.conn();
+        let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let job = tx
             .query_row(
                 &format!("SELECT {COLUMNS} FROM jobs q WHERE state = 'queued' AND builder = ?1 AND next_attempt_at <= ?2
@@ -274,7 +256,7 @@ impl Queue {
                 row_to_job,
             )
             .optional()
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let Some(mut job) = job else {
             return Ok(None);
         };
@@ -283,8 +265,8 @@ impl Queue {
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?2 WHERE id = ?1",
             params![job.id, t],
         )
-        .map_err(self.err())?;
-        tx.commit().map_err(self.err())?;
+        .map_err(self.db.err())?;
+        tx.commit().map_err(self.db.err())?;
         job.state = "running".into();
         job.attempts += 1;
         job.started_at = Some(t);
@@ -308,17 +290,17 @@ impl Queue {
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
             .map(|s| (t - s.with_timezone(&Utc)).num_milliseconds() as f64 / 1000.0)
             .unwrap_or(0.0);
-        let mut conn = self.conn();
+        let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let (state, failure) = match finish {
             Finish::Succeeded { outcome } => {
                 tx.execute(
                     "UPDATE jobs SET state = 'succeeded', outcome = ?2, error = NULL, failure = NULL, finished_at = ?3, duration_secs = ?4 WHERE id = ?1",
                     params![job.id, outcome, t.to_rfc3339(), duration],
                 )
-                .map_err(self.err())?;
+                .map_err(self.db.err())?;
                 ("succeeded".to_string(), None)
             }
             Finish::Failed { kind, error, log } => {
@@ -330,14 +312,14 @@ impl Queue {
                         "UPDATE jobs SET state = 'queued', failure = ?2, error = ?3, log = ?4, next_attempt_at = ?5, duration_secs = ?6 WHERE id = ?1",
                         params![job.id, kind.as_str(), error, log, next.to_rfc3339(), duration],
                     )
-                    .map_err(self.err())?;
+                    .map_err(self.db.err())?;
                     ("queued".to_string(), Some(kind.as_str()))
                 } else {
                     tx.execute(
                         "UPDATE jobs SET state = 'failed', failure = ?2, error = ?3, log = ?4, finished_at = ?5, duration_secs = ?6 WHERE id = ?1",
                         params![job.id, kind.as_str(), error, log, t.to_rfc3339(), duration],
                     )
-                    .map_err(self.err())?;
+                    .map_err(self.db.err())?;
                     ("failed".to_string(), Some(kind.as_str()))
                 }
             }
@@ -346,8 +328,8 @@ impl Queue {
             "INSERT INTO attempts (job, builder, started_at, duration_secs, failure) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![job.id, job.builder, job.started_at.clone().unwrap_or_default(), duration, failure],
         )
-        .map_err(self.err())?;
-        tx.commit().map_err(self.err())?;
+        .map_err(self.db.err())?;
+        tx.commit().map_err(self.db.err())?;
         Ok(state)
     }
 
@@ -359,53 +341,56 @@ impl Queue {
         round: impl Fn() -> Result<i64, StateError>,
     ) -> Result<usize, StateError> {
         let running: i64 = self
+            .db
             .conn()
             .query_row(
                 "SELECT COUNT(*) FROM jobs WHERE state = 'running'",
                 [],
                 |r| r.get(0),
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         if running == 0 {
             return Ok(0);
         }
         let round = round()?;
-        let mut conn = self.conn();
+        let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let n = tx
             .execute(
                 "UPDATE jobs SET state = 'queued', round = ?1, attempts = MAX(attempts - 1, 0), started_at = NULL, next_attempt_at = ?2 WHERE state = 'running'",
                 params![round, now()],
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         tx.execute(
             "UPDATE jobs SET round = ?1 WHERE state = 'queued'",
             params![round],
         )
-        .map_err(self.err())?;
-        tx.commit().map_err(self.err())?;
+        .map_err(self.db.err())?;
+        tx.commit().map_err(self.db.err())?;
         Ok(n)
     }
 
     /// The time the next queued job becomes due, if any.
     pub fn next_due(&self) -> Result<Option<DateTime<Utc>>, StateError> {
         let s: Option<String> = self
+            .db
             .conn()
             .query_row(
                 "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'queued'",
                 [],
                 |r| r.get(0),
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         Ok(s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
             .map(|d| d.with_timezone(&Utc)))
     }
 
     /// Counts of a round's jobs: (pending, built, unchanged, failed).
     pub fn round_counts(&self, round: i64) -> Result<(i64, i64, i64, i64), StateError> {
-        self.conn()
+        self.db
+            .conn()
             .query_row(
                 "SELECT
                     COALESCE(SUM(state IN ('queued', 'running')), 0),
@@ -416,69 +401,70 @@ impl Queue {
                 [round],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
-            .map_err(self.err())
+            .map_err(self.db.err())
     }
 
     pub fn list(&self, limit: usize) -> Result<Vec<Job>, StateError> {
-        let conn = self.conn();
+        let conn = self.db.conn();
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT {COLUMNS} FROM jobs ORDER BY id DESC LIMIT ?1"
             ))
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let rows = stmt
             .query_map([limit as i64], row_to_job)
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .map_err(self.db.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db.err())
     }
 
     pub fn stats(&self) -> Result<QueueStats, StateError> {
-        let conn = self.conn();
+        let conn = self.db.conn();
         let mut out = QueueStats::default();
         let mut stmt = conn
             .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         out.states = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.err())?
+            .map_err(self.db.err())?
             .collect::<Result<_, _>>()
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let mut stmt = conn
             .prepare("SELECT builder, SUM(duration_secs), COUNT(*) FROM attempts GROUP BY builder ORDER BY builder")
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         out.durations = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .map_err(self.err())?
+            .map_err(self.db.err())?
             .collect::<Result<_, _>>()
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let mut stmt = conn
             .prepare("SELECT failure, COUNT(*) FROM attempts WHERE failure IS NOT NULL GROUP BY failure ORDER BY failure")
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         out.failures = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.err())?
+            .map_err(self.db.err())?
             .collect::<Result<_, _>>()
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         Ok(out)
     }
 
     pub fn watch_get(&self, key: &str) -> Result<Option<String>, StateError> {
-        self.conn()
+        self.db
+            .conn()
             .query_row("SELECT value FROM watch WHERE key = ?1", [key], |r| {
                 r.get(0)
             })
             .optional()
-            .map_err(self.err())
+            .map_err(self.db.err())
     }
 
     pub fn watch_set(&self, key: &str, value: &str) -> Result<(), StateError> {
-        self.conn()
+        self.db.conn()
             .execute(
                 "INSERT INTO watch (key, value, updated_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 params![key, value, now()],
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         Ok(())
     }
 }

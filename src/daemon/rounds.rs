@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use rusqlite::params;
 use serde::Serialize;
 
-use super::state::StateError;
+use super::state::{Db, StateError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Round {
@@ -23,14 +23,12 @@ pub struct Round {
 }
 
 pub struct Rounds {
-    conn: std::sync::Mutex<Connection>,
-    path: String,
+    db: Db,
 }
 
 impl Rounds {
     pub fn open(path: &Path) -> Result<Rounds, StateError> {
-        let p = path.display().to_string();
-        let conn = super::state::open_db(
+        let db = Db::open(
             path,
             "CREATE TABLE IF NOT EXISTS rounds (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -44,33 +42,16 @@ impl Rounds {
                 error TEXT
             );",
         )?;
-        Ok(Rounds {
-            conn: std::sync::Mutex::new(conn),
-            path: p,
-        })
-    }
-
-    fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
-        |source| StateError {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        match self.conn.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        Ok(Rounds { db })
     }
 
     pub fn start(&self, trigger: &str) -> Result<i64, StateError> {
-        let conn = self.conn();
+        let conn = self.db.conn();
         conn.execute(
             "INSERT INTO rounds (trigger, state, started_at) VALUES (?1, 'running', ?2)",
             params![trigger, chrono::Utc::now().to_rfc3339()],
         )
-        .map_err(self.err())?;
+        .map_err(self.db.err())?;
         Ok(conn.last_insert_rowid())
     }
 
@@ -82,7 +63,7 @@ impl Rounds {
         failed: usize,
         error: Option<&str>,
     ) -> Result<(), StateError> {
-        self.conn()
+        self.db.conn()
             .execute(
                 "UPDATE rounds SET state = ?2, finished_at = ?3, built = ?4, unchanged = ?5, failed = ?6, error = ?7 WHERE id = ?1",
                 params![
@@ -95,7 +76,7 @@ impl Rounds {
                     error
                 ],
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         Ok(())
     }
 
@@ -103,20 +84,21 @@ impl Rounds {
     /// how many (the caller runs a resuming round for them).
     pub fn recover(&self) -> Result<usize, StateError> {
         let n = self
+            .db
             .conn()
             .execute(
                 "UPDATE rounds SET state = 'interrupted', finished_at = ?1 WHERE state = 'running'",
                 params![chrono::Utc::now().to_rfc3339()],
             )
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         Ok(n)
     }
 
     pub fn list(&self, limit: usize) -> Result<Vec<Round>, StateError> {
-        let conn = self.conn();
+        let conn = self.db.conn();
         let mut stmt = conn
             .prepare("SELECT id, trigger, state, started_at, finished_at, built, unchanged, failed, error FROM rounds ORDER BY id DESC LIMIT ?1")
-            .map_err(self.err())?;
+            .map_err(self.db.err())?;
         let rows = stmt
             .query_map([limit as i64], |r| {
                 Ok(Round {
@@ -131,8 +113,8 @@ impl Rounds {
                     error: r.get(8)?,
                 })
             })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+            .map_err(self.db.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db.err())
     }
 
     pub fn last(&self) -> Result<Option<Round>, StateError> {

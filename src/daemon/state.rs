@@ -48,6 +48,36 @@ pub(crate) fn open_db(path: &Path, schema: &str) -> Result<Connection, StateErro
     Ok(conn)
 }
 
+/// A state-database connection shared by one component's methods, with the
+/// path its errors name.
+pub(crate) struct Db {
+    conn: std::sync::Mutex<Connection>,
+    path: String,
+}
+
+impl Db {
+    pub(crate) fn open(path: &Path, schema: &str) -> Result<Db, StateError> {
+        Ok(Db {
+            conn: std::sync::Mutex::new(open_db(path, schema)?),
+            path: path.display().to_string(),
+        })
+    }
+
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        |source| StateError {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match self.conn.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+}
+
 impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StateError> {
         let p = path.display().to_string();

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use reqwest::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 pub use client::{Body, Credentials, FileRange, Registry};
 
@@ -74,35 +74,41 @@ fn resumable_status(s: StatusCode) -> bool {
         || s.is_server_error()
 }
 
-/// sha256 and length of the first `limit` bytes of a file.
-async fn hash_file(path: &Path, limit: u64) -> Result<(String, u64), RegistryError> {
-    let h = hash_prefix(path, limit).await?;
-    Ok((format!("sha256:{}", hex::encode(h.0.finalize())), h.1))
-}
-
-async fn hasher_of_prefix(path: &Path, limit: u64) -> Result<Sha256, RegistryError> {
-    Ok(hash_prefix(path, limit).await?.0)
-}
-
-async fn hash_prefix(path: &Path, limit: u64) -> Result<(Sha256, u64), RegistryError> {
-    let io = |source| RegistryError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut f = tokio::fs::File::open(path).await.map_err(io)?;
-    let mut h = Sha256::new();
+/// Feed `len` bytes of a file from `offset` into `h` (fewer if the file
+/// ends first); returns the hasher and the bytes read. Blocking.
+pub fn hash_range(
+    mut h: Sha256,
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<(Sha256, u64)> {
+    use std::io::{Read, Seek};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
+    let mut f = f.take(len);
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
-    while n < limit {
-        let want = (limit - n).min(buf.len() as u64) as usize;
-        let got = f.read(&mut buf[..want]).await.map_err(io)?;
-        if got == 0 {
-            break;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            return Ok((h, n));
         }
-        h.update(&buf[..got]);
-        n += got as u64;
+        h.update(&buf[..k]);
+        n += k as u64;
     }
-    Ok((h, n))
+}
+
+/// sha256 (hex, no prefix) and size of a whole file, off the async threads.
+pub async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let (h, n) = hash_prefix(path, u64::MAX).await?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
+async fn hash_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || hash_range(Sha256::new(), &path, 0, limit))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -344,8 +350,13 @@ impl Registry {
         mount_from: Option<&str>,
     ) -> Result<BlobPush, RegistryError> {
         // First pass: the digest, so that HEAD and mount can skip the upload.
-        let (digest, size) = hash_file(path, u64::MAX).await?;
-        self.push_blob_file_known(repo, path, &digest, size, mount_from)
+        let (hex, size) = sha256_file(path)
+            .await
+            .map_err(|source| RegistryError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        self.push_blob_file_known(repo, path, &format!("sha256:{hex}"), size, mount_from)
             .await
     }
 
@@ -407,22 +418,9 @@ impl Registry {
             // The chunk streams from disk; a blocking thread hashes the same
             // range meanwhile (it is in the page cache by then).
             let hashing = {
-                let (mut h, path) = (h.clone(), path.to_path_buf());
+                let (h, path) = (h.clone(), path.to_path_buf());
                 tokio::task::spawn_blocking(move || -> std::io::Result<Sha256> {
-                    use std::io::{Read, Seek};
-                    let mut f = std::fs::File::open(&path)?;
-                    f.seek(std::io::SeekFrom::Start(offset))?;
-                    let mut f = f.take(want);
-                    let mut buf = vec![0u8; 1 << 20];
-                    let mut n = 0u64;
-                    loop {
-                        let k = f.read(&mut buf)?;
-                        if k == 0 {
-                            break;
-                        }
-                        h.update(&buf[..k]);
-                        n += k as u64;
-                    }
+                    let (h, n) = hash_range(h, &path, offset, want)?;
                     if n != want {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof,
@@ -489,7 +487,7 @@ impl Registry {
                 }
             }
             tracing::info!(repo, offset, "resuming upload");
-            h = hasher_of_prefix(path, offset).await?;
+            h = hash_prefix(path, offset).await.map_err(io)?.0;
         }
         // The file must not have changed between the two passes.
         let streamed = format!("sha256:{}", hex::encode(h.finalize()));

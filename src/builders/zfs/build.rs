@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
 
 use super::driver::{Zfs, ZfsError};
 use crate::process::{Cmd, ProcessError};
+use crate::registry::sha256_file;
 
 pub const SNAPSHOT: &str = "kiln";
 
@@ -83,22 +82,6 @@ pub struct ZfsOutput {
     pub size: u64,
     pub uncompressed_sha256: String,
     pub layout: serde_json::Value,
-}
-
-async fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = tokio::fs::File::open(path).await?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).await?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
 }
 
 /// A user property on every tree a build creates: who is building it
@@ -279,15 +262,10 @@ async fn send(
     let out = stream_path(spec);
     let raw = out.with_extension("raw");
     let send = format!(
-        "set -o pipefail; zfs send -R {snapshot} > {}",
+        "zfs send -R {snapshot} > {}",
         shell_quote(&raw.display().to_string())
     );
-    Cmd::new("bash")
-        .args(["-c", send.as_str()])
-        .timeout(Duration::from_secs(3600))
-        .run()
-        .await
-        .map_err(|e| io(e.to_string()))?;
+    pipeline(&send).run().await.map_err(|e| io(e.to_string()))?;
     let (uncompressed_sha256, _) = sha256_file(&raw)
         .await
         .map_err(|e| io(format!("{}: {e}", raw.display())))?;
@@ -336,6 +314,15 @@ async fn append(path: &Path, text: &str) -> std::io::Result<()> {
         .open(path)
         .await?;
     f.write_all(text.as_bytes()).await
+}
+
+/// A shell pipeline (`set -o pipefail`: any stage failing fails it), for
+/// streams too large to pass through Kiln's memory.
+fn pipeline(script: &str) -> Cmd {
+    Cmd::new("bash")
+        .arg("-c")
+        .arg(format!("set -o pipefail; {script}"))
+        .timeout(Duration::from_secs(3600))
 }
 
 fn shell_quote(s: &str) -> String {
@@ -448,7 +435,7 @@ async fn incremental_inner(
         zfs.zfs(&["snapshot", &format!("{clone}@{SNAPSHOT}")])
             .await?;
         let send = format!(
-            "set -o pipefail; zfs send -i {origin} {clone}@{SNAPSHOT} > {}",
+            "zfs send -i {origin} {clone}@{SNAPSHOT} > {}",
             shell_quote(
                 &streams
                     .join(format!("{}.zfs", c.name))
@@ -456,27 +443,17 @@ async fn incremental_inner(
                     .to_string()
             )
         );
-        Cmd::new("bash")
-            .args(["-c", send.as_str()])
-            .timeout(Duration::from_secs(3600))
-            .run()
-            .await
-            .map_err(|e| io(e.to_string()))?;
+        pipeline(&send).run().await.map_err(|e| io(e.to_string()))?;
         // Unmount before the clone is destroyed.
         let _ = zfs.zfs(&["umount", &clone]).await;
     }
     let out = incremental_path(spec);
     let pack = format!(
-        "set -o pipefail; tar -C {} -cf - . | zstd -q -f -T0 -o {}",
+        "tar -C {} -cf - . | zstd -q -f -T0 -o {}",
         shell_quote(&streams.display().to_string()),
         shell_quote(&out.display().to_string())
     );
-    Cmd::new("bash")
-        .args(["-c", pack.as_str()])
-        .timeout(Duration::from_secs(3600))
-        .run()
-        .await
-        .map_err(|e| io(e.to_string()))?;
+    pipeline(&pack).run().await.map_err(|e| io(e.to_string()))?;
     let (sha256, size) = sha256_file(&out)
         .await
         .map_err(|e| io(format!("{}: {e}", out.display())))?;

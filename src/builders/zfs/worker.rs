@@ -66,20 +66,36 @@ async fn sha256_of(path: &Path) -> Result<String, InstallError> {
         .to_string())
 }
 
+/// Shared start of both installs: an image already here only needs the
+/// stable name pointed at it (`Some`); otherwise the stream's sha256 must
+/// match before anything is received (`None`: go on).
+async fn present_or_verified(
+    zfs: &Zfs,
+    i: &Install<'_>,
+) -> Result<Option<Installed>, InstallError> {
+    if zfs.exists(&format!("{}@{SNAPSHOT}", i.dataset)).await? {
+        point_stable(zfs, i).await?;
+        return Ok(Some(Installed::Present {
+            dataset: i.dataset.to_string(),
+        }));
+    }
+    let got = sha256_of(i.stream).await?;
+    if got != i.sha256 {
+        return Err(InstallError::Stream {
+            path: i.stream.display().to_string(),
+            message: format!("sha256 {got}, expected {}", i.sha256),
+        });
+    }
+    Ok(None)
+}
+
 pub async fn install(zfs: &Zfs, i: &Install<'_>) -> Result<Installed, InstallError> {
     let stream_err = |message: String| InstallError::Stream {
         path: i.stream.display().to_string(),
         message,
     };
-    if zfs.exists(&format!("{}@{SNAPSHOT}", i.dataset)).await? {
-        point_stable(zfs, i).await?;
-        return Ok(Installed::Present {
-            dataset: i.dataset.to_string(),
-        });
-    }
-    let got = sha256_of(i.stream).await?;
-    if got != i.sha256 {
-        return Err(stream_err(format!("sha256 {got}, expected {}", i.sha256)));
+    if let Some(present) = present_or_verified(zfs, i).await? {
+        return Ok(present);
     }
     let raw = i.stream.with_extension("raw");
     Cmd::new("zstd")
@@ -192,17 +208,6 @@ async fn point_stable(zfs: &Zfs, i: &Install<'_>) -> Result<(), InstallError> {
     Ok(())
 }
 
-/// An incremental stream (a tar of per-child `zfs send -i` clone streams)
-/// to install on top of an earlier image this worker has.
-pub struct IncrementalInstall<'a> {
-    pub stream: &'a Path,
-    /// sha256 (hex) of the compressed file.
-    pub sha256: &'a str,
-    pub dataset: &'a str,
-    pub stable: &'a str,
-    pub mountpoints: Vec<(String, PathBuf)>,
-}
-
 /// Does this worker hold exactly the snapshots an incremental stream was
 /// made from (same guid for every child's `@kiln`)?
 pub async fn has_base(
@@ -222,34 +227,19 @@ pub async fn has_base(
     Ok(true)
 }
 
-/// Receive each child's stream as a clone of the earlier image's child,
-/// under a temporary name, then rename the tree into its immutable name
-/// and point the stable name at it, as [`install`] does.
-pub async fn install_incremental(
-    zfs: &Zfs,
-    i: &IncrementalInstall<'_>,
-) -> Result<Installed, InstallError> {
+/// Install an incremental stream (a zstd tar of per-child `zfs send -i`
+/// clone streams) on top of an earlier image this worker holds: each child
+/// is received as a clone of the earlier image's child, under a temporary
+/// name, then the tree is renamed into its immutable name and the stable
+/// name pointed at it, as [`install`] does. `uncompressed_sha256` is not
+/// used (the tar has no single raw stream).
+pub async fn install_incremental(zfs: &Zfs, i: &Install<'_>) -> Result<Installed, InstallError> {
     let stream_err = |message: String| InstallError::Stream {
         path: i.stream.display().to_string(),
         message,
     };
-    let as_full = Install {
-        stream: i.stream,
-        sha256: i.sha256,
-        uncompressed_sha256: None,
-        dataset: i.dataset,
-        stable: i.stable,
-        mountpoints: i.mountpoints.clone(),
-    };
-    if zfs.exists(&format!("{}@{SNAPSHOT}", i.dataset)).await? {
-        point_stable(zfs, &as_full).await?;
-        return Ok(Installed::Present {
-            dataset: i.dataset.to_string(),
-        });
-    }
-    let got = sha256_of(i.stream).await?;
-    if got != i.sha256 {
-        return Err(stream_err(format!("sha256 {got}, expected {}", i.sha256)));
+    if let Some(present) = present_or_verified(zfs, i).await? {
+        return Ok(present);
     }
     let unpacked = i.stream.with_extension("d");
     let _ = tokio::fs::remove_dir_all(&unpacked).await;
@@ -310,7 +300,7 @@ pub async fn install_incremental(
     .await;
     let _ = tokio::fs::remove_dir_all(&unpacked).await;
     result?;
-    point_stable(zfs, &as_full).await?;
+    point_stable(zfs, i).await?;
     Ok(Installed::New {
         dataset: i.dataset.to_string(),
     })
