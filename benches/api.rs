@@ -11,6 +11,7 @@ use std::sync::Arc;
 use kiln::api::gate::Requirement;
 use kiln::api::snapshot::Store;
 use kiln::api::{AppState, Metrics};
+use kiln::catalogue::Arch;
 use kiln::publish::lockfile::{ArchEntry, ArtifactKind, Entry, Lockfile};
 use sha2::{Digest, Sha256};
 
@@ -36,25 +37,26 @@ fn big_lockfile() -> (Lockfile, Vec<Requirement>) {
     for i in 0..TAGS {
         let os = format!("distro{}-{}", i / 100, i % 100);
         let tag = format!("{os}-ocaml-5.5");
-        let arches: BTreeMap<String, ArchEntry> = ["amd64", "arm64", "ppc64le", "s390x"]
-            .iter()
-            .map(|a| {
-                (
-                    a.to_string(),
-                    ArchEntry {
-                        digest: digest_of(&format!("{tag}/{a}")),
-                        build_key: digest_of(a),
-                        size: Some(1 << 20),
-                    },
-                )
-            })
-            .collect();
+        let arches: BTreeMap<Arch, ArchEntry> =
+            [Arch::Amd64, Arch::Arm64, Arch::Ppc64le, Arch::S390x]
+                .into_iter()
+                .map(|a| {
+                    (
+                        a,
+                        ArchEntry {
+                            digest: digest_of(&format!("{tag}/{a}")),
+                            build_key: digest_of(a.as_str()),
+                            size: Some(1 << 20),
+                        },
+                    )
+                })
+                .collect();
         lock.publish(
             Entry {
                 kind: ArtifactKind::Image,
                 platform: "linux".into(),
                 os: os.clone(),
-                ocaml: "5.5.0".into(),
+                ocaml: "5.5.0".parse().unwrap(),
                 variant: None,
                 repository: "kiln/opam".into(),
                 tag: tag.clone(),
@@ -73,17 +75,12 @@ fn big_lockfile() -> (Lockfile, Vec<Requirement>) {
         reqs.push(Requirement {
             platform: "linux".into(),
             os,
-            ocaml: "5.5.0".into(),
+            ocaml: "5.5.0".parse().unwrap(),
             variant: None,
             repository: "kiln/opam".into(),
             tag,
             aliases: vec![],
-            arches: vec![
-                "amd64".into(),
-                "arm64".into(),
-                "ppc64le".into(),
-                "s390x".into(),
-            ],
+            arches: vec![Arch::Amd64, Arch::Arm64, Arch::Ppc64le, Arch::S390x],
             no_builder: vec![],
         });
     }

@@ -93,7 +93,7 @@ async fn indexes(reg: &Registry, n: usize, tag: &str) -> anyhow::Result<()> {
     }
     let required: Vec<Platform> = ARCHES
         .iter()
-        .map(|a| Platform::for_arch("linux", a))
+        .map(|a| Platform::for_arch("linux", a.parse().expect("known arch")))
         .collect();
 
     // docker manifest create + push, one index after another as a release

@@ -52,7 +52,7 @@ fn spec(dir: &Path, dataset: &str, leaf: &str, script: String) -> build::ZfsSpec
     build::ZfsSpec {
         target: format!("bench/{leaf}"),
         platform: "macos".into(),
-        arch: "amd64".into(),
+        arch: kiln::catalogue::Arch::Amd64,
         dataset: dataset.to_string(),
         profile: children[0].mountpoint.join(".obuilder_profile.sh"),
         children,

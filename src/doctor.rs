@@ -245,17 +245,8 @@ async fn check_tool(program: &str, args: &[&str], component: &str, required: boo
     }
 }
 
-/// KVM is usable when /dev/kvm opens read-write.
-pub fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok()
-}
-
 fn check_kvm() -> Check {
-    if kvm_usable() {
+    if crate::builders::qemu::kvm_usable() {
         ok(
             "kvm",
             false,

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln::api::gate::{JobState, Jobs, Requirement, job_key};
+use kiln::api::gate::{Jobs, Requirement};
 use kiln::api::snapshot::Store;
 use kiln::api::{AppState, Metrics};
+use kiln::catalogue::Arch;
+use kiln::model::requirement::job_key;
+use kiln::model::{ArchState, FailureKind, TagId};
 use kiln::publish::lockfile::{ArchEntry, ArtifactKind, Entry, Lockfile};
 
 fn digest(n: u8) -> String {
@@ -19,7 +22,7 @@ fn entry(os: &str, ocaml: &str, tag: &str, arches: &[&str], d: u8) -> Entry {
         kind: ArtifactKind::Image,
         platform: "linux".into(),
         os: os.into(),
-        ocaml: ocaml.into(),
+        ocaml: ocaml.parse().unwrap(),
         variant: None,
         repository: "kiln/opam".into(),
         tag: tag.into(),
@@ -35,7 +38,7 @@ fn entry(os: &str, ocaml: &str, tag: &str, arches: &[&str], d: u8) -> Entry {
             .enumerate()
             .map(|(i, a)| {
                 (
-                    a.to_string(),
+                    a.parse::<Arch>().unwrap(),
                     ArchEntry {
                         digest: digest(d + 100 + i as u8),
                         build_key: "k".into(),
@@ -56,7 +59,7 @@ fn req(os: &str, ocaml: &str, tag: &str, arches: &[&str]) -> Requirement {
     Requirement {
         platform: "linux".into(),
         os: os.into(),
-        ocaml: ocaml.into(),
+        ocaml: ocaml.parse().unwrap(),
         variant: None,
         repository: "kiln/opam".into(),
         tag: tag.into(),
@@ -65,7 +68,7 @@ fn req(os: &str, ocaml: &str, tag: &str, arches: &[&str]) -> Requirement {
             os.split('-').next().unwrap(),
             &ocaml[..3]
         )],
-        arches: arches.iter().map(|s| s.to_string()).collect(),
+        arches: arches.iter().map(|s| s.parse().unwrap()).collect(),
         no_builder: vec![],
     }
 }
@@ -160,9 +163,14 @@ fn fixture() -> (Lockfile, Vec<Requirement>, Jobs) {
     ];
     let mut jobs = Jobs::new();
     jobs.insert(
-        job_key("kiln/opam", "alpine-3.22-ocaml-5.5", "arm64"),
-        JobState::Failed {
+        job_key(
+            &TagId::new("kiln/opam", "alpine-3.22-ocaml-5.5"),
+            Arch::Arm64,
+        ),
+        ArchState::Failed {
+            kind: FailureKind::Recipe,
             error: "smoke test: ocaml -version printed 5.4.1".into(),
+            log: None,
         },
     );
     (lock, reqs, jobs)

@@ -3,6 +3,7 @@
 //! own OCaml, no churn on rebuild, smoke failures publishing nothing,
 //! input changes recorded, and the digest API answering from the result.
 
+use kiln::catalogue::Arch;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::Arc;
@@ -232,7 +233,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
     assert_eq!(pin.digest, e.digest);
     assert_eq!(
         pin.arch_digest.as_deref(),
-        Some(e.arches["arm64"].digest.as_str())
+        Some(e.arches[&Arch::Arm64].digest.as_str())
     );
     let refused =
         kiln::api::resolve::resolve(&snap, "ocaml/opam:debian-12-ocaml-4.13", None).unwrap_err();
@@ -479,9 +480,9 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
     let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut digests = Vec::new();
-    for arch in ["amd64", "arm64"] {
+    for arch in [Arch::Amd64, Arch::Arm64] {
         let plat = Platform::for_arch("linux", arch);
-        let (name, base) = kiln::builders::run::resolve_parent(
+        let (name, base) = kiln::plan::prepare::resolve_parent(
             &cfg,
             "127.0.0.1:5000/kiln-fixtures/busybox:latest",
             &plat,
@@ -493,7 +494,7 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
             dockerfile: format!("FROM {name}@{base}\nRUN echo {marker} > /parent-marker\n"),
             context: Default::default(),
             os: "linux".into(),
-            arch: arch.into(),
+            arch,
             push_ref: format!("{}/{repo}:{tag}-{arch}", reg.host),
             smoke: vec![SmokeCheck {
                 argv: vec!["cat".into(), "/parent-marker".into()],
@@ -504,8 +505,8 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
         };
         digests.push(docker::build(&engine, &spec).await.unwrap().digest);
     }
-    let required: Vec<Platform> = ["amd64", "arm64"]
-        .iter()
+    let required: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
+        .into_iter()
         .map(|a| Platform::for_arch("linux", a))
         .collect();
     let idx = index::assemble(&reg, repo, &digests, &required, &Default::default())

@@ -14,7 +14,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
     let mut lock = Lockfile::default();
     let mut arches = BTreeMap::new();
     arches.insert(
-        "amd64".to_string(),
+        kiln::catalogue::Arch::Amd64,
         ArchEntry {
             digest: digest(11),
             build_key: "k".into(),
@@ -22,7 +22,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
         },
     );
     arches.insert(
-        "arm64".to_string(),
+        kiln::catalogue::Arch::Arm64,
         ArchEntry {
             digest: digest(12),
             build_key: "k".into(),
@@ -34,7 +34,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
             kind: ArtifactKind::Image,
             platform: "linux".into(),
             os: "debian-13".into(),
-            ocaml: "5.5.0".into(),
+            ocaml: "5.5.0".parse().unwrap(),
             variant: None,
             repository: "kiln/opam".into(),
             tag: "debian-13-ocaml-5.5".into(),

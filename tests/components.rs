@@ -130,7 +130,7 @@ async fn container_runs_on_the_engine() {
         dockerfile: "FROM scratch\nCOPY busybox /bin/busybox\n".into(),
         context: BTreeMap::from([("busybox".to_string(), busybox)]),
         os: "linux".into(),
-        arch: "amd64".into(),
+        arch: kiln::catalogue::Arch::Amd64,
         push_ref: format!(
             "{}/kiln-test/components-{}:run",
             reg.host,

@@ -362,15 +362,19 @@ fn release_cascade_interrupted_then_rerun_opens_one_pr_per_consumer() {
     );
     let lock = kiln::publish::lockfile::Lockfile::load(&p.join("manifests/lockfile.json")).unwrap();
     let key = format!("{namespace}/opam:busybox-release-ocaml-5.5");
-    assert_eq!(lock.entries[&key].ocaml, "5.5.1");
+    assert_eq!(lock.entries[&key].ocaml.to_string(), "5.5.1");
     // The same cascade built the OpenBSD disk (QEMU) and the macOS tree (ZFS).
     assert_eq!(
-        lock.entries[&format!("{namespace}/openbsd-base:openbsd-7.9-ocaml-5.5")].ocaml,
+        lock.entries[&format!("{namespace}/openbsd-base:openbsd-7.9-ocaml-5.5")]
+            .ocaml
+            .to_string(),
         "5.5.1"
     );
     if zfs_ok {
         assert_eq!(
-            lock.entries[&format!("{namespace}/macos-base:macos-homebrew-ocaml-5.5")].ocaml,
+            lock.entries[&format!("{namespace}/macos-base:macos-homebrew-ocaml-5.5")]
+                .ocaml
+                .to_string(),
             "5.5.1"
         );
     }

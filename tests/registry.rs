@@ -1,6 +1,7 @@
 //! The registry client, index assembly, artifacts and publication against
 //! the real registry (127.0.0.1:5000), checked with skopeo.
 
+use kiln::catalogue::Arch;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -143,7 +144,7 @@ async fn index_assembly_keeps_attestations_and_refuses_incomplete_sets() {
         .unwrap();
     let required: Vec<Platform> = ["amd64", "arm64", "arm32v7"]
         .iter()
-        .map(|a| Platform::for_arch("linux", a))
+        .map(|a| Platform::for_arch("linux", a.parse().unwrap()))
         .collect();
     let mut ann = BTreeMap::new();
     ann.insert(
@@ -178,7 +179,7 @@ async fn index_assembly_keeps_attestations_and_refuses_incomplete_sets() {
     // Missing arch: refused, nothing pushed under that set.
     let more: Vec<Platform> = ["amd64", "arm64", "arm32v7", "s390x"]
         .iter()
-        .map(|a| Platform::for_arch("linux", a))
+        .map(|a| Platform::for_arch("linux", a.parse().unwrap()))
         .collect();
     let e = index::assemble(&reg, &repo, &[amd.clone(), arm.clone(), src], &more, &ann)
         .await
@@ -248,7 +249,7 @@ fn entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> Entry 
         kind: ArtifactKind::Image,
         platform: "linux".into(),
         os: "debian-13".into(),
-        ocaml: "5.5.0".into(),
+        ocaml: "5.5.0".parse().unwrap(),
         variant: None,
         repository: repo.into(),
         tag: tag.into(),
@@ -259,7 +260,7 @@ fn entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> Entry 
             .iter()
             .map(|(a, d)| {
                 (
-                    a.to_string(),
+                    a.parse::<Arch>().unwrap(),
                     ArchEntry {
                         digest: d.to_string(),
                         build_key: "k".into(),
@@ -284,8 +285,8 @@ async fn publication_order_and_refusal() {
     let lockfile = dir.path().join("lockfile.json");
     let amd = push_image(&reg, &repo, "linux", "amd64", None, "1").await;
     let arm = push_image(&reg, &repo, "linux", "arm64", None, "1").await;
-    let both: Vec<Platform> = ["amd64", "arm64"]
-        .iter()
+    let both: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
+        .into_iter()
         .map(|a| Platform::for_arch("linux", a))
         .collect();
     let idx = index::assemble(
@@ -329,7 +330,7 @@ async fn publication_order_and_refusal() {
     // An index missing a required arch: verification fails, the moving tag
     // does not move and the lockfile is untouched.
     let amd2 = push_image(&reg, &repo, "linux", "amd64", None, "2").await;
-    let only = vec![Platform::for_arch("linux", "amd64")];
+    let only = vec![Platform::for_arch("linux", Arch::Amd64)];
     let partial = index::assemble(
         &reg,
         &repo,
@@ -378,8 +379,8 @@ async fn verify_names_problems_and_rollback_moves_back() {
     let repo = unique("verify");
     let dir = tempfile::tempdir().unwrap();
     let lockfile = dir.path().join("lockfile.json");
-    let both: Vec<Platform> = ["amd64", "arm64"]
-        .iter()
+    let both: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
+        .into_iter()
         .map(|a| Platform::for_arch("linux", a))
         .collect();
     let mut digests = Vec::new();
@@ -472,7 +473,7 @@ async fn verify_names_problems_and_rollback_moves_back() {
     // A blob corrupted on the registry's disk: verify names it.
     let config_digest = {
         let m = reg
-            .get_manifest(&repo, &lock.entries[&key].arches["amd64"].digest)
+            .get_manifest(&repo, &lock.entries[&key].arches[&Arch::Amd64].digest)
             .await
             .unwrap();
         m.json().unwrap()["config"]["digest"]

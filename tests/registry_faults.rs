@@ -6,6 +6,7 @@
 
 mod common;
 
+use kiln::catalogue::Arch;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -65,7 +66,7 @@ fn image_entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> 
         kind: ArtifactKind::Image,
         platform: "linux".into(),
         os: "debian-13".into(),
-        ocaml: "5.5.0".into(),
+        ocaml: "5.5.0".parse().unwrap(),
         variant: None,
         repository: repo.into(),
         tag: tag.into(),
@@ -76,7 +77,7 @@ fn image_entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> 
             .iter()
             .map(|(a, d)| {
                 (
-                    a.to_string(),
+                    a.parse::<Arch>().unwrap(),
                     ArchEntry {
                         digest: d.to_string(),
                         build_key: "k".into(),
@@ -120,7 +121,7 @@ async fn push_and_publish(
     let mut e = image_entry(repo, &pushed.digest, &[("amd64", &pushed.digest)], tag);
     e.kind = ArtifactKind::Qcow2;
     e.platform = "openbsd".into();
-    let required = [Platform::for_arch("openbsd", "amd64")];
+    let required = [Platform::for_arch("openbsd", Arch::Amd64)];
     kiln::publish::publish(reg, lockfile, e, &required, "new")
         .await
         .map_err(|e| e.to_string())?;
@@ -301,8 +302,8 @@ async fn a_429_storm_fails_cleanly_honouring_retry_after_then_passes() {
     let repo = "faults/storm";
     let amd = push_image(&direct, repo, "amd64", "storm").await;
     let arm = push_image(&direct, repo, "arm64", "storm").await;
-    let both: Vec<Platform> = ["amd64", "arm64"]
-        .iter()
+    let both: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
+        .into_iter()
         .map(|a| Platform::for_arch("linux", a))
         .collect();
     let idx = index::assemble(
@@ -393,8 +394,8 @@ async fn corrupt_manifest_and_missing_child_are_refused() {
     let registry = PrivateRegistry::start(dir.path());
     let reg = client(&registry.url());
     let repo = "faults/bad";
-    let both: Vec<Platform> = ["amd64", "arm64"]
-        .iter()
+    let both: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
+        .into_iter()
         .map(|a| Platform::for_arch("linux", a))
         .collect();
     let amd = push_image(&reg, repo, "amd64", "one").await;

@@ -381,7 +381,7 @@ fn dataset_tree_is_built_reaped_published_and_receivable() {
         .block_on(kiln::registry::artifact::pull(
             &reg,
             &e.repository,
-            &e.arches["amd64"].digest,
+            &e.arches[&kiln::catalogue::Arch::Amd64].digest,
             &stream,
         ))
         .unwrap();
@@ -518,7 +518,7 @@ fn dataset_tree_is_built_reaped_published_and_receivable() {
         .block_on(kiln::registry::artifact::inspect(
             &reg,
             &e2.repository,
-            &e2.arches["amd64"].digest,
+            &e2.arches[&kiln::catalogue::Arch::Amd64].digest,
         ))
         .unwrap();
     let inc = &cfg2["incremental"][0];

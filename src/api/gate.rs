@@ -7,47 +7,44 @@
 //! per arch, why not: not built, building, failed (with the last error), or
 //! no builder can build it.
 
-use std::collections::BTreeMap;
+use serde::Serialize;
 
-use serde::{Deserialize, Serialize};
-
+use crate::catalogue::Arch;
+use crate::model::requirement::job_key;
+pub use crate::model::{ArchState, Jobs, Requirement};
 use crate::publish::lockfile::{Entry, Lockfile};
 
-/// One required tag, derived from the catalogue and platform policy.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Requirement {
-    pub platform: String,
-    pub os: String,
-    /// Full compiler version the tag must hold, e.g. `5.5.0`.
-    pub ocaml: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
-    pub repository: String,
-    pub tag: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// Arches that must all be published.
-    pub arches: Vec<String>,
-    /// Arches no configured builder can build.
-    #[serde(default)]
-    pub no_builder: Vec<String>,
+/// Why one arch of a requirement is not there.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingReason {
+    NotBuilt,
+    Building,
+    Queued,
+    Failed,
+    NoBuilder,
+    /// The tag holds an older compiler of the series.
+    Stale,
 }
 
-/// What the daemon knows about a target's current build.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "state", rename_all = "kebab-case")]
-pub enum JobState {
-    Queued,
-    Building,
-    Failed { error: String },
+impl MissingReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissingReason::NotBuilt => "not-built",
+            MissingReason::Building => "building",
+            MissingReason::Queued => "queued",
+            MissingReason::Failed => "failed",
+            MissingReason::NoBuilder => "no-builder",
+            MissingReason::Stale => "stale",
+        }
+    }
 }
 
 /// Why one arch of a requirement is not there.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Missing {
-    pub arch: String,
-    /// `not-built`, `building`, `queued`, `failed`, `no-builder`, `stale`.
-    pub reason: String,
+    pub arch: Arch,
+    pub reason: MissingReason,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -60,87 +57,85 @@ pub enum Verdict<'a> {
     Missing { missing: Vec<Missing> },
 }
 
-/// Key of a job in [`Jobs`]: `<repository>:<tag>/<arch>`.
-pub fn job_key(repository: &str, tag: &str, arch: &str) -> String {
-    format!("{repository}:{tag}/{arch}")
+/// Judge a requirement against the lockfile and the daemon's jobs.
+pub fn verdict<'a>(req: &Requirement, lock: &'a Lockfile, jobs: &Jobs) -> Verdict<'a> {
+    let entry = lock.entries.get(&req.key());
+    let current = entry.filter(|e| e.ocaml == req.ocaml);
+    let mut missing = Vec::new();
+    for &arch in &req.arches {
+        if current.is_some_and(|e| e.arches.contains_key(&arch)) {
+            continue;
+        }
+        missing.push(missing_arch(req, entry, jobs, arch));
+    }
+    match (current, missing.is_empty()) {
+        (Some(entry), true) => Verdict::Available { entry },
+        _ => Verdict::Missing { missing },
+    }
 }
 
-pub type Jobs = BTreeMap<String, JobState>;
-
-impl Requirement {
-    pub fn key(&self) -> String {
-        format!("{}:{}", self.repository, self.tag)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.tag.as_str()).chain(self.aliases.iter().map(String::as_str))
-    }
-
-    /// Judge this requirement against the lockfile and the daemon's jobs.
-    pub fn verdict<'a>(&self, lock: &'a Lockfile, jobs: &Jobs) -> Verdict<'a> {
-        let entry = lock.entries.get(&self.key());
-        let current = entry.filter(|e| e.ocaml == self.ocaml);
-        let mut missing = Vec::new();
-        for arch in &self.arches {
-            if current.is_some_and(|e| e.arches.contains_key(arch)) {
-                continue;
-            }
-            let job = jobs.get(&job_key(&self.repository, &self.tag, arch));
-            let (reason, detail) = if self.no_builder.contains(arch) {
-                (
-                    "no-builder",
+/// Why `arch` of `req` is not published.
+fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arch) -> Missing {
+    let (reason, detail) = if req.no_builder.contains(&arch) {
+        (
+            MissingReason::NoBuilder,
+            Some(format!(
+                "no configured {} builder can build {arch}",
+                req.platform
+            )),
+        )
+    } else {
+        match jobs.get(&job_key(&req.id(), arch)) {
+            Some(ArchState::Building) => (MissingReason::Building, None),
+            Some(ArchState::Queued) => (MissingReason::Queued, None),
+            Some(ArchState::Failed { kind, error, log }) => (
+                MissingReason::Failed,
+                Some(match log {
+                    Some(l) => format!("{kind}: {error} (log: {l})"),
+                    None => format!("{kind}: {error}"),
+                }),
+            ),
+            Some(ArchState::Succeeded) | None => match entry {
+                Some(e) if e.ocaml != req.ocaml => (
+                    MissingReason::Stale,
                     Some(format!(
-                        "no configured {} builder can build {arch}",
-                        self.platform
+                        "tag holds OCaml {}, {} not built yet",
+                        e.ocaml, req.ocaml
                     )),
-                )
-            } else {
-                match job {
-                    Some(JobState::Building) => ("building", None),
-                    Some(JobState::Queued) => ("queued", None),
-                    Some(JobState::Failed { error }) => ("failed", Some(error.clone())),
-                    None => match entry {
-                        Some(e) if e.ocaml != self.ocaml => (
-                            "stale",
-                            Some(format!(
-                                "tag holds OCaml {}, {} not built yet",
-                                e.ocaml, self.ocaml
-                            )),
-                        ),
-                        _ => ("not-built", None),
-                    },
-                }
-            };
-            missing.push(Missing {
-                arch: arch.clone(),
-                reason: reason.to_string(),
-                detail,
-            });
+                ),
+                _ => (MissingReason::NotBuilt, None),
+            },
         }
-        match (current, missing.is_empty()) {
-            (Some(entry), true) => Verdict::Available { entry },
-            _ => Verdict::Missing { missing },
-        }
+    };
+    Missing {
+        arch,
+        reason,
+        detail,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{FailureKind, TagId};
     use crate::publish::lockfile::tests::entry;
 
-    fn req(arches: &[&str]) -> Requirement {
+    fn req(arches: &[Arch]) -> Requirement {
         Requirement {
             platform: "linux".into(),
             os: "debian-13".into(),
-            ocaml: "5.5.0".into(),
+            ocaml: "5.5.0".parse().unwrap(),
             variant: None,
             repository: "kiln/opam".into(),
             tag: "debian-13-ocaml-5.5".into(),
             aliases: vec![],
-            arches: arches.iter().map(|s| s.to_string()).collect(),
+            arches: arches.to_vec(),
             no_builder: vec![],
         }
+    }
+
+    fn key(arch: Arch) -> String {
+        job_key(&TagId::new("kiln/opam", "debian-13-ocaml-5.5"), arch)
     }
 
     #[test]
@@ -148,49 +143,65 @@ mod tests {
         let mut lock = Lockfile::default();
         lock.publish(entry("debian-13-ocaml-5.5", 1), "new");
         assert!(matches!(
-            req(&["amd64"]).verdict(&lock, &Jobs::new()),
+            verdict(&req(&[Arch::Amd64]), &lock, &Jobs::new()),
             Verdict::Available { .. }
         ));
         let mut jobs = Jobs::new();
         jobs.insert(
-            job_key("kiln/opam", "debian-13-ocaml-5.5", "s390x"),
-            JobState::Failed {
+            key(Arch::S390x),
+            ArchState::Failed {
+                kind: FailureKind::Recipe,
                 error: "smoke: ocaml -version said 5.4.0".into(),
+                log: None,
             },
         );
-        let mut r = req(&["amd64", "arm64", "s390x", "riscv64"]);
-        r.no_builder = vec!["riscv64".into()];
-        jobs.insert(
-            job_key("kiln/opam", "debian-13-ocaml-5.5", "arm64"),
-            JobState::Building,
-        );
-        let Verdict::Missing { missing } = r.verdict(&lock, &jobs) else {
+        let mut r = req(&[Arch::Amd64, Arch::Arm64, Arch::S390x, Arch::Riscv64]);
+        r.no_builder = vec![Arch::Riscv64];
+        jobs.insert(key(Arch::Arm64), ArchState::Building);
+        let Verdict::Missing { missing } = verdict(&r, &lock, &jobs) else {
             panic!("incomplete set must not be available")
         };
-        let reasons: Vec<_> = missing
-            .iter()
-            .map(|m| (m.arch.as_str(), m.reason.as_str()))
-            .collect();
+        let reasons: Vec<_> = missing.iter().map(|m| (m.arch, m.reason)).collect();
         assert_eq!(
             reasons,
             [
-                ("arm64", "building"),
-                ("s390x", "failed"),
-                ("riscv64", "no-builder")
+                (Arch::Arm64, MissingReason::Building),
+                (Arch::S390x, MissingReason::Failed),
+                (Arch::Riscv64, MissingReason::NoBuilder)
             ]
         );
-        assert!(missing[1].detail.as_deref().unwrap().contains("5.4.0"));
+        let detail = missing[1].detail.as_deref().unwrap();
+        assert!(detail.contains("5.4.0") && detail.starts_with("recipe: "));
     }
 
     #[test]
     fn a_tag_holding_an_older_patch_release_is_stale() {
         let mut lock = Lockfile::default();
         lock.publish(entry("debian-13-ocaml-5.5", 1), "new");
-        let mut r = req(&["amd64"]);
-        r.ocaml = "5.5.1".into();
-        let Verdict::Missing { missing } = r.verdict(&lock, &Jobs::new()) else {
+        let mut r = req(&[Arch::Amd64]);
+        r.ocaml = "5.5.1".parse().unwrap();
+        let Verdict::Missing { missing } = verdict(&r, &lock, &Jobs::new()) else {
             panic!()
         };
-        assert_eq!(missing[0].reason, "stale");
+        assert_eq!(missing[0].reason, MissingReason::Stale);
+    }
+
+    #[test]
+    fn prerelease_versions_compare_as_versions() {
+        let mut lock = Lockfile::default();
+        let mut e = entry("debian-13-ocaml-5.5", 1);
+        e.ocaml = "5.5.0~beta10".parse().unwrap();
+        lock.publish(e, "new");
+        let mut r = req(&[Arch::Amd64]);
+        r.ocaml = "5.5.0~beta10".parse().unwrap();
+        assert!(matches!(
+            verdict(&r, &lock, &Jobs::new()),
+            Verdict::Available { .. }
+        ));
+        r.ocaml = "5.5.0~beta2".parse().unwrap();
+        assert!(matches!(
+            verdict(&r, &lock, &Jobs::new()),
+            Verdict::Missing { .. }
+        ));
     }
 }

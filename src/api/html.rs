@@ -6,6 +6,7 @@ use std::fmt::Write;
 
 use super::gate::Verdict;
 use super::snapshot::Snapshot;
+use crate::catalogue::OcamlVersion;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -46,10 +47,11 @@ pub fn render(snap: &Snapshot) -> String {
         let _ = write!(s, "<th>{}<br>{}</th>", esc(p), esc(os));
     }
     s.push_str("</tr></thead><tbody>");
-    let mut by_cell: BTreeMap<(&str, &str, &str), Vec<&super::gate::Requirement>> = BTreeMap::new();
+    let mut by_cell: BTreeMap<(&OcamlVersion, &str, &str), Vec<&super::gate::Requirement>> =
+        BTreeMap::new();
     for r in &snap.requirements {
         by_cell
-            .entry((r.ocaml.as_str(), r.platform.as_str(), r.os.as_str()))
+            .entry((&r.ocaml, r.platform.as_str(), r.os.as_str()))
             .or_default()
             .push(r);
     }
@@ -57,10 +59,10 @@ pub fn render(snap: &Snapshot) -> String {
         let _ = write!(
             s,
             "<tr><th><a href=\"/v1/versions/{0}\">{0}</a></th>",
-            esc(&v)
+            esc(&v.to_string())
         );
         for (p, os) in &columns {
-            let Some(reqs) = by_cell.get(&(v.as_str(), p.as_str(), os.as_str())) else {
+            let Some(reqs) = by_cell.get(&(&v, p.as_str(), os.as_str())) else {
                 s.push_str("<td class=\"na\"></td>");
                 continue;
             };
@@ -68,7 +70,7 @@ pub fn render(snap: &Snapshot) -> String {
             let mut no_builder = false;
             let mut detail = String::new();
             for r in reqs {
-                match r.verdict(&snap.lockfile, &snap.jobs) {
+                match super::gate::verdict(r, &snap.lockfile, &snap.jobs) {
                     Verdict::Available { entry } => {
                         ok += 1;
                         let _ = write!(
@@ -81,7 +83,7 @@ pub fn render(snap: &Snapshot) -> String {
                             let _ = write!(
                                 detail,
                                 "<li>{}: <code>{}</code></li>",
-                                esc(a),
+                                esc(a.as_str()),
                                 esc(&e.digest[..19.min(e.digest.len())])
                             );
                         }
@@ -90,12 +92,12 @@ pub fn render(snap: &Snapshot) -> String {
                     Verdict::Missing { missing } => {
                         let _ = write!(detail, "<div><b>{}</b><ul>", esc(&r.tag));
                         for m in &missing {
-                            no_builder |= m.reason == "no-builder";
+                            no_builder |= m.reason == super::gate::MissingReason::NoBuilder;
                             let _ = write!(
                                 detail,
                                 "<li>{}: {}{}</li>",
-                                esc(&m.arch),
-                                esc(&m.reason),
+                                esc(m.arch.as_str()),
+                                esc(m.reason.as_str()),
                                 m.detail
                                     .as_deref()
                                     .map(|d| format!(" ({})", esc(d)))

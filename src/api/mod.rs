@@ -25,6 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use crate::catalogue::{Arch, OcamlVersion};
 use gate::Verdict;
 use snapshot::{Snapshot, Store};
 
@@ -274,25 +275,25 @@ pub struct Cell {
     pub os: String,
     pub tag: String,
     pub available: bool,
-    pub arches: BTreeMap<String, String>,
+    pub arches: BTreeMap<Arch, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<gate::Missing>,
 }
 
 #[derive(Serialize)]
 pub struct VersionView {
-    pub version: String,
+    pub version: OcamlVersion,
     /// Every required tag of this version is available.
     pub available: bool,
     pub cells: Vec<Cell>,
 }
 
-pub fn version_view(snap: &Snapshot, v: &str) -> Option<VersionView> {
+pub fn version_view(snap: &Snapshot, v: &OcamlVersion) -> Option<VersionView> {
     let cells: Vec<Cell> = snap
         .requirements
         .iter()
-        .filter(|r| r.ocaml == v)
-        .map(|r| match r.verdict(&snap.lockfile, &snap.jobs) {
+        .filter(|r| r.ocaml == *v)
+        .map(|r| match gate::verdict(r, &snap.lockfile, &snap.jobs) {
             Verdict::Available { entry } => Cell {
                 platform: r.platform.clone(),
                 os: r.os.clone(),
@@ -301,7 +302,7 @@ pub fn version_view(snap: &Snapshot, v: &str) -> Option<VersionView> {
                 arches: entry
                     .arches
                     .iter()
-                    .map(|(a, e)| (a.clone(), e.digest.clone()))
+                    .map(|(a, e)| (*a, e.digest.clone()))
                     .collect(),
                 missing: vec![],
             },
@@ -319,7 +320,7 @@ pub fn version_view(snap: &Snapshot, v: &str) -> Option<VersionView> {
         return None;
     }
     Some(VersionView {
-        version: v.to_string(),
+        version: v.clone(),
         available: cells.iter().all(|c| c.available),
         cells,
     })
@@ -338,7 +339,11 @@ async fn versions(State(st): State<Shared>) -> Response {
 
 async fn version(State(st): State<Shared>, Path(v): Path<String>) -> Response {
     let snap = st.store.current();
-    let r = match version_view(&snap, &v) {
+    let view = v
+        .parse::<OcamlVersion>()
+        .ok()
+        .and_then(|v| version_view(&snap, &v));
+    let r = match view {
         Some(view) => axum::Json(view).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
@@ -346,8 +351,9 @@ async fn version(State(st): State<Shared>, Path(v): Path<String>) -> Response {
             format!(
                 "no catalogue version {v:?}; known: {}",
                 snap.versions()
-                    .into_iter()
+                    .iter()
                     .take(8)
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -531,7 +537,7 @@ async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
 
 /// The job queue in Prometheus text format: depth by state, attempt
 /// durations by builder, failed attempts by kind.
-fn queue_metrics(q: &crate::daemon::queue::QueueStats) -> String {
+fn queue_metrics(q: &crate::state::queue::QueueStats) -> String {
     let mut s =
         String::from("# HELP kiln_jobs Jobs in the queue, by state.\n# TYPE kiln_jobs gauge\n");
     for state in ["queued", "running", "succeeded", "failed"] {
@@ -590,7 +596,7 @@ async fn metrics(State(st): State<Shared>) -> Response {
         .iter()
         .filter(|r| {
             matches!(
-                r.verdict(&snap.lockfile, &snap.jobs),
+                gate::verdict(r, &snap.lockfile, &snap.jobs),
                 Verdict::Available { .. }
             )
         })
@@ -610,7 +616,7 @@ async fn metrics(State(st): State<Shared>) -> Response {
         && db.exists()
     {
         let stats = tokio::task::spawn_blocking(move || {
-            crate::daemon::queue::Queue::open(&db).and_then(|q| q.stats())
+            crate::state::queue::Queue::open(&db).and_then(|q| q.stats())
         })
         .await;
         if let Ok(Ok(q)) = stats {

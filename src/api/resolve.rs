@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::gate::{Missing, Verdict};
+use super::gate::{Missing, Verdict, verdict};
 use super::snapshot::Snapshot;
+use crate::catalogue::{Arch, OcamlVersion};
 use crate::publish::lockfile::Entry;
 
 /// A pinned answer.
@@ -19,12 +20,12 @@ pub struct Pin {
     /// When `arch` was asked: that arch's own manifest digest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arch_digest: Option<String>,
-    pub arches: BTreeMap<String, String>,
+    pub arches: BTreeMap<Arch, String>,
     pub build_key: String,
     pub published_at: chrono::DateTime<chrono::Utc>,
     pub platform: String,
     pub os: String,
-    pub ocaml: String,
+    pub ocaml: OcamlVersion,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub enum Refusal {
     /// 409: known, but not (all) there yet.
     NotAvailable {
         image: String,
-        ocaml: String,
+        ocaml: OcamlVersion,
         platform: String,
         os: String,
         message: String,
@@ -96,7 +97,7 @@ pub fn parse_image(image: &str) -> Result<(&str, &str), Refused> {
 pub fn resolve(snap: &Snapshot, image: &str, arch: Option<&str>) -> Result<Pin, Refused> {
     let (name, tag) = parse_image(image)?;
     let entry: &Entry = match snap.requirement(name, tag) {
-        Some(req) => match req.verdict(&snap.lockfile, &snap.jobs) {
+        Some(req) => match verdict(req, &snap.lockfile, &snap.jobs) {
             Verdict::Available { entry } => entry,
             Verdict::Missing { missing } => {
                 let n = missing.len();
@@ -133,14 +134,19 @@ pub fn resolve(snap: &Snapshot, image: &str, arch: Option<&str>) -> Result<Pin, 
     };
     let arch_digest = match arch {
         None => None,
-        Some(a) => match entry.arches.get(a) {
+        Some(a) => match a.parse::<Arch>().ok().and_then(|x| entry.arches.get(&x)) {
             Some(x) => Some(x.digest.clone()),
             None => {
                 return Err(Box::new(Refusal::Unknown {
                     image: image.to_string(),
                     message: format!(
                         "{image} has no arch {a:?}; it has {}",
-                        entry.arches.keys().cloned().collect::<Vec<_>>().join(", ")
+                        entry
+                            .arches
+                            .keys()
+                            .map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                     suggestions: vec![],
                 }));
@@ -149,16 +155,13 @@ pub fn resolve(snap: &Snapshot, image: &str, arch: Option<&str>) -> Result<Pin, 
     };
     Ok(Pin {
         image: image.to_string(),
-        reference: format!(
-            "{}/{}:{}@{}",
-            snap.registry_host, entry.repository, entry.tag, entry.digest
-        ),
+        reference: entry.pin(&snap.registry_host, Some(&entry.tag)).reference(),
         digest: entry.digest.clone(),
         arch_digest,
         arches: entry
             .arches
             .iter()
-            .map(|(a, e)| (a.clone(), e.digest.clone()))
+            .map(|(a, e)| (*a, e.digest.clone()))
             .collect(),
         build_key: entry.build_key.clone(),
         published_at: entry.published_at,

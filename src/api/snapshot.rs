@@ -15,7 +15,8 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
-use super::gate::{Jobs, Requirement};
+use crate::catalogue::OcamlVersion;
+use crate::model::{Jobs, Requirement};
 use crate::publish::lockfile::{Entry, Lockfile, LockfileError};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,11 +51,7 @@ pub struct Snapshot {
     pub loaded_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// The last path component of a repository: `ocaml/opam` and `kiln/opam`
-/// both name `opam`, so CI can keep its public image names.
-pub fn basename(repository: &str) -> &str {
-    repository.rsplit('/').next().unwrap_or(repository)
-}
+pub use crate::model::tag::basename;
 
 impl Snapshot {
     pub fn build(
@@ -118,16 +115,9 @@ impl Snapshot {
     }
 
     /// Distinct compiler versions the catalogue requires, newest first.
-    pub fn versions(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .requirements
-            .iter()
-            .map(|r| r.ocaml.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        v.sort_by(|a, b| version_cmp(b, a));
-        v
+    pub fn versions(&self) -> Vec<OcamlVersion> {
+        let set: BTreeSet<&OcamlVersion> = self.requirements.iter().map(|r| &r.ocaml).collect();
+        set.into_iter().rev().cloned().collect()
     }
 
     /// platform → OS releases, as required by the catalogue.
@@ -140,23 +130,6 @@ impl Snapshot {
         }
         m
     }
-}
-
-/// Order `5.10.0` after `5.9.1`, prereleases (`~beta1`) before releases.
-pub fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn parts(s: &str) -> (Vec<u64>, u8, String) {
-        let (main, pre) = match s.split_once('~') {
-            Some((m, p)) => (m, Some(p)),
-            None => (s, None),
-        };
-        let main = main.split('+').next().unwrap_or(main);
-        let nums = main.split('.').map(|p| p.parse().unwrap_or(0)).collect();
-        match pre {
-            Some(p) => (nums, 0, p.to_string()),
-            None => (nums, 1, String::new()),
-        }
-    }
-    parts(a).cmp(&parts(b))
 }
 
 /// Where snapshots come from, and the current one.
@@ -228,17 +201,5 @@ impl Store {
         }
         self.reload()?;
         Ok(true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn versions_sort_numerically_with_prereleases_first() {
-        let mut v = vec!["5.10.0", "5.9.1", "5.5.0~beta1", "5.5.0", "4.14.4"];
-        v.sort_by(|a, b| version_cmp(a, b));
-        assert_eq!(v, ["4.14.4", "5.5.0~beta1", "5.5.0", "5.9.1", "5.10.0"]);
     }
 }

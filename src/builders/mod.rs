@@ -1,6 +1,179 @@
-//! Per-platform builders: Docker (Linux, Windows), ZFS datasets (macOS, FreeBSD), QEMU disks (OpenBSD).
+//! Per-platform builders behind one contract: Docker (Linux, Windows),
+//! ZFS datasets (macOS, FreeBSD), QEMU disks (OpenBSD).
+//!
+//! A [`Builder`] says whether it can build a target, how many builds its
+//! hosts take at once, which build-time variables it fills in, builds one
+//! arch from a [`Prepared`] target into a pushed artifact (a typed
+//! [`BuildOutput`] or a [`Failure`] with its kind), and sweeps what a
+//! killed build left. [`Builders`] holds one per [`BuilderKind`]; the
+//! registration is the `match` in [`Builders::new`], so adding a kind makes
+//! the compiler point at the one line to add. Builders push by digest and
+//! never tag: publication is `publish`'s.
 
 pub mod docker;
 pub mod qemu;
-pub mod run;
 pub mod zfs;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
+use crate::catalogue::BuilderKind;
+use crate::config::Config;
+use crate::model::{ArtifactKind, Failure};
+use crate::plan::{Prepared, Target};
+use crate::registry::Registry;
+
+/// A boxed future, so that builders can be trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Everything one arch's build needs.
+pub struct BuildJob<'a> {
+    pub registry: &'a Registry,
+    /// The target with its inputs, key and rendered recipes.
+    pub prepared: &'a Prepared,
+    /// Where the output is pushed (`kiln/opam`).
+    pub repository: &'a str,
+    /// The tag group's immutable tag (the artifact's name carries it).
+    pub immutable_tag: &'a str,
+    /// The build's log file.
+    pub log: &'a Path,
+}
+
+/// What a build pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOutput {
+    /// Digest of the pushed per-arch manifest (image or artifact).
+    pub digest: String,
+}
+
+/// One kind of builder.
+pub trait Builder: Send + Sync {
+    fn kind(&self) -> BuilderKind;
+
+    /// What a published output of this builder is.
+    fn artifact_kind(&self) -> ArtifactKind;
+
+    /// Can a configured host of this builder build `t`?
+    fn can_build(&self, t: &Target) -> bool;
+
+    /// How many builds of this kind may run at once (every slot of every
+    /// host; each host's own limit holds through [`host_permits`]).
+    fn capacity(&self) -> usize;
+
+    /// Variables this builder fills in when a build runs; recipes see
+    /// placeholders at plan time, so their values never enter the key.
+    fn build_vars(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    /// Build, test and push one arch.
+    fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>>;
+
+    /// Remove what builds of a killed Kiln left (marked with an owner that
+    /// is gone). Failures are logged: sweeping never stops a build.
+    fn sweep(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The builder of each kind: the registration.
+fn register(kind: BuilderKind, config: &Config) -> Box<dyn Builder> {
+    match kind {
+        BuilderKind::Docker => Box::new(docker::DockerBuilder::new(config)),
+        BuilderKind::Zfs => Box::new(zfs::ZfsBuilder::new(config)),
+        BuilderKind::Qemu => Box::new(qemu::QemuBuilder::new(config)),
+    }
+}
+
+/// One builder per kind, indexed by `BuilderKind as usize`.
+pub struct Builders {
+    all: [Box<dyn Builder>; BuilderKind::ALL.len()],
+}
+
+impl Builders {
+    /// Every kind's builder for `config`. Connects nothing yet.
+    pub fn new(config: &Config) -> Builders {
+        Builders {
+            all: BuilderKind::ALL.map(|k| register(k, config)),
+        }
+    }
+
+    pub fn get(&self, kind: BuilderKind) -> &dyn Builder {
+        self.all[kind as usize].as_ref()
+    }
+
+    /// Every builder, in `BuilderKind::ALL` order.
+    pub fn iter(&self) -> impl Iterator<Item = &dyn Builder> {
+        self.all.iter().map(|b| b.as_ref())
+    }
+
+    /// Can any configured builder build this target?
+    pub fn can_build(&self, t: &Target) -> bool {
+        self.get(t.builder).can_build(t)
+    }
+
+    /// Sweep what killed builds left, for every kind.
+    pub async fn sweep(&self) {
+        for b in self.iter() {
+            b.sweep().await;
+        }
+    }
+}
+
+/// The build slots of one builder host, shared by every build in this
+/// process: the daemon runs several jobs at once, and together they must
+/// stay within each host's `concurrency`.
+pub fn host_permits(host: &str, concurrency: usize) -> Arc<Semaphore> {
+    static HOSTS: std::sync::OnceLock<std::sync::Mutex<BTreeMap<String, Arc<Semaphore>>>> =
+        std::sync::OnceLock::new();
+    let mut hosts = match HOSTS.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    hosts
+        .entry(host.to_string())
+        .or_insert_with(|| Arc::new(Semaphore::new(concurrency.max(1))))
+        .clone()
+}
+
+/// The artifact name of a single-arch build: `<os>-<arch>-ocaml-<v>-<12 hex>`.
+pub fn artifact_name(p: &Prepared) -> String {
+    let t = &p.target;
+    format!("{}-{}-ocaml-{}-{}", t.os, t.arch, t.version, p.short_key())
+}
+
+/// Annotations every artifact manifest carries: the version, build key and
+/// immutable tag it was built for.
+pub fn artifact_annotations(job: &BuildJob<'_>) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "org.opencontainers.image.version".to_string(),
+            job.prepared.target.version.to_string(),
+        ),
+        (
+            "org.ocaml.kiln.build-key".to_string(),
+            job.prepared.key.clone(),
+        ),
+        (
+            "org.ocaml.kiln.immutable-tag".to_string(),
+            job.immutable_tag.to_string(),
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_registered_at_its_own_index() {
+        let config = Config::defaults(std::path::Path::new("/tmp")).unwrap();
+        let builders = Builders::new(&config);
+        for kind in BuilderKind::ALL {
+            assert_eq!(builders.get(kind).kind(), kind);
+        }
+    }
+}

@@ -15,6 +15,7 @@
 //! - `platforms/<os>/policy.yaml` — which versions and variants are built,
 //!   and which targets are required for a version to be available.
 
+pub mod arch;
 mod load;
 pub mod opam;
 pub mod platform;
@@ -25,13 +26,20 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use arch::{Arch, ArchError};
 pub use load::{BumpOutcome, bump, format_series, load, validate, validate_recipes};
 pub use platform::{BuilderKind, OsRelease, Platform, Policy};
 pub use version::{OcamlVersion, VersionError};
 
 /// Every arch name Kiln knows (Docker's names, `arm32v7` for 32-bit ARM).
-pub const ARCHES: &[&str] = &[
-    "amd64", "arm64", "i386", "arm32v7", "ppc64le", "s390x", "riscv64",
+pub const ARCHES: [&str; 7] = [
+    Arch::Amd64.as_str(),
+    Arch::Arm64.as_str(),
+    Arch::I386.as_str(),
+    Arch::Arm32v7.as_str(),
+    Arch::Ppc64le.as_str(),
+    Arch::S390x.as_str(),
+    Arch::Riscv64.as_str(),
 ];
 
 #[derive(Debug, thiserror::Error)]

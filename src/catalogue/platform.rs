@@ -16,12 +16,32 @@ pub enum BuilderKind {
 }
 
 impl BuilderKind {
+    /// Every kind; the daemon schedules each, `builders::Builders`
+    /// registers one builder per kind.
+    pub const ALL: [BuilderKind; 3] = [BuilderKind::Docker, BuilderKind::Zfs, BuilderKind::Qemu];
+
     pub fn as_str(self) -> &'static str {
         match self {
             BuilderKind::Docker => "docker",
             BuilderKind::Zfs => "zfs",
             BuilderKind::Qemu => "qemu",
         }
+    }
+}
+
+impl std::fmt::Display for BuilderKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BuilderKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BuilderKind, String> {
+        BuilderKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown builder kind {s:?}"))
     }
 }
 

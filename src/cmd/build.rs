@@ -2,9 +2,9 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::Result;
-use kiln::builders::run::{self, Event, Options, Outcome};
-use kiln::catalogue;
+use kiln::catalogue::{self, Arch};
 use kiln::config::{Config, Sources};
+use kiln::pipeline::{self, Event, Options, Outcome};
 use kiln::plan::Filter;
 
 #[derive(clap::Args)]
@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     os: Option<String>,
     #[arg(long)]
-    arch: Option<String>,
+    arch: Option<Arch>,
     /// Resolve inputs and show what would be built, without building.
     #[arg(long)]
     dry_run: bool,
@@ -62,14 +62,14 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 r.retain(|t| *t != target);
                 bar.set_message(r.join(", "));
             }
-            if let Outcome::Failed { error } = outcome {
-                bar.println(format!("FAILED {target}: {error}"));
+            if let Outcome::Failed { kind, error } = outcome {
+                bar.println(format!("FAILED ({kind}) {target}: {error}"));
             }
         }
     };
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let rt = tokio::runtime::Runtime::new()?;
-    let summary = rt.block_on(run::run(&config, &cat, &opts, &progress))?;
+    let summary = rt.block_on(pipeline::run(&config, &cat, &opts, &progress))?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -88,11 +88,15 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 Outcome::Unchanged { digest } => {
                     ("unchanged", digest[..19.min(digest.len())].to_string())
                 }
-                Outcome::Failed { error } => ("FAILED", error.clone()),
+                Outcome::Failed { kind, error } => ("FAILED", format!("({kind}) {error}")),
                 Outcome::NoBuilder { reason } => ("no builder", reason.clone()),
                 Outcome::Planned => (
                     "to build",
-                    t.arches.keys().cloned().collect::<Vec<_>>().join(","),
+                    t.arches
+                        .keys()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(","),
                 ),
             };
             println!(
@@ -104,7 +108,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             );
             if let Outcome::Failed { .. } = t.outcome {
                 for (arch, o) in &t.arches {
-                    if let Outcome::Failed { error } = o {
+                    if let Outcome::Failed { error, .. } = o {
                         println!("{:<44} {:<10} {:<11} {arch}: {error}", "", "", "");
                     }
                 }

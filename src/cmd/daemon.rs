@@ -4,7 +4,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use kiln::api::{AppState, Metrics};
 use kiln::config::{Config, Sources};
-use kiln::daemon::{lock::DaemonLock, queue::Queue, rounds::Rounds, run};
+use kiln::daemon::{lock::DaemonLock, triggers::Schedules};
+use kiln::state::{queue::Queue, rounds::Rounds};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -77,7 +78,6 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                         j.attempts,
                         j.outcome.as_deref().unwrap_or(""),
                         j.failure
-                            .as_deref()
                             .map(|f| format!("{f} failure: {}", j.error.as_deref().unwrap_or("")))
                             .unwrap_or_default(),
                         j.log
@@ -91,7 +91,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         }
         Sub::Run => {
             // Refuse a bad schedule and a second daemon before anything starts.
-            run::Schedules::parse(&config)?;
+            Schedules::parse(&config)?;
             let lock = DaemonLock::acquire(&config.state_dir)?;
             let addr = args.addr.unwrap_or_else(|| config.api.listen.clone());
             let store = super::resolve::open_store(&config)?;
@@ -118,7 +118,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 let api = tokio::spawn(kiln::api::serve_on(state, listener, async move {
                     let _ = api_stop.changed().await;
                 }));
-                let sched = tokio::spawn(run::scheduler(config, lock, rx, stop_rx));
+                let sched = tokio::spawn(kiln::daemon::scheduler(config, lock, rx, stop_rx));
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
                 tokio::select! {

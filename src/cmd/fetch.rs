@@ -2,10 +2,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use kiln::builders::zfs::{driver::Zfs, worker};
+use kiln::builders::qemu::{fetch::fetch_disk, img::Img};
+use kiln::builders::zfs::fetch::{FetchTarget, fetch};
+use kiln::builders::zfs::worker::Installed;
+use kiln::catalogue::Arch;
 use kiln::config::{Config, Sources};
-use kiln::publish::lockfile::{ArtifactKind, Lockfile};
-use kiln::registry::{Registry, artifact};
+use kiln::publish::lockfile::{ArtifactKind, Entry, Lockfile};
+use kiln::registry::Registry;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,7 +16,7 @@ pub struct Args {
     name: String,
     /// Which arch to fetch (default: the ZFS host's).
     #[arg(long)]
-    arch: Option<String>,
+    arch: Option<Arch>,
     /// Install into this pool (default: the first configured ZFS host's).
     #[arg(long)]
     pool: Option<String>,
@@ -68,265 +71,97 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let entry = lock
         .resolve(repo, tag)
         .with_context(|| format!("{} is not published in {from}", args.name))?;
-    if entry.kind == ArtifactKind::Qcow2 {
-        return fetch_qcow2(&config, entry, &args);
+    match entry.kind {
+        ArtifactKind::Qcow2 => fetch_qcow2(&config, entry, &args),
+        ArtifactKind::ZfsStream => fetch_zfs(&config, entry, args),
+        ArtifactKind::Image => bail!(
+            "{} is a container image, not a ZFS base dataset or a disk image: pull it by digest",
+            args.name
+        ),
     }
-    if entry.kind != ArtifactKind::ZfsStream {
-        bail!(
-            "{} is a {:?}, not a ZFS base dataset or a disk image",
-            args.name,
-            entry.kind
-        );
-    }
-    let host = super::zfs_host(&config, args.pool, args.prefix)?;
-    let arch = args.arch.unwrap_or_else(|| host.arch.clone());
-    let digest = &entry
+}
+
+/// The digest of `arch` in `entry`, or an error naming what it has.
+fn arch_digest<'a>(entry: &'a Entry, name: &str, arch: Arch) -> Result<&'a str> {
+    entry
         .arches
         .get(&arch)
+        .map(|a| a.digest.as_str())
         .with_context(|| {
-            format!(
-                "{} has no {arch} image; it has {:?}",
-                args.name,
-                entry.arches.keys().collect::<Vec<_>>()
-            )
-        })?
-        .digest;
+            let has: Vec<&str> = entry.arches.keys().map(|a| a.as_str()).collect();
+            format!("{name} has no {arch} image; it has {}", has.join(", "))
+        })
+}
+
+fn fetch_zfs(config: &Config, entry: &Entry, args: Args) -> Result<ExitCode> {
+    let host = super::zfs_host(config, args.pool, args.prefix)?;
+    let arch = match args.arch {
+        Some(a) => a,
+        None => host
+            .arch
+            .parse()
+            .with_context(|| format!("zfs host {}: arch", host.name))?,
+    };
+    let digest = arch_digest(entry, &args.name, arch)?;
     let reg = Registry::new(&config.registry)?;
     let work = config.work_dir().join("fetch");
     std::fs::create_dir_all(&work)?;
-    let stream = work.join(format!("{}.zfs.zst", digest.trim_start_matches("sha256:")));
+    let to = FetchTarget {
+        host: &host,
+        mount_root: args.mount_root.as_deref(),
+        work: &work,
+    };
     let rt = tokio::runtime::Runtime::new()?;
-    let result = rt.block_on(async {
-        let (manifest, config) = artifact::inspect(&reg, &entry.repository, digest).await?;
-        if manifest["artifactType"].as_str() != Some(artifact::ZFS_ARTIFACT) {
-            bail!(
-                "{digest} is a {}, not a ZFS stream",
-                manifest["artifactType"]
-            );
-        }
-        let layout = &config["layout"];
-        let leaf = layout["dataset"]
-            .as_str()
-            .and_then(|d| d.rsplit('/').next())
-            .context("layout names no dataset")?
-            .to_string();
-        let mountpoints: Vec<(String, PathBuf)> = layout["children"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| {
-                let name = c["name"].as_str()?.to_string();
-                let mp = match &args.mount_root {
-                    Some(root) => root.join(&leaf).join(&name),
-                    None => PathBuf::from(c["mountpoint"].as_str()?),
-                };
-                Some((name, mp))
-            })
-            .collect();
-        let base = format!("{}/{}/base-image", host.pool, host.prefix);
-        let dataset = format!("{base}/{leaf}");
-        let stable = format!("{base}/{}", entry.tag);
-        let zfs = Zfs::new(&host);
-        if dataset_exists(&zfs, &dataset).await? {
-            // Already here: only the stable name may need to move.
-            let installed = worker::install(
-                &zfs,
-                &worker::Install {
-                    stream: &stream,
-                    sha256: "",
-                    uncompressed_sha256: None,
-                    dataset: &dataset,
-                    stable: &stable,
-                    mountpoints,
-                },
-            )
-            .await?;
-            return anyhow::Ok((installed, dataset, stable, "present".to_string(), 0));
-        }
-        // An incremental stream from an image this worker holds (same
-        // snapshot guids) is fetched instead of the full stream.
-        for inc in config["incremental"].as_array().into_iter().flatten() {
-            let (Some(from), Some(inc_digest)) = (inc["from"].as_str(), inc["digest"].as_str())
-            else {
-                continue;
-            };
-            let guids: std::collections::BTreeMap<String, String> =
-                serde_json::from_value(inc["from_guids"].clone()).unwrap_or_default();
-            if !worker::has_base(&zfs, &format!("{base}/{from}"), &guids).await? {
-                continue;
-            }
-            let file = work.join(format!(
-                "{}.incremental.tar.zst",
-                inc_digest.trim_start_matches("sha256:")
-            ));
-            let pulled = artifact::pull(&reg, &entry.repository, inc_digest, &file).await;
-            let installed = async {
-                let pulled = pulled?;
-                if pulled.artifact_type != artifact::ZFS_INCREMENTAL_ARTIFACT {
-                    bail!(
-                        "{inc_digest} is a {}, not an incremental ZFS stream",
-                        pulled.artifact_type
-                    );
-                }
-                let layer = pulled.manifest["layers"][0]["digest"]
-                    .as_str()
-                    .unwrap_or("")
-                    .trim_start_matches("sha256:")
-                    .to_string();
-                let installed = worker::install_incremental(
-                    &zfs,
-                    &worker::Install {
-                        stream: &file,
-                        sha256: &layer,
-                        uncompressed_sha256: None,
-                        dataset: &dataset,
-                        stable: &stable,
-                        mountpoints: mountpoints.clone(),
-                    },
-                )
-                .await?;
-                anyhow::Ok((installed, pulled.size))
-            }
-            .await;
-            let _ = std::fs::remove_file(&file);
-            let (installed, bytes) = installed?;
-            return anyhow::Ok((
-                installed,
-                dataset,
-                stable,
-                format!("incremental from {from}"),
-                bytes,
-            ));
-        }
-        let pulled = artifact::pull(&reg, &entry.repository, digest, &stream).await?;
-        let layer_digest = pulled.manifest["layers"][0]["digest"]
-            .as_str()
-            .unwrap_or("")
-            .trim_start_matches("sha256:")
-            .to_string();
-        let uncompressed = pulled.manifest["annotations"]["org.ocaml.kiln.uncompressed-sha256"]
-            .as_str()
-            .map(str::to_string);
-        let installed = worker::install(
-            &zfs,
-            &worker::Install {
-                stream: &stream,
-                sha256: &layer_digest,
-                uncompressed_sha256: uncompressed.as_deref(),
-                dataset: &dataset,
-                stable: &stable,
-                mountpoints,
-            },
-        )
-        .await?;
-        anyhow::Ok((installed, dataset, stable, "full".to_string(), pulled.size))
-    });
-    let _ = std::fs::remove_file(&stream);
-    let (installed, dataset, stable, via, bytes) = result?;
-    let state = match installed {
-        worker::Installed::New { .. } => "installed",
-        worker::Installed::Present { .. } => "already present",
+    let f = rt.block_on(fetch(&reg, entry, digest, &to))?;
+    let state = match f.installed {
+        Installed::New { .. } => "installed",
+        Installed::Present { .. } => "already present",
     };
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"name": args.name, "digest": digest, "dataset": dataset, "stable": stable, "state": state, "via": via, "bytes": bytes})
+            serde_json::json!({"name": args.name, "digest": digest, "dataset": f.dataset, "stable": f.stable, "state": state, "via": f.via, "bytes": f.bytes})
         );
     } else {
         println!(
-            "{} ({digest}): {state} as {dataset} ({via}, {bytes} bytes fetched); {stable} points at it",
-            args.name
+            "{} ({digest}): {state} as {} ({}, {} bytes fetched); {} points at it",
+            args.name, f.dataset, f.via, f.bytes, f.stable
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Worker side for disk images: pull by digest (verified), check the
-/// recorded sha256 and `qemu-img check`, optionally make a build overlay.
-fn fetch_qcow2(
-    config: &Config,
-    entry: &kiln::publish::lockfile::Entry,
-    args: &Args,
-) -> Result<ExitCode> {
-    let arch = args.arch.clone().unwrap_or_else(|| "amd64".into());
-    let digest = &entry
-        .arches
-        .get(&arch)
-        .with_context(|| format!("{} has no {arch} image", args.name))?
-        .digest;
+fn fetch_qcow2(config: &Config, entry: &Entry, args: &Args) -> Result<ExitCode> {
+    let digest = arch_digest(entry, &args.name, args.arch.unwrap_or(Arch::Amd64))?;
     let dest_dir = args
         .dest
         .clone()
         .unwrap_or_else(|| config.work_dir().join("fetch"));
-    std::fs::create_dir_all(&dest_dir)?;
     let reg = Registry::new(&config.registry)?;
-    let img = kiln::builders::qemu::img::Img::new(&config.qemu.img);
+    let img = Img::new(&config.qemu.img);
     let rt = tokio::runtime::Runtime::new()?;
-    let (path, overlay) = rt.block_on(async {
-        let tmp = dest_dir.join(format!(".{}.partial", digest.trim_start_matches("sha256:")));
-        let pulled = artifact::pull(&reg, &entry.repository, digest, &tmp).await?;
-        if pulled.artifact_type != artifact::QCOW2_ARTIFACT {
-            let _ = std::fs::remove_file(&tmp);
-            bail!("{digest} is a {}, not a qcow2 disk", pulled.artifact_type);
-        }
-        let title = pulled.manifest["annotations"]["org.opencontainers.image.title"]
-            .as_str()
-            .unwrap_or("disk.qcow2")
-            .to_string();
-        let want = pulled.config["disk"]["sha256"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        let got = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(std::fs::read(&tmp)?))
-        };
-        if got != want {
-            let _ = std::fs::remove_file(&tmp);
-            bail!("{digest}: disk sha256 {got}, the artifact records {want}");
-        }
-        if let Err(e) = img.check(&tmp).await {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
-        let path = dest_dir.join(&title);
-        std::fs::rename(&tmp, &path)?;
-        let overlay = if args.overlay {
-            let o = dest_dir.join(format!(
-                "{}.overlay.qcow2",
-                title.trim_end_matches(".qcow2")
-            ));
-            let _ = std::fs::remove_file(&o);
-            img.overlay(&path, &o).await?;
-            Some(o)
-        } else {
-            None
-        };
-        anyhow::Ok((path, overlay))
-    })?;
+    let disk = rt.block_on(fetch_disk(
+        &reg,
+        &img,
+        entry,
+        digest,
+        &dest_dir,
+        args.overlay,
+    ))?;
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"name": args.name, "digest": digest, "path": path, "overlay": overlay})
+            serde_json::json!({"name": args.name, "digest": digest, "path": disk.path, "overlay": disk.overlay})
         );
     } else {
         println!(
             "{} ({digest}): verified disk at {}",
             args.name,
-            path.display()
+            disk.path.display()
         );
-        if let Some(o) = overlay {
+        if let Some(o) = disk.overlay {
             println!("overlay for a build step: {}", o.display());
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-async fn dataset_exists(zfs: &Zfs, dataset: &str) -> Result<bool> {
-    Ok(zfs
-        .exists(&format!(
-            "{dataset}@{}",
-            kiln::builders::zfs::build::SNAPSHOT
-        ))
-        .await?)
 }

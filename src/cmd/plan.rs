@@ -1,9 +1,11 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use kiln::catalogue;
+use kiln::catalogue::{self, Arch};
 use kiln::config::{Config, Sources};
-use kiln::plan::{self, Filter};
+use kiln::model::{Requirement, repository};
+use kiln::pipeline::PlanKeys;
+use kiln::plan::{self, Filter, Target, Totals};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     os: Option<String>,
     #[arg(long)]
-    arch: Option<String>,
+    arch: Option<Arch>,
     /// Print every target, not just the tags and totals.
     #[arg(long)]
     targets: bool,
@@ -39,72 +41,19 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     };
     let targets = plan::expand(&cat, &filter)?;
     let totals = plan::totals(&targets);
+    let builders = kiln::builders::Builders::new(&config);
     let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
-        kiln::status::can_build(&config, t)
+        builders.can_build(t)
     });
-    // With --keys: each target's build key, immutable tag, and state
+    // With --keys: each target's build key, immutable tag, and standing
     // against the published lockfile.
-    let mut keys: std::collections::BTreeMap<String, String> = Default::default();
-    let mut states: std::collections::BTreeMap<String, String> = Default::default();
-    let mut immutable: std::collections::BTreeMap<String, String> = Default::default();
-    if args.keys {
-        let rt = tokio::runtime::Runtime::new()?;
-        let computed = rt.block_on(kiln::builders::run::target_keys(&config, &targets));
+    let keys = if args.keys {
         let lock = kiln::publish::lockfile::Lockfile::load(&config.lockfile_path())?;
-        let mut groups: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, String>,
-        > = Default::default();
-        for (t, (id, k)) in targets.iter().zip(computed) {
-            match k {
-                Ok((key, inputs)) => {
-                    let repo = format!("{}/{}", config.registry.namespace, t.repository);
-                    let state = match lock.entries.get(&format!("{repo}:{}", t.tag)) {
-                        None => "missing".to_string(),
-                        Some(e) if e.ocaml != t.version.to_string() => {
-                            format!("stale: the tag holds OCaml {}", e.ocaml)
-                        }
-                        Some(e) => match e.arches.get(&t.arch) {
-                            None => "missing".to_string(),
-                            Some(a) if a.build_key == key => "published, current".to_string(),
-                            Some(_) => {
-                                let prefix = format!("{}.", t.arch);
-                                let old: kiln::plan::key::Inputs = e
-                                    .inputs
-                                    .iter()
-                                    .filter_map(|(k, v)| {
-                                        k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone()))
-                                    })
-                                    .collect();
-                                format!(
-                                    "stale: {} changed",
-                                    kiln::plan::key::changed(&old, &inputs).join(", ")
-                                )
-                            }
-                        },
-                    };
-                    states.insert(id.clone(), state);
-                    groups
-                        .entry(format!("{repo}:{}", t.tag))
-                        .or_default()
-                        .insert(t.arch.clone(), key.clone());
-                    keys.insert(id, key);
-                }
-                Err(e) => {
-                    keys.insert(id, format!("(no key: {e})"));
-                }
-            }
-        }
-        for t in &targets {
-            let g = format!("{}/{}:{}", config.registry.namespace, t.repository, t.tag);
-            if let Some(arch_keys) = groups.get(&g) {
-                immutable.insert(
-                    t.id(),
-                    t.immutable_tag(&kiln::plan::key::group_key(arch_keys)),
-                );
-            }
-        }
-    }
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(kiln::pipeline::plan_keys(&config, &targets, &lock))
+    } else {
+        PlanKeys::default()
+    };
     if args.json {
         println!(
             "{}",
@@ -112,69 +61,85 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 "totals": totals,
                 "tags": reqs,
                 "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
-                "build_keys": keys,
-                "immutable_tags": immutable,
-                "states": states,
+                "build_keys": keys.build_keys,
+                "immutable_tags": keys.immutable_tags,
+                "states": keys.states,
             }))?
         );
         return Ok(ExitCode::SUCCESS);
     }
     // Cascade order: per-arch builds, then multi-arch indexes, then the gate.
     if args.targets {
-        println!("== per-arch builds ({})", targets.len());
-        for t in &targets {
-            let key = keys
-                .get(&t.id())
-                .map(|k| {
-                    format!(
-                        "  {k}  {}  [{}]",
-                        immutable.get(&t.id()).map(String::as_str).unwrap_or(""),
-                        states.get(&t.id()).map(String::as_str).unwrap_or("")
-                    )
-                })
-                .unwrap_or_default();
-            println!(
-                "{:<48} {:<10} {}{}{key}",
-                t.id(),
-                t.builder.as_str(),
-                t.tag,
-                if t.required { "" } else { "  (optional)" }
-            );
-        }
-        println!();
+        print_targets(&targets, &keys);
     }
-    let mut tags: Vec<(String, String, Vec<String>, bool)> = Vec::new();
-    for t in &targets {
-        match tags
-            .iter_mut()
-            .find(|x| x.0 == t.repository && x.1 == t.tag)
-        {
-            Some(x) => x.2.push(t.arch.clone()),
-            None => tags.push((
-                t.repository.clone(),
-                t.tag.clone(),
-                vec![t.arch.clone()],
-                t.required,
-            )),
-        }
-    }
-    println!("== multi-arch indexes ({})", tags.len());
-    for (repo, tag, arches, req) in &tags {
+    print_indexes(&targets, &config.registry.namespace);
+    print_gate(&reqs);
+    print_totals(&totals, &reqs);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_targets(targets: &[Target], keys: &PlanKeys) {
+    println!("== per-arch builds ({})", targets.len());
+    for t in targets {
+        let id = t.id();
+        let key = keys
+            .build_keys
+            .get(&id)
+            .map(|k| {
+                format!(
+                    "  {k}  {}  [{}]",
+                    keys.immutable_tags
+                        .get(&id)
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                    keys.states.get(&id).map(String::as_str).unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "{}/{repo}:{tag}  [{}]{}",
-            config.registry.namespace,
-            arches.join(", "),
-            if *req { "" } else { "  (optional)" }
+            "{:<48} {:<10} {}{}{key}",
+            id,
+            t.builder.as_str(),
+            t.tag,
+            if t.required { "" } else { "  (optional)" }
         );
     }
     println!();
+}
+
+fn print_indexes(targets: &[Target], namespace: &str) {
+    let groups = kiln::pipeline::group_by_tag(targets, namespace);
+    // In plan order, as the targets came.
+    let mut order: Vec<&kiln::model::TagId> = Vec::new();
+    for t in targets {
+        let id = groups
+            .keys()
+            .find(|k| k.repository == repository(namespace, &t.repository) && k.tag == t.tag);
+        if let Some(id) = id
+            && !order.contains(&id)
+        {
+            order.push(id);
+        }
+    }
+    println!("== multi-arch indexes ({})", order.len());
+    for id in order {
+        let ts = &groups[id];
+        let arches: Vec<&str> = ts.iter().map(|t| t.arch.as_str()).collect();
+        println!(
+            "{id}  [{}]{}",
+            arches.join(", "),
+            if ts[0].required { "" } else { "  (optional)" }
+        );
+    }
+    println!();
+}
+
+fn print_gate(reqs: &[Requirement]) {
     println!("== availability gate");
-    let mut versions: Vec<&str> = reqs.iter().map(|r| r.ocaml.as_str()).collect();
-    versions.dedup();
-    versions.sort_by(|a, b| kiln::api::snapshot::version_cmp(b, a));
-    versions.dedup();
-    for v in versions {
-        let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == v).collect();
+    let versions: std::collections::BTreeSet<&catalogue::OcamlVersion> =
+        reqs.iter().map(|r| &r.ocaml).collect();
+    for v in versions.into_iter().rev() {
+        let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == *v).collect();
         let nb: usize = rs.iter().map(|r| r.no_builder.len()).sum();
         println!(
             "OCaml {v}: available once {} required tags are published{}",
@@ -187,6 +152,9 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         );
     }
     println!();
+}
+
+fn print_totals(totals: &Totals, reqs: &[Requirement]) {
     let no_builder: usize = reqs.iter().map(|r| r.no_builder.len()).sum();
     println!(
         "{} targets into {} tags ({} required targets); {} required arch builds have no configured builder",
@@ -200,5 +168,4 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     };
     println!("by platform: {}", fmt(&totals.by_platform));
     println!("by arch:     {}", fmt(&totals.by_arch));
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,5 @@
+use kiln::api::gate::MissingReason;
+use kiln::catalogue::OcamlVersion;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -23,8 +25,8 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         return watch(&store, args.version.as_deref());
     }
     let snap = store.current();
-    let versions: Vec<String> = match &args.version {
-        Some(v) => vec![v.clone()],
+    let versions: Vec<OcamlVersion> = match &args.version {
+        Some(v) => v.parse().ok().into_iter().collect(),
         None => snap.versions(),
     };
     let views: Vec<_> = versions
@@ -63,13 +65,17 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                     "  ok       {:<10} {:<28} {}",
                     c.platform,
                     c.tag,
-                    c.arches.keys().cloned().collect::<Vec<_>>().join(",")
+                    c.arches
+                        .keys()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
             } else {
                 let why: Vec<String> = c
                     .missing
                     .iter()
-                    .map(|m| format!("{}:{}", m.arch, m.reason))
+                    .map(|m| format!("{}:{}", m.arch, m.reason.as_str()))
                     .collect();
                 println!(
                     "  missing  {:<10} {:<28} {}",
@@ -89,12 +95,12 @@ fn watch(store: &kiln::api::snapshot::Store, version: Option<&str>) -> Result<Ex
         indicatif::ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} tags {msg}")
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .progress_chars("=> ");
-    let mut shown: Vec<(String, indicatif::ProgressBar)> = Vec::new();
+    let mut shown: Vec<(OcamlVersion, indicatif::ProgressBar)> = Vec::new();
     loop {
         store.reload_if_changed()?;
         let snap = store.current();
-        let versions: Vec<String> = match version {
-            Some(v) => vec![v.to_string()],
+        let versions: Vec<OcamlVersion> = match version {
+            Some(v) => v.parse().ok().into_iter().collect(),
             None => snap.versions(),
         };
         let mut all = true;
@@ -107,7 +113,7 @@ fn watch(store: &kiln::api::snapshot::Store, version: Option<&str>) -> Result<Ex
                 None => {
                     let b = bars.add(indicatif::ProgressBar::new(0));
                     b.set_style(style.clone());
-                    b.set_prefix(v.clone());
+                    b.set_prefix(v.to_string());
                     shown.push((v.clone(), b.clone()));
                     b
                 }
@@ -119,13 +125,13 @@ fn watch(store: &kiln::api::snapshot::Store, version: Option<&str>) -> Result<Ex
                 .cells
                 .iter()
                 .flat_map(|c| &c.missing)
-                .filter(|m| m.reason == "building")
+                .filter(|m| m.reason == MissingReason::Building)
                 .count();
             let failed = view
                 .cells
                 .iter()
                 .flat_map(|c| &c.missing)
-                .filter(|m| m.reason == "failed")
+                .filter(|m| m.reason == MissingReason::Failed)
                 .count();
             bar.set_message(format!("{building} building, {failed} failed"));
             all &= view.available;

@@ -6,6 +6,7 @@
 //! (one multi-arch index); [`requirements`] groups them so.
 
 pub mod key;
+pub mod prepare;
 pub mod template;
 
 use std::collections::BTreeMap;
@@ -13,8 +14,10 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::api::gate::Requirement;
-use crate::catalogue::{BuilderKind, Catalogue, OcamlVersion, Status};
+use crate::catalogue::{Arch, BuilderKind, Catalogue, OcamlVersion, OsRelease, Platform, Status};
+use crate::model::{Requirement, TagId, repository};
+
+pub use prepare::Prepared;
 
 /// The opam release the recipes install (part of every build key through
 /// the rendered recipe).
@@ -29,20 +32,6 @@ pub const BUILD_TIME_VARS: &[&str] = &[
     "http_host",
 ];
 
-/// opam's binary release names for an arch.
-pub fn opam_arch(arch: &str) -> &'static str {
-    match arch {
-        "amd64" => "x86_64",
-        "arm64" => "arm64",
-        "i386" => "i686",
-        "arm32v7" => "armhf",
-        "ppc64le" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        _ => "unknown",
-    }
-}
-
 /// Narrow a plan: every field that is set must match.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -51,7 +40,7 @@ pub struct Filter {
     pub platform: Option<String>,
     /// OS release id or alias.
     pub os: Option<String>,
-    pub arch: Option<String>,
+    pub arch: Option<Arch>,
     /// One moving tag (`debian-13-ocaml-5.5`): the daemon's unit of work.
     pub tag: Option<String>,
 }
@@ -66,7 +55,7 @@ pub struct Target {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
-    pub arch: String,
+    pub arch: Arch,
     /// Native-code compiler on this arch (else bytecode only).
     pub native: bool,
     pub builder: BuilderKind,
@@ -97,6 +86,21 @@ impl Target {
                 self.platform, self.os, self.version, self.arch
             ),
         }
+    }
+
+    /// The tag this target's output goes into, in `namespace`.
+    pub fn tag_id(&self, namespace: &str) -> TagId {
+        TagId::new(repository(namespace, &self.repository), &self.tag)
+    }
+
+    /// Where this target's build log goes, under `log_dir`.
+    pub fn log_file(&self, log_dir: &std::path::Path) -> PathBuf {
+        log_dir.join(format!("{}.log", self.id().replace('/', "_")))
+    }
+
+    /// The expected first line of `ocaml -version` for this target.
+    pub fn expected_ocaml(&self) -> String {
+        format!("version {}", self.version.release())
     }
 
     /// The immutable tag of a build of this target's tag group.
@@ -141,28 +145,16 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
         Some(v) => Some(cat.select(v).map_err(PlanError::Version)?),
         None => None,
     };
-    let latest = cat.latest().cloned();
     let mut out = Vec::new();
     for pf in &cat.platforms {
         if !matches(&filter.platform, &pf.platform) {
             continue;
         }
-        let mut versions: Vec<OcamlVersion> = Vec::new();
-        for sel in &pf.policy.versions {
-            let vs = cat.select(sel).map_err(|message| PlanError::Policy {
-                path: pf.dir.join("policy.yaml"),
-                message,
-            })?;
-            for v in vs {
-                if !versions.contains(&v) {
-                    versions.push(v);
-                }
-            }
-        }
-        if let Some(w) = &wanted {
-            // An explicit --version builds it even when the policy would not.
-            versions = w.clone();
-        }
+        // An explicit --version builds it even when the policy would not.
+        let versions = match &wanted {
+            Some(w) => w.clone(),
+            None => policy_versions(cat, pf)?,
+        };
         for os in &pf.releases {
             if let Some(f) = &filter.os
                 && *f != os.id
@@ -171,110 +163,145 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
                 continue;
             }
             for v in &versions {
-                if os.refuses(v).is_some() {
-                    continue;
-                }
-                let Some(series) = cat.series_of(v) else {
-                    continue;
-                };
-                let Some(release) = cat.release(v) else {
-                    continue;
-                };
-                let variants: Vec<Option<&String>> = std::iter::once(None)
-                    .chain(
-                        pf.policy
-                            .variants
-                            .iter()
-                            .filter(|var| series.variants.contains_key(*var))
-                            .map(Some),
-                    )
-                    .collect();
-                for variant in variants {
-                    let tag = moving_tag(&os.id, v, variant.map(String::as_str));
-                    if filter.tag.as_ref().is_some_and(|f| *f != tag) {
-                        continue;
-                    }
-                    let mut aliases: Vec<String> = os
-                        .aliases
-                        .iter()
-                        .map(|a| moving_tag(a, v, variant.map(String::as_str)))
-                        .collect();
-                    if variant.is_none() && latest.as_ref() == Some(v) {
-                        aliases.push(os.id.clone());
-                        aliases.extend(os.aliases.iter().cloned());
-                        if os.default {
-                            aliases.push("latest".into());
-                        }
-                    }
-                    let required = pf.policy.required_tiers.contains(&os.tier)
-                        && !os.deprecated
-                        && (variant.is_none() || pf.policy.require_variants);
-                    for arch in &os.arches {
-                        if !matches(&filter.arch, arch) {
-                            continue;
-                        }
-                        let native = series.native.contains(arch);
-                        let allowed = match variant {
-                            None => native || series.bytecode_only.contains(arch),
-                            Some(var) => series.variants.get(var).is_some_and(|a| a.contains(arch)),
-                        };
-                        if !allowed {
-                            continue;
-                        }
-                        let mut vars = os.vars.clone();
-                        vars.insert("os".into(), os.id.clone());
-                        vars.insert("distro".into(), os.distro.clone());
-                        vars.insert("arch".into(), arch.clone());
-                        vars.insert("ocaml_version".into(), v.to_string());
-                        vars.insert("ocaml_series".into(), v.series_tag());
-                        vars.insert("variant".into(), variant.cloned().unwrap_or_default());
-                        let opam_packages = crate::catalogue::opam::packages(
-                            v,
-                            release.status,
-                            variant.map(String::as_str),
-                        );
-                        vars.insert("opam_packages".into(), opam_packages.join(","));
-                        vars.entry("opam_version".into())
-                            .or_insert_with(|| OPAM_VERSION.into());
-                        vars.insert("opam_arch".into(), opam_arch(arch).into());
-                        vars.insert(
-                            "brew_prefix".into(),
-                            if arch == "arm64" {
-                                "/opt/homebrew"
-                            } else {
-                                "/usr/local"
-                            }
-                            .into(),
-                        );
-                        if let Some(r) = os.vars.get("release") {
-                            vars.insert("release_nodot".into(), r.replace('.', ""));
-                        }
-                        out.push(Target {
-                            platform: pf.platform.clone(),
-                            os: os.id.clone(),
-                            distro: os.distro.clone(),
-                            tier: os.tier,
-                            version: v.clone(),
-                            status: release.status,
-                            variant: variant.cloned(),
-                            arch: arch.clone(),
-                            native,
-                            builder: pf.builder,
-                            recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
-                            parent: os.parent.clone(),
-                            vars,
-                            opam_packages,
-                            repository: pf.repository.clone(),
-                            tag: tag.clone(),
-                            aliases: aliases.clone(),
-                            required,
-                        });
-                    }
-                }
+                expand_release(cat, pf, os, v, filter, &mut out);
             }
         }
     }
     Ok(out)
+}
+
+/// The versions a platform's policy selects, in policy order, once each.
+fn policy_versions(cat: &Catalogue, pf: &Platform) -> Result<Vec<OcamlVersion>, PlanError> {
+    let mut versions: Vec<OcamlVersion> = Vec::new();
+    for sel in &pf.policy.versions {
+        let vs = cat.select(sel).map_err(|message| PlanError::Policy {
+            path: pf.dir.join("policy.yaml"),
+            message,
+        })?;
+        for v in vs {
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+    }
+    Ok(versions)
+}
+
+/// The targets of one compiler release on one OS release: the default
+/// compiler and each variant the policy asks for, on every arch allowed.
+fn expand_release(
+    cat: &Catalogue,
+    pf: &Platform,
+    os: &OsRelease,
+    v: &OcamlVersion,
+    filter: &Filter,
+    out: &mut Vec<Target>,
+) {
+    if os.refuses(v).is_some() {
+        return;
+    }
+    let (Some(series), Some(release)) = (cat.series_of(v), cat.release(v)) else {
+        return;
+    };
+    let variants = std::iter::once(None).chain(
+        pf.policy
+            .variants
+            .iter()
+            .filter(|var| series.variants.contains_key(*var))
+            .map(|var| Some(var.as_str())),
+    );
+    for variant in variants {
+        let tag = moving_tag(&os.id, v, variant);
+        if filter.tag.as_ref().is_some_and(|f| *f != tag) {
+            continue;
+        }
+        let aliases = aliases(os, v, variant, cat.latest() == Some(v));
+        let required = pf.policy.required_tiers.contains(&os.tier)
+            && !os.deprecated
+            && (variant.is_none() || pf.policy.require_variants);
+        let opam_packages = crate::catalogue::opam::packages(v, release.status, variant);
+        for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
+            if filter.arch.is_some_and(|f| f != arch) {
+                continue;
+            }
+            let native = series.native.contains(&arch.to_string());
+            let allowed = match variant {
+                None => native || series.bytecode_only.contains(&arch.to_string()),
+                Some(var) => series
+                    .variants
+                    .get(var)
+                    .is_some_and(|a| a.contains(&arch.to_string())),
+            };
+            if !allowed {
+                continue;
+            }
+            out.push(Target {
+                platform: pf.platform.clone(),
+                os: os.id.clone(),
+                distro: os.distro.clone(),
+                tier: os.tier,
+                version: v.clone(),
+                status: release.status,
+                variant: variant.map(str::to_string),
+                arch,
+                native,
+                builder: pf.builder,
+                recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
+                parent: os.parent.clone(),
+                vars: target_vars(os, v, variant, arch, &opam_packages),
+                opam_packages: opam_packages.clone(),
+                repository: pf.repository.clone(),
+                tag: tag.clone(),
+                aliases: aliases.clone(),
+                required,
+            });
+        }
+    }
+}
+
+/// The other moving tags of a target's tag: the OS release's aliases for
+/// the series, and for the newest release's default compiler the
+/// series-less names (`debian-13`, `debian`, `latest`).
+fn aliases(os: &OsRelease, v: &OcamlVersion, variant: Option<&str>, newest: bool) -> Vec<String> {
+    let mut aliases: Vec<String> = os
+        .aliases
+        .iter()
+        .map(|a| moving_tag(a, v, variant))
+        .collect();
+    if variant.is_none() && newest {
+        aliases.push(os.id.clone());
+        aliases.extend(os.aliases.iter().cloned());
+        if os.default {
+            aliases.push("latest".into());
+        }
+    }
+    aliases
+}
+
+/// The template variables of one target (recipes may use any of them).
+fn target_vars(
+    os: &OsRelease,
+    v: &OcamlVersion,
+    variant: Option<&str>,
+    arch: Arch,
+    opam_packages: &[String],
+) -> BTreeMap<String, String> {
+    let mut vars = os.vars.clone();
+    vars.insert("os".into(), os.id.clone());
+    vars.insert("distro".into(), os.distro.clone());
+    vars.insert("arch".into(), arch.to_string());
+    vars.insert("ocaml_version".into(), v.to_string());
+    vars.insert("ocaml_series".into(), v.series_tag());
+    vars.insert("variant".into(), variant.unwrap_or_default().to_string());
+    vars.insert("opam_packages".into(), opam_packages.join(","));
+    vars.entry("opam_version".into())
+        .or_insert_with(|| OPAM_VERSION.into());
+    vars.insert("opam_arch".into(), arch.opam().into());
+    vars.insert("brew_prefix".into(), arch.brew_prefix().into());
+    if let Some(r) = os.vars.get("release") {
+        vars.insert("release_nodot".into(), r.replace('.', ""));
+    }
+    vars
 }
 
 /// Group required targets by moving tag into gate requirements.
@@ -287,23 +314,21 @@ pub fn requirements(
 ) -> Vec<Requirement> {
     let mut groups: BTreeMap<String, Requirement> = BTreeMap::new();
     for t in targets.iter().filter(|t| t.required) {
-        let repository = format!("{namespace}/{}", t.repository);
-        let r = groups
-            .entry(format!("{repository}:{}", t.tag))
-            .or_insert_with(|| Requirement {
-                platform: t.platform.clone(),
-                os: t.os.clone(),
-                ocaml: t.version.to_string(),
-                variant: t.variant.clone(),
-                repository: repository.clone(),
-                tag: t.tag.clone(),
-                aliases: t.aliases.clone(),
-                arches: vec![],
-                no_builder: vec![],
-            });
-        r.arches.push(t.arch.clone());
+        let id = t.tag_id(namespace);
+        let r = groups.entry(id.key()).or_insert_with(|| Requirement {
+            platform: t.platform.clone(),
+            os: t.os.clone(),
+            ocaml: t.version.clone(),
+            variant: t.variant.clone(),
+            repository: id.repository.clone(),
+            tag: t.tag.clone(),
+            aliases: t.aliases.clone(),
+            arches: vec![],
+            no_builder: vec![],
+        });
+        r.arches.push(t.arch);
         if !can_build(t) {
-            r.no_builder.push(t.arch.clone());
+            r.no_builder.push(t.arch);
         }
     }
     groups.into_values().collect()
@@ -328,7 +353,7 @@ pub fn totals(targets: &[Target]) -> Totals {
     for x in targets {
         tags.insert((x.repository.clone(), x.tag.clone()));
         *t.by_platform.entry(x.platform.clone()).or_default() += 1;
-        *t.by_arch.entry(x.arch.clone()).or_default() += 1;
+        *t.by_arch.entry(x.arch.to_string()).or_default() += 1;
         t.required += usize::from(x.required);
     }
     t.tags = tags.len();

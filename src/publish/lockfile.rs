@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::catalogue::{Arch, OcamlVersion};
+use crate::model::{PinnedRef, TagId};
+
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,17 +45,7 @@ pub enum LockfileError {
     Invalid { key: String, message: String },
 }
 
-/// What kind of artifact a tag names.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[serde(rename_all = "kebab-case")]
-pub enum ArtifactKind {
-    /// A container image index (Linux, Windows).
-    Image,
-    /// A `zfs send` stream of a base dataset tree (macOS, FreeBSD).
-    ZfsStream,
-    /// A compacted qcow2 disk (OpenBSD).
-    Qcow2,
-}
+pub use crate::model::ArtifactKind;
 
 /// One arch's output behind a published tag.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,7 +77,7 @@ pub struct Entry {
     /// OS release id, e.g. `debian-13`, `macos-homebrew`, `openbsd-7.8`.
     pub os: String,
     /// Full compiler version, e.g. `5.5.0`.
-    pub ocaml: String,
+    pub ocaml: OcamlVersion,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Repository inside the registry namespace, e.g. `kiln/opam`.
@@ -99,7 +92,7 @@ pub struct Entry {
     /// Digest of the index (images) or artifact manifest.
     pub digest: String,
     /// Per-arch digests; for single-arch artifacts one entry.
-    pub arches: BTreeMap<String, ArchEntry>,
+    pub arches: BTreeMap<Arch, ArchEntry>,
     /// Build key of the whole entry (hash of the per-arch keys).
     pub build_key: String,
     /// The inputs behind the build key (recipe hash, parent digest, versions…).
@@ -116,12 +109,23 @@ pub struct Entry {
 impl Entry {
     /// The key this entry is stored under: `<repository>:<tag>`.
     pub fn key(&self) -> String {
-        format!("{}:{}", self.repository, self.tag)
+        self.id().key()
     }
 
-    /// `registry/repository@digest`, the pin CI uses.
-    pub fn pin(&self, registry_host: &str) -> String {
-        format!("{registry_host}/{}@{}", self.repository, self.digest)
+    /// The tag this entry publishes.
+    pub fn id(&self) -> TagId {
+        TagId::new(&self.repository, &self.tag)
+    }
+
+    /// The pin CI uses: this entry's digest, reached through `tag` (the
+    /// moving tag or one of its aliases) when given.
+    pub fn pin(&self, registry_host: &str, tag: Option<&str>) -> PinnedRef {
+        PinnedRef {
+            host: registry_host.to_string(),
+            repository: self.repository.clone(),
+            tag: tag.map(str::to_string),
+            digest: self.digest.clone(),
+        }
     }
 }
 
@@ -275,8 +279,11 @@ impl Lockfile {
     }
 
     /// Entries for one compiler version (full, e.g. `5.5.0`).
-    pub fn for_version<'a>(&'a self, ocaml: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.entries.values().filter(move |e| e.ocaml == ocaml)
+    pub fn for_version<'a>(
+        &'a self,
+        ocaml: &'a OcamlVersion,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries.values().filter(move |e| e.ocaml == *ocaml)
     }
 }
 
@@ -300,7 +307,7 @@ pub(crate) mod tests {
     pub fn entry(tag: &str, d: u8) -> Entry {
         let mut arches = BTreeMap::new();
         arches.insert(
-            "amd64".to_string(),
+            Arch::Amd64,
             ArchEntry {
                 digest: digest(d.wrapping_add(100)),
                 build_key: "k".into(),
@@ -311,7 +318,7 @@ pub(crate) mod tests {
             kind: ArtifactKind::Image,
             platform: "linux".into(),
             os: "debian-13".into(),
-            ocaml: "5.5.0".into(),
+            ocaml: "5.5.0".parse().unwrap(),
             variant: None,
             repository: "kiln/opam".into(),
             tag: tag.into(),

@@ -7,8 +7,13 @@
 //! atomically. A set that fails verification is never tagged with a moving
 //! tag and never reaches the lockfile.
 
+pub mod aliases;
 pub mod lockfile;
+pub mod tag;
 pub mod verify;
+
+pub use aliases::promote_newest_aliases;
+pub use tag::{TagBuild, publish_tag};
 
 use std::path::Path;
 
@@ -36,6 +41,22 @@ pub enum PublishError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{0}: nothing to publish")]
+    Empty(String),
+}
+
+impl PublishError {
+    /// Registry trouble is the registry's kind; a local lockfile that
+    /// cannot be written or locked is infrastructure; an immutable tag
+    /// that would move is final.
+    pub fn kind(&self) -> crate::model::FailureKind {
+        use crate::model::FailureKind;
+        match self {
+            PublishError::Registry(e) => e.kind(),
+            PublishError::Lockfile(_) | PublishError::Lock { .. } => FailureKind::Infra,
+            PublishError::ImmutableMoved { .. } | PublishError::Empty(_) => FailureKind::Recipe,
+        }
+    }
 }
 
 /// Serialize lockfile writers across processes (daemon, CLI) with flock.

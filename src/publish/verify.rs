@@ -1,6 +1,7 @@
 //! `kiln verify` and `kiln rollback`: the lockfile checked against the
 //! registry, and a moving tag moved back to an earlier digest.
 
+use crate::catalogue::Arch;
 use std::path::Path;
 
 use serde::Serialize;
@@ -18,12 +19,8 @@ pub struct Problem {
     pub problem: String,
 }
 
-fn arch_of(platform: &str) -> String {
-    match platform.split_once('/').map(|(_, a)| a).unwrap_or(platform) {
-        "386" => "i386".into(),
-        "arm/v7" => "arm32v7".into(),
-        other => other.to_string(),
-    }
+fn arch_of(platform: &str) -> Option<Arch> {
+    Platform::parse(platform)?.arch()
 }
 
 /// Check every entry: tags point at the recorded digest, the index and each
@@ -55,16 +52,16 @@ pub async fn verify(reg: &Registry, lock: &Lockfile, scratch: &Path) -> Vec<Prob
         let required: Vec<Platform> = e
             .arches
             .keys()
-            .map(|a| Platform::for_arch(&e.platform, a))
+            .map(|a| Platform::for_arch(&e.platform, *a))
             .collect();
         match index::verify(reg, &e.repository, &e.digest, &required).await {
             Ok(children) => {
                 for (platform, digest) in &children {
-                    let arch = arch_of(platform);
-                    if e.arches.get(&arch).map(|a| a.digest.as_str()) != Some(digest.as_str()) {
+                    let recorded = arch_of(platform).and_then(|a| e.arches.get(&a));
+                    if recorded.map(|a| a.digest.as_str()) != Some(digest.as_str()) {
                         say(format!(
                             "{platform}: index holds {digest}, the lockfile says {:?}",
-                            e.arches.get(&arch).map(|a| &a.digest)
+                            recorded.map(|a| &a.digest)
                         ));
                     }
                 }
@@ -140,19 +137,13 @@ pub async fn rollback(
     let mut arches = std::collections::BTreeMap::new();
     let v = m.json()?;
     for c in v["manifests"].as_array().into_iter().flatten() {
-        let p = &c["platform"];
-        if p["os"] == "unknown" {
+        let Some(platform) = Platform::from_json(&c["platform"]) else {
+            continue;
+        };
+        if platform.os == "unknown" {
             continue;
         }
-        let mut plat = format!(
-            "{}/{}",
-            p["os"].as_str().unwrap_or(""),
-            p["architecture"].as_str().unwrap_or("")
-        );
-        if let Some(var) = p["variant"].as_str() {
-            plat.push('/');
-            plat.push_str(var);
-        }
+        let plat = platform.to_string();
         let d = c["digest"].as_str().unwrap_or("").to_string();
         if reg.head_manifest(&entry.repository, &d).await?.is_none() {
             return Err(RegistryError::Invalid(format!(
@@ -161,8 +152,11 @@ pub async fn rollback(
             ))
             .into());
         }
+        let Some(arch) = platform.arch() else {
+            continue;
+        };
         arches.insert(
-            arch_of(&plat),
+            arch,
             super::lockfile::ArchEntry {
                 digest: d,
                 build_key: target.build_key.clone(),

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{Action, Update};
-use crate::api::gate::Verdict;
-use crate::builders::run::{self, Options, Summary};
+use crate::api::gate::{Verdict, verdict};
 use crate::catalogue::{self, OcamlVersion};
 use crate::config::Config;
+use crate::pipeline::{self, Options, Summary};
 use crate::plan::Filter;
 use crate::publish::lockfile::Lockfile;
 use crate::registry::Registry;
@@ -22,7 +22,7 @@ pub enum ReleaseError {
     #[error(transparent)]
     Catalogue(#[from] catalogue::CatalogueError),
     #[error(transparent)]
-    Run(#[from] run::RunError),
+    Run(#[from] pipeline::RunError),
     #[error(transparent)]
     Status(#[from] crate::status::StatusError),
     #[error(transparent)]
@@ -93,7 +93,7 @@ pub async fn release(
         };
         report
             .builds
-            .push(run::run(config, &cat, &opts, &|_| {}).await?);
+            .push(pipeline::run(config, &cat, &opts, &|_| {}).await?);
     }
     if dry_run {
         // What each consumer's file would become with what is published now
@@ -103,36 +103,25 @@ pub async fn release(
             let (reqs, jobs) = crate::status::requirements(config)?;
             let mut update = Update::default();
             for v in versions {
-                let vs = v.to_string();
-                let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == vs).collect();
+                let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == *v).collect();
                 if !rs.is_empty()
                     && rs
                         .iter()
-                        .all(|r| matches!(r.verdict(&lock, &jobs), Verdict::Available { .. }))
+                        .all(|r| matches!(verdict(r, &lock, &jobs), Verdict::Available { .. }))
                 {
-                    update.versions.push(vs);
+                    update.versions.push(v.to_string());
                 }
+                let host = config
+                    .registry
+                    .url
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://");
                 for r in rs {
-                    if let Verdict::Available { entry } = r.verdict(&lock, &jobs) {
-                        let name = format!(
-                            "{}:{}",
-                            crate::api::snapshot::basename(&entry.repository),
-                            entry.tag
-                        );
-                        update.pins.insert(
-                            name,
-                            format!(
-                                "{}/{}:{}@{}",
-                                config
-                                    .registry
-                                    .url
-                                    .trim_start_matches("http://")
-                                    .trim_start_matches("https://"),
-                                entry.repository,
-                                entry.tag,
-                                entry.digest
-                            ),
-                        );
+                    if let Verdict::Available { entry } = verdict(r, &lock, &jobs) {
+                        let name = format!("{}:{}", entry.id().basename(), entry.tag);
+                        update
+                            .pins
+                            .insert(name, entry.pin(host, Some(&entry.tag)).reference());
                     }
                 }
             }
@@ -157,7 +146,7 @@ pub async fn release(
         entries: lock
             .entries
             .iter()
-            .filter(|(_, e)| versions.iter().any(|v| v.to_string() == e.ocaml))
+            .filter(|(_, e)| versions.contains(&e.ocaml))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect(),
     };
@@ -175,29 +164,18 @@ pub async fn release(
     for v in versions {
         let vs = v.to_string();
         let mut missing = Vec::new();
-        for r in reqs.iter().filter(|r| r.ocaml == vs) {
-            match r.verdict(&lock, &jobs) {
+        for r in reqs.iter().filter(|r| r.ocaml == *v) {
+            match verdict(r, &lock, &jobs) {
                 Verdict::Available { entry } => {
-                    let name = format!(
-                        "{}:{}",
-                        crate::api::snapshot::basename(&entry.repository),
-                        entry.tag
-                    );
-                    update.pins.insert(
-                        name.clone(),
-                        format!(
-                            "{}/{}:{}@{}",
-                            reg.host, entry.repository, entry.tag, entry.digest
-                        ),
-                    );
+                    let name = format!("{}:{}", entry.id().basename(), entry.tag);
+                    let pin = entry.pin(&reg.host, Some(&entry.tag));
+                    update.pins.insert(name.clone(), pin.reference());
                     if let Some(h) = entry.history.first() {
-                        update.previous.insert(
-                            name,
-                            format!(
-                                "{}/{}:{}@{}",
-                                reg.host, entry.repository, entry.tag, h.digest
-                            ),
-                        );
+                        let previous = crate::model::PinnedRef {
+                            digest: h.digest.clone(),
+                            ..pin
+                        };
+                        update.previous.insert(name, previous.reference());
                     }
                 }
                 Verdict::Missing { missing: m } => {
@@ -206,7 +184,7 @@ pub async fn release(
                         r.repository,
                         r.tag,
                         m.iter()
-                            .map(|x| format!("{} {}", x.arch, x.reason))
+                            .map(|x| format!("{} {}", x.arch, x.reason.as_str()))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ));

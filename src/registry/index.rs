@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::catalogue::Arch;
+
 use super::{DOCKER_LIST, OCI_INDEX, Registry, RegistryError};
 
 /// An OCI platform, in the registry's terms.
@@ -33,13 +35,9 @@ impl std::fmt::Display for Platform {
 }
 
 impl Platform {
-    /// Kiln's arch names → OCI platforms.
-    pub fn for_arch(os: &str, arch: &str) -> Platform {
-        let (architecture, variant) = match arch {
-            "i386" => ("386", None),
-            "arm32v7" => ("arm", Some("v7")),
-            other => (other, None),
-        };
+    /// The OCI platform of `arch` on `os` (the mapping is `Arch::oci`).
+    pub fn for_arch(os: &str, arch: Arch) -> Platform {
+        let (architecture, variant) = arch.oci();
         Platform {
             os: os.to_string(),
             architecture: architecture.to_string(),
@@ -47,7 +45,23 @@ impl Platform {
         }
     }
 
-    fn from_json(v: &Value) -> Option<Platform> {
+    /// Parse `os/architecture[/variant]`.
+    pub fn parse(s: &str) -> Option<Platform> {
+        let mut parts = s.splitn(3, '/');
+        Some(Platform {
+            os: parts.next()?.to_string(),
+            architecture: parts.next()?.to_string(),
+            variant: parts.next().map(str::to_string),
+        })
+    }
+
+    /// The Kiln arch this platform names, if any.
+    pub fn arch(&self) -> Option<Arch> {
+        Arch::from_oci(&self.architecture, self.variant.as_deref())
+    }
+
+    /// The platform object of an index entry or image config.
+    pub fn from_json(v: &Value) -> Option<Platform> {
         Some(Platform {
             os: v["os"].as_str()?.to_string(),
             architecture: v["architecture"].as_str()?.to_string(),
@@ -78,6 +92,23 @@ impl Platform {
         }
         p
     }
+}
+
+/// The digest of the child of index `idx` (its JSON) for `platform`.
+pub fn child_for(idx: &Value, platform: &Platform) -> Option<String> {
+    idx["manifests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            Platform::from_json(&m["platform"]).is_some_and(|p| {
+                p.os == platform.os
+                    && p.architecture == platform.architecture
+                    && (platform.variant.is_none() || p.variant == platform.variant)
+            })
+        })
+        .and_then(|m| m["digest"].as_str())
+        .map(str::to_string)
 }
 
 /// One entry of an assembled index.

@@ -9,6 +9,7 @@
 pub mod artifact;
 mod client;
 pub mod index;
+mod kind;
 
 use std::path::Path;
 

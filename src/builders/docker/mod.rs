@@ -17,18 +17,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptions,
-    ListImagesOptions, LogsOptionsBuilder, PushImageOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder, TagImageOptionsBuilder, WaitContainerOptionsBuilder,
-};
-use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 
+use crate::catalogue::Arch;
 use crate::config::DockerHost;
+use crate::model::FailureKind;
 
+pub mod builder;
 pub mod parents;
+mod steps;
+mod sweep;
+
+pub use builder::DockerBuilder;
+pub use sweep::{OWNER_LABEL, sweep_orphans};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -73,6 +73,48 @@ pub enum DockerError {
     },
     #[error("{0}")]
     Context(String),
+}
+
+impl DockerError {
+    /// An engine that cannot be reached or fails on its side, or a push
+    /// that fails, is infrastructure; a failed build step, smoke test or
+    /// build context is the recipe's.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            DockerError::Connect { .. }
+            | DockerError::Push { .. }
+            | DockerError::Engine { .. }
+            | DockerError::Log { .. } => FailureKind::Infra,
+            DockerError::Build { .. } | DockerError::Smoke { .. } | DockerError::Context(_) => {
+                FailureKind::Recipe
+            }
+        }
+    }
+
+    /// An error from the build stream: the engine's own report of a failed
+    /// step is the recipe's; losing the engine is infrastructure.
+    fn from_build_stream(target: &str, log: &Path, e: bollard::errors::Error) -> DockerError {
+        use bollard::errors::Error as E;
+        match e {
+            E::DockerStreamError { error } => DockerError::Build {
+                target: target.to_string(),
+                message: error,
+                log: log.to_path_buf(),
+            },
+            E::DockerResponseServerError {
+                status_code,
+                message,
+            } if (400..500).contains(&status_code) => DockerError::Build {
+                target: target.to_string(),
+                message,
+                log: log.to_path_buf(),
+            },
+            source => DockerError::Engine {
+                target: target.to_string(),
+                source,
+            },
+        }
+    }
 }
 
 /// A connected engine.
@@ -138,8 +180,7 @@ pub struct BuildSpec {
     pub context: BTreeMap<String, Vec<u8>>,
     /// `linux` or `windows`.
     pub os: String,
-    /// Kiln arch name.
-    pub arch: String,
+    pub arch: Arch,
     /// Where to push: `127.0.0.1:5000/kiln/opam:debian-13-ocaml-5.5.0-abc-amd64`.
     pub push_ref: String,
     pub smoke: Vec<SmokeCheck>,
@@ -152,15 +193,6 @@ pub struct BuildResult {
     /// Digest of the pushed per-arch manifest.
     pub digest: String,
     pub smoke_output: String,
-}
-
-/// Docker's platform string for a Kiln arch.
-pub fn platform(os: &str, arch: &str) -> String {
-    match arch {
-        "i386" => format!("{os}/386"),
-        "arm32v7" => format!("{os}/arm/v7"),
-        other => format!("{os}/{other}"),
-    }
 }
 
 /// A tar of the context: the Dockerfile plus extra files.
@@ -186,372 +218,15 @@ pub fn context_tar(
         .map_err(|e| DockerError::Context(format!("build context: {e}")))
 }
 
-struct Cleanup<'a> {
-    engine: &'a Engine,
-    images: Vec<String>,
-    containers: Vec<String>,
-}
-
-impl Cleanup<'_> {
-    async fn run(&mut self) {
-        for c in self.containers.drain(..) {
-            let _ = self
-                .engine
-                .docker
-                .remove_container(
-                    &c,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
-        }
-        for i in self.images.drain(..) {
-            let _ = self
-                .engine
-                .docker
-                .remove_image(
-                    &i,
-                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                    None,
-                )
-                .await;
-        }
-    }
-}
-
-/// The label naming the Kiln process that made a smoke container:
-/// `<hostname>/<pid>`.
-pub const OWNER_LABEL: &str = "org.ocaml.kiln.owner";
-
-fn host_hash() -> String {
-    crate::registry::sha256_digest(crate::process::hostname().as_bytes())[7..15].to_string()
-}
-
-/// The owner of a local build tag `kiln-build/<arch>:<pid>-<host hash>-…`,
-/// as an owner label would say it, when it is this host's.
-fn tag_owner(tag: &str) -> Option<String> {
-    let (_, t) = tag.rsplit_once(':')?;
-    let mut parts = t.splitn(3, '-');
-    let (pid, host) = (parts.next()?, parts.next()?);
-    (host == host_hash()).then(|| format!("{}/{pid}", crate::process::hostname()))
-}
-
-/// Remove the smoke containers and local build images a Kiln process on
-/// this host left when it was killed before its own cleanup ran. Returns
-/// (containers, images) removed.
-pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::errors::Error> {
-    let filters: std::collections::HashMap<String, Vec<String>> =
-        [("label".to_string(), vec![OWNER_LABEL.to_string()])].into();
-    let containers = engine
-        .docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        }))
-        .await?;
-    let mut removed = (0, 0);
-    for c in containers {
-        let owner = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(OWNER_LABEL))
-            .cloned()
-            .unwrap_or_default();
-        if let Some(id) = c.id
-            && crate::process::owner_is_gone(&owner)
-        {
-            let gone = engine
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
-            if gone.is_ok() {
-                removed.0 += 1;
-            }
-        }
-    }
-    let images = engine
-        .docker
-        .list_images(Some(ListImagesOptions {
-            filters: Some([("reference".to_string(), vec!["kiln-build/*".to_string()])].into()),
-            ..Default::default()
-        }))
-        .await?;
-    for tag in images.iter().flat_map(|i| i.repo_tags.iter()) {
-        if tag_owner(tag).is_some_and(|o| crate::process::owner_is_gone(&o)) {
-            let gone = engine
-                .docker
-                .remove_image(
-                    tag,
-                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                    None,
-                )
-                .await;
-            if gone.is_ok() {
-                removed.1 += 1;
-            }
-        }
-    }
-    if removed != (0, 0) {
-        tracing::info!(engine = %engine.name, containers = removed.0, images = removed.1, "removed what a killed kiln process left behind");
-    }
-    Ok(removed)
-}
-
 /// Build, smoke-test and push one arch. Nothing is pushed unless the smoke
 /// test passes; local images and containers are removed either way.
 pub async fn build(engine: &Engine, spec: &BuildSpec) -> Result<BuildResult, DockerError> {
-    let mut cleanup = Cleanup {
+    let mut cleanup = sweep::Cleanup {
         engine,
         images: vec![],
         containers: vec![],
     };
-    let result = build_inner(engine, spec, &mut cleanup).await;
+    let result = steps::build_inner(engine, spec, &mut cleanup).await;
     cleanup.run().await;
     result
-}
-
-async fn build_inner(
-    engine: &Engine,
-    spec: &BuildSpec,
-    cleanup: &mut Cleanup<'_>,
-) -> Result<BuildResult, DockerError> {
-    let target = spec.target.clone();
-    let log_err = |source| DockerError::Log {
-        target: target.clone(),
-        path: spec.log.clone(),
-        source,
-    };
-    if let Some(dir) = spec.log.parent() {
-        tokio::fs::create_dir_all(dir).await.map_err(log_err)?;
-    }
-    let mut log = tokio::fs::File::create(&spec.log).await.map_err(log_err)?;
-    let engine_err = |source| DockerError::Engine {
-        target: spec.target.clone(),
-        source,
-    };
-    // The local tag names its owner (`<pid>-<host hash>-…`) so that what a
-    // killed process leaves can be swept; nothing of it reaches the
-    // pushed image.
-    let local = format!(
-        "kiln-build/{}:{}-{}-{}",
-        spec.arch,
-        std::process::id(),
-        host_hash(),
-        &crate::registry::sha256_digest(
-            format!("{}{:?}", spec.target, std::time::SystemTime::now()).as_bytes()
-        )[7..19]
-    );
-    cleanup.images.push(local.clone());
-    let tar = context_tar(&spec.dockerfile, &spec.context)?;
-    let mut labels: std::collections::HashMap<String, String> =
-        spec.labels.clone().into_iter().collect();
-    labels.insert("org.ocaml.kiln.target".into(), spec.target.clone());
-    let opts = BuildImageOptionsBuilder::default()
-        .dockerfile("Dockerfile")
-        .t(&local)
-        .platform(&platform(&spec.os, &spec.arch))
-        .rm(true)
-        .forcerm(true)
-        .labels(&labels)
-        .build();
-    let _ = log
-        .write_all(
-            format!(
-                "# kiln: building {} for {}\n",
-                spec.target,
-                platform(&spec.os, &spec.arch)
-            )
-            .as_bytes(),
-        )
-        .await;
-    let mut stream = engine
-        .docker
-        .build_image(opts, None, Some(bollard::body_full(tar.into())));
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(s) = &info.stream {
-                    log.write_all(s.as_bytes()).await.map_err(log_err)?;
-                }
-                if let Some(e) = info.error_detail.and_then(|d| d.message) {
-                    let _ = log.write_all(format!("ERROR: {e}\n").as_bytes()).await;
-                    return Err(DockerError::Build {
-                        target: spec.target.clone(),
-                        message: e,
-                        log: spec.log.clone(),
-                    });
-                }
-            }
-            Err(e) => {
-                let _ = log.write_all(format!("ERROR: {e}\n").as_bytes()).await;
-                return Err(DockerError::Build {
-                    target: spec.target.clone(),
-                    message: e.to_string(),
-                    log: spec.log.clone(),
-                });
-            }
-        }
-    }
-    // Smoke test: run the image, compare what it prints with the catalogue.
-    let mut smoke_output = String::new();
-    for check in &spec.smoke {
-        let out = run_in(engine, &local, &spec.arch, &spec.os, &check.argv, cleanup)
-            .await
-            .map_err(engine_err)?;
-        let _ = log
-            .write_all(format!("# kiln smoke: {} -> {}", check.argv.join(" "), out).as_bytes())
-            .await;
-        if !out.contains(&check.expect) {
-            return Err(DockerError::Smoke {
-                target: spec.target.clone(),
-                command: check.argv.join(" "),
-                got: out.trim().to_string(),
-                expected: check.expect.clone(),
-                log: spec.log.clone(),
-            });
-        }
-        smoke_output.push_str(&out);
-    }
-    // Push by digest.
-    let (repo, tag) = spec
-        .push_ref
-        .rsplit_once(':')
-        .filter(|(r, _)| !r.ends_with('/') && !r.is_empty())
-        .ok_or_else(|| {
-            DockerError::Context(format!("push reference {} has no tag", spec.push_ref))
-        })?;
-    engine
-        .docker
-        .tag_image(
-            &local,
-            Some(
-                TagImageOptionsBuilder::default()
-                    .repo(repo)
-                    .tag(tag)
-                    .build(),
-            ),
-        )
-        .await
-        .map_err(engine_err)?;
-    cleanup.images.push(spec.push_ref.clone());
-    let mut digest = None;
-    let mut push = engine.docker.push_image(
-        repo,
-        Some(PushImageOptionsBuilder::default().tag(tag).build()),
-        None,
-    );
-    while let Some(item) = push.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(d) = info
-                    .status
-                    .as_deref()
-                    .and_then(|s| s.split("digest: ").nth(1))
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    digest = Some(d.to_string());
-                }
-            }
-            Err(e) => {
-                return Err(DockerError::Push {
-                    target: spec.target.clone(),
-                    reference: spec.push_ref.clone(),
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
-    let digest = digest.ok_or_else(|| DockerError::Push {
-        target: spec.target.clone(),
-        reference: spec.push_ref.clone(),
-        message: "the engine did not report a digest".into(),
-    })?;
-    let _ = log
-        .write_all(format!("# kiln: pushed {}@{digest}\n", spec.push_ref).as_bytes())
-        .await;
-    Ok(BuildResult {
-        digest,
-        smoke_output,
-    })
-}
-
-/// Run `argv` in a fresh container of `image` and return its output.
-async fn run_in(
-    engine: &Engine,
-    image: &str,
-    arch: &str,
-    os: &str,
-    argv: &[String],
-    cleanup: &mut Cleanup<'_>,
-) -> Result<String, bollard::errors::Error> {
-    let name = format!(
-        "kiln-smoke-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let created = engine
-        .docker
-        .create_container(
-            Some(
-                CreateContainerOptionsBuilder::default()
-                    .name(&name)
-                    .platform(&platform(os, arch))
-                    .build(),
-            ),
-            ContainerCreateBody {
-                image: Some(image.to_string()),
-                labels: Some([(OWNER_LABEL.to_string(), crate::process::owner())].into()),
-                entrypoint: Some(vec![]),
-                cmd: Some(argv.to_vec()),
-                network_disabled: Some(true),
-                host_config: Some(HostConfig {
-                    network_mode: Some("none".into()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await?;
-    cleanup.containers.push(created.id.clone());
-    engine
-        .docker
-        .start_container(
-            &created.id,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await?;
-    let mut wait = engine.docker.wait_container(
-        &created.id,
-        Some(
-            WaitContainerOptionsBuilder::default()
-                .condition("not-running")
-                .build(),
-        ),
-    );
-    while let Some(r) = wait.next().await {
-        // A non-zero exit is reported as an error; the output still decides.
-        if r.is_err() {
-            break;
-        }
-    }
-    let mut out = String::new();
-    let mut logs = engine.docker.logs(
-        &created.id,
-        Some(
-            LogsOptionsBuilder::default()
-                .stdout(true)
-                .stderr(true)
-                .build(),
-        ),
-    );
-    while let Some(l) = logs.next().await {
-        out.push_str(&l?.to_string());
-    }
-    Ok(out)
 }

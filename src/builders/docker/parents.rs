@@ -8,6 +8,7 @@
 //! No Docker Hub is reachable here, so these stand in for `debian:13` and
 //! friends; the production recipes name the real parents.
 
+use crate::catalogue::Arch;
 use std::collections::BTreeMap;
 
 use super::{BuildSpec, DockerError, Engine, SmokeCheck, build};
@@ -41,7 +42,7 @@ pub async fn ensure_busybox(
         return Ok(d);
     }
     let mut digests = Vec::new();
-    for arch in ["amd64", "arm64"] {
+    for arch in [Arch::Amd64, Arch::Arm64] {
         let bin = config
             .state_dir
             .join("fixtures")
@@ -57,19 +58,19 @@ pub async fn ensure_busybox(
             dockerfile: "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nCMD [\"/bin/sh\"]\n".into(),
             context: BTreeMap::from([("busybox".to_string(), data)]),
             os: "linux".into(),
-            arch: arch.into(),
+            arch,
             push_ref: format!("{}/{BUSYBOX_REPO}:{arch}", reg.host),
             smoke: vec![SmokeCheck {
                 argv: vec!["/bin/sh".into(), "-c".into(), "uname -m".into()],
-                expect: if arch == "amd64" { "x86_64" } else { "aarch64" }.into(),
+                expect: arch.uname().into(),
             }],
             log: config.log_dir().join(format!("fixtures_busybox_{arch}.log")),
             labels: BTreeMap::new(),
         };
         digests.push(build(engine, &spec).await?.digest);
     }
-    let required: Vec<Platform> = ["amd64", "arm64"]
-        .iter()
+    let required: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
+        .into_iter()
         .map(|a| Platform::for_arch("linux", a))
         .collect();
     let idx = index::assemble(reg, BUSYBOX_REPO, &digests, &required, &BTreeMap::new()).await?;
@@ -124,7 +125,7 @@ pub async fn ensure_debian(
         dockerfile: "FROM scratch\nADD rootfs.tar /\nCMD [\"bash\"]\n".into(),
         context: BTreeMap::from([("rootfs.tar".to_string(), data)]),
         os: "linux".into(),
-        arch: "amd64".into(),
+        arch: Arch::Amd64,
         push_ref: format!("{}/{DEBIAN_REPO}:bookworm", reg.host),
         smoke: vec![SmokeCheck {
             argv: vec!["cat".into(), "/etc/debian_version".into()],

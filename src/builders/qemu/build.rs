@@ -332,7 +332,7 @@ fn append_log(log: &Path, stage: &str, serial: &Path, truncate: bool) {
 }
 
 /// Remove work directories (`<pid>-…`) of Kiln processes that are gone.
-fn sweep_dead_work_dirs(root: &Path) {
+pub(crate) fn sweep_dead_work_dirs(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };

@@ -1,14 +1,21 @@
 //! OpenBSD qcow2 disk images built unattended under QEMU.
 
 pub mod build;
+pub mod fetch;
 pub mod img;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::registry::{Registry, artifact};
+use crate::builders::{
+    BoxFuture, BuildJob, BuildOutput, Builder, artifact_annotations, artifact_name,
+};
+use crate::catalogue::{Arch, BuilderKind};
+use crate::config::{Config, Qemu};
+use crate::model::{ArtifactKind, Failure, FailureKind};
+use crate::plan::{Prepared, Target};
+use crate::registry::artifact as oci;
 
 /// Placeholders rendered into recipes at plan time and replaced by the
 /// build's own HTTP server address, so the ephemeral port never enters the
@@ -16,39 +23,116 @@ use crate::registry::{Registry, artifact};
 pub const HTTP_BASE: &str = "@KILN_HTTP_BASE@";
 pub const HTTP_HOST: &str = "@KILN_HTTP_HOST@";
 
+/// KVM is usable when /dev/kvm opens read-write.
+pub fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
 /// `auto` → KVM when /dev/kvm opens, TCG otherwise.
-pub fn accel(config: &Config) -> String {
-    match config.qemu.accel.as_str() {
-        "auto" if crate::doctor::kvm_usable() => "kvm".into(),
+pub fn accel(qemu: &Qemu) -> String {
+    match qemu.accel.as_str() {
+        "auto" if kvm_usable() => "kvm".into(),
         "auto" => "tcg".into(),
         other => other.to_string(),
     }
 }
 
-/// Build one qemu target of a plan into a verified, pushed OCI artifact;
-/// returns the artifact manifest digest (for the tag's index).
-pub(crate) async fn artifact_build(
-    config: &Config,
-    reg: &Registry,
-    p: &crate::builders::run::Prepared,
-    repository: &str,
-    immutable: &str,
-    log: &Path,
-) -> Result<String, String> {
-    let t = &p.target;
-    let var = |k: &str| t.vars.get(k).cloned();
-    let short = &p.key.trim_start_matches("sha256:")[..12];
-    let name = format!("{}-{}-ocaml-{}-{short}", t.os, t.arch, t.version);
-    let (boot, files, marker) = match var("boot").as_deref() {
-        Some("kernel") => {
-            let dir = config.state_dir.join("fixtures/qemu");
+impl build::QemuError {
+    /// A boot that fails, hangs or never reports success is the recipe's;
+    /// QEMU or qemu-img that cannot run, or the host's own setup, is
+    /// infrastructure.
+    pub fn kind(&self) -> FailureKind {
+        use crate::process::ProcessError;
+        match self {
+            build::QemuError::Setup { .. } | build::QemuError::Img(_) => FailureKind::Infra,
+            build::QemuError::Boot {
+                source: ProcessError::Spawn { .. } | ProcessError::Io { .. },
+                ..
+            } => FailureKind::Infra,
+            build::QemuError::Boot { .. } | build::QemuError::Console { .. } => FailureKind::Recipe,
+        }
+    }
+}
+
+/// QEMU on this machine, one build at a time.
+pub struct QemuBuilder {
+    qemu: Qemu,
+    state_dir: PathBuf,
+    work_dir: PathBuf,
+}
+
+impl QemuBuilder {
+    pub fn new(config: &Config) -> QemuBuilder {
+        QemuBuilder {
+            qemu: config.qemu.clone(),
+            state_dir: config.state_dir.clone(),
+            work_dir: config.work_dir(),
+        }
+    }
+}
+
+impl Builder for QemuBuilder {
+    fn kind(&self) -> BuilderKind {
+        BuilderKind::Qemu
+    }
+
+    fn artifact_kind(&self) -> ArtifactKind {
+        ArtifactKind::Qcow2
+    }
+
+    fn can_build(&self, t: &Target) -> bool {
+        t.arch == Arch::Amd64 && crate::process::which(&self.qemu.system).is_some()
+    }
+
+    fn capacity(&self) -> usize {
+        // QEMU builds share this machine's CPUs.
+        1
+    }
+
+    fn build_vars(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("http_base".to_string(), HTTP_BASE.to_string()),
+            ("http_host".to_string(), HTTP_HOST.to_string()),
+        ])
+    }
+
+    fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
+        Box::pin(async move {
+            let spec = self.spec(&job)?;
+            let img = img::Img::new(&self.qemu.img);
+            let out = build::build(&img, &spec)
+                .await
+                .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
+            let pushed = push(&job, &out).await;
+            let _ = std::fs::remove_file(&out.path);
+            pushed
+        })
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, ()> {
+        let root = self.work_dir.join("qemu");
+        Box::pin(async move { build::sweep_dead_work_dirs(&root) })
+    }
+}
+
+impl QemuBuilder {
+    /// How to boot: the test guest's kernel, or OpenBSD's PXE auto_install;
+    /// the files the HTTP server offers; the console marker of success.
+    fn boot(&self, p: &Prepared) -> Result<(build::Boot, Option<String>), Failure> {
+        let t = &p.target;
+        if t.vars.get("boot").map(String::as_str) == Some("kernel") {
+            let dir = self.state_dir.join("fixtures/qemu");
             let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
             if !kernel.exists() || !initrd.exists() {
-                return Err(format!(
+                return Err(Failure::infra(format!(
                     "{}: guest kernel/initramfs missing in {} (run scripts/qemu-fixture.sh)",
                     t.id(),
                     dir.display()
-                ));
+                )));
             }
             let boot = build::Boot::Kernel {
                 kernel,
@@ -57,104 +141,88 @@ pub(crate) async fn artifact_build(
                     .into(),
                 verify_append: "console=ttyS0 quiet panic=1 kiln.mode=verify".into(),
             };
-            let files =
-                BTreeMap::from([("install.sh".to_string(), p.dockerfile.clone().into_bytes())]);
-            (boot, files, Some("KILN-INSTALL: ok".to_string()))
+            return Ok((boot, Some("KILN-INSTALL: ok".to_string())));
         }
-        _ => {
-            // OpenBSD: PXE boot into auto_install, which fetches install.conf
-            // and the sets (with the site set) from our HTTP server.
-            let release = var("release").unwrap_or_default();
-            let tftp = config.state_dir.join("openbsd").join(&release).join("tftp");
-            if !tftp.join("auto_install").exists() {
-                return Err(format!(
-                    "{}: OpenBSD {release} boot files not found in {}: copy pxeboot (as auto_install) and bsd.rd there from the mirror",
-                    t.id(),
-                    tftp.display()
-                ));
-            }
-            let mut files = BTreeMap::new();
-            for r in &t.recipes {
-                let text =
-                    std::fs::read_to_string(r).map_err(|e| format!("{}: {e}", r.display()))?;
-                let mut vars = t.vars.clone();
-                vars.insert("http_base".into(), HTTP_BASE.into());
-                vars.insert("http_host".into(), HTTP_HOST.into());
-                vars.insert(
-                    "opam_repository_commit".into(),
-                    p.inputs
-                        .get("opam_repository_commit")
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                let rendered =
-                    crate::plan::template::render(&r.display().to_string(), &text, &vars)
-                        .map_err(|e| e.to_string())?;
-                let name = r
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("recipe")
-                    .to_string();
-                files.insert(name, rendered.into_bytes());
-            }
-            (
-                build::Boot::Pxe {
-                    tftp_dir: tftp,
-                    bootfile: "auto_install".into(),
-                },
-                files,
-                None,
-            )
+        // OpenBSD: PXE boot into auto_install, which fetches install.conf
+        // and the sets (with the site set) from our HTTP server.
+        let release = t.vars.get("release").cloned().unwrap_or_default();
+        let tftp = self.state_dir.join("openbsd").join(&release).join("tftp");
+        if !tftp.join("auto_install").exists() {
+            return Err(Failure::infra(format!(
+                "{}: OpenBSD {release} boot files not found in {}: copy pxeboot (as auto_install) and bsd.rd there from the mirror",
+                t.id(),
+                tftp.display()
+            )));
         }
-    };
-    let img = img::Img::new(&config.qemu.img);
-    let spec = build::QemuSpec {
-        target: t.id(),
-        system: config.qemu.system.clone(),
-        accel: var("accel").unwrap_or_else(|| accel(config)),
-        memory_mib: var("memory_mib")
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(1024),
-        cpus: var("cpus").and_then(|m| m.parse().ok()).unwrap_or(2),
-        disk_size: var("disk_size").unwrap_or_else(|| "12G".into()),
-        boot,
-        files,
-        install_marker: marker,
-        verify_expect: crate::builders::run::expected_ocaml(t),
-        timeout: Duration::from_secs(config.qemu.boot_timeout_secs),
-        log: log.to_path_buf(),
-        work_root: config.work_dir().join("qemu"),
-        // Unique per build: parallel builds of the same target never share a path.
-        output: config.work_dir().join("qemu-out").join(format!(
-            "{name}-{}-{}.qcow2",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-        )),
-    };
-    let out = build::build(&img, &spec).await.map_err(|e| e.to_string())?;
-    let mut ann = BTreeMap::new();
-    ann.insert(
-        "org.opencontainers.image.version".to_string(),
-        t.version.to_string(),
-    );
-    ann.insert("org.ocaml.kiln.build-key".to_string(), p.key.clone());
-    ann.insert(
-        "org.ocaml.kiln.immutable-tag".to_string(),
-        immutable.to_string(),
-    );
+        let boot = build::Boot::Pxe {
+            tftp_dir: tftp,
+            bootfile: "auto_install".into(),
+        };
+        Ok((boot, None))
+    }
+
+    fn spec(&self, job: &BuildJob<'_>) -> Result<build::QemuSpec, Failure> {
+        let p = job.prepared;
+        let t = &p.target;
+        let var = |k: &str| t.vars.get(k).cloned();
+        let (boot, marker) = self.boot(p)?;
+        // The test guest fetches its install script as `install.sh`; the
+        // OpenBSD installer fetches each recipe by its own name.
+        let files: BTreeMap<String, Vec<u8>> = match boot {
+            build::Boot::Kernel { .. } => BTreeMap::from([(
+                "install.sh".to_string(),
+                p.main_recipe().as_bytes().to_vec(),
+            )]),
+            build::Boot::Pxe { .. } => p
+                .recipes
+                .iter()
+                .map(|(name, text)| (name.clone(), text.clone().into_bytes()))
+                .collect(),
+        };
+        let name = artifact_name(p);
+        Ok(build::QemuSpec {
+            target: t.id(),
+            system: self.qemu.system.clone(),
+            accel: var("accel").unwrap_or_else(|| accel(&self.qemu)),
+            memory_mib: var("memory_mib")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(1024),
+            cpus: var("cpus").and_then(|m| m.parse().ok()).unwrap_or(2),
+            disk_size: var("disk_size").unwrap_or_else(|| "12G".into()),
+            boot,
+            files,
+            install_marker: marker,
+            verify_expect: t.expected_ocaml(),
+            timeout: Duration::from_secs(self.qemu.boot_timeout_secs),
+            log: job.log.to_path_buf(),
+            work_root: self.work_dir.join("qemu"),
+            // Unique per build: parallel builds of the same target never share a path.
+            output: self.work_dir.join("qemu-out").join(format!(
+                "{name}-{}-{}.qcow2",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            )),
+        })
+    }
+}
+
+/// Push the compacted disk as an OCI artifact; its digest is known.
+async fn push(job: &BuildJob<'_>, out: &build::QemuOutput) -> Result<BuildOutput, Failure> {
+    let t = &job.prepared.target;
+    let mut ann = artifact_annotations(job);
     ann.insert("org.ocaml.kiln.sha256".to_string(), out.sha256.clone());
-    let title = format!("{name}.qcow2");
+    let title = format!("{}.qcow2", artifact_name(job.prepared));
     let digest = format!("sha256:{}", out.sha256);
-    let pushed = artifact::push(
-        reg,
-        &artifact::ArtifactPush {
-            repo: repository,
+    let pushed = oci::push(
+        job.registry,
+        &oci::ArtifactPush {
+            repo: job.repository,
             file: &out.path,
-            artifact_type: artifact::QCOW2_ARTIFACT,
-            layer_media_type: artifact::QCOW2_LAYER,
+            artifact_type: oci::QCOW2_ARTIFACT,
+            layer_media_type: oci::QCOW2_LAYER,
             title: &title,
             digest: Some(&digest),
             uncompressed_sha256: None,
@@ -164,7 +232,8 @@ pub(crate) async fn artifact_build(
         },
     )
     .await
-    .map_err(|e| e.to_string());
-    let _ = std::fs::remove_file(&out.path);
-    Ok(pushed?.digest)
+    .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
+    Ok(BuildOutput {
+        digest: pushed.digest,
+    })
 }

@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::json;
-
+use super::artifact::{Layout, LayoutChild};
 use super::driver::{Zfs, ZfsError};
 use crate::process::{Cmd, ProcessError};
 use crate::registry::sha256_file;
@@ -42,6 +41,18 @@ pub enum ZfsBuildError {
     Io { target: String, message: String },
 }
 
+impl ZfsBuildError {
+    /// A failing `zfs` or I/O is infrastructure; a provisioning script
+    /// that fails or times out, or a smoke test, is the recipe's.
+    pub fn kind(&self) -> crate::model::FailureKind {
+        use crate::model::FailureKind;
+        match self {
+            ZfsBuildError::Zfs(_) | ZfsBuildError::Io { .. } => FailureKind::Infra,
+            ZfsBuildError::Provision { .. } | ZfsBuildError::Smoke { .. } => FailureKind::Recipe,
+        }
+    }
+}
+
 /// One child dataset and where it is mounted.
 #[derive(Debug, Clone)]
 pub struct Child {
@@ -53,7 +64,7 @@ pub struct Child {
 pub struct ZfsSpec {
     pub target: String,
     pub platform: String,
-    pub arch: String,
+    pub arch: crate::catalogue::Arch,
     /// Full dataset name: `<pool>/<prefix>/base-image/macos-homebrew-ocaml-5.5.0-<id>`.
     pub dataset: String,
     pub children: Vec<Child>,
@@ -81,7 +92,7 @@ pub struct ZfsOutput {
     pub sha256: String,
     pub size: u64,
     pub uncompressed_sha256: String,
-    pub layout: serde_json::Value,
+    pub layout: Layout,
 }
 
 /// A user property on every tree a build creates: who is building it
@@ -283,20 +294,20 @@ async fn send(
     let mut children = Vec::new();
     for c in &spec.children {
         let name = format!("{}/{}", spec.dataset, c.name);
-        children.push(json!({
-            "name": c.name,
-            "mountpoint": c.mountpoint,
-            "compression": zfs.get(&name, "compression").await?,
-            "referenced": zfs.get_number(&name, "referenced").await?,
-        }));
+        children.push(LayoutChild {
+            name: c.name.clone(),
+            mountpoint: c.mountpoint.clone(),
+            compression: zfs.get(&name, "compression").await?,
+            referenced: zfs.get_number(&name, "referenced").await?,
+        });
     }
-    let layout = json!({
-        "dataset": spec.dataset,
-        "snapshot": SNAPSHOT,
-        "children": children,
-        "profile": spec.profile,
-        "user": spec.user,
-    });
+    let layout = Layout {
+        dataset: spec.dataset.clone(),
+        snapshot: SNAPSHOT.to_string(),
+        children,
+        profile: spec.profile.clone(),
+        user: spec.user.clone(),
+    };
     Ok(ZfsOutput {
         snapshot,
         stream: out,

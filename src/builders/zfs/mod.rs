@@ -1,192 +1,265 @@
 //! macOS and FreeBSD base datasets built on ZFS and shipped as send streams.
 
+pub mod artifact;
 pub mod build;
 pub mod driver;
+pub mod fetch;
 pub mod gc;
 pub mod worker;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::registry::{Registry, artifact};
+use crate::builders::{
+    BoxFuture, BuildJob, BuildOutput, Builder, artifact_annotations, host_permits,
+};
+use crate::catalogue::BuilderKind;
+use crate::config::{Config, ZfsHost};
+use crate::model::{ArtifactKind, Failure};
+use crate::plan::{Prepared, Target};
+use crate::registry::{Registry, artifact as oci};
+use artifact::{IncrementalRef, ZfsArtifactConfig};
 
-/// Build one zfs target of a plan into a verified, pushed OCI artifact;
-/// returns the artifact manifest digest (for the tag's index).
-pub(crate) async fn artifact_build(
-    config: &Config,
-    reg: &Registry,
-    p: &crate::builders::run::Prepared,
-    repository: &str,
-    immutable: &str,
-    log: &Path,
-) -> Result<String, String> {
-    let t = &p.target;
-    let host = config
-        .zfs
-        .hosts
-        .iter()
-        .find(|h| h.platforms.contains(&t.platform) && h.arch == t.arch)
-        .ok_or_else(|| format!("no zfs host builds {} {}", t.platform, t.arch))?;
-    // One build at a time per ZFS host, across every job of the process.
-    let _slot = crate::builders::run::host_permits(&format!("zfs:{}", host.name), 1)
-        .acquire_owned()
-        .await
-        .map_err(|e| e.to_string())?;
-    let zfs = driver::Zfs::new(host);
-    let short = &p.key.trim_start_matches("sha256:")[..12];
-    let leaf = format!("{}-ocaml-{}-{short}", t.os, t.version);
-    let dataset = format!("{}/{}/base-image/{leaf}", host.pool, host.prefix);
-    let mount_root = t.vars.get("mount_root").map(PathBuf::from);
-    let mount = |child: &str, production: String| match &mount_root {
-        Some(root) => root.join(&host.prefix).join(&leaf).join(child),
-        None => PathBuf::from(production),
-    };
-    let user = t.vars.get("build_user").cloned();
-    let children: Vec<build::Child> = match t.platform.as_str() {
-        "macos" => vec![
-            build::Child {
-                name: "home".into(),
-                mountpoint: mount(
-                    "home",
-                    format!(
-                        "/Users/{}",
-                        user.clone().unwrap_or_else(|| "mac1000".into())
-                    ),
-                ),
-            },
-            build::Child {
-                name: "brew".into(),
-                mountpoint: mount(
-                    "brew",
-                    t.vars.get("brew_prefix").cloned().unwrap_or_default(),
-                ),
-            },
-        ],
-        _ => vec![build::Child {
-            name: "rootfs".into(),
-            mountpoint: mount("rootfs", format!("/usr/jails/{leaf}")),
-        }],
-    };
-    let mut env = BTreeMap::new();
-    env.insert(
-        "PATH".to_string(),
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-    );
-    let profile = match t.platform.as_str() {
-        "macos" => {
-            env.insert("HOME".into(), children[0].mountpoint.display().to_string());
-            env.insert("BREW".into(), children[1].mountpoint.display().to_string());
-            children[0].mountpoint.join(".obuilder_profile.sh")
+/// ZFS hosts, one build at a time each.
+pub struct ZfsBuilder {
+    hosts: Vec<ZfsHost>,
+    provision_timeout: Duration,
+    out_dir: PathBuf,
+}
+
+impl ZfsBuilder {
+    pub fn new(config: &Config) -> ZfsBuilder {
+        ZfsBuilder {
+            hosts: config.zfs.hosts.clone(),
+            provision_timeout: Duration::from_secs(config.zfs.provision_timeout_secs),
+            out_dir: config.work_dir().join("zfs"),
         }
-        _ => {
-            env.insert(
-                "ROOTFS".into(),
-                children[0].mountpoint.display().to_string(),
-            );
-            children[0].mountpoint.join("home/opam/.profile")
-        }
-    };
-    let out_dir = config.work_dir().join("zfs");
-    let spec = build::ZfsSpec {
-        target: t.id(),
-        platform: t.platform.clone(),
-        arch: t.arch.clone(),
-        dataset,
-        children,
-        script: p.dockerfile.clone(),
-        env,
-        user,
-        timeout: Duration::from_secs(config.zfs.provision_timeout_secs),
-        profile,
-        smoke: vec![(
-            "ocaml -version".into(),
-            crate::builders::run::expected_ocaml(t),
-        )],
-        log: log.to_path_buf(),
-        out_dir,
-    };
-    let out = build::build(&zfs, &spec).await.map_err(|e| e.to_string())?;
-    // An earlier image of the same series on this host: also publish the
-    // incremental stream from it. It is an optimisation for workers, so a
-    // failure here is logged and the full stream is published alone.
-    let series_prefix = format!("{}-ocaml-{}.", t.os, t.version.series_tag());
-    let mut incremental = None;
-    match build::previous_image(&zfs, &spec.dataset, &series_prefix).await {
-        Ok(Some(previous)) => match build::incremental(&zfs, &spec, &previous).await {
-            Ok(inc) => {
-                let pushed = push_incremental(reg, repository, t, &leaf, &inc).await;
-                let _ = tokio::fs::remove_file(&inc.stream).await;
-                match pushed {
-                    Ok(digest) => {
-                        tracing::info!(target_id = %t.id(), from = %inc.from, bytes = inc.size, "incremental stream published");
-                        incremental = Some(serde_json::json!({
-                            "from": inc.from, "digest": digest, "size": inc.size,
-                            "from_guids": inc.from_guids,
-                        }));
-                    }
-                    Err(e) => {
-                        tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not pushed")
-                    }
+    }
+
+    fn host_for(&self, t: &Target) -> Option<&ZfsHost> {
+        self.hosts
+            .iter()
+            .find(|h| h.platforms.contains(&t.platform) && t.arch == h.arch)
+    }
+}
+
+impl Builder for ZfsBuilder {
+    fn kind(&self) -> BuilderKind {
+        BuilderKind::Zfs
+    }
+
+    fn artifact_kind(&self) -> ArtifactKind {
+        ArtifactKind::ZfsStream
+    }
+
+    fn can_build(&self, t: &Target) -> bool {
+        self.host_for(t).is_some()
+    }
+
+    fn capacity(&self) -> usize {
+        self.hosts.len().max(1)
+    }
+
+    fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
+        Box::pin(async move {
+            let t = &job.prepared.target;
+            let host = self.host_for(t).ok_or_else(|| {
+                Failure::new(
+                    crate::model::FailureKind::NoBuilder,
+                    format!("no zfs host builds {} {}", t.platform, t.arch),
+                )
+            })?;
+            // One build at a time per ZFS host, across every job of the process.
+            let _slot = host_permits(&format!("zfs:{}", host.name), 1)
+                .acquire_owned()
+                .await
+                .map_err(|e| Failure::infra(e.to_string()))?;
+            self.build_on(host, &job).await
+        })
+    }
+
+    fn sweep(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            for h in &self.hosts {
+                let zfs = driver::Zfs::new(h);
+                let probe = format!("{}/base-image/sweep", base_of(h));
+                if let Err(e) = build::sweep_dead(&zfs, &probe).await {
+                    tracing::warn!(host = %h.name, error = %e, "sweeping what killed kiln processes left");
                 }
             }
-            Err(e) => {
-                tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not built")
-            }
-        },
-        Ok(None) => {}
-        Err(e) => tracing::warn!(target_id = %t.id(), error = %e, "looking for an earlier image"),
+        })
     }
-    let mut ann = BTreeMap::new();
-    ann.insert(
-        "org.opencontainers.image.version".to_string(),
-        t.version.to_string(),
-    );
-    ann.insert("org.ocaml.kiln.build-key".to_string(), p.key.clone());
-    ann.insert(
-        "org.ocaml.kiln.immutable-tag".to_string(),
-        immutable.to_string(),
-    );
-    let title = format!("{leaf}.zfs.zst");
-    let pushed = artifact::push(
-        reg,
-        &artifact::ArtifactPush {
-            repo: repository,
-            file: &out.stream,
-            artifact_type: artifact::ZFS_ARTIFACT,
-            layer_media_type: artifact::ZFS_LAYER,
-            title: &title,
-            digest: None,
-            uncompressed_sha256: Some(&out.uncompressed_sha256),
-            config: serde_json::json!({"os": t.platform, "architecture": t.arch, "layout": out.layout,
-                "incremental": incremental.into_iter().collect::<Vec<_>>()}),
-            annotations: ann,
-        },
-    )
-    .await
-    .map_err(|e| e.to_string());
-    let _ = tokio::fs::remove_file(&out.stream).await;
-    Ok(pushed?.digest)
+}
+
+/// `<pool>/<prefix>`: where a host keeps Kiln's trees.
+fn base_of(h: &ZfsHost) -> String {
+    format!("{}/{}", h.pool, h.prefix)
+}
+
+impl ZfsBuilder {
+    /// Build the tree on `host`, then push its full stream (and the
+    /// incremental one from an earlier image of the series, if any).
+    async fn build_on(&self, host: &ZfsHost, job: &BuildJob<'_>) -> Result<BuildOutput, Failure> {
+        let t = &job.prepared.target;
+        let zfs = driver::Zfs::new(host);
+        let spec = self.spec(host, job);
+        let out = build::build(&zfs, &spec)
+            .await
+            .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
+        let incremental = push_incremental(&zfs, &spec, job).await;
+        let config = ZfsArtifactConfig {
+            os: t.platform.clone(),
+            architecture: t.arch,
+            layout: out.layout.clone(),
+            incremental: incremental.into_iter().collect(),
+        };
+        let leaf = out.layout.leaf().to_string();
+        let title = format!("{leaf}.zfs.zst");
+        let pushed = oci::push(
+            job.registry,
+            &oci::ArtifactPush {
+                repo: job.repository,
+                file: &out.stream,
+                artifact_type: oci::ZFS_ARTIFACT,
+                layer_media_type: oci::ZFS_LAYER,
+                title: &title,
+                digest: None,
+                uncompressed_sha256: Some(&out.uncompressed_sha256),
+                config: serde_json::to_value(&config).unwrap_or_default(),
+                annotations: artifact_annotations(job),
+            },
+        )
+        .await;
+        let _ = tokio::fs::remove_file(&out.stream).await;
+        let pushed = pushed.map_err(|e| Failure::new(e.kind(), e.to_string()))?;
+        Ok(BuildOutput {
+            digest: pushed.digest,
+        })
+    }
+
+    /// What to build on `host`: the tree's name, children and mountpoints,
+    /// the script's environment and the profile the smoke test sources.
+    fn spec(&self, host: &ZfsHost, job: &BuildJob<'_>) -> build::ZfsSpec {
+        let p: &Prepared = job.prepared;
+        let t = &p.target;
+        let leaf = format!("{}-ocaml-{}-{}", t.os, t.version, p.short_key());
+        let (children, env, profile) = layout(host, t, &leaf);
+        build::ZfsSpec {
+            target: t.id(),
+            platform: t.platform.clone(),
+            arch: t.arch,
+            dataset: format!("{}/base-image/{leaf}", base_of(host)),
+            children,
+            script: p.main_recipe().to_string(),
+            env,
+            user: t.vars.get("build_user").cloned(),
+            timeout: self.provision_timeout,
+            profile,
+            smoke: vec![("ocaml -version".into(), t.expected_ocaml())],
+            log: job.log.to_path_buf(),
+            out_dir: self.out_dir.clone(),
+        }
+    }
+}
+
+/// The children of a tree with their mountpoints (macOS: home and brew;
+/// FreeBSD: the jail's rootfs), the script's environment, and the profile.
+fn layout(
+    host: &ZfsHost,
+    t: &Target,
+    leaf: &str,
+) -> (Vec<build::Child>, BTreeMap<String, String>, PathBuf) {
+    let mount_root = t.vars.get("mount_root").map(PathBuf::from);
+    let mount = |child: &str, production: String| match &mount_root {
+        Some(root) => root.join(&host.prefix).join(leaf).join(child),
+        None => PathBuf::from(production),
+    };
+    let child = |name: &str, production: String| build::Child {
+        name: name.into(),
+        mountpoint: mount(name, production),
+    };
+    let mut env = BTreeMap::from([(
+        "PATH".to_string(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+    )]);
+    if t.platform == "macos" {
+        let user = t.vars.get("build_user").map_or("mac1000", String::as_str);
+        let home = child("home", format!("/Users/{user}"));
+        let brew = child("brew", t.arch.brew_prefix().to_string());
+        env.insert("HOME".into(), home.mountpoint.display().to_string());
+        env.insert("BREW".into(), brew.mountpoint.display().to_string());
+        let profile = home.mountpoint.join(".obuilder_profile.sh");
+        (vec![home, brew], env, profile)
+    } else {
+        let rootfs = child("rootfs", format!("/usr/jails/{leaf}"));
+        env.insert("ROOTFS".into(), rootfs.mountpoint.display().to_string());
+        let profile = rootfs.mountpoint.join("home/opam/.profile");
+        (vec![rootfs], env, profile)
+    }
+}
+
+/// An earlier image of the same series on this host: also publish the
+/// incremental stream from it. It is an optimisation for workers, so a
+/// failure here is logged and the full stream is published alone.
+async fn push_incremental(
+    zfs: &driver::Zfs,
+    spec: &build::ZfsSpec,
+    job: &BuildJob<'_>,
+) -> Option<IncrementalRef> {
+    let t = &job.prepared.target;
+    let series_prefix = format!("{}-ocaml-{}.", t.os, t.version.series_tag());
+    let previous = match build::previous_image(zfs, &spec.dataset, &series_prefix).await {
+        Ok(p) => p?,
+        Err(e) => {
+            tracing::warn!(target_id = %t.id(), error = %e, "looking for an earlier image");
+            return None;
+        }
+    };
+    let inc = match build::incremental(zfs, spec, &previous).await {
+        Ok(inc) => inc,
+        Err(e) => {
+            tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not built");
+            return None;
+        }
+    };
+    let leaf = spec.dataset.rsplit('/').next().unwrap_or_default();
+    let pushed = push_incremental_artifact(job.registry, job.repository, t, leaf, &inc).await;
+    let _ = tokio::fs::remove_file(&inc.stream).await;
+    match pushed {
+        Ok(digest) => {
+            tracing::info!(target_id = %t.id(), from = %inc.from, bytes = inc.size, "incremental stream published");
+            Some(IncrementalRef {
+                from: inc.from,
+                digest,
+                size: inc.size,
+                from_guids: inc.from_guids,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not pushed");
+            None
+        }
+    }
 }
 
 /// Push an incremental stream as its own artifact; returns its digest.
-async fn push_incremental(
+async fn push_incremental_artifact(
     reg: &Registry,
     repository: &str,
-    t: &crate::plan::Target,
+    t: &Target,
     leaf: &str,
     inc: &build::Incremental,
-) -> Result<String, String> {
+) -> Result<String, crate::registry::RegistryError> {
     let digest = format!("sha256:{}", inc.sha256);
     let title = format!("{leaf}.from-{}.tar.zst", inc.from);
-    let pushed = artifact::push(
+    let pushed = oci::push(
         reg,
-        &artifact::ArtifactPush {
+        &oci::ArtifactPush {
             repo: repository,
             file: &inc.stream,
-            artifact_type: artifact::ZFS_INCREMENTAL_ARTIFACT,
-            layer_media_type: artifact::ZFS_INCREMENTAL_LAYER,
+            artifact_type: oci::ZFS_INCREMENTAL_ARTIFACT,
+            layer_media_type: oci::ZFS_INCREMENTAL_LAYER,
             title: &title,
             digest: Some(&digest),
             uncompressed_sha256: None,
@@ -195,7 +268,6 @@ async fn push_incremental(
             annotations: BTreeMap::new(),
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     Ok(pushed.digest)
 }

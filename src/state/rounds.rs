@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::params;
 use serde::Serialize;
 
-use super::state::{Db, StateError};
+use super::{Db, StateError};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Round {

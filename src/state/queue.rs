@@ -13,64 +13,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::state::{Db, StateError};
+use super::{Db, StateError};
+use crate::catalogue::BuilderKind;
 
-/// Why a build failed, which decides whether it is tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailureKind {
-    /// Engine, registry or host unreachable, or failing on its side:
-    /// retried with exponential backoff.
-    Infra,
-    /// The recipe or its smoke test failed: marked failed, not retried
-    /// until an input changes or someone asks.
-    Recipe,
-    /// No configured builder can build it.
-    NoBuilder,
-}
-
-impl FailureKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Infra => "infra",
-            FailureKind::Recipe => "recipe",
-            FailureKind::NoBuilder => "no-builder",
-        }
-    }
-}
-
-/// Messages our builders and the tools they drive give when the
-/// infrastructure, not the recipe, failed. Everything else is the recipe's.
-const INFRA_MARKERS: &[&str] = &[
-    "connection refused",
-    "connection reset",
-    "error sending request",
-    "error trying to connect",
-    "client error (connect)",
-    "broken pipe",
-    "no route to host",
-    "network is unreachable",
-    "registry answered 429",
-    "registry answered 500",
-    "registry answered 502",
-    "registry answered 503",
-    "registry answered 504",
-    "too many requests",
-    "service unavailable",
-    "ssh: connect to host",
-    "cannot connect to the docker daemon",
-    "docker host unavailable",
-    "i/o timeout",
-];
-
-pub fn classify(error: &str) -> FailureKind {
-    let e = error.to_lowercase();
-    if INFRA_MARKERS.iter().any(|m| e.contains(m)) {
-        FailureKind::Infra
-    } else {
-        FailureKind::Recipe
-    }
-}
+pub use crate::model::FailureKind;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Job {
@@ -79,10 +25,10 @@ pub struct Job {
     pub repository: String,
     pub tag: String,
     pub platform: String,
-    pub builder: String,
+    pub builder: BuilderKind,
     pub state: String,
     pub attempts: i64,
-    pub failure: Option<String>,
+    pub failure: Option<FailureKind>,
     pub error: Option<String>,
     pub outcome: Option<String>,
     pub log: Option<String>,
@@ -124,6 +70,20 @@ fn now() -> String {
     Utc::now().to_rfc3339()
 }
 
+/// A column holding a typed name (`BuilderKind`, `FailureKind`).
+fn parse_text<T: std::str::FromStr<Err = String>>(col: usize, text: &str) -> rusqlite::Result<T> {
+    text.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn parse_column<T: std::str::FromStr<Err = String>>(
+    r: &rusqlite::Row<'_>,
+    col: usize,
+) -> rusqlite::Result<T> {
+    parse_text(col, &r.get::<_, String>(col)?)
+}
+
 fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
     Ok(Job {
         id: r.get(0)?,
@@ -131,10 +91,13 @@ fn row_to_job(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         repository: r.get(2)?,
         tag: r.get(3)?,
         platform: r.get(4)?,
-        builder: r.get(5)?,
+        builder: parse_column(r, 5)?,
         state: r.get(6)?,
         attempts: r.get(7)?,
-        failure: r.get(8)?,
+        failure: r
+            .get::<_, Option<String>>(8)?
+            .map(|f| parse_text(8, &f))
+            .transpose()?,
         error: r.get(9)?,
         outcome: r.get(10)?,
         log: r.get(11)?,
@@ -198,7 +161,7 @@ impl Queue {
         repository: &str,
         tag: &str,
         platform: &str,
-        builder: &str,
+        builder: BuilderKind,
     ) -> Result<bool, StateError> {
         let mut conn = self.db.conn();
         let tx = conn
@@ -218,7 +181,7 @@ impl Queue {
         tx.execute(
             "INSERT INTO jobs (round, repository, tag, platform, builder, state, queued_at, next_attempt_at)
              VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
-            params![round, repository, tag, platform, builder, t],
+            params![round, repository, tag, platform, builder.as_str(), t],
         )
         .map_err(self.db.err())?;
         tx.commit().map_err(self.db.err())?;
@@ -242,7 +205,7 @@ impl Queue {
     /// Take the oldest due job of `builder` whose tag is not being built
     /// already (two builds of one tag could publish out of order) and mark
     /// it running.
-    pub fn take(&self, builder: &str, at: DateTime<Utc>) -> Result<Option<Job>, StateError> {
+    pub fn take(&self, builder: BuilderKind, at: DateTime<Utc>) -> Result<Option<Job>, StateError> {
         let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -252,7 +215,7 @@ impl Queue {
                 &format!("SELECT {COLUMNS} FROM jobs q WHERE state = 'queued' AND builder = ?1 AND next_attempt_at <= ?2
                    AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.repository = q.repository AND r.tag = q.tag)
                  ORDER BY next_attempt_at, id LIMIT 1"),
-                params![builder, at.to_rfc3339()],
+                params![builder.as_str(), at.to_rfc3339()],
                 row_to_job,
             )
             .optional()
@@ -304,7 +267,7 @@ impl Queue {
                 ("succeeded".to_string(), None)
             }
             Finish::Failed { kind, error, log } => {
-                let retry = *kind == FailureKind::Infra && (job.attempts as u32) < max_attempts;
+                let retry = kind.is_retryable() && (job.attempts as u32) < max_attempts;
                 if retry {
                     let wait = backoff(retry_base, job.attempts as u32);
                     let next = t + chrono::Duration::from_std(wait).unwrap_or_default();
@@ -326,7 +289,7 @@ impl Queue {
         };
         tx.execute(
             "INSERT INTO attempts (job, builder, started_at, duration_secs, failure) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![job.id, job.builder, job.started_at.clone().unwrap_or_default(), duration, failure],
+            params![job.id, job.builder.as_str(), job.started_at.clone().unwrap_or_default(), duration, failure],
         )
         .map_err(self.db.err())?;
         tx.commit().map_err(self.db.err())?;
@@ -480,25 +443,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failures_are_told_apart() {
-        for infra in [
-            "push 127.0.0.1:5001/x: Get \"http://127.0.0.1:5001/v2/\": dial tcp 127.0.0.1:5001: connect: connection refused",
-            "http://127.0.0.1:5000/v2/a/blobs/uploads/: error sending request for url (http://127.0.0.1:5000/v2/a/blobs/uploads/)",
-            "blob HEAD a@sha256:00: registry answered 503 Service Unavailable: ",
-            "ssh: connect to host mac1 port 22: No route to host",
-        ] {
-            assert_eq!(classify(infra), FailureKind::Infra, "{infra}");
-        }
-        for recipe in [
-            "linux/debian-13/5.5.0/amd64: build step failed: The command '/bin/sh -c opam init' returned a non-zero code: 1",
-            "macos/x: smoke test failed: `ocaml -version` printed \"4.14\", expected it to contain \"5.5.0\"",
-            "provisioning failed: timed out after 60s",
-        ] {
-            assert_eq!(classify(recipe), FailureKind::Recipe, "{recipe}");
-        }
-    }
-
-    #[test]
     fn backoff_doubles_and_caps() {
         let b = Duration::from_secs(30);
         assert_eq!(backoff(b, 1), Duration::from_secs(30));
@@ -511,15 +455,22 @@ mod tests {
     fn queue_retries_infra_failures_and_not_recipe_ones() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(&dir.path().join("kiln.db")).unwrap();
-        assert!(q.enqueue(1, "kiln/opam", "a", "linux", "docker").unwrap());
         assert!(
-            !q.enqueue(2, "kiln/opam", "a", "linux", "docker").unwrap(),
+            q.enqueue(1, "kiln/opam", "a", "linux", BuilderKind::Docker)
+                .unwrap()
+        );
+        assert!(
+            !q.enqueue(2, "kiln/opam", "a", "linux", BuilderKind::Docker)
+                .unwrap(),
             "deduplicated"
         );
-        assert!(q.enqueue(1, "kiln/opam", "b", "linux", "docker").unwrap());
+        assert!(
+            q.enqueue(1, "kiln/opam", "b", "linux", BuilderKind::Docker)
+                .unwrap()
+        );
         let far = Utc::now() + chrono::Duration::hours(2);
-        assert!(q.take("zfs", far).unwrap().is_none());
-        let a = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert!(q.take(BuilderKind::Zfs, far).unwrap().is_none());
+        let a = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
         assert_eq!((a.tag.as_str(), a.attempts), ("a", 1));
         let infra = Finish::Failed {
             kind: FailureKind::Infra,
@@ -531,7 +482,7 @@ mod tests {
             "queued"
         );
         // Not due yet: b comes first.
-        let b = q.take("docker", Utc::now()).unwrap().unwrap();
+        let b = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
         assert_eq!(b.tag, "b");
         let recipe = Finish::Failed {
             kind: FailureKind::Recipe,
@@ -542,8 +493,8 @@ mod tests {
             q.finish(&b, &recipe, 2, Duration::from_secs(60)).unwrap(),
             "failed"
         );
-        assert!(q.take("docker", Utc::now()).unwrap().is_none());
-        let a = q.take("docker", far).unwrap().unwrap();
+        assert!(q.take(BuilderKind::Docker, Utc::now()).unwrap().is_none());
+        let a = q.take(BuilderKind::Docker, far).unwrap().unwrap();
         assert_eq!(a.attempts, 2);
         assert_eq!(
             q.finish(&a, &infra, 2, Duration::from_secs(60)).unwrap(),
@@ -558,11 +509,17 @@ mod tests {
         );
         assert_eq!(s.durations[0].2, 3);
         // A tag being built is not taken twice.
-        assert!(q.enqueue(5, "kiln/opam", "d", "linux", "docker").unwrap());
-        let d1 = q.take("docker", Utc::now()).unwrap().unwrap();
-        assert!(q.enqueue(5, "kiln/opam", "d", "linux", "docker").unwrap());
         assert!(
-            q.take("docker", Utc::now()).unwrap().is_none(),
+            q.enqueue(5, "kiln/opam", "d", "linux", BuilderKind::Docker)
+                .unwrap()
+        );
+        let d1 = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
+        assert!(
+            q.enqueue(5, "kiln/opam", "d", "linux", BuilderKind::Docker)
+                .unwrap()
+        );
+        assert!(
+            q.take(BuilderKind::Docker, Utc::now()).unwrap().is_none(),
             "d is running"
         );
         q.finish(
@@ -574,7 +531,7 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
-        let d2 = q.take("docker", Utc::now()).unwrap().unwrap();
+        let d2 = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
         q.finish(
             &d2,
             &Finish::Succeeded {
@@ -585,11 +542,14 @@ mod tests {
         )
         .unwrap();
         // A killed daemon's running job goes back to the queue, uncounted.
-        assert!(q.enqueue(3, "kiln/opam", "c", "linux", "docker").unwrap());
-        let c = q.take("docker", Utc::now()).unwrap().unwrap();
+        assert!(
+            q.enqueue(3, "kiln/opam", "c", "linux", BuilderKind::Docker)
+                .unwrap()
+        );
+        let c = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
         assert_eq!(c.attempts, 1);
         assert_eq!(q.recover(|| Ok(4)).unwrap(), 1);
-        let c = q.take("docker", Utc::now()).unwrap().unwrap();
+        let c = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
         assert_eq!((c.round, c.attempts), (4, 1));
         q.finish(
             &c,

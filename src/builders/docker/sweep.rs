@@ -1,0 +1,126 @@
+//! What a build leaves on an engine, and sweeping it: the smoke
+//! containers and local images of one build ([`Cleanup`], run whatever
+//! happens), and what a killed Kiln left (owner-marked, swept by the next
+//! build on this host).
+
+use bollard::query_parameters::{
+    ListContainersOptions, ListImagesOptions, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder,
+};
+
+use super::Engine;
+
+/// The containers and images one build made, removed when it ends.
+pub(super) struct Cleanup<'a> {
+    pub(super) engine: &'a Engine,
+    pub(super) images: Vec<String>,
+    pub(super) containers: Vec<String>,
+}
+
+impl Cleanup<'_> {
+    pub(super) async fn run(&mut self) {
+        for c in self.containers.drain(..) {
+            let _ = self
+                .engine
+                .docker
+                .remove_container(
+                    &c,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+        }
+        for i in self.images.drain(..) {
+            let _ = self
+                .engine
+                .docker
+                .remove_image(
+                    &i,
+                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    None,
+                )
+                .await;
+        }
+    }
+}
+
+/// The label naming the Kiln process that made a smoke container:
+/// `<hostname>/<pid>`.
+pub const OWNER_LABEL: &str = "org.ocaml.kiln.owner";
+
+pub(super) fn host_hash() -> String {
+    crate::registry::sha256_digest(crate::process::hostname().as_bytes())[7..15].to_string()
+}
+
+/// The owner of a local build tag `kiln-build/<arch>:<pid>-<host hash>-…`,
+/// as an owner label would say it, when it is this host's.
+fn tag_owner(tag: &str) -> Option<String> {
+    let (_, t) = tag.rsplit_once(':')?;
+    let mut parts = t.splitn(3, '-');
+    let (pid, host) = (parts.next()?, parts.next()?);
+    (host == host_hash()).then(|| format!("{}/{pid}", crate::process::hostname()))
+}
+
+/// Remove the smoke containers and local build images a Kiln process on
+/// this host left when it was killed before its own cleanup ran. Returns
+/// (containers, images) removed.
+pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::errors::Error> {
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![OWNER_LABEL.to_string()])].into();
+    let containers = engine
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await?;
+    let mut removed = (0, 0);
+    for c in containers {
+        let owner = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(OWNER_LABEL))
+            .cloned()
+            .unwrap_or_default();
+        if let Some(id) = c.id
+            && crate::process::owner_is_gone(&owner)
+        {
+            let gone = engine
+                .docker
+                .remove_container(
+                    &id,
+                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                )
+                .await;
+            if gone.is_ok() {
+                removed.0 += 1;
+            }
+        }
+    }
+    let images = engine
+        .docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some([("reference".to_string(), vec!["kiln-build/*".to_string()])].into()),
+            ..Default::default()
+        }))
+        .await?;
+    for tag in images.iter().flat_map(|i| i.repo_tags.iter()) {
+        if tag_owner(tag).is_some_and(|o| crate::process::owner_is_gone(&o)) {
+            let gone = engine
+                .docker
+                .remove_image(
+                    tag,
+                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    None,
+                )
+                .await;
+            if gone.is_ok() {
+                removed.1 += 1;
+            }
+        }
+    }
+    if removed != (0, 0) {
+        tracing::info!(engine = %engine.name, containers = removed.0, images = removed.1, "removed what a killed kiln process left behind");
+    }
+    Ok(removed)
+}

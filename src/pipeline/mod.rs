@@ -1,0 +1,148 @@
+//! `kiln build`: running a plan, one tag (one multi-arch index) at a time,
+//! read top-down:
+//!
+//! 1. [`prepare`](crate::plan::prepare): each arch's inputs (rendered
+//!    recipes, parent digest, compiler, opam, opam-repository commit,
+//!    builder, arch) hash into its build key;
+//! 2. [`decide`]: a tag whose key equals the published one is unchanged
+//!    (same digest, no churn); otherwise the arches whose own key changed
+//!    are built and the others reused;
+//! 3. [`tag`]: the changed arches are built in parallel through their
+//!    [`Builder`](crate::builders::Builder), within each host's limit; if
+//!    any fails, nothing of the tag is published and the failure, with its
+//!    kind, is recorded for the API and the daemon;
+//! 4. [`publish`](crate::publish): the index over every arch is
+//!    assembled, verified and published; the lockfile says which inputs
+//!    changed. Last, the series-less aliases move where a version's tier-1
+//!    set is complete.
+
+pub mod decide;
+pub mod keys;
+pub mod report;
+mod tag;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use keys::{PlanKeys, plan_keys, target_keys};
+pub use report::{Event, Outcome, Summary, TagReport};
+
+use crate::builders::Builders;
+use crate::catalogue::{BuilderKind, Catalogue};
+use crate::config::Config;
+use crate::model::{FailureKind, TagId};
+use crate::plan::prepare::{self, ParentCache};
+use crate::plan::{self, Filter, Target};
+use crate::publish::lockfile::Lockfile;
+use crate::registry::Registry;
+use crate::state::StateStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Prepare(#[from] prepare::PrepareError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Lockfile(#[from] crate::publish::lockfile::LockfileError),
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
+}
+
+impl RunError {
+    /// Whether a run that failed as a whole is worth retrying.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            RunError::Plan(_) => FailureKind::Recipe,
+            RunError::Prepare(e) => e.kind(),
+            RunError::Registry(e) => e.kind(),
+            RunError::Publish(e) => e.kind(),
+            RunError::State(_) | RunError::Lockfile(_) => FailureKind::Infra,
+        }
+    }
+}
+
+pub struct Options {
+    pub filter: Filter,
+    pub dry_run: bool,
+}
+
+/// What every tag of one run shares.
+struct Run<'a> {
+    config: &'a Config,
+    registry: Registry,
+    /// The lockfile as it was when the run started.
+    lock: Lockfile,
+    state: StateStore,
+    builders: Builders,
+    commit: String,
+    parents: ParentCache,
+    dry_run: bool,
+}
+
+/// Run the plan selected by `opts`.
+pub async fn run(
+    config: &Config,
+    cat: &Catalogue,
+    opts: &Options,
+    progress: &(dyn Fn(Event) + Sync),
+) -> Result<Summary, RunError> {
+    let targets = plan::expand(cat, &opts.filter)?;
+    let mut run = Run {
+        config,
+        registry: Registry::new(&config.registry)?,
+        lock: Lockfile::load(&config.lockfile_path())?,
+        state: StateStore::open(&config.database.path)?,
+        builders: Builders::new(config),
+        commit: prepare::opam_repository_commit(config).await?,
+        parents: ParentCache::new(),
+        dry_run: opts.dry_run,
+    };
+    if !opts.dry_run {
+        run.sweep(&targets).await;
+    }
+    let groups = group_by_tag(&targets, &config.registry.namespace);
+    progress(Event::Planned {
+        arch_builds: groups.values().map(Vec::len).sum(),
+    });
+    let mut summary = Summary::default();
+    for (id, ts) in &groups {
+        summary.add(run.tag(id, ts, progress).await);
+    }
+    if !opts.dry_run {
+        let all = plan::expand(cat, &Filter::default())?;
+        crate::publish::promote_newest_aliases(
+            &run.registry,
+            &config.lockfile_path(),
+            &all,
+            &config.registry.namespace,
+        )
+        .await?;
+    }
+    Ok(summary)
+}
+
+/// Targets grouped by the tag they publish to, in tag order.
+pub fn group_by_tag<'a>(
+    targets: &'a [Target],
+    namespace: &str,
+) -> BTreeMap<TagId, Vec<&'a Target>> {
+    let mut groups: BTreeMap<TagId, Vec<&Target>> = BTreeMap::new();
+    for t in targets {
+        groups.entry(t.tag_id(namespace)).or_default().push(t);
+    }
+    groups
+}
+
+impl Run<'_> {
+    /// Sweep what killed builds left, for the builder kinds this run uses.
+    async fn sweep(&self, targets: &[Target]) {
+        let kinds: BTreeSet<BuilderKind> = targets.iter().map(|t| t.builder).collect();
+        for k in kinds {
+            self.builders.get(k).sweep().await;
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! One tag through the pipeline: prepare its arches, decide, build what
+//! changed, publish. Every state change is recorded for the API; a state
+//! write that fails is logged, never dropped silently.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::Run;
+use super::decide::{self, Decision};
+use super::report::{Event, Outcome, TagReport};
+use crate::builders::BuildJob;
+use crate::catalogue::Arch;
+use crate::model::{ArchState, Failure, FailureKind, TagId};
+use crate::plan::{Prepared, Target, prepare};
+use crate::publish::TagBuild;
+use crate::publish::lockfile::{Change, Entry};
+
+impl Run<'_> {
+    /// Record one arch's state; a failure to write is logged.
+    fn record(&self, id: &TagId, arch: Arch, state: &ArchState) {
+        if let Err(e) = self.state.set(id, arch, state) {
+            tracing::warn!(target = %id, %arch, error = %e, "recording the build state");
+        }
+    }
+
+    pub(super) async fn tag(
+        &mut self,
+        id: &TagId,
+        ts: &[&Target],
+        progress: &(dyn Fn(Event) + Sync),
+    ) -> TagReport {
+        let mut report = TagReport::new(id, ts[0]);
+        let prepared = match self.prepare_arches(id, ts, &mut report).await {
+            Ok(p) => p,
+            Err(outcome) => {
+                report.outcome = outcome;
+                return report;
+            }
+        };
+        let published = self
+            .lock
+            .entries
+            .get(&id.key())
+            .filter(|e| e.ocaml == ts[0].version)
+            .cloned();
+        match decide::decide(published.as_ref(), &decide::arch_keys(&prepared)) {
+            Decision::Unchanged { digest, arches } => {
+                for p in &prepared {
+                    progress(Event::Finished {
+                        target: p.target.id(),
+                        outcome: Outcome::Unchanged {
+                            digest: digest.clone(),
+                        },
+                    });
+                }
+                report.arches = arches
+                    .into_iter()
+                    .map(|(a, d)| (a, Outcome::Unchanged { digest: d }))
+                    .collect();
+                report.outcome = Outcome::Unchanged { digest };
+            }
+            Decision::Build { .. } if self.dry_run => {
+                for p in &prepared {
+                    report.arches.insert(p.target.arch, Outcome::Planned);
+                }
+            }
+            Decision::Build {
+                group_key,
+                reuse,
+                build,
+            } => {
+                for (a, d) in &reuse {
+                    report
+                        .arches
+                        .insert(*a, Outcome::Unchanged { digest: d.clone() });
+                }
+                let immutable = ts[0].immutable_tag(&group_key);
+                let built = self
+                    .build_arches(id, &prepared, &build, &immutable, &mut report, progress)
+                    .await;
+                if let Some(mut digests) = built {
+                    digests.extend(reuse);
+                    self.publish(
+                        id,
+                        &prepared,
+                        &digests,
+                        &group_key,
+                        &immutable,
+                        published.as_ref(),
+                        &mut report,
+                    )
+                    .await;
+                }
+            }
+        }
+        report
+    }
+
+    /// Prepare every arch, or say why the tag cannot be built.
+    async fn prepare_arches(
+        &mut self,
+        id: &TagId,
+        ts: &[&Target],
+        report: &mut TagReport,
+    ) -> Result<Vec<Prepared>, Outcome> {
+        let mut prepared = Vec::new();
+        let mut failed = None;
+        for t in ts {
+            let builder = self.builders.get(t.builder);
+            if !builder.can_build(t) {
+                let reason = format!("no configured {} builder can build {}", t.builder, t.arch);
+                report.arches.insert(
+                    t.arch,
+                    Outcome::NoBuilder {
+                        reason: reason.clone(),
+                    },
+                );
+                failed.get_or_insert(Outcome::NoBuilder { reason });
+                continue;
+            }
+            let vars = builder.build_vars();
+            match prepare::prepare(self.config, t, &self.commit, &vars, &mut self.parents).await {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    let f = Failure::from(e);
+                    report.arches.insert(t.arch, Outcome::failed(&f));
+                    self.record(id, t.arch, &ArchState::failed(&f));
+                    failed.get_or_insert(Outcome::failed(&f));
+                }
+            }
+        }
+        match failed {
+            Some(f) => Err(f),
+            None => Ok(prepared),
+        }
+    }
+
+    /// Build `arches` in parallel; their digests, or `None` when any failed
+    /// (each failure is in the report and the state store).
+    async fn build_arches(
+        &self,
+        id: &TagId,
+        prepared: &[Prepared],
+        arches: &[Arch],
+        immutable: &str,
+        report: &mut TagReport,
+        progress: &(dyn Fn(Event) + Sync),
+    ) -> Option<BTreeMap<Arch, String>> {
+        let mut jobs = Vec::new();
+        for p in prepared.iter().filter(|p| arches.contains(&p.target.arch)) {
+            let log = p.target.log_file(&self.config.log_dir());
+            self.record(id, p.target.arch, &ArchState::Building);
+            tracing::info!(target_id = %p.target.id(), builder = %p.target.builder, key = %p.key, log = %log.display(), "build started");
+            progress(Event::Started {
+                target: p.target.id(),
+            });
+            jobs.push(self.build_one(id, p, immutable, log));
+        }
+        let mut digests = BTreeMap::new();
+        let mut ok = true;
+        for (p, result) in futures_util::future::join_all(jobs).await {
+            let outcome = match result {
+                Ok(digest) => {
+                    tracing::info!(target_id = %p.target.id(), %digest, "build succeeded");
+                    digests.insert(p.target.arch, digest.clone());
+                    Outcome::Built { digest }
+                }
+                Err(f) => {
+                    tracing::warn!(target_id = %p.target.id(), kind = %f.kind, error = %f.message, "build failed");
+                    ok = false;
+                    self.record(id, p.target.arch, &ArchState::failed(&f));
+                    Outcome::failed(&f)
+                }
+            };
+            report.arches.insert(p.target.arch, outcome.clone());
+            progress(Event::Finished {
+                target: p.target.id(),
+                outcome,
+            });
+        }
+        if !ok {
+            report.outcome = Outcome::Failed {
+                kind: report.failure_kind().unwrap_or(FailureKind::Recipe),
+                error: "one or more arches failed: nothing of this tag was published".into(),
+            };
+            return None;
+        }
+        Some(digests)
+    }
+
+    async fn build_one<'p>(
+        &self,
+        id: &TagId,
+        p: &'p Prepared,
+        immutable: &str,
+        log: PathBuf,
+    ) -> (&'p Prepared, Result<String, Failure>) {
+        let job = BuildJob {
+            registry: &self.registry,
+            prepared: p,
+            repository: &id.repository,
+            immutable_tag: immutable,
+            log: &log,
+        };
+        let result = self.builders.get(p.target.builder).build(job).await;
+        (p, result.map(|o| o.digest))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &self,
+        id: &TagId,
+        prepared: &[Prepared],
+        digests: &BTreeMap<Arch, String>,
+        group_key: &str,
+        immutable: &str,
+        published: Option<&Entry>,
+        report: &mut TagReport,
+    ) {
+        let inputs = decide::tag_inputs(prepared);
+        let (changed, reason) = decide::change_reason(published, &inputs);
+        let kind = self
+            .builders
+            .get(prepared[0].target.builder)
+            .artifact_kind();
+        let b = TagBuild {
+            id,
+            kind,
+            prepared,
+            digests,
+            group_key,
+            immutable_tag: immutable,
+            opam_repository_commit: &self.commit,
+            inputs,
+            reason: &reason,
+        };
+        match crate::publish::publish_tag(&self.registry, &self.config.lockfile_path(), &b).await {
+            Ok((digest, change)) => {
+                for p in prepared {
+                    self.record(id, p.target.arch, &ArchState::Succeeded);
+                }
+                report.changed_inputs = changed;
+                report.outcome = match change {
+                    Change::Unchanged => Outcome::Unchanged { digest },
+                    _ => Outcome::Built { digest },
+                };
+            }
+            Err(e) => {
+                let f = Failure::new(e.kind(), e.to_string());
+                for p in prepared {
+                    self.record(id, p.target.arch, &ArchState::failed(&f));
+                }
+                report.outcome = Outcome::failed(&f);
+            }
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Preparing a target for a build: resolving its inputs (the parent image's
+//! per-platform digest, the opam-repository commit), rendering every recipe
+//! once, and hashing it all into the build key. What a builder receives is
+//! exactly what was keyed: builders never render again.
+
+use std::collections::BTreeMap;
+
+use super::{Target, key, template};
+use crate::config::Config;
+use crate::model::{Failure, FailureKind};
+use crate::registry::index::Platform;
+use crate::registry::{Registry, RegistryError};
+
+/// A target ready to build: its inputs, its build key, and every recipe
+/// rendered from them.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub target: Target,
+    pub inputs: key::Inputs,
+    pub key: String,
+    /// Every rendered recipe, as (file name, text), in the order the
+    /// platform lists them. The first is the Dockerfile or the script.
+    pub recipes: Vec<(String, String)>,
+}
+
+impl Prepared {
+    /// The first rendered recipe (the Dockerfile, or the provisioning script).
+    pub fn main_recipe(&self) -> &str {
+        self.recipes.first().map(|(_, t)| t.as_str()).unwrap_or("")
+    }
+
+    /// The first 12 hex digits of the build key, used in names.
+    pub fn short_key(&self) -> &str {
+        let hex = self.key.trim_start_matches("sha256:");
+        &hex[..12.min(hex.len())]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("parent {reference}: {source}")]
+    Parent {
+        reference: String,
+        source: RegistryError,
+    },
+    #[error("parent {reference}: {message}")]
+    ParentMissing { reference: String, message: String },
+    #[error("recipe {path}: {message}")]
+    Recipe { path: String, message: String },
+    #[error("{0}")]
+    Template(String),
+    #[error(
+        "resolving the opam-repository commit (set plan.opam_repository_commit to pin it): {0}"
+    )]
+    OpamRepository(String),
+}
+
+impl PrepareError {
+    /// An unreachable registry or git remote is worth retrying; a missing
+    /// parent tag or a broken recipe is not.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            PrepareError::Parent { source, .. } => source.kind(),
+            PrepareError::OpamRepository(_) => FailureKind::Infra,
+            PrepareError::ParentMissing { .. }
+            | PrepareError::Recipe { .. }
+            | PrepareError::Template(_) => FailureKind::Recipe,
+        }
+    }
+}
+
+impl From<PrepareError> for Failure {
+    fn from(e: PrepareError) -> Failure {
+        Failure::new(e.kind(), e.to_string())
+    }
+}
+
+/// Where an image reference lives: (registry host, repository path, tag).
+fn split_reference(reference: &str) -> (String, String, String) {
+    let (name, tag) = match reference.rsplit_once(':') {
+        Some((n, t)) if !t.contains('/') => (n, t),
+        _ => (reference, "latest"),
+    };
+    let first = name.split('/').next().unwrap_or("");
+    let (host, path) = if name.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        (first.to_string(), name[first.len() + 1..].to_string())
+    } else if name.contains('/') {
+        ("registry-1.docker.io".to_string(), name.to_string())
+    } else {
+        (
+            "registry-1.docker.io".to_string(),
+            format!("library/{name}"),
+        )
+    };
+    (host, path, tag.to_string())
+}
+
+/// `(name without tag, digest)` of an upstream parent reference, for one
+/// platform: when the tag names a multi-arch index, the digest is that of
+/// the platform's own manifest, so the build key records exactly what the
+/// build starts from (and engines never confuse two platforms of one index).
+pub async fn resolve_parent(
+    config: &Config,
+    reference: &str,
+    platform: &Platform,
+) -> Result<(String, String), PrepareError> {
+    let (host, path, tag) = split_reference(reference);
+    let name = reference
+        .strip_suffix(&format!(":{tag}"))
+        .unwrap_or(reference)
+        .to_string();
+    let parent_err = |source| PrepareError::Parent {
+        reference: reference.to_string(),
+        source,
+    };
+    let missing = |message: String| PrepareError::ParentMissing {
+        reference: reference.to_string(),
+        message,
+    };
+    let loopback = host.starts_with("127.") || host.starts_with("localhost");
+    let mut rc = config.registry.clone();
+    rc.url = format!("{}://{host}", if loopback { "http" } else { "https" });
+    let reg = Registry::new(&rc).map_err(parent_err)?;
+    let (digest, media_type) = reg
+        .head_manifest(&path, &tag)
+        .await
+        .map_err(parent_err)?
+        .ok_or_else(|| missing(format!("no such tag in {host}")))?;
+    if media_type != crate::registry::OCI_INDEX && media_type != crate::registry::DOCKER_LIST {
+        return Ok((name, digest));
+    }
+    let idx = reg
+        .get_manifest(&path, &digest)
+        .await
+        .and_then(|m| m.json())
+        .map_err(parent_err)?;
+    let child = crate::registry::index::child_for(&idx, platform)
+        .ok_or_else(|| missing(format!("has no {platform} image")))?;
+    Ok((name, child))
+}
+
+/// The opam-repository commit: configured, or `git ls-remote` of the ref.
+pub async fn opam_repository_commit(config: &Config) -> Result<String, PrepareError> {
+    if !config.plan.opam_repository_commit.is_empty() {
+        return Ok(config.plan.opam_repository_commit.clone());
+    }
+    let out = crate::process::Cmd::new("git")
+        .args([
+            "ls-remote",
+            &config.plan.opam_repository,
+            &config.plan.opam_repository_ref,
+        ])
+        .timeout(std::time::Duration::from_secs(30))
+        .run()
+        .await
+        .map_err(|e| PrepareError::OpamRepository(e.to_string()))?;
+    out.stdout
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| {
+            PrepareError::OpamRepository(format!(
+                "git ls-remote {} {}: no such ref",
+                config.plan.opam_repository, config.plan.opam_repository_ref
+            ))
+        })
+}
+
+/// Resolved parents, by `"<reference> <arch>"`, shared by one run.
+pub type ParentCache = BTreeMap<String, (String, String)>;
+
+/// Resolve a target's inputs, render its recipes and compute its key.
+/// `build_vars` are the builder's own build-time variables (placeholders
+/// filled in when the build runs, so they never change the key).
+pub async fn prepare(
+    config: &Config,
+    t: &Target,
+    commit: &str,
+    build_vars: &BTreeMap<String, String>,
+    parents: &mut ParentCache,
+) -> Result<Prepared, PrepareError> {
+    let mut vars = t.vars.clone();
+    let mut inputs = key::Inputs::new();
+    if let Some(p) = &t.parent {
+        let cache_key = format!("{p} {}", t.arch);
+        let (name, digest) = match parents.get(&cache_key) {
+            Some(x) => x.clone(),
+            None => {
+                let platform = Platform::for_arch(&t.platform, t.arch);
+                let x = resolve_parent(config, p, &platform).await?;
+                parents.insert(cache_key, x.clone());
+                x
+            }
+        };
+        vars.insert("parent".into(), name.clone());
+        vars.insert("parent_digest".into(), digest.clone());
+        inputs.insert("parent".into(), name);
+        inputs.insert("parent_digest".into(), digest);
+    }
+    vars.insert("opam_repository_commit".into(), commit.to_string());
+    vars.extend(build_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let recipes = render_recipes(t, &vars)?;
+    for (name, text) in &recipes {
+        inputs.insert(format!("recipe:{name}"), key::sha256_hex(text.as_bytes()));
+    }
+    inputs.insert("ocaml".into(), t.version.to_string());
+    inputs.insert("variant".into(), t.variant.clone().unwrap_or_default());
+    inputs.insert("opam_packages".into(), t.opam_packages.join(","));
+    inputs.insert("opam_version".into(), super::OPAM_VERSION.into());
+    inputs.insert("opam_repository_commit".into(), commit.to_string());
+    inputs.insert("builder".into(), t.builder.as_str().into());
+    inputs.insert("arch".into(), t.arch.to_string());
+    inputs.insert("os".into(), t.os.clone());
+    let key = key::build_key(&inputs);
+    Ok(Prepared {
+        target: t.clone(),
+        inputs,
+        key,
+        recipes,
+    })
+}
+
+/// Every recipe of a target, rendered with `vars`.
+fn render_recipes(
+    t: &Target,
+    vars: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>, PrepareError> {
+    let mut out = Vec::new();
+    for r in &t.recipes {
+        let path = r.display().to_string();
+        let text = std::fs::read_to_string(r).map_err(|e| PrepareError::Recipe {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let rendered = template::render(&path, &text, vars)
+            .map_err(|e| PrepareError::Template(e.to_string()))?;
+        let name = r.file_name().and_then(|n| n.to_str()).unwrap_or("recipe");
+        out.push((name.to_string(), rendered));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_like_docker() {
+        assert_eq!(
+            split_reference("debian:13"),
+            (
+                "registry-1.docker.io".into(),
+                "library/debian".into(),
+                "13".into()
+            )
+        );
+        assert_eq!(
+            split_reference("127.0.0.1:5000/kiln-fixtures/busybox:1"),
+            (
+                "127.0.0.1:5000".into(),
+                "kiln-fixtures/busybox".into(),
+                "1".into()
+            )
+        );
+        assert_eq!(
+            split_reference("ocaml/opam"),
+            (
+                "registry-1.docker.io".into(),
+                "ocaml/opam".into(),
+                "latest".into()
+            )
+        );
+    }
+}
