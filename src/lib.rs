@@ -9,6 +9,7 @@ pub mod catalogue;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod lockfile;
 pub mod model;
 pub mod pipeline;
 pub mod plan;

@@ -10,9 +10,9 @@
 use serde::Serialize;
 
 use crate::catalogue::Arch;
+use crate::lockfile::{Entry, Lockfile};
 use crate::model::requirement::job_key;
 pub use crate::model::{ArchState, Jobs, Requirement};
-use crate::publish::lockfile::{Entry, Lockfile};
 
 /// Why one arch of a requirement is not there.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -117,8 +117,8 @@ fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lockfile::tests::entry;
     use crate::model::{FailureKind, TagId};
-    use crate::publish::lockfile::tests::entry;
 
     fn req(arches: &[Arch]) -> Requirement {
         Requirement {

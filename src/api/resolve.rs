@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::gate::{Missing, Verdict, verdict};
 use super::snapshot::Snapshot;
 use crate::catalogue::{Arch, OcamlVersion};
-use crate::publish::lockfile::Entry;
+use crate::lockfile::Entry;
 
 /// A pinned answer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

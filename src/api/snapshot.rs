@@ -16,8 +16,8 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use crate::catalogue::OcamlVersion;
+use crate::lockfile::{Entry, Lockfile, LockfileError};
 use crate::model::{Jobs, Requirement};
-use crate::publish::lockfile::{Entry, Lockfile, LockfileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

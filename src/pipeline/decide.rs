@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use crate::catalogue::Arch;
+use crate::lockfile::Entry;
 use crate::plan::{Prepared, key};
-use crate::publish::lockfile::Entry;
 
 /// The decision for one tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,8 +160,8 @@ pub fn standing(published: Option<&Entry>, p: &Prepared) -> ArchStanding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::publish::lockfile::ArchEntry;
-    use crate::publish::lockfile::tests::entry;
+    use crate::lockfile::ArchEntry;
+    use crate::lockfile::tests::entry;
 
     fn keys(pairs: &[(Arch, &str)]) -> BTreeMap<Arch, String> {
         pairs.iter().map(|(a, k)| (*a, k.to_string())).collect()

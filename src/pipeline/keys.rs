@@ -10,9 +10,9 @@ use serde::Serialize;
 use super::decide::{self, standing};
 use crate::builders::Builders;
 use crate::config::Config;
+use crate::lockfile::Lockfile;
 use crate::plan::prepare::{self, ParentCache};
 use crate::plan::{Prepared, Target};
-use crate::publish::lockfile::Lockfile;
 
 /// Each target's build key and inputs, or why it cannot be computed.
 pub async fn target_keys(

@@ -29,10 +29,10 @@ pub use report::{Event, Outcome, Summary, TagReport};
 use crate::builders::Builders;
 use crate::catalogue::{BuilderKind, Catalogue};
 use crate::config::Config;
+use crate::lockfile::Lockfile;
 use crate::model::{FailureKind, TagId};
 use crate::plan::prepare::{self, ParentCache};
 use crate::plan::{self, Filter, Target};
-use crate::publish::lockfile::Lockfile;
 use crate::registry::Registry;
 use crate::state::StateStore;
 
@@ -47,7 +47,7 @@ pub enum RunError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
-    Lockfile(#[from] crate::publish::lockfile::LockfileError),
+    Lockfile(#[from] crate::lockfile::LockfileError),
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
 }

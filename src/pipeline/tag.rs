@@ -10,10 +10,10 @@ use super::decide::{self, Decision};
 use super::report::{Event, Outcome, TagReport};
 use crate::builders::BuildJob;
 use crate::catalogue::Arch;
+use crate::lockfile::{Change, Entry};
 use crate::model::{ArchState, Failure, FailureKind, TagId};
 use crate::plan::{Prepared, Target, prepare};
 use crate::publish::TagBuild;
-use crate::publish::lockfile::{Change, Entry};
 
 impl Run<'_> {
     /// Record one arch's state; a failure to write is logged.

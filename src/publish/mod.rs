@@ -8,10 +8,12 @@
 //! tag and never reaches the lockfile.
 
 pub mod aliases;
-pub mod lockfile;
 pub mod tag;
 pub mod verify;
 
+/// The lockfile lives low (the API, builders and daemon read it); it is
+/// re-exported here, where it is written.
+pub use crate::lockfile;
 pub use aliases::promote_newest_aliases;
 pub use tag::{TagBuild, publish_tag};
 

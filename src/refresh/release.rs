@@ -12,9 +12,9 @@ use super::{Action, Update};
 use crate::api::gate::{Verdict, verdict};
 use crate::catalogue::{self, OcamlVersion};
 use crate::config::Config;
+use crate::lockfile::Lockfile;
 use crate::pipeline::{self, Options, Summary};
 use crate::plan::Filter;
-use crate::publish::lockfile::Lockfile;
 use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +26,7 @@ pub enum ReleaseError {
     #[error(transparent)]
     Status(#[from] crate::status::StatusError),
     #[error(transparent)]
-    Lockfile(#[from] crate::publish::lockfile::LockfileError),
+    Lockfile(#[from] crate::lockfile::LockfileError),
     #[error(transparent)]
     Refresh(#[from] super::RefreshError),
     #[error(transparent)]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::img::{Img, ImgError};
-use crate::publish::lockfile::Entry;
+use crate::lockfile::Entry;
 use crate::registry::{Registry, RegistryError, artifact as oci};
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use super::build::SNAPSHOT;
 use super::driver::{Zfs, ZfsError};
 use super::worker::{self, Install, InstallError, Installed};
 use crate::config::ZfsHost;
-use crate::publish::lockfile::Entry;
+use crate::lockfile::Entry;
 use crate::registry::{Registry, RegistryError, artifact as oci};
 
 #[derive(Debug, thiserror::Error)]

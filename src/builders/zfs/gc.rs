@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::driver::{Zfs, ZfsError};
-use crate::publish::lockfile::{ArtifactKind, Lockfile};
+use crate::lockfile::{ArtifactKind, Lockfile};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Decision {

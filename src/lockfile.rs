@@ -401,7 +401,7 @@ mod schema_sync {
     #[test]
     fn schema_matches_the_serialized_entry() {
         let schema: serde_json::Value =
-            serde_json::from_str(include_str!("../../manifests/lockfile.schema.json")).unwrap();
+            serde_json::from_str(include_str!("../manifests/lockfile.schema.json")).unwrap();
         let props = schema["$defs"]["entry"]["properties"].as_object().unwrap();
         let mut e = entry("t", 1);
         e.variant = Some("flambda".into());
