@@ -7,6 +7,7 @@
 
 pub mod gate;
 mod html;
+mod metrics;
 mod openapi;
 pub mod resolve;
 pub mod snapshot;
@@ -15,7 +16,6 @@ pub mod suggest;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Arch, OcamlVersion};
 use gate::Verdict;
+pub use metrics::Metrics;
+use metrics::count;
 use snapshot::{Snapshot, Store};
 
 /// Every route, for the OpenAPI sync test: (method, path).
@@ -62,26 +64,6 @@ pub enum ApiError {
     Serve(std::io::Error),
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    requests: [AtomicU64; 6],
-    status_2xx: AtomicU64,
-    status_3xx: AtomicU64,
-    status_4xx: AtomicU64,
-    status_5xx: AtomicU64,
-    reloads: AtomicU64,
-    reload_errors: AtomicU64,
-}
-
-const METRIC_ROUTES: [&str; 6] = [
-    "resolve",
-    "lockfile",
-    "versions",
-    "platforms",
-    "status",
-    "other",
-];
-
 pub struct AppState {
     pub store: Store,
     /// Bearer token for writes; empty disables them.
@@ -114,23 +96,12 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
         .into_response()
 }
 
-fn count(state: &AppState, route: usize, status: StatusCode) {
-    state.metrics.requests[route].fetch_add(1, Ordering::Relaxed);
-    let c = match status.as_u16() {
-        200..=299 => &state.metrics.status_2xx,
-        300..=399 => &state.metrics.status_3xx,
-        400..=499 => &state.metrics.status_4xx,
-        _ => &state.metrics.status_5xx,
-    };
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/openapi.json", get(|| async { openapi::document() }))
         .route("/v1/resolve", get(resolve_route))
         .route("/v1/versions", get(versions))
@@ -189,12 +160,12 @@ pub async fn serve_on(
                 let r = tokio::task::spawn_blocking(move || s.store.reload_if_changed()).await;
                 match r {
                     Ok(Ok(true)) => {
-                        state.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+                        state.metrics.reloaded();
                         tracing::info!("lockfile changed: snapshot reloaded");
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
-                        state.metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                        state.metrics.reload_failed();
                         tracing::warn!(error = %e, "lockfile reload failed; serving the previous snapshot");
                     }
                     Err(e) => tracing::warn!(error = %e, "reload task failed"),
@@ -442,12 +413,12 @@ async fn reload(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let s = st.clone();
     match tokio::task::spawn_blocking(move || s.store.reload()).await {
         Ok(Ok(())) => {
-            st.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            st.metrics.reloaded();
             let snap = st.store.current();
             axum::Json(serde_json::json!({"reloaded": true, "entries": snap.lockfile.entries.len(), "etag": snap.etag})).into_response()
         }
         Ok(Err(e)) => {
-            st.metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+            st.metrics.reload_failed();
             error(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "reload-failed",
@@ -533,98 +504,6 @@ async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
             "the scheduler has stopped",
         ),
     }
-}
-
-/// The job queue in Prometheus text format: depth by state, attempt
-/// durations by builder, failed attempts by kind.
-fn queue_metrics(q: &crate::state::queue::QueueStats) -> String {
-    let mut s =
-        String::from("# HELP kiln_jobs Jobs in the queue, by state.\n# TYPE kiln_jobs gauge\n");
-    for state in ["queued", "running", "succeeded", "failed"] {
-        let n = q
-            .states
-            .iter()
-            .find(|(k, _)| k == state)
-            .map_or(0, |(_, n)| *n);
-        s.push_str(&format!("kiln_jobs{{state=\"{state}\"}} {n}\n"));
-    }
-    s.push_str("# HELP kiln_build_duration_seconds Time spent in build attempts, by builder.\n# TYPE kiln_build_duration_seconds summary\n");
-    for (builder, sum, count) in &q.durations {
-        s.push_str(&format!(
-            "kiln_build_duration_seconds_sum{{builder=\"{builder}\"}} {sum}\nkiln_build_duration_seconds_count{{builder=\"{builder}\"}} {count}\n"
-        ));
-    }
-    s.push_str("# HELP kiln_build_failures_total Failed build attempts, by kind.\n# TYPE kiln_build_failures_total counter\n");
-    for kind in ["infra", "recipe", "no-builder"] {
-        let n = q
-            .failures
-            .iter()
-            .find(|(k, _)| k == kind)
-            .map_or(0, |(_, n)| *n);
-        s.push_str(&format!(
-            "kiln_build_failures_total{{kind=\"{kind}\"}} {n}\n"
-        ));
-    }
-    s
-}
-
-async fn metrics(State(st): State<Shared>) -> Response {
-    let snap = st.store.current();
-    let m = &st.metrics;
-    let mut s = String::new();
-    s.push_str("# HELP kiln_api_requests_total Requests served, by route.\n# TYPE kiln_api_requests_total counter\n");
-    for (i, name) in METRIC_ROUTES.iter().enumerate() {
-        s.push_str(&format!(
-            "kiln_api_requests_total{{route=\"{name}\"}} {}\n",
-            m.requests[i].load(Ordering::Relaxed)
-        ));
-    }
-    s.push_str("# HELP kiln_api_responses_total Responses, by status class.\n# TYPE kiln_api_responses_total counter\n");
-    for (class, c) in [
-        ("2xx", &m.status_2xx),
-        ("3xx", &m.status_3xx),
-        ("4xx", &m.status_4xx),
-        ("5xx", &m.status_5xx),
-    ] {
-        s.push_str(&format!(
-            "kiln_api_responses_total{{class=\"{class}\"}} {}\n",
-            c.load(Ordering::Relaxed)
-        ));
-    }
-    let available = snap
-        .requirements
-        .iter()
-        .filter(|r| {
-            matches!(
-                gate::verdict(r, &snap.lockfile, &snap.jobs),
-                Verdict::Available { .. }
-            )
-        })
-        .count();
-    s.push_str(&format!(
-        "# HELP kiln_lockfile_entries Published tags.\n# TYPE kiln_lockfile_entries gauge\nkiln_lockfile_entries {}\n\
-         # HELP kiln_required_tags Tags the catalogue requires.\n# TYPE kiln_required_tags gauge\nkiln_required_tags {}\n\
-         # HELP kiln_available_tags Required tags that are available.\n# TYPE kiln_available_tags gauge\nkiln_available_tags {available}\n\
-         # HELP kiln_reloads_total Snapshot reloads.\n# TYPE kiln_reloads_total counter\nkiln_reloads_total {}\n\
-         # HELP kiln_reload_errors_total Failed reloads.\n# TYPE kiln_reload_errors_total counter\nkiln_reload_errors_total {}\n",
-        snap.lockfile.entries.len(),
-        snap.requirements.len(),
-        m.reloads.load(Ordering::Relaxed),
-        m.reload_errors.load(Ordering::Relaxed),
-    ));
-    if let Some(db) = st.queue_db.clone()
-        && db.exists()
-    {
-        let stats = tokio::task::spawn_blocking(move || {
-            crate::state::queue::Queue::open(&db).and_then(|q| q.stats())
-        })
-        .await;
-        if let Ok(Ok(q)) = stats {
-            s.push_str(&queue_metrics(&q));
-        }
-    }
-    count(&st, 5, StatusCode::OK);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s).into_response()
 }
 
 async fn status_page(State(st): State<Shared>) -> Response {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use super::platform::{Platform, Policy};
+use super::platform::{OsRelease, Platform, Policy};
 use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Release, Series, Sets, Status};
 
 fn read(path: &Path) -> Result<String, CatalogueError> {
@@ -117,104 +117,139 @@ fn check_arches(path: &Path, field: &str, arches: &[String]) -> Result<(), Catal
 pub fn validate(cat: &Catalogue) -> Result<(), CatalogueError> {
     let mut seen_series = BTreeSet::new();
     for s in &cat.series {
-        let p = &s.file;
-        if s.series.patch.is_some() {
+        validate_series(s, &mut seen_series)?;
+    }
+    validate_sets(cat)?;
+    let mut names = BTreeSet::new();
+    for pf in &cat.platforms {
+        validate_platform(cat, pf, &mut names)?;
+    }
+    Ok(())
+}
+
+/// One series file: its name, its arches and variants, its releases.
+fn validate_series(
+    s: &Series,
+    seen_series: &mut BTreeSet<OcamlVersion>,
+) -> Result<(), CatalogueError> {
+    let p = &s.file;
+    if s.series.patch.is_some() {
+        return Err(CatalogueError::invalid(
+            p,
+            "series",
+            format!(
+                "{} is a release, not a series (write {})",
+                s.series,
+                s.series.series()
+            ),
+        ));
+    }
+    if let Some(stem) = p.file_stem().and_then(|x| x.to_str())
+        && stem != s.series.to_string()
+    {
+        return Err(CatalogueError::invalid(
+            p,
+            "series",
+            format!("file is named {stem}.yaml but declares series {}", s.series),
+        ));
+    }
+    if !seen_series.insert(s.series.clone()) {
+        return Err(CatalogueError::invalid(
+            p,
+            "series",
+            format!("series {} is declared twice", s.series),
+        ));
+    }
+    validate_series_arches(s)?;
+    if s.releases.is_empty() {
+        return Err(CatalogueError::invalid(p, "releases", "no releases"));
+    }
+    for i in 0..s.releases.len() {
+        validate_series_release(s, i)?;
+    }
+    Ok(())
+}
+
+/// Native and bytecode-only arches are known and disjoint; every variant
+/// is offered only where there is a native compiler.
+fn validate_series_arches(s: &Series) -> Result<(), CatalogueError> {
+    let p = &s.file;
+    check_arches(p, "native", &s.native)?;
+    check_arches(p, "bytecode_only", &s.bytecode_only)?;
+    if let Some(a) = s.native.iter().find(|a| s.bytecode_only.contains(a)) {
+        return Err(CatalogueError::invalid(
+            p,
+            "bytecode_only",
+            format!("{a} is also native"),
+        ));
+    }
+    for (name, arches) in &s.variants {
+        check_arches(p, &format!("variants.{name}"), arches)?;
+        if let Some(a) = arches.iter().find(|a| !s.native.contains(a)) {
             return Err(CatalogueError::invalid(
                 p,
-                "series",
-                format!(
-                    "{} is a release, not a series (write {})",
-                    s.series,
-                    s.series.series()
-                ),
+                format!("variants.{name}"),
+                format!("{a} has no native compiler in {}", s.series),
             ));
-        }
-        if let Some(stem) = p.file_stem().and_then(|x| x.to_str())
-            && stem != s.series.to_string()
-        {
-            return Err(CatalogueError::invalid(
-                p,
-                "series",
-                format!("file is named {stem}.yaml but declares series {}", s.series),
-            ));
-        }
-        if !seen_series.insert(s.series.clone()) {
-            return Err(CatalogueError::invalid(
-                p,
-                "series",
-                format!("series {} is declared twice", s.series),
-            ));
-        }
-        check_arches(p, "native", &s.native)?;
-        check_arches(p, "bytecode_only", &s.bytecode_only)?;
-        if let Some(a) = s.native.iter().find(|a| s.bytecode_only.contains(a)) {
-            return Err(CatalogueError::invalid(
-                p,
-                "bytecode_only",
-                format!("{a} is also native"),
-            ));
-        }
-        for (name, arches) in &s.variants {
-            check_arches(p, &format!("variants.{name}"), arches)?;
-            if let Some(a) = arches.iter().find(|a| !s.native.contains(a)) {
-                return Err(CatalogueError::invalid(
-                    p,
-                    format!("variants.{name}"),
-                    format!("{a} has no native compiler in {}", s.series),
-                ));
-            }
-        }
-        if s.releases.is_empty() {
-            return Err(CatalogueError::invalid(p, "releases", "no releases"));
-        }
-        for (i, r) in s.releases.iter().enumerate() {
-            let field = format!("releases[{i}]");
-            if r.version.series() != s.series {
-                return Err(CatalogueError::invalid(
-                    p,
-                    format!("{field}.version"),
-                    format!("{} is not in series {}", r.version, s.series),
-                ));
-            }
-            if r.version.patch.is_none() || (r.version.extra.is_some() && r.status != Status::Trunk)
-            {
-                return Err(CatalogueError::invalid(
-                    p,
-                    format!("{field}.version"),
-                    format!("{} is not a full release version", r.version),
-                ));
-            }
-            let pre = r.version.is_prerelease();
-            let pre_status = matches!(r.status, Status::Alpha | Status::Beta | Status::Rc);
-            if pre != pre_status && !matches!(r.status, Status::Trunk | Status::Dev) {
-                return Err(CatalogueError::invalid(
-                    p,
-                    format!("{field}.status"),
-                    format!(
-                        "{} has status {:?} but {}",
-                        r.version,
-                        r.status,
-                        if pre {
-                            "is a prerelease"
-                        } else {
-                            "is not a prerelease"
-                        }
-                    ),
-                ));
-            }
-            if i > 0 && s.releases[i - 1].version >= r.version {
-                return Err(CatalogueError::invalid(
-                    p,
-                    format!("{field}.version"),
-                    format!(
-                        "{} must come after {} (releases are listed oldest first, without duplicates)",
-                        r.version,
-                        s.releases[i - 1].version
-                    ),
-                ));
-            }
         }
     }
+    Ok(())
+}
+
+/// `releases[i]` of a series: in the series, a full version, a status
+/// that agrees with the version, after the release before it.
+fn validate_series_release(s: &Series, i: usize) -> Result<(), CatalogueError> {
+    let p = &s.file;
+    let r = &s.releases[i];
+    let field = format!("releases[{i}]");
+    if r.version.series() != s.series {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.version"),
+            format!("{} is not in series {}", r.version, s.series),
+        ));
+    }
+    if r.version.patch.is_none() || (r.version.extra.is_some() && r.status != Status::Trunk) {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.version"),
+            format!("{} is not a full release version", r.version),
+        ));
+    }
+    let pre = r.version.is_prerelease();
+    let pre_status = matches!(r.status, Status::Alpha | Status::Beta | Status::Rc);
+    if pre != pre_status && !matches!(r.status, Status::Trunk | Status::Dev) {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.status"),
+            format!(
+                "{} has status {:?} but {}",
+                r.version,
+                r.status,
+                if pre {
+                    "is a prerelease"
+                } else {
+                    "is not a prerelease"
+                }
+            ),
+        ));
+    }
+    if i > 0 && s.releases[i - 1].version >= r.version {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.version"),
+            format!(
+                "{} must come after {} (releases are listed oldest first, without duplicates)",
+                r.version,
+                s.releases[i - 1].version
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `sets.yaml` names only series of the catalogue.
+fn validate_sets(cat: &Catalogue) -> Result<(), CatalogueError> {
     let sets_path = cat.versions_dir.join("sets.yaml");
     for (name, list) in [
         ("recent", &cat.sets.recent),
@@ -230,95 +265,121 @@ pub fn validate(cat: &Catalogue) -> Result<(), CatalogueError> {
             }
         }
     }
-    let mut names = BTreeSet::new();
-    for pf in &cat.platforms {
-        let p = pf.dir.join("platform.yaml");
-        let dir_name = pf.dir.file_name().and_then(|x| x.to_str()).unwrap_or("");
-        if pf.platform != dir_name {
+    Ok(())
+}
+
+/// One platform directory: its name, its OS releases (whose ids and
+/// aliases must be unique within a repository, across platforms: `names`)
+/// and its policy.
+fn validate_platform(
+    cat: &Catalogue,
+    pf: &Platform,
+    names: &mut BTreeSet<(String, String)>,
+) -> Result<(), CatalogueError> {
+    let p = pf.dir.join("platform.yaml");
+    let dir_name = pf.dir.file_name().and_then(|x| x.to_str()).unwrap_or("");
+    if pf.platform != dir_name {
+        return Err(CatalogueError::invalid(
+            &p,
+            "platform",
+            format!(
+                "{:?} does not match its directory {dir_name:?}",
+                pf.platform
+            ),
+        ));
+    }
+    let mut ids = BTreeSet::new();
+    let mut defaults = 0;
+    for (i, r) in pf.releases.iter().enumerate() {
+        validate_os_release(&p, pf, i, r, &mut ids, names)?;
+        defaults += usize::from(r.default);
+    }
+    if defaults > 1 {
+        return Err(CatalogueError::invalid(
+            &p,
+            "releases",
+            "more than one release has default: true",
+        ));
+    }
+    validate_policy(cat, pf)
+}
+
+/// `releases[i]` of a platform: id, tier, arches, recipes, and names not
+/// taken by another OS release of the repository.
+fn validate_os_release(
+    p: &Path,
+    pf: &Platform,
+    i: usize,
+    r: &OsRelease,
+    ids: &mut BTreeSet<String>,
+    names: &mut BTreeSet<(String, String)>,
+) -> Result<(), CatalogueError> {
+    let field = format!("releases[{i}]");
+    if r.id.is_empty()
+        || !r
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.id"),
+            format!("{:?}: ids are lowercase letters, digits, '-' and '.'", r.id),
+        ));
+    }
+    if !ids.insert(r.id.clone()) {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.id"),
+            format!("{} is declared twice", r.id),
+        ));
+    }
+    if !(1..=3).contains(&r.tier) {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.tier"),
+            format!("{} is not 1, 2 or 3", r.tier),
+        ));
+    }
+    check_arches(p, &format!("{field}.arches"), &r.arches)?;
+    if r.recipes.is_empty() {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.recipes"),
+            "no recipe files",
+        ));
+    }
+    for (name, what) in std::iter::once((&r.id, "id")).chain(r.aliases.iter().map(|a| (a, "alias")))
+    {
+        if !names.insert((pf.repository.clone(), name.clone())) {
             return Err(CatalogueError::invalid(
-                &p,
-                "platform",
+                p,
+                format!("{field}.{what}"),
                 format!(
-                    "{:?} does not match its directory {dir_name:?}",
-                    pf.platform
+                    "{name} already names another OS release of repository {}",
+                    pf.repository
                 ),
             ));
         }
-        let mut ids = BTreeSet::new();
-        let mut defaults = 0;
-        for (i, r) in pf.releases.iter().enumerate() {
-            let field = format!("releases[{i}]");
-            if r.id.is_empty()
-                || !r
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-            {
-                return Err(CatalogueError::invalid(
-                    &p,
-                    format!("{field}.id"),
-                    format!("{:?}: ids are lowercase letters, digits, '-' and '.'", r.id),
-                ));
-            }
-            if !ids.insert(r.id.clone()) {
-                return Err(CatalogueError::invalid(
-                    &p,
-                    format!("{field}.id"),
-                    format!("{} is declared twice", r.id),
-                ));
-            }
-            if !(1..=3).contains(&r.tier) {
-                return Err(CatalogueError::invalid(
-                    &p,
-                    format!("{field}.tier"),
-                    format!("{} is not 1, 2 or 3", r.tier),
-                ));
-            }
-            check_arches(&p, &format!("{field}.arches"), &r.arches)?;
-            if r.recipes.is_empty() {
-                return Err(CatalogueError::invalid(
-                    &p,
-                    format!("{field}.recipes"),
-                    "no recipe files",
-                ));
-            }
-            for (name, what) in
-                std::iter::once((&r.id, "id")).chain(r.aliases.iter().map(|a| (a, "alias")))
-            {
-                if !names.insert((pf.repository.clone(), name.clone())) {
-                    return Err(CatalogueError::invalid(
-                        &p,
-                        format!("{field}.{what}"),
-                        format!(
-                            "{name} already names another OS release of repository {}",
-                            pf.repository
-                        ),
-                    ));
-                }
-            }
-            defaults += usize::from(r.default);
+    }
+    Ok(())
+}
+
+/// `policy.yaml`: version selectors that resolve, tiers that exist.
+fn validate_policy(cat: &Catalogue, pf: &Platform) -> Result<(), CatalogueError> {
+    let pol = pf.dir.join("policy.yaml");
+    for (i, v) in pf.policy.versions.iter().enumerate() {
+        if let Err(e) = cat.select(v) {
+            return Err(CatalogueError::invalid(&pol, format!("versions[{i}]"), e));
         }
-        if defaults > 1 {
+    }
+    for (i, t) in pf.policy.required_tiers.iter().enumerate() {
+        if !(1..=3).contains(t) {
             return Err(CatalogueError::invalid(
-                &p,
-                "releases",
-                "more than one release has default: true",
+                &pol,
+                format!("required_tiers[{i}]"),
+                format!("{t} is not 1, 2 or 3"),
             ));
-        }
-        let pol = pf.dir.join("policy.yaml");
-        for (i, v) in pf.policy.versions.iter().enumerate() {
-            if let Err(e) = cat.select(v) {
-                return Err(CatalogueError::invalid(&pol, format!("versions[{i}]"), e));
-            }
-        }
-        for (i, t) in pf.policy.required_tiers.iter().enumerate() {
-            if !(1..=3).contains(t) {
-                return Err(CatalogueError::invalid(
-                    &pol,
-                    format!("required_tiers[{i}]"),
-                    format!("{t} is not 1, 2 or 3"),
-                ));
-            }
         }
     }
     Ok(())
@@ -373,76 +434,17 @@ pub fn bump(
     dry_run: bool,
 ) -> Result<BumpOutcome, CatalogueError> {
     let mut cat = load(versions_dir, platforms_dir)?;
-    let status = status.unwrap_or(if version.is_prerelease() {
-        match &version.prerelease {
-            Some(super::version::Prerelease::Alpha(_)) => Status::Alpha,
-            Some(super::version::Prerelease::Beta(_)) => Status::Beta,
-            Some(super::version::Prerelease::Rc(_)) => Status::Rc,
-            _ => Status::Dev,
-        }
-    } else {
-        Status::Released
-    });
+    let status = status.unwrap_or(default_status(version));
     let series_v = version.series();
-    let idx = match cat.series.iter().position(|s| s.series == series_v) {
-        Some(i) => i,
-        None => {
-            // A new series inherits arches and variants from the newest one.
-            let prev = cat
-                .series
-                .iter()
-                .rev()
-                .find(|s| s.series < series_v)
-                .cloned();
-            let (native, bytecode_only, variants) = prev
-                .map(|p| (p.native, p.bytecode_only, p.variants))
-                .unwrap_or_else(|| (vec!["amd64".into()], vec![], BTreeMap::new()));
-            cat.series.push(Series {
-                series: series_v.clone(),
-                native,
-                bytecode_only,
-                variants,
-                releases: vec![],
-                file: versions_dir.join(format!("{series_v}.yaml")),
-            });
-            cat.series.sort_by(|a, b| a.series.cmp(&b.series));
-            cat.series
-                .iter()
-                .position(|s| s.series == series_v)
-                .unwrap_or(0)
-        }
-    };
+    let idx = series_index(&mut cat, versions_dir, &series_v);
     let s = &mut cat.series[idx];
     let new = Release {
         version: version.clone(),
         status,
         date,
     };
-    let outcome = match s.releases.iter_mut().find(|r| r.version == *version) {
-        Some(r) => {
-            let merged = Release {
-                date: date.or(r.date),
-                ..new
-            };
-            if *r == merged {
-                return Ok(BumpOutcome::Unchanged);
-            }
-            *r = merged;
-            BumpOutcome::Updated {
-                file: s.file.clone(),
-            }
-        }
-        None => {
-            // A release supersedes the trunk/prerelease entries of its version.
-            s.releases.retain(|r| {
-                !(r.version.release() == version.release() && r.status == Status::Trunk)
-            });
-            s.releases.push(new);
-            s.releases.sort_by(|a, b| a.version.cmp(&b.version));
-            BumpOutcome::Added {
-                file: s.file.clone(),
-            }
-        }
+    let Some(outcome) = put_release(s, new) else {
+        return Ok(BumpOutcome::Unchanged);
     };
     // A newly released minor joins the `recent` set (a reviewable one-line
     // diff in sets.yaml); `latest` follows by itself.
@@ -458,33 +460,118 @@ pub fn bump(
         let text = format_series(s)?;
         write_atomic(&s.file, &text)?;
         if sets_changed {
-            let sets_path = versions_dir.join("sets.yaml");
-            let old = std::fs::read_to_string(&sets_path).unwrap_or_default();
-            let quoted = |l: &[OcamlVersion]| {
-                l.iter()
-                    .map(|v| format!("\"{v}\""))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let recent_line = format!("recent: [{}]", quoted(&cat.sets.recent));
-            let mut out: Vec<String> = old
-                .lines()
-                .map(|l| {
-                    if l.starts_with("recent:") {
-                        recent_line.clone()
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect();
-            if !old.lines().any(|l| l.starts_with("recent:")) {
-                out.push(recent_line);
-                out.push(format!("significant: [{}]", quoted(&cat.sets.significant)));
-            }
-            write_atomic(&sets_path, &format!("{}\n", out.join("\n")))?;
+            write_sets(versions_dir, &cat.sets)?;
         }
     }
     Ok(outcome)
+}
+
+/// The status a version has when `kiln bump` is not told one.
+fn default_status(version: &OcamlVersion) -> Status {
+    if version.is_prerelease() {
+        match &version.prerelease {
+            Some(super::version::Prerelease::Alpha(_)) => Status::Alpha,
+            Some(super::version::Prerelease::Beta(_)) => Status::Beta,
+            Some(super::version::Prerelease::Rc(_)) => Status::Rc,
+            _ => Status::Dev,
+        }
+    } else {
+        Status::Released
+    }
+}
+
+/// Index of `series_v` in the catalogue, adding the series (in order) when
+/// it is new.
+fn series_index(cat: &mut Catalogue, versions_dir: &Path, series_v: &OcamlVersion) -> usize {
+    match cat.series.iter().position(|s| s.series == *series_v) {
+        Some(i) => i,
+        None => {
+            // A new series inherits arches and variants from the newest one.
+            let prev = cat
+                .series
+                .iter()
+                .rev()
+                .find(|s| s.series < *series_v)
+                .cloned();
+            let (native, bytecode_only, variants) = prev
+                .map(|p| (p.native, p.bytecode_only, p.variants))
+                .unwrap_or_else(|| (vec!["amd64".into()], vec![], BTreeMap::new()));
+            cat.series.push(Series {
+                series: series_v.clone(),
+                native,
+                bytecode_only,
+                variants,
+                releases: vec![],
+                file: versions_dir.join(format!("{series_v}.yaml")),
+            });
+            cat.series.sort_by(|a, b| a.series.cmp(&b.series));
+            cat.series
+                .iter()
+                .position(|s| s.series == *series_v)
+                .unwrap_or(0)
+        }
+    }
+}
+
+/// Add `new` to its series or update the release of that version (keeping
+/// its date when `new` has none); `None` when nothing changes.
+fn put_release(s: &mut Series, new: Release) -> Option<BumpOutcome> {
+    let version = new.version.clone();
+    match s.releases.iter_mut().find(|r| r.version == version) {
+        Some(r) => {
+            let merged = Release {
+                date: new.date.or(r.date),
+                ..new
+            };
+            if *r == merged {
+                return None;
+            }
+            *r = merged;
+            Some(BumpOutcome::Updated {
+                file: s.file.clone(),
+            })
+        }
+        None => {
+            // A release supersedes the trunk/prerelease entries of its version.
+            s.releases.retain(|r| {
+                !(r.version.release() == version.release() && r.status == Status::Trunk)
+            });
+            s.releases.push(new);
+            s.releases.sort_by(|a, b| a.version.cmp(&b.version));
+            Some(BumpOutcome::Added {
+                file: s.file.clone(),
+            })
+        }
+    }
+}
+
+/// Rewrite the `recent:` line of `sets.yaml` (adding both lines when the
+/// file has none), leaving every other line as it is.
+fn write_sets(versions_dir: &Path, sets: &Sets) -> Result<(), CatalogueError> {
+    let sets_path = versions_dir.join("sets.yaml");
+    let old = std::fs::read_to_string(&sets_path).unwrap_or_default();
+    let quoted = |l: &[OcamlVersion]| {
+        l.iter()
+            .map(|v| format!("\"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let recent_line = format!("recent: [{}]", quoted(&sets.recent));
+    let mut out: Vec<String> = old
+        .lines()
+        .map(|l| {
+            if l.starts_with("recent:") {
+                recent_line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    if !old.lines().any(|l| l.starts_with("recent:")) {
+        out.push(recent_line);
+        out.push(format!("significant: [{}]", quoted(&sets.significant)));
+    }
+    write_atomic(&sets_path, &format!("{}\n", out.join("\n")))
 }
 
 pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), CatalogueError> {

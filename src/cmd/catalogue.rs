@@ -1,7 +1,9 @@
+//! `kiln catalogue`: validate, list, show and format the catalogue.
+
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use kiln::catalogue;
+use kiln::catalogue::{self, Catalogue};
 use kiln::config::{Config, Sources};
 
 #[derive(clap::Args)]
@@ -37,160 +39,195 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let loaded = catalogue::load(&config.versions_dir, &config.platforms_dir)
         .and_then(|c| catalogue::validate_recipes(&c).map(|_| c));
     match args.command {
-        Sub::Validate { json } => {
-            let (ok, msg) = match &loaded {
-                Ok(c) => (
-                    true,
-                    format!(
-                        "catalogue ok: {} series, {} releases, {} platforms, {} OS releases",
-                        c.series.len(),
-                        c.series.iter().map(|s| s.releases.len()).sum::<usize>(),
-                        c.platforms.len(),
-                        c.platforms.iter().map(|p| p.releases.len()).sum::<usize>()
-                    ),
-                ),
-                Err(e) => (false, e.to_string()),
-            };
-            if json {
-                println!("{}", serde_json::json!({"valid": ok, "message": msg}));
-            } else if ok {
-                println!("{msg}");
-            } else {
-                eprintln!("error: {msg}");
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        Sub::List { json } => {
-            let cat = loaded?;
-            if json {
-                let series: Vec<_> = cat.series.iter().map(|s| serde_json::json!({
+        Sub::Validate { json } => Ok(validate(&loaded, json)),
+        Sub::List { json } => list(&loaded?, json),
+        Sub::Show { version, json } => show(&loaded?, &version, json),
+        Sub::Fmt => fmt(&config),
+    }
+}
+
+/// `kiln catalogue validate`: one line (or JSON object) saying whether the
+/// catalogue loads, with its counts or the first error.
+fn validate(loaded: &Result<Catalogue, catalogue::CatalogueError>, json: bool) -> ExitCode {
+    let (ok, msg) = match loaded {
+        Ok(c) => (
+            true,
+            format!(
+                "catalogue ok: {} series, {} releases, {} platforms, {} OS releases",
+                c.series.len(),
+                c.series.iter().map(|s| s.releases.len()).sum::<usize>(),
+                c.platforms.len(),
+                c.platforms.iter().map(|p| p.releases.len()).sum::<usize>()
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
+    };
+    if json {
+        println!("{}", serde_json::json!({"valid": ok, "message": msg}));
+    } else if ok {
+        println!("{msg}");
+    } else {
+        eprintln!("error: {msg}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `kiln catalogue list`: every release with status and date, then the sets.
+fn list(cat: &Catalogue, json: bool) -> Result<ExitCode> {
+    if json {
+        let series: Vec<_> = cat
+            .series
+            .iter()
+            .map(|s| {
+                serde_json::json!({
                     "series": s.series, "native": s.native, "bytecode_only": s.bytecode_only,
                     "variants": s.variants, "releases": s.releases,
-                })).collect();
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "series": series,
+                "latest": cat.latest(),
+                "recent": cat.select("recent").unwrap_or_default(),
+                "significant": cat.select("significant").unwrap_or_default(),
+            }))?
+        );
+    } else {
+        for s in &cat.series {
+            for r in &s.releases {
                 println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "series": series,
-                        "latest": cat.latest(),
-                        "recent": cat.select("recent").unwrap_or_default(),
-                        "significant": cat.select("significant").unwrap_or_default(),
-                    }))?
-                );
-            } else {
-                for s in &cat.series {
-                    for r in &s.releases {
-                        println!(
-                            "{:<12} {:<12} {}",
-                            r.version.to_string(),
-                            format!("{:?}", r.status).to_lowercase(),
-                            r.date.map(|d| d.to_string()).unwrap_or_default()
-                        );
-                    }
-                }
-                let show = |v: Vec<catalogue::OcamlVersion>| {
-                    v.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                };
-                println!(
-                    "\nlatest:      {}",
-                    cat.latest().map(|v| v.to_string()).unwrap_or_default()
-                );
-                println!(
-                    "recent:      {}",
-                    show(cat.select("recent").unwrap_or_default())
-                );
-                println!(
-                    "significant: {}",
-                    show(cat.select("significant").unwrap_or_default())
+                    "{:<12} {:<12} {}",
+                    r.version.to_string(),
+                    format!("{:?}", r.status).to_lowercase(),
+                    r.date.map(|d| d.to_string()).unwrap_or_default()
                 );
             }
-            Ok(ExitCode::SUCCESS)
         }
-        Sub::Show { version, json } => {
-            let cat = loaded?;
-            let v: catalogue::OcamlVersion = version.parse()?;
-            let series = cat
-                .series_of(&v)
-                .with_context(|| format!("no series {} in the catalogue", v.series()))?;
-            let release = cat.release(&v).with_context(|| {
-                format!("no release {v} in the catalogue; `kiln catalogue list` shows them")
-            })?;
-            let mut packages = serde_json::Map::new();
-            packages.insert(
-                "default".into(),
-                serde_json::json!(catalogue::opam::packages(&v, release.status, None)),
-            );
-            for var in series.variants.keys() {
-                packages.insert(
-                    var.clone(),
-                    serde_json::json!(catalogue::opam::packages(&v, release.status, Some(var))),
-                );
-            }
-            let mut builds = Vec::new();
-            for p in &cat.platforms {
-                for os in &p.releases {
-                    builds.push(serde_json::json!({
-                        "platform": p.platform, "os": os.id, "tier": os.tier,
-                        "builds": os.refuses(&v).is_none(),
-                        "why_not": os.refuses(&v),
-                        "tag": kiln::plan::moving_tag(&os.id, &v, None),
-                    }));
-                }
-            }
-            let out = serde_json::json!({
-                "version": v, "series": v.series(), "status": release.status, "date": release.date,
-                "native": series.native, "bytecode_only": series.bytecode_only, "variants": series.variants,
-                "opam_packages": packages, "latest": cat.latest() == Some(&v), "os_releases": builds,
-            });
-            if json {
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!(
-                    "OCaml {v} ({:?}{})",
-                    release.status,
-                    release.date.map(|d| format!(", {d}")).unwrap_or_default()
-                );
-                println!("  native:        {}", series.native.join(", "));
-                println!("  bytecode only: {}", series.bytecode_only.join(", "));
-                for (var, arches) in &series.variants {
-                    println!("  variant {var:<20} {}", arches.join(", "));
-                }
-                println!(
-                    "  opam:          {}",
-                    catalogue::opam::packages(&v, release.status, None).join(" ")
-                );
-                for b in &builds {
-                    if b["builds"] == true {
-                        println!(
-                            "  builds on {}/{} (tier {}) as {}",
-                            b["platform"].as_str().unwrap_or(""),
-                            b["os"].as_str().unwrap_or(""),
-                            b["tier"],
-                            b["tag"].as_str().unwrap_or("")
-                        );
-                    }
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Sub::Fmt => {
-            let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
-            let mut changed = 0;
-            for s in &cat.series {
-                let text = catalogue::format_series(s)?;
-                if std::fs::read_to_string(&s.file).ok().as_deref() != Some(text.as_str()) {
-                    std::fs::write(&s.file, text)?;
-                    changed += 1;
-                }
-            }
-            println!("{changed} of {} series files rewritten", cat.series.len());
-            Ok(ExitCode::SUCCESS)
+        let show = |v: Vec<catalogue::OcamlVersion>| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "\nlatest:      {}",
+            cat.latest().map(|v| v.to_string()).unwrap_or_default()
+        );
+        println!(
+            "recent:      {}",
+            show(cat.select("recent").unwrap_or_default())
+        );
+        println!(
+            "significant: {}",
+            show(cat.select("significant").unwrap_or_default())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln catalogue show`: one release, its series' arches and variants, its
+/// opam packages and the OS releases that build it.
+fn show(cat: &Catalogue, version: &str, json: bool) -> Result<ExitCode> {
+    let v: catalogue::OcamlVersion = version.parse()?;
+    let series = cat
+        .series_of(&v)
+        .with_context(|| format!("no series {} in the catalogue", v.series()))?;
+    let release = cat.release(&v).with_context(|| {
+        format!("no release {v} in the catalogue; `kiln catalogue list` shows them")
+    })?;
+    let mut packages = serde_json::Map::new();
+    packages.insert(
+        "default".into(),
+        serde_json::json!(catalogue::opam::packages(&v, release.status, None)),
+    );
+    for var in series.variants.keys() {
+        packages.insert(
+            var.clone(),
+            serde_json::json!(catalogue::opam::packages(&v, release.status, Some(var))),
+        );
+    }
+    let builds = os_releases(cat, &v);
+    let out = serde_json::json!({
+        "version": v, "series": v.series(), "status": release.status, "date": release.date,
+        "native": series.native, "bytecode_only": series.bytecode_only, "variants": series.variants,
+        "opam_packages": packages, "latest": cat.latest() == Some(&v), "os_releases": builds,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_release(&v, series, release, &builds);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every OS release of every platform: whether it builds `v`, why not, and
+/// the tag it would carry.
+fn os_releases(cat: &Catalogue, v: &catalogue::OcamlVersion) -> Vec<serde_json::Value> {
+    let mut builds = Vec::new();
+    for p in &cat.platforms {
+        for os in &p.releases {
+            builds.push(serde_json::json!({
+                "platform": p.platform, "os": os.id, "tier": os.tier,
+                "builds": os.refuses(v).is_none(),
+                "why_not": os.refuses(v),
+                "tag": kiln::plan::moving_tag(&os.id, v, None),
+            }));
         }
     }
+    builds
+}
+
+/// The text form of `kiln catalogue show`.
+fn print_release(
+    v: &catalogue::OcamlVersion,
+    series: &catalogue::Series,
+    release: &catalogue::Release,
+    builds: &[serde_json::Value],
+) {
+    println!(
+        "OCaml {v} ({:?}{})",
+        release.status,
+        release.date.map(|d| format!(", {d}")).unwrap_or_default()
+    );
+    println!("  native:        {}", series.native.join(", "));
+    println!("  bytecode only: {}", series.bytecode_only.join(", "));
+    for (var, arches) in &series.variants {
+        println!("  variant {var:<20} {}", arches.join(", "));
+    }
+    println!(
+        "  opam:          {}",
+        catalogue::opam::packages(v, release.status, None).join(" ")
+    );
+    for b in builds {
+        if b["builds"] == true {
+            println!(
+                "  builds on {}/{} (tier {}) as {}",
+                b["platform"].as_str().unwrap_or(""),
+                b["os"].as_str().unwrap_or(""),
+                b["tier"],
+                b["tag"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+/// `kiln catalogue fmt`: rewrite the series files not in canonical form.
+fn fmt(config: &Config) -> Result<ExitCode> {
+    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    let mut changed = 0;
+    for s in &cat.series {
+        let text = catalogue::format_series(s)?;
+        if std::fs::read_to_string(&s.file).ok().as_deref() != Some(text.as_str()) {
+            std::fs::write(&s.file, text)?;
+            changed += 1;
+        }
+    }
+    println!("{changed} of {} series files rewritten", cat.series.len());
+    Ok(ExitCode::SUCCESS)
 }

@@ -221,31 +221,55 @@ pub async fn refresh(
         });
     }
     if c.mode == "issue" {
-        let open: Value = gh
-            .get(
-                format!("/repos/{}/issues?state=open&per_page=100", c.repo),
-                None::<&()>,
-            )
-            .await
-            .map_err(|e| api(&c.repo, "listing issues", e))?;
-        if let Some(i) = open
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|i| i["title"] == title)
-        {
-            return Ok(Action::IssueExists {
-                number: i["number"].as_u64().unwrap_or(0),
-            });
-        }
-        let i: Value = gh
-            .post(format!("/repos/{}/issues", c.repo), Some(&json!({"title": title, "body": format!("{body}\n\nWanted in `{}`:\n\n```\n{new}```\n", c.path)})))
-            .await
-            .map_err(|e| api(&c.repo, "opening an issue", e))?;
-        return Ok(Action::IssueOpened {
+        return open_issue(gh, c, title, &body, &new).await;
+    }
+    open_pull_request(gh, c, branch, title, &body, &new).await
+}
+
+/// An issue asking for `new`, unless an open issue has the same title.
+async fn open_issue(
+    gh: &Octocrab,
+    c: &Consumer,
+    title: &str,
+    body: &str,
+    new: &str,
+) -> Result<Action, RefreshError> {
+    let open: Value = gh
+        .get(
+            format!("/repos/{}/issues?state=open&per_page=100", c.repo),
+            None::<&()>,
+        )
+        .await
+        .map_err(|e| api(&c.repo, "listing issues", e))?;
+    if let Some(i) = open
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["title"] == title)
+    {
+        return Ok(Action::IssueExists {
             number: i["number"].as_u64().unwrap_or(0),
         });
     }
+    let i: Value = gh
+        .post(format!("/repos/{}/issues", c.repo), Some(&json!({"title": title, "body": format!("{body}\n\nWanted in `{}`:\n\n```\n{new}```\n", c.path)})))
+        .await
+        .map_err(|e| api(&c.repo, "opening an issue", e))?;
+    Ok(Action::IssueOpened {
+        number: i["number"].as_u64().unwrap_or(0),
+    })
+}
+
+/// A pull request committing `new` on `branch`, unless one from that
+/// branch is open; the branch and the commit are made only if missing.
+async fn open_pull_request(
+    gh: &Octocrab,
+    c: &Consumer,
+    branch: &str,
+    title: &str,
+    body: &str,
+    new: &str,
+) -> Result<Action, RefreshError> {
     let owner = c.repo.split('/').next().unwrap_or("");
     let open: Value = gh
         .get(
@@ -260,7 +284,23 @@ pub async fn refresh(
             url: pr["html_url"].as_str().unwrap_or("").to_string(),
         });
     }
-    // The branch, from the base's head, unless a previous run made it.
+    create_branch(gh, c, branch).await?;
+    commit_file(gh, c, branch, title, new).await?;
+    let pr: Value = gh
+        .post(
+            format!("/repos/{}/pulls", c.repo),
+            Some(&json!({"title": title, "head": branch, "base": c.base, "body": body})),
+        )
+        .await
+        .map_err(|e| api(&c.repo, "opening a pull request", e))?;
+    Ok(Action::PullRequestOpened {
+        number: pr["number"].as_u64().unwrap_or(0),
+        url: pr["html_url"].as_str().unwrap_or("").to_string(),
+    })
+}
+
+/// The branch, from the base's head, unless a previous run made it.
+async fn create_branch(gh: &Octocrab, c: &Consumer, branch: &str) -> Result<(), RefreshError> {
     let base: Value = gh
         .get(
             format!("/repos/{}/git/ref/heads/{}", c.repo, c.base),
@@ -276,13 +316,22 @@ pub async fn refresh(
         )
         .await
     {
-        Ok(_) => {}
-        Err(e) if is_status(&e, 422) => {}
-        Err(e) => return Err(api(&c.repo, &format!("creating branch {branch}"), e)),
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 422) => Ok(()),
+        Err(e) => Err(api(&c.repo, &format!("creating branch {branch}"), e)),
     }
-    // The commit, unless the branch already has the new content.
+}
+
+/// The commit, unless the branch already has the new content.
+async fn commit_file(
+    gh: &Octocrab,
+    c: &Consumer,
+    branch: &str,
+    title: &str,
+    new: &str,
+) -> Result<(), RefreshError> {
     let on_branch = get_file(gh, c, branch).await?;
-    if on_branch.as_ref().map(|(t, _)| t.as_str()) != Some(new.as_str()) {
+    if on_branch.as_ref().map(|(t, _)| t.as_str()) != Some(new) {
         let mut put = json!({
             "message": title,
             "content": base64::engine::general_purpose::STANDARD.encode(new.as_bytes()),
@@ -295,17 +344,7 @@ pub async fn refresh(
             .await
             .map_err(|e| api(&c.repo, &format!("committing {}", c.path), e))?;
     }
-    let pr: Value = gh
-        .post(
-            format!("/repos/{}/pulls", c.repo),
-            Some(&json!({"title": title, "head": branch, "base": c.base, "body": body})),
-        )
-        .await
-        .map_err(|e| api(&c.repo, "opening a pull request", e))?;
-    Ok(Action::PullRequestOpened {
-        number: pr["number"].as_u64().unwrap_or(0),
-        url: pr["html_url"].as_str().unwrap_or("").to_string(),
-    })
+    Ok(())
 }
 
 #[cfg(test)]

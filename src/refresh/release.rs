@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{Action, Update};
-use crate::api::gate::{Verdict, verdict};
+use crate::api::gate::{Jobs, Requirement, Verdict, verdict};
 use crate::catalogue::{self, OcamlVersion};
 use crate::config::Config;
-use crate::lockfile::Lockfile;
+use crate::model::PinnedRef;
 use crate::pipeline::{self, Options, Summary};
 use crate::plan::Filter;
+use crate::publish::lockfile::Lockfile;
 use crate::registry::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,7 @@ pub enum ReleaseError {
     #[error(transparent)]
     Status(#[from] crate::status::StatusError),
     #[error(transparent)]
-    Lockfile(#[from] crate::lockfile::LockfileError),
+    Lockfile(#[from] crate::publish::lockfile::LockfileError),
     #[error(transparent)]
     Refresh(#[from] super::RefreshError),
     #[error(transparent)]
@@ -61,6 +62,48 @@ pub async fn release(
         complete: false,
     };
     // 1. Catalogue.
+    report.bumped = bump_versions(config, versions, dry_run)?;
+    if dry_run && !report.bumped.is_empty() {
+        // The dry-run plan below reads the unbumped catalogue: say so.
+        tracing::info!("dry run: versions not yet in the catalogue are not planned");
+    }
+    // 2–3. Build every platform's targets for these versions.
+    report.builds = build_versions(config, versions, dry_run).await?;
+    if dry_run {
+        // What each consumer's file would become with what is published now
+        // (reads only; GitHub being unreachable is reported, not fatal).
+        if !config.refresh.consumers.is_empty() {
+            preview_refresh(config, versions, &mut report).await?;
+        }
+        return Ok(report);
+    }
+    // 4. Verify what is published for these versions.
+    let lock = Lockfile::load(&config.lockfile_path())?;
+    let reg = Registry::new(&config.registry)?;
+    report.verify_problems = verify_versions(&reg, &lock, versions).await?;
+    // 5. The gate: which versions are available everywhere required.
+    let (reqs, jobs) = crate::status::requirements(config)?;
+    let update = gate(versions, &lock, &reqs, &jobs, &reg.host, &mut report);
+    if !report.missing.is_empty() || !report.verify_problems.is_empty() {
+        // CI must not move before every image is there: stop here; a rerun
+        // continues once the missing images are built.
+        return Ok(report);
+    }
+    // 6. Refresh the CI systems.
+    if !config.refresh.consumers.is_empty() {
+        refresh_consumers(config, versions, &update, &mut report).await?;
+    }
+    report.complete = true;
+    Ok(report)
+}
+
+/// Add each version to the catalogue; the ones that changed it.
+fn bump_versions(
+    config: &Config,
+    versions: &[OcamlVersion],
+    dry_run: bool,
+) -> Result<Vec<String>, ReleaseError> {
+    let mut bumped = vec![];
     for v in versions {
         let out = catalogue::bump(
             &config.versions_dir,
@@ -71,15 +114,20 @@ pub async fn release(
             dry_run,
         )?;
         if out != catalogue::BumpOutcome::Unchanged {
-            report.bumped.push(v.to_string());
+            bumped.push(v.to_string());
         }
     }
-    if dry_run && !report.bumped.is_empty() {
-        // The dry-run plan below reads the unbumped catalogue: say so.
-        tracing::info!("dry run: versions not yet in the catalogue are not planned");
-    }
-    // 2–3. Build every platform's targets for these versions.
+    Ok(bumped)
+}
+
+/// One build run per version the catalogue has, every platform.
+async fn build_versions(
+    config: &Config,
+    versions: &[OcamlVersion],
+    dry_run: bool,
+) -> Result<Vec<Summary>, ReleaseError> {
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    let mut builds = vec![];
     for v in versions {
         if cat.release(v).is_none() {
             continue;
@@ -91,56 +139,76 @@ pub async fn release(
             },
             dry_run,
         };
-        report
-            .builds
-            .push(pipeline::run(config, &cat, &opts, &|_| {}).await?);
+        builds.push(pipeline::run(config, &cat, &opts, &|_| {}).await?);
     }
-    if dry_run {
-        // What each consumer's file would become with what is published now
-        // (reads only; GitHub being unreachable is reported, not fatal).
-        if !config.refresh.consumers.is_empty() {
-            let lock = Lockfile::load(&config.lockfile_path())?;
-            let (reqs, jobs) = crate::status::requirements(config)?;
-            let mut update = Update::default();
-            for v in versions {
-                let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == *v).collect();
-                if !rs.is_empty()
-                    && rs
-                        .iter()
-                        .all(|r| matches!(verdict(r, &lock, &jobs), Verdict::Available { .. }))
-                {
-                    update.versions.push(v.to_string());
-                }
-                let host = config
-                    .registry
-                    .url
-                    .trim_start_matches("http://")
-                    .trim_start_matches("https://");
-                for r in rs {
-                    if let Verdict::Available { entry } = verdict(r, &lock, &jobs) {
-                        let name = format!("{}:{}", entry.id().basename(), entry.tag);
-                        update
-                            .pins
-                            .insert(name, entry.pin(host, Some(&entry.tag)).reference());
-                    }
-                }
-            }
-            let gh = super::client(&config.refresh)?;
-            for c in &config.refresh.consumers {
-                let a = match super::refresh(&gh, c, &update, "kiln/dry-run", "dry run", true).await
-                {
-                    Ok(a) => a,
-                    Err(e) => Action::WouldChange {
-                        diff: format!("(cannot compute: {e})"),
-                    },
-                };
-                report.refreshed.insert(c.repo.clone(), a);
+    Ok(builds)
+}
+
+/// The dry run's refresh: each consumer's change with what is published
+/// now; a consumer that cannot be read is reported in its diff.
+async fn preview_refresh(
+    config: &Config,
+    versions: &[OcamlVersion],
+    report: &mut Report,
+) -> Result<(), ReleaseError> {
+    let lock = Lockfile::load(&config.lockfile_path())?;
+    let (reqs, jobs) = crate::status::requirements(config)?;
+    let update = published_update(config, versions, &lock, &reqs, &jobs);
+    let gh = super::client(&config.refresh)?;
+    for c in &config.refresh.consumers {
+        let a = match super::refresh(&gh, c, &update, "kiln/dry-run", "dry run", true).await {
+            Ok(a) => a,
+            Err(e) => Action::WouldChange {
+                diff: format!("(cannot compute: {e})"),
+            },
+        };
+        report.refreshed.insert(c.repo.clone(), a);
+    }
+    Ok(())
+}
+
+/// The update the published tags would make: versions available for every
+/// requirement, and the pins of every available tag.
+fn published_update(
+    config: &Config,
+    versions: &[OcamlVersion],
+    lock: &Lockfile,
+    reqs: &[Requirement],
+    jobs: &Jobs,
+) -> Update {
+    let host = config
+        .registry
+        .url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let mut update = Update::default();
+    for v in versions {
+        let rs: Vec<_> = reqs.iter().filter(|r| r.ocaml == *v).collect();
+        if !rs.is_empty()
+            && rs
+                .iter()
+                .all(|r| matches!(verdict(r, lock, jobs), Verdict::Available { .. }))
+        {
+            update.versions.push(v.to_string());
+        }
+        for r in rs {
+            if let Verdict::Available { entry } = verdict(r, lock, jobs) {
+                let name = format!("{}:{}", entry.id().basename(), entry.tag);
+                update
+                    .pins
+                    .insert(name, entry.pin(host, Some(&entry.tag)).reference());
             }
         }
-        return Ok(report);
     }
-    // 4. Verify what is published for these versions.
-    let lock = Lockfile::load(&config.lockfile_path())?;
+    update
+}
+
+/// Verify the published entries of these versions; the problems found.
+async fn verify_versions(
+    reg: &Registry,
+    lock: &Lockfile,
+    versions: &[OcamlVersion],
+) -> Result<Vec<String>, ReleaseError> {
     let mine = Lockfile {
         schema_version: lock.schema_version,
         entries: lock
@@ -150,28 +218,38 @@ pub async fn release(
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect(),
     };
-    let reg = Registry::new(&config.registry)?;
     let scratch =
         tempfile::tempdir().map_err(|e| crate::registry::RegistryError::Invalid(e.to_string()))?;
-    report.verify_problems = crate::publish::verify::verify(&reg, &mine, scratch.path())
+    Ok(crate::publish::verify::verify(reg, &mine, scratch.path())
         .await
         .into_iter()
         .map(|p| format!("{}: {}", p.entry, p.problem))
-        .collect();
-    // 5. The gate: which versions are available everywhere required.
-    let (reqs, jobs) = crate::status::requirements(config)?;
+        .collect())
+}
+
+/// Sort the versions into available (every requirement met) and missing
+/// (with what is missing) in `report`; the update for the available ones,
+/// with each pin and the one it replaces.
+fn gate(
+    versions: &[OcamlVersion],
+    lock: &Lockfile,
+    reqs: &[Requirement],
+    jobs: &Jobs,
+    host: &str,
+    report: &mut Report,
+) -> Update {
     let mut update = Update::default();
     for v in versions {
         let vs = v.to_string();
         let mut missing = Vec::new();
         for r in reqs.iter().filter(|r| r.ocaml == *v) {
-            match verdict(r, &lock, &jobs) {
+            match verdict(r, lock, jobs) {
                 Verdict::Available { entry } => {
                     let name = format!("{}:{}", entry.id().basename(), entry.tag);
-                    let pin = entry.pin(&reg.host, Some(&entry.tag));
+                    let pin = entry.pin(host, Some(&entry.tag));
                     update.pins.insert(name.clone(), pin.reference());
                     if let Some(h) = entry.history.first() {
-                        let previous = crate::model::PinnedRef {
+                        let previous = PinnedRef {
                             digest: h.digest.clone(),
                             ..pin
                         };
@@ -198,22 +276,23 @@ pub async fn release(
             report.missing.insert(vs, missing);
         }
     }
-    if !report.missing.is_empty() || !report.verify_problems.is_empty() {
-        // CI must not move before every image is there: stop here; a rerun
-        // continues once the missing images are built.
-        return Ok(report);
+    update
+}
+
+/// Open (or find) each consumer's pull request or issue for the release.
+async fn refresh_consumers(
+    config: &Config,
+    versions: &[OcamlVersion],
+    update: &Update,
+    report: &mut Report,
+) -> Result<(), ReleaseError> {
+    let gh = super::client(&config.refresh)?;
+    let names: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
+    let branch = format!("kiln/release-{}", names.join("-"));
+    let title = format!("Kiln: OCaml {} base images are available", names.join(", "));
+    for c in &config.refresh.consumers {
+        let a = super::refresh(&gh, c, update, &branch, &title, false).await?;
+        report.refreshed.insert(c.repo.clone(), a);
     }
-    // 6. Refresh the CI systems.
-    if !config.refresh.consumers.is_empty() {
-        let gh = super::client(&config.refresh)?;
-        let names: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
-        let branch = format!("kiln/release-{}", names.join("-"));
-        let title = format!("Kiln: OCaml {} base images are available", names.join(", "));
-        for c in &config.refresh.consumers {
-            let a = super::refresh(&gh, c, &update, &branch, &title, false).await?;
-            report.refreshed.insert(c.repo.clone(), a);
-        }
-    }
-    report.complete = true;
-    Ok(report)
+    Ok(())
 }
