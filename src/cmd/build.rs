@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use anyhow::Result;
 use kiln::catalogue::{self, Arch};
 use kiln::config::{Config, Sources};
-use kiln::pipeline::{self, Event, Options, Outcome};
+use kiln::pipeline::{self, Event, Options, Outcome, Summary};
 use kiln::plan::Filter;
 
 #[derive(clap::Args)]
@@ -74,58 +74,63 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!("{:<44} {:<10} {:<11} detail", "tag", "ocaml", "result");
-        for t in &summary.tags {
-            let (result, detail) = match &t.outcome {
-                Outcome::Built { digest } => (
-                    "built",
-                    format!(
-                        "{} {}",
-                        &digest[..19.min(digest.len())],
-                        t.changed_inputs.join(",")
-                    ),
-                ),
-                Outcome::Unchanged { digest } => {
-                    ("unchanged", digest[..19.min(digest.len())].to_string())
-                }
-                Outcome::Failed { kind, error } => ("FAILED", format!("({kind}) {error}")),
-                Outcome::NoBuilder { reason } => ("no builder", reason.clone()),
-                Outcome::Planned => (
-                    "to build",
-                    t.arches
-                        .keys()
-                        .map(|a| a.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
-            };
-            println!(
-                "{:<44} {:<10} {:<11} {}",
-                format!("{}:{}", t.repository, t.tag),
-                t.ocaml,
-                result,
-                detail
-            );
-            if let Outcome::Failed { .. } = t.outcome {
-                for (arch, o) in &t.arches {
-                    if let Outcome::Failed { error, .. } = o {
-                        println!("{:<44} {:<10} {:<11} {arch}: {error}", "", "", "");
-                    }
-                }
-            }
-        }
-        println!(
-            "\n{} built, {} unchanged, {} failed, {} without a builder{}",
-            summary.built,
-            summary.unchanged,
-            summary.failed,
-            summary.no_builder,
-            if opts.dry_run { " (dry run)" } else { "" }
-        );
+        print_summary(&summary, opts.dry_run);
     }
     Ok(if summary.failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The summary table.
+fn print_summary(summary: &Summary, dry_run: bool) {
+    println!("{:<44} {:<10} {:<11} detail", "tag", "ocaml", "result");
+    for t in &summary.tags {
+        let (result, detail) = match &t.outcome {
+            Outcome::Built { digest } => (
+                "built",
+                format!(
+                    "{} {}",
+                    &digest[..19.min(digest.len())],
+                    t.changed_inputs.join(",")
+                ),
+            ),
+            Outcome::Unchanged { digest } => {
+                ("unchanged", digest[..19.min(digest.len())].to_string())
+            }
+            Outcome::Failed { kind, error } => ("FAILED", format!("({kind}) {error}")),
+            Outcome::NoBuilder { reason } => ("no builder", reason.clone()),
+            Outcome::Planned => (
+                "to build",
+                t.arches
+                    .keys()
+                    .map(|a| a.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        };
+        println!(
+            "{:<44} {:<10} {:<11} {}",
+            format!("{}:{}", t.repository, t.tag),
+            t.ocaml,
+            result,
+            detail
+        );
+        if let Outcome::Failed { .. } = t.outcome {
+            for (arch, o) in &t.arches {
+                if let Outcome::Failed { error, .. } = o {
+                    println!("{:<44} {:<10} {:<11} {arch}: {error}", "", "", "");
+                }
+            }
+        }
+    }
+    println!(
+        "\n{} built, {} unchanged, {} failed, {} without a builder{}",
+        summary.built,
+        summary.unchanged,
+        summary.failed,
+        summary.no_builder,
+        if dry_run { " (dry run)" } else { "" }
+    );
 }

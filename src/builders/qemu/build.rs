@@ -17,7 +17,6 @@ use std::time::Duration;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use sha2::{Digest, Sha256};
 
 use super::img::{Img, ImgError};
 use crate::process::{Cmd, ProcessError};
@@ -194,9 +193,51 @@ async fn run(img: &Img, spec: &QemuSpec, work: &Path, port: u16) -> Result<QemuO
     let url = format!("http://10.0.2.2:{port}");
     let disk = work.join("disk.qcow2");
     img.create(&disk, &spec.disk_size).await?;
-    // Install.
-    let serial = work.join("install.serial");
-    let mut cmd = qemu_cmd(spec, &disk, &serial);
+    install_boot(spec, &disk, &work.join("install.serial"), &url).await?;
+    verify_boot(spec, &disk, &work.join("verify.serial"), &url).await?;
+    compact(img, spec, &disk, work).await
+}
+
+/// Run one boot; its console goes to the log, and `expect` must be on it.
+async fn boot(
+    spec: &QemuSpec,
+    cmd: Cmd,
+    stage: &'static str,
+    serial: &Path,
+    expect: Option<&str>,
+) -> Result<(), QemuError> {
+    let result = cmd.run().await;
+    append_log(&spec.log, stage, serial, stage == "install");
+    if let Err(source) = result {
+        return Err(QemuError::Boot {
+            target: spec.target.clone(),
+            stage,
+            source,
+            log: spec.log.clone(),
+        });
+    }
+    let console = std::fs::read_to_string(serial).unwrap_or_default();
+    match expect {
+        Some(marker) if !console.contains(marker) => Err(QemuError::Console {
+            target: spec.target.clone(),
+            stage,
+            expected: marker.to_string(),
+            log: spec.log.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The install boot: the guest fetches its recipe from our HTTP server
+/// (kernel boot) or boots auto_install over TFTP (PXE), installs onto the
+/// disk and powers off.
+async fn install_boot(
+    spec: &QemuSpec,
+    disk: &Path,
+    serial: &Path,
+    url: &str,
+) -> Result<(), QemuError> {
+    let mut cmd = qemu_cmd(spec, disk, serial);
     match &spec.boot {
         Boot::Kernel {
             kernel,
@@ -210,7 +251,7 @@ async fn run(img: &Img, spec: &QemuSpec, work: &Path, port: u16) -> Result<QemuO
                 .arg("-initrd")
                 .arg(initrd)
                 .arg("-append")
-                .arg(install_append.replace("{url}", &url))
+                .arg(install_append.replace("{url}", url))
                 .args([
                     "-netdev",
                     "user,id=n0",
@@ -228,30 +269,18 @@ async fn run(img: &Img, spec: &QemuSpec, work: &Path, port: u16) -> Result<QemuO
                 .args(["-device", "virtio-net-pci,netdev=n0"]);
         }
     }
-    let installed = cmd.run().await;
-    append_log(&spec.log, "install", &serial, true);
-    if let Err(source) = installed {
-        return Err(QemuError::Boot {
-            target: spec.target.clone(),
-            stage: "install",
-            source,
-            log: spec.log.clone(),
-        });
-    }
-    let console = std::fs::read_to_string(&serial).unwrap_or_default();
-    if let Some(marker) = &spec.install_marker
-        && !console.contains(marker.as_str())
-    {
-        return Err(QemuError::Console {
-            target: spec.target.clone(),
-            stage: "install",
-            expected: marker.clone(),
-            log: spec.log.clone(),
-        });
-    }
-    // Verify: boot the result once more and read the smoke test's answer.
-    let serial = work.join("verify.serial");
-    let mut cmd = qemu_cmd(spec, &disk, &serial).args(["-nic", "none"]);
+    boot(spec, cmd, "install", serial, spec.install_marker.as_deref()).await
+}
+
+/// The verify boot: the installed disk once more, without network; its
+/// console must show the smoke test's answer.
+async fn verify_boot(
+    spec: &QemuSpec,
+    disk: &Path,
+    serial: &Path,
+    url: &str,
+) -> Result<(), QemuError> {
+    let mut cmd = qemu_cmd(spec, disk, serial).args(["-nic", "none"]);
     if let Boot::Kernel {
         kernel,
         initrd,
@@ -265,50 +294,39 @@ async fn run(img: &Img, spec: &QemuSpec, work: &Path, port: u16) -> Result<QemuO
             .arg("-initrd")
             .arg(initrd)
             .arg("-append")
-            .arg(verify_append.replace("{url}", &url));
+            .arg(verify_append.replace("{url}", url));
     }
-    let verified = cmd.run().await;
-    append_log(&spec.log, "verify", &serial, false);
-    if let Err(source) = verified {
-        return Err(QemuError::Boot {
-            target: spec.target.clone(),
-            stage: "verify",
-            source,
-            log: spec.log.clone(),
-        });
-    }
-    let console = std::fs::read_to_string(&serial).unwrap_or_default();
-    if !console.contains(spec.verify_expect.as_str()) {
-        return Err(QemuError::Console {
-            target: spec.target.clone(),
-            stage: "verify",
-            expected: spec.verify_expect.clone(),
-            log: spec.log.clone(),
-        });
-    }
-    // Compact, check, hash; only then does the output exist.
+    boot(spec, cmd, "verify", serial, Some(&spec.verify_expect)).await
+}
+
+/// Compact, check, hash; only then does the output exist.
+async fn compact(
+    img: &Img,
+    spec: &QemuSpec,
+    disk: &Path,
+    work: &Path,
+) -> Result<QemuOutput, QemuError> {
+    let setup = |message: String| QemuError::Setup {
+        target: spec.target.clone(),
+        message,
+    };
     let compact = work.join("compact.qcow2");
-    img.compact(&disk, &compact).await?;
+    img.compact(disk, &compact).await?;
     img.check(&compact).await?;
     let info = img.info(&compact).await?;
-    let bytes = std::fs::read(&compact).map_err(|e| QemuError::Setup {
-        target: spec.target.clone(),
-        message: format!("{}: {e}", compact.display()),
-    })?;
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let (sha256, size) = crate::registry::sha256_file(&compact)
+        .await
+        .map_err(|e| setup(format!("{}: {e}", compact.display())))?;
     if let Some(dir) = spec.output.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::rename(&compact, &spec.output)
         .or_else(|_| std::fs::copy(&compact, &spec.output).map(|_| ()))
-        .map_err(|e| QemuError::Setup {
-            target: spec.target.clone(),
-            message: format!("{}: {e}", spec.output.display()),
-        })?;
+        .map_err(|e| setup(format!("{}: {e}", spec.output.display())))?;
     Ok(QemuOutput {
         path: spec.output.clone(),
         sha256,
-        size: bytes.len() as u64,
+        size,
         virtual_size: info.virtual_size,
     })
 }

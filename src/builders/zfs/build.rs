@@ -141,6 +141,8 @@ fn stream_path(spec: &ZfsSpec) -> PathBuf {
     spec.out_dir.join(format!("{name}.zfs.zst"))
 }
 
+type IoErr<'a> = dyn Fn(String) -> ZfsBuildError + Sync + 'a;
+
 async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildError> {
     let target = spec.target.clone();
     let io = |message: String| ZfsBuildError::Io {
@@ -154,6 +156,18 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
     if zfs.exists(&snapshot).await? && zfs.get(&spec.dataset, OWNER_PROPERTY).await? == "-" {
         return send(zfs, spec, snapshot, &io).await;
     }
+    create_tree(zfs, spec, &io).await?;
+    provision(zfs, spec, &io).await?;
+    zfs.snapshot_recursive(&snapshot).await?;
+    smoke(spec).await?;
+    // Complete and smoke-tested: no longer anyone's work in progress.
+    zfs.zfs(&["inherit", OWNER_PROPERTY, &spec.dataset]).await?;
+    send(zfs, spec, snapshot, &io).await
+}
+
+/// A fresh tree marked with its owner, each child at its mountpoint and
+/// owned by the build user.
+async fn create_tree(zfs: &Zfs, spec: &ZfsSpec, io: &IoErr<'_>) -> Result<(), ZfsBuildError> {
     zfs.destroy_recursive(&spec.dataset).await?;
     zfs.create(
         &spec.dataset,
@@ -179,11 +193,15 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
                 .map_err(|e| io(e.to_string()))?;
         }
     }
-    // Provision: in a fresh PID namespace where available (its init exiting
-    // kills everything the script left behind, even daemons that setsid),
-    // otherwise in its own process group (killed as a whole after the run).
-    // No new mount namespace: a copy of zfs-fuse's FUSE mounts held by
-    // another namespace has been seen to wedge zfs-fuse.
+    Ok(())
+}
+
+/// Run the provisioning script: in a fresh PID namespace where available
+/// (its init exiting kills everything the script left behind, even daemons
+/// that setsid), otherwise in its own process group (killed as a whole
+/// after the run). No new mount namespace: a copy of zfs-fuse's FUSE
+/// mounts held by another namespace has been seen to wedge zfs-fuse.
+async fn provision(zfs: &Zfs, spec: &ZfsSpec, io: &IoErr<'_>) -> Result<(), ZfsBuildError> {
     if let Some(dir) = spec.log.parent() {
         tokio::fs::create_dir_all(dir)
             .await
@@ -223,15 +241,15 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
     )
     .await
     .map_err(|e| io(format!("{}: {e}", spec.log.display())))?;
-    if let Err(source) = run {
-        return Err(ZfsBuildError::Provision {
-            target: spec.target.clone(),
-            source,
-            log: spec.log.clone(),
-        });
-    }
-    zfs.snapshot_recursive(&snapshot).await?;
-    // Smoke test through the profile.
+    run.map(|_| ()).map_err(|source| ZfsBuildError::Provision {
+        target: spec.target.clone(),
+        source,
+        log: spec.log.clone(),
+    })
+}
+
+/// The smoke test, through the profile each job sources.
+async fn smoke(spec: &ZfsSpec) -> Result<(), ZfsBuildError> {
     let mut smoke_log = String::new();
     for (command, expected) in &spec.smoke {
         let line = format!(". {}; {command}", spec.profile.display());
@@ -258,9 +276,7 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
         }
     }
     let _ = append(&spec.log, &smoke_log).await;
-    // Complete and smoke-tested: no longer anyone's work in progress.
-    zfs.zfs(&["inherit", OWNER_PROPERTY, &spec.dataset]).await?;
-    send(zfs, spec, snapshot, &io).await
+    Ok(())
 }
 
 /// The stream: raw `zfs send -R` (hashed), then zstd, plus the layout.
@@ -268,7 +284,7 @@ async fn send(
     zfs: &Zfs,
     spec: &ZfsSpec,
     snapshot: String,
-    io: &(dyn Fn(String) -> ZfsBuildError + Sync),
+    io: &IoErr<'_>,
 ) -> Result<ZfsOutput, ZfsBuildError> {
     let out = stream_path(spec);
     let raw = out.with_extension("raw");
