@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::catalogue::Arch;
 use crate::lockfile::{Entry, Lockfile};
+use crate::model::FailureKind;
 use crate::model::requirement::job_key;
 pub use crate::model::{ArchState, Jobs, Requirement};
 
@@ -45,6 +46,9 @@ impl MissingReason {
 pub struct Missing {
     pub arch: Arch,
     pub reason: MissingReason,
+    /// Why the last build failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FailureKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -76,7 +80,9 @@ pub fn verdict<'a>(req: &Requirement, lock: &'a Lockfile, jobs: &Jobs) -> Verdic
 
 /// Why `arch` of `req` is not published.
 fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arch) -> Missing {
+    let mut kind = None;
     let (reason, detail) = if req.no_builder.contains(&arch) {
+        kind = Some(FailureKind::NoBuilder);
         (
             MissingReason::NoBuilder,
             Some(format!(
@@ -88,13 +94,18 @@ fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arc
         match jobs.get(&job_key(&req.id(), arch)) {
             Some(ArchState::Building) => (MissingReason::Building, None),
             Some(ArchState::Queued) => (MissingReason::Queued, None),
-            Some(ArchState::Failed { kind, error, log }) => (
-                MissingReason::Failed,
-                Some(match log {
-                    Some(l) => format!("{kind}: {error} (log: {l})"),
-                    None => format!("{kind}: {error}"),
-                }),
-            ),
+            Some(ArchState::Failed {
+                kind: k,
+                error,
+                log,
+            }) => {
+                kind = Some(*k);
+                let detail = match log {
+                    Some(l) => format!("{error} (log: {l})"),
+                    None => error.clone(),
+                };
+                (MissingReason::Failed, Some(detail))
+            }
             Some(ArchState::Succeeded) | None => match entry {
                 Some(e) if e.ocaml != req.ocaml => (
                     MissingReason::Stale,
@@ -110,6 +121,7 @@ fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arc
     Missing {
         arch,
         reason,
+        kind,
         detail,
     }
 }
@@ -118,7 +130,7 @@ fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arc
 mod tests {
     use super::*;
     use crate::lockfile::tests::entry;
-    use crate::model::{FailureKind, TagId};
+    use crate::model::TagId;
 
     fn req(arches: &[Arch]) -> Requirement {
         Requirement {
@@ -170,8 +182,9 @@ mod tests {
                 (Arch::Riscv64, MissingReason::NoBuilder)
             ]
         );
-        let detail = missing[1].detail.as_deref().unwrap();
-        assert!(detail.contains("5.4.0") && detail.starts_with("recipe: "));
+        assert!(missing[1].detail.as_deref().unwrap().contains("5.4.0"));
+        assert_eq!(missing[1].kind, Some(FailureKind::Recipe));
+        assert_eq!(missing[2].kind, Some(FailureKind::NoBuilder));
     }
 
     #[test]

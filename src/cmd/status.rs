@@ -75,7 +75,12 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 let why: Vec<String> = c
                     .missing
                     .iter()
-                    .map(|m| format!("{}:{}", m.arch, m.reason.as_str()))
+                    .map(|m| match m.kind {
+                        Some(k) if m.reason == MissingReason::Failed => {
+                            format!("{}:{}({k})", m.arch, m.reason.as_str())
+                        }
+                        _ => format!("{}:{}", m.arch, m.reason.as_str()),
+                    })
                     .collect();
                 println!(
                     "  missing  {:<10} {:<28} {}",

@@ -198,6 +198,35 @@ pub async fn assemble(
     for s in sources {
         children.extend(children_of(reg, repo, s).await?);
     }
+    let (index, attestations) = index_document(repo, &children, required, annotations)?;
+    let bytes = serde_json::to_vec(&index).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+    let digest = super::sha256_digest(&bytes);
+    reg.put_manifest(repo, &digest, &bytes, OCI_INDEX).await?;
+    // Read back and verify before anyone may tag it.
+    let back = reg.get_manifest(repo, &digest).await?;
+    if back.bytes != bytes {
+        return Err(RegistryError::Invalid(format!(
+            "index {repo}@{digest} read back differently"
+        )));
+    }
+    let platforms = verify(reg, repo, &digest, required).await?;
+    Ok(Assembled {
+        digest,
+        bytes,
+        platforms,
+        attestations,
+    })
+}
+
+/// The index over `children`: exactly one manifest per required platform
+/// (`arm64/v8` is `arm64`), then every attestation with its annotations.
+/// Returns the document and the number of attestations it carries.
+fn index_document(
+    repo: &str,
+    children: &[Child],
+    required: &[Platform],
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Value, usize), RegistryError> {
     let mut by_platform: BTreeMap<Platform, &Child> = BTreeMap::new();
     for c in children.iter().filter(|c| !c.attestation) {
         if let Some(prev) = by_platform.insert(c.platform.normalized(), c)
@@ -241,23 +270,7 @@ pub async fn assemble(
         "manifests": manifests,
         "annotations": annotations,
     });
-    let bytes = serde_json::to_vec(&index).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-    let digest = super::sha256_digest(&bytes);
-    reg.put_manifest(repo, &digest, &bytes, OCI_INDEX).await?;
-    // Read back and verify before anyone may tag it.
-    let back = reg.get_manifest(repo, &digest).await?;
-    if back.bytes != bytes {
-        return Err(RegistryError::Invalid(format!(
-            "index {repo}@{digest} read back differently"
-        )));
-    }
-    let platforms = verify(reg, repo, &digest, required).await?;
-    Ok(Assembled {
-        digest,
-        bytes,
-        platforms,
-        attestations: attestations.len(),
-    })
+    Ok((index, attestations.len()))
 }
 
 /// Check a pushed index: every child present, platforms exactly `required`.
@@ -294,4 +307,93 @@ pub async fn verify(
         )));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(platform: &str, digest: &str, attestation: bool) -> Child {
+        Child {
+            media_type: super::super::OCI_MANIFEST.into(),
+            digest: digest.into(),
+            size: 10,
+            platform: Platform::parse(platform).unwrap(),
+            annotations: attestation
+                .then(|| json!({"vnd.docker.reference.type": "attestation-manifest"})),
+            attestation,
+        }
+    }
+
+    fn linux(arches: &[Arch]) -> Vec<Platform> {
+        arches
+            .iter()
+            .map(|a| Platform::for_arch("linux", *a))
+            .collect()
+    }
+
+    #[test]
+    fn an_index_holds_exactly_the_required_platforms_then_attestations() {
+        let children = [
+            child("linux/amd64", "sha256:a", false),
+            child("linux/arm64/v8", "sha256:b", false),
+            child("unknown/unknown", "sha256:c", true),
+        ];
+        let ann = BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), "k".to_string())]);
+        let (idx, attestations) =
+            index_document("r", &children, &linux(&[Arch::Amd64, Arch::Arm64]), &ann).unwrap();
+        assert_eq!(attestations, 1);
+        let m = idx["manifests"].as_array().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0]["platform"]["architecture"], "amd64");
+        assert_eq!(m[1]["platform"]["architecture"], "arm64");
+        assert_eq!(
+            m[2]["annotations"]["vnd.docker.reference.type"],
+            "attestation-manifest"
+        );
+        assert_eq!(idx["annotations"]["org.ocaml.kiln.build-key"], "k");
+        assert_eq!(idx["mediaType"], OCI_INDEX);
+    }
+
+    #[test]
+    fn a_missing_or_extra_platform_is_refused_naming_both() {
+        let children = [
+            child("linux/amd64", "sha256:a", false),
+            child("linux/s390x", "sha256:s", false),
+        ];
+        let e = index_document(
+            "r",
+            &children,
+            &linux(&[Arch::Amd64, Arch::Arm32v7]),
+            &BTreeMap::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("missing [linux/arm/v7]"), "{e}");
+        assert!(e.contains("unexpected [linux/s390x]"), "{e}");
+    }
+
+    #[test]
+    fn one_platform_given_twice_is_refused() {
+        let children = [
+            child("linux/amd64", "sha256:a", false),
+            child("linux/amd64", "sha256:z", false),
+        ];
+        let e = index_document("r", &children, &linux(&[Arch::Amd64]), &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn the_child_for_a_platform_is_found_by_os_and_arch() {
+        let idx = json!({"manifests": [
+            {"digest": "sha256:a", "platform": {"os": "linux", "architecture": "amd64"}},
+            {"digest": "sha256:v7", "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
+        ]});
+        let arm = Platform::for_arch("linux", Arch::Arm32v7);
+        assert_eq!(child_for(&idx, &arm).as_deref(), Some("sha256:v7"));
+        let s390 = Platform::for_arch("linux", Arch::S390x);
+        assert_eq!(child_for(&idx, &s390), None);
+    }
 }
