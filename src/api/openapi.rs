@@ -56,7 +56,10 @@ pub fn spec() -> Value {
                 "Error": {"type": "object", "required": ["error"], "properties": {
                     "error": {"type": "string"}, "message": {"type": "string"},
                     "missing": {"type": "array", "items": {"type": "object", "properties": {
-                        "arch": {"type": "string"}, "reason": {"type": "string"}, "detail": {"type": "string"}}}},
+                        "arch": {"type": "string"},
+                        "reason": {"type": "string", "enum": ["not-built", "building", "queued", "failed", "no-builder", "stale"]},
+                        "kind": {"type": "string", "enum": ["infra", "recipe", "no-builder", "cancelled"]},
+                        "detail": {"type": "string"}}}},
                     "suggestions": {"type": "array", "items": {"type": "string"}}}},
                 "Pin": {"type": "object", "required": ["reference", "digest", "arches"], "properties": {
                     "image": {"type": "string"}, "reference": {"type": "string"}, "digest": {"type": "string"},
