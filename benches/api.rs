@@ -69,6 +69,7 @@ fn big_lockfile() -> (Lockfile, Vec<Requirement>) {
                 published_at: chrono::Utc::now(),
                 verified_at: None,
                 history: vec![],
+                adopted: None,
             },
             "bench",
         );

@@ -104,9 +104,103 @@ pub struct Entry {
     /// Earlier digests of this tag, newest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// Where a build of this key that Kiln did not make in this run came
+    /// from: `registry` (its immutable tag was there), `host:<name>` (its
+    /// dataset was on the build host), `recovered` (rebuilt from the
+    /// registry after the lockfile was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted: Option<String>,
 }
 
+/// What every published index carries in its `org.ocaml.kiln.entry`
+/// annotation: everything of its lockfile entry that the build determines,
+/// so that a lost lockfile can be rebuilt from the registry alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EntryRecord {
+    pub kind: ArtifactKind,
+    pub platform: String,
+    pub os: String,
+    pub ocaml: OcamlVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    pub tag: String,
+    pub immutable_tag: String,
+    /// The series aliases the tag was published with.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    pub build_key: String,
+    pub arch_keys: BTreeMap<Arch, String>,
+    #[serde(default)]
+    pub inputs: BTreeMap<String, String>,
+}
+
+/// The index annotation holding an [`EntryRecord`].
+pub const ENTRY_ANNOTATION: &str = "org.ocaml.kiln.entry";
+
 impl Entry {
+    /// What the build determined of this entry.
+    pub fn record(&self) -> EntryRecord {
+        EntryRecord {
+            kind: self.kind,
+            platform: self.platform.clone(),
+            os: self.os.clone(),
+            ocaml: self.ocaml.clone(),
+            variant: self.variant.clone(),
+            tag: self.tag.clone(),
+            immutable_tag: self.immutable_tag.clone(),
+            aliases: self.aliases.clone(),
+            build_key: self.build_key.clone(),
+            arch_keys: self
+                .arches
+                .iter()
+                .map(|(a, e)| (*a, e.build_key.clone()))
+                .collect(),
+            inputs: self.inputs.clone(),
+        }
+    }
+
+    /// The entry a record describes, published in `repository` as
+    /// `digest` with these per-arch digests.
+    pub fn from_record(
+        r: EntryRecord,
+        repository: &str,
+        digest: &str,
+        arch_digests: &BTreeMap<Arch, String>,
+        published_at: DateTime<Utc>,
+    ) -> Entry {
+        Entry {
+            kind: r.kind,
+            platform: r.platform,
+            os: r.os,
+            ocaml: r.ocaml,
+            variant: r.variant,
+            repository: repository.to_string(),
+            tag: r.tag,
+            immutable_tag: r.immutable_tag,
+            aliases: r.aliases,
+            digest: digest.to_string(),
+            arches: r
+                .arch_keys
+                .into_iter()
+                .map(|(a, build_key)| {
+                    let digest = arch_digests.get(&a).cloned().unwrap_or_default();
+                    let e = ArchEntry {
+                        digest,
+                        build_key,
+                        size: None,
+                    };
+                    (a, e)
+                })
+                .collect(),
+            build_key: r.build_key,
+            inputs: r.inputs,
+            published_at,
+            verified_at: None,
+            history: vec![],
+            adopted: None,
+        }
+    }
+
     /// The key this entry is stored under: `<repository>:<tag>`.
     pub fn key(&self) -> String {
         self.id().key()
@@ -331,7 +425,28 @@ pub(crate) mod tests {
             published_at: Utc::now(),
             verified_at: None,
             history: vec![],
+            adopted: None,
         }
+    }
+
+    #[test]
+    fn an_entry_survives_its_record() {
+        let mut e = entry("debian-13-ocaml-5.5", 1);
+        e.inputs.insert("amd64.ocaml".into(), "5.5.0".into());
+        let digests = e
+            .arches
+            .iter()
+            .map(|(a, x)| (*a, x.digest.clone()))
+            .collect();
+        let text = serde_json::to_string(&e.record()).unwrap();
+        let back = Entry::from_record(
+            serde_json::from_str(&text).unwrap(),
+            &e.repository,
+            &e.digest,
+            &digests,
+            e.published_at,
+        );
+        assert_eq!(back, e);
     }
 
     #[test]
@@ -406,6 +521,7 @@ mod schema_sync {
         let mut e = entry("t", 1);
         e.variant = Some("flambda".into());
         e.verified_at = Some(chrono::Utc::now());
+        e.adopted = Some("registry".into());
         let v = serde_json::to_value(&e).unwrap();
         let mut written: Vec<&String> = v.as_object().unwrap().keys().collect();
         let mut documented: Vec<&String> = props.keys().collect();

@@ -55,6 +55,8 @@ enum Command {
     Fixtures(cmd::fixtures::Args),
     /// Check every lockfile entry against the registry (tags, indexes, children, blobs).
     Verify(cmd::verify::Args),
+    /// Rebuild a lost lockfile from the registry.
+    Lockfile(cmd::lockfile::Args),
     /// Move a published tag back to an earlier digest from its history.
     Rollback(cmd::rollback::Args),
     /// Worker side: fetch a published ZFS base dataset, verify and install it.
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Build(a) => cmd::build::run(&sources, a),
         Command::Fixtures(a) => cmd::fixtures::run(&sources, a),
         Command::Verify(a) => cmd::verify::run(&sources, a),
+        Command::Lockfile(a) => cmd::lockfile::run(&sources, a),
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Fetch(a) => cmd::fetch::run(&sources, a),
         Command::Gc(a) => cmd::gc::run(&sources, a),

@@ -52,6 +52,7 @@ fn entry(os: &str, ocaml: &str, tag: &str, arches: &[&str], d: u8) -> Entry {
         published_at: chrono::Utc::now(),
         verified_at: None,
         history: vec![],
+        adopted: None,
     }
 }
 

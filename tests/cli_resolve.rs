@@ -47,6 +47,7 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
             published_at: chrono::Utc::now(),
             verified_at: None,
             history: vec![],
+            adopted: None,
         },
         "new",
     );

@@ -274,6 +274,7 @@ fn entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> Entry 
         published_at: chrono::Utc::now(),
         verified_at: None,
         history: vec![],
+        adopted: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn image_entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> 
         published_at: chrono::Utc::now(),
         verified_at: None,
         history: vec![],
+        adopted: None,
     }
 }
 

@@ -49,6 +49,9 @@ pub struct BuildJob<'a> {
 pub struct BuildOutput {
     /// Digest of the pushed per-arch manifest (image or artifact).
     pub digest: String,
+    /// Set when the output was not built but taken as it was on the build
+    /// host (`host:<name>`): the same key's ZFS tree already there.
+    pub adopted: Option<String>,
 }
 
 /// One kind of builder.

@@ -99,6 +99,10 @@ fn print_summary(summary: &Summary, dry_run: bool) {
             Outcome::Unchanged { digest } => {
                 ("unchanged", digest[..19.min(digest.len())].to_string())
             }
+            Outcome::Adopted { digest, from } => (
+                "adopted",
+                format!("{} from the {from}", &digest[..19.min(digest.len())]),
+            ),
             Outcome::Failed { kind, error } => ("FAILED", format!("({kind}) {error}")),
             Outcome::NoBuilder { reason } => ("no builder", reason.clone()),
             Outcome::Planned => (
@@ -126,9 +130,10 @@ fn print_summary(summary: &Summary, dry_run: bool) {
         }
     }
     println!(
-        "\n{} built, {} unchanged, {} failed, {} without a builder{}",
+        "\n{} built, {} unchanged, {} adopted, {} failed, {} without a builder{}",
         summary.built,
         summary.unchanged,
+        summary.adopted,
         summary.failed,
         summary.no_builder,
         if dry_run { " (dry run)" } else { "" }

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod fetch;
 pub mod fixtures;
 pub mod gc;
+pub mod lockfile;
 pub mod plan;
 pub mod release;
 pub mod resolve;

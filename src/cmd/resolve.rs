@@ -22,6 +22,11 @@ pub struct Args {
 
 /// The snapshot store the API and the CLI share.
 pub fn open_store(config: &Config) -> Result<Store> {
+    open_store_at(config, config.lockfile_path())
+}
+
+/// The API's store over the lockfile at `path`.
+pub fn open_store_at(config: &Config, path: std::path::PathBuf) -> Result<Store> {
     let host = config
         .registry
         .url
@@ -31,7 +36,7 @@ pub fn open_store(config: &Config) -> Result<Store> {
         .to_string();
     let loader_config = config.clone();
     Store::open(
-        config.lockfile_path(),
+        path,
         host,
         Arc::new(move || kiln::status::requirements(&loader_config).map_err(|e| e.to_string())),
     )

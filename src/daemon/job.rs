@@ -56,6 +56,9 @@ fn finish(config: &Config, report: &TagReport) -> Finish {
         Outcome::Unchanged { .. } | Outcome::Planned => Finish::Succeeded {
             outcome: "unchanged".into(),
         },
+        Outcome::Adopted { .. } => Finish::Succeeded {
+            outcome: "adopted".into(),
+        },
         Outcome::NoBuilder { reason } => Finish::Failed {
             kind: FailureKind::NoBuilder,
             error: reason.clone(),

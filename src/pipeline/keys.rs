@@ -29,7 +29,7 @@ pub async fn target_keys(
         }
     };
     let builders = Builders::new(config);
-    let mut parents = ParentCache::new();
+    let mut parents = ParentCache::new(config);
     let mut out = Vec::new();
     for t in targets {
         let vars = builders.get(t.builder).build_vars();

@@ -91,14 +91,16 @@ pub async fn run(
     progress: &(dyn Fn(Event) + Sync),
 ) -> Result<Summary, RunError> {
     let targets = plan::expand(cat, &opts.filter)?;
+    let registry = Registry::new(&config.registry)?;
+    let lock = load_or_recover(config, &registry, opts.dry_run).await?;
     let mut run = Run {
         config,
-        registry: Registry::new(&config.registry)?,
-        lock: Lockfile::load(&config.lockfile_path())?,
+        registry,
+        lock,
         state: StateStore::open(&config.database.path)?,
         builders: Builders::new(config),
         commit: prepare::opam_repository_commit(config).await?,
-        parents: ParentCache::new(),
+        parents: ParentCache::new(config),
         dry_run: opts.dry_run,
     };
     if !opts.dry_run {
@@ -114,15 +116,46 @@ pub async fn run(
     }
     if !opts.dry_run {
         let all = plan::expand(cat, &Filter::default())?;
-        crate::publish::promote_newest_aliases(
+        let moved = crate::publish::promote_newest_aliases(
             &run.registry,
             &config.lockfile_path(),
             &all,
             &config.registry.namespace,
         )
         .await?;
+        if summary.built + summary.adopted > 0 || !moved.is_empty() {
+            run.push_lockfile().await;
+        }
     }
     Ok(summary)
+}
+
+/// The lockfile; when it is missing (a lost state dir, a new factory
+/// host), rebuilt from the registry first, so that nothing published is
+/// built again. A dry run recovers in memory only.
+async fn load_or_recover(
+    config: &Config,
+    registry: &Registry,
+    dry_run: bool,
+) -> Result<Lockfile, RunError> {
+    let path = config.lockfile_path();
+    if path.exists() {
+        return Ok(Lockfile::load(&path)?);
+    }
+    let ns = &config.registry.namespace;
+    let r = if dry_run {
+        crate::publish::recover::recover(registry, ns).await?
+    } else {
+        crate::publish::recover::recover_into(registry, ns, &path).await?
+    };
+    if !r.lockfile.entries.is_empty() {
+        tracing::info!(
+            tags = r.lockfile.entries.len(),
+            lockfile = %path.display(),
+            "the lockfile was missing: recovered from the registry"
+        );
+    }
+    Ok(r.lockfile)
 }
 
 /// Targets grouped by the tag they publish to, in tag order.
@@ -138,6 +171,17 @@ pub fn group_by_tag<'a>(
 }
 
 impl Run<'_> {
+    /// Push the lockfile to the registry for replicas; a failure is logged
+    /// (the local lockfile and the registry's tags stay the truth).
+    async fn push_lockfile(&self) {
+        let path = self.config.lockfile_path();
+        let ns = &self.config.registry.namespace;
+        match crate::publish::remote::push_lockfile(&self.registry, ns, &path).await {
+            Ok(digest) => tracing::info!(%digest, "lockfile pushed to the registry"),
+            Err(e) => tracing::warn!(error = %e, "pushing the lockfile to the registry"),
+        }
+    }
+
     /// Sweep what killed builds left, for the builder kinds this run uses.
     async fn sweep(&self, targets: &[Target]) {
         let kinds: BTreeSet<BuilderKind> = targets.iter().map(|t| t.builder).collect();

@@ -13,10 +13,25 @@ use crate::plan::Target;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
-    Built { digest: String },
-    Unchanged { digest: String },
-    Failed { kind: FailureKind, error: String },
-    NoBuilder { reason: String },
+    Built {
+        digest: String,
+    },
+    Unchanged {
+        digest: String,
+    },
+    /// A build of the same key was already published (its immutable tag
+    /// is in the registry) or on the build host: taken, not rebuilt.
+    Adopted {
+        digest: String,
+        from: String,
+    },
+    Failed {
+        kind: FailureKind,
+        error: String,
+    },
+    NoBuilder {
+        reason: String,
+    },
     Planned,
 }
 
@@ -81,6 +96,7 @@ pub struct Summary {
     pub tags: Vec<TagReport>,
     pub built: usize,
     pub unchanged: usize,
+    pub adopted: usize,
     pub failed: usize,
     pub no_builder: usize,
 }
@@ -91,6 +107,7 @@ impl Summary {
         match report.outcome {
             Outcome::Built { .. } => self.built += 1,
             Outcome::Unchanged { .. } => self.unchanged += 1,
+            Outcome::Adopted { .. } => self.adopted += 1,
             Outcome::Failed { .. } => self.failed += 1,
             Outcome::NoBuilder { .. } => self.no_builder += 1,
             Outcome::Planned => {}

@@ -8,12 +8,21 @@ use std::path::PathBuf;
 use super::Run;
 use super::decide::{self, Decision};
 use super::report::{Event, Outcome, TagReport};
-use crate::builders::BuildJob;
+use crate::builders::{BuildJob, BuildOutput};
 use crate::catalogue::Arch;
 use crate::lockfile::{Change, Entry};
 use crate::model::{ArchState, Failure, FailureKind, TagId};
 use crate::plan::{Prepared, Target, prepare};
 use crate::publish::TagBuild;
+
+/// What the arches' builds gave, ready to publish.
+struct Built {
+    digests: BTreeMap<Arch, String>,
+    group_key: String,
+    immutable: String,
+    /// Every arch was adopted from its host (`host:<name>`).
+    adopted: Option<String>,
+}
 
 impl Run<'_> {
     /// Record one arch's state; a failure to write is logged.
@@ -75,21 +84,32 @@ impl Run<'_> {
                         .insert(*a, Outcome::Unchanged { digest: d.clone() });
                 }
                 let immutable = ts[0].immutable_tag(&group_key);
-                let built = self
-                    .build_arches(id, &prepared, &build, &immutable, &mut report, progress)
-                    .await;
-                if let Some(mut digests) = built {
-                    digests.extend(reuse);
-                    self.publish(
+                if self
+                    .adopt(
                         id,
                         &prepared,
-                        &digests,
                         &group_key,
                         &immutable,
                         published.as_ref(),
                         &mut report,
                     )
+                    .await
+                {
+                    return report;
+                }
+                let built = self
+                    .build_arches(id, &prepared, &build, &immutable, &mut report, progress)
                     .await;
+                if let Some((mut digests, adopted)) = built {
+                    digests.extend(reuse);
+                    let built = Built {
+                        digests,
+                        group_key,
+                        immutable,
+                        adopted,
+                    };
+                    self.publish(id, &prepared, &built, published.as_ref(), &mut report)
+                        .await;
                 }
             }
         }
@@ -145,7 +165,7 @@ impl Run<'_> {
         immutable: &str,
         report: &mut TagReport,
         progress: &(dyn Fn(Event) + Sync),
-    ) -> Option<BTreeMap<Arch, String>> {
+    ) -> Option<(BTreeMap<Arch, String>, Option<String>)> {
         let mut jobs = Vec::new();
         for p in prepared.iter().filter(|p| arches.contains(&p.target.arch)) {
             let log = p.target.log_file(&self.config.log_dir());
@@ -158,12 +178,22 @@ impl Run<'_> {
         }
         let mut digests = BTreeMap::new();
         let mut ok = true;
+        // Set while every arch built so far was adopted from its host.
+        let mut adopted: Option<Option<String>> = None;
         for (p, result) in futures_util::future::join_all(jobs).await {
             let outcome = match result {
-                Ok(digest) => {
-                    tracing::info!(target_id = %p.target.id(), %digest, "build succeeded");
+                Ok(out) => {
+                    let digest = out.digest;
+                    tracing::info!(target_id = %p.target.id(), %digest, adopted = ?out.adopted, "build succeeded");
                     digests.insert(p.target.arch, digest.clone());
-                    Outcome::Built { digest }
+                    adopted = match adopted {
+                        None => Some(out.adopted.clone()),
+                        Some(a) => Some(a.filter(|_| out.adopted.is_some())),
+                    };
+                    match out.adopted {
+                        Some(from) => Outcome::Adopted { digest, from },
+                        None => Outcome::Built { digest },
+                    }
                 }
                 Err(f) => {
                     tracing::warn!(target_id = %p.target.id(), kind = %f.kind, error = %f.message, "build failed");
@@ -185,7 +215,7 @@ impl Run<'_> {
             };
             return None;
         }
-        Some(digests)
+        Some((digests, adopted.flatten()))
     }
 
     async fn build_one<'p>(
@@ -194,7 +224,7 @@ impl Run<'_> {
         p: &'p Prepared,
         immutable: &str,
         log: PathBuf,
-    ) -> (&'p Prepared, Result<String, Failure>) {
+    ) -> (&'p Prepared, Result<BuildOutput, Failure>) {
         let job = BuildJob {
             registry: &self.registry,
             prepared: p,
@@ -203,17 +233,86 @@ impl Run<'_> {
             log: &log,
         };
         let result = self.builders.get(p.target.builder).build(job).await;
-        (p, result.map(|o| o.digest))
+        (p, result)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Adopt a build of this very key that is already in the registry
+    /// (another factory, a lost state dir, a reverted change). Returns
+    /// whether the tag is done (adopted, or failed looking).
+    async fn adopt(
+        &self,
+        id: &TagId,
+        prepared: &[Prepared],
+        group_key: &str,
+        immutable: &str,
+        published: Option<&Entry>,
+        report: &mut TagReport,
+    ) -> bool {
+        let inputs = decide::tag_inputs(prepared);
+        let (changed, reason) = decide::change_reason(published, &inputs);
+        let kind = self.artifact_kind(prepared);
+        let none = BTreeMap::new();
+        let b = TagBuild {
+            id,
+            kind,
+            prepared,
+            digests: &none,
+            group_key,
+            immutable_tag: immutable,
+            opam_repository_commit: &self.commit,
+            inputs,
+            reason: &reason,
+            adopted: Some("registry".into()),
+        };
+        let lockfile = self.config.lockfile_path();
+        let result = match crate::publish::find_published(&self.registry, &b).await {
+            Ok(None) => return false,
+            Ok(Some((digest, arches))) => {
+                crate::publish::adopt_tag(&self.registry, &lockfile, &b, &digest, &arches)
+                    .await
+                    .map(|_| (digest, arches))
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((digest, arches)) => {
+                tracing::info!(target = %id, %digest, immutable, "adopted from the registry: same build key, not rebuilt");
+                for (a, d) in arches {
+                    self.record(id, a, &ArchState::Succeeded);
+                    let from = "registry".to_string();
+                    report
+                        .arches
+                        .insert(a, Outcome::Adopted { digest: d, from });
+                }
+                report.changed_inputs = changed;
+                report.outcome = Outcome::Adopted {
+                    digest,
+                    from: "registry".into(),
+                };
+            }
+            Err(e) => {
+                let f = Failure::new(e.kind(), e.to_string());
+                for p in prepared {
+                    self.record(id, p.target.arch, &ArchState::failed(&f));
+                }
+                report.outcome = Outcome::failed(&f);
+            }
+        }
+        true
+    }
+
+    fn artifact_kind(&self, prepared: &[Prepared]) -> crate::model::ArtifactKind {
+        prepared
+            .first()
+            .map(|p| self.builders.get(p.target.builder).artifact_kind())
+            .unwrap_or(crate::model::ArtifactKind::Image)
+    }
+
     async fn publish(
         &self,
         id: &TagId,
         prepared: &[Prepared],
-        digests: &BTreeMap<Arch, String>,
-        group_key: &str,
-        immutable: &str,
+        built: &Built,
         published: Option<&Entry>,
         report: &mut TagReport,
     ) {
@@ -227,12 +326,13 @@ impl Run<'_> {
             id,
             kind,
             prepared,
-            digests,
-            group_key,
-            immutable_tag: immutable,
+            digests: &built.digests,
+            group_key: &built.group_key,
+            immutable_tag: &built.immutable,
             opam_repository_commit: &self.commit,
             inputs,
             reason: &reason,
+            adopted: built.adopted.clone(),
         };
         match crate::publish::publish_tag(&self.registry, &self.config.lockfile_path(), &b).await {
             Ok((digest, change)) => {
@@ -240,8 +340,12 @@ impl Run<'_> {
                     self.record(id, p.target.arch, &ArchState::Succeeded);
                 }
                 report.changed_inputs = changed;
-                report.outcome = match change {
-                    Change::Unchanged => Outcome::Unchanged { digest },
+                report.outcome = match (change, &built.adopted) {
+                    (Change::Unchanged, _) => Outcome::Unchanged { digest },
+                    (_, Some(from)) => Outcome::Adopted {
+                        digest,
+                        from: from.clone(),
+                    },
                     _ => Outcome::Built { digest },
                 };
             }

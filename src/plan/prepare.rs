@@ -4,12 +4,15 @@
 //! exactly what was keyed: builders never render again.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::{Target, key, template};
 use crate::config::Config;
 use crate::model::{Failure, FailureKind};
 use crate::registry::index::Platform;
 use crate::registry::{Registry, RegistryError};
+use crate::state::parents::ParentStore;
 
 /// A target ready to build: its inputs, its build key, and every recipe
 /// rendered from them.
@@ -53,6 +56,14 @@ pub enum PrepareError {
         "resolving the opam-repository commit (set plan.opam_repository_commit to pin it): {0}"
     )]
     OpamRepository(String),
+    #[error(
+        "parent {reference}: {host} is unreachable in this run ({cause}) and no digest of it is remembered"
+    )]
+    Unreachable {
+        reference: String,
+        host: String,
+        cause: String,
+    },
 }
 
 impl PrepareError {
@@ -61,7 +72,9 @@ impl PrepareError {
     pub fn kind(&self) -> FailureKind {
         match self {
             PrepareError::Parent { source, .. } => source.kind(),
-            PrepareError::OpamRepository(_) => FailureKind::Infra,
+            PrepareError::OpamRepository(_) | PrepareError::Unreachable { .. } => {
+                FailureKind::Infra
+            }
             PrepareError::ParentMissing { .. }
             | PrepareError::Recipe { .. }
             | PrepareError::Template(_) => FailureKind::Recipe,
@@ -122,7 +135,7 @@ pub async fn resolve_parent(
     let loopback = host.starts_with("127.") || host.starts_with("localhost");
     let mut rc = config.registry.clone();
     rc.url = format!("{}://{host}", if loopback { "http" } else { "https" });
-    let reg = Registry::new(&rc).map_err(parent_err)?;
+    let reg = Registry::upstream(&rc).map_err(parent_err)?;
     let (digest, media_type) = reg
         .head_manifest(&path, &tag)
         .await
@@ -168,8 +181,120 @@ pub async fn opam_repository_commit(config: &Config) -> Result<String, PrepareEr
         })
 }
 
-/// Resolved parents, by `"<reference> <arch>"`, shared by one run.
-pub type ParentCache = BTreeMap<String, (String, String)>;
+/// How long an upstream host that did not answer is left alone: every
+/// parent from it in that time fails at once (or uses its remembered
+/// digest) instead of waiting for the network again. A release of several
+/// versions is several runs in one process; they share this.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(120);
+
+/// Upstream hosts that did not answer, process-wide: when, and why.
+fn unreachable_hosts() -> std::sync::MutexGuard<'static, BTreeMap<String, (Instant, String)>> {
+    static HOSTS: OnceLock<Mutex<BTreeMap<String, (Instant, String)>>> = OnceLock::new();
+    match HOSTS.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Why `host` is not to be asked now, if it is not.
+fn unreachable_cause(host: &str) -> Option<String> {
+    let mut hosts = unreachable_hosts();
+    match hosts.get(host) {
+        Some((since, cause)) if since.elapsed() < UNREACHABLE_FOR => Some(cause.clone()),
+        Some(_) => {
+            hosts.remove(host);
+            None
+        }
+        None => None,
+    }
+}
+
+/// Parent resolution for one run: what was resolved, and the remembered
+/// digests in the state database to fall back on when an upstream host
+/// does not answer.
+#[derive(Default)]
+pub struct ParentCache {
+    resolved: BTreeMap<String, (String, String)>,
+    store: Option<ParentStore>,
+}
+
+impl ParentCache {
+    /// A cache remembering resolutions in `config`'s state database.
+    pub fn new(config: &Config) -> ParentCache {
+        ParentCache {
+            store: ParentStore::open(&config.database.path).ok(),
+            ..ParentCache::default()
+        }
+    }
+
+    /// `(name, digest)` of `reference` for `platform`.
+    async fn resolve(
+        &mut self,
+        config: &Config,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(String, String), PrepareError> {
+        let key = format!("{reference} {platform}");
+        if let Some(x) = self.resolved.get(&key) {
+            return Ok(x.clone());
+        }
+        let host = split_reference(reference).0;
+        let result = match unreachable_cause(&host) {
+            Some(cause) => Err(PrepareError::Unreachable {
+                reference: reference.to_string(),
+                host: host.clone(),
+                cause,
+            }),
+            None => resolve_parent(config, reference, platform).await,
+        };
+        let x = match result {
+            Ok(x) => {
+                if let Some(s) = &self.store
+                    && let Err(e) = s.remember(reference, &platform.to_string(), &x.0, &x.1)
+                {
+                    tracing::warn!(error = %e, "remembering a parent digest");
+                }
+                x
+            }
+            Err(e) if e.kind() == FailureKind::Infra => {
+                self.fall_back(reference, platform, &host, e)?
+            }
+            Err(e) => return Err(e),
+        };
+        self.resolved.insert(key, x.clone());
+        Ok(x)
+    }
+
+    /// The upstream did not answer: mark its host for the rest of the run
+    /// and use the remembered digest, if any.
+    fn fall_back(
+        &mut self,
+        reference: &str,
+        platform: &Platform,
+        host: &str,
+        e: PrepareError,
+    ) -> Result<(String, String), PrepareError> {
+        if !matches!(e, PrepareError::Unreachable { .. }) {
+            tracing::warn!(%host, error = %e, "upstream registry unreachable: not asked again for {}s; parents from it use their last known digest", UNREACHABLE_FOR.as_secs());
+            let cause = match &e {
+                PrepareError::Parent { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            unreachable_hosts().insert(host.to_string(), (Instant::now(), cause));
+        }
+        let remembered = self
+            .store
+            .as_ref()
+            .and_then(|s| s.recall(reference, &platform.to_string()).ok().flatten());
+        match remembered {
+            Some(r) => {
+                tracing::warn!(parent = %reference, %platform, digest = %r.digest, resolved_at = %r.resolved_at, "using a stale parent digest");
+                Ok((r.name, r.digest))
+            }
+            None => Err(e),
+        }
+    }
+}
 
 /// Resolve a target's inputs, render its recipes and compute its key.
 /// `build_vars` are the builder's own build-time variables (placeholders
@@ -184,16 +309,8 @@ pub async fn prepare(
     let mut vars = t.vars.clone();
     let mut inputs = key::Inputs::new();
     if let Some(p) = &t.parent {
-        let cache_key = format!("{p} {}", t.arch);
-        let (name, digest) = match parents.get(&cache_key) {
-            Some(x) => x.clone(),
-            None => {
-                let platform = Platform::for_arch(&t.platform, t.arch);
-                let x = resolve_parent(config, p, &platform).await?;
-                parents.insert(cache_key, x.clone());
-                x
-            }
-        };
+        let platform = Platform::for_arch(&t.platform, t.arch);
+        let (name, digest) = parents.resolve(config, p, &platform).await?;
         vars.insert("parent".into(), name.clone());
         vars.insert("parent_digest".into(), digest.clone());
         inputs.insert("parent".into(), name);

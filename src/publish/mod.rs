@@ -8,6 +8,8 @@
 //! tag and never reaches the lockfile.
 
 pub mod aliases;
+pub mod recover;
+pub mod remote;
 pub mod tag;
 pub mod verify;
 
@@ -15,7 +17,7 @@ pub mod verify;
 /// re-exported here, where it is written.
 pub use crate::lockfile;
 pub use aliases::promote_newest_aliases;
-pub use tag::{TagBuild, publish_tag};
+pub use tag::{TagBuild, adopt_tag, find_published, publish_tag};
 
 use std::path::Path;
 
@@ -45,6 +47,14 @@ pub enum PublishError {
     },
     #[error("{0}: nothing to publish")]
     Empty(String),
+    #[error(
+        "{reference} carries build key {found}, not {wanted}: a different build holds this immutable tag"
+    )]
+    KeyMismatch {
+        reference: String,
+        found: String,
+        wanted: String,
+    },
 }
 
 impl PublishError {
@@ -56,7 +66,9 @@ impl PublishError {
         match self {
             PublishError::Registry(e) => e.kind(),
             PublishError::Lockfile(_) | PublishError::Lock { .. } => FailureKind::Infra,
-            PublishError::ImmutableMoved { .. } | PublishError::Empty(_) => FailureKind::Recipe,
+            PublishError::ImmutableMoved { .. }
+            | PublishError::Empty(_)
+            | PublishError::KeyMismatch { .. } => FailureKind::Recipe,
         }
     }
 }

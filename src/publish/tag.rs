@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::lockfile::{ArchEntry, Change, Entry};
+use super::lockfile::{ArchEntry, Change, ENTRY_ANNOTATION, Entry};
 use super::{PublishError, publish};
 use crate::catalogue::Arch;
 use crate::model::{ArtifactKind, TagId};
 use crate::plan::{Prepared, key};
-use crate::registry::Registry;
 use crate::registry::index::{self, Platform};
+use crate::registry::{Registry, RegistryError};
 
 /// A tag whose every arch is pushed, ready to publish.
 pub struct TagBuild<'a> {
@@ -28,6 +28,8 @@ pub struct TagBuild<'a> {
     pub inputs: key::Inputs,
     /// Why the tag moves (the lockfile history's reason).
     pub reason: &'a str,
+    /// Where the build came from when Kiln did not make it in this run.
+    pub adopted: Option<String>,
 }
 
 /// The platforms the index must carry: exactly the tag's arches.
@@ -103,11 +105,13 @@ fn entry(b: &TagBuild<'_>, first: &Prepared, digest: String) -> Entry {
         published_at: chrono::Utc::now(),
         verified_at: None,
         history: vec![],
+        adopted: b.adopted.clone(),
     }
 }
 
 /// Assemble, verify and publish the tag; returns the index digest and how
-/// the lockfile changed.
+/// the lockfile changed. The index carries the entry's record, so the
+/// registry alone can say what it is.
 pub async fn publish_tag(
     reg: &Registry,
     lockfile_path: &Path,
@@ -117,22 +121,79 @@ pub async fn publish_tag(
         return Err(PublishError::Empty(b.id.to_string()));
     };
     let required = required_platforms(b.prepared);
+    let mut e = entry(b, first, String::new());
+    let mut ann = annotations(b, first);
+    ann.insert(ENTRY_ANNOTATION.to_string(), record_json(&e)?);
     let sources: Vec<String> = b.digests.values().cloned().collect();
-    let idx = index::assemble(
-        reg,
-        &b.id.repository,
-        &sources,
-        &required,
-        &annotations(b, first),
-    )
-    .await?;
-    let change = publish(
+    let idx = index::assemble(reg, &b.id.repository, &sources, &required, &ann).await?;
+    e.digest = idx.digest.clone();
+    let change = publish(reg, lockfile_path, e, &required, b.reason).await?;
+    Ok((idx.digest, change))
+}
+
+fn record_json(e: &Entry) -> Result<String, PublishError> {
+    serde_json::to_string(&e.record())
+        .map_err(|err| PublishError::Registry(RegistryError::Invalid(err.to_string())))
+}
+
+/// A build of this tag's key already in the registry, under its immutable
+/// tag: its index digest and per-arch digests, once it is checked to carry
+/// the same build key and to verify. `None` when the tag is not there.
+pub async fn find_published(
+    reg: &Registry,
+    b: &TagBuild<'_>,
+) -> Result<Option<(String, BTreeMap<Arch, String>)>, PublishError> {
+    let repo = &b.id.repository;
+    let Some((digest, _)) = reg.head_manifest(repo, b.immutable_tag).await? else {
+        return Ok(None);
+    };
+    let index = reg.get_manifest(repo, &digest).await?.json()?;
+    let key = index["annotations"]["org.ocaml.kiln.build-key"].as_str();
+    if key != Some(b.group_key) {
+        return Err(PublishError::KeyMismatch {
+            reference: format!("{repo}:{}", b.immutable_tag),
+            found: key.unwrap_or("none").to_string(),
+            wanted: b.group_key.to_string(),
+        });
+    }
+    let children = index::verify(reg, repo, &digest, &required_platforms(b.prepared)).await?;
+    let arches = children
+        .into_iter()
+        .filter_map(|(platform, d)| Some((Platform::parse(&platform)?.arch()?, d)))
+        .collect();
+    Ok(Some((digest, arches)))
+}
+
+/// Publish a build of the same key found in the registry (see
+/// [`find_published`]) instead of building it again: the moving tag, the
+/// aliases and the lockfile follow it, recorded as adopted.
+pub async fn adopt_tag(
+    reg: &Registry,
+    lockfile_path: &Path,
+    b: &TagBuild<'_>,
+    digest: &str,
+    arch_digests: &BTreeMap<Arch, String>,
+) -> Result<Change, PublishError> {
+    let Some(first) = b.prepared.first() else {
+        return Err(PublishError::Empty(b.id.to_string()));
+    };
+    let with_digests = TagBuild {
+        digests: arch_digests,
+        inputs: b.inputs.clone(),
+        adopted: Some("registry".into()),
+        ..*b
+    };
+    let e = entry(&with_digests, first, digest.to_string());
+    let reason = format!(
+        "{}; adopted {} from the registry",
+        b.reason, b.immutable_tag
+    );
+    publish(
         reg,
         lockfile_path,
-        entry(b, first, idx.digest.clone()),
-        &required,
-        b.reason,
+        e,
+        &required_platforms(b.prepared),
+        &reason,
     )
-    .await?;
-    Ok((idx.digest, change))
+    .await
 }

@@ -168,6 +168,20 @@ impl Registry {
         })
     }
 
+    /// A client for an upstream registry Kiln only reads parents from:
+    /// fewer attempts and a shorter connect timeout, so that an unreachable
+    /// upstream costs seconds, not minutes (the run then stops asking it).
+    pub fn upstream(cfg: &config::Registry) -> Result<Registry, RegistryError> {
+        let mut r = Registry::new(cfg)?;
+        r.http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| RegistryError::Config(format!("HTTP client: {e}")))?;
+        r.max_attempts = 2;
+        Ok(r)
+    }
+
     pub fn url(&self, path: &str) -> String {
         if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()

@@ -14,6 +14,7 @@ mod blob;
 mod client;
 pub mod index;
 mod kind;
+mod list;
 mod manifest;
 mod upload;
 

@@ -358,7 +358,7 @@ impl Queue {
                 "SELECT
                     COALESCE(SUM(state IN ('queued', 'running')), 0),
                     COALESCE(SUM(state = 'succeeded' AND outcome = 'built'), 0),
-                    COALESCE(SUM(state = 'succeeded' AND outcome = 'unchanged'), 0),
+                    COALESCE(SUM(state = 'succeeded' AND outcome IN ('unchanged', 'adopted')), 0),
                     COALESCE(SUM(state = 'failed'), 0)
                  FROM jobs WHERE round = ?1",
                 [round],

@@ -119,7 +119,10 @@ impl Builder for DockerBuilder {
             let _slot = slots.clone().acquire_owned().await;
             super::build(engine, &spec)
                 .await
-                .map(|b| BuildOutput { digest: b.digest })
+                .map(|b| BuildOutput {
+                    digest: b.digest,
+                    adopted: None,
+                })
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))
         })
     }

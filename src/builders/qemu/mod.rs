@@ -235,5 +235,6 @@ async fn push(job: &BuildJob<'_>, out: &build::QemuOutput) -> Result<BuildOutput
     .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
     Ok(BuildOutput {
         digest: pushed.digest,
+        adopted: None,
     })
 }

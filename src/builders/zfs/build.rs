@@ -93,6 +93,9 @@ pub struct ZfsOutput {
     pub size: u64,
     pub uncompressed_sha256: String,
     pub layout: Layout,
+    /// The complete tree of this key was already on the host and was sent
+    /// as it was, not provisioned again.
+    pub reused: bool,
 }
 
 /// A user property on every tree a build creates: who is building it
@@ -154,7 +157,10 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildErr
     // leftover of an interrupted build is removed and rebuilt.
     let snapshot = format!("{}@{SNAPSHOT}", spec.dataset);
     if zfs.exists(&snapshot).await? && zfs.get(&spec.dataset, OWNER_PROPERTY).await? == "-" {
-        return send(zfs, spec, snapshot, &io).await;
+        tracing::info!(dataset = %spec.dataset, "the tree of this build key is on the host: adopted, not provisioned again");
+        let mut out = send(zfs, spec, snapshot, &io).await?;
+        out.reused = true;
+        return Ok(out);
     }
     create_tree(zfs, spec, &io).await?;
     provision(zfs, spec, &io).await?;
@@ -288,6 +294,11 @@ async fn send(
 ) -> Result<ZfsOutput, ZfsBuildError> {
     let out = stream_path(spec);
     let raw = out.with_extension("raw");
+    // A tree reused from an earlier run reaches here without provisioning,
+    // which is where the work directory is otherwise made.
+    tokio::fs::create_dir_all(&spec.out_dir)
+        .await
+        .map_err(|e| io(format!("{}: {e}", spec.out_dir.display())))?;
     let send = format!(
         "zfs send -R {snapshot} > {}",
         shell_quote(&raw.display().to_string())
@@ -331,6 +342,7 @@ async fn send(
         size,
         uncompressed_sha256,
         layout,
+        reused: false,
     })
 }
 

@@ -135,6 +135,7 @@ impl ZfsBuilder {
         let pushed = pushed.map_err(|e| Failure::new(e.kind(), e.to_string()))?;
         Ok(BuildOutput {
             digest: pushed.digest,
+            adopted: out.reused.then(|| format!("host:{}", host.name)),
         })
     }
 
