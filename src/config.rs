@@ -150,6 +150,14 @@ pub struct PlanSettings {
     /// The ref followed (`git ls-remote`) when no commit is pinned.
     #[serde(default = "head")]
     pub opam_repository_ref: String,
+    /// How often a new commit of the followed ref becomes a build input
+    /// even when none of the images' own packages changed.
+    #[serde(default = "seven")]
+    pub opam_repository_refresh_days: u64,
+}
+
+fn seven() -> u64 {
+    7
 }
 
 fn head() -> String {

@@ -212,6 +212,10 @@ impl Loop {
         for trigger in poll(&self.d).await {
             let pick = |t: &Target| match &trigger {
                 Trigger::Parent(p) => t.parent.as_deref() == Some(p.as_str()),
+                Trigger::OpamRepository {
+                    packages: Some(changed),
+                    ..
+                } => !crate::plan::opam_repo::installed_packages(t).is_disjoint(changed),
                 _ => true,
             };
             tracing::info!(trigger = %trigger.name(), "input changed");

@@ -16,6 +16,7 @@ use super::run::Daemon;
 use crate::builders::Builders;
 use crate::catalogue::Arch;
 use crate::config::Config;
+use crate::plan::opam_repo::{self, Move};
 use crate::plan::{Filter, prepare};
 use crate::registry::index::Platform;
 
@@ -27,7 +28,13 @@ pub enum Trigger {
     Manual(String),
     Catalogue,
     Parent(String),
-    OpamRepository(String),
+    /// The opam-repository commit in use moved: everything rebuilds
+    /// (`packages` is `None`, the refresh cadence) or the images installing
+    /// these packages do.
+    OpamRepository {
+        commit: String,
+        packages: Option<BTreeSet<String>>,
+    },
 }
 
 impl Trigger {
@@ -38,7 +45,17 @@ impl Trigger {
             Trigger::Manual(who) => format!("manual: {who}"),
             Trigger::Catalogue => "catalogue changed".into(),
             Trigger::Parent(p) => format!("parent changed: {p}"),
-            Trigger::OpamRepository(c) => format!("opam-repository moved: {c}"),
+            Trigger::OpamRepository {
+                commit,
+                packages: None,
+            } => format!("opam-repository moved: {commit} (refresh)"),
+            Trigger::OpamRepository {
+                commit,
+                packages: Some(p),
+            } => format!(
+                "opam-repository moved: {commit} ({} changed)",
+                p.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
         }
     }
 }
@@ -107,6 +124,39 @@ pub fn catalogue_fingerprint(config: &Config) -> String {
     hex::encode(h.finalize())
 }
 
+/// Whether the opam-repository commit in use moves (see `plan::opam_repo`).
+async fn poll_opam_repository(d: &Daemon, builders: &Builders) -> Option<Trigger> {
+    let installed: BTreeSet<String> =
+        match crate::catalogue::load(&d.config.versions_dir, &d.config.platforms_dir) {
+            Ok(cat) => crate::plan::expand(&cat, &Filter::default())
+                .unwrap_or_default()
+                .iter()
+                .filter(|t| builders.can_build(t))
+                .flat_map(opam_repo::installed_packages)
+                .collect(),
+            Err(_) => BTreeSet::new(),
+        };
+    match opam_repo::poll(&d.config, &installed).await {
+        Ok(Move::Refresh { commit }) => Some(Trigger::OpamRepository {
+            commit,
+            packages: None,
+        }),
+        Ok(Move::Packages { commit, packages }) => Some(Trigger::OpamRepository {
+            commit,
+            packages: Some(packages),
+        }),
+        Ok(Move::Unrelated { commit }) => {
+            tracing::info!(%commit, "new opam-repository commit changes no package the images install: not a build input until the next refresh");
+            None
+        }
+        Ok(Move::First { .. } | Move::Current) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "polling the opam-repository ref");
+            None
+        }
+    }
+}
+
 /// One poll: record what is seen; a change from what was recorded before
 /// fires a trigger. The first sighting only records.
 pub(super) async fn poll(d: &Daemon) -> Vec<Trigger> {
@@ -121,17 +171,10 @@ pub(super) async fn poll(d: &Daemon) -> Vec<Trigger> {
     if seen("catalogue", &catalogue_fingerprint(&d.config)) {
         fired.push(Trigger::Catalogue);
     }
-    if d.config.plan.opam_repository_commit.is_empty() {
-        match prepare::opam_repository_commit(&d.config).await {
-            Ok(commit) => {
-                if seen("opam-repository", &commit) {
-                    fired.push(Trigger::OpamRepository(commit));
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "polling the opam-repository ref"),
-        }
-    }
     let builders = Builders::new(&d.config);
+    if d.config.plan.opam_repository_commit.is_empty() {
+        fired.extend(poll_opam_repository(d, &builders).await);
+    }
     let parents: BTreeSet<(String, String, Arch)> =
         match crate::catalogue::load(&d.config.versions_dir, &d.config.platforms_dir) {
             Ok(cat) => crate::plan::expand(&cat, &Filter::default())

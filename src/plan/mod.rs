@@ -6,6 +6,7 @@
 //! (one multi-arch index); [`requirements`] groups them so.
 
 pub mod key;
+pub mod opam_repo;
 pub mod prepare;
 pub mod template;
 

@@ -154,31 +154,10 @@ pub async fn resolve_parent(
     Ok((name, child))
 }
 
-/// The opam-repository commit: configured, or `git ls-remote` of the ref.
+/// The opam-repository commit that is a build input now: pinned in the
+/// configuration, or the one in use (see [`super::opam_repo`]).
 pub async fn opam_repository_commit(config: &Config) -> Result<String, PrepareError> {
-    if !config.plan.opam_repository_commit.is_empty() {
-        return Ok(config.plan.opam_repository_commit.clone());
-    }
-    let out = crate::process::Cmd::new("git")
-        .args([
-            "ls-remote",
-            &config.plan.opam_repository,
-            &config.plan.opam_repository_ref,
-        ])
-        .timeout(std::time::Duration::from_secs(30))
-        .run()
-        .await
-        .map_err(|e| PrepareError::OpamRepository(e.to_string()))?;
-    out.stdout
-        .split_whitespace()
-        .next()
-        .map(str::to_string)
-        .ok_or_else(|| {
-            PrepareError::OpamRepository(format!(
-                "git ls-remote {} {}: no such ref",
-                config.plan.opam_repository, config.plan.opam_repository_ref
-            ))
-        })
+    super::opam_repo::commit_in_use(config).await
 }
 
 /// How long an upstream host that did not answer is left alone: every

@@ -5,6 +5,7 @@
 //! rounds ([`rounds`]), sharing one SQLite opener: the API reads them too,
 //! so they live below both.
 
+pub mod opam_repo;
 pub mod parents;
 pub mod queue;
 pub mod rounds;
