@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use super::platform::{OsRelease, Platform, Policy};
+use super::platform::{BuilderKind, OsRelease, Platform, Policy};
 use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Release, Series, Sets, Status};
 
 fn read(path: &Path) -> Result<String, CatalogueError> {
@@ -342,6 +342,13 @@ fn validate_os_release(
         ));
     }
     check_arches(p, &format!("{field}.arches"), &r.arches)?;
+    if r.reproducible && (pf.builder != BuilderKind::Docker || pf.platform != "linux") {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.reproducible"),
+            "only Linux images built by the docker builder are made reproducible",
+        ));
+    }
     if r.recipes.is_empty() {
         return Err(CatalogueError::invalid(
             p,

@@ -88,6 +88,11 @@ pub struct OsRelease {
     /// The platform's default OS release (gets the `latest` tag).
     #[serde(default)]
     pub default: bool,
+    /// The recipes are deterministic: the same build key built anywhere
+    /// gives the same digest (`kiln verify --rebuild` checks it). Docker
+    /// on Linux only; false for recipes that read a live mirror.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reproducible: bool,
 }
 
 impl OsRelease {

@@ -72,6 +72,11 @@ pub struct Target {
     pub aliases: Vec<String>,
     /// Required for the version to be available on this OS release.
     pub required: bool,
+    /// The OS release declares its recipes deterministic.
+    pub reproducible: bool,
+    /// Every timestamp of the output is clamped to this (seconds since the
+    /// epoch): see [`source_date_epoch`].
+    pub source_date_epoch: u64,
 }
 
 impl Target {
@@ -255,9 +260,31 @@ fn expand_release(
                 tag: tag.clone(),
                 aliases: aliases.clone(),
                 required,
+                reproducible: os.reproducible,
+                source_date_epoch: source_date_epoch(release.date),
             });
         }
     }
+}
+
+/// The SOURCE_DATE_EPOCH of a compiler release's images: midnight UTC of
+/// its catalogue date, or 0 (1970-01-01) when the catalogue has none
+/// (trunk, prereleases). It depends on the catalogue alone, never on when
+/// or where the build runs.
+pub fn source_date_epoch(date: Option<chrono::NaiveDate>) -> u64 {
+    date.map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().timestamp())
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(0)
+}
+
+/// A SOURCE_DATE_EPOCH as image configs and annotations write a time:
+/// `2021-10-04T00:00:00Z`.
+pub fn epoch_rfc3339(sde: u64) -> String {
+    i64::try_from(sde)
+        .ok()
+        .and_then(|s| chrono::DateTime::<chrono::Utc>::from_timestamp(s, 0))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The other moving tags of a target's tag: the OS release's aliases for
@@ -359,4 +386,18 @@ pub fn totals(targets: &[Target]) -> Totals {
     }
     t.tags = tags.len();
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_date_epoch_is_midnight_utc_of_the_release_date_or_zero() {
+        let d = chrono::NaiveDate::from_ymd_opt(2021, 10, 4);
+        assert_eq!(source_date_epoch(d), 1_633_305_600);
+        assert_eq!(source_date_epoch(None), 0);
+        assert_eq!(epoch_rfc3339(1_633_305_600), "2021-10-04T00:00:00Z");
+        assert_eq!(epoch_rfc3339(0), "1970-01-01T00:00:00Z");
+    }
 }

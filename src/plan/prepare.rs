@@ -309,6 +309,13 @@ pub async fn prepare(
     inputs.insert("builder".into(), t.builder.as_str().into());
     inputs.insert("arch".into(), t.arch.to_string());
     inputs.insert("os".into(), t.os.clone());
+    // A reproducible recipe's output is a function of its key, so the
+    // date every timestamp is clamped to is keyed. Other recipes' outputs
+    // are not determined by their inputs anyway, and keying it there would
+    // only rebuild every published image once for nothing.
+    if t.reproducible {
+        inputs.insert("source_date_epoch".into(), t.source_date_epoch.to_string());
+    }
     let key = key::build_key(&inputs);
     Ok(Prepared {
         target: t.clone(),
