@@ -495,7 +495,11 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
             context: Default::default(),
             os: "linux".into(),
             arch,
-            push_ref: format!("{}/{repo}:{tag}-{arch}", reg.host),
+            repository: repo.to_string(),
+            engine_tag: format!("{tag}-{arch}"),
+            parent: Some(format!("{name}@{base}")),
+            source_date_epoch: 0,
+            work_dir: dir.path().join("work"),
             smoke: vec![SmokeCheck {
                 argv: vec!["cat".into(), "/parent-marker".into()],
                 expect: marker.into(),
@@ -503,7 +507,7 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
             log: dir.path().join(format!("{arch}.log")),
             labels: Default::default(),
         };
-        digests.push(docker::build(&engine, &spec).await.unwrap().digest);
+        digests.push(docker::build(&engine, &reg, &spec).await.unwrap().digest);
     }
     let required: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
         .into_iter()

@@ -131,11 +131,11 @@ async fn container_runs_on_the_engine() {
         context: BTreeMap::from([("busybox".to_string(), busybox)]),
         os: "linux".into(),
         arch: kiln::catalogue::Arch::Amd64,
-        push_ref: format!(
-            "{}/kiln-test/components-{}:run",
-            reg.host,
-            std::process::id()
-        ),
+        repository: format!("kiln-test/components-{}", std::process::id()),
+        engine_tag: "run".into(),
+        parent: None,
+        source_date_epoch: 0,
+        work_dir: dir.path().join("work"),
         smoke: vec![SmokeCheck {
             argv: vec![
                 "/bin/busybox".into(),
@@ -147,7 +147,7 @@ async fn container_runs_on_the_engine() {
         log: dir.path().join("build.log"),
         labels: BTreeMap::new(),
     };
-    let r = docker::build(&engine, &spec).await.unwrap();
+    let r = docker::build(&engine, &reg, &spec).await.unwrap();
     assert!(r.smoke_output.contains("ran in a container"));
     assert!(r.digest.starts_with("sha256:"));
 }

@@ -142,6 +142,24 @@ pub fn host_permits(host: &str, concurrency: usize) -> Arc<Semaphore> {
         .clone()
 }
 
+/// Remove work directories (`<pid>-…`, under `root`) of Kiln processes
+/// of this host that are gone.
+pub(crate) fn sweep_dead_work_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if crate::process::owner_is_gone(&format!("{}/{pid}", crate::process::hostname())) {
+            tracing::info!(dir = %e.path().display(), "removing the work dir of a killed build");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// The artifact name of a single-arch build: `<os>-<arch>-ocaml-<v>-<12 hex>`.
 pub fn artifact_name(p: &Prepared) -> String {
     let t = &p.target;

@@ -1,13 +1,15 @@
 //! The Docker builder behind the [`Builder`] contract: routes each arch to
 //! a configured engine that runs it natively or under emulation, within
-//! that host's concurrency, and builds, smoke-tests and pushes it.
+//! that host's concurrency, and builds, smoke-tests and pushes it; or, for
+//! `kiln verify --rebuild`, builds it the same way and keeps it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Semaphore;
 
-use super::{BuildSpec, Engine, SmokeCheck};
+use super::{BuildSpec, Engine, LocalImage, SmokeCheck};
 use crate::builders::{BoxFuture, BuildJob, BuildOutput, Builder, host_permits};
 use crate::catalogue::BuilderKind;
 use crate::config::{Config, DockerHost};
@@ -18,6 +20,8 @@ use crate::plan::Target;
 pub struct DockerBuilder {
     hosts: Vec<DockerHost>,
     engines: OnceLock<Vec<(DockerHost, Engine, Arc<Semaphore>)>>,
+    /// Exports are unpacked and layers written under here (`<pid>-…`).
+    work_dir: PathBuf,
 }
 
 impl DockerBuilder {
@@ -25,7 +29,33 @@ impl DockerBuilder {
         DockerBuilder {
             hosts: config.docker.hosts.clone(),
             engines: OnceLock::new(),
+            work_dir: config.work_dir().join("docker"),
         }
+    }
+
+    /// The engine that builds `t`, with its host's build slots.
+    fn route(&self, t: &Target) -> Result<(&Engine, Arc<Semaphore>), Failure> {
+        match self.engines().iter().find(|(h, _, _)| serves(h, t)) {
+            Some((_, engine, slots)) => Ok((engine, slots.clone())),
+            None => Err(Failure::infra(format!(
+                "{}: no docker host for {} {} is reachable",
+                t.id(),
+                t.platform,
+                t.arch
+            ))),
+        }
+    }
+
+    /// Build one arch as [`Builder::build`] does (same engine routing,
+    /// slots, recipe, smoke test and export) and keep the reproducible
+    /// image on disk instead of pushing it.
+    pub async fn rebuild(&self, job: BuildJob<'_>) -> Result<LocalImage, Failure> {
+        let (engine, slots) = self.route(&job.prepared.target)?;
+        let spec = spec(&job, &self.work_dir);
+        let _slot = slots.acquire_owned().await;
+        super::build_local(engine, &spec)
+            .await
+            .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))
     }
 
     /// The engines that connected, each with its host's build slots.
@@ -54,7 +84,7 @@ fn serves(h: &DockerHost, t: &Target) -> bool {
 }
 
 /// The build of one arch, as the engine API takes it.
-fn spec(job: &BuildJob<'_>, registry_host: &str) -> BuildSpec {
+fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
     let p = job.prepared;
     let t = &p.target;
     BuildSpec {
@@ -63,10 +93,15 @@ fn spec(job: &BuildJob<'_>, registry_host: &str) -> BuildSpec {
         context: BTreeMap::new(),
         os: t.platform.clone(),
         arch: t.arch,
-        push_ref: format!(
-            "{registry_host}/{}:{}-{}",
-            job.repository, job.immutable_tag, t.arch
-        ),
+        repository: job.repository.to_string(),
+        engine_tag: format!("{}-{}", job.immutable_tag, t.arch),
+        parent: p
+            .inputs
+            .get("parent")
+            .zip(p.inputs.get("parent_digest"))
+            .map(|(name, digest)| format!("{name}@{digest}")),
+        source_date_epoch: t.source_date_epoch,
+        work_dir: work_dir.to_path_buf(),
         smoke: vec![
             SmokeCheck {
                 argv: vec!["ocaml".into(), "-version".into()],
@@ -105,19 +140,10 @@ impl Builder for DockerBuilder {
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
-            let t = &job.prepared.target;
-            let Some((_, engine, slots)) = self.engines().iter().find(|(h, _, _)| serves(h, t))
-            else {
-                return Err(Failure::infra(format!(
-                    "{}: no docker host for {} {} is reachable",
-                    t.id(),
-                    t.platform,
-                    t.arch
-                )));
-            };
-            let spec = spec(&job, &job.registry.host);
-            let _slot = slots.clone().acquire_owned().await;
-            super::build(engine, &spec)
+            let (engine, slots) = self.route(&job.prepared.target)?;
+            let spec = spec(&job, &self.work_dir);
+            let _slot = slots.acquire_owned().await;
+            super::build(engine, job.registry, &spec)
                 .await
                 .map(|b| BuildOutput {
                     digest: b.digest,
@@ -129,6 +155,7 @@ impl Builder for DockerBuilder {
 
     fn sweep(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            crate::builders::sweep_dead_work_dirs(&self.work_dir);
             for (h, e, _) in self.engines() {
                 if let Err(err) = super::sweep_orphans(e).await {
                     tracing::warn!(host = %h.name, error = %err, "sweeping what killed kiln processes left");

@@ -2,11 +2,15 @@
 //!
 //! One [`BuildSpec`] is one arch of one target: a rendered Dockerfile (its
 //! parent pinned by digest), the platform to build for (foreign arches run
-//! under binfmt emulation), a smoke test, and the reference to push to. The
-//! build streams its log to the target's log file; the smoke test runs the
-//! built image and must print what the catalogue says; only then is the
-//! image pushed, by digest. Whatever happens, the build's containers and
-//! local images are removed.
+//! under binfmt emulation), a smoke test, and the repository to push to.
+//! The build streams its log to the target's log file; the smoke test runs
+//! the built image and must print what the catalogue says; only then is a
+//! Linux image exported, made reproducible (`export`, `layer`: byte-stable
+//! layers, every timestamp clamped to the SOURCE_DATE_EPOCH) and pushed by
+//! digest with Kiln's registry client. Windows images (foreign base
+//! layers) are pushed by the engine. `compare` tells a rebuild from a
+//! published image. Whatever happens, the build's containers, local
+//! images and work files are removed.
 //!
 //! Docker 20.10 (API 1.41) is driven with its classic builder: BuildKit
 //! through the API needs a gRPC session that bollard only offers behind
@@ -23,11 +27,16 @@ use crate::config::DockerHost;
 use crate::model::FailureKind;
 
 pub mod builder;
+pub mod compare;
+mod export;
+pub mod layer;
 pub mod parents;
 mod steps;
 mod sweep;
 
 pub use builder::DockerBuilder;
+pub use compare::{CompareError, Difference, compare};
+pub use export::LocalImage;
 pub use sweep::{OWNER_LABEL, sweep_orphans};
 
 #[derive(Debug, thiserror::Error)]
@@ -71,20 +80,36 @@ pub enum DockerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{target}: exporting the image: {message}")]
+    Export { target: String, message: String },
+    #[error("{target}: {source}")]
+    Layer {
+        target: String,
+        source: layer::LayerError,
+    },
+    #[error("{target}: push: {source}")]
+    Registry {
+        target: String,
+        source: crate::registry::RegistryError,
+    },
     #[error("{0}")]
     Context(String),
 }
 
 impl DockerError {
-    /// An engine that cannot be reached or fails on its side, or a push
-    /// that fails, is infrastructure; a failed build step, smoke test or
-    /// build context is the recipe's.
+    /// An engine that cannot be reached or fails on its side, an export
+    /// or a push that fails, is infrastructure; a failed build step, smoke
+    /// test or build context, or a layer entry that cannot be made
+    /// reproducible, is the recipe's.
     pub fn kind(&self) -> FailureKind {
         match self {
             DockerError::Connect { .. }
             | DockerError::Push { .. }
             | DockerError::Engine { .. }
-            | DockerError::Log { .. } => FailureKind::Infra,
+            | DockerError::Log { .. }
+            | DockerError::Export { .. } => FailureKind::Infra,
+            DockerError::Layer { source, .. } => source.kind(),
+            DockerError::Registry { source, .. } => source.kind(),
             DockerError::Build { .. } | DockerError::Smoke { .. } | DockerError::Context(_) => {
                 FailureKind::Recipe
             }
@@ -181,8 +206,18 @@ pub struct BuildSpec {
     /// `linux` or `windows`.
     pub os: String,
     pub arch: Arch,
-    /// Where to push: `127.0.0.1:5000/kiln/opam:debian-13-ocaml-5.5.0-abc-amd64`.
-    pub push_ref: String,
+    /// The repository in Kiln's registry to push to (`kiln/opam`).
+    pub repository: String,
+    /// Windows images only: the tag the engine pushes them under
+    /// (`debian-13-ocaml-5.5.0-abc-amd64`); Linux images go up by digest.
+    pub engine_tag: String,
+    /// The pinned parent (`name@sha256:…`), whose layers the image keeps
+    /// byte for byte; `None` for `FROM scratch`.
+    pub parent: Option<String>,
+    /// Every timestamp of the image is clamped to this.
+    pub source_date_epoch: u64,
+    /// Where the export is unpacked and the layers written.
+    pub work_dir: PathBuf,
     pub smoke: Vec<SmokeCheck>,
     pub log: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -218,15 +253,48 @@ pub fn context_tar(
         .map_err(|e| DockerError::Context(format!("build context: {e}")))
 }
 
-/// Build, smoke-test and push one arch. Nothing is pushed unless the smoke
-/// test passes; local images and containers are removed either way.
-pub async fn build(engine: &Engine, spec: &BuildSpec) -> Result<BuildResult, DockerError> {
+/// Build, smoke-test and push one arch to `reg`. Nothing is pushed unless
+/// the smoke test passes; local images, containers and work files are
+/// removed either way.
+pub async fn build(
+    engine: &Engine,
+    reg: &crate::registry::Registry,
+    spec: &BuildSpec,
+) -> Result<BuildResult, DockerError> {
     let mut cleanup = sweep::Cleanup {
         engine,
         images: vec![],
         containers: vec![],
     };
-    let result = steps::build_inner(engine, spec, &mut cleanup).await;
+    let result = async {
+        let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
+        let digest = steps::deliver(engine, reg, spec, &mut built, &mut cleanup).await?;
+        Ok(BuildResult {
+            digest,
+            smoke_output: built.smoke_output,
+        })
+    }
+    .await;
+    cleanup.run().await;
+    result
+}
+
+/// Build and smoke-test one arch exactly as [`build`] does, but keep the
+/// reproducible image on disk instead of pushing it (`kiln verify
+/// --rebuild`). Linux only.
+pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage, DockerError> {
+    let mut cleanup = sweep::Cleanup {
+        engine,
+        images: vec![],
+        containers: vec![],
+    };
+    let result = async {
+        let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
+        let img = export::export(engine, spec, &built.local).await?;
+        steps::log_image(&mut built, &img, "kept").await;
+        Ok(img)
+    }
+    .await;
     cleanup.run().await;
     result
 }

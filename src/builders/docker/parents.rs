@@ -59,7 +59,11 @@ pub async fn ensure_busybox(
             context: BTreeMap::from([("busybox".to_string(), data)]),
             os: "linux".into(),
             arch,
-            push_ref: format!("{}/{BUSYBOX_REPO}:{arch}", reg.host),
+            repository: BUSYBOX_REPO.into(),
+            engine_tag: arch.to_string(),
+            parent: None,
+            source_date_epoch: 0,
+            work_dir: config.work_dir().join("docker"),
             smoke: vec![SmokeCheck {
                 argv: vec!["/bin/sh".into(), "-c".into(), "uname -m".into()],
                 expect: arch.uname().into(),
@@ -67,7 +71,7 @@ pub async fn ensure_busybox(
             log: config.log_dir().join(format!("fixtures_busybox_{arch}.log")),
             labels: BTreeMap::new(),
         };
-        digests.push(build(engine, &spec).await?.digest);
+        digests.push(build(engine, reg, &spec).await?.digest);
     }
     let required: Vec<Platform> = [Arch::Amd64, Arch::Arm64]
         .into_iter()
@@ -126,7 +130,11 @@ pub async fn ensure_debian(
         context: BTreeMap::from([("rootfs.tar".to_string(), data)]),
         os: "linux".into(),
         arch: Arch::Amd64,
-        push_ref: format!("{}/{DEBIAN_REPO}:bookworm", reg.host),
+        repository: DEBIAN_REPO.into(),
+        engine_tag: "bookworm".into(),
+        parent: None,
+        source_date_epoch: 0,
+        work_dir: config.work_dir().join("docker"),
         smoke: vec![SmokeCheck {
             argv: vec!["cat".into(), "/etc/debian_version".into()],
             expect: "12.".into(),
@@ -134,5 +142,10 @@ pub async fn ensure_debian(
         log: config.log_dir().join("fixtures_debian_amd64.log"),
         labels: BTreeMap::new(),
     };
-    Ok(build(engine, &spec).await?.digest)
+    let digest = build(engine, reg, &spec).await?.digest;
+    // Pushed by digest: the parent's tag is this fixture's to set.
+    let m = reg.get_manifest(DEBIAN_REPO, &digest).await?;
+    reg.put_manifest(DEBIAN_REPO, "bookworm", &m.bytes, &m.media_type)
+        .await?;
+    Ok(digest)
 }

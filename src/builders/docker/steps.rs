@@ -1,6 +1,8 @@
-//! The three steps of one arch's build on an engine: build the image from
-//! the rendered Dockerfile (streaming its log), smoke-test it in a
-//! container without network, push it by digest.
+//! The steps of one arch's build on an engine: build the image from the
+//! rendered Dockerfile (streaming its log), smoke-test it in a container
+//! without network, then deliver it: a Linux image exported, made
+//! reproducible and pushed by digest with Kiln's registry client; a
+//! Windows image pushed by the engine.
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -11,14 +13,24 @@ use futures_util::StreamExt;
 use tokio::fs::File;
 use tokio::io::AsyncWriteExt;
 
+use super::export::{self, LocalImage};
 use super::sweep::{Cleanup, OWNER_LABEL, host_hash};
-use super::{BuildResult, BuildSpec, DockerError, Engine, context_tar};
+use super::{BuildSpec, DockerError, Engine, context_tar};
+use crate::registry::Registry;
 
-pub(super) async fn build_inner(
+/// A built image that passed its smoke test, under its local tag.
+pub(super) struct Built {
+    pub(super) local: String,
+    pub(super) smoke_output: String,
+    log: File,
+}
+
+/// Build the image under an owner-marked local tag and smoke-test it.
+pub(super) async fn build_and_smoke(
     engine: &Engine,
     spec: &BuildSpec,
     cleanup: &mut Cleanup<'_>,
-) -> Result<BuildResult, DockerError> {
+) -> Result<Built, DockerError> {
     let log_err = |source| DockerError::Log {
         target: spec.target.clone(),
         path: spec.log.clone(),
@@ -43,14 +55,56 @@ pub(super) async fn build_inner(
     cleanup.images.push(local.clone());
     build_image(engine, spec, &local, &mut log).await?;
     let smoke_output = smoke(engine, spec, &local, &mut log, cleanup).await?;
-    let digest = push(engine, spec, &local, cleanup).await?;
-    let _ = log
-        .write_all(format!("# kiln: pushed {}@{digest}\n", spec.push_ref).as_bytes())
-        .await;
-    Ok(BuildResult {
-        digest,
+    Ok(Built {
+        local,
         smoke_output,
+        log,
     })
+}
+
+/// Push a built image to `reg`; returns its digest.
+pub(super) async fn deliver(
+    engine: &Engine,
+    reg: &Registry,
+    spec: &BuildSpec,
+    built: &mut Built,
+    cleanup: &mut Cleanup<'_>,
+) -> Result<String, DockerError> {
+    let digest = if spec.os == "linux" {
+        let img = export::export(engine, spec, &built.local).await?;
+        log_image(built, &img, "made reproducible").await;
+        export::push(reg, &spec.repository, &img)
+            .await
+            .map_err(|source| DockerError::Registry {
+                target: spec.target.clone(),
+                source,
+            })?
+    } else {
+        let push_ref = format!("{}/{}:{}", reg.host, spec.repository, spec.engine_tag);
+        push(engine, spec, &push_ref, &built.local, cleanup).await?
+    };
+    let _ = built
+        .log
+        .write_all(format!("# kiln: pushed {}@{digest}\n", spec.repository).as_bytes())
+        .await;
+    Ok(digest)
+}
+
+/// Say in the build log what the image is made of.
+pub(super) async fn log_image(built: &mut Built, img: &LocalImage, what: &str) {
+    let mut text = format!("# kiln: {what}: {}\n", img.digest);
+    for (i, l) in img.layers.iter().enumerate() {
+        let from = if i < img.inherited {
+            "parent"
+        } else {
+            "normalized"
+        };
+        text.push_str(&format!(
+            "# kiln:   layer {i} ({from}): {} {} bytes, diff {}\n",
+            l.digest, l.size, l.diff_id
+        ));
+    }
+    let _ = built.log.write_all(text.as_bytes()).await;
 }
 
 /// Build the image under the local tag, streaming its output to the log.
@@ -144,26 +198,25 @@ async fn smoke(
     Ok(smoke_output)
 }
 
-/// Tag the local image as `push_ref` and push it; returns the digest the
-/// engine reports.
+/// Tag the local image as `push_ref` and push it with the engine (Windows
+/// images, whose foreign base layers Kiln does not copy); returns the
+/// digest the engine reports.
 async fn push(
     engine: &Engine,
     spec: &BuildSpec,
+    push_ref: &str,
     local: &str,
     cleanup: &mut Cleanup<'_>,
 ) -> Result<String, DockerError> {
     let push_err = |message: String| DockerError::Push {
         target: spec.target.clone(),
-        reference: spec.push_ref.clone(),
+        reference: push_ref.to_string(),
         message,
     };
-    let (repo, tag) = spec
-        .push_ref
+    let (repo, tag) = push_ref
         .rsplit_once(':')
         .filter(|(r, _)| !r.ends_with('/') && !r.is_empty())
-        .ok_or_else(|| {
-            DockerError::Context(format!("push reference {} has no tag", spec.push_ref))
-        })?;
+        .ok_or_else(|| DockerError::Context(format!("push reference {push_ref} has no tag")))?;
     engine
         .docker
         .tag_image(
@@ -180,7 +233,7 @@ async fn push(
             target: spec.target.clone(),
             source,
         })?;
-    cleanup.images.push(spec.push_ref.clone());
+    cleanup.images.push(push_ref.to_string());
     let mut digest = None;
     let mut stream = engine.docker.push_image(
         repo,

@@ -140,7 +140,7 @@ pub async fn build(img: &Img, spec: &QemuSpec) -> Result<QemuOutput, QemuError> 
     };
     std::fs::create_dir_all(&spec.work_root)
         .map_err(|e| setup(format!("{}: {e}", spec.work_root.display())))?;
-    sweep_dead_work_dirs(&spec.work_root);
+    crate::builders::sweep_dead_work_dirs(&spec.work_root);
     // Named by our pid, so that a later build can tell a dead process's dir.
     let work = tempfile::Builder::new()
         .prefix(&format!("{}-", std::process::id()))
@@ -346,22 +346,5 @@ fn append_log(log: &Path, stage: &str, serial: &Path, truncate: bool) {
     };
     if let Err(e) = r {
         tracing::warn!(log = %log.display(), error = %e, "cannot write the build log");
-    }
-}
-
-/// Remove work directories (`<pid>-…`) of Kiln processes that are gone.
-pub(crate) fn sweep_dead_work_dirs(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
-        if crate::process::owner_is_gone(&format!("{}/{pid}", crate::process::hostname())) {
-            tracing::info!(dir = %e.path().display(), "removing the work dir of a killed build");
-            let _ = std::fs::remove_dir_all(e.path());
-        }
     }
 }

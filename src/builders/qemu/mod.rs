@@ -115,7 +115,7 @@ impl Builder for QemuBuilder {
 
     fn sweep(&self) -> BoxFuture<'_, ()> {
         let root = self.work_dir.join("qemu");
-        Box::pin(async move { build::sweep_dead_work_dirs(&root) })
+        Box::pin(async move { crate::builders::sweep_dead_work_dirs(&root) })
     }
 }
 

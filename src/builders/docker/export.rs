@@ -1,0 +1,398 @@
+//! From a built local image to a reproducible one, and its push.
+//!
+//! The engine's `docker save` tar (Docker 20.10: `manifest.json`, the image
+//! config, one `<id>/layer.tar` per layer, a repeated layer as a symlink)
+//! is streamed and unpacked under the work dir. The layers the image
+//! shares with its pinned parent keep their bytes (the parent's digest
+//! fixes them) and are only compressed; every other layer is made
+//! byte-stable by [`super::layer`]. A fresh image config keeps only what
+//! determines the image (platform, the runtime config, history, the new
+//! `diff_ids`) and dates everything at the SOURCE_DATE_EPOCH: no
+//! `container`, `container_config`, `docker_version` or hostnames. The
+//! manifest is OCI's; blobs and manifest go up through Kiln's registry
+//! client, by digest. The work directory (`<pid>-…`, so a killed Kiln's is
+//! swept) goes when the [`LocalImage`] is dropped.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use super::layer::{self, LayerBlob, LayerError};
+use super::{BuildSpec, DockerError, Engine};
+use crate::registry::{
+    OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Registry, RegistryError, sha256_digest,
+};
+
+/// A reproducible image on disk, removed when dropped.
+pub struct LocalImage {
+    _dir: tempfile::TempDir,
+    pub layers: Vec<LayerBlob>,
+    /// How many leading layers are the parent's, kept byte for byte.
+    pub inherited: usize,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+    /// `sha256:` of the manifest: the image's digest.
+    pub digest: String,
+}
+
+/// Fields of the engine's `config` object that determine how a container
+/// of the image runs. The rest (hostname, attach flags, the builder's own
+/// image id) says how the engine happened to build it.
+const RUNTIME_CONFIG: &[&str] = &[
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "ArgsEscaped",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+];
+
+/// What `docker save` held: the image config and each layer's tar, in
+/// order (a repeated layer names the same file).
+struct Saved {
+    config: Value,
+    layers: Vec<PathBuf>,
+}
+
+/// Export `local` from the engine and make it reproducible.
+pub(super) async fn export(
+    engine: &Engine,
+    spec: &BuildSpec,
+    local: &str,
+) -> Result<LocalImage, DockerError> {
+    let err = |message: String| DockerError::Export {
+        target: spec.target.clone(),
+        message,
+    };
+    if spec.os != "linux" {
+        return Err(DockerError::Context(format!(
+            "{}: only Linux images are made reproducible",
+            spec.target
+        )));
+    }
+    std::fs::create_dir_all(&spec.work_dir)
+        .map_err(|e| err(format!("{}: {e}", spec.work_dir.display())))?;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{}-", std::process::id()))
+        .tempdir_in(&spec.work_dir)
+        .map_err(|e| err(format!("{}: {e}", spec.work_dir.display())))?;
+    let mut saved = unpack(engine, local, dir.path())
+        .await
+        .map_err(|e| err(format!("docker save of {local}: {e}")))?;
+    let inherited = inherited(engine, spec, &saved.config).await?;
+    let raws = std::mem::take(&mut saved.layers);
+    let (sde, out) = (spec.source_date_epoch, dir.path().to_path_buf());
+    let layers = tokio::task::spawn_blocking(move || make_layers(&raws, inherited, sde, &out))
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|source| DockerError::Layer {
+            target: spec.target.clone(),
+            source,
+        })?;
+    let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config = image_config(&saved.config, &diff_ids, sde)
+        .to_string()
+        .into_bytes();
+    let manifest = manifest(&config, &layers);
+    Ok(LocalImage {
+        _dir: dir,
+        digest: sha256_digest(&manifest),
+        layers,
+        inherited,
+        config,
+        manifest,
+    })
+}
+
+/// Push every blob, then the manifest by digest; returns the digest.
+pub(super) async fn push(
+    reg: &Registry,
+    repo: &str,
+    img: &LocalImage,
+) -> Result<String, RegistryError> {
+    for l in &img.layers {
+        let p = reg
+            .push_blob_file_known(repo, &l.path, &l.digest, l.size, None)
+            .await?;
+        tracing::debug!(%repo, digest = %l.digest, how = ?p.how, bytes = p.bytes_sent, "layer pushed");
+    }
+    reg.push_blob(repo, bytes::Bytes::from(img.config.clone()))
+        .await?;
+    reg.put_manifest(repo, &img.digest, &img.manifest, OCI_MANIFEST)
+        .await
+}
+
+/// Stream `docker save` of `local` into `dir`.
+async fn unpack(engine: &Engine, local: &str, dir: &Path) -> io::Result<Saved> {
+    use futures_util::TryStreamExt;
+    let stream = Box::pin(engine.docker.export_image(local).map_err(io::Error::other));
+    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || unpack_tar(reader, &dir))
+        .await
+        .map_err(io::Error::other)?
+}
+
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// Unpack a `docker save` tar: the JSON files at its top, each layer tar
+/// to a file of its own.
+fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
+    let mut ar = tar::Archive::new(r);
+    let mut jsons: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut links: BTreeMap<String, String> = BTreeMap::new();
+    for (i, e) in ar.entries()?.enumerate() {
+        let mut e = e?;
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let kind = e.header().entry_type();
+        if !name.contains('/') && name.ends_with(".json") {
+            let mut v = Vec::new();
+            e.read_to_end(&mut v)?;
+            jsons.insert(name, v);
+        } else if name.ends_with("/layer.tar") && kind.is_symlink() {
+            let target = e.link_name_bytes().unwrap_or_default();
+            links.insert(
+                name.clone(),
+                resolve(&name, &String::from_utf8_lossy(&target)),
+            );
+        } else if name.ends_with("/layer.tar") && kind.is_file() {
+            let p = dir.join(format!("raw-{i}.tar"));
+            let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?);
+            io::copy(&mut e, &mut w)?;
+            w.flush()?;
+            files.insert(name, p);
+        }
+    }
+    let json = |name: &str| -> io::Result<Value> {
+        let bytes = jsons
+            .get(name)
+            .ok_or_else(|| invalid(format!("no {name} in the saved image")))?;
+        serde_json::from_slice(bytes).map_err(|e| invalid(format!("{name}: {e}")))
+    };
+    let manifest = json("manifest.json")?;
+    let image = &manifest[0];
+    let config = json(image["Config"].as_str().unwrap_or("(no Config)"))?;
+    let mut layers = Vec::new();
+    for l in image["Layers"].as_array().into_iter().flatten() {
+        let name = l.as_str().unwrap_or_default();
+        let name = links.get(name).map(String::as_str).unwrap_or(name);
+        let p = files.get(name).ok_or_else(|| {
+            invalid(format!(
+                "manifest.json names {name}, which is not in the tar"
+            ))
+        })?;
+        layers.push(p.clone());
+    }
+    Ok(Saved { config, layers })
+}
+
+/// The path a symlink at `name` to `target` names (`a/layer.tar` →
+/// `../b/layer.tar` is `b/layer.tar`).
+fn resolve(name: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = name.split('/').collect();
+    parts.pop();
+    for p in target.split('/') {
+        match p {
+            ".." => {
+                parts.pop();
+            }
+            "." | "" => {}
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// How many leading layers of the image are its parent's, as the engine
+/// holds the parent.
+async fn inherited(
+    engine: &Engine,
+    spec: &BuildSpec,
+    config: &Value,
+) -> Result<usize, DockerError> {
+    let Some(parent) = &spec.parent else {
+        return Ok(0);
+    };
+    let info = match engine.docker.inspect_image(parent).await {
+        Ok(i) => i,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {
+            return Err(DockerError::Context(format!(
+                "{}: the parent {parent} is not on the engine after the build (recipes build FROM {{{{parent}}}}@{{{{parent_digest}}}})",
+                spec.target
+            )));
+        }
+        Err(source) => {
+            return Err(DockerError::Engine {
+                target: spec.target.clone(),
+                source,
+            });
+        }
+    };
+    let theirs = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
+    let ours = config["rootfs"]["diff_ids"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok(ours
+        .iter()
+        .zip(&theirs)
+        .take_while(|(a, b)| a.as_str() == Some(b.as_str()))
+        .count())
+}
+
+/// Compress the parent's layers as they are and normalize the others;
+/// each raw tar is removed once no later layer names it.
+fn make_layers(
+    raws: &[PathBuf],
+    inherited: usize,
+    sde: u64,
+    dir: &Path,
+) -> Result<Vec<LayerBlob>, LayerError> {
+    let mut out = Vec::new();
+    for (i, raw) in raws.iter().enumerate() {
+        let dest = dir.join(format!("layer-{i}.tar.gz"));
+        out.push(if i < inherited {
+            layer::compress(raw, &dest)?
+        } else {
+            layer::normalize(raw, &dest, sde)?
+        });
+        if !raws[i + 1..].contains(raw) {
+            let _ = std::fs::remove_file(raw);
+        }
+    }
+    Ok(out)
+}
+
+/// The image config Kiln publishes: the engine's platform, runtime config
+/// and history, every time the SOURCE_DATE_EPOCH, and `diff_ids`.
+fn image_config(saved: &Value, diff_ids: &[String], sde: u64) -> Value {
+    let created = crate::plan::epoch_rfc3339(sde);
+    let present = |v: &&Value| !v.is_null() && v.as_str() != Some("");
+    let mut config = Map::new();
+    for k in RUNTIME_CONFIG {
+        if let Some(v) = saved["config"].get(*k).filter(present) {
+            config.insert((*k).to_string(), v.clone());
+        }
+    }
+    let history: Vec<Value> = saved["history"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            let mut e = Map::new();
+            e.insert("created".into(), json!(created));
+            for k in ["created_by", "author", "comment", "empty_layer"] {
+                if let Some(v) = h.get(k).filter(present) {
+                    e.insert(k.into(), v.clone());
+                }
+            }
+            Value::Object(e)
+        })
+        .collect();
+    let mut out = json!({
+        "architecture": saved["architecture"],
+        "os": saved["os"],
+        "created": created,
+        "config": config,
+        "history": history,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    });
+    for k in ["variant", "author"] {
+        if let Some(v) = saved.get(k).filter(present) {
+            out[k] = v.clone();
+        }
+    }
+    out
+}
+
+/// The OCI manifest of a config and its layers.
+fn manifest(config: &[u8], layers: &[LayerBlob]) -> Vec<u8> {
+    let layers: Vec<Value> = layers
+        .iter()
+        .map(|l| json!({"mediaType": OCI_LAYER_GZIP, "digest": l.digest, "size": l.size}))
+        .collect();
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config), "size": config.len()},
+        "layers": layers,
+    });
+    // A `Value` writes its keys in order: the same image, the same bytes.
+    m.to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved() -> Value {
+        json!({
+            "architecture": "arm64", "variant": "v8", "os": "linux",
+            "created": "2026-01-01T10:11:12.123456Z",
+            "container": "0123abcd", "docker_version": "20.10.24",
+            "container_config": {"Hostname": "0123abcd", "Cmd": ["/bin/sh", "-c", "#(nop) LABEL x"]},
+            "config": {"Hostname": "", "Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "Entrypoint": null,
+                       "User": "", "Labels": {"org.ocaml.kiln.target": "t"}, "Image": "sha256:beef"},
+            "history": [
+                {"created": "2020-01-01T00:00:00Z", "created_by": "/bin/sh -c #(nop) COPY file:ab in /bin"},
+                {"created": "2026-01-01T10:11:12Z", "created_by": "/bin/sh -c #(nop) LABEL x", "empty_layer": true},
+            ],
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:old"]},
+        })
+    }
+
+    #[test]
+    fn the_config_keeps_what_runs_and_dates_everything_at_the_epoch() {
+        let c = image_config(&saved(), &["sha256:new".into()], 1_633_305_600);
+        assert_eq!(c["created"], "2021-10-04T00:00:00Z");
+        assert_eq!(
+            (&c["architecture"], &c["variant"], &c["os"]),
+            (&json!("arm64"), &json!("v8"), &json!("linux"))
+        );
+        for gone in ["container", "container_config", "docker_version"] {
+            assert!(c.get(gone).is_none(), "{gone}");
+        }
+        let keys: Vec<&String> = c["config"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["Cmd", "Env", "Labels"]);
+        let h = c["history"].as_array().unwrap();
+        assert!(h.iter().all(|e| e["created"] == "2021-10-04T00:00:00Z"));
+        assert_eq!(h[1]["empty_layer"], true);
+        assert_eq!(c["rootfs"]["diff_ids"], json!(["sha256:new"]));
+    }
+
+    #[test]
+    fn the_manifest_is_oci_and_stable() {
+        let l = LayerBlob {
+            path: "x".into(),
+            digest: "sha256:l".into(),
+            size: 3,
+            diff_id: "sha256:d".into(),
+        };
+        let a = manifest(b"{}", std::slice::from_ref(&l));
+        assert_eq!(a, manifest(b"{}", &[l]));
+        let v: Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["mediaType"], OCI_MANIFEST);
+        assert_eq!(v["config"]["digest"], sha256_digest(b"{}"));
+        assert_eq!(v["layers"][0]["mediaType"], OCI_LAYER_GZIP);
+    }
+
+    #[test]
+    fn a_repeated_layer_is_a_symlink_to_the_first() {
+        assert_eq!(resolve("b/layer.tar", "../a/layer.tar"), "a/layer.tar");
+        assert_eq!(resolve("b/layer.tar", "./c/layer.tar"), "b/c/layer.tar");
+    }
+}
