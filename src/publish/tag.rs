@@ -40,8 +40,10 @@ pub fn required_platforms(prepared: &[Prepared]) -> Vec<Platform> {
         .collect()
 }
 
-/// The index's annotations: version, time, opam-repository commit and the
-/// tag's build key.
+/// The index's annotations: version, creation date, opam-repository
+/// commit and the tag's build key. The date is the images'
+/// SOURCE_DATE_EPOCH, not the publication time (the lockfile keeps that),
+/// so that an index over reproducible children is reproducible too.
 fn annotations(b: &TagBuild<'_>, first: &Prepared) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
@@ -50,7 +52,7 @@ fn annotations(b: &TagBuild<'_>, first: &Prepared) -> BTreeMap<String, String> {
         ),
         (
             "org.opencontainers.image.created".to_string(),
-            chrono::Utc::now().to_rfc3339(),
+            crate::plan::epoch_rfc3339(first.target.source_date_epoch),
         ),
         (
             "org.opencontainers.image.revision".to_string(),
