@@ -53,7 +53,8 @@ enum Command {
     Build(cmd::build::Args),
     /// Push the local parent images (busybox, Debian) the demo and tests build on.
     Fixtures(cmd::fixtures::Args),
-    /// Check every lockfile entry against the registry (tags, indexes, children, blobs).
+    /// Check every lockfile entry against the registry (tags, indexes, children, blobs),
+    /// or with --rebuild rebuild one image and compare it with the published one.
     Verify(cmd::verify::Args),
     /// Rebuild a lost lockfile from the registry.
     Lockfile(cmd::lockfile::Args),

@@ -15,9 +15,13 @@
 //!    assembled, verified and published; the lockfile says which inputs
 //!    changed. Last, the series-less aliases move where a version's tier-1
 //!    set is complete.
+//!
+//! [`rebuild`] is `kiln verify --rebuild`: one published target through
+//! steps 1 and 3 with its published inputs, compared instead of published.
 
 pub mod decide;
 pub mod keys;
+pub mod rebuild;
 pub mod report;
 mod tag;
 

@@ -206,6 +206,14 @@ impl ParentCache {
         }
     }
 
+    /// Resolve `reference` for `platform` to a known `(name, digest)`
+    /// without asking its registry: a rebuild of a published target
+    /// starts from the parent it was built on.
+    pub fn pin(&mut self, reference: &str, platform: &Platform, name: String, digest: String) {
+        self.resolved
+            .insert(format!("{reference} {platform}"), (name, digest));
+    }
+
     /// `(name, digest)` of `reference` for `platform`.
     async fn resolve(
         &mut self,
