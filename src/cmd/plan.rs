@@ -61,6 +61,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 "totals": totals,
                 "tags": reqs,
                 "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
+                "reproducible": plan::reproducible_tags(&targets, &config.registry.namespace),
                 "build_keys": keys.build_keys,
                 "immutable_tags": keys.immutable_tags,
                 "states": keys.states,
@@ -97,11 +98,16 @@ fn print_targets(targets: &[Target], keys: &PlanKeys) {
             })
             .unwrap_or_default();
         println!(
-            "{:<48} {:<10} {}{}{key}",
+            "{:<48} {:<10} {}{}{}{key}",
             id,
             t.builder.as_str(),
             t.tag,
-            if t.required { "" } else { "  (optional)" }
+            if t.required { "" } else { "  (optional)" },
+            if t.reproducible {
+                "  (reproducible)"
+            } else {
+                ""
+            }
         );
     }
     println!();
@@ -121,14 +127,20 @@ fn print_indexes(targets: &[Target], namespace: &str) {
             order.push(id);
         }
     }
+    let reproducible = plan::reproducible_tags(targets, namespace);
     println!("== multi-arch indexes ({})", order.len());
     for id in order {
         let ts = &groups[id];
         let arches: Vec<&str> = ts.iter().map(|t| t.arch.as_str()).collect();
         println!(
-            "{id}  [{}]{}",
+            "{id}  [{}]{}  {}",
             arches.join(", "),
-            if ts[0].required { "" } else { "  (optional)" }
+            if ts[0].required { "" } else { "  (optional)" },
+            if reproducible.get(&id.key()).copied().unwrap_or(false) {
+                "reproducible: the same key gives the same digest anywhere"
+            } else {
+                "not reproducible: adoption by build key keeps its digest"
+            }
         );
     }
     println!();

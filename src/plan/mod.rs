@@ -362,6 +362,19 @@ pub fn requirements(
     groups.into_values().collect()
 }
 
+/// Per moving tag (`repository:tag` in `namespace`): whether every
+/// target of it is declared reproducible, so that the same key built
+/// anywhere gives the same digest. The others rely on adoption by build
+/// key to keep their published digests.
+pub fn reproducible_tags(targets: &[Target], namespace: &str) -> BTreeMap<String, bool> {
+    let mut out: BTreeMap<String, bool> = BTreeMap::new();
+    for t in targets {
+        let r = out.entry(t.tag_id(namespace).key()).or_insert(true);
+        *r &= t.reproducible;
+    }
+    out
+}
+
 /// Totals for `kiln plan`: per platform and per arch.
 #[derive(Debug, Default, Serialize)]
 pub struct Totals {
