@@ -259,6 +259,21 @@ fn bad_input_names_file_and_field_and_changes_nothing() {
     std::fs::write(&lp, orig.replace("aliases: [alpine]", "aliases: [debian]")).unwrap();
     let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
     assert!(e.contains("debian already names"), "{e}");
+    std::fs::write(&lp, &orig).unwrap();
+    // Only Linux images from the docker builder are made reproducible.
+    let mp = pd.join("macos/platform.yaml");
+    let mac = std::fs::read_to_string(&mp).unwrap();
+    let (head, rest) = mac.split_once("\n  - id: ").unwrap();
+    std::fs::write(
+        &mp,
+        format!("{head}\n  - reproducible: true\n    id: {rest}"),
+    )
+    .unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    assert!(
+        e.contains("macos/platform.yaml") && e.contains("releases[0].reproducible"),
+        "{e}"
+    );
 }
 
 #[test]
