@@ -3,6 +3,8 @@
 //! and a TCP proxy in front of it that can drop connections or answer 429.
 #![allow(dead_code)]
 
+pub mod engine;
+
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,178 @@
+//! A private dockerd (own socket, data root, exec root, containerd and
+//! bridge), so that a test can build on an engine that shares nothing with
+//! the suite's: no image, no build cache. (tests/engine_fault.rs keeps its
+//! own copy until the tests/common harness lands.)
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct PrivateEngine {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// The private engine's own bridge: `--bridge=none` would make dockerd
+/// delete the host's docker0 (which the shared engine uses), so it gets a
+/// bridge of its own, removed at the end.
+pub struct Bridge(pub String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        for _ in 0..10 {
+            if Command::new("ip")
+                .args(["link", "del", &self.0])
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(true)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// A bridge of its own, `<prefix><pid>` with `addr` (CIDR); removed when
+/// the returned guard drops.
+pub fn make_bridge(prefix: &str, addr: &str) -> Bridge {
+    let name = format!("{prefix}{}", std::process::id() % 100_000);
+    let _ = Command::new("ip")
+        .args(["link", "del", &name])
+        .stderr(Stdio::null())
+        .status();
+    assert!(
+        Command::new("ip")
+            .args(["link", "add", &name, "type", "bridge"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["addr", "add", addr, "dev", &name])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("ip")
+            .args(["link", "set", &name, "up"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    Bridge(name)
+}
+
+impl PrivateEngine {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    pub fn start(dir: &Path, bridge: &str) -> PrivateEngine {
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("setsid")
+            .arg("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .arg(format!("--bridge={bridge}"))
+            .args(["--iptables=false", "--ip-masq=false"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let e = PrivateEngine {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let ok = Command::new("docker")
+                .args(["-H", &format!("unix://{}", e.socket().display()), "version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!(
+            "private dockerd did not start: {}",
+            std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL the engine and every process it started (its containerd
+    /// and shims too), as a crash of the engine host would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pgid = c.id() as i32;
+            unsafe {
+                libc::killpg(pgid, libc::SIGKILL);
+            }
+            let _ = c.wait();
+        }
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
+            .status();
+        // This machine's init may not reap the killed containerd: drop its
+        // pid file so the restarted engine starts a fresh one.
+        let _ = std::fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
+    }
+
+    /// Graceful stop (dockerd unmounts and stops its containerd).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = std::fs::read_to_string(self.dir.join("docker.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateEngine {
+    fn drop(&mut self) {
+        self.stop();
+        // Anything still running from this engine's directories (shims).
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
+            .status();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.join("data"))
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(self.dir.join("exec"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
