@@ -16,6 +16,7 @@
 //!   and which targets are required for a version to be available.
 
 pub mod arch;
+mod bump;
 mod load;
 pub mod opam;
 pub mod platform;
@@ -27,7 +28,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use arch::{Arch, ArchError};
-pub use load::{BumpOutcome, bump, format_series, load, validate, validate_recipes};
+pub use bump::{BumpOutcome, bump};
+pub use load::{format_series, load, validate, validate_recipes};
 pub use platform::{BuilderKind, OsRelease, Platform, Policy};
 pub use version::{OcamlVersion, VersionError};
 
