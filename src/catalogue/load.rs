@@ -268,9 +268,9 @@ fn validate_sets(cat: &Catalogue) -> Result<(), CatalogueError> {
     Ok(())
 }
 
-/// One platform directory: its name, its OS releases (whose ids and
-/// aliases must be unique within a repository, across platforms: `names`)
-/// and its policy.
+/// One platform directory: its name, its repository (a registry path),
+/// its OS releases (whose ids and aliases must be unique within a
+/// repository, across platforms: `names`) and its policy.
 fn validate_platform(
     cat: &Catalogue,
     pf: &Platform,
@@ -286,6 +286,13 @@ fn validate_platform(
                 "{:?} does not match its directory {dir_name:?}",
                 pf.platform
             ),
+        ));
+    }
+    if let Err(why) = super::reference::check_path(&pf.repository) {
+        return Err(CatalogueError::invalid(
+            &p,
+            "repository",
+            format!("{:?} is not a repository path: {why}", pf.repository),
         ));
     }
     let mut ids = BTreeSet::new();
@@ -304,7 +311,8 @@ fn validate_platform(
     validate_policy(cat, pf)
 }
 
-/// `releases[i]` of a platform: id, tier, arches, recipes, and names not
+/// `releases[i]` of a platform: id, tier, arches, parent (an image
+/// reference), recipes, and names not
 /// taken by another OS release of the repository.
 fn validate_os_release(
     p: &Path,
@@ -342,6 +350,15 @@ fn validate_os_release(
         ));
     }
     check_arches(p, &format!("{field}.arches"), &r.arches)?;
+    if let Some(parent) = &r.parent
+        && let Err(why) = parent.parse::<super::ImageRef>()
+    {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.parent"),
+            format!("{parent:?} is not an image reference: {why}"),
+        ));
+    }
     if r.recipes.is_empty() {
         return Err(CatalogueError::invalid(
             p,
