@@ -1,7 +1,9 @@
-//! `kiln bump`: adding or updating a release, validated as a whole
-//! catalogue before anything is written, written atomically.
+//! `kiln bump`: adding or updating releases, validated as a whole
+//! catalogue before anything is written, written atomically. Staged first
+//! ([`stage_bump`]) so that checks from layers above (every recipe renders)
+//! can refuse the change before a file is touched.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::load::{format_series, load, validate};
@@ -17,6 +19,79 @@ pub enum BumpOutcome {
     Unchanged,
 }
 
+/// Releases added or updated in memory, the whole catalogue validated with
+/// them, nothing written yet: a caller may check more (the recipe renders
+/// `plan::validate` does) before [`StagedBump::write`].
+#[derive(Debug, Clone)]
+pub struct StagedBump {
+    /// The catalogue with the changes.
+    pub catalogue: Catalogue,
+    /// One per version asked for, in order.
+    pub outcomes: Vec<BumpOutcome>,
+    /// Series whose files change.
+    changed: BTreeSet<OcamlVersion>,
+    sets_changed: bool,
+}
+
+impl StagedBump {
+    /// Write every changed series file (and `sets.yaml`), each atomically.
+    pub fn write(&self) -> Result<(), CatalogueError> {
+        for s in &self.catalogue.series {
+            if self.changed.contains(&s.series) {
+                write_atomic(&s.file, &format_series(s)?)?;
+            }
+        }
+        if self.sets_changed {
+            write_sets(&self.catalogue.versions_dir, &self.catalogue.sets)?;
+        }
+        Ok(())
+    }
+}
+
+/// Add or update releases in memory (all with `status`, or each its
+/// default, and `date`) and validate the resulting catalogue; nothing is
+/// written.
+pub fn stage_bump(
+    versions_dir: &Path,
+    platforms_dir: &Path,
+    versions: &[OcamlVersion],
+    status: Option<Status>,
+    date: Option<chrono::NaiveDate>,
+) -> Result<StagedBump, CatalogueError> {
+    let mut staged = StagedBump {
+        catalogue: load(versions_dir, platforms_dir)?,
+        outcomes: Vec::new(),
+        changed: BTreeSet::new(),
+        sets_changed: false,
+    };
+    for version in versions {
+        let cat = &mut staged.catalogue;
+        let status = status.unwrap_or(default_status(version));
+        let series_v = version.series();
+        let idx = series_index(cat, versions_dir, &series_v);
+        let new = Release {
+            version: version.clone(),
+            status,
+            date,
+        };
+        let Some(outcome) = put_release(&mut cat.series[idx], new) else {
+            staged.outcomes.push(BumpOutcome::Unchanged);
+            continue;
+        };
+        staged.outcomes.push(outcome);
+        staged.changed.insert(series_v.clone());
+        // A newly released minor joins the `recent` set (a reviewable
+        // one-line diff in sets.yaml); `latest` follows by itself.
+        if status.is_release() && !cat.sets.recent.contains(&series_v) {
+            cat.sets.recent.push(series_v);
+            cat.sets.recent.sort();
+            staged.sets_changed = true;
+        }
+    }
+    validate(&staged.catalogue)?;
+    Ok(staged)
+}
+
 /// Add or update a release. Validates the whole catalogue with the change
 /// before writing anything; writes atomically.
 pub fn bump(
@@ -27,37 +102,21 @@ pub fn bump(
     date: Option<chrono::NaiveDate>,
     dry_run: bool,
 ) -> Result<BumpOutcome, CatalogueError> {
-    let mut cat = load(versions_dir, platforms_dir)?;
-    let status = status.unwrap_or(default_status(version));
-    let series_v = version.series();
-    let idx = series_index(&mut cat, versions_dir, &series_v);
-    let s = &mut cat.series[idx];
-    let new = Release {
-        version: version.clone(),
+    let staged = stage_bump(
+        versions_dir,
+        platforms_dir,
+        std::slice::from_ref(version),
         status,
         date,
-    };
-    let Some(outcome) = put_release(s, new) else {
-        return Ok(BumpOutcome::Unchanged);
-    };
-    // A newly released minor joins the `recent` set (a reviewable one-line
-    // diff in sets.yaml); `latest` follows by itself.
-    let mut sets_changed = false;
-    if status.is_release() && !cat.sets.recent.contains(&series_v) {
-        cat.sets.recent.push(series_v.clone());
-        cat.sets.recent.sort();
-        sets_changed = true;
-    }
-    validate(&cat)?;
+    )?;
     if !dry_run {
-        let s = &cat.series[idx];
-        let text = format_series(s)?;
-        write_atomic(&s.file, &text)?;
-        if sets_changed {
-            write_sets(versions_dir, &cat.sets)?;
-        }
+        staged.write()?;
     }
-    Ok(outcome)
+    Ok(staged
+        .outcomes
+        .into_iter()
+        .next()
+        .unwrap_or(BumpOutcome::Unchanged))
 }
 
 /// The status a version has when `kiln bump` is not told one.

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use arch::{Arch, ArchError};
-pub use bump::{BumpOutcome, bump};
+pub use bump::{BumpOutcome, StagedBump, bump, stage_bump};
 pub use load::{format_series, load, validate, validate_recipes};
 pub use platform::{BuilderKind, OsRelease, Platform, Policy};
 pub use reference::{ImageRef, ReferenceError};
