@@ -151,13 +151,9 @@ pub struct PlanSettings {
     #[serde(default = "head")]
     pub opam_repository_ref: String,
     /// How often a new commit of the followed ref becomes a build input
-    /// even when none of the images' own packages changed.
-    #[serde(default = "seven")]
+    /// even when none of the images' own packages changed (the embedded
+    /// defaults always supply it).
     pub opam_repository_refresh_days: u64,
-}
-
-fn seven() -> u64 {
-    7
 }
 
 fn head() -> String {

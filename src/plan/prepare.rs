@@ -229,7 +229,9 @@ impl ParentCache {
         if let Some(x) = self.resolved.get(&key) {
             return Ok(x.clone());
         }
-        let host = split_reference(reference).0;
+        let host = parse_parent(reference)
+            .map(|r| registry_location(&r).0)
+            .unwrap_or_default();
         let result = match unreachable_cause(&host) {
             Some(cause) => Err(PrepareError::Unreachable {
                 reference: reference.to_string(),
