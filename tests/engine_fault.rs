@@ -176,18 +176,21 @@ impl Drop for PrivateEngine {
         let _ = Command::new("pkill")
             .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
             .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("data"))
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("exec"))
-            .stderr(Stdio::null())
-            .status();
+        // Every mount under its directories, deepest first: a killed
+        // engine leaves its network namespaces bind-mounted in exec/netns.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount")
+                .args(["-l", m])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
