@@ -35,18 +35,14 @@ struct Bridge(String);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        for _ in 0..10 {
-            if Command::new("ip")
+        common::retry(10, Duration::from_millis(300), || {
+            Command::new("ip")
                 .args(["link", "del", &self.0])
                 .stderr(Stdio::null())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(true)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        });
     }
 }
 

@@ -170,12 +170,7 @@ fn fetched_disk_boots_through_an_overlay_and_verifies() {
         .arg(dest.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value = common::ok_json(out);
     let overlay = PathBuf::from(v["overlay"].as_str().unwrap());
     assert!(boot_verify(&overlay).contains("KILN-VERIFY: The OCaml toplevel, version 5.5.0"));
 }
@@ -236,6 +231,12 @@ impl Killed {
     fn qemu_running(&self) -> bool {
         common::running(&self.ours)
     }
+
+    fn wait_for_qemu_to_die(&self) {
+        common::wait_until("QEMU to die with the kiln that started it", 10, || {
+            !self.qemu_running()
+        });
+    }
 }
 
 impl Drop for Killed {
@@ -278,9 +279,7 @@ fn kiln_killed_mid_install(name: &str) -> Killed {
 fn qemu_dies_with_a_killed_kiln() {
     let _serial = serial();
     let killed = kiln_killed_mid_install("killed");
-    common::wait_until("QEMU to die with the kiln that started it", 10, || {
-        !killed.qemu_running()
-    });
+    killed.wait_for_qemu_to_die();
 }
 
 /// The next build removes the killed build's work dir and publishes.
@@ -288,9 +287,7 @@ fn qemu_dies_with_a_killed_kiln() {
 fn next_build_after_a_killed_kiln_sweeps_its_work_dir_and_publishes() {
     let _serial = serial();
     let killed = kiln_killed_mid_install("killed-next");
-    common::wait_until("QEMU to die with the kiln that started it", 10, || {
-        !killed.qemu_running()
-    });
+    killed.wait_for_qemu_to_die();
     std::fs::write(killed.k.file(RECIPE), &killed.recipe).unwrap();
     let (code, s) = build(&killed.k);
     assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");

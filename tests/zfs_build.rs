@@ -192,12 +192,7 @@ impl Worker {
             .args(extra)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        common::ok_json(out)
     }
 }
 
@@ -289,12 +284,7 @@ fn gc(p: &Profile, extra: &[&str]) -> Vec<Value> {
         .args(extra)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::ok_json(out)
 }
 
 /// What gc decided for the image whose dataset ends in `leaf`.
@@ -713,17 +703,21 @@ fn kiln_killed_mid_provisioning(name: &str) -> ZfsProfile {
 }
 
 /// The script and what it started die with Kiln.
+fn wait_for_the_script_to_die() {
+    common::wait_until(
+        "the provisioning script to die with the kiln that started it",
+        10,
+        || !common::running("sleep 765435"),
+    );
+}
+
 #[test]
 fn kiln_killed_mid_provisioning_takes_the_script_with_it() {
     let Some(_zfs) = zfs_for("kiln_killed_mid_provisioning_takes_the_script_with_it") else {
         return;
     };
     let _p = kiln_killed_mid_provisioning("kiln-killed");
-    common::wait_until(
-        "the provisioning script to die with the kiln that started it",
-        10,
-        || !common::running("sleep 765435"),
-    );
+    wait_for_the_script_to_die();
 }
 
 /// The half-built tree, which only Kiln could have destroyed, is swept by
@@ -734,11 +728,7 @@ fn half_built_tree_of_a_killed_kiln_is_swept_by_the_next_build() {
         return;
     };
     let p = kiln_killed_mid_provisioning("kiln-killed-sweep");
-    common::wait_until(
-        "the provisioning script to die with the kiln that started it",
-        10,
-        || !common::running("sleep 765435"),
-    );
+    wait_for_the_script_to_die();
     let half: Vec<String> = p
         .datasets()
         .into_iter()

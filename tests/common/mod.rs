@@ -16,7 +16,9 @@ pub mod zfs;
 use std::time::{Duration, Instant};
 
 pub use faults::{Mode, PrivateRegistry, Proxy, ProxyState};
-pub use profile::{Profile, ProfileBuilder, fixtures, kiln, qemu_toml, root, state_dir, zfs_toml};
+pub use profile::{
+    Profile, ProfileBuilder, fixtures, kiln, ok_json, qemu_toml, root, state_dir, zfs_toml,
+};
 pub use skip::skip;
 
 pub fn free_port() -> u16 {
@@ -35,6 +37,18 @@ pub fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Try `done` up to `times` times, `pause` apart, until it holds (a
+/// teardown racing an asynchronous release: a busy pool, a bridge in use).
+pub fn retry(times: usize, pause: Duration, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..times {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(pause);
+    }
+    false
 }
 
 /// Whether a process whose command line matches `pattern` (`pgrep -f`) runs.

@@ -41,6 +41,17 @@ pub fn fixtures() {
     );
 }
 
+/// The JSON a command printed, once it succeeded (its stderr shown when
+/// it did not).
+pub fn ok_json<T: serde::de::DeserializeOwned>(out: Output) -> T {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `[zfs]` with one host on the services' pool `kiln`, building macOS under
 /// `prefix`.
 pub fn zfs_toml(prefix: &str, provision_timeout_secs: Option<u64>) -> String {

@@ -36,20 +36,17 @@ impl Drop for Tree {
     fn drop(&mut self) {
         // zfs-fuse may report "busy" right after an unmount: destroy the
         // deepest datasets first and retry until nothing is left.
-        for _ in 0..40 {
+        super::retry(40, Duration::from_millis(250), || {
             let mut names = datasets(&self.0);
-            if names.is_empty() {
-                return;
-            }
             names.sort_by_key(|n| std::cmp::Reverse(n.matches('/').count()));
-            for n in names {
+            for n in &names {
                 let _ = Command::new("zfs")
-                    .args(["destroy", "-r", "-f", &n])
+                    .args(["destroy", "-r", "-f", n])
                     .stderr(Stdio::null())
                     .status();
             }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+            names.is_empty()
+        });
     }
 }
 
@@ -85,17 +82,13 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        for _ in 0..20 {
-            if Command::new("zpool")
+        super::retry(20, Duration::from_millis(500), || {
+            Command::new("zpool")
                 .args(["destroy", "-f", &self.name])
                 .stderr(Stdio::null())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(true)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        });
     }
 }
