@@ -430,9 +430,11 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
     assert!(text.contains("\"kind\":\"infra\""), "{text}");
 }
 
-/// The pollers: a new opam-repository commit on the followed ref, a new
-/// digest behind the parent's tag, and an edited recipe each queue the tag,
-/// and the lockfile history says which input changed.
+/// The pollers: a new opam-repository commit that changes a package the
+/// image installs, a new digest behind the parent's tag, and an edited
+/// recipe each queue the tag, and the lockfile history says which input
+/// changed; an opam-repository commit that changes nothing the image
+/// installs rebuilds nothing.
 #[test]
 fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     let git_dir = tempfile::tempdir().unwrap();
@@ -514,20 +516,53 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     });
     assert_eq!(p.lockfile().entries.len(), 1);
 
-    // 1. opam-repository moves.
+    // 1. opam-repository moves, changing nothing the image installs: the
+    //    poller reads the change (its mirror follows the ref) and rebuilds
+    //    nothing.
+    let rounds_before = p.rounds().len();
     std::fs::write(git_dir.path().join("README"), "two\n").unwrap();
     git(&["commit", "-q", "-am", "two"]);
+    let head = |dir: &std::path::Path, r: &str| {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(dir)
+            .args(["rev-parse", r])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let upstream = head(&git_dir.path().join(".git"), "main");
+    let mirror = p.path().join("state/opam-repository.git");
+    common::wait_until("the poller to read the unrelated commit", 60, || {
+        head(&mirror, "refs/kiln/followed") == upstream
+    });
+    // A few more polls: still nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(p.lockfile().entries[&key].history.len(), 0);
+    assert_eq!(p.rounds().len(), rounds_before, "{:?}", p.rounds());
+
+    // 2. opam-repository changes the opam file of the compiler the image
+    //    installs: it rebuilds, and the history names the input.
+    let opam = git_dir
+        .path()
+        .join("packages/ocaml-base-compiler/ocaml-base-compiler.5.5.0");
+    std::fs::create_dir_all(&opam).unwrap();
+    std::fs::write(opam.join("opam"), "opam-version: \"2.0\"\n").unwrap();
+    git(&["add", "packages"]);
+    git(&["commit", "-q", "-m", "ocaml-base-compiler.5.5.0"]);
     let why = history(1);
     assert!(why.contains("opam_repository_commit"), "{why}");
     assert!(
-        p.rounds().iter().any(|r| r["trigger"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("opam-repository moved"))),
+        p.rounds()
+            .iter()
+            .any(|r| r["trigger"].as_str().is_some_and(|t| {
+                t.starts_with("opam-repository moved") && t.contains("ocaml-base-compiler.5.5.0")
+            })),
         "{:?}",
         p.rounds()
     );
 
-    // 2. The parent's tag moves to a new image.
+    // 3. The parent's tag moves to a new image.
     let build = Command::new("docker")
         .args(["build", "-q", "-t", &parent, "-"])
         .stdin(Stdio::piped())
@@ -566,7 +601,7 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
         p.rounds()
     );
 
-    // 3. The recipe changes.
+    // 4. The recipe changes.
     let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
     let text = std::fs::read_to_string(&recipe).unwrap();
     std::fs::write(&recipe, format!("{text}\nRUN echo recipe-changed\n")).unwrap();

@@ -64,13 +64,17 @@ fn a_reverted_recipe_adopts_its_published_build() {
 #[test]
 fn a_fresh_state_dir_adopts_everything_and_pins_the_same_digests() {
     fixtures();
-    let first = Profile::busybox("fresh", "busybox-fresh").own_state().create();
+    let first = Profile::busybox("fresh", "busybox-fresh")
+        .own_state()
+        .create();
     build_ok(&first);
     let k = key(&first, "busybox-fresh");
     let published = first.entry(&k);
     // A second factory (or the same after losing its state dir): same
     // catalogue and namespace, nothing local.
-    let second = Profile::busybox("fresh", "busybox-fresh").own_state().create();
+    let second = Profile::busybox("fresh", "busybox-fresh")
+        .own_state()
+        .create();
     assert_eq!(second.namespace, first.namespace);
     assert!(!second.lockfile_path().exists());
     let summary = build_ok(&second);
@@ -86,11 +90,8 @@ fn a_fresh_state_dir_adopts_everything_and_pins_the_same_digests() {
     );
     // The API of each pins the same digest.
     for p in [&first, &second] {
-        let pin: serde_json::Value = ok_json(p.kiln(&[
-            "resolve",
-            "--json",
-            "opam:busybox-fresh-ocaml-5.5",
-        ]));
+        let pin: serde_json::Value =
+            ok_json(p.kiln(&["resolve", "--json", "opam:busybox-fresh-ocaml-5.5"]));
         assert_eq!(pin["digest"], published["digest"], "{pin:#}");
     }
 }
@@ -128,7 +129,10 @@ fn a_lost_lockfile_is_recovered_from_the_registry() {
     ] {
         assert_eq!(after[field], before[field], "{field}");
     }
-    assert_eq!(after["history"][0]["digest"], before["history"][0]["digest"]);
+    assert_eq!(
+        after["history"][0]["digest"],
+        before["history"][0]["digest"]
+    );
     assert_eq!(after["adopted"], "recovered");
     assert!(p.kiln(&["verify"]).status.success());
     // A build after losing the lockfile again recovers it first and builds
@@ -148,12 +152,19 @@ fn an_api_replica_serves_the_registrys_lockfile() {
     let k = key(&p, "busybox-replica");
     let digest = p.entry(&k)["digest"].as_str().unwrap().to_string();
     // Another host: the same catalogue and namespace, no lockfile at all.
-    let replica = Profile::busybox("replica", "busybox-replica").own_state().create();
+    let replica = Profile::busybox("replica", "busybox-replica")
+        .own_state()
+        .create();
     assert!(!replica.lockfile_path().exists());
     let port = common::free_port();
     let mut serve = replica
         .command()
-        .args(["serve", "--from-registry", "--addr", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--from-registry",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,7 +181,10 @@ fn an_api_replica_serves_the_registrys_lockfile() {
     let _ = serve.kill();
     let _ = serve.wait();
     assert_eq!(pin["digest"], digest.as_str(), "{pin:#}");
-    assert!(!replica.lockfile_path().exists(), "the replica wrote no state");
+    assert!(
+        !replica.lockfile_path().exists(),
+        "the replica wrote no state"
+    );
 }
 
 #[test]
