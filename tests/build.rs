@@ -177,7 +177,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
     );
     let refused =
         kiln::api::resolve::resolve(&snap, "ocaml/opam:debian-12-ocaml-4.13", None).unwrap_err();
-    assert_eq!(refused.status(), 409);
+    assert_eq!(refused.http_status(), 409);
     let win = kiln::api::resolve::resolve(
         &snap,
         "opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5",
