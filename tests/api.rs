@@ -1,4 +1,5 @@
-//! The digest API over real HTTP: every route, refusals, 304, reloads.
+//! The digest API over real HTTP: every route, refusals, 304, reloads, and
+//! every answer checked against the statuses `kiln::api::ROUTES` declares.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -99,9 +100,12 @@ async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str)
         Arc::new(move || Ok((reqs.clone(), jobs.clone()))),
     )
     .unwrap();
+    let log_dir = dir.path().join("log");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    std::fs::write(log_dir.join("x.log"), "step 1/3\n").unwrap();
     let state = Arc::new(AppState {
         store,
-        log_dir: None,
+        log_dir: Some(log_dir),
         rebuild: None,
         queue_db: None,
         token: token.into(),
@@ -390,8 +394,13 @@ async fn versions_platforms_lockfile_and_pages() {
         .json()
         .await
         .unwrap();
-    for (method, path) in kiln::api::ROUTES {
-        assert!(spec["paths"][path][method].is_object(), "{method} {path}");
+    for r in kiln::api::ROUTES {
+        assert!(
+            spec["paths"][r.path][r.method].is_object(),
+            "{} {}",
+            r.method,
+            r.path
+        );
     }
     assert_eq!(
         c.get(format!("{}/healthz", s.base))
@@ -497,8 +506,16 @@ async fn hot_reload_and_token() {
         }
         r.send()
     };
-    assert_eq!(post(None).await.unwrap().status(), 401);
-    assert_eq!(post(Some("s3cre")).await.unwrap().status(), 401);
+    // No bearer token: 401 with the challenge; a wrong one: 403.
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_eq!(post(Some("s3cre")).await.unwrap().status(), 403);
     assert_eq!(post(Some("s3cret")).await.unwrap().status(), 422);
     newer.save(&s.lockfile).unwrap();
     assert_eq!(post(Some("s3cret")).await.unwrap().status(), 200);
@@ -511,4 +528,182 @@ async fn hot_reload_and_token() {
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
+}
+
+/// One request and what `ROUTES` says about its answer: the status is
+/// declared for the route, the body is of the declared kind, the declared
+/// headers are there.
+async fn declared(
+    c: &reqwest::Client,
+    s: &Server,
+    (method, template): (&str, &str),
+    uri: &str,
+    build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> u16 {
+    let route = kiln::api::route(method, template).unwrap_or_else(|| panic!("{template}"));
+    let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+    let r = build(c.request(m, format!("{}{uri}", s.base)))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let reply = route
+        .reply(status)
+        .unwrap_or_else(|| panic!("{method} {uri}: {status} is not declared for {template}"));
+    for h in reply.headers {
+        assert!(
+            r.headers().contains_key(*h),
+            "{method} {uri}: {status} without {h}"
+        );
+    }
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = r.bytes().await.unwrap();
+    match reply.body {
+        kiln::api::Body::Empty => assert!(body.is_empty(), "{method} {uri}"),
+        kiln::api::Body::Json(_) => {
+            assert_eq!(ctype.as_deref(), Some("application/json"), "{method} {uri}");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if status >= 400 {
+                assert!(v["error"].is_string() && v["message"].is_string(), "{v}");
+            }
+        }
+        kiln::api::Body::Text => {
+            assert!(ctype.unwrap().starts_with("text/plain"), "{method} {uri}")
+        }
+        kiln::api::Body::Html => {
+            assert!(ctype.unwrap().starts_with("text/html"), "{method} {uri}")
+        }
+    }
+    status
+}
+
+#[tokio::test]
+async fn every_answer_is_declared() {
+    let (lock, reqs, jobs) = fixture();
+    let s = start(&lock, reqs, jobs, "s3cret").await;
+    let c = reqwest::Client::new();
+    let same = |b: reqwest::RequestBuilder| b;
+    let big = |b: reqwest::RequestBuilder| b.body(vec![b'x'; 100_000]);
+    let bearer = |t: &'static str| move |b: reqwest::RequestBuilder| b.bearer_auth(t);
+
+    let mut seen: std::collections::BTreeMap<(&str, &str), std::collections::BTreeSet<u16>> =
+        Default::default();
+    let cases: Vec<((&str, &str), String)> = vec![
+        (("get", "/"), "/".into()),
+        (("get", "/healthz"), "/healthz".into()),
+        (("get", "/readyz"), "/readyz".into()),
+        (("get", "/metrics"), "/metrics".into()),
+        (("get", "/v1/openapi.json"), "/v1/openapi.json".into()),
+        (("get", "/v1/versions"), "/v1/versions".into()),
+        (
+            ("get", "/v1/versions/{version}"),
+            "/v1/versions/5.5.0".into(),
+        ),
+        (
+            ("get", "/v1/versions/{version}"),
+            "/v1/versions/9.9.9".into(),
+        ),
+        (("get", "/v1/versions/{version}"), "/v1/versions/%FF".into()),
+        (("get", "/v1/platforms"), "/v1/platforms".into()),
+        (("get", "/v1/lockfile"), "/v1/lockfile".into()),
+        (("get", "/v1/logs/{name}"), "/v1/logs/x.log".into()),
+        (("get", "/v1/logs/{name}"), "/v1/logs/0".into()),
+        (("get", "/v1/logs/{name}"), "/v1/logs/nope.log".into()),
+        (("get", "/v1/logs/{name}"), "/v1/logs/%FF.log".into()),
+        (
+            ("get", "/v1/resolve"),
+            "/v1/resolve?image=ocaml/opam:debian-13-ocaml-5.5".into(),
+        ),
+        (
+            ("get", "/v1/resolve"),
+            "/v1/resolve?image=opam:alpine-3.22-ocaml-5.5".into(),
+        ),
+        (
+            ("get", "/v1/resolve"),
+            "/v1/resolve?image=opam:debian-14-ocaml-5.5".into(),
+        ),
+        (("get", "/v1/resolve"), "/v1/resolve?image=".into()),
+        (("get", "/v1/resolve"), "/v1/resolve".into()),
+        (
+            ("get", "/v1/resolve"),
+            format!("/v1/resolve?image={}", "a".repeat(5000)),
+        ),
+        (("post", "/v1/rebuild"), "/v1/rebuild".into()),
+        (("post", "/v1/reload"), "/v1/reload".into()),
+    ];
+    for (route, uri) in &cases {
+        let st = declared(&c, &s, *route, uri, same).await;
+        seen.entry(*route).or_default().insert(st);
+        let st = declared(&c, &s, *route, uri, big).await;
+        assert_eq!(st, 413, "{uri}");
+        seen.entry(*route).or_default().insert(st);
+    }
+    let etag = c
+        .get(format!("{}/v1/lockfile", s.base))
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let st = declared(&c, &s, ("get", "/v1/lockfile"), "/v1/lockfile", |b| {
+        b.header("If-None-Match", etag)
+    })
+    .await;
+    seen.entry(("get", "/v1/lockfile")).or_default().insert(st);
+    for write in ["/v1/reload", "/v1/rebuild"] {
+        for auth in ["wrong", "s3cret"] {
+            let st = declared(&c, &s, ("post", write), write, bearer(auth)).await;
+            seen.entry(("post", write)).or_default().insert(st);
+        }
+        let st = declared(&c, &s, ("post", write), write, |b| {
+            b.header("Authorization", "Basic czNjcmV0")
+        })
+        .await;
+        assert_eq!(st, 401);
+    }
+    std::fs::write(&s.lockfile, "{ not json").unwrap();
+    let st = declared(
+        &c,
+        &s,
+        ("post", "/v1/reload"),
+        "/v1/reload",
+        bearer("s3cret"),
+    )
+    .await;
+    seen.entry(("post", "/v1/reload")).or_default().insert(st);
+
+    // Every declared status that a test can reach was reached. (Reload's
+    // 503 needs its blocking task to die, and rebuild's 202 a daemon:
+    // tests/daemon.rs covers that.)
+    let unreachable = [("post", "/v1/reload", 503), ("post", "/v1/rebuild", 202)];
+    for r in kiln::api::ROUTES {
+        for status in r.statuses() {
+            if unreachable.contains(&(r.method, r.path, status)) {
+                continue;
+            }
+            assert!(
+                seen.get(&(r.method, r.path))
+                    .is_some_and(|s| s.contains(&status)),
+                "{} {}: {status} never seen",
+                r.method,
+                r.path
+            );
+        }
+    }
+
+    // With writes disabled: still 401 without a token, 403 with any.
+    let (lock, reqs, jobs) = fixture();
+    let off = start(&lock, reqs, jobs, "").await;
+    for write in ["/v1/reload", "/v1/rebuild"] {
+        assert_eq!(declared(&c, &off, ("post", write), write, same).await, 401);
+        assert_eq!(
+            declared(&c, &off, ("post", write), write, bearer("s3cret")).await,
+            403
+        );
+    }
 }

@@ -3,94 +3,39 @@
 //! own OCaml, no churn on rebuild, smoke failures publishing nothing,
 //! input changes recorded, and the digest API answering from the result.
 
-use kiln::catalogue::Arch;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
+use kiln::catalogue::Arch;
 use kiln::publish::lockfile::Lockfile;
 
-struct Profile {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    namespace: String,
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{Profile, root};
 
 fn profile(name: &str) -> Profile {
-    let dir = tempfile::tempdir().unwrap();
-    for sub in ["versions", "platforms"] {
-        assert!(
-            Command::new("cp")
-                .arg("-r")
-                .arg(root().join("scripts/demo").join(sub))
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    let namespace = format!("kiln-test-{name}-{}", std::process::id());
-    let config = dir.path().join("kiln.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n",
-            root().join(".kiln").display()
-        ),
-    )
-    .unwrap();
-    Profile {
-        dir,
-        config,
-        namespace,
-    }
+    Profile::demo(name).create()
 }
 
-impl Profile {
-    fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap()
-    }
+/// `kiln build --json <args>`: its summary.
+fn build(p: &Profile, args: &[&str]) -> serde_json::Value {
+    p.build(args).1
+}
 
-    fn build(&self, args: &[&str]) -> serde_json::Value {
-        let mut a = vec!["build", "--json"];
-        a.extend_from_slice(args);
-        let out = self.kiln(&a);
-        assert!(
-            !out.stdout.is_empty(),
-            "kiln build: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn lockfile(&self) -> PathBuf {
-        self.dir.path().join("manifests/lockfile.json")
-    }
-
-    fn store(&self) -> kiln::api::snapshot::Store {
-        let config = kiln::config::Config::load(&kiln::config::Sources {
-            file: Some(self.config.clone()),
-            env: vec![],
-            sets: vec![],
-        })
-        .unwrap();
-        let c2 = config.clone();
-        kiln::api::snapshot::Store::open(
-            config.lockfile_path(),
-            "127.0.0.1:5000".into(),
-            Arc::new(move || kiln::status::requirements(&c2).map_err(|e| e.to_string())),
-        )
-        .unwrap()
-    }
+/// The digest API's store over the profile's lockfile.
+fn store(p: &Profile) -> kiln::api::snapshot::Store {
+    let config = kiln::config::Config::load(&kiln::config::Sources {
+        file: Some(p.config.clone()),
+        env: vec![],
+        sets: vec![],
+    })
+    .unwrap();
+    let c2 = config.clone();
+    kiln::api::snapshot::Store::open(
+        config.lockfile_path(),
+        "127.0.0.1:5000".into(),
+        Arc::new(move || kiln::status::requirements(&c2).map_err(|e| e.to_string())),
+    )
+    .unwrap()
 }
 
 fn fixtures(p: &Profile, debian: bool) {
@@ -125,12 +70,7 @@ fn skopeo_raw(reference: &str) -> serde_json::Value {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::ok_json(out)
 }
 
 /// Smoke containers and local build images still present. Other tests of
@@ -164,12 +104,12 @@ fn leftovers() -> (usize, usize) {
 fn two_arch_build_publishes_then_changes_nothing() {
     let p = profile("twoarch");
     fixtures(&p, false);
-    let s = p.build(&["--os", "busybox"]);
+    let s = build(&p, &["--os", "busybox"]);
     assert_eq!(s["built"], 2, "{s}");
     assert_eq!(s["failed"], 0, "{s}");
     let t = tag(&s, "busybox-ocaml-5.5");
     assert_eq!(t["arches"].as_object().unwrap().len(), 2);
-    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    let lock = Lockfile::load(&p.lockfile_path()).unwrap();
     let e = &lock.entries[&format!("{}/opam:busybox-ocaml-5.5", p.namespace)];
     assert_eq!(e.arches.len(), 2);
     assert!(e.verified_at.is_some());
@@ -217,16 +157,16 @@ fn two_arch_build_publishes_then_changes_nothing() {
         .args(["rmi", "-f", &reference])
         .output();
     assert_eq!(String::from_utf8_lossy(&arch.stdout).trim(), "arm64");
-    let before = std::fs::read(p.lockfile()).unwrap();
+    let before = std::fs::read(p.lockfile_path()).unwrap();
 
     // Second round: nothing to build, no digest changes, lockfile untouched.
-    let s2 = p.build(&["--os", "busybox"]);
+    let s2 = build(&p, &["--os", "busybox"]);
     assert_eq!(s2["built"], 0, "{s2}");
     assert_eq!(s2["unchanged"], 2, "{s2}");
-    assert_eq!(std::fs::read(p.lockfile()).unwrap(), before);
+    assert_eq!(std::fs::read(p.lockfile_path()).unwrap(), before);
 
     // The digest API on this lockfile: pins, and refusals with reasons.
-    let store = p.store();
+    let store = store(&p);
     let snap = store.current();
     let pin =
         kiln::api::resolve::resolve(&snap, "ocaml/opam:busybox-ocaml-5.5", Some("arm64")).unwrap();
@@ -237,7 +177,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
     );
     let refused =
         kiln::api::resolve::resolve(&snap, "ocaml/opam:debian-12-ocaml-4.13", None).unwrap_err();
-    assert_eq!(refused.status(), 409);
+    assert_eq!(refused.http_status(), 409);
     let win = kiln::api::resolve::resolve(
         &snap,
         "opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5",
@@ -257,7 +197,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
         let state = Arc::new(kiln::api::AppState {
             store,
             token: "t0k3n".into(),
-            log_dir: Some(root().join(".kiln/log")),
+            log_dir: Some(common::state_dir().join("log")),
             rebuild: None,
             queue_db: None,
             metrics: kiln::api::Metrics::default(),
@@ -312,7 +252,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
                 std::str::from_utf8(&body).unwrap()
             )
             .unwrap(),
-            Lockfile::load(&p.lockfile()).unwrap()
+            Lockfile::load(&p.lockfile_path()).unwrap()
         );
         let r = c
             .get(format!("{base}/v1/lockfile"))
@@ -364,7 +304,12 @@ fn smoke_failure_publishes_nothing_and_the_api_says_why() {
         "{err}"
     );
     // Nothing published: no lockfile entry, no moving tag in the registry.
-    assert!(Lockfile::load(&p.lockfile()).unwrap().entries.is_empty());
+    assert!(
+        Lockfile::load(&p.lockfile_path())
+            .unwrap()
+            .entries
+            .is_empty()
+    );
     let head = Command::new("skopeo")
         .args([
             "inspect",
@@ -379,7 +324,7 @@ fn smoke_failure_publishes_nothing_and_the_api_says_why() {
         .unwrap();
     assert!(!head.status.success());
     // The API refuses with "failed" and the smoke message.
-    let store = p.store();
+    let store = store(&p);
     let r = kiln::api::resolve::resolve(&store.current(), "ocaml/opam:busybox-ocaml-5.5", None)
         .unwrap_err();
     let body = serde_json::to_string(&r).unwrap();
@@ -398,10 +343,10 @@ fn smoke_failure_publishes_nothing_and_the_api_says_why() {
 fn an_input_change_rebuilds_and_records_why() {
     let p = profile("change");
     fixtures(&p, false);
-    let s = p.build(&["--os", "busybox", "--version", "4.13"]);
+    let s = build(&p, &["--os", "busybox", "--version", "4.13"]);
     assert_eq!(s["built"], 1, "{s}");
     let key = format!("{}/opam:busybox-ocaml-4.13", p.namespace);
-    let first = Lockfile::load(&p.lockfile()).unwrap().entries[&key].clone();
+    let first = Lockfile::load(&p.lockfile_path()).unwrap().entries[&key].clone();
     let plan_states = |p: &Profile| {
         let out = p.kiln(&[
             "plan",
@@ -436,7 +381,7 @@ fn an_input_change_rebuilds_and_records_why() {
         plan_states(&p)["linux/busybox/4.13.1/arm64"],
         "stale: recipe:busybox.Dockerfile changed"
     );
-    let s = p.build(&["--os", "busybox", "--version", "4.13"]);
+    let s = build(&p, &["--os", "busybox", "--version", "4.13"]);
     assert_eq!(s["built"], 1, "{s}");
     let changed = serde_json::to_string(&tag(&s, "busybox-ocaml-4.13")["changed_inputs"]).unwrap();
     assert!(
@@ -444,7 +389,7 @@ fn an_input_change_rebuilds_and_records_why() {
             && changed.contains("arm64.recipe:busybox.Dockerfile"),
         "{changed}"
     );
-    let second = Lockfile::load(&p.lockfile()).unwrap().entries[&key].clone();
+    let second = Lockfile::load(&p.lockfile_path()).unwrap().entries[&key].clone();
     assert_ne!(second.digest, first.digest);
     assert_eq!(second.history[0].digest, first.digest);
     assert!(
@@ -459,13 +404,14 @@ fn an_input_change_rebuilds_and_records_why() {
 fn debian_image_with_debians_own_ocaml() {
     let p = profile("debian");
     fixtures(&p, true);
-    let s = p.build(&["--os", "debian-12"]);
+    let s = build(&p, &["--os", "debian-12"]);
     assert_eq!(s["built"], 1, "{s}");
     let log =
-        std::fs::read_to_string(root().join(".kiln/log/linux_debian-12_4.13.1_amd64.log")).unwrap();
+        std::fs::read_to_string(common::state_dir().join("log/linux_debian-12_4.13.1_amd64.log"))
+            .unwrap();
     assert!(log.contains("The OCaml toplevel, version 4.13.1"), "{log}");
     assert!(log.contains("opam --version -> 2.1.2"), "{log}");
-    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    let lock = Lockfile::load(&p.lockfile_path()).unwrap();
     let e = &lock.entries[&format!("{}/opam:debian-12-ocaml-4.13", p.namespace)];
     assert!(e.inputs["amd64.parent_digest"].starts_with("sha256:"));
 }
@@ -475,7 +421,7 @@ fn debian_image_with_debians_own_ocaml() {
 async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
     use kiln::builders::docker::{self, BuildSpec, SmokeCheck};
     use kiln::registry::index::{self, Platform};
-    let cfg = kiln::config::Config::defaults(&root()).unwrap();
+    let cfg = kiln::config::Config::defaults(root()).unwrap();
     let engine = docker::connect(&cfg.docker.hosts[0]).unwrap();
     let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -542,12 +488,12 @@ fn a_parent_change_rebuilds_exactly_its_dependents() {
         "  - id: busybox-stable\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: 127.0.0.1:5000/kiln-fixtures/busybox:latest\n  - id: debian-12",
     );
     std::fs::write(&platform_yaml, text).unwrap();
-    let s = p.build(&["--os", "busybox", "--version", "5.5"]);
+    let s = build(&p, &["--os", "busybox", "--version", "5.5"]);
     assert_eq!(s["built"], 1, "{s}");
     // `latest` and the other series-less aliases wait for the whole tier-1
     // set of 5.5.0: busybox-stable is not built yet.
     let k = format!("{}/opam:busybox-ocaml-5.5", p.namespace);
-    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    let lock = Lockfile::load(&p.lockfile_path()).unwrap();
     assert!(
         !lock.entries[&k].aliases.contains(&"latest".to_string()),
         "{:?}",
@@ -571,9 +517,9 @@ fn a_parent_change_rebuilds_exactly_its_dependents() {
         !latest.status.success(),
         "latest moved before the tier-1 set was complete"
     );
-    let s = p.build(&["--os", "busybox-stable", "--version", "5.5"]);
+    let s = build(&p, &["--os", "busybox-stable", "--version", "5.5"]);
     assert_eq!(s["built"], 1, "{s}");
-    let lock = Lockfile::load(&p.lockfile()).unwrap();
+    let lock = Lockfile::load(&p.lockfile_path()).unwrap();
     for a in ["latest", "busybox", "bb"] {
         assert!(
             lock.entries[&k].aliases.contains(&a.to_string()),
@@ -583,10 +529,10 @@ fn a_parent_change_rebuilds_exactly_its_dependents() {
     }
     let latest = skopeo_raw(&format!("127.0.0.1:5000/{}/opam:latest", p.namespace));
     assert!(latest["manifests"].is_array());
-    let before = Lockfile::load(&p.lockfile()).unwrap();
+    let before = Lockfile::load(&p.lockfile_path()).unwrap();
     // The parent moves to new content: only its dependents rebuild.
     rt.block_on(push_parent_variant(&parent_repo, "latest", "two"));
-    let s = p.build(&["--version", "5.5", "--platform", "linux"]);
+    let s = build(&p, &["--version", "5.5", "--platform", "linux"]);
     let t = s["tags"]
         .as_array()
         .unwrap()
@@ -606,7 +552,7 @@ fn a_parent_change_rebuilds_exactly_its_dependents() {
         .find(|t| t["tag"] == "busybox-stable-ocaml-5.5")
         .unwrap();
     assert_eq!(stable["outcome"]["outcome"], "unchanged", "{s}");
-    let after = Lockfile::load(&p.lockfile()).unwrap();
+    let after = Lockfile::load(&p.lockfile_path()).unwrap();
     let k_stable = format!("{}/opam:busybox-stable-ocaml-5.5", p.namespace);
     assert_eq!(after.entries[&k_stable], before.entries[&k_stable]);
     let k = format!("{}/opam:busybox-ocaml-5.5", p.namespace);
@@ -635,9 +581,8 @@ fn what_a_killed_build_leaves_is_swept_by_the_next() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--config")
-        .arg(&p.config)
+    let mut child = p
+        .command()
         .args(["build", "--json", "--os", "busybox", "--arch", "amd64"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -682,11 +627,11 @@ fn what_a_killed_build_leaves_is_swept_by_the_next() {
         "the killed build left ({containers}, {images})"
     );
     std::fs::write(&recipe, &text).unwrap();
-    let s = p.build(&["--os", "busybox", "--arch", "amd64"]);
+    let s = build(&p, &["--os", "busybox", "--arch", "amd64"]);
     assert_eq!(s["failed"], 0, "{s}");
     assert_eq!(left(), (0, 0), "swept by the next build");
     assert!(
-        Lockfile::load(&p.lockfile())
+        Lockfile::load(&p.lockfile_path())
             .unwrap()
             .entries
             .values()

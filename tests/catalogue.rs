@@ -418,3 +418,213 @@ fn catalogue_show_and_list() {
     let out = kiln(&["catalogue", "validate", "--json"]);
     assert!(out.status.success());
 }
+
+/// `kiln --config <dir>/kiln.toml <args>` against a temp catalogue.
+fn kiln_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    let config = dir.join("kiln.toml");
+    if !config.exists() {
+        std::fs::write(&config, "").unwrap();
+    }
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Every file of a catalogue copy (versions and platforms), to show that a
+/// refused command wrote nothing.
+fn snapshot_all(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = snapshot(&dir.join("versions"));
+    for e in std::fs::read_dir(dir.join("platforms")).unwrap() {
+        out.extend(snapshot(&e.unwrap().path()));
+    }
+    out
+}
+
+/// (line, column) of the first `needle` in `text` (ASCII), 1-based.
+fn line_column(text: &str, needle: &str) -> (usize, usize) {
+    let at = text.find(needle).unwrap();
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    (text[..at].matches('\n').count() + 1, at - line_start + 1)
+}
+
+#[test]
+fn validate_names_the_file_line_and_variable_of_an_unknown_template_variable() {
+    let (d, _vd, pd) = copy();
+    let apt = pd.join("linux/apt.Dockerfile");
+    let text = std::fs::read_to_string(&apt).unwrap();
+    let (line, column) = line_column(&text, "{{ocaml_series}}");
+    std::fs::write(
+        &apt,
+        text.replacen("{{ocaml_series}}", "{{ocaml_seriez}}", 1),
+    )
+    .unwrap();
+    let before = snapshot_all(d.path());
+    let out = kiln_in(d.path(), &["catalogue", "validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let expected = format!(
+        "platforms/linux/apt.Dockerfile:{line}:{column}: unknown variable {{{{ocaml_seriez}}}} (known: "
+    );
+    assert!(stderr.contains(&expected), "{expected}\nnot in\n{stderr}");
+    assert!(
+        stderr.contains("ocaml_series,"),
+        "known variables listed: {stderr}"
+    );
+    // Hundreds of targets render apt.Dockerfile: one line says it.
+    assert_eq!(stderr.matches("ocaml_seriez").count(), 1, "{stderr}");
+    let out = kiln_in(d.path(), &["catalogue", "validate", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 1, "{v}");
+    // bump and fmt refuse to write a catalogue whose recipes do not render.
+    let out = kiln_in(d.path(), &["bump", "5.5.1", "4.14.5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ocaml_seriez"));
+    std::fs::write(
+        d.path().join("versions/5.4.yaml"),
+        std::fs::read_to_string(d.path().join("versions/5.4.yaml")).unwrap() + "\n",
+    )
+    .unwrap();
+    let before_fmt = snapshot_all(d.path());
+    let out = kiln_in(d.path(), &["catalogue", "fmt"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ocaml_seriez"));
+    assert_eq!(snapshot_all(d.path()), before_fmt, "fmt wrote a file");
+    std::fs::write(
+        d.path().join("versions/5.4.yaml"),
+        &before
+            .iter()
+            .find(|(p, _)| p.ends_with("5.4.yaml"))
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    assert_eq!(
+        snapshot_all(d.path()),
+        before,
+        "validate or bump wrote a file"
+    );
+}
+
+/// An OS release that builds only series the policy does not select: its
+/// recipe is still rendered, for every release it builds.
+#[test]
+fn validate_renders_recipes_of_series_the_policy_does_not_build() {
+    let (d, vd, pd) = copy();
+    let fp = pd.join("freebsd/platform.yaml");
+    let text = std::fs::read_to_string(&fp).unwrap();
+    std::fs::write(
+        &fp,
+        format!(
+            "{text}  - id: freebsd-12.4\n    distro: freebsd\n    tier: 3\n    arches: [amd64]\n    \
+             recipes: [old.sh]\n    vars: {{ release: \"12.4\" }}\n    exclude:\n      \
+             - {{ from: \"4.03.0\", below: \"99.0.0\", reason: \"only 4.02 and older\" }}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        pd.join("freebsd/old.sh"),
+        "#!/bin/sh\necho {{ocaml_version}} {{release}}\n  echo {{ ocaml_seriez }}\n",
+    )
+    .unwrap();
+    let cat = catalogue::load(&vd, &pd).unwrap();
+    let planned = kiln::plan::expand(&cat, &kiln::plan::Filter::default()).unwrap();
+    assert!(
+        !planned.iter().any(|t| t.os == "freebsd-12.4"),
+        "the policy builds no release of freebsd-12.4"
+    );
+    let out = kiln_in(d.path(), &["catalogue", "validate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("platforms/freebsd/old.sh:3:8: unknown variable {{ocaml_seriez}} (known: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_parent_that_is_not_an_image_reference_is_refused() {
+    let (d, vd, pd) = copy();
+    let lp = pd.join("linux/platform.yaml");
+    let orig = std::fs::read_to_string(&lp).unwrap();
+    assert!(orig.contains("    parent: debian:13\n"));
+    std::fs::write(
+        &lp,
+        orig.replace(
+            "    parent: debian:13\n",
+            "    parent: \"debian:13 ; rm -rf /\"\n",
+        ),
+    )
+    .unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    let expected = "platforms/linux/platform.yaml: releases[0].parent: \"debian:13 ; rm -rf /\" is not an image reference: ";
+    assert!(e.contains(expected), "{e}");
+    let before = snapshot_all(d.path());
+    for args in [
+        &["catalogue", "validate"][..],
+        &["build", "--version", "5.5.0", "--os", "debian-13"],
+        &["bump", "5.5.1"],
+        &["catalogue", "fmt"],
+    ] {
+        let out = kiln_in(d.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted it");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(snapshot_all(d.path()), before);
+    // Other reference errors say why; the registry-path field is checked too.
+    for (parent, why) in [
+        ("Debian:13", "path component \"Debian\""),
+        ("debian:13@sha256:abc", "digest \"sha256:abc\""),
+        ("debian:-13", "tag \"-13\""),
+        ("-x.io/debian:13", "host \"-x.io\""),
+    ] {
+        std::fs::write(
+            &lp,
+            orig.replace(
+                "    parent: debian:13\n",
+                &format!("    parent: \"{parent}\"\n"),
+            ),
+        )
+        .unwrap();
+        let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+        assert!(e.contains("releases[0].parent") && e.contains(why), "{e}");
+    }
+    std::fs::write(
+        &lp,
+        orig.replace("repository: opam\n", "repository: Opam\n"),
+    )
+    .unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    assert!(
+        e.contains("linux/platform.yaml: repository: \"Opam\" is not a repository path"),
+        "{e}"
+    );
+}
+
+#[test]
+fn shipped_and_demo_catalogues_validate_clean() {
+    for config in [None, Some("scripts/demo/kiln.toml")] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.current_dir(root());
+        if let Some(c) = config {
+            cmd.args(["--config", c]);
+        }
+        let out = cmd.args(["catalogue", "validate"]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{config:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("catalogue ok") && stdout.contains("every recipe renders"),
+            "{stdout}"
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! on the engine.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln::builders::docker::{self, BuildSpec, SmokeCheck};
 use kiln::builders::qemu::img::Img;
@@ -11,12 +11,11 @@ use kiln::builders::zfs::driver::Zfs;
 use kiln::config::Config;
 use kiln::registry::Registry;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::root;
 
 fn config() -> Config {
-    Config::defaults(&root()).unwrap()
+    Config::defaults(root()).unwrap()
 }
 
 #[tokio::test]
@@ -31,13 +30,9 @@ async fn registry_blob_push_and_pull() {
 
 #[tokio::test]
 async fn zfs_dataset_create_snapshot_destroy() {
-    let unavailable = root().join(".kiln/run/zfs.unavailable");
-    if unavailable.exists() {
+    if let Some(why) = common::zfs::unavailable() {
         // services.sh could not run zfs-fuse on this machine and said why.
-        eprintln!(
-            "SKIPPED: zfs unavailable: {}",
-            std::fs::read_to_string(&unavailable).unwrap_or_default()
-        );
+        common::skip("zfs_dataset_create_snapshot_destroy", &why);
         return;
     }
     let cfg = config();

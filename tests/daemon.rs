@@ -3,7 +3,6 @@
 //! a second daemon refused, a bad schedule refused, and kill -9 mid-build
 //! followed by a restart that resumes the interrupted round.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,23 +10,17 @@ use kiln::publish::lockfile::Lockfile;
 
 mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Profile {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    namespace: String,
+    p: common::Profile,
+    /// The daemon's API port.
     port: u16,
+}
+
+impl std::ops::Deref for Profile {
+    type Target = common::Profile;
+    fn deref(&self) -> &common::Profile {
+        &self.p
+    }
 }
 
 /// A one-tag profile (busybox, amd64, OCaml 5.5.0) with its own state dir.
@@ -56,82 +49,34 @@ struct Settings {
 }
 
 fn profile_with(name: &str, recipe_prefix: &str, settings: &Settings) -> Profile {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("fixtures")
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    std::fs::create_dir_all(p.join("versions")).unwrap();
-    std::fs::create_dir_all(p.join("platforms/linux")).unwrap();
-    std::fs::copy(
-        root().join("scripts/demo/versions/5.5.yaml"),
-        p.join("versions/5.5.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("versions/sets.yaml"),
-        "recent: [\"5.5\"]\nsignificant: []\n",
-    )
-    .unwrap();
-    let os = format!("busybox-daemon-{name}");
-    std::fs::write(
-        p.join("platforms/linux/platform.yaml"),
-        format!("platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: {}\n", settings.parent.as_deref().unwrap_or("127.0.0.1:5000/kiln-fixtures/busybox:latest")),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("platforms/linux/policy.yaml"),
-        "versions: [latest]\nrequired_tiers: [1]\n",
-    )
-    .unwrap();
-    let recipe =
-        std::fs::read_to_string(root().join("scripts/demo/platforms/linux/busybox.Dockerfile"))
-            .unwrap();
-    std::fs::write(
-        p.join("platforms/linux/busybox.Dockerfile"),
-        recipe.replace("RUN mkdir -p", &format!("{recipe_prefix}RUN mkdir -p")),
-    )
-    .unwrap();
-    let namespace = format!("kiln-test-daemon-{name}-{}", std::process::id());
-    let port = free_port();
-    let config = p.join("kiln.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"state/kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n{}[plan]\n{}\n[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"daemon-token\"\n[daemon]\n{}",
-            settings
-                .registry_url
-                .as_ref()
-                .map(|u| format!("url = \"{u}\"\n"))
-                .unwrap_or_default(),
-            settings
-                .plan
-                .as_deref()
-                .unwrap_or("opam_repository_commit = \"test-pinned\""),
-            settings.daemon,
-        ),
-    )
-    .unwrap();
+    common::fixtures();
+    let port = common::free_port();
+    let mut b =
+        common::Profile::busybox(&format!("daemon-{name}"), &format!("busybox-daemon-{name}"))
+            .own_state()
+            .recipe_prefix(recipe_prefix)
+            .toml(&format!(
+                "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"daemon-token\"\n[daemon]\n{}",
+                settings.daemon
+            ));
+    if let Some(url) = &settings.registry_url {
+        b = b.registry_url(url);
+    }
+    if let Some(plan) = &settings.plan {
+        b = b.plan(plan);
+    }
+    if let Some(parent) = &settings.parent {
+        b = b.parent(parent);
+    }
     Profile {
-        dir,
-        config,
-        namespace,
+        p: b.create(),
         port,
     }
 }
 
 impl Profile {
     fn spawn(&self) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--config")
-            .arg(&self.config)
+        self.command()
             .arg("daemon")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -140,9 +85,8 @@ impl Profile {
     }
 
     fn rounds(&self) -> Vec<serde_json::Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--config")
-            .arg(&self.config)
+        let out = self
+            .command()
             .args(["daemon", "status", "--json", "--limit", "50"])
             .output()
             .unwrap();
@@ -171,7 +115,7 @@ impl Profile {
     }
 
     fn lockfile(&self) -> Lockfile {
-        Lockfile::load(&self.dir.path().join("manifests/lockfile.json")).unwrap()
+        Lockfile::load(&self.lockfile_path()).unwrap()
     }
 }
 
@@ -379,21 +323,12 @@ fn post_rebuild(port: u16) {
 }
 
 fn jobs(p: &Profile) -> Vec<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--config")
-        .arg(&p.config)
+    let out = p
+        .command()
         .args(["daemon", "jobs", "--json", "--limit", "50"])
         .output()
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_default()
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 fn metrics(port: u16) -> String {
@@ -426,9 +361,8 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
         },
     );
     let log = p.dir.path().join("daemon.log");
-    let mut d = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--config")
-        .arg(&p.config)
+    let mut d = p
+        .command()
         .args(["--log-format", "json", "daemon"])
         .env("KILN_LOG", "info")
         .stdout(Stdio::null())
@@ -440,7 +374,7 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
     let down = Instant::now();
     post_rebuild(p.port);
     // Failed at least twice, each time as infrastructure, and queued again.
-    wait_for("two infrastructure failures", 120, || {
+    common::wait_until("two infrastructure failures", 120, || {
         jobs(&p).first().is_some_and(|j| {
             j["attempts"].as_i64() >= Some(2) && j["failure"] == "infra" && j["state"] == "queued"
         })
@@ -463,7 +397,7 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
         std::thread::sleep(Duration::from_secs(60) - elapsed);
     }
     registry.restart();
-    wait_for("the job to complete", 240, || {
+    common::wait_until("the job to complete", 240, || {
         jobs(&p).first().is_some_and(|j| j["state"] == "succeeded")
     });
     let job = jobs(&p)[0].clone();
@@ -496,9 +430,11 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
     assert!(text.contains("\"kind\":\"infra\""), "{text}");
 }
 
-/// The pollers: a new opam-repository commit on the followed ref, a new
-/// digest behind the parent's tag, and an edited recipe each queue the tag,
-/// and the lockfile history says which input changed.
+/// The pollers: a new opam-repository commit that changes a package the
+/// image installs, a new digest behind the parent's tag, and an edited
+/// recipe each queue the tag, and the lockfile history says which input
+/// changed; an opam-repository commit that changes nothing the image
+/// installs rebuilds nothing.
 #[test]
 fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     let git_dir = tempfile::tempdir().unwrap();
@@ -563,8 +499,8 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     post_rebuild(p.port);
     let key = format!("{}/opam:busybox-daemon-poll-ocaml-5.5", p.namespace);
     let history = |n: usize| {
-        wait_for(&format!("{n} changes of {key}"), 180, || {
-            Lockfile::load(&p.dir.path().join("manifests/lockfile.json"))
+        common::wait_until(&format!("{n} changes of {key}"), 180, || {
+            Lockfile::load(&p.lockfile_path())
                 .ok()
                 .and_then(|l| l.entries.get(&key).map(|e| e.history.len()))
                 == Some(n)
@@ -573,27 +509,60 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
             .replaced_because
             .clone()
     };
-    wait_for("the first build", 180, || {
+    common::wait_until("the first build", 180, || {
         p.rounds()
             .iter()
             .any(|r| r["trigger"] == "manual: api" && r["state"] == "done")
     });
     assert_eq!(p.lockfile().entries.len(), 1);
 
-    // 1. opam-repository moves.
+    // 1. opam-repository moves, changing nothing the image installs: the
+    //    poller reads the change (its mirror follows the ref) and rebuilds
+    //    nothing.
+    let rounds_before = p.rounds().len();
     std::fs::write(git_dir.path().join("README"), "two\n").unwrap();
     git(&["commit", "-q", "-am", "two"]);
+    let head = |dir: &std::path::Path, r: &str| {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(dir)
+            .args(["rev-parse", r])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let upstream = head(&git_dir.path().join(".git"), "main");
+    let mirror = p.path().join("state/opam-repository.git");
+    common::wait_until("the poller to read the unrelated commit", 60, || {
+        head(&mirror, "refs/kiln/followed") == upstream
+    });
+    // A few more polls: still nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(p.lockfile().entries[&key].history.len(), 0);
+    assert_eq!(p.rounds().len(), rounds_before, "{:?}", p.rounds());
+
+    // 2. opam-repository changes the opam file of the compiler the image
+    //    installs: it rebuilds, and the history names the input.
+    let opam = git_dir
+        .path()
+        .join("packages/ocaml-base-compiler/ocaml-base-compiler.5.5.0");
+    std::fs::create_dir_all(&opam).unwrap();
+    std::fs::write(opam.join("opam"), "opam-version: \"2.0\"\n").unwrap();
+    git(&["add", "packages"]);
+    git(&["commit", "-q", "-m", "ocaml-base-compiler.5.5.0"]);
     let why = history(1);
     assert!(why.contains("opam_repository_commit"), "{why}");
     assert!(
-        p.rounds().iter().any(|r| r["trigger"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("opam-repository moved"))),
+        p.rounds()
+            .iter()
+            .any(|r| r["trigger"].as_str().is_some_and(|t| {
+                t.starts_with("opam-repository moved") && t.contains("ocaml-base-compiler.5.5.0")
+            })),
         "{:?}",
         p.rounds()
     );
 
-    // 2. The parent's tag moves to a new image.
+    // 3. The parent's tag moves to a new image.
     let build = Command::new("docker")
         .args(["build", "-q", "-t", &parent, "-"])
         .stdin(Stdio::piped())
@@ -632,7 +601,7 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
         p.rounds()
     );
 
-    // 3. The recipe changes.
+    // 4. The recipe changes.
     let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
     let text = std::fs::read_to_string(&recipe).unwrap();
     std::fs::write(&recipe, format!("{text}\nRUN echo recipe-changed\n")).unwrap();

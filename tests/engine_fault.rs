@@ -2,15 +2,25 @@
 //! published, and a rerun once the engine is back completes. Runs against
 //! a private dockerd (own socket, data root, exec root and containerd) so
 //! the suite's shared engine is untouched.
+//!
+//! The private engines all take the same bridge address and the builds the
+//! same log file: each test holds `LOCK` for its whole run, so the tests of
+//! this file run one at a time.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kiln::publish::lockfile::Lockfile;
+use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+mod common;
+use common::Profile;
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct PrivateEngine {
@@ -25,18 +35,14 @@ struct Bridge(String);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        for _ in 0..10 {
-            if Command::new("ip")
+        common::retry(10, Duration::from_millis(300), || {
+            Command::new("ip")
                 .args(["link", "del", &self.0])
                 .stderr(Stdio::null())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(true)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        });
     }
 }
 
@@ -166,100 +172,84 @@ impl Drop for PrivateEngine {
         let _ = Command::new("pkill")
             .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
             .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("data"))
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("exec"))
-            .stderr(Stdio::null())
-            .status();
+        // Every mount under its directories, deepest first: a killed
+        // engine leaves its network namespaces bind-mounted in exec/netns.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount")
+                .args(["-l", m])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
-#[test]
-fn engine_killed_mid_build_publishes_nothing_and_a_rerun_completes() {
+/// A build on the private engine, killed with the engine while it runs.
+struct KilledBuild {
+    // Dropped in this order: the engine, then its bridge and directory.
+    engine: Option<PrivateEngine>,
+    bridge: Bridge,
+    dir: tempfile::TempDir,
+    p: Profile,
+    /// The busybox recipe before `RUN sleep 30` went into it.
+    recipe: String,
+    out: Output,
+}
+
+const RECIPE: &str = "platforms/linux/busybox.Dockerfile";
+
+fn build_cmd(p: &Profile) -> Command {
+    let mut c = p.command();
+    c.args([
+        "build",
+        "--os",
+        "busybox-enginefault",
+        "--version",
+        "5.5",
+        "--arch",
+        "amd64",
+        "--json",
+    ]);
+    c
+}
+
+fn engine_killed_mid_build(name: &str) -> KilledBuild {
     let dir = tempfile::tempdir().unwrap();
-    let bridge = make_bridge();
-    let _bridge_guard = Bridge(bridge.clone());
-    let mut engine = PrivateEngine::start(dir.path(), &bridge);
+    let bridge = Bridge(make_bridge());
+    let mut engine = PrivateEngine::start(dir.path(), &bridge.0);
     // Profile: the demo slice, the private engine as the only host.
-    let prof = dir.path().join("profile");
-    std::fs::create_dir_all(&prof).unwrap();
-    for sub in ["versions", "platforms"] {
-        assert!(
-            Command::new("cp")
-                .arg("-r")
-                .arg(root().join("scripts/demo").join(sub))
-                .arg(&prof)
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-    let namespace = format!("kiln-test-engine-{}", std::process::id());
-    let config = prof.join("kiln.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{state}\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n[docker]\n[[docker.hosts]]\nname = \"private\"\nendpoint = \"unix://{sock}\"\nos = \"linux\"\narch = \"amd64\"\nconcurrency = 1\n",
-            state = root().join(".kiln").display(),
+    let p = Profile::demo(&format!("engine-{name}"))
+        .toml(&format!(
+            "[docker]\n[[docker.hosts]]\nname = \"private\"\nendpoint = \"unix://{sock}\"\nos = \"linux\"\narch = \"amd64\"\nconcurrency = 1\n",
             sock = engine.socket().display()
-        ),
-    )
-    .unwrap();
+        ))
+        .create();
     // The parents come from the registry, pushed by the shared engine.
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["fixtures"])
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::fixtures();
     // A distinct OS id keeps this test's log file its own.
-    let pf = prof.join("platforms/linux/platform.yaml");
-    let text = std::fs::read_to_string(&pf).unwrap();
+    p.edit("platforms/linux/platform.yaml", |t| {
+        t.replace("  - id: busybox\n", "  - id: busybox-enginefault\n")
+    });
+    let recipe = std::fs::read_to_string(p.file(RECIPE)).unwrap();
     std::fs::write(
-        &pf,
-        text.replace("  - id: busybox\n", "  - id: busybox-enginefault\n"),
+        p.file(RECIPE),
+        recipe.replace("RUN mkdir -p", "RUN sleep 30\nRUN mkdir -p"),
     )
     .unwrap();
-    let recipe = prof.join("platforms/linux/busybox.Dockerfile");
-    let original = std::fs::read_to_string(&recipe).unwrap();
-    std::fs::write(
-        &recipe,
-        original.replace("RUN mkdir -p", "RUN sleep 30\nRUN mkdir -p"),
-    )
-    .unwrap();
-    let kiln = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        c.arg("--config").arg(&config).args([
-            "build",
-            "--os",
-            "busybox-enginefault",
-            "--version",
-            "5.5",
-            "--arch",
-            "amd64",
-            "--json",
-        ]);
-        c
-    };
-    let child = kiln()
+    // Wait until the build is running inside the engine, then kill it.
+    let log = common::state_dir().join("log/linux_busybox-enginefault_5.5.0_amd64.log");
+    let _ = std::fs::remove_file(&log);
+    let child = build_cmd(&p)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the build is running inside the engine, then kill it.
-    let log = root().join(".kiln/log/linux_busybox-enginefault_5.5.0_amd64.log");
-    let _ = std::fs::remove_file(&log);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -272,26 +262,41 @@ fn engine_killed_mid_build_publishes_nothing_and_a_rerun_completes() {
     std::thread::sleep(Duration::from_secs(2));
     engine.kill();
     let out = child.wait_with_output().unwrap();
+    KilledBuild {
+        engine: Some(engine),
+        bridge,
+        dir,
+        p,
+        recipe,
+        out,
+    }
+}
+
+#[test]
+fn engine_killed_mid_build_fails_the_target() {
+    let _serial = serial();
+    let k = engine_killed_mid_build("fails");
     assert_eq!(
-        out.status.code(),
+        k.out.status.code(),
         Some(1),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&k.out.stderr)
     );
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s: Value = serde_json::from_slice(&k.out.stdout).unwrap();
     assert_eq!(s["failed"], 1, "{s}");
-    // Nothing published: no lockfile entry, no tag of any kind.
-    assert!(
-        Lockfile::load(&prof.join("manifests/lockfile.json"))
-            .unwrap()
-            .entries
-            .is_empty()
-    );
+}
+
+/// Nothing published: no lockfile entry, no tag of any kind.
+#[test]
+fn engine_killed_mid_build_publishes_nothing() {
+    let _serial = serial();
+    let k = engine_killed_mid_build("nothing");
+    assert!(k.p.entries().is_empty());
     let tags = Command::new("skopeo")
         .args([
             "list-tags",
             "--tls-verify=false",
-            &format!("docker://127.0.0.1:5000/{namespace}/opam"),
+            &format!("docker://127.0.0.1:5000/{}/opam", k.p.namespace),
         ])
         .output()
         .unwrap();
@@ -300,12 +305,18 @@ fn engine_killed_mid_build_publishes_nothing_and_a_rerun_completes() {
         "{}",
         String::from_utf8_lossy(&tags.stdout)
     );
-    // The engine comes back; the rerun completes.
-    drop(engine);
-    let _engine = PrivateEngine::start(dir.path(), &bridge);
-    std::fs::write(&recipe, &original).unwrap();
-    let out = kiln().output().unwrap();
-    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+}
+
+/// The engine comes back; the rerun completes.
+#[test]
+fn rerun_after_the_engine_is_back_completes() {
+    let _serial = serial();
+    let mut k = engine_killed_mid_build("rerun");
+    drop(k.engine.take());
+    let _engine = PrivateEngine::start(k.dir.path(), &k.bridge.0);
+    std::fs::write(k.p.file(RECIPE), &k.recipe).unwrap();
+    let out = build_cmd(&k.p).output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         s["built"],
         1,

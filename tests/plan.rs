@@ -313,3 +313,26 @@ fn shell_recipes_are_shellcheck_clean() {
         );
     }
 }
+
+/// `kiln catalogue validate`'s targets: the policy's and every release of
+/// every series (not only the newest of each), and the shipped recipes
+/// render for all of them.
+#[test]
+fn validate_renders_the_policy_and_every_release() {
+    let c = cat();
+    let all = plan::validate::all_targets(&c).unwrap();
+    let ids: std::collections::BTreeSet<String> = all.iter().map(|t| t.id()).collect();
+    assert_eq!(ids.len(), all.len(), "each target once");
+    for t in plan::expand(&c, &Filter::default()).unwrap() {
+        assert!(ids.contains(&t.id()), "{}", t.id());
+    }
+    for old in [
+        "linux/debian-13/4.14.0/amd64",
+        "linux/debian-13/5.0.0/amd64",
+    ] {
+        assert!(ids.contains(old), "{old}");
+    }
+    let v = plan::validate(&c).unwrap();
+    assert_eq!(v.targets, all.len());
+    assert!(v.renderings >= v.targets);
+}

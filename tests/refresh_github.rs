@@ -3,11 +3,15 @@
 //! unreachable here, so a local server speaking the endpoints Kiln calls
 //! (contents, git refs, pulls, issues) stands in for it and records every
 //! request; the code path is the production one (octocrab).
+//!
+//! Every test starts from its own interrupted release (a build on all three
+//! builders, seconds long). The ZFS path needs zfs-fuse to itself: each test
+//! holds `LOCK` for its whole run, so the tests of this file run one at a
+//! time.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::process::Output;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -15,6 +19,9 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
+
+mod common;
+use common::{Profile, zfs};
 
 #[derive(Default)]
 struct Gh {
@@ -229,157 +236,83 @@ fn app(g: Shared) -> axum::Router {
         .with_state(g)
 }
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+static LOCK: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-#[test]
-fn release_cascade_interrupted_then_rerun_opens_one_pr_per_consumer() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("fixtures")
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A one-platform profile: busybox amd64.
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    std::fs::create_dir_all(p.join("versions")).unwrap();
-    std::fs::create_dir_all(p.join("platforms/linux")).unwrap();
-    std::fs::copy(
-        root().join("scripts/demo/versions/5.5.yaml"),
-        p.join("versions/5.5.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("versions/sets.yaml"),
-        "recent: [\"5.5\"]\nsignificant: []\n",
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("platforms/linux/platform.yaml"),
-        "platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: busybox-release\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: 127.0.0.1:5000/kiln-fixtures/busybox:latest\n",
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("platforms/linux/policy.yaml"),
-        "versions: [latest]\nrequired_tiers: [1]\n",
-    )
-    .unwrap();
-    std::fs::copy(
-        root().join("scripts/demo/platforms/linux/busybox.Dockerfile"),
-        p.join("platforms/linux/busybox.Dockerfile"),
-    )
-    .unwrap();
-    // The macOS (ZFS) and OpenBSD (QEMU) paths of the demo, so the cascade
-    // runs across all three builders.
-    for os in ["macos", "openbsd"] {
-        assert!(
-            Command::new("cp")
-                .arg("-r")
-                .arg(root().join("scripts/demo/platforms").join(os))
-                .arg(p.join("platforms"))
-                .status()
-                .unwrap()
-                .success()
-        );
+/// A one-platform profile (busybox amd64) plus the macOS (ZFS) and OpenBSD
+/// (QEMU) paths of the demo, so the cascade runs across all three builders;
+/// CI refresh through a GitHub API at `port`, not served yet.
+struct Release {
+    // Dropped first: the datasets go before the profile's directory.
+    _zfs: zfs::Tree,
+    p: Profile,
+    /// Whether the macOS (ZFS) path is in the cascade.
+    zfs_ok: bool,
+    port: u16,
+}
+
+impl Release {
+    fn kiln(&self, args: &[&str]) -> Output {
+        self.p.kiln(args)
     }
-    let zfs_ok = !root().join(".kiln/run/zfs.unavailable").exists();
-    if !zfs_ok {
-        eprintln!("SKIPPED the ZFS path: zfs unavailable");
-        std::fs::remove_dir_all(p.join("platforms/macos")).unwrap();
+
+    fn key(&self, image: &str) -> String {
+        format!("{}/{image}", self.p.namespace)
     }
-    let zprefix = format!("test-release-{}", std::process::id());
-    struct ZfsCleanup(String);
-    impl Drop for ZfsCleanup {
-        fn drop(&mut self) {
-            for _ in 0..40 {
-                let out = Command::new("zfs")
-                    .args(["list", "-H", "-r", "-o", "name", &self.0])
-                    .stderr(std::process::Stdio::null())
-                    .output()
-                    .unwrap();
-                let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .lines()
-                    .map(str::to_string)
-                    .collect();
-                if names.is_empty() {
-                    return;
-                }
-                names.sort_by_key(|n| std::cmp::Reverse(n.matches('/').count()));
-                for n in names {
-                    let _ = Command::new("zfs")
-                        .args(["destroy", "-r", "-f", &n])
-                        .stderr(std::process::Stdio::null())
-                        .status();
-                }
-                std::thread::sleep(std::time::Duration::from_millis(250));
-            }
+}
+
+fn release_profile(test: &str, name: &str) -> Release {
+    common::fixtures();
+    let zprefix = format!("test-release-{name}-{}", std::process::id());
+    let port = common::free_port();
+    let mut b = Profile::busybox(&format!("release-{name}"), "busybox-release").platform("openbsd");
+    let zfs_ok = match zfs::unavailable() {
+        None => true,
+        Some(why) => {
+            common::skip(&format!("{test} (its ZFS path)"), &why);
+            false
         }
+    };
+    if zfs_ok {
+        b = b.platform("macos");
     }
-    let _zfs_cleanup = ZfsCleanup(format!("kiln/{zprefix}"));
-    let namespace = format!("kiln-test-release-{}", std::process::id());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let config = p.join("kiln.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{state}\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\nboot_timeout_secs = 300\n[zfs]\n[[zfs.hosts]]\nname = \"local\"\npool = \"kiln\"\nprefix = \"{zprefix}\"\nplatforms = [\"macos\"]\narch = \"amd64\"\n[refresh]\napi_url = \"http://127.0.0.1:{port}\"\ntoken_env = \"KILN_TEST_NO_TOKEN\"\n\
+    let p = b
+        .toml(&common::qemu_toml(300))
+        .toml(&common::zfs_toml(&zprefix, None))
+        .toml(&format!(
+            "[refresh]\napi_url = \"http://127.0.0.1:{port}\"\ntoken_env = \"KILN_TEST_NO_TOKEN\"\n\
              [[refresh.consumers]]\nrepo = \"ocurrent/ocaml-ci\"\nbase = \"main\"\npath = \"pins.json\"\nformat = \"json-pins\"\n\
              [[refresh.consumers]]\nrepo = \"ocurrent/opam-repo-ci\"\nbase = \"main\"\npath = \"doc/versions.txt\"\nformat = \"version-list\"\n\
-             [[refresh.consumers]]\nrepo = \"mirage/mirage-ci\"\nbase = \"main\"\npath = \"pins.yml\"\nformat = \"yaml-pins\"\nmode = \"issue\"\n",
-            state = root().join(".kiln").display()
-        ),
-    )
-    .unwrap();
-    let kiln = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--config")
-            .arg(&config)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-
-    // Interrupted between build and CI refresh: GitHub is not reachable.
-    let out = kiln(&["release", "5.5.1", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("ocurrent/ocaml-ci"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lock = kiln::publish::lockfile::Lockfile::load(&p.join("manifests/lockfile.json")).unwrap();
-    let key = format!("{namespace}/opam:busybox-release-ocaml-5.5");
-    assert_eq!(lock.entries[&key].ocaml.to_string(), "5.5.1");
-    // The same cascade built the OpenBSD disk (QEMU) and the macOS tree (ZFS).
-    assert_eq!(
-        lock.entries[&format!("{namespace}/openbsd-base:openbsd-7.9-ocaml-5.5")]
-            .ocaml
-            .to_string(),
-        "5.5.1"
-    );
-    if zfs_ok {
-        assert_eq!(
-            lock.entries[&format!("{namespace}/macos-base:macos-homebrew-ocaml-5.5")]
-                .ocaml
-                .to_string(),
-            "5.5.1"
-        );
+             [[refresh.consumers]]\nrepo = \"mirage/mirage-ci\"\nbase = \"main\"\npath = \"pins.yml\"\nformat = \"yaml-pins\"\nmode = \"issue\"\n"
+        ))
+        .create();
+    Release {
+        _zfs: zfs::Tree(format!("kiln/{zprefix}")),
+        p,
+        zfs_ok,
+        port,
     }
+}
 
-    // GitHub comes back.
+/// `kiln release 5.5.1` interrupted between build and CI refresh: GitHub is
+/// not reachable.
+fn interrupted(test: &str, name: &str) -> (Release, Output) {
+    let r = release_profile(test, name);
+    let out = r.kiln(&["release", "5.5.1", "--json"]);
+    (r, out)
+}
+
+/// The stand-in GitHub, serving on the release's port, its consumers'
+/// base branches holding their files; stops on drop.
+struct GitHub {
+    g: Shared,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn github_back(r: &Release) -> GitHub {
     let g: Shared = Arc::new(Mutex::new(Gh::default()));
     {
         let mut s = g.lock().unwrap();
@@ -405,100 +338,203 @@ fn release_cascade_interrupted_then_rerun_opens_one_pr_per_consumer() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
-        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", r.port)))
         .unwrap();
     let gh = g.clone();
     rt.spawn(async move { axum::serve(listener, app(gh)).await });
+    GitHub { g, _rt: rt }
+}
 
-    // Dry run: every step shown, no request that writes.
-    let out = kiln(&["release", "5.5.1", "--dry-run"]);
+/// Interrupted, then GitHub comes back and a dry run shows every step.
+fn after_dry_run(test: &str, name: &str) -> (Release, GitHub) {
+    let (r, _) = interrupted(test, name);
+    let gh = github_back(&r);
+    let out = r.kiln(&["release", "5.5.1", "--dry-run"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(g.lock().unwrap().log.iter().all(|l| l.starts_with("GET")));
+    (r, gh)
+}
 
-    // The rerun continues: nothing is built again, one PR per consumer.
-    let out = kiln(&["release", "5.5.1", "--json"]);
+/// After the dry run, the rerun continues: its summary.
+fn rerun(test: &str, name: &str) -> (Release, GitHub, Value) {
+    let (r, gh) = after_dry_run(test, name);
+    let out = r.kiln(&["release", "5.5.1", "--json"]);
     assert!(
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["builds"][0]["built"], 0, "{r}");
-    assert_eq!(
-        r["builds"][0]["unchanged"],
-        if zfs_ok { 3 } else { 2 },
-        "{r}"
+    let summary = serde_json::from_slice(&out.stdout).unwrap();
+    (r, gh, summary)
+}
+
+const BRANCH: &str = "kiln/release-5.5.1";
+
+fn file(s: &Gh, repo: &str, branch: &str, path: &str) -> String {
+    s.files[&(repo.to_string(), branch.to_string(), path.to_string())]
+        .0
+        .clone()
+}
+
+/// The pin the rerun wrote into ocaml-ci's pins.json on the release branch.
+fn busybox_pin(s: &Gh) -> String {
+    let v: Value =
+        serde_json::from_str(&file(s, "ocurrent/ocaml-ci", BRANCH, "pins.json")).unwrap();
+    v["opam:busybox-release-ocaml-5.5"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn release_interrupted_before_the_ci_refresh_exits_2_naming_the_consumer() {
+    let _serial = serial();
+    let (_r, out) = interrupted(
+        "release_interrupted_before_the_ci_refresh_exits_2_naming_the_consumer",
+        "exit",
     );
     assert_eq!(
-        r["refreshed"]["ocurrent/ocaml-ci"]["action"], "pull-request-opened",
-        "{r}"
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ocurrent/ocaml-ci"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The same cascade built the Linux image (Docker), the OpenBSD disk
+/// (QEMU) and the macOS tree (ZFS), and published them before stopping.
+#[test]
+fn release_interrupted_before_the_ci_refresh_keeps_every_builders_images() {
+    let _serial = serial();
+    let (r, _) = interrupted(
+        "release_interrupted_before_the_ci_refresh_keeps_every_builders_images",
+        "built",
     );
     assert_eq!(
-        r["refreshed"]["mirage/mirage-ci"]["action"], "issue-opened",
-        "{r}"
+        r.p.entry(&r.key("opam:busybox-release-ocaml-5.5"))["ocaml"],
+        "5.5.1"
     );
-    {
-        let s = g.lock().unwrap();
-        assert_eq!(s.pulls.len(), 2);
-        assert_eq!(s.issues.len(), 1);
-        let branch = "kiln/release-5.5.1";
-        let pins = &s.files[&(
-            "ocurrent/ocaml-ci".to_string(),
-            branch.to_string(),
-            "pins.json".to_string(),
-        )]
-            .0;
-        let v: Value = serde_json::from_str(pins).unwrap();
-        assert_eq!(v["other"], "x");
-        let pin = v["opam:busybox-release-ocaml-5.5"].as_str().unwrap();
-        assert!(
-            pin.starts_with(&format!(
-                "127.0.0.1:5000/{namespace}/opam:busybox-release-ocaml-5.5@sha256:"
-            )),
-            "{pin}"
-        );
-        let versions = &s.files[&(
-            "ocurrent/opam-repo-ci".to_string(),
-            branch.to_string(),
-            "doc/versions.txt".to_string(),
-        )]
-            .0;
-        assert_eq!(versions, "4.14.3\n5.5.0\n5.5.1\n");
-        let pr = s
-            .pulls
-            .iter()
-            .find(|p| p["repo"] == "ocurrent/ocaml-ci")
-            .unwrap();
-        assert_eq!(pr["head"], branch);
-        assert_eq!(pr["base"], "main");
-        assert!(pr["body"].as_str().unwrap().contains(pin), "{}", pr["body"]);
-        // The base branch itself is untouched.
+    assert_eq!(
+        r.p.entry(&r.key("openbsd-base:openbsd-7.9-ocaml-5.5"))["ocaml"],
+        "5.5.1"
+    );
+    if r.zfs_ok {
         assert_eq!(
-            s.files[&(
-                "ocurrent/ocaml-ci".to_string(),
-                "main".to_string(),
-                "pins.json".to_string()
-            )]
-                .0,
-            "{\n  \"other\": \"x\"\n}\n"
+            r.p.entry(&r.key("macos-base:macos-homebrew-ocaml-5.5"))["ocaml"],
+            "5.5.1"
         );
     }
-    // Once more: nothing new anywhere.
-    let out = kiln(&["release", "5.5.1", "--json"]);
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+}
+
+/// Dry run: every step shown, no request that writes.
+#[test]
+fn release_dry_run_sends_github_no_request_that_writes() {
+    let _serial = serial();
+    let (_r, gh) = after_dry_run("release_dry_run_sends_github_no_request_that_writes", "dry");
+    let s = gh.g.lock().unwrap();
+    assert!(s.log.iter().all(|l| l.starts_with("GET")), "{:?}", s.log);
+}
+
+/// The rerun continues where the interrupted release stopped.
+#[test]
+fn release_rerun_builds_nothing_again() {
+    let _serial = serial();
+    let (r, _gh, summary) = rerun("release_rerun_builds_nothing_again", "nobuild");
+    assert_eq!(summary["builds"][0]["built"], 0, "{summary}");
     assert_eq!(
-        r["refreshed"]["ocurrent/ocaml-ci"]["action"], "pull-request-exists",
-        "{r}"
+        summary["builds"][0]["unchanged"],
+        if r.zfs_ok { 3 } else { 2 },
+        "{summary}"
+    );
+}
+
+#[test]
+fn release_rerun_opens_one_pull_request_or_issue_per_consumer() {
+    let _serial = serial();
+    let (_r, gh, summary) = rerun(
+        "release_rerun_opens_one_pull_request_or_issue_per_consumer",
+        "prs",
     );
     assert_eq!(
-        r["refreshed"]["mirage/mirage-ci"]["action"], "issue-exists",
-        "{r}"
+        summary["refreshed"]["ocurrent/ocaml-ci"]["action"], "pull-request-opened",
+        "{summary}"
     );
-    let s = g.lock().unwrap();
+    assert_eq!(
+        summary["refreshed"]["mirage/mirage-ci"]["action"], "issue-opened",
+        "{summary}"
+    );
+    let s = gh.g.lock().unwrap();
+    assert_eq!(s.pulls.len(), 2);
+    assert_eq!(s.issues.len(), 1);
+    let pin = busybox_pin(&s);
+    let pr = s
+        .pulls
+        .iter()
+        .find(|p| p["repo"] == "ocurrent/ocaml-ci")
+        .unwrap();
+    assert_eq!(pr["head"], BRANCH);
+    assert_eq!(pr["base"], "main");
+    assert!(
+        pr["body"].as_str().unwrap().contains(&pin),
+        "{}",
+        pr["body"]
+    );
+}
+
+#[test]
+fn release_rerun_writes_the_pins_on_a_branch_and_leaves_the_base_untouched() {
+    let _serial = serial();
+    let (r, gh, _) = rerun(
+        "release_rerun_writes_the_pins_on_a_branch_and_leaves_the_base_untouched",
+        "pins",
+    );
+    let s = gh.g.lock().unwrap();
+    let v: Value =
+        serde_json::from_str(&file(&s, "ocurrent/ocaml-ci", BRANCH, "pins.json")).unwrap();
+    assert_eq!(v["other"], "x");
+    let pin = busybox_pin(&s);
+    assert!(
+        pin.starts_with(&format!(
+            "127.0.0.1:5000/{}/opam:busybox-release-ocaml-5.5@sha256:",
+            r.p.namespace
+        )),
+        "{pin}"
+    );
+    assert_eq!(
+        file(&s, "ocurrent/opam-repo-ci", BRANCH, "doc/versions.txt"),
+        "4.14.3\n5.5.0\n5.5.1\n"
+    );
+    // The base branch itself is untouched.
+    assert_eq!(
+        file(&s, "ocurrent/ocaml-ci", "main", "pins.json"),
+        "{\n  \"other\": \"x\"\n}\n"
+    );
+}
+
+/// Once more: nothing new anywhere.
+#[test]
+fn release_run_once_more_opens_nothing_new() {
+    let _serial = serial();
+    let (r, gh, _) = rerun("release_run_once_more_opens_nothing_new", "again");
+    let out = r.kiln(&["release", "5.5.1", "--json"]);
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["refreshed"]["ocurrent/ocaml-ci"]["action"], "pull-request-exists",
+        "{summary}"
+    );
+    assert_eq!(
+        summary["refreshed"]["mirage/mirage-ci"]["action"], "issue-exists",
+        "{summary}"
+    );
+    let s = gh.g.lock().unwrap();
     assert_eq!((s.pulls.len(), s.issues.len()), (2, 1));
 }

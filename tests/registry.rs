@@ -3,13 +3,14 @@
 
 use kiln::catalogue::Arch;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use kiln::publish::lockfile::{ArchEntry, ArtifactKind, Entry, Lockfile};
 use kiln::registry::index::{self, Platform};
 use kiln::registry::{OCI_MANIFEST, PushedHow, Registry, artifact, sha256_digest};
 use serde_json::json;
+
+mod common;
 
 fn registry() -> Registry {
     let cfg = kiln::config::Config::defaults(std::path::Path::new("/")).unwrap();
@@ -37,12 +38,7 @@ fn skopeo_raw(reference: &str) -> serde_json::Value {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::ok_json(out)
 }
 
 /// Push a minimal single-platform image manifest; returns its digest.
@@ -483,16 +479,19 @@ async fn verify_names_problems_and_rollback_moves_back() {
             .to_string()
     };
     let hexd = &config_digest[7..];
-    let blob = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join(".kiln/registry/data/docker/registry/v2/blobs/sha256")
+    let blob = common::state_dir()
+        .join("registry/data/docker/registry/v2/blobs/sha256")
         .join(&hexd[..2])
         .join(hexd)
         .join("data");
     if !blob.exists() {
         // The registry was started by another checkout's services script.
-        eprintln!(
-            "corruption check skipped: registry storage is not under this checkout ({})",
-            blob.display()
+        common::skip(
+            "verify_names_problems_and_rollback_moves_back (its corruption check)",
+            &format!(
+                "registry storage is not under this checkout ({})",
+                blob.display()
+            ),
         );
         return;
     }

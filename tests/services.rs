@@ -3,13 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
-fn kiln() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+mod common;
+use common::{kiln, root};
 
 #[test]
 fn doctor_reports_every_component_healthy() {
@@ -19,7 +14,16 @@ fn doctor_reports_every_component_healthy() {
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let zfs_down = root().join(".kiln/run/zfs.unavailable").exists();
+    let zfs_down = match common::zfs::unavailable() {
+        None => false,
+        Some(why) => {
+            common::skip(
+                "doctor_reports_every_component_healthy (its zfs checks)",
+                &why,
+            );
+            true
+        }
+    };
     for c in v["checks"].as_array().unwrap() {
         let name = c["component"].as_str().unwrap();
         if zfs_down && name.starts_with("zfs") {
@@ -99,14 +103,6 @@ fn bad_config_is_refused_with_the_field_named() {
     assert!(err.contains(file.to_str().unwrap()), "{err}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn services(state: &Path, port: u16, pool: &str, action: &str) -> std::process::Output {
     Command::new("bash")
         .arg(root().join("scripts/services.sh"))
@@ -127,7 +123,7 @@ fn alive(pid: &str) -> bool {
 #[test]
 fn services_up_twice_then_down_stops_exactly_what_it_started() {
     let state = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let pool = format!("kilnsvc{}", std::process::id());
     let up = services(state.path(), port, &pool, "up");
     let text = String::from_utf8_lossy(&up.stdout).to_string();
@@ -143,7 +139,8 @@ fn services_up_twice_then_down_stops_exactly_what_it_started() {
     let pid = std::fs::read_to_string(state.path().join("run/registry.pid")).unwrap();
     let pid = pid.trim().to_string();
     assert!(alive(&pid));
-    let zfs_ok = !state.path().join("run/zfs.unavailable").exists();
+    let unavailable = state.path().join("run/zfs.unavailable");
+    let zfs_ok = !unavailable.exists();
     if zfs_ok {
         assert!(text.contains(&format!("pool {pool} ONLINE")), "{text}");
     }
@@ -191,4 +188,15 @@ fn services_up_twice_then_down_stops_exactly_what_it_started() {
             .status
             .success()
     );
+    // Said last, once what `up` started is stopped: under
+    // KILN_REQUIRE_ALL=1 a skip fails the test.
+    if !zfs_ok {
+        common::skip(
+            "services_up_twice_then_down_stops_exactly_what_it_started (its zfs pool checks)",
+            &format!(
+                "zfs unavailable: {}",
+                std::fs::read_to_string(&unavailable).unwrap_or_default()
+            ),
+        );
+    }
 }

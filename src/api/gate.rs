@@ -29,6 +29,15 @@ pub enum MissingReason {
 }
 
 impl MissingReason {
+    pub const ALL: [MissingReason; 6] = [
+        MissingReason::NotBuilt,
+        MissingReason::Building,
+        MissingReason::Queued,
+        MissingReason::Failed,
+        MissingReason::NoBuilder,
+        MissingReason::Stale,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MissingReason::NotBuilt => "not-built",

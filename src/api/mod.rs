@@ -2,14 +2,17 @@
 //! versions that are not complete.
 //!
 //! Every request reads one immutable [`snapshot::Snapshot`]; reloads swap it
-//! atomically. Routes are listed once in [`ROUTES`], which the OpenAPI
-//! document is checked against.
+//! atomically. Routes and every status each can answer are listed once in
+//! [`ROUTES`] (`routes.rs`): the OpenAPI document is built from it, and
+//! tests check the handlers and the running server against it.
 
+mod auth;
 pub mod gate;
 mod html;
 mod metrics;
 mod openapi;
 pub mod resolve;
+mod routes;
 pub mod snapshot;
 pub mod suggest;
 
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -31,22 +35,7 @@ pub use metrics::Metrics;
 use metrics::count;
 use snapshot::{Snapshot, Store};
 
-/// Every route, for the OpenAPI sync test: (method, path).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/v1/openapi.json"),
-    ("get", "/v1/resolve"),
-    ("get", "/v1/versions"),
-    ("get", "/v1/versions/{version}"),
-    ("get", "/v1/platforms"),
-    ("get", "/v1/lockfile"),
-    ("get", "/v1/logs/{name}"),
-    ("post", "/v1/reload"),
-    ("post", "/v1/rebuild"),
-];
+pub use routes::{Body, ROUTES, Reply, Route, route};
 
 /// Query strings longer than this get a 414.
 const MAX_QUERY: usize = 2048;
@@ -99,17 +88,17 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
 pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(status_page))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
-        .route("/v1/openapi.json", get(|| async { openapi::document() }))
+        .route("/v1/openapi.json", get(openapi_document))
         .route("/v1/resolve", get(resolve_route))
-        .route("/v1/versions", get(versions))
+        .route("/v1/versions", get(versions_route))
         .route("/v1/versions/{version}", get(version))
-        .route("/v1/platforms", get(platforms))
+        .route("/v1/platforms", get(platforms_route))
         .route("/v1/lockfile", get(lockfile))
         .route("/v1/logs/{name}", get(build_log))
-        .route("/v1/reload", post(reload))
+        .route("/v1/reload", post(reload_route))
         .route("/v1/rebuild", post(rebuild))
         .fallback(|| async {
             error(
@@ -127,7 +116,33 @@ pub fn router(state: Shared) -> Router {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::map_response(body_limit_json))
         .with_state(state)
+}
+
+/// The body-limit layer answers 413 in plain text before any handler runs;
+/// every other error of the API is JSON, so this one is made JSON too.
+async fn body_limit_json(r: Response) -> Response {
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if r.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+        return r;
+    }
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        format!("request bodies are limited to {MAX_BODY} bytes"),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn openapi_document() -> Response {
+    openapi::document().into_response()
 }
 
 /// Serve until `shutdown` resolves; polls the lockfile for changes.
@@ -230,10 +245,7 @@ async fn resolve_route(
     let snap = st.store.current();
     let r = match resolve::resolve(&snap, &q.image, q.arch.as_deref()) {
         Ok(pin) => (StatusCode::OK, axum::Json(pin)).into_response(),
-        Err(refusal) => {
-            let code = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            (code, axum::Json(refusal)).into_response()
-        }
+        Err(refusal) => (refusal.http_status(), axum::Json(refusal)).into_response(),
     };
     count(&st, 0, r.status());
     r
@@ -297,7 +309,7 @@ pub fn version_view(snap: &Snapshot, v: &OcamlVersion) -> Option<VersionView> {
     })
 }
 
-async fn versions(State(st): State<Shared>) -> Response {
+async fn versions_route(State(st): State<Shared>) -> Response {
     let snap = st.store.current();
     let all: Vec<VersionView> = snap
         .versions()
@@ -308,7 +320,15 @@ async fn versions(State(st): State<Shared>) -> Response {
     axum::Json(all).into_response()
 }
 
-async fn version(State(st): State<Shared>, Path(v): Path<String>) -> Response {
+async fn version(State(st): State<Shared>, v: Result<Path<String>, PathRejection>) -> Response {
+    let v = match v {
+        Ok(Path(v)) => v,
+        Err(e) => {
+            let r = bad_path(&e);
+            count(&st, 2, r.status());
+            return r;
+        }
+    };
     let snap = st.store.current();
     let view = v
         .parse::<OcamlVersion>()
@@ -334,7 +354,7 @@ async fn version(State(st): State<Shared>, Path(v): Path<String>) -> Response {
     r
 }
 
-async fn platforms(State(st): State<Shared>) -> Response {
+async fn platforms_route(State(st): State<Shared>) -> Response {
     let snap = st.store.current();
     count(&st, 3, StatusCode::OK);
     axum::Json(snap.platforms()).into_response()
@@ -377,38 +397,15 @@ async fn lockfile(State(st): State<Shared>, headers: HeaderMap) -> Response {
     resp
 }
 
-/// Constant-time comparison of the presented bearer token.
-fn authorized(token: &str, headers: &HeaderMap) -> bool {
-    if token.is_empty() {
-        return false;
-    }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let (a, b) = (presented.as_bytes(), token.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, y) in b.iter().enumerate() {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ y);
-    }
-    diff == 0
+/// A path segment the router could not decode (not UTF-8): 400, in JSON
+/// like every other refusal.
+fn bad_path(e: &PathRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad-path", e.body_text())
 }
 
-async fn reload(State(st): State<Shared>, headers: HeaderMap) -> Response {
-    if st.token.is_empty() {
-        return error(
-            StatusCode::FORBIDDEN,
-            "writes-disabled",
-            "writes are disabled: set api.token",
-        );
-    }
-    if !authorized(&st.token, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        );
+async fn reload_route(State(st): State<Shared>, headers: HeaderMap) -> Response {
+    if let Err(denied) = auth::writer(&st.token, &headers) {
+        return denied.answer();
     }
     let s = st.clone();
     match tokio::task::spawn_blocking(move || s.store.reload()).await {
@@ -434,7 +431,14 @@ async fn reload(State(st): State<Shared>, headers: HeaderMap) -> Response {
 }
 
 /// A build log by file name (no paths: `[A-Za-z0-9._+-]+\.log`).
-async fn build_log(State(st): State<Shared>, Path(name): Path<String>) -> Response {
+async fn build_log(
+    State(st): State<Shared>,
+    name: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(e) => return bad_path(&e),
+    };
     let valid = name.ends_with(".log")
         && !name.starts_with('.')
         && name
@@ -466,19 +470,8 @@ async fn build_log(State(st): State<Shared>, Path(name): Path<String>) -> Respon
 
 /// Ask the daemon for a rebuild round (bearer token).
 async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
-    if st.token.is_empty() {
-        return error(
-            StatusCode::FORBIDDEN,
-            "writes-disabled",
-            "writes are disabled: set api.token",
-        );
-    }
-    if !authorized(&st.token, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
-        );
+    if let Err(denied) = auth::writer(&st.token, &headers) {
+        return denied.answer();
     }
     let Some(tx) = &st.rebuild else {
         return error(

@@ -1,78 +1,235 @@
-//! The OpenAPI 3.1 document, kept in sync with [`super::ROUTES`] by a test.
+//! The OpenAPI 3.1 document: the API's contract.
+//!
+//! Paths, methods, summaries, security and every response (status, body
+//! schema, headers) come from [`super::ROUTES`]; this file adds what the
+//! table does not say: parameters and the schemas of the bodies. The
+//! lockfile's schema is the committed `manifests/lockfile.schema.json`.
 
 use axum::Json;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use super::gate::MissingReason;
+use super::routes::{Body, ROUTES, Route};
+use crate::catalogue::Arch;
+use crate::model::FailureKind;
 
 pub fn document() -> Json<Value> {
     Json(spec())
 }
 
-fn err(desc: &str) -> Value {
-    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+/// Parameters of the routes that take any. The patterns say exactly what
+/// the handlers accept, so a schema-valid request is never a 400.
+fn parameters(path: &str) -> Value {
+    match path {
+        "/v1/resolve" => json!([
+            {"name": "image", "in": "query", "required": true,
+             "description": "NAME:TAG; NAME may carry a registry host and port",
+             "schema": {"type": "string", "maxLength": 512,
+                        "pattern": "^[A-Za-z0-9._/:-]+:[A-Za-z0-9._-]+$"},
+             "example": "ocaml/opam:debian-13-ocaml-5.5"},
+            {"name": "arch", "in": "query", "required": false,
+             "description": "also answer this arch's own manifest digest (404 if the image has no such arch)",
+             "schema": {"type": "string"}, "example": "arm64"}
+        ]),
+        "/v1/versions/{version}" => json!([
+            {"name": "version", "in": "path", "required": true,
+             "schema": {"type": "string"}, "example": "5.5.0"}
+        ]),
+        "/v1/lockfile" => json!([
+            {"name": "If-None-Match", "in": "header", "required": false,
+             "description": "an ETag of an earlier answer, or `*`: 304 if it is current",
+             "schema": {"type": "string"}}
+        ]),
+        "/v1/logs/{name}" => json!([
+            {"name": "name", "in": "path", "required": true,
+             "schema": {"type": "string", "maxLength": 255,
+                        "pattern": "^[A-Za-z0-9_+-][A-Za-z0-9._+-]*\\.log$"},
+             "example": "linux_debian-13_5.5.0_amd64.log"}
+        ]),
+        _ => json!([]),
+    }
+}
+
+fn header(name: &str) -> Value {
+    let description = match name {
+        "WWW-Authenticate" => "the bearer challenge",
+        "ETag" => "the current lockfile's entity tag",
+        "Vary" => "Accept-Encoding",
+        _ => "",
+    };
+    json!({"description": description, "required": true, "schema": {"type": "string"}})
+}
+
+fn responses(route: &Route) -> Value {
+    let mut out = Map::new();
+    for r in route.replies {
+        let mut resp = Map::new();
+        resp.insert("description".into(), r.description.into());
+        let content = match r.body {
+            Body::Empty => None,
+            Body::Json(schema) => Some(json!({"application/json": {
+                "schema": {"$ref": format!("#/components/schemas/{schema}")}}})),
+            Body::Text => Some(json!({"text/plain": {"schema": {"type": "string"}}})),
+            Body::Html => Some(json!({"text/html": {"schema": {"type": "string"}}})),
+        };
+        if let Some(c) = content {
+            resp.insert("content".into(), c);
+        }
+        if !r.headers.is_empty() {
+            let headers: Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|h| (h.to_string(), header(h)))
+                .collect();
+            resp.insert("headers".into(), headers.into());
+        }
+        out.insert(r.status.to_string(), resp.into());
+    }
+    out.into()
+}
+
+fn paths() -> Value {
+    let mut paths = Map::new();
+    for route in ROUTES {
+        let mut op = Map::new();
+        op.insert("summary".into(), route.summary.into());
+        op.insert(
+            "operationId".into(),
+            format!("{}_{}", route.method, route.handler).into(),
+        );
+        let params = parameters(route.path);
+        if params.as_array().is_some_and(|p| !p.is_empty()) {
+            op.insert("parameters".into(), params);
+        }
+        if route.auth {
+            op.insert("security".into(), json!([{"bearer": []}]));
+        }
+        op.insert("responses".into(), responses(route));
+        let entry = paths
+            .entry(route.path.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(ops) = entry.as_object_mut() {
+            ops.insert(route.method.to_string(), op.into());
+        }
+    }
+    paths.into()
+}
+
+/// Rewrite `#/$defs/NAME` references of the lockfile schema to the
+/// components the document holds them under.
+fn rebase_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+            {
+                *r = format!("#/components/schemas/Lockfile_{name}");
+            }
+            m.values_mut().for_each(rebase_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(rebase_refs),
+        _ => {}
+    }
+}
+
+/// The committed lockfile schema, as components: `Lockfile` and one
+/// `Lockfile_NAME` per definition.
+fn lockfile_schemas(schemas: &mut Map<String, Value>) {
+    let Ok(mut schema) =
+        serde_json::from_str::<Value>(include_str!("../../manifests/lockfile.schema.json"))
+    else {
+        // A unit test parses the same text; this cannot happen in a build
+        // that passed its tests.
+        schemas.insert("Lockfile".into(), json!({"type": "object"}));
+        return;
+    };
+    rebase_refs(&mut schema);
+    if let Some(m) = schema.as_object_mut() {
+        m.remove("$schema");
+        m.remove("$id");
+        if let Some(Value::Object(defs)) = m.remove("$defs") {
+            for (name, def) in defs {
+                schemas.insert(format!("Lockfile_{name}"), def);
+            }
+        }
+    }
+    schemas.insert("Lockfile".into(), schema);
+}
+
+fn schemas() -> Map<String, Value> {
+    let arches: Vec<&str> = Arch::ALL.iter().map(|a| a.as_str()).collect();
+    let reasons: Vec<&str> = MissingReason::ALL.iter().map(|r| r.as_str()).collect();
+    let kinds: Vec<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+    let arch_digests = json!({"type": "object", "additionalProperties": {"type": "string"}});
+    let mut schemas: Map<String, Value> = json!({
+        "Error": {"type": "object", "required": ["error", "message"], "properties": {
+            "error": {"type": "string", "description": "machine-readable kind, e.g. not-available"},
+            "message": {"type": "string"},
+            "image": {"type": "string"}, "ocaml": {"type": "string"},
+            "platform": {"type": "string"}, "os": {"type": "string"},
+            "missing": {"type": "array", "items": {"$ref": "#/components/schemas/Missing"}},
+            "suggestions": {"type": "array", "items": {"type": "string"}}}},
+        "Missing": {"type": "object", "required": ["arch", "reason"], "properties": {
+            "arch": {"type": "string", "enum": arches},
+            "reason": {"type": "string", "enum": reasons},
+            "kind": {"type": "string", "enum": kinds},
+            "detail": {"type": "string"}}},
+        "Pin": {"type": "object",
+            "required": ["image", "reference", "digest", "arches", "build_key", "published_at", "platform", "os", "ocaml"],
+            "properties": {
+                "image": {"type": "string"}, "reference": {"type": "string"}, "digest": {"type": "string"},
+                "arch_digest": {"type": "string"}, "arches": arch_digests,
+                "build_key": {"type": "string"}, "published_at": {"type": "string", "format": "date-time"},
+                "platform": {"type": "string"}, "os": {"type": "string"}, "ocaml": {"type": "string"}}},
+        "Cell": {"type": "object", "required": ["platform", "os", "tag", "available", "arches"], "properties": {
+            "platform": {"type": "string"}, "os": {"type": "string"}, "tag": {"type": "string"},
+            "available": {"type": "boolean"}, "arches": arch_digests,
+            "missing": {"type": "array", "items": {"$ref": "#/components/schemas/Missing"}}}},
+        "Version": {"type": "object", "required": ["version", "available", "cells"], "properties": {
+            "version": {"type": "string"},
+            "available": {"type": "boolean", "description": "every required tag of this version is available"},
+            "cells": {"type": "array", "items": {"$ref": "#/components/schemas/Cell"}}}},
+        "VersionList": {"type": "array", "items": {"$ref": "#/components/schemas/Version"}},
+        "Platforms": {"type": "object", "description": "platform → its OS releases",
+            "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+        "Ready": {"type": "object", "required": ["ready", "entries", "requirements", "loaded_at"], "properties": {
+            "ready": {"type": "boolean"}, "entries": {"type": "integer", "minimum": 0},
+            "requirements": {"type": "integer", "minimum": 0},
+            "loaded_at": {"type": "string", "format": "date-time"}}},
+        "Reloaded": {"type": "object", "required": ["reloaded", "entries", "etag"], "properties": {
+            "reloaded": {"type": "boolean"}, "entries": {"type": "integer", "minimum": 0},
+            "etag": {"type": "string"}}},
+        "Queued": {"type": "object", "required": ["queued"], "properties": {
+            "queued": {"type": "boolean"}, "note": {"type": "string"}}},
+        "OpenApi": {"type": "object", "required": ["openapi", "info", "paths"]}
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default();
+    lockfile_schemas(&mut schemas);
+    schemas
 }
 
 pub fn spec() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Kiln digest API", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "Pins for OCaml CI base images, refused until every required image is published."},
-        "paths": {
-            "/": {"get": {"summary": "HTML status matrix", "responses": {"200": {"description": "HTML page", "content": {"text/html": {}}}}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}},
-            "/readyz": {"get": {"summary": "Readiness, with snapshot size", "responses": {"200": {"description": "ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition format"}}}},
-            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI document"}}}},
-            "/v1/resolve": {"get": {
-                "summary": "Pin an image reference by digest",
-                "parameters": [
-                    {"name": "image", "in": "query", "required": true, "schema": {"type": "string"}, "example": "ocaml/opam:debian-13-ocaml-5.5"},
-                    {"name": "arch", "in": "query", "required": false, "schema": {"type": "string"}, "example": "arm64"}
-                ],
-                "responses": {
-                    "200": {"description": "pinned", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Pin"}}}},
-                    "400": err("malformed request"),
-                    "404": err("unknown image or arch, with suggestions"),
-                    "409": err("version not available on this platform: the missing list says what and why"),
-                    "414": err("query string too long")
-                }}},
-            "/v1/versions": {"get": {"summary": "Availability of every version per platform and OS release", "responses": {"200": {"description": "list"}}}},
-            "/v1/versions/{version}": {"get": {"summary": "Availability of one version",
-                "parameters": [{"name": "version", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "availability"}, "404": err("unknown version")}}},
-            "/v1/platforms": {"get": {"summary": "Platforms and OS releases", "responses": {"200": {"description": "platform → OS releases"}}}},
-            "/v1/lockfile": {"get": {"summary": "The whole published lockfile (ETag, If-None-Match, gzip)",
-                "responses": {"200": {"description": "lockfile JSON"}, "304": {"description": "not modified"}}}},
-            "/v1/logs/{name}": {"get": {"summary": "A build log (linked from failures on the status page)",
-                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "text/plain log"}, "400": err("not a log file name"), "404": err("no such log")}}},
-            "/v1/rebuild": {"post": {"summary": "Queue a rebuild round in the daemon (bearer token)", "security": [{"bearer": []}],
-                "responses": {"202": {"description": "queued"}, "401": err("bad token"), "403": err("writes disabled"), "503": err("not running inside kiln daemon")}}},
-            "/v1/reload": {"post": {"summary": "Reload the lockfile now (bearer token)", "security": [{"bearer": []}],
-                "responses": {"200": {"description": "reloaded"}, "401": err("bad token"), "403": err("writes disabled"), "422": err("lockfile invalid; previous snapshot kept")}}}
-        },
+                 "description": "Pins for OCaml CI base images, refused until every required image is published. \
+                                 Reads are public; writes need `Authorization: Bearer <api.token>` \
+                                 (401 without a bearer token, 403 with a wrong one or when writes are disabled)."},
+        "paths": paths(),
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {
-                    "error": {"type": "string"}, "message": {"type": "string"},
-                    "missing": {"type": "array", "items": {"type": "object", "properties": {
-                        "arch": {"type": "string"},
-                        "reason": {"type": "string", "enum": ["not-built", "building", "queued", "failed", "no-builder", "stale"]},
-                        "kind": {"type": "string", "enum": ["infra", "recipe", "no-builder", "cancelled"]},
-                        "detail": {"type": "string"}}}},
-                    "suggestions": {"type": "array", "items": {"type": "string"}}}},
-                "Pin": {"type": "object", "required": ["reference", "digest", "arches"], "properties": {
-                    "image": {"type": "string"}, "reference": {"type": "string"}, "digest": {"type": "string"},
-                    "arch_digest": {"type": "string"}, "arches": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "build_key": {"type": "string"}, "published_at": {"type": "string", "format": "date-time"},
-                    "platform": {"type": "string"}, "os": {"type": "string"}, "ocaml": {"type": "string"}}}
-            }
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                "description": "api.token from kiln.toml; empty disables writes"}},
+            "schemas": schemas()
         }
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -88,12 +245,86 @@ mod tests {
                     .map(move |m| (m.clone(), p.clone()))
             })
             .collect();
-        let mut routes: Vec<(String, String)> = super::super::ROUTES
+        let mut routes: Vec<(String, String)> = ROUTES
             .iter()
-            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .map(|r| (r.method.to_string(), r.path.to_string()))
             .collect();
         documented.sort();
         routes.sort();
         assert_eq!(documented, routes);
+    }
+
+    #[test]
+    fn every_declared_status_is_documented_with_its_body() {
+        let spec = spec();
+        for r in ROUTES {
+            let op = &spec["paths"][r.path][r.method];
+            let documented: BTreeSet<u16> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.parse().unwrap())
+                .collect();
+            assert_eq!(
+                documented,
+                r.statuses().collect(),
+                "{} {}",
+                r.method,
+                r.path
+            );
+            for reply in r.replies {
+                let resp = &op["responses"][reply.status.to_string()];
+                match reply.body {
+                    Body::Empty => assert!(resp.get("content").is_none()),
+                    Body::Json(name) => {
+                        assert!(
+                            spec["components"]["schemas"][name].is_object(),
+                            "{}: no schema {name}",
+                            r.path
+                        );
+                        assert!(resp["content"]["application/json"]["schema"].is_object());
+                    }
+                    Body::Text => assert!(resp["content"]["text/plain"].is_object()),
+                    Body::Html => assert!(resp["content"]["text/html"].is_object()),
+                }
+                for h in reply.headers {
+                    assert!(resp["headers"][h].is_object(), "{} {h}", r.path);
+                }
+            }
+            assert_eq!(op["security"].is_array(), r.auth, "{}", r.path);
+        }
+        assert_eq!(
+            spec["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+
+    /// Every `$ref` names a schema the document holds.
+    #[test]
+    fn every_reference_resolves() {
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let spec = spec();
+        let mut all = vec![];
+        refs(&spec, &mut all);
+        assert!(all.iter().any(|r| r.contains("Lockfile_entry")));
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap();
+            assert!(
+                spec["components"]["schemas"][name].is_object(),
+                "{r} resolves"
+            );
+        }
+        assert!(spec["components"]["schemas"]["Lockfile"]["$id"].is_null());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::gate::{Missing, Verdict, verdict};
@@ -54,11 +55,13 @@ pub enum Refusal {
 pub type Refused = Box<Refusal>;
 
 impl Refusal {
-    pub fn status(&self) -> u16 {
+    /// The HTTP status of this refusal (`kiln resolve` maps it to its exit
+    /// code).
+    pub fn http_status(&self) -> StatusCode {
         match self {
-            Refusal::BadRequest { .. } => 400,
-            Refusal::Unknown { .. } => 404,
-            Refusal::NotAvailable { .. } => 409,
+            Refusal::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Refusal::Unknown { .. } => StatusCode::NOT_FOUND,
+            Refusal::NotAvailable { .. } => StatusCode::CONFLICT,
         }
     }
 }

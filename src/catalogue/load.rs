@@ -1,12 +1,12 @@
 //! Reading, validating and (for `kiln bump`) rewriting the catalogue.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
 use super::platform::{BuilderKind, OsRelease, Platform, Policy};
-use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Release, Series, Sets, Status};
+use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Series, Sets, Status};
 
 fn read(path: &Path) -> Result<String, CatalogueError> {
     std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
@@ -268,9 +268,9 @@ fn validate_sets(cat: &Catalogue) -> Result<(), CatalogueError> {
     Ok(())
 }
 
-/// One platform directory: its name, its OS releases (whose ids and
-/// aliases must be unique within a repository, across platforms: `names`)
-/// and its policy.
+/// One platform directory: its name, its repository (a registry path),
+/// its OS releases (whose ids and aliases must be unique within a
+/// repository, across platforms: `names`) and its policy.
 fn validate_platform(
     cat: &Catalogue,
     pf: &Platform,
@@ -286,6 +286,13 @@ fn validate_platform(
                 "{:?} does not match its directory {dir_name:?}",
                 pf.platform
             ),
+        ));
+    }
+    if let Err(why) = super::reference::check_path(&pf.repository) {
+        return Err(CatalogueError::invalid(
+            &p,
+            "repository",
+            format!("{:?} is not a repository path: {why}", pf.repository),
         ));
     }
     let mut ids = BTreeSet::new();
@@ -304,7 +311,8 @@ fn validate_platform(
     validate_policy(cat, pf)
 }
 
-/// `releases[i]` of a platform: id, tier, arches, recipes, and names not
+/// `releases[i]` of a platform: id, tier, arches, parent (an image
+/// reference), recipes, and names not
 /// taken by another OS release of the repository.
 fn validate_os_release(
     p: &Path,
@@ -347,6 +355,15 @@ fn validate_os_release(
             p,
             format!("{field}.reproducible"),
             "only Linux images built by the docker builder are made reproducible",
+        ));
+    }
+    if let Some(parent) = &r.parent
+        && let Err(why) = parent.parse::<super::ImageRef>()
+    {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.parent"),
+            format!("{parent:?} is not an image reference: {why}"),
         ));
     }
     if r.recipes.is_empty() {
@@ -418,177 +435,4 @@ pub fn format_series(s: &Series) -> Result<String, CatalogueError> {
         "# OCaml {} series. Canonical form: edit with `kiln bump` or run `kiln catalogue fmt`.\n{body}",
         s.series
     ))
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BumpOutcome {
-    /// A new release was added (and maybe a new series file created).
-    Added { file: PathBuf },
-    /// An existing release had its status or date changed.
-    Updated { file: PathBuf },
-    /// Already exactly so: nothing written.
-    Unchanged,
-}
-
-/// Add or update a release. Validates the whole catalogue with the change
-/// before writing anything; writes atomically.
-pub fn bump(
-    versions_dir: &Path,
-    platforms_dir: &Path,
-    version: &OcamlVersion,
-    status: Option<Status>,
-    date: Option<chrono::NaiveDate>,
-    dry_run: bool,
-) -> Result<BumpOutcome, CatalogueError> {
-    let mut cat = load(versions_dir, platforms_dir)?;
-    let status = status.unwrap_or(default_status(version));
-    let series_v = version.series();
-    let idx = series_index(&mut cat, versions_dir, &series_v);
-    let s = &mut cat.series[idx];
-    let new = Release {
-        version: version.clone(),
-        status,
-        date,
-    };
-    let Some(outcome) = put_release(s, new) else {
-        return Ok(BumpOutcome::Unchanged);
-    };
-    // A newly released minor joins the `recent` set (a reviewable one-line
-    // diff in sets.yaml); `latest` follows by itself.
-    let mut sets_changed = false;
-    if status.is_release() && !cat.sets.recent.contains(&series_v) {
-        cat.sets.recent.push(series_v.clone());
-        cat.sets.recent.sort();
-        sets_changed = true;
-    }
-    validate(&cat)?;
-    if !dry_run {
-        let s = &cat.series[idx];
-        let text = format_series(s)?;
-        write_atomic(&s.file, &text)?;
-        if sets_changed {
-            write_sets(versions_dir, &cat.sets)?;
-        }
-    }
-    Ok(outcome)
-}
-
-/// The status a version has when `kiln bump` is not told one.
-fn default_status(version: &OcamlVersion) -> Status {
-    if version.is_prerelease() {
-        match &version.prerelease {
-            Some(super::version::Prerelease::Alpha(_)) => Status::Alpha,
-            Some(super::version::Prerelease::Beta(_)) => Status::Beta,
-            Some(super::version::Prerelease::Rc(_)) => Status::Rc,
-            _ => Status::Dev,
-        }
-    } else {
-        Status::Released
-    }
-}
-
-/// Index of `series_v` in the catalogue, adding the series (in order) when
-/// it is new.
-fn series_index(cat: &mut Catalogue, versions_dir: &Path, series_v: &OcamlVersion) -> usize {
-    match cat.series.iter().position(|s| s.series == *series_v) {
-        Some(i) => i,
-        None => {
-            // A new series inherits arches and variants from the newest one.
-            let prev = cat
-                .series
-                .iter()
-                .rev()
-                .find(|s| s.series < *series_v)
-                .cloned();
-            let (native, bytecode_only, variants) = prev
-                .map(|p| (p.native, p.bytecode_only, p.variants))
-                .unwrap_or_else(|| (vec!["amd64".into()], vec![], BTreeMap::new()));
-            cat.series.push(Series {
-                series: series_v.clone(),
-                native,
-                bytecode_only,
-                variants,
-                releases: vec![],
-                file: versions_dir.join(format!("{series_v}.yaml")),
-            });
-            cat.series.sort_by(|a, b| a.series.cmp(&b.series));
-            cat.series
-                .iter()
-                .position(|s| s.series == *series_v)
-                .unwrap_or(0)
-        }
-    }
-}
-
-/// Add `new` to its series or update the release of that version (keeping
-/// its date when `new` has none); `None` when nothing changes.
-fn put_release(s: &mut Series, new: Release) -> Option<BumpOutcome> {
-    let version = new.version.clone();
-    match s.releases.iter_mut().find(|r| r.version == version) {
-        Some(r) => {
-            let merged = Release {
-                date: new.date.or(r.date),
-                ..new
-            };
-            if *r == merged {
-                return None;
-            }
-            *r = merged;
-            Some(BumpOutcome::Updated {
-                file: s.file.clone(),
-            })
-        }
-        None => {
-            // A release supersedes the trunk/prerelease entries of its version.
-            s.releases.retain(|r| {
-                !(r.version.release() == version.release() && r.status == Status::Trunk)
-            });
-            s.releases.push(new);
-            s.releases.sort_by(|a, b| a.version.cmp(&b.version));
-            Some(BumpOutcome::Added {
-                file: s.file.clone(),
-            })
-        }
-    }
-}
-
-/// Rewrite the `recent:` line of `sets.yaml` (adding both lines when the
-/// file has none), leaving every other line as it is.
-fn write_sets(versions_dir: &Path, sets: &Sets) -> Result<(), CatalogueError> {
-    let sets_path = versions_dir.join("sets.yaml");
-    let old = std::fs::read_to_string(&sets_path).unwrap_or_default();
-    let quoted = |l: &[OcamlVersion]| {
-        l.iter()
-            .map(|v| format!("\"{v}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let recent_line = format!("recent: [{}]", quoted(&sets.recent));
-    let mut out: Vec<String> = old
-        .lines()
-        .map(|l| {
-            if l.starts_with("recent:") {
-                recent_line.clone()
-            } else {
-                l.to_string()
-            }
-        })
-        .collect();
-    if !old.lines().any(|l| l.starts_with("recent:")) {
-        out.push(recent_line);
-        out.push(format!("significant: [{}]", quoted(&sets.significant)));
-    }
-    write_atomic(&sets_path, &format!("{}\n", out.join("\n")))
-}
-
-pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), CatalogueError> {
-    let werr = |source| CatalogueError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(werr)?;
-    std::fs::write(tmp.path(), text).map_err(werr)?;
-    tmp.persist(path).map_err(|e| werr(e.error))?;
-    Ok(())
 }

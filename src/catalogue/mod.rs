@@ -11,14 +11,17 @@
 //!   `significant`. `latest` is computed: the newest released version.
 //! - `platforms/<os>/platform.yaml` — the OS releases of one platform: tier,
 //!   arches, aliases, deprecation, builder kind, recipe files, upstream
-//!   parent, per-version constraints.
+//!   parent (a Docker/OCI image reference, checked by [`reference`]),
+//!   per-version constraints.
 //! - `platforms/<os>/policy.yaml` — which versions and variants are built,
 //!   and which targets are required for a version to be available.
 
 pub mod arch;
+mod bump;
 mod load;
 pub mod opam;
 pub mod platform;
+pub mod reference;
 pub mod version;
 
 use std::collections::BTreeMap;
@@ -27,8 +30,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use arch::{Arch, ArchError};
-pub use load::{BumpOutcome, bump, format_series, load, validate, validate_recipes};
+pub use bump::{BumpOutcome, StagedBump, bump, stage_bump};
+pub use load::{format_series, load, validate, validate_recipes};
 pub use platform::{BuilderKind, OsRelease, Platform, Policy};
+pub use reference::{ImageRef, ReferenceError};
 pub use version::{OcamlVersion, VersionError};
 
 /// Every arch name Kiln knows (Docker's names, `arm32v7` for 32-bit ARM).

@@ -1,3 +1,7 @@
+//! `kiln bump`: add or update releases in the catalogue. Nothing is
+//! written unless every version parses and the changed catalogue validates,
+//! recipes included.
+
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -47,16 +51,21 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         .iter()
         .map(|v| v.parse::<OcamlVersion>())
         .collect::<Result<_, _>>()?;
+    // Every version in memory, the catalogue validated with all of them and
+    // every recipe rendered for every target, before one file is written.
+    let staged = catalogue::stage_bump(
+        &config.versions_dir,
+        &config.platforms_dir,
+        &versions,
+        status,
+        date,
+    )?;
+    kiln::plan::validate(&staged.catalogue)?;
+    if !args.dry_run {
+        staged.write()?;
+    }
     let mut report = Vec::new();
-    for v in &versions {
-        let outcome = catalogue::bump(
-            &config.versions_dir,
-            &config.platforms_dir,
-            v,
-            status,
-            date,
-            args.dry_run,
-        )?;
+    for (v, outcome) in versions.iter().zip(&staged.outcomes) {
         let (what, file) = match &outcome {
             BumpOutcome::Added { file } => ("added", Some(file.clone())),
             BumpOutcome::Updated { file } => ("updated", Some(file.clone())),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use kiln::catalogue::{self, Catalogue};
 use kiln::config::{Config, Sources};
+use kiln::plan::{self, ValidateError};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,7 +15,7 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Sub {
-    /// Validate versions/ and platforms/ (and that every recipe exists).
+    /// Validate versions/ and platforms/, and render every recipe for every target.
     Validate {
         #[arg(long)]
         json: bool,
@@ -46,30 +47,50 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     }
 }
 
-/// `kiln catalogue validate`: one line (or JSON object) saying whether the
-/// catalogue loads, with its counts or the first error.
+/// `kiln catalogue validate`: whether the catalogue loads and every recipe
+/// renders for every target, with its counts, or every problem (one line
+/// each, or a JSON object listing them).
 fn validate(loaded: &Result<Catalogue, catalogue::CatalogueError>, json: bool) -> ExitCode {
-    let (ok, msg) = match loaded {
-        Ok(c) => (
-            true,
-            format!(
-                "catalogue ok: {} series, {} releases, {} platforms, {} OS releases",
+    let checked = match loaded {
+        Ok(c) => match plan::validate(c) {
+            Ok(v) => Ok(format!(
+                "catalogue ok: {} series, {} releases, {} platforms, {} OS releases; \
+                 every recipe renders for all {} targets ({} renderings)",
                 c.series.len(),
                 c.series.iter().map(|s| s.releases.len()).sum::<usize>(),
                 c.platforms.len(),
-                c.platforms.iter().map(|p| p.releases.len()).sum::<usize>()
-            ),
-        ),
-        Err(e) => (false, e.to_string()),
+                c.platforms.iter().map(|p| p.releases.len()).sum::<usize>(),
+                v.targets,
+                v.renderings,
+            )),
+            Err(ValidateError::Recipes(problems)) => {
+                Err(problems.iter().map(|p| p.to_string()).collect())
+            }
+            Err(e) => Err(vec![e.to_string()]),
+        },
+        Err(e) => Err(vec![e.to_string()]),
     };
-    if json {
-        println!("{}", serde_json::json!({"valid": ok, "message": msg}));
-    } else if ok {
-        println!("{msg}");
-    } else {
-        eprintln!("error: {msg}");
+    match (&checked, json) {
+        (Ok(msg), false) => println!("{msg}"),
+        (Err(problems), false) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+        }
+        (Ok(msg), true) => println!(
+            "{}",
+            serde_json::json!({"valid": true, "message": msg, "problems": []})
+        ),
+        (Err(problems), true) => println!(
+            "{}",
+            serde_json::json!({
+                "valid": false,
+                "message": problems.join("\n"),
+                "problems": problems,
+            })
+        ),
     }
-    if ok {
+    if checked.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
@@ -217,9 +238,11 @@ fn print_release(
     }
 }
 
-/// `kiln catalogue fmt`: rewrite the series files not in canonical form.
+/// `kiln catalogue fmt`: rewrite the series files not in canonical form,
+/// only for a catalogue that validates (recipes included).
 fn fmt(config: &Config) -> Result<ExitCode> {
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    plan::validate(&cat)?;
     let mut changed = 0;
     for s in &cat.series {
         let text = catalogue::format_series(s)?;

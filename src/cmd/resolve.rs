@@ -73,7 +73,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             let snap = store.current();
             match resolve(&snap, &args.image, args.arch.as_deref()) {
                 Ok(pin) => (200, serde_json::to_value(pin)?),
-                Err(r) => (r.status(), serde_json::to_value(r)?),
+                Err(r) => (r.http_status().as_u16(), serde_json::to_value(r)?),
             }
         }
     };

@@ -3,12 +3,14 @@
 //!
 //! A [`Target`] is one (platform, OS release, compiler version, variant,
 //! arch). Targets sharing everything but the arch share one moving tag
-//! (one multi-arch index); [`requirements`] groups them so.
+//! (one multi-arch index); [`requirements`] groups them so. [`validate`]
+//! renders every recipe for every target the catalogue can produce.
 
 pub mod key;
 pub mod opam_repo;
 pub mod prepare;
 pub mod template;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +21,7 @@ use crate::catalogue::{Arch, BuilderKind, Catalogue, OcamlVersion, OsRelease, Pl
 use crate::model::{Requirement, TagId, repository};
 
 pub use prepare::Prepared;
+pub use validate::{RecipeProblem, ValidateError, Validation, validate};
 
 /// The opam release the recipes install (part of every build key through
 /// the rendered recipe).

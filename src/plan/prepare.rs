@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::{Target, key, template};
+use crate::catalogue::{ImageRef, ReferenceError};
 use crate::config::Config;
 use crate::model::{Failure, FailureKind};
 use crate::registry::index::Platform;
@@ -48,6 +49,11 @@ pub enum PrepareError {
     },
     #[error("parent {reference}: {message}")]
     ParentMissing { reference: String, message: String },
+    #[error("parent {reference:?} is not an image reference: {source}")]
+    ParentReference {
+        reference: String,
+        source: ReferenceError,
+    },
     #[error("recipe {path}: {message}")]
     Recipe { path: String, message: String },
     #[error("{0}")]
@@ -76,6 +82,7 @@ impl PrepareError {
                 FailureKind::Infra
             }
             PrepareError::ParentMissing { .. }
+            | PrepareError::ParentReference { .. }
             | PrepareError::Recipe { .. }
             | PrepareError::Template(_) => FailureKind::Recipe,
         }
@@ -88,26 +95,33 @@ impl From<PrepareError> for Failure {
     }
 }
 
-/// Where an image reference lives: (registry host, repository path, tag).
-fn split_reference(reference: &str) -> (String, String, String) {
-    let (name, tag) = match reference.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => (n, t),
-        _ => (reference, "latest"),
-    };
-    let first = name.split('/').next().unwrap_or("");
-    let (host, path) = if name.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost")
-    {
-        (first.to_string(), name[first.len() + 1..].to_string())
-    } else if name.contains('/') {
-        ("registry-1.docker.io".to_string(), name.to_string())
-    } else {
-        (
-            "registry-1.docker.io".to_string(),
-            format!("library/{name}"),
-        )
-    };
-    (host, path, tag.to_string())
+/// A parent reference, parsed (the catalogue checked it when it loaded).
+fn parse_parent(reference: &str) -> Result<ImageRef, PrepareError> {
+    reference
+        .parse()
+        .map_err(|source| PrepareError::ParentReference {
+            reference: reference.to_string(),
+            source,
+        })
+}
+
+/// Where an image lives: (registry host, repository path, tag or digest),
+/// Docker Hub's defaults filled in as Docker does.
+fn registry_location(r: &ImageRef) -> (String, String, String) {
+    let at = r
+        .digest
+        .clone()
+        .or_else(|| r.tag.clone())
+        .unwrap_or_else(|| "latest".to_string());
+    match &r.host {
+        Some(host) => (host.clone(), r.path.clone(), at),
+        None if r.path.contains('/') => ("registry-1.docker.io".into(), r.path.clone(), at),
+        None => (
+            "registry-1.docker.io".into(),
+            format!("library/{}", r.path),
+            at,
+        ),
+    }
 }
 
 /// `(name without tag, digest)` of an upstream parent reference, for one
@@ -119,11 +133,9 @@ pub async fn resolve_parent(
     reference: &str,
     platform: &Platform,
 ) -> Result<(String, String), PrepareError> {
-    let (host, path, tag) = split_reference(reference);
-    let name = reference
-        .strip_suffix(&format!(":{tag}"))
-        .unwrap_or(reference)
-        .to_string();
+    let parsed = parse_parent(reference)?;
+    let (host, path, tag) = registry_location(&parsed);
+    let name = parsed.name();
     let parent_err = |source| PrepareError::Parent {
         reference: reference.to_string(),
         source,
@@ -225,7 +237,9 @@ impl ParentCache {
         if let Some(x) = self.resolved.get(&key) {
             return Ok(x.clone());
         }
-        let host = split_reference(reference).0;
+        let host = parse_parent(reference)
+            .map(|r| registry_location(&r).0)
+            .unwrap_or_default();
         let result = match unreachable_cause(&host) {
             Some(cause) => Err(PrepareError::Unreachable {
                 reference: reference.to_string(),
@@ -359,8 +373,9 @@ mod tests {
 
     #[test]
     fn references_split_like_docker() {
+        let split = |r: &str| registry_location(&parse_parent(r).unwrap());
         assert_eq!(
-            split_reference("debian:13"),
+            split("debian:13"),
             (
                 "registry-1.docker.io".into(),
                 "library/debian".into(),
@@ -368,7 +383,7 @@ mod tests {
             )
         );
         assert_eq!(
-            split_reference("127.0.0.1:5000/kiln-fixtures/busybox:1"),
+            split("127.0.0.1:5000/kiln-fixtures/busybox:1"),
             (
                 "127.0.0.1:5000".into(),
                 "kiln-fixtures/busybox".into(),
@@ -376,12 +391,22 @@ mod tests {
             )
         );
         assert_eq!(
-            split_reference("ocaml/opam"),
+            split("ocaml/opam"),
             (
                 "registry-1.docker.io".into(),
                 "ocaml/opam".into(),
                 "latest".into()
             )
         );
+        // A digest-pinned parent is fetched by its digest.
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        assert_eq!(
+            split(&format!("quay.io/centos/centos:stream10@{digest}")),
+            ("quay.io".into(), "centos/centos".into(), digest)
+        );
+        assert!(matches!(
+            parse_parent("debian:13 ; rm -rf /"),
+            Err(PrepareError::ParentReference { .. })
+        ));
     }
 }

@@ -102,12 +102,22 @@ impl Builder for QemuBuilder {
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
-            let spec = self.spec(&job)?;
             let img = img::Img::new(&self.qemu.img);
+            if !self.qemu.keep_disks {
+                // Nothing kept here: nothing to adopt either.
+            } else if let Some(out) = self.cached(&img, job.prepared).await {
+                let mut pushed = push(&job, &out).await?;
+                pushed.adopted = Some("host:local".into());
+                return Ok(pushed);
+            }
+            let spec = self.spec(&job)?;
             let out = build::build(&img, &spec)
                 .await
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
             let pushed = push(&job, &out).await;
+            if pushed.is_ok() && self.qemu.keep_disks {
+                self.keep(job.prepared, &out.path);
+            }
             let _ = std::fs::remove_file(&out.path);
             pushed
         })
@@ -120,6 +130,61 @@ impl Builder for QemuBuilder {
 }
 
 impl QemuBuilder {
+    /// Where the last verified disk of each target stays on this host,
+    /// named by its build key.
+    fn disks(&self) -> PathBuf {
+        self.state_dir.join("qemu/disks")
+    }
+
+    /// The verified disk of this very key, if this host kept one and it
+    /// still checks: adopted instead of installing again.
+    async fn cached(&self, img: &img::Img, p: &Prepared) -> Option<build::QemuOutput> {
+        let path = self.disks().join(format!("{}.qcow2", artifact_name(p)));
+        if !path.exists() {
+            return None;
+        }
+        if let Err(e) = img.check(&path).await {
+            tracing::warn!(disk = %path.display(), error = %e, "a kept disk does not check: installing again");
+            let _ = std::fs::remove_file(&path);
+            return None;
+        }
+        let info = img.info(&path).await.ok()?;
+        let (sha256, size) = crate::registry::sha256_file(&path).await.ok()?;
+        tracing::info!(disk = %path.display(), "the disk of this build key is on the host: adopted, not installed again");
+        Some(build::QemuOutput {
+            path,
+            sha256,
+            size,
+            virtual_size: info.virtual_size,
+        })
+    }
+
+    /// Keep a verified, pushed disk for later runs of the same key (moved
+    /// there; earlier disks of the same target and version go).
+    fn keep(&self, p: &Prepared, disk: &std::path::Path) {
+        let dir = self.disks();
+        let name = artifact_name(p);
+        let series = name
+            .strip_suffix(p.short_key())
+            .unwrap_or(&name)
+            .to_string();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let n = e.file_name().to_string_lossy().to_string();
+                if n.starts_with(&series) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let to = dir.join(format!("{name}.qcow2"));
+        let kept = std::fs::create_dir_all(&dir).and_then(|_| {
+            std::fs::rename(disk, &to).or_else(|_| std::fs::copy(disk, &to).map(|_| ()))
+        });
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "keeping the disk for later runs of its key");
+        }
+    }
+
     /// How to boot: the test guest's kernel, or OpenBSD's PXE auto_install;
     /// the files the HTTP server offers; the console marker of success.
     fn boot(&self, p: &Prepared) -> Result<(build::Boot, Option<String>), Failure> {

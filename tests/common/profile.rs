@@ -1,0 +1,366 @@
+//! The test profile: a temp dir holding a `kiln.toml`, a catalogue slice
+//! (`versions/`, `platforms/`) and, once Kiln has run, `manifests/` and the
+//! database; and the `kiln` binary driven with `--config` pointing at it.
+//!
+//! ```ignore
+//! let p = Profile::demo("zfs-ok").toml(&zfs_toml("test-zfs-ok", None)).create();
+//! let (code, summary) = p.build(&["--platform", "macos"]);
+//! let entry = p.entry(&format!("{}/macos-base:macos-homebrew-ocaml-5.5", p.namespace));
+//! ```
+//!
+//! Tests read what Kiln wrote as JSON (the lockfile's published format), not
+//! through the library's types.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The checkout: where `scripts/` and the services' state (`.kiln`) are.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The state `scripts/services.sh` keeps (registry storage, fixtures, logs,
+/// work dirs); test profiles share it unless they ask for their own.
+pub fn state_dir() -> PathBuf {
+    root().join(".kiln")
+}
+
+/// The `kiln` binary under test.
+pub fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// `kiln fixtures` in the checkout: the busybox parents, pushed to the
+/// shared registry by the shared engine.
+pub fn fixtures() {
+    let out = kiln().arg("fixtures").current_dir(root()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "kiln fixtures: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The JSON a command printed, once it succeeded (its stderr shown when
+/// it did not).
+pub fn ok_json<T: serde::de::DeserializeOwned>(out: Output) -> T {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `[zfs]` with one host on the services' pool `kiln`, building macOS under
+/// `prefix`.
+pub fn zfs_toml(prefix: &str, provision_timeout_secs: Option<u64>) -> String {
+    let timeout = provision_timeout_secs
+        .map(|t| format!("provision_timeout_secs = {t}\n"))
+        .unwrap_or_default();
+    format!(
+        "[zfs]\n{timeout}[[zfs.hosts]]\nname = \"local\"\npool = \"kiln\"\nprefix = \"{prefix}\"\nplatforms = [\"macos\"]\narch = \"amd64\"\n"
+    )
+}
+
+/// `[qemu]` on TCG (no KVM needed) with this boot timeout. Disks are not
+/// kept: profiles share the state dir, and each test must boot its own.
+pub fn qemu_toml(boot_timeout_secs: u64) -> String {
+    format!(
+        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\nboot_timeout_secs = {boot_timeout_secs}\nkeep_disks = false\n"
+    )
+}
+
+pub struct Profile {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    /// The registry namespace this profile publishes under (unique per
+    /// profile name and test process).
+    pub namespace: String,
+}
+
+enum Catalogue {
+    /// `scripts/demo/versions` and `scripts/demo/platforms`.
+    Demo,
+    /// OCaml 5.5 on one busybox release, amd64 only.
+    Busybox {
+        os: String,
+        parent: String,
+        recipe_prefix: String,
+    },
+}
+
+/// How a profile is made; [`ProfileBuilder::create`] writes it.
+pub struct ProfileBuilder {
+    name: String,
+    catalogue: Catalogue,
+    platforms: Vec<String>,
+    own_state: bool,
+    registry_url: Option<String>,
+    plan: Option<String>,
+    toml: String,
+}
+
+impl Profile {
+    /// The demo catalogue slice (every demo platform and version).
+    pub fn demo(name: &str) -> ProfileBuilder {
+        ProfileBuilder::new(name, Catalogue::Demo)
+    }
+
+    /// One tag: busybox release `os`, amd64, OCaml 5.5, on the busybox
+    /// fixture parent.
+    pub fn busybox(name: &str, os: &str) -> ProfileBuilder {
+        ProfileBuilder::new(
+            name,
+            Catalogue::Busybox {
+                os: os.to_string(),
+                parent: "127.0.0.1:5000/kiln-fixtures/busybox:latest".to_string(),
+                recipe_prefix: String::new(),
+            },
+        )
+    }
+
+    /// An empty catalogue and an empty `kiln.toml`: Kiln's defaults.
+    pub fn bare() -> Profile {
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["versions", "platforms"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        let config = dir.path().join("kiln.toml");
+        std::fs::write(&config, "").unwrap();
+        Profile {
+            dir,
+            config,
+            namespace: "kiln".to_string(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `kiln --config <this profile>`, to add arguments to.
+    pub fn command(&self) -> Command {
+        let mut c = kiln();
+        c.arg("--config").arg(&self.config);
+        c
+    }
+
+    pub fn kiln(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// `kiln build --json <args>`: its exit code and summary.
+    pub fn build(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
+        let out = self
+            .command()
+            .args(["build", "--json"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            !out.stdout.is_empty(),
+            "kiln build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            out.status.code(),
+            serde_json::from_slice(&out.stdout).unwrap(),
+        )
+    }
+
+    pub fn lockfile_path(&self) -> PathBuf {
+        self.path().join("manifests/lockfile.json")
+    }
+
+    /// The lockfile's entries by key (`<repository>:<tag>`); none when
+    /// nothing was ever published.
+    pub fn entries(&self) -> serde_json::Map<String, serde_json::Value> {
+        match std::fs::read(self.lockfile_path()) {
+            Ok(bytes) => {
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                v["entries"].as_object().cloned().unwrap_or_default()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Map::new(),
+            Err(e) => panic!("{}: {e}", self.lockfile_path().display()),
+        }
+    }
+
+    /// One lockfile entry; panics, listing the keys, when it is missing.
+    pub fn entry(&self, key: &str) -> serde_json::Value {
+        let entries = self.entries();
+        entries.get(key).cloned().unwrap_or_else(|| {
+            panic!(
+                "no lockfile entry {key}; have {:?}",
+                entries.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    /// A file of the profile, by path relative to it.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.path().join(rel)
+    }
+
+    /// Rewrite a file of the profile (a recipe, a platform file).
+    pub fn edit(&self, rel: &str, f: impl FnOnce(&str) -> String) {
+        let path = self.file(rel);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, f(&text)).unwrap();
+    }
+}
+
+impl ProfileBuilder {
+    fn new(name: &str, catalogue: Catalogue) -> ProfileBuilder {
+        ProfileBuilder {
+            name: name.to_string(),
+            catalogue,
+            platforms: vec![],
+            own_state: false,
+            registry_url: None,
+            plan: None,
+            toml: String::new(),
+        }
+    }
+
+    /// Also copy this demo platform (`scripts/demo/platforms/<os>`).
+    pub fn platform(mut self, os: &str) -> Self {
+        self.platforms.push(os.to_string());
+        self
+    }
+
+    /// The busybox release's parent image.
+    pub fn parent(mut self, image: &str) -> Self {
+        if let Catalogue::Busybox { parent, .. } = &mut self.catalogue {
+            *parent = image.to_string();
+        }
+        self
+    }
+
+    /// Dockerfile lines run before the busybox recipe's own steps.
+    pub fn recipe_prefix(mut self, lines: &str) -> Self {
+        if let Catalogue::Busybox { recipe_prefix, .. } = &mut self.catalogue {
+            *recipe_prefix = lines.to_string();
+        }
+        self
+    }
+
+    /// State dir and database inside the profile (`state/`), instead of the
+    /// services' shared `.kiln`.
+    pub fn own_state(mut self) -> Self {
+        self.own_state = true;
+        self
+    }
+
+    /// `[registry] url`; default: the shared registry.
+    pub fn registry_url(mut self, url: &str) -> Self {
+        self.registry_url = Some(url.to_string());
+        self
+    }
+
+    /// The lines of `[plan]`; default: a pinned opam-repository commit.
+    pub fn plan(mut self, lines: &str) -> Self {
+        self.plan = Some(lines.to_string());
+        self
+    }
+
+    /// More of kiln.toml, appended after `[plan]` (whole tables).
+    pub fn toml(mut self, tables: &str) -> Self {
+        self.toml.push_str(tables);
+        if !self.toml.ends_with('\n') {
+            self.toml.push('\n');
+        }
+        self
+    }
+
+    pub fn create(self) -> Profile {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        let demo = root().join("scripts/demo");
+        match &self.catalogue {
+            Catalogue::Demo => {
+                for sub in ["versions", "platforms"] {
+                    copy_tree(&demo.join(sub), p);
+                }
+            }
+            Catalogue::Busybox {
+                os,
+                parent,
+                recipe_prefix,
+            } => {
+                std::fs::create_dir_all(p.join("versions")).unwrap();
+                std::fs::create_dir_all(p.join("platforms/linux")).unwrap();
+                std::fs::copy(demo.join("versions/5.5.yaml"), p.join("versions/5.5.yaml")).unwrap();
+                std::fs::write(
+                    p.join("versions/sets.yaml"),
+                    "recent: [\"5.5\"]\nsignificant: []\n",
+                )
+                .unwrap();
+                std::fs::write(
+                    p.join("platforms/linux/platform.yaml"),
+                    format!("platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: {parent}\n"),
+                )
+                .unwrap();
+                std::fs::write(
+                    p.join("platforms/linux/policy.yaml"),
+                    "versions: [latest]\nrequired_tiers: [1]\n",
+                )
+                .unwrap();
+                let recipe =
+                    std::fs::read_to_string(demo.join("platforms/linux/busybox.Dockerfile"))
+                        .unwrap();
+                std::fs::write(
+                    p.join("platforms/linux/busybox.Dockerfile"),
+                    recipe.replace("RUN mkdir -p", &format!("{recipe_prefix}RUN mkdir -p")),
+                )
+                .unwrap();
+            }
+        }
+        for os in &self.platforms {
+            copy_tree(&demo.join("platforms").join(os), &p.join("platforms"));
+        }
+        let namespace = format!("kiln-test-{}-{}", self.name, std::process::id());
+        let (state, database) = if self.own_state {
+            ("state".to_string(), "state/kiln.db")
+        } else {
+            (state_dir().display().to_string(), "kiln.db")
+        };
+        let url = self
+            .registry_url
+            .map(|u| format!("url = \"{u}\"\n"))
+            .unwrap_or_default();
+        let plan = self
+            .plan
+            .unwrap_or_else(|| "opam_repository_commit = \"test-pinned\"".to_string());
+        let config = p.join("kiln.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{state}\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"{database}\"\n[registry]\nnamespace = \"{namespace}\"\n{url}[plan]\n{plan}\n{}",
+                self.toml
+            ),
+        )
+        .unwrap();
+        Profile {
+            dir,
+            config,
+            namespace,
+        }
+    }
+}
+
+/// `cp -r from into/`.
+fn copy_tree(from: &Path, into: &Path) {
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(from)
+            .arg(into)
+            .status()
+            .unwrap()
+            .success(),
+        "cp -r {} {}",
+        from.display(),
+        into.display()
+    );
+}
