@@ -6,143 +6,46 @@
 //! is not (it writes the time into a file), and builds nothing when the
 //! inputs changed since publication. Nothing published moves.
 
+use std::process::Command;
+
+use serde_json::Value;
+
 mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use common::engine::{PrivateEngine, make_bridge};
-use kiln::publish::lockfile::{Entry, Lockfile};
+use common::{Profile, fixtures};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// `kiln build --json <args>`, which must publish one tag.
+fn build_one(p: &Profile, args: &[&str]) {
+    let (code, s) = p.build(args);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["built"], 1, "{s}");
 }
 
-/// A profile of its own: state dir, namespace, one reproducible busybox
-/// OS release, and optionally an engine of its own.
-struct Profile {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    namespace: String,
-    os: String,
-}
-
-fn profile(name: &str, os: &str, arches: &str, engine: Option<&Path>) -> Profile {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path();
-    let copy = |from: PathBuf, to: &Path| {
-        assert!(
-            Command::new("cp")
-                .arg("-r")
-                .arg(from)
-                .arg(to)
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
-    copy(root().join("scripts/demo/versions"), p);
-    let linux = p.join("platforms/linux");
-    std::fs::create_dir_all(&linux).unwrap();
-    for f in ["policy.yaml", "busybox.Dockerfile"] {
-        copy(root().join("scripts/demo/platforms/linux").join(f), &linux);
-    }
-    std::fs::write(
-        linux.join("platform.yaml"),
-        format!(
-            "platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [{arches}]\n    recipes: [busybox.Dockerfile]\n    parent: 127.0.0.1:5000/kiln-fixtures/busybox:latest\n    reproducible: true\n"
-        ),
-    )
-    .unwrap();
-    let namespace = format!("kiln-test-repro-{name}-{}", std::process::id());
-    let hosts = engine
-        .map(|sock| {
-            format!(
-                "[docker]\n[[docker.hosts]]\nname = \"private\"\nendpoint = \"unix://{}\"\nos = \"linux\"\narch = \"amd64\"\nemulate = [\"arm64\"]\nconcurrency = 2\n",
-                sock.display()
-            )
-        })
-        .unwrap_or_default();
-    let config = p.join("kiln.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"state\"\nmanifests_dir = \"manifests\"\n[database]\npath = \"kiln.db\"\n[registry]\nnamespace = \"{namespace}\"\n[plan]\nopam_repository_commit = \"test-pinned\"\n{hosts}"
-        ),
-    )
-    .unwrap();
-    Profile {
-        dir,
-        config,
-        namespace,
-        os: os.to_string(),
-    }
-}
-
-impl Profile {
-    fn kiln(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `kiln build --json` of this profile's OS release at `version`.
-    fn build(&self, version: &str) -> serde_json::Value {
-        let out = self.kiln(&["build", "--json", "--os", &self.os, "--version", version]);
-        assert!(
-            out.status.success(),
-            "kiln build: {}\n{}",
+/// `kiln verify --rebuild <reference> --arch amd64 --json`: exit code and report.
+fn rebuild(p: &Profile, reference: &str) -> (Option<i32>, Value) {
+    let out = p.kiln(&[
+        "verify",
+        "--rebuild",
+        reference,
+        "--arch",
+        "amd64",
+        "--json",
+    ]);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "kiln verify --rebuild: {e}: {}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn lockfile(&self) -> PathBuf {
-        self.dir.path().join("manifests/lockfile.json")
-    }
-
-    fn entry(&self, series: &str) -> Entry {
-        let key = format!("{}/opam:{}-ocaml-{series}", self.namespace, self.os);
-        Lockfile::load(&self.lockfile()).unwrap().entries[&key].clone()
-    }
-
-    /// `kiln verify --rebuild … --json`: exit code and report.
-    fn rebuild(&self, series: &str, arch: &str) -> (Option<i32>, serde_json::Value) {
-        let reference = format!("{}/opam:{}-ocaml-{series}", self.namespace, self.os);
-        let out = self.kiln(&["verify", "--rebuild", &reference, "--arch", arch, "--json"]);
-        let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "kiln verify --rebuild: {e}: {}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (out.status.code(), report)
-    }
+        )
+    });
+    (out.status.code(), report)
 }
 
-fn fixtures() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("fixtures")
-        .current_dir(root())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kiln fixtures: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn skopeo(args: &[&str], reference: &str) -> serde_json::Value {
+fn skopeo(args: &[&str], reference: &str) -> Value {
     let out = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false"])
         .args(args)
-        .arg(format!("docker://{reference}"))
+        .arg(format!("docker://127.0.0.1:5000/{reference}"))
         .output()
         .unwrap();
     assert!(
@@ -153,19 +56,25 @@ fn skopeo(args: &[&str], reference: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The demo's busybox release (reproducible, amd64 and arm64) at 4.13.1,
+/// which has a catalogue date: every timestamp is clamped to it.
 #[test]
 fn the_same_key_built_on_two_engines_gives_the_same_digests() {
     fixtures();
-    // 4.13.1 has a catalogue date: every timestamp is clamped to it.
-    let a = profile("a", "busybox-repro", "amd64, arm64", None);
-    let s = a.build("4.13");
-    assert_eq!(s["built"], 1, "{s}");
+    let args = ["--os", "busybox", "--version", "4.13"];
+    let a = Profile::demo("repro-a").own_state().create();
+    build_one(&a, &args);
     let dir = tempfile::tempdir().unwrap();
     let bridge = make_bridge("kilnrp", "172.31.252.1/24");
     let engine = PrivateEngine::start(dir.path(), &bridge.0);
-    let b = profile("b", "busybox-repro", "amd64, arm64", Some(&engine.socket()));
-    let s = b.build("4.13");
-    assert_eq!(s["built"], 1, "{s}");
+    let b = Profile::demo("repro-b")
+        .own_state()
+        .toml(&format!(
+            "[docker]\n[[docker.hosts]]\nname = \"private\"\nendpoint = \"unix://{}\"\nos = \"linux\"\narch = \"amd64\"\nemulate = [\"arm64\"]\nconcurrency = 2\n",
+            engine.socket().display()
+        ))
+        .create();
+    build_one(&b, &args);
     // It was built there: the private engine pulled the parent.
     let images = Command::new("docker")
         .arg("-H")
@@ -178,25 +87,28 @@ fn the_same_key_built_on_two_engines_gives_the_same_digests() {
         "the private engine built nothing"
     );
     drop(engine);
-    let (ea, eb) = (a.entry("4.13"), b.entry("4.13"));
-    assert_ne!(ea.repository, eb.repository);
-    assert_eq!(ea.build_key, eb.build_key);
-    assert_eq!(ea.immutable_tag, eb.immutable_tag);
-    for (arch, x) in &ea.arches {
-        assert_eq!(x.digest, eb.arches[arch].digest, "{arch}");
+    let ea = a.entry(&format!("{}/opam:busybox-ocaml-4.13", a.namespace));
+    let eb = b.entry(&format!("{}/opam:busybox-ocaml-4.13", b.namespace));
+    assert_ne!(ea["repository"], eb["repository"]);
+    for field in ["build_key", "immutable_tag"] {
+        assert_eq!(ea[field], eb[field], "{field}");
     }
-    assert_eq!(ea.digest, eb.digest, "index digests");
+    for arch in ["amd64", "arm64"] {
+        assert_eq!(
+            ea["arches"][arch]["digest"], eb["arches"][arch]["digest"],
+            "{arch}"
+        );
+    }
+    assert_eq!(ea["digest"], eb["digest"], "index digests");
     // The image says when its compiler was released, not when it was built.
-    let amd64 = &ea.arches[&kiln::catalogue::Arch::Amd64].digest;
-    let config = skopeo(
-        &["--config"],
-        &format!("127.0.0.1:5000/{}@{amd64}", ea.repository),
-    );
+    let amd64 = ea["arches"]["amd64"]["digest"].as_str().unwrap();
+    let repo = eb["repository"].as_str().unwrap();
+    let config = skopeo(&["--config"], &format!("{repo}@{amd64}"));
     assert_eq!(config["created"], "2021-10-04T00:00:00Z");
     assert!(config.get("container_config").is_none(), "{config}");
     let index = skopeo(
         &["--raw"],
-        &format!("127.0.0.1:5000/{}@{}", eb.repository, eb.digest),
+        &format!("{repo}@{}", eb["digest"].as_str().unwrap()),
     );
     assert_eq!(
         index["annotations"]["org.opencontainers.image.created"],
@@ -207,25 +119,26 @@ fn the_same_key_built_on_two_engines_gives_the_same_digests() {
 #[test]
 fn verify_rebuild_says_identical_or_names_the_layer_and_file_that_differ() {
     fixtures();
-    let p = profile("verify", "busybox-stamp", "amd64", None);
-    p.build("5.5");
-    let before = std::fs::read(p.lockfile()).unwrap();
-    let (code, r) = p.rebuild("5.5", "amd64");
+    let p = Profile::busybox("repro-verify", "busybox-stamp")
+        .reproducible()
+        .create();
+    let key = format!("{}/opam:busybox-stamp-ocaml-5.5", p.namespace);
+    build_one(&p, &["--os", "busybox-stamp"]);
+    let (code, r) = rebuild(&p, &key);
     assert_eq!(code, Some(0), "{r}");
     assert_eq!(r["verdict"], "identical", "{r}");
     assert_eq!(r["rebuilt"], r["published"], "{r}");
     assert_eq!(r["reproducible"], true);
 
     // A recipe marked reproducible that is not: it writes the time.
-    let recipe = p.dir.path().join("platforms/linux/busybox.Dockerfile");
-    let text = std::fs::read_to_string(&recipe).unwrap();
-    let stamped = text.replacen("RUN mkdir -p", "RUN date +%s%N > /stamp\nRUN mkdir -p", 1);
-    std::fs::write(&recipe, &stamped).unwrap();
-    p.build("5.5");
-    let published = std::fs::read(p.lockfile()).unwrap();
-    assert_ne!(published, before);
-    let e = p.entry("5.5");
-    let (code, r) = p.rebuild("5.5", "amd64");
+    let recipe = "platforms/linux/busybox.Dockerfile";
+    p.edit(recipe, |t| {
+        t.replacen("RUN mkdir -p", "RUN date +%s%N > /stamp\nRUN mkdir -p", 1)
+    });
+    build_one(&p, &["--os", "busybox-stamp"]);
+    let published = std::fs::read(p.lockfile_path()).unwrap();
+    let e = p.entry(&key);
+    let (code, r) = rebuild(&p, &key);
     assert_eq!(code, Some(1), "{r}");
     assert_eq!(r["verdict"], "different", "{r}");
     let d = &r["difference"];
@@ -234,33 +147,28 @@ fn verify_rebuild_says_identical_or_names_the_layer_and_file_that_differ() {
     assert_eq!(d["file"], "stamp", "{r}");
     assert_ne!(d["rebuilt_layer"], d["published_layer"], "{r}");
     // The text says the same.
-    let reference = format!("{}/opam:busybox-stamp-ocaml-5.5", p.namespace);
-    let out = p.kiln(&["verify", "--rebuild", &reference]);
+    let out = p.kiln(&["verify", "--rebuild", &key]);
     assert_eq!(out.status.code(), Some(1));
-    let text_out = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text_out.contains("different")
-            && text_out.contains("layer 2")
-            && text_out.contains("file stamp"),
-        "{text_out}"
+        text.contains("different") && text.contains("layer 2") && text.contains("file stamp"),
+        "{text}"
     );
-    // Nothing published moved.
-    assert_eq!(std::fs::read(p.lockfile()).unwrap(), published);
-    let reg =
-        kiln::registry::Registry::new(&kiln::config::Config::defaults(&root()).unwrap().registry)
-            .unwrap();
+    // Nothing published moved: the lockfile, the moving and immutable tags.
+    assert_eq!(std::fs::read(p.lockfile_path()).unwrap(), published);
+    let config = kiln::config::Config::defaults(common::root()).unwrap();
+    let reg = kiln::registry::Registry::new(&config.registry).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    for t in [&e.tag, &e.immutable_tag] {
-        let (d, _) = rt
-            .block_on(reg.head_manifest(&e.repository, t))
-            .unwrap()
-            .unwrap();
-        assert_eq!(d, e.digest, "{t}");
+    let repo = e["repository"].as_str().unwrap();
+    for t in ["tag", "immutable_tag"] {
+        let tag = e[t].as_str().unwrap();
+        let (digest, _) = rt.block_on(reg.head_manifest(repo, tag)).unwrap().unwrap();
+        assert_eq!(digest, e["digest"].as_str().unwrap(), "{tag}");
     }
 
     // An edited recipe is not the published one: nothing is built.
-    std::fs::write(&recipe, stamped.replace("date +%s%N", "date +%s")).unwrap();
-    let (code, r) = p.rebuild("5.5", "amd64");
+    p.edit(recipe, |t| t.replace("date +%s%N", "date +%s"));
+    let (code, r) = rebuild(&p, &key);
     assert_eq!(code, Some(2), "{r}");
     assert_eq!(r["verdict"], "inputs-changed", "{r}");
     assert_eq!(r["inputs"][0], "recipe:busybox.Dockerfile", "{r}");

@@ -1,12 +1,13 @@
-//! A private dockerd (own socket, data root, exec root, containerd and
-//! bridge), so that a test can build on an engine that shares nothing with
-//! the suite's: no image, no build cache. (tests/engine_fault.rs keeps its
-//! own copy until the tests/common harness lands.)
+//! A private dockerd: its own socket, data root, exec root, containerd and
+//! bridge, so that a test can kill an engine without touching the suite's,
+//! or build on one that shares no image and no build cache with it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A dockerd of its own, stopped (and everything it mounted unmounted)
+/// when dropped.
 pub struct PrivateEngine {
     dir: PathBuf,
     child: Option<Child>,
@@ -19,23 +20,19 @@ pub struct Bridge(pub String);
 
 impl Drop for Bridge {
     fn drop(&mut self) {
-        for _ in 0..10 {
-            if Command::new("ip")
+        super::retry(10, Duration::from_millis(300), || {
+            Command::new("ip")
                 .args(["link", "del", &self.0])
                 .stderr(Stdio::null())
                 .status()
                 .map(|s| s.success())
                 .unwrap_or(true)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        });
     }
 }
 
-/// A bridge of its own, `<prefix><pid>` with `addr` (CIDR); removed when
-/// the returned guard drops.
+/// A bridge `<prefix><pid>` with address `addr` (CIDR), removed when the
+/// returned guard drops.
 pub fn make_bridge(prefix: &str, addr: &str) -> Bridge {
     let name = format!("{prefix}{}", std::process::id() % 100_000);
     let _ = Command::new("ip")
@@ -162,17 +159,20 @@ impl Drop for PrivateEngine {
         let _ = Command::new("pkill")
             .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
             .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("data"))
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg("-l")
-            .arg(self.dir.join("exec"))
-            .stderr(Stdio::null())
-            .status();
+        // Every mount under its directories, deepest first: a killed
+        // engine leaves its network namespaces bind-mounted in exec/netns.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1))
+            .filter(|m| Path::new(m).starts_with(&self.dir))
+            .collect();
+        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in ours {
+            let _ = Command::new("umount")
+                .args(["-l", m])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }

@@ -87,6 +87,7 @@ enum Catalogue {
         os: String,
         parent: String,
         recipe_prefix: String,
+        reproducible: bool,
     },
 }
 
@@ -116,6 +117,7 @@ impl Profile {
                 os: os.to_string(),
                 parent: "127.0.0.1:5000/kiln-fixtures/busybox:latest".to_string(),
                 recipe_prefix: String::new(),
+                reproducible: false,
             },
         )
     }
@@ -245,6 +247,14 @@ impl ProfileBuilder {
         self
     }
 
+    /// Declare the busybox release's recipe reproducible.
+    pub fn reproducible(mut self) -> Self {
+        if let Catalogue::Busybox { reproducible, .. } = &mut self.catalogue {
+            *reproducible = true;
+        }
+        self
+    }
+
     /// State dir and database inside the profile (`state/`), instead of the
     /// services' shared `.kiln`.
     pub fn own_state(mut self) -> Self {
@@ -287,6 +297,7 @@ impl ProfileBuilder {
                 os,
                 parent,
                 recipe_prefix,
+                reproducible,
             } => {
                 std::fs::create_dir_all(p.join("versions")).unwrap();
                 std::fs::create_dir_all(p.join("platforms/linux")).unwrap();
@@ -298,7 +309,7 @@ impl ProfileBuilder {
                 .unwrap();
                 std::fs::write(
                     p.join("platforms/linux/platform.yaml"),
-                    format!("platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: {parent}\n"),
+                    format!("platform: linux\nbuilder: docker\nrepository: opam\nreleases:\n  - id: {os}\n    distro: busybox\n    tier: 1\n    arches: [amd64]\n    recipes: [busybox.Dockerfile]\n    parent: {parent}\n    reproducible: {reproducible}\n"),
                 )
                 .unwrap();
                 std::fs::write(
