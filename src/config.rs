@@ -140,6 +140,9 @@ pub struct Qemu {
     pub system: String,
     pub img: String,
     pub boot_timeout_secs: u64,
+    /// Keep each target's last verified disk on this host, for a later run
+    /// of the same key to adopt without booting.
+    pub keep_disks: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -272,3 +272,52 @@ fn offline_release_dry_run_fails_fast_naming_each_unreachable_host() {
     assert_eq!(n, hosts.len(), "one line per host:\n{stderr}");
     assert!(hosts.iter().any(|h| h.contains("docker.io")), "{stderr}");
 }
+
+/// A profile with a state dir of its own that still sees the services'
+/// fixtures (the tiny guest's kernel and initramfs).
+fn own_state_with_fixtures(name: &str, toml: &str) -> Profile {
+    let p = Profile::demo(name).own_state().toml(toml).create();
+    std::fs::create_dir_all(p.path().join("state")).unwrap();
+    std::os::unix::fs::symlink(
+        common::state_dir().join("fixtures"),
+        p.path().join("state/fixtures"),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn a_qemu_disk_of_the_same_key_on_the_host_is_adopted() {
+    // Disks kept, unlike the other QEMU tests; a state dir of its own so
+    // that no other test's disk is found.
+    let toml = common::qemu_toml(300).replace("keep_disks = false", "keep_disks = true");
+    let first = own_state_with_fixtures("qemu-adopt-a", &toml);
+    let state = first.path().join("state");
+    let (code, s) = first.build(&["--platform", "openbsd"]);
+    assert_eq!(code, Some(0), "{s:#}");
+    assert_eq!(s["built"], 1, "{s:#}");
+    let kept: Vec<_> = std::fs::read_dir(state.join("qemu/disks"))
+        .unwrap()
+        .collect();
+    assert_eq!(kept.len(), 1, "the verified disk is kept");
+    // A fresh factory on the same host, holding that disk: adopted, no boot.
+    let second = own_state_with_fixtures("qemu-adopt-b", &toml);
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(state.join("qemu"))
+            .arg(second.path().join("state/"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, s) = second.build(&["--platform", "openbsd"]);
+    assert_eq!(code, Some(0), "{s:#}");
+    let tag = &s["tags"][0];
+    assert_eq!(tag["outcome"]["outcome"], "adopted", "{s:#}");
+    assert_eq!(tag["outcome"]["from"], "host:local");
+    let log = second
+        .path()
+        .join("state/log/openbsd_openbsd-7.9_5.5.0_amd64.log");
+    assert!(!log.exists(), "no boot: {}", log.display());
+}

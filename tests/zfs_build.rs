@@ -745,4 +745,15 @@ fn half_built_tree_of_a_killed_kiln_is_swept_by_the_next_build() {
         "the half-built tree was swept: {:?}",
         p.datasets()
     );
+    // And the provisioning script it wrote.
+    let leaf = half[0].rsplit('/').next().unwrap();
+    let left: Vec<_> = std::fs::read_dir(common::state_dir().join("work/zfs"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with(leaf) && n.ends_with(".provision.sh"))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scripts left: {left:?}");
 }

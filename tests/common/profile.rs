@@ -63,10 +63,11 @@ pub fn zfs_toml(prefix: &str, provision_timeout_secs: Option<u64>) -> String {
     )
 }
 
-/// `[qemu]` on TCG (no KVM needed) with this boot timeout.
+/// `[qemu]` on TCG (no KVM needed) with this boot timeout. Disks are not
+/// kept: profiles share the state dir, and each test must boot its own.
 pub fn qemu_toml(boot_timeout_secs: u64) -> String {
     format!(
-        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\nboot_timeout_secs = {boot_timeout_secs}\n"
+        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\nboot_timeout_secs = {boot_timeout_secs}\nkeep_disks = false\n"
     )
 }
 

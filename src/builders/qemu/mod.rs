@@ -103,7 +103,9 @@ impl Builder for QemuBuilder {
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
             let img = img::Img::new(&self.qemu.img);
-            if let Some(out) = self.cached(&img, job.prepared).await {
+            if !self.qemu.keep_disks {
+                // Nothing kept here: nothing to adopt either.
+            } else if let Some(out) = self.cached(&img, job.prepared).await {
                 let mut pushed = push(&job, &out).await?;
                 pushed.adopted = Some("host:local".into());
                 return Ok(pushed);
@@ -113,7 +115,7 @@ impl Builder for QemuBuilder {
                 .await
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
             let pushed = push(&job, &out).await;
-            if pushed.is_ok() {
+            if pushed.is_ok() && self.qemu.keep_disks {
                 self.keep(job.prepared, &out.path);
             }
             let _ = std::fs::remove_file(&out.path);

@@ -127,6 +127,29 @@ pub async fn sweep_dead(zfs: &Zfs, dataset: &str) -> Result<(), ZfsError> {
     Ok(())
 }
 
+/// Remove the provisioning scripts (`<leaf>.<pid>.provision.sh`) and
+/// stream files that Kiln processes of this host left when they were killed.
+pub fn sweep_dead_scripts(out_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(out_dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_suffix(".provision.sh")
+            .and_then(|rest| rest.rsplit_once('.'))
+            .map(|(_, pid)| pid.to_string())
+        else {
+            continue;
+        };
+        let owner = format!("{}/{pid}", crate::process::hostname());
+        if crate::process::owner_is_gone(&owner) {
+            tracing::info!(file = %e.path().display(), "removing a script a killed build left");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Build the tree; on failure destroy it and remove partial files.
 pub async fn build(zfs: &Zfs, spec: &ZfsSpec) -> Result<ZfsOutput, ZfsBuildError> {
     sweep_dead(zfs, &spec.dataset).await?;
@@ -213,9 +236,12 @@ async fn provision(zfs: &Zfs, spec: &ZfsSpec, io: &IoErr<'_>) -> Result<(), ZfsB
             .await
             .map_err(|e| io(format!("{}: {e}", dir.display())))?;
     }
+    // Named by its owner (`<leaf>.<pid>.provision.sh`), so a killed Kiln's
+    // script is found and removed by the next build (`sweep_dead_scripts`).
     let script_path = spec.out_dir.join(format!(
-        "{}.provision.sh",
-        spec.dataset.rsplit('/').next().unwrap_or("x")
+        "{}.{}.provision.sh",
+        spec.dataset.rsplit('/').next().unwrap_or("x"),
+        std::process::id()
     ));
     tokio::fs::create_dir_all(&spec.out_dir)
         .await

@@ -81,6 +81,7 @@ impl Builder for ZfsBuilder {
 
     fn sweep(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            build::sweep_dead_scripts(&self.out_dir);
             for h in &self.hosts {
                 let zfs = driver::Zfs::new(h);
                 let probe = format!("{}/base-image/sweep", base_of(h));
