@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod validate;
+use validate::{OPEN_TABLES, validate};
+
 /// The platforms Kiln knows (`platforms/<name>/`).
 pub const PLATFORMS: [&str; 5] = ["linux", "windows", "macos", "freebsd", "openbsd"];
 
 /// The defaults, compiled in.
-pub const DEFAULT_TOML: &str = include_str!("../kiln.toml");
+pub const DEFAULT_TOML: &str = include_str!("../../kiln.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -365,133 +368,6 @@ fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, Confi
     validate(&config, origin)?;
     Ok(config)
 }
-
-fn validate(c: &Config, origin: &str) -> Result<(), ConfigError> {
-    let field = |message: String| ConfigError::Field {
-        origin: origin.to_string(),
-        message,
-    };
-    validate_registry(&c.registry).map_err(field)?;
-    for (i, h) in c.docker.hosts.iter().enumerate() {
-        validate_docker_host(i, h).map_err(field)?;
-    }
-    if !matches!(c.qemu.accel.as_str(), "auto" | "kvm" | "tcg") {
-        return Err(field(format!(
-            "qemu.accel = {:?}: expected \"auto\", \"kvm\" or \"tcg\"",
-            c.qemu.accel
-        )));
-    }
-    for (i, k) in c.refresh.consumers.iter().enumerate() {
-        validate_consumer(i, k).map_err(field)?;
-    }
-    if c.api.listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(field(format!(
-            "api.listen = {:?}: expected ADDRESS:PORT such as 127.0.0.1:8080",
-            c.api.listen
-        )));
-    }
-    validate_daemon(&c.daemon).map_err(field)
-}
-
-/// `[registry]`: an http(s) URL, a positive concurrency and rate limit.
-fn validate_registry(r: &Registry) -> Result<(), String> {
-    if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
-        return Err(format!(
-            "registry.url = {:?}: must start with http:// or https://",
-            r.url
-        ));
-    }
-    if r.concurrency == 0 {
-        return Err("registry.concurrency must be at least 1".into());
-    }
-    if r.rate_limit.is_nan() || r.rate_limit <= 0.0 {
-        return Err("registry.rate_limit must be positive".into());
-    }
-    Ok(())
-}
-
-/// `docker.hosts[i]`: a known OS, a concurrency, an endpoint Docker can dial.
-fn validate_docker_host(i: usize, h: &DockerHost) -> Result<(), String> {
-    if h.os != "linux" && h.os != "windows" {
-        return Err(format!(
-            "docker.hosts[{i}] ({}): os = {:?}, expected \"linux\" or \"windows\"",
-            h.name, h.os
-        ));
-    }
-    if h.concurrency == 0 {
-        return Err(format!(
-            "docker.hosts[{i}] ({}): concurrency must be at least 1",
-            h.name
-        ));
-    }
-    let ok = h.endpoint.starts_with("unix://")
-        || h.endpoint.starts_with("tcp://")
-        || h.endpoint.starts_with("ssh://")
-        || h.endpoint.starts_with("npipe://");
-    if !ok {
-        return Err(format!(
-            "docker.hosts[{i}] ({}): endpoint = {:?}, expected unix://, tcp://, ssh:// or npipe://",
-            h.name, h.endpoint
-        ));
-    }
-    Ok(())
-}
-
-/// `refresh.consumers[i]`: a known format and mode, an OWNER/NAME repo.
-fn validate_consumer(i: usize, k: &Consumer) -> Result<(), String> {
-    if !matches!(
-        k.format.as_str(),
-        "json-pins" | "yaml-pins" | "version-list"
-    ) {
-        return Err(format!(
-            "refresh.consumers[{i}] ({}): format = {:?}, expected \"json-pins\", \"yaml-pins\" or \"version-list\"",
-            k.repo, k.format
-        ));
-    }
-    if !matches!(k.mode.as_str(), "pull-request" | "issue") {
-        return Err(format!(
-            "refresh.consumers[{i}] ({}): mode = {:?}, expected \"pull-request\" or \"issue\"",
-            k.repo, k.mode
-        ));
-    }
-    if k.repo.split('/').count() != 2 {
-        return Err(format!(
-            "refresh.consumers[{i}]: repo = {:?}, expected OWNER/NAME",
-            k.repo
-        ));
-    }
-    Ok(())
-}
-
-/// `[daemon]`: cron schedules that parse (per-platform ones for known
-/// platforms), at least one attempt, a non-zero retry base.
-fn validate_daemon(d: &Daemon) -> Result<(), String> {
-    if let Err(e) = d.schedule.parse::<cron::Schedule>() {
-        return Err(format!("daemon.schedule = {:?}: {e}", d.schedule));
-    }
-    for (platform, schedule) in &d.schedules {
-        if !PLATFORMS.contains(&platform.as_str()) {
-            return Err(format!(
-                "daemon.schedules.{platform}: unknown platform, expected one of {}",
-                PLATFORMS.join(", ")
-            ));
-        }
-        if let Err(e) = schedule.parse::<cron::Schedule>() {
-            return Err(format!("daemon.schedules.{platform} = {schedule:?}: {e}"));
-        }
-    }
-    if d.max_attempts == 0 {
-        return Err("daemon.max_attempts must be at least 1".into());
-    }
-    if d.retry_base_secs == 0 {
-        return Err("daemon.retry_base_secs must be at least 1".into());
-    }
-    Ok(())
-}
-
-/// Tables that take keys of the user's choosing; their values are checked
-/// in `validate`.
-const OPEN_TABLES: [&str; 1] = ["daemon.schedules"];
 
 /// Overlay `overlay` onto `base`, refusing keys the defaults do not know.
 fn merge(
