@@ -46,7 +46,7 @@ echo "== kiln status"
 echo
 echo "== kiln resolve (a pinned reference, and refusals with what is missing)"
 for img in ocaml/opam:busybox-ocaml-5.5 ocaml/opam:debian-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5 \
-    ocaml/opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5 ocaml/opam:debian-13-ocaml-5.5; do
+    ocaml/opam:windows-server-mingw-ltsc2022-ocaml-5.5 ocaml/opam:debian-13-ocaml-5.5; do
     echo "\$ kiln resolve $img"
     "$KILN" "${DEMO[@]}" resolve --api http://127.0.0.1:8080 "$img" || echo "(exit $?)"
 done

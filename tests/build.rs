@@ -178,12 +178,9 @@ fn two_arch_build_publishes_then_changes_nothing() {
     let refused =
         kiln::api::resolve::resolve(&snap, "ocaml/opam:debian-12-ocaml-4.13", None).unwrap_err();
     assert_eq!(refused.http_status(), 409);
-    let win = kiln::api::resolve::resolve(
-        &snap,
-        "opam-windows:windows-server-ltsc2022-mingw-ocaml-5.5",
-        None,
-    )
-    .unwrap_err();
+    let win =
+        kiln::api::resolve::resolve(&snap, "opam:windows-server-mingw-ltsc2022-ocaml-5.5", None)
+            .unwrap_err();
     assert!(serde_json::to_string(&win).unwrap().contains("no-builder"));
     assert_eq!(
         leftovers(),

@@ -61,13 +61,13 @@ fn real_catalogue_covers_3_07_to_5_5_and_the_matrix() {
     let msvc = win
         .releases
         .iter()
-        .find(|r| r.id == "windows-server-ltsc2022-msvc")
+        .find(|r| r.id == "windows-server-msvc-ltsc2022")
         .unwrap();
     assert!(msvc.refuses(&v("5.1.0")).is_some() && msvc.refuses(&v("5.3.0")).is_none());
     assert!(
         win.releases
             .iter()
-            .find(|r| r.id == "windows-server-ltsc2025-mingw")
+            .find(|r| r.id == "windows-server-mingw-ltsc2025")
             .unwrap()
             .refuses(&v("4.12.1"))
             .is_some()
@@ -225,8 +225,8 @@ fn bad_input_names_file_and_field_and_changes_nothing() {
             "releases[1].version",
         ),
         (
-            "series: '5.5'\nnative: [amd64]\nvariants: {flambda: [s390x]}\nreleases: [{version: '5.5.0', status: released}]\n",
-            "variants.flambda",
+            "series: '5.5'\nnative: [amd64]\nreleases: [{version: '5.5.0+flambda', status: released}]\n",
+            "releases[0].version",
         ),
     ];
     for (text, field) in cases {
@@ -243,6 +243,19 @@ fn bad_input_names_file_and_field_and_changes_nothing() {
             .1,
     )
     .unwrap();
+    // rules.yaml: the entry named.
+    let rules = std::fs::read_to_string(vd.join("rules.yaml")).unwrap();
+    std::fs::write(
+        vd.join("rules.yaml"),
+        rules.replace("{ name: nnp, from: '4.12'", "{ name: nnp, from: '4.12.1'"),
+    )
+    .unwrap();
+    let e = catalogue::load(&vd, &pd).unwrap_err().to_string();
+    assert!(
+        e.contains("rules.yaml") && e.contains("variants[7].from"),
+        "{e}"
+    );
+    std::fs::write(vd.join("rules.yaml"), rules).unwrap();
     // Platform errors too.
     let lp = pd.join("linux/platform.yaml");
     let orig = std::fs::read_to_string(&lp).unwrap();
@@ -391,7 +404,7 @@ fn catalogue_show_and_list() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["os"] == "windows-server-ltsc2022-msvc")
+        .find(|o| o["os"] == "windows-server-msvc-ltsc2022")
         .unwrap();
     assert_eq!(msvc["builds"], true);
     let out = kiln(&["catalogue", "show", "5.1.1", "--json"]);
@@ -400,7 +413,7 @@ fn catalogue_show_and_list() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|o| o["os"] == "windows-server-ltsc2022-msvc")
+        .find(|o| o["os"] == "windows-server-msvc-ltsc2022")
         .unwrap();
     assert_eq!(msvc["builds"], false);
     assert!(msvc["why_not"].as_str().unwrap().contains("MSVC"));

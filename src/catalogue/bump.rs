@@ -3,7 +3,7 @@
 //! ([`stage_bump`]) so that checks from layers above (every recipe renders)
 //! can refuse the change before a file is touched.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::load::{format_series, load, validate};
@@ -139,21 +139,21 @@ fn series_index(cat: &mut Catalogue, versions_dir: &Path, series_v: &OcamlVersio
     match cat.series.iter().position(|s| s.series == *series_v) {
         Some(i) => i,
         None => {
-            // A new series inherits arches and variants from the newest one.
+            // A new series inherits its arches from the newest one (its
+            // variants come from rules.yaml).
             let prev = cat
                 .series
                 .iter()
                 .rev()
                 .find(|s| s.series < *series_v)
                 .cloned();
-            let (native, bytecode_only, variants) = prev
-                .map(|p| (p.native, p.bytecode_only, p.variants))
-                .unwrap_or_else(|| (vec!["amd64".into()], vec![], BTreeMap::new()));
+            let (native, bytecode_only) = prev
+                .map(|p| (p.native, p.bytecode_only))
+                .unwrap_or_else(|| (vec!["amd64".into()], vec![]));
             cat.series.push(Series {
                 series: series_v.clone(),
                 native,
                 bytecode_only,
-                variants,
                 releases: vec![],
                 file: versions_dir.join(format!("{series_v}.yaml")),
             });
@@ -185,10 +185,13 @@ fn put_release(s: &mut Series, new: Release) -> Option<BumpOutcome> {
             })
         }
         None => {
-            // A release supersedes the trunk/prerelease entries of its version.
-            s.releases.retain(|r| {
-                !(r.version.release() == version.release() && r.status == Status::Trunk)
-            });
+            // A release supersedes the trunk entry of its version; a
+            // prerelease (5.6.0~alpha1) sits next to it with its own tags.
+            if new.status.is_release() {
+                s.releases.retain(|r| {
+                    !(r.version.release() == version.release() && r.status == Status::Trunk)
+                });
+            }
             s.releases.push(new);
             s.releases.sort_by(|a, b| a.version.cmp(&b.version));
             Some(BumpOutcome::Added {

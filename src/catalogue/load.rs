@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 
 use super::platform::{BuilderKind, OsRelease, Platform, Policy};
-use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Series, Sets, Status};
+use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Rules, Series, Sets, Status};
+
+/// Files of `versions/` that are not series files.
+const NOT_SERIES: [&str; 2] = ["sets.yaml", "rules.yaml"];
 
 fn read(path: &Path) -> Result<String, CatalogueError> {
     std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
@@ -41,7 +44,9 @@ pub fn load(versions_dir: &Path, platforms_dir: &Path) -> Result<Catalogue, Cata
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|x| x == "yaml")
-                && p.file_name().is_some_and(|n| n != "sets.yaml")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| !NOT_SERIES.contains(&n))
         })
         .collect();
     files.sort();
@@ -56,6 +61,12 @@ pub fn load(versions_dir: &Path, platforms_dir: &Path) -> Result<Catalogue, Cata
         parse(&sets_path, &read(&sets_path)?)?
     } else {
         Sets::default()
+    };
+    let rules_path = versions_dir.join("rules.yaml");
+    let rules: Rules = if rules_path.exists() {
+        parse(&rules_path, &read(&rules_path)?)?
+    } else {
+        Rules::default()
     };
     let mut platforms = Vec::new();
     if platforms_dir.exists() {
@@ -84,6 +95,7 @@ pub fn load(versions_dir: &Path, platforms_dir: &Path) -> Result<Catalogue, Cata
     let cat = Catalogue {
         series,
         sets,
+        rules,
         platforms,
         versions_dir: versions_dir.to_path_buf(),
         platforms_dir: platforms_dir.to_path_buf(),
@@ -120,6 +132,7 @@ pub fn validate(cat: &Catalogue) -> Result<(), CatalogueError> {
         validate_series(s, &mut seen_series)?;
     }
     validate_sets(cat)?;
+    validate_rules(cat)?;
     let mut names = BTreeSet::new();
     for pf in &cat.platforms {
         validate_platform(cat, pf, &mut names)?;
@@ -127,13 +140,59 @@ pub fn validate(cat: &Catalogue) -> Result<(), CatalogueError> {
     Ok(())
 }
 
-/// One series file: its name, its arches and variants, its releases.
+/// `rules.yaml`: variant names that can be tags, series ranges that are
+/// series and not empty.
+fn validate_rules(cat: &Catalogue) -> Result<(), CatalogueError> {
+    let p = cat.versions_dir.join("rules.yaml");
+    for (list, rules) in [
+        ("variants", &cat.rules.variants),
+        ("trunk_variants", &cat.rules.trunk_variants),
+    ] {
+        for (i, r) in rules.iter().enumerate() {
+            let field = format!("{list}[{i}]");
+            let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .split('+')
+                    .all(|w| !w.is_empty() && w.chars().all(ok_char))
+            {
+                return Err(CatalogueError::invalid(
+                    &p,
+                    format!("{field}.name"),
+                    format!("{:?}: options are lowercase words joined by '+'", r.name),
+                ));
+            }
+            for (what, v) in [("from", &r.from), ("below", &r.below)] {
+                if v.as_ref().is_some_and(|v| !v.is_series()) {
+                    return Err(CatalogueError::invalid(
+                        &p,
+                        format!("{field}.{what}"),
+                        "a series (MAJOR.MINOR), as compiler_variants compares them",
+                    ));
+                }
+            }
+            if let (Some(f), Some(b)) = (&r.from, &r.below)
+                && f >= b
+            {
+                return Err(CatalogueError::invalid(
+                    &p,
+                    format!("{field}.below"),
+                    format!("{b} is not after {f}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One series file: its name, its arches, its releases.
 fn validate_series(
     s: &Series,
     seen_series: &mut BTreeSet<OcamlVersion>,
 ) -> Result<(), CatalogueError> {
     let p = &s.file;
-    if s.series.patch.is_some() {
+    if !s.series.is_series() {
         return Err(CatalogueError::invalid(
             p,
             "series",
@@ -170,8 +229,7 @@ fn validate_series(
     Ok(())
 }
 
-/// Native and bytecode-only arches are known and disjoint; every variant
-/// is offered only where there is a native compiler.
+/// Native and bytecode-only arches are known and disjoint.
 fn validate_series_arches(s: &Series) -> Result<(), CatalogueError> {
     let p = &s.file;
     check_arches(p, "native", &s.native)?;
@@ -182,16 +240,6 @@ fn validate_series_arches(s: &Series) -> Result<(), CatalogueError> {
             "bytecode_only",
             format!("{a} is also native"),
         ));
-    }
-    for (name, arches) in &s.variants {
-        check_arches(p, &format!("variants.{name}"), arches)?;
-        if let Some(a) = arches.iter().find(|a| !s.native.contains(a)) {
-            return Err(CatalogueError::invalid(
-                p,
-                format!("variants.{name}"),
-                format!("{a} has no native compiler in {}", s.series),
-            ));
-        }
     }
     Ok(())
 }
@@ -209,7 +257,8 @@ fn validate_series_release(s: &Series, i: usize) -> Result<(), CatalogueError> {
             format!("{} is not in series {}", r.version, s.series),
         ));
     }
-    if r.version.patch.is_none() || (r.version.extra.is_some() && r.status != Status::Trunk) {
+    let trunk_extra = r.status == Status::Trunk && r.version.patch.is_some();
+    if !(r.version.is_release_name() || trunk_extra) {
         return Err(CatalogueError::invalid(
             p,
             format!("{field}.version"),
@@ -256,7 +305,7 @@ fn validate_sets(cat: &Catalogue) -> Result<(), CatalogueError> {
         ("significant", &cat.sets.significant),
     ] {
         for (i, v) in list.iter().enumerate() {
-            if cat.series_of(v).is_none() || v.patch.is_some() {
+            if cat.series_of(v).is_none() || !v.is_series() {
                 return Err(CatalogueError::invalid(
                     &sets_path,
                     format!("{name}[{i}]"),
@@ -307,6 +356,28 @@ fn validate_platform(
             "releases",
             "more than one release has default: true",
         ));
+    }
+    // `latest` and the multi-OS index names are names of the repository too.
+    let groups: BTreeSet<&String> = pf
+        .releases
+        .iter()
+        .filter_map(|r| r.multi_os_index.as_ref())
+        .collect();
+    let extra = groups
+        .into_iter()
+        .map(|g| (g.as_str(), "multi_os_index"))
+        .chain((defaults > 0).then_some(("latest", "default")));
+    for (name, field) in extra {
+        if !names.insert((pf.repository.clone(), name.to_string())) {
+            return Err(CatalogueError::invalid(
+                &p,
+                format!("releases[].{field}"),
+                format!(
+                    "{name} already names something else in repository {}",
+                    pf.repository
+                ),
+            ));
+        }
     }
     validate_policy(cat, pf)
 }
@@ -366,6 +437,18 @@ fn validate_os_release(
             format!("{parent:?} is not an image reference: {why}"),
         ));
     }
+    if let Some(v) = &r.os_version
+        && (v.split('.').count() < 3
+            || !v
+                .split('.')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    {
+        return Err(CatalogueError::invalid(
+            p,
+            format!("{field}.os_version"),
+            format!("{v:?} is not a Windows version such as 10.0.17763"),
+        ));
+    }
     if r.recipes.is_empty() {
         return Err(CatalogueError::invalid(
             p,
@@ -397,12 +480,30 @@ fn validate_policy(cat: &Catalogue, pf: &Platform) -> Result<(), CatalogueError>
             return Err(CatalogueError::invalid(&pol, format!("versions[{i}]"), e));
         }
     }
-    for (i, t) in pf.policy.required_tiers.iter().enumerate() {
-        if !(1..=3).contains(t) {
+    for (list, tiers) in [
+        ("required_tiers", &pf.policy.required_tiers),
+        ("variant_tiers", &pf.policy.variant_tiers),
+    ] {
+        for (i, t) in tiers.iter().enumerate() {
+            if !(1..=3).contains(t) {
+                return Err(CatalogueError::invalid(
+                    &pol,
+                    format!("{list}[{i}]"),
+                    format!("{t} is not 1, 2 or 3"),
+                ));
+            }
+        }
+    }
+    let known = cat.rules.names();
+    for (i, v) in pf.policy.variants.iter().enumerate() {
+        if !known.contains(&v.as_str()) {
             return Err(CatalogueError::invalid(
                 &pol,
-                format!("required_tiers[{i}]"),
-                format!("{t} is not 1, 2 or 3"),
+                format!("variants[{i}]"),
+                format!(
+                    "{v} is no variant of versions/rules.yaml (known: {})",
+                    known.join(", ")
+                ),
             ));
         }
     }

@@ -4,11 +4,13 @@
 //!
 //! Formats (all YAML, read with `serde_norway`):
 //! - `versions/<series>.yaml` — one OCaml series: its native and
-//!   bytecode-only arches, its compiler variants with the arches each allows,
-//!   and its releases (version, status, date). Written canonically by
-//!   `kiln bump` / `kiln catalogue fmt`.
+//!   bytecode-only arches and its releases (version, status, date). Written
+//!   canonically by `kiln bump` / `kiln catalogue fmt`.
 //! - `versions/sets.yaml` — the series CI cares about: `recent`,
-//!   `significant`. `latest` is computed: the newest released version.
+//!   `significant`. `latest` is computed: the newest released version;
+//!   `dev` and `unreleased_betas` too, from the statuses.
+//! - `versions/rules.yaml` — arch support and compiler variants by
+//!   ocaml-version's rules ([`rules`]).
 //! - `platforms/<os>/platform.yaml` — the OS releases of one platform: tier,
 //!   arches, aliases, deprecation, builder kind, recipe files, upstream
 //!   parent (a Docker/OCI image reference, checked by [`reference`]),
@@ -22,9 +24,9 @@ mod load;
 pub mod opam;
 pub mod platform;
 pub mod reference;
+pub mod rules;
 pub mod version;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,7 @@ pub use bump::{BumpOutcome, StagedBump, bump, stage_bump};
 pub use load::{format_series, load, validate, validate_recipes};
 pub use platform::{BuilderKind, OsRelease, Platform, Policy};
 pub use reference::{ImageRef, ReferenceError};
+pub use rules::{Rules, VariantRule};
 pub use version::{OcamlVersion, VersionError};
 
 /// Every arch name Kiln knows (Docker's names, `arm32v7` for 32-bit ARM).
@@ -127,9 +130,6 @@ pub struct Series {
     /// Arches with a bytecode-only compiler.
     #[serde(default)]
     pub bytecode_only: Vec<String>,
-    /// Variant name (`flambda`, `fp+flambda`, …) → arches it is offered on.
-    #[serde(default)]
-    pub variants: BTreeMap<String, Vec<String>>,
     pub releases: Vec<Release>,
     #[serde(skip)]
     pub file: PathBuf,
@@ -165,6 +165,8 @@ pub struct Catalogue {
     /// Sorted by series.
     pub series: Vec<Series>,
     pub sets: Sets,
+    /// `versions/rules.yaml` (empty when the file is absent).
+    pub rules: Rules,
     pub platforms: Vec<Platform>,
     pub versions_dir: PathBuf,
     pub platforms_dir: PathBuf,
@@ -188,8 +190,63 @@ impl Catalogue {
             .max()
     }
 
-    /// Resolve a set name (`latest`, `recent`, `significant`, `all`) or a
-    /// series (`5.5`) or a version (`5.5.0`) into release versions.
+    /// Does release `v` have a compiler on `arch` (native or bytecode)? The
+    /// series lists its arches; `rules.yaml` says from which release on
+    /// (ocaml-version's `Has.arch`).
+    pub fn supports(&self, v: &OcamlVersion, arch: Arch) -> bool {
+        self.series_of(v)
+            .is_some_and(|s| s.arches().any(|a| arch == *a))
+            && self.rules.arch_since_allows(v, arch)
+    }
+
+    /// The variants of release `v` on `arch` (ocaml-version's
+    /// `compiler_variants` without the plain compiler): none where `v` has
+    /// no compiler on `arch`.
+    pub fn variants(&self, v: &OcamlVersion, arch: Arch) -> Vec<&str> {
+        match self.release(v) {
+            Some(r) if self.supports(v, arch) => self.rules.variants(v, r.status, arch),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Releases under development: the newest `trunk` or `dev` entry of
+    /// each series (ocaml-version's `Releases.dev`).
+    fn dev(&self) -> Vec<OcamlVersion> {
+        self.series
+            .iter()
+            .filter_map(|s| {
+                s.releases
+                    .iter()
+                    .rev()
+                    .find(|r| matches!(r.status, Status::Trunk | Status::Dev))
+            })
+            .map(|r| r.version.clone())
+            .collect()
+    }
+
+    /// The newest alpha, beta or rc of each release not yet released
+    /// (ocaml-version's `Releases.unreleased_betas`).
+    fn unreleased_betas(&self) -> Vec<OcamlVersion> {
+        let mut out: Vec<OcamlVersion> = Vec::new();
+        for s in &self.series {
+            for r in s.releases.iter().rev() {
+                let pre = matches!(r.status, Status::Alpha | Status::Beta | Status::Rc);
+                let released = s
+                    .releases
+                    .iter()
+                    .any(|x| x.status.is_release() && x.version.release() == r.version.release());
+                if pre && !released && !out.iter().any(|o| o.release() == r.version.release()) {
+                    out.push(r.version.clone());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Resolve a set name (`latest`, `recent`, `significant`, `all`, `dev`,
+    /// `unreleased_betas`) or a series (`5.5`) or a version (`5.5.0`) into
+    /// release versions.
     pub fn select(&self, name: &str) -> Result<Vec<OcamlVersion>, String> {
         let latest_of = |series: &[OcamlVersion]| -> Vec<OcamlVersion> {
             series
@@ -202,6 +259,8 @@ impl Catalogue {
             "latest" => Ok(self.latest().cloned().into_iter().collect()),
             "recent" => Ok(latest_of(&self.sets.recent)),
             "significant" => Ok(latest_of(&self.sets.significant)),
+            "dev" => Ok(self.dev()),
+            "unreleased_betas" => Ok(self.unreleased_betas()),
             "all" => Ok(self
                 .series
                 .iter()
@@ -210,7 +269,7 @@ impl Catalogue {
                 .collect()),
             other => {
                 let v: OcamlVersion = other.parse().map_err(|e: VersionError| e.to_string())?;
-                if v.patch.is_none() {
+                if v.is_series() {
                     let s = self
                         .series_of(&v)
                         .ok_or_else(|| format!("no series {v} in the catalogue"))?;

@@ -55,7 +55,7 @@ pub struct Exclude {
     pub reason: String,
 }
 
-/// One OS release of a platform (`debian-13`, `windows-server-ltsc2022-mingw`).
+/// One OS release of a platform (`debian-13`, `windows-server-mingw-ltsc2022`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct OsRelease {
@@ -85,7 +85,8 @@ pub struct OsRelease {
     /// Extra template variables for the recipes (`port: mingw`).
     #[serde(default)]
     pub vars: std::collections::BTreeMap<String, String>,
-    /// The platform's default OS release (gets the `latest` tag).
+    /// The platform's default OS release (gets the `latest` tag; one per
+    /// repository).
     #[serde(default)]
     pub default: bool,
     /// The recipes are deterministic: the same build key built anywhere
@@ -93,6 +94,16 @@ pub struct OsRelease {
     /// on Linux only; false for recipes that read a live mirror.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reproducible: bool,
+    /// Windows: the OS version (`major.minor.build`) the image runs on, for
+    /// the `os.version` of its index entries; Docker on Windows picks the
+    /// entry whose build matches the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// A multi-OS-version index this release's images are also entries of
+    /// (`windows-all-mingw`): tagged `<name>-ocaml-<compiler>`, and `<name>`
+    /// for the newest release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_os_index: Option<String>,
 }
 
 impl OsRelease {
@@ -119,6 +130,10 @@ pub struct Platform {
     pub builder: BuilderKind,
     /// Repository name inside the registry namespace (`opam`).
     pub repository: String,
+    /// Whether an OS release's aliases also name its newest compiler alone
+    /// (`debian`, `ubuntu-lts`) besides the release's own id (`debian-13`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub bare_aliases: bool,
     pub releases: Vec<OsRelease>,
     #[serde(skip, default)]
     pub policy: Policy,
@@ -140,6 +155,21 @@ pub struct Policy {
     /// Whether variant tags are required too.
     #[serde(default)]
     pub require_variants: bool,
+    /// Variants are built only on OS releases of these tiers.
+    #[serde(default = "all_tiers")]
+    pub variant_tiers: Vec<u8>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn all_tiers() -> Vec<u8> {
+    vec![1, 2, 3]
 }
 
 impl Default for Policy {
@@ -149,6 +179,7 @@ impl Default for Policy {
             variants: vec![],
             required_tiers: vec![1],
             require_variants: false,
+            variant_tiers: all_tiers(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! OCaml version numbers: `4.14.4`, `5.5.0~beta1`, `4.14.3+flambda+fp`,
-//! and series `4.08`. Not semver: prereleases use `~`, variants use `+`,
-//! minors below 5 are written with two digits in tags (`4.08`), and a
-//! prerelease sorts before its release.
+//! series `4.08`, and the pre-4.00 names `3.07`, `3.07+1`, `3.07+2`. Not
+//! semver: prereleases use `~`, variants (and the 3.07 patch levels) use
+//! `+`, minors below 5 are written with two digits (`4.08`), and a
+//! prerelease sorts before its release. The grammar is ocurrent/
+//! ocaml-version's (`Ocaml_version.of_string`): `MAJOR.MINOR[.PATCH][~PRE][+EXTRA]`.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -66,6 +68,56 @@ impl OcamlVersion {
             patch: None,
             prerelease: None,
             extra: None,
+        }
+    }
+
+    /// A bare series (`4.08`): no patch, prerelease or extra.
+    pub fn is_series(&self) -> bool {
+        self.patch.is_none() && self.prerelease.is_none() && self.extra.is_none()
+    }
+
+    /// Is this the name of a release (not of a series or a variant)?
+    /// `MAJOR.MINOR.PATCH[~PRE]`, or before 4.00, when releases had no patch
+    /// number, `3.07` and `3.07+N` (ocaml-version's `Releases.v3_07_*`).
+    pub fn is_release_name(&self) -> bool {
+        match (self.patch, &self.extra) {
+            (Some(_), None) => true,
+            (None, extra) => {
+                self.major < 4
+                    && self.prerelease.is_none()
+                    && extra
+                        .as_deref()
+                        .is_none_or(|e| e.bytes().all(|b| b.is_ascii_digit()))
+            }
+            (Some(_), Some(_)) => false,
+        }
+    }
+
+    /// The compiler part of a tag, by docker-base-images' `Tag.tag_of_compiler`
+    /// (src/tag.ml): the version without its patch level, `~` and `+`
+    /// written `-`: `5.5.0~beta1` → `5.5-beta1`, `4.14.3+flambda+fp` →
+    /// `4.14-flambda-fp`, `5.5.0` → `5.5`.
+    pub fn tag_part(&self) -> String {
+        let mut out = self.series_tag();
+        match &self.prerelease {
+            None => {}
+            Some(Prerelease::Alpha(n)) => out.push_str(&format!("-alpha{n}")),
+            Some(Prerelease::Beta(n)) => out.push_str(&format!("-beta{n}")),
+            Some(Prerelease::Rc(n)) => out.push_str(&format!("-rc{n}")),
+            Some(Prerelease::Other(s)) => out.push_str(&format!("-{s}")),
+        }
+        if let Some(e) = &self.extra {
+            out.push('-');
+            out.push_str(&e.replace('+', "-"));
+        }
+        out
+    }
+
+    /// This version with variant `extra` (`4.14.3` + `flambda+fp`).
+    pub fn with_extra(&self, extra: Option<&str>) -> OcamlVersion {
+        OcamlVersion {
+            extra: extra.map(str::to_string),
+            ..self.clone()
         }
     }
 
@@ -214,8 +266,8 @@ impl FromStr for OcamlVersion {
                 })
             }
         };
-        if patch.is_none() && (prerelease.is_some() || extra.is_some()) {
-            return Err(err("a series (MAJOR.MINOR) cannot carry '~' or '+'"));
+        if patch.is_none() && prerelease.is_some() {
+            return Err(err("a series (MAJOR.MINOR) cannot carry '~'"));
         }
         let v = OcamlVersion {
             major,
@@ -271,9 +323,20 @@ mod tests {
             "4.02.3",
             "5.0.0~alpha0",
             "5.3.0~rc1",
+            "3.07+1",
+            "3.07+2",
         ] {
             assert_eq!(v(s).to_string(), s);
         }
+        assert!(v("3.07") < v("3.07+1") && v("3.07+1") < v("3.07+2") && v("3.07+2") < v("3.08.0"));
+        assert!(v("3.07+2").is_release_name() && v("3.07").is_release_name());
+        assert!(!v("4.08").is_release_name() && !v("4.14.3+flambda").is_release_name());
+        assert_eq!(
+            v("5.5.0~beta1").with_extra(Some("afl")).tag_part(),
+            "5.5-beta1-afl"
+        );
+        assert_eq!(v("4.14.3+flambda+fp").tag_part(), "4.14-flambda-fp");
+        assert_eq!(v("5.6.0").tag_part(), "5.6");
         assert_eq!(v("4.08.1").series_tag(), "4.08");
         assert_eq!(v("5.5.0").series_tag(), "5.5");
         assert_eq!(v("4.14.3+flambda").extra.as_deref(), Some("flambda"));

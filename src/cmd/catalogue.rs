@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use kiln::catalogue::{self, Catalogue};
+use kiln::catalogue::{self, Arch, Catalogue};
 use kiln::config::{Config, Sources};
 use kiln::plan::{self, ValidateError};
 
@@ -106,7 +106,7 @@ fn list(cat: &Catalogue, json: bool) -> Result<ExitCode> {
             .map(|s| {
                 serde_json::json!({
                     "series": s.series, "native": s.native, "bytecode_only": s.bytecode_only,
-                    "variants": s.variants, "releases": s.releases,
+                    "releases": s.releases,
                 })
             })
             .collect();
@@ -162,29 +162,50 @@ fn show(cat: &Catalogue, version: &str, json: bool) -> Result<ExitCode> {
     let release = cat.release(&v).with_context(|| {
         format!("no release {v} in the catalogue; `kiln catalogue list` shows them")
     })?;
+    let variants = variant_arches(cat, &v);
     let mut packages = serde_json::Map::new();
     packages.insert(
         "default".into(),
         serde_json::json!(catalogue::opam::packages(&v, release.status, None)),
     );
-    for var in series.variants.keys() {
+    for (var, _) in &variants {
         packages.insert(
             var.clone(),
             serde_json::json!(catalogue::opam::packages(&v, release.status, Some(var))),
         );
     }
+    let supported: Vec<Arch> = Arch::ALL
+        .into_iter()
+        .filter(|a| cat.supports(&v, *a))
+        .collect();
     let builds = os_releases(cat, &v);
     let out = serde_json::json!({
         "version": v, "series": v.series(), "status": release.status, "date": release.date,
-        "native": series.native, "bytecode_only": series.bytecode_only, "variants": series.variants,
+        "native": series.native, "bytecode_only": series.bytecode_only, "supported": supported,
+        "variants": variants.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "opam_packages": packages, "latest": cat.latest() == Some(&v), "os_releases": builds,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        print_release(&v, series, release, &builds);
+        print_release(&v, series, release, &variants, &builds);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The variants of release `v` (rules.yaml), each with the arches it
+/// exists on, in rule order.
+fn variant_arches(cat: &Catalogue, v: &catalogue::OcamlVersion) -> Vec<(String, Vec<Arch>)> {
+    let mut out: Vec<(String, Vec<Arch>)> = Vec::new();
+    for arch in Arch::ALL {
+        for var in cat.variants(v, arch) {
+            match out.iter_mut().find(|(n, _)| n == var) {
+                Some((_, arches)) => arches.push(arch),
+                None => out.push((var.to_string(), vec![arch])),
+            }
+        }
+    }
+    out
 }
 
 /// Every OS release of every platform: whether it builds `v`, why not, and
@@ -209,6 +230,7 @@ fn print_release(
     v: &catalogue::OcamlVersion,
     series: &catalogue::Series,
     release: &catalogue::Release,
+    variants: &[(String, Vec<Arch>)],
     builds: &[serde_json::Value],
 ) {
     println!(
@@ -218,7 +240,8 @@ fn print_release(
     );
     println!("  native:        {}", series.native.join(", "));
     println!("  bytecode only: {}", series.bytecode_only.join(", "));
-    for (var, arches) in &series.variants {
+    for (var, arches) in variants {
+        let arches: Vec<&str> = arches.iter().map(|a| a.as_str()).collect();
         println!("  variant {var:<20} {}", arches.join(", "));
     }
     println!(

@@ -1,11 +1,14 @@
+//! `kiln plan`: the cascade as text (per-arch builds, every tag with its
+//! arches and aliases, the gate, totals) or as JSON with the same tags.
+
 use std::process::ExitCode;
 
 use anyhow::Result;
 use kiln::catalogue::{self, Arch};
 use kiln::config::{Config, Sources};
-use kiln::model::{Requirement, repository};
+use kiln::model::Requirement;
 use kiln::pipeline::PlanKeys;
-use kiln::plan::{self, Filter, Target, Totals};
+use kiln::plan::{self, Filter, PlannedTag, Target, Totals};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,6 +44,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     };
     let targets = plan::expand(&cat, &filter)?;
     let totals = plan::totals(&targets);
+    let tags = plan::tags(&targets, &config.registry.namespace);
     let builders = kiln::builders::Builders::new(&config);
     let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
         builders.can_build(t)
@@ -59,9 +63,9 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "totals": totals,
-                "tags": reqs,
+                "tags": tags,
+                "requirements": reqs,
                 "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
-                "reproducible": plan::reproducible_tags(&targets, &config.registry.namespace),
                 "build_keys": keys.build_keys,
                 "immutable_tags": keys.immutable_tags,
                 "states": keys.states,
@@ -73,7 +77,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     if args.targets {
         print_targets(&targets, &keys);
     }
-    print_indexes(&targets, &config.registry.namespace);
+    print_tags(&tags);
     print_gate(&reqs);
     print_totals(&totals, &reqs);
     Ok(ExitCode::SUCCESS)
@@ -113,35 +117,40 @@ fn print_targets(targets: &[Target], keys: &PlanKeys) {
     println!();
 }
 
-fn print_indexes(targets: &[Target], namespace: &str) {
-    let groups = kiln::pipeline::group_by_tag(targets, namespace);
-    // In plan order, as the targets came.
-    let mut order: Vec<&kiln::model::TagId> = Vec::new();
-    for t in targets {
-        let id = groups
-            .keys()
-            .find(|k| k.repository == repository(namespace, &t.repository) && k.tag == t.tag);
-        if let Some(id) = id
-            && !order.contains(&id)
-        {
-            order.push(id);
+/// One line per tag: `repository:tag  [arches]`, then for an alias
+/// `= <tag it names>`, for a multi-OS index `{os os.version, …}`,
+/// `(optional)` when the gate does not require it and `(reproducible)`
+/// when its recipe is declared so.
+fn print_tags(tags: &[PlannedTag]) {
+    let count = |k: plan::TagKind| tags.iter().filter(|t| t.kind == k).count();
+    println!(
+        "== tags ({}: {} images, {} aliases, {} multi-OS indexes)",
+        tags.len(),
+        count(plan::TagKind::Image),
+        count(plan::TagKind::Alias),
+        count(plan::TagKind::MultiOs),
+    );
+    for t in tags {
+        let arches: Vec<&str> = t.arches.iter().map(|a| a.as_str()).collect();
+        let mut line = format!("{}  [{}]", t.name(), arches.join(", "));
+        if let Some(of) = &t.alias_of {
+            line.push_str(&format!("  = {of}"));
         }
-    }
-    let reproducible = plan::reproducible_tags(targets, namespace);
-    println!("== multi-arch indexes ({})", order.len());
-    for id in order {
-        let ts = &groups[id];
-        let arches: Vec<&str> = ts.iter().map(|t| t.arch.as_str()).collect();
-        println!(
-            "{id}  [{}]{}  {}",
-            arches.join(", "),
-            if ts[0].required { "" } else { "  (optional)" },
-            if reproducible.get(&id.key()).copied().unwrap_or(false) {
-                "reproducible: the same key gives the same digest anywhere"
-            } else {
-                "not reproducible: adoption by build key keeps its digest"
-            }
-        );
+        if t.kind == plan::TagKind::MultiOs {
+            let entries: Vec<String> = t
+                .entries
+                .iter()
+                .map(|e| format!("{} {}", e.os, e.os_version.as_deref().unwrap_or("-")))
+                .collect();
+            line.push_str(&format!("  {{{}}}", entries.join(", ")));
+        }
+        if !t.required {
+            line.push_str("  (optional)");
+        }
+        if t.reproducible {
+            line.push_str("  (reproducible)");
+        }
+        println!("{line}");
     }
     println!();
 }

@@ -3,12 +3,21 @@
 //!
 //! A [`Target`] is one (platform, OS release, compiler version, variant,
 //! arch). Targets sharing everything but the arch share one moving tag
-//! (one multi-arch index); [`requirements`] groups them so. [`validate`]
-//! renders every recipe for every target the catalogue can produce.
+//! (one multi-arch index); [`requirements`] groups them so, [`tags`]
+//! lists every tag with its aliases. [`validate`] renders every recipe for
+//! every target the catalogue can produce.
+//!
+//! Names follow docker-base-images (src/tag.ml, src/pipeline.ml): a tag is
+//! `<os>-ocaml-<compiler>` with `<compiler>` from
+//! [`OcamlVersion::tag_part`]; an OS release's aliases name the same image
+//! (`debian-ocaml-5.5`); the newest release's plain compiler is also
+//! `<os>`, `<alias>` (where the platform has `bare_aliases`) and `latest`
+//! (the default OS release).
 
 pub mod key;
 pub mod opam_repo;
 pub mod prepare;
+pub mod tags;
 pub mod template;
 pub mod validate;
 
@@ -21,6 +30,7 @@ use crate::catalogue::{Arch, BuilderKind, Catalogue, OcamlVersion, OsRelease, Pl
 use crate::model::{Requirement, TagId, repository};
 
 pub use prepare::Prepared;
+pub use tags::{PlannedTag, TagEntry, TagKind, tags};
 pub use validate::{RecipeProblem, ValidateError, Validation, validate};
 
 /// The opam release the recipes install (part of every build key through
@@ -80,6 +90,19 @@ pub struct Target {
     /// Every timestamp of the output is clamped to this (seconds since the
     /// epoch): see [`source_date_epoch`].
     pub source_date_epoch: u64,
+    /// Windows: the `os.version` of this target's index entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    /// The multi-OS-version index this target is also an entry of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multi_os: Option<IndexTag>,
+}
+
+/// A tag with its aliases (a multi-OS-version index: `windows-all-mingw-ocaml-5.5`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct IndexTag {
+    pub tag: String,
+    pub aliases: Vec<String>,
 }
 
 impl Target {
@@ -128,12 +151,10 @@ impl Target {
     }
 }
 
-/// The moving tag of (os, version, variant): `debian-13-ocaml-5.5[-flambda]`.
+/// The moving tag of (os, version, variant): `debian-13-ocaml-5.5[-flambda]`,
+/// `debian-13-ocaml-5.5-beta1-flambda-fp` (docker-base-images' `Tag.v`).
 pub fn moving_tag(os: &str, v: &OcamlVersion, variant: Option<&str>) -> String {
-    match variant {
-        Some(var) => format!("{os}-ocaml-{}-{}", v.series_tag(), var.replace('+', "-")),
-        None => format!("{os}-ocaml-{}", v.series_tag()),
-    }
+    format!("{os}-ocaml-{}", v.with_extra(variant).tag_part())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +218,9 @@ fn policy_versions(cat: &Catalogue, pf: &Platform) -> Result<Vec<OcamlVersion>, 
 }
 
 /// The targets of one compiler release on one OS release: the default
-/// compiler and each variant the policy asks for, on every arch allowed.
+/// compiler and each variant the policy asks for (on the tiers it builds
+/// variants on), on every arch the OS release, the release and the
+/// variant's rules allow.
 fn expand_release(
     cat: &Catalogue,
     pf: &Platform,
@@ -212,11 +235,13 @@ fn expand_release(
     let (Some(series), Some(release)) = (cat.series_of(v), cat.release(v)) else {
         return;
     };
+    let newest = cat.latest() == Some(v);
+    let with_variants = pf.policy.variant_tiers.contains(&os.tier);
     let variants = std::iter::once(None).chain(
         pf.policy
             .variants
             .iter()
-            .filter(|var| series.variants.contains_key(*var))
+            .filter(|_| with_variants)
             .map(|var| Some(var.as_str())),
     );
     for variant in variants {
@@ -224,24 +249,24 @@ fn expand_release(
         if filter.tag.as_ref().is_some_and(|f| *f != tag) {
             continue;
         }
-        let aliases = aliases(os, v, variant, cat.latest() == Some(v));
+        let aliases = aliases(pf, os, v, variant, newest);
+        let multi_os = os.multi_os_index.as_ref().map(|g| IndexTag {
+            tag: moving_tag(g, v, variant),
+            aliases: if variant.is_none() && newest {
+                vec![g.clone()]
+            } else {
+                vec![]
+            },
+        });
         let required = pf.policy.required_tiers.contains(&os.tier)
             && !os.deprecated
             && (variant.is_none() || pf.policy.require_variants);
         let opam_packages = crate::catalogue::opam::packages(v, release.status, variant);
         for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
-            if filter.arch.is_some_and(|f| f != arch) {
+            if filter.arch.is_some_and(|f| f != arch) || !cat.supports(v, arch) {
                 continue;
             }
-            let native = series.native.contains(&arch.to_string());
-            let allowed = match variant {
-                None => native || series.bytecode_only.contains(&arch.to_string()),
-                Some(var) => series
-                    .variants
-                    .get(var)
-                    .is_some_and(|a| a.contains(&arch.to_string())),
-            };
-            if !allowed {
+            if variant.is_some_and(|var| !cat.variants(v, arch).contains(&var)) {
                 continue;
             }
             out.push(Target {
@@ -253,7 +278,7 @@ fn expand_release(
                 status: release.status,
                 variant: variant.map(str::to_string),
                 arch,
-                native,
+                native: series.native.contains(&arch.to_string()),
                 builder: pf.builder,
                 recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
                 parent: os.parent.clone(),
@@ -265,6 +290,8 @@ fn expand_release(
                 required,
                 reproducible: os.reproducible,
                 source_date_epoch: source_date_epoch(release.date),
+                os_version: os.os_version.clone(),
+                multi_os: multi_os.clone(),
             });
         }
     }
@@ -291,9 +318,17 @@ pub fn epoch_rfc3339(sde: u64) -> String {
 }
 
 /// The other moving tags of a target's tag: the OS release's aliases for
-/// the series, and for the newest release's default compiler the
-/// series-less names (`debian-13`, `debian`, `latest`).
-fn aliases(os: &OsRelease, v: &OcamlVersion, variant: Option<&str>, newest: bool) -> Vec<String> {
+/// the compiler, and for the newest release's default compiler the
+/// compiler-less names (`debian-13`, `debian`, `latest`) — docker-base-
+/// images' `gen_tags` (src/pipeline.ml); its Windows pipeline gives only
+/// `<os>` (`bare_aliases: false`).
+fn aliases(
+    pf: &Platform,
+    os: &OsRelease,
+    v: &OcamlVersion,
+    variant: Option<&str>,
+    newest: bool,
+) -> Vec<String> {
     let mut aliases: Vec<String> = os
         .aliases
         .iter()
@@ -301,7 +336,9 @@ fn aliases(os: &OsRelease, v: &OcamlVersion, variant: Option<&str>, newest: bool
         .collect();
     if variant.is_none() && newest {
         aliases.push(os.id.clone());
-        aliases.extend(os.aliases.iter().cloned());
+        if pf.bare_aliases {
+            aliases.extend(os.aliases.iter().cloned());
+        }
         if os.default {
             aliases.push("latest".into());
         }
@@ -363,19 +400,6 @@ pub fn requirements(
         }
     }
     groups.into_values().collect()
-}
-
-/// Per moving tag (`repository:tag` in `namespace`): whether every
-/// target of it is declared reproducible, so that the same key built
-/// anywhere gives the same digest. The others rely on adoption by build
-/// key to keep their published digests.
-pub fn reproducible_tags(targets: &[Target], namespace: &str) -> BTreeMap<String, bool> {
-    let mut out: BTreeMap<String, bool> = BTreeMap::new();
-    for t in targets {
-        let r = out.entry(t.tag_id(namespace).key()).or_insert(true);
-        *r &= t.reproducible;
-    }
-    out
 }
 
 /// Totals for `kiln plan`: per platform and per arch.
