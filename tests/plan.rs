@@ -351,3 +351,27 @@ fn validate_renders_the_policy_and_every_release() {
     assert_eq!(v.targets, all.len());
     assert!(v.renderings >= v.targets);
 }
+
+/// Reproducibility is data: the demo's busybox release declares it, its
+/// Debian release (apt against a live mirror) does not; an alias is what
+/// its image is; the production catalogue declares none. Each target's
+/// SOURCE_DATE_EPOCH is its compiler's catalogue date.
+#[test]
+fn plan_says_which_tags_are_reproducible() {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo");
+    let c = catalogue::load(&demo.join("versions"), &demo.join("platforms")).unwrap();
+    let ts = plan::expand(&c, &filter("4.13", "linux", "busybox")).unwrap();
+    assert!(!ts.is_empty() && ts.iter().all(|t| t.reproducible));
+    assert!(ts.iter().all(|t| t.source_date_epoch == 1_633_305_600));
+    let all = plan::expand(&c, &Filter::default()).unwrap();
+    for t in plan::tags(&all, "kiln") {
+        let busybox = t.entries.iter().all(|e| e.os == "busybox");
+        assert_eq!(t.reproducible, busybox, "{}", t.name());
+    }
+    assert!(
+        plan::expand(&cat(), &Filter::default())
+            .unwrap()
+            .iter()
+            .all(|t| !t.reproducible)
+    );
+}

@@ -120,7 +120,7 @@ fn print_targets(targets: &[Target], keys: &PlanKeys) {
 /// One line per tag: `repository:tag  [arches]`, then for an alias
 /// `= <tag it names>`, for a multi-OS index `{os os.version, …}`,
 /// `(optional)` when the gate does not require it and `(reproducible)`
-/// when its recipe is declared so.
+/// when its recipe is declared so; then how many images are reproducible.
 fn print_tags(tags: &[PlannedTag]) {
     let count = |k: plan::TagKind| tags.iter().filter(|t| t.kind == k).count();
     println!(
@@ -153,6 +153,15 @@ fn print_tags(tags: &[PlannedTag]) {
         println!("{line}");
     }
     println!();
+    let images = || tags.iter().filter(|t| t.kind == plan::TagKind::Image);
+    let reproducible = images().filter(|t| t.reproducible).count();
+    if reproducible < images().count() {
+        println!(
+            "{reproducible} of {} images reproducible (the same key built anywhere gives the same digest); the others (recipes reading a live mirror) keep their published digests by adoption of their build key",
+            images().count()
+        );
+        println!();
+    }
 }
 
 fn print_gate(reqs: &[Requirement]) {
