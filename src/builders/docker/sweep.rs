@@ -85,15 +85,27 @@ pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::e
         if let Some(id) = c.id
             && crate::process::owner_is_gone(&owner)
         {
-            let gone = engine
-                .docker
-                .remove_container(
-                    &id,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
-            if gone.is_ok() {
-                removed.0 += 1;
+            // A container the killed process was still starting or stopping
+            // can refuse removal for a moment ("removal in progress", a
+            // busy engine): try again before leaving it to the next sweep.
+            for attempt in 1..=3 {
+                let gone = engine
+                    .docker
+                    .remove_container(
+                        &id,
+                        Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+                    )
+                    .await;
+                match gone {
+                    Ok(()) => {
+                        removed.0 += 1;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, %owner, attempt, error = %e, "removing a killed build's container");
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    }
+                }
             }
         }
     }
