@@ -11,8 +11,10 @@
 //!
 //! schemathesis is pinned and installed by this test with pip into a venv
 //! under the target dir, created once and reused. Without python3 or PyPI
-//! the test prints `SKIPPED api_contract: <reason>` and passes, except in
+//! the test says `SKIPPED api_contract::schemathesis_finds_nothing: <reason>` and passes, except in
 //! CI (`CI=true`), where that is a failure.
+
+mod common;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,12 +39,13 @@ fn digest(n: u8) -> String {
     format!("sha256:{}", hex::encode([n; 32]))
 }
 
-/// Not being able to install schemathesis skips the test, except in CI.
+/// Not being able to install schemathesis skips the test (recorded like
+/// every skip, see tests/common/skip.rs), except in CI.
 fn skip(reason: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("api_contract: {reason} (CI=true, so this is a failure, not a skip)");
     }
-    eprintln!("SKIPPED api_contract: {reason}");
+    common::skip("schemathesis_finds_nothing", reason);
 }
 
 fn describe(what: &str, out: std::io::Result<Output>) -> Result<Output, String> {
