@@ -108,21 +108,9 @@ impl Builders {
         self.all[kind as usize].as_ref()
     }
 
-    /// Every builder, in `BuilderKind::ALL` order.
-    pub fn iter(&self) -> impl Iterator<Item = &dyn Builder> {
-        self.all.iter().map(|b| b.as_ref())
-    }
-
     /// Can any configured builder build this target?
     pub fn can_build(&self, t: &Target) -> bool {
         self.get(t.builder).can_build(t)
-    }
-
-    /// Sweep what killed builds left, for every kind.
-    pub async fn sweep(&self) {
-        for b in self.iter() {
-            b.sweep().await;
-        }
     }
 }
 

@@ -261,11 +261,7 @@ pub async fn build(
     reg: &crate::registry::Registry,
     spec: &BuildSpec,
 ) -> Result<BuildResult, DockerError> {
-    let mut cleanup = sweep::Cleanup {
-        engine,
-        images: vec![],
-        containers: vec![],
-    };
+    let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
         let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
         let digest = steps::deliver(engine, reg, spec, &mut built, &mut cleanup).await?;
@@ -283,11 +279,7 @@ pub async fn build(
 /// reproducible image on disk instead of pushing it (`kiln verify
 /// --rebuild`). Linux only.
 pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage, DockerError> {
-    let mut cleanup = sweep::Cleanup {
-        engine,
-        images: vec![],
-        containers: vec![],
-    };
+    let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
         let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
         let img = export::export(engine, spec, &built.local).await?;

@@ -17,7 +17,16 @@ pub(super) struct Cleanup<'a> {
     pub(super) containers: Vec<String>,
 }
 
-impl Cleanup<'_> {
+impl<'a> Cleanup<'a> {
+    /// Nothing to remove yet.
+    pub(super) fn new(engine: &'a Engine) -> Cleanup<'a> {
+        Cleanup {
+            engine,
+            images: vec![],
+            containers: vec![],
+        }
+    }
+
     pub(super) async fn run(&mut self) {
         for c in self.containers.drain(..) {
             let _ = self
