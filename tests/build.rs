@@ -449,6 +449,7 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
             }],
             log: dir.path().join(format!("{arch}.log")),
             labels: Default::default(),
+            host_network: false,
         };
         digests.push(docker::build(&engine, &reg, &spec).await.unwrap().digest);
     }

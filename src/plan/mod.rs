@@ -44,6 +44,7 @@ pub const BUILD_TIME_VARS: &[&str] = &[
     "opam_repository_commit",
     "http_base",
     "http_host",
+    "sources_url",
 ];
 
 /// Narrow a plan: every field that is set must match.
@@ -96,6 +97,52 @@ pub struct Target {
     /// The multi-OS-version index this target is also an entry of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multi_os: Option<IndexTag>,
+    /// What the recipes take from the source mirror (`{{sources_url}}`).
+    #[serde(skip_serializing_if = "Uses::is_empty")]
+    pub uses: Uses,
+}
+
+/// The source-mirror inputs of a target's recipes: declared sources (their
+/// sha256 are build inputs), opam's archive cache (the archives of
+/// `opam_packages`, pinned by their opam files at the keyed commit) and
+/// the opam-repository bundle (pinned by that commit).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Uses {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::catalogue::SourceDecl>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub opam_cache: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bundle: bool,
+}
+
+impl Uses {
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty() && !self.opam_cache && !self.bundle
+    }
+
+    /// Read from the recipe files; undeclared names are left out here
+    /// (`kiln catalogue validate` and `prepare` refuse them).
+    fn of_recipes(cat: &Catalogue, recipes: &[PathBuf]) -> Uses {
+        let mut refs = crate::catalogue::sources::SourceRefs::default();
+        for r in recipes {
+            if let Ok(text) = std::fs::read_to_string(r) {
+                refs.merge(crate::catalogue::sources::references(
+                    &text,
+                    crate::catalogue::sources::PLACEHOLDER,
+                ));
+            }
+        }
+        Uses {
+            sources: refs
+                .names
+                .iter()
+                .filter_map(|(n, _)| cat.sources.get(n).cloned())
+                .collect(),
+            opam_cache: refs.opam_cache,
+            bundle: refs.bundle,
+        }
+    }
 }
 
 /// A tag with its aliases (a multi-OS-version index: `windows-all-mingw-ocaml-5.5`).
@@ -262,6 +309,8 @@ fn expand_release(
             && !os.deprecated
             && (variant.is_none() || pf.policy.require_variants);
         let opam_packages = crate::catalogue::opam::packages(v, release.status, variant);
+        let recipes: Vec<PathBuf> = os.recipes.iter().map(|r| pf.dir.join(r)).collect();
+        let uses = Uses::of_recipes(cat, &recipes);
         for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
             if filter.arch.is_some_and(|f| f != arch) || !cat.supports(v, arch) {
                 continue;
@@ -280,7 +329,7 @@ fn expand_release(
                 arch,
                 native: series.native.contains(&arch.to_string()),
                 builder: pf.builder,
-                recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
+                recipes: recipes.clone(),
                 parent: os.parent.clone(),
                 vars: target_vars(os, v, variant, arch, &opam_packages),
                 opam_packages: opam_packages.clone(),
@@ -292,6 +341,7 @@ fn expand_release(
                 source_date_epoch: source_date_epoch(release.date),
                 os_version: os.os_version.clone(),
                 multi_os: multi_os.clone(),
+                uses: uses.clone(),
             });
         }
     }

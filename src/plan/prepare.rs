@@ -331,6 +331,11 @@ pub async fn prepare(
     inputs.insert("builder".into(), t.builder.as_str().into());
     inputs.insert("arch".into(), t.arch.to_string());
     inputs.insert("os".into(), t.os.clone());
+    // Declared sources are keyed by their sha256; opam archives and the
+    // bundle are pinned by the opam-repository commit, keyed above.
+    for d in &t.uses.sources {
+        inputs.insert(format!("source:{}", d.name), d.sha256.clone());
+    }
     // A reproducible recipe's output is a function of its key, so the
     // date every timestamp is clamped to is keyed. Other recipes' outputs
     // are not determined by their inputs anyway, and keying it there would

@@ -221,6 +221,9 @@ pub struct BuildSpec {
     pub smoke: Vec<SmokeCheck>,
     pub log: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// RUN steps share the host's network, to reach Kiln's per-build
+    /// source server on loopback.
+    pub host_network: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -70,6 +70,7 @@ pub async fn ensure_busybox(
             }],
             log: config.log_dir().join(format!("fixtures_busybox_{arch}.log")),
             labels: BTreeMap::new(),
+            host_network: false,
         };
         digests.push(build(engine, reg, &spec).await?.digest);
     }
@@ -141,6 +142,7 @@ pub async fn ensure_debian(
         }],
         log: config.log_dir().join("fixtures_debian_amd64.log"),
         labels: BTreeMap::new(),
+        host_network: false,
     };
     let digest = build(engine, reg, &spec).await?.digest;
     // Pushed by digest: the parent's tag is this fixture's to set.

@@ -120,6 +120,7 @@ async fn build_image(
     labels.insert("org.ocaml.kiln.target".into(), spec.target.clone());
     let platform = spec.arch.docker_platform(&spec.os);
     let opts = BuildImageOptionsBuilder::default()
+        .networkmode(if spec.host_network { "host" } else { "default" })
         .dockerfile("Dockerfile")
         .t(local)
         .platform(&platform)
