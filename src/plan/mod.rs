@@ -100,6 +100,9 @@ pub struct Target {
     /// What the recipes take from the source mirror (`{{sources_url}}`).
     #[serde(skip_serializing_if = "Uses::is_empty")]
     pub uses: Uses,
+    /// The OS release's own smoke checks, rendered with `vars`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub smoke: Vec<crate::catalogue::platform::Smoke>,
 }
 
 /// The source-mirror inputs of a target's recipes: declared sources (their
@@ -318,6 +321,7 @@ fn expand_release(
             if variant.is_some_and(|var| !cat.variants(v, arch).contains(&var)) {
                 continue;
             }
+            let vars = target_vars(os, v, variant, arch, &opam_packages);
             out.push(Target {
                 platform: pf.platform.clone(),
                 os: os.id.clone(),
@@ -331,7 +335,6 @@ fn expand_release(
                 builder: pf.builder,
                 recipes: recipes.clone(),
                 parent: os.parent.clone(),
-                vars: target_vars(os, v, variant, arch, &opam_packages),
                 opam_packages: opam_packages.clone(),
                 repository: pf.repository.clone(),
                 tag: tag.clone(),
@@ -342,9 +345,31 @@ fn expand_release(
                 os_version: os.os_version.clone(),
                 multi_os: multi_os.clone(),
                 uses: uses.clone(),
+                smoke: render_smoke(pf, os, &vars),
+                vars,
             });
         }
     }
+}
+
+/// An OS release's smoke checks with the target's variables filled in; a
+/// check that names an unknown variable is kept as written, so that it
+/// fails loudly in the build rather than vanishing (`kiln catalogue
+/// validate` reports it).
+fn render_smoke(
+    pf: &crate::catalogue::Platform,
+    os: &OsRelease,
+    vars: &BTreeMap<String, String>,
+) -> Vec<crate::catalogue::platform::Smoke> {
+    let file = pf.dir.join("platform.yaml").display().to_string();
+    let r = |s: &str| template::render(&file, s, vars).unwrap_or_else(|_| s.to_string());
+    os.smoke
+        .iter()
+        .map(|c| crate::catalogue::platform::Smoke {
+            run: r(&c.run),
+            expect: r(&c.expect),
+        })
+        .collect()
 }
 
 /// The SOURCE_DATE_EPOCH of a compiler release's images: midnight UTC of

@@ -235,11 +235,12 @@ pub async fn archives(
     let dir = ensure_commit(config, commit).await?;
     let mut out = Vec::new();
     for p in packages {
+        // An unversioned name (`ocaml-options-only-flambda`) is a
+        // configuration package: opam picks its version, and it fetches
+        // nothing.
         let Some((name, _)) = p.split_once('.') else {
-            return Err(SourcesError::Opam {
-                path: p.clone(),
-                message: "not a name.version".into(),
-            });
+            tracing::debug!(package = %p, "unversioned package: no archive");
+            continue;
         };
         let path = format!("packages/{name}/{p}/opam");
         let shown = git(&dir)

@@ -170,7 +170,13 @@ fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
                 argv: vec!["opam".into(), "--version".into()],
                 expect: t.vars.get("opam_version").cloned().unwrap_or_default(),
             },
-        ],
+        ]
+        .into_iter()
+        .chain(t.smoke.iter().map(|c| SmokeCheck {
+            argv: vec!["sh".into(), "-c".into(), c.run.clone()],
+            expect: c.expect.clone(),
+        }))
+        .collect(),
         log: job.log.to_path_buf(),
         labels: BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), p.key.clone())]),
         host_network: false,
