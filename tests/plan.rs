@@ -69,7 +69,7 @@ fn older_series_tags_and_constraints() {
         .iter()
         .find(|t| t.variant.is_none() && t.arch == "amd64")
         .unwrap();
-    assert_eq!(t.version.to_string(), "4.14.4");
+    assert_eq!(t.version.as_ref().unwrap().to_string(), "4.14.4");
     assert_eq!(t.tag, "debian-13-ocaml-4.14");
     assert!(
         !t.aliases.contains(&"latest".to_string()),
@@ -197,7 +197,7 @@ fn build_keys_change_with_inputs_only() {
         let mut i = key::Inputs::new();
         i.insert("recipe".into(), key::sha256_hex(rendered.as_bytes()));
         i.insert("parent_digest".into(), parent.into());
-        i.insert("ocaml".into(), t.version.to_string());
+        i.insert("ocaml".into(), t.version.as_ref().unwrap().to_string());
         i
     };
     assert_eq!(

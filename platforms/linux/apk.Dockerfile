@@ -1,5 +1,6 @@
 # Kiln recipe, apk family (Alpine): the two-stage shape of the
-# ocaml/opam images. Rendered per target ({{ocaml_version}} on {{os}}/{{arch}});
+# ocaml/opam images. Rendered per target (for {{os}}/{{arch}}; its `opam` stage
+# alone is the compiler-less `<os>-opam` image);
 # the rendered bytes are part of the build key. The parent is always pinned
 # by digest.
 FROM {{parent}}@{{parent_digest}} AS opam

@@ -502,6 +502,16 @@ fn validate_policy(cat: &Catalogue, pf: &Platform) -> Result<(), CatalogueError>
             }
         }
     }
+    if pf.policy.opam_image && pf.builder != BuilderKind::Docker {
+        return Err(CatalogueError::invalid(
+            &pol,
+            "opam_image",
+            format!(
+                "compiler-less images are Docker images; platform {} is built by {}",
+                pf.platform, pf.builder
+            ),
+        ));
+    }
     let known = cat.rules.names();
     for (i, v) in pf.policy.variants.iter().enumerate() {
         if !known.contains(&v.as_str()) {

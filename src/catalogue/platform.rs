@@ -171,6 +171,11 @@ pub struct Policy {
     /// Variants are built only on OS releases of these tiers.
     #[serde(default = "all_tiers")]
     pub variant_tiers: Vec<u8>,
+    /// Also build each OS release's compiler-less image, `<os>-opam`: the
+    /// `opam` stage of its recipe (opam and the opam-repository, no
+    /// switch), docker-base-images' base image. Docker platforms only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opam_image: bool,
 }
 
 fn yes() -> bool {
@@ -193,6 +198,7 @@ impl Default for Policy {
             required_tiers: vec![1],
             require_variants: false,
             variant_tiers: all_tiers(),
+            opam_image: false,
         }
     }
 }

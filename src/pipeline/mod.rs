@@ -132,6 +132,16 @@ pub async fn run(
             &config.registry.namespace,
         )
         .await?;
+        let indexes = crate::publish::publish_multi_os_indexes(
+            &run.registry,
+            &config.lockfile_path(),
+            &all,
+            &config.registry.namespace,
+        )
+        .await?;
+        if !indexes.is_empty() {
+            tracing::info!(tags = %indexes.join(", "), "multi-OS indexes moved");
+        }
         if summary.built + summary.adopted > 0 || !moved.is_empty() {
             run.push_lockfile().await;
         }

@@ -66,8 +66,10 @@ pub struct Target {
     pub os: String,
     pub distro: String,
     pub tier: u8,
-    pub version: OcamlVersion,
-    pub status: Status,
+    /// The compiler of the image's switch; `None` for the compiler-less
+    /// `<os>-opam` image (see [`Target::is_opam_image`]).
+    pub version: Option<OcamlVersion>,
+    pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     pub arch: Arch,
@@ -156,18 +158,55 @@ pub struct IndexTag {
 }
 
 impl Target {
-    /// Stable id: `linux/debian-13/5.5.0[+flambda]/amd64`.
-    pub fn id(&self) -> String {
-        match &self.variant {
-            Some(v) => format!(
-                "{}/{}/{}+{v}/{}",
-                self.platform, self.os, self.version, self.arch
-            ),
+    /// The compiler-less image of its OS release (`debian-13-opam`):
+    /// opam and the opam-repository, no switch; built from the recipe's
+    /// `opam` stage alone ([`OPAM_STAGE`]).
+    pub fn is_opam_image(&self) -> bool {
+        self.version.is_none()
+    }
+
+    /// What the image holds, as names spell it: `5.5.0[+flambda]`, or
+    /// `opam` for the compiler-less image.
+    pub fn content(&self) -> String {
+        match (&self.version, &self.variant) {
+            (None, _) => OPAM_STAGE.to_string(),
+            (Some(v), Some(var)) => format!("{v}+{var}"),
+            (Some(v), None) => v.to_string(),
+        }
+    }
+
+    /// The image's name part after the OS release: `ocaml-5.5.0`, or
+    /// `opam` for the compiler-less image (artifact and dataset names).
+    pub fn ocaml_name(&self) -> String {
+        match &self.version {
+            Some(v) => format!("ocaml-{v}"),
+            None => OPAM_STAGE.to_string(),
+        }
+    }
+
+    /// What `org.opencontainers.image.version` says of the image: its
+    /// compiler version, or for the compiler-less image the opam it holds
+    /// (`opam-2.4.1`).
+    pub fn image_version(&self) -> String {
+        match &self.version {
+            Some(v) => v.to_string(),
             None => format!(
-                "{}/{}/{}/{}",
-                self.platform, self.os, self.version, self.arch
+                "{OPAM_STAGE}-{}",
+                self.vars.get("opam_version").map_or("", String::as_str)
             ),
         }
+    }
+
+    /// Stable id: `linux/debian-13/5.5.0[+flambda]/amd64`,
+    /// `linux/debian-13/opam/amd64`.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.platform,
+            self.os,
+            self.content(),
+            self.arch
+        )
     }
 
     /// The tag this target's output goes into, in `namespace`.
@@ -180,25 +219,51 @@ impl Target {
         log_dir.join(format!("{}.log", self.id().replace('/', "_")))
     }
 
-    /// The expected first line of `ocaml -version` for this target.
-    pub fn expected_ocaml(&self) -> String {
-        format!("version {}", self.version.release())
+    /// What `ocaml -version` prints in this target's image (its first
+    /// line holds it); `None` for the compiler-less image.
+    pub fn expected_ocaml(&self) -> Option<String> {
+        self.version
+            .as_ref()
+            .map(|v| format!("version {}", v.release()))
     }
 
-    /// The immutable tag of a build of this target's tag group.
+    /// The immutable tag of a build of this target's tag group:
+    /// `debian-13-ocaml-5.5.0[-flambda]-<12 hex>`, `debian-13-opam-<12 hex>`.
     pub fn immutable_tag(&self, build_key: &str) -> String {
         let short = build_key.strip_prefix("sha256:").unwrap_or(build_key);
         let short = &short[..12.min(short.len())];
-        match &self.variant {
-            Some(v) => format!(
-                "{}-ocaml-{}-{}-{short}",
-                self.os,
-                self.version,
-                v.replace('+', "-")
-            ),
-            None => format!("{}-ocaml-{}-{short}", self.os, self.version),
+        match (&self.version, &self.variant) {
+            (None, _) => format!("{}-{OPAM_STAGE}-{short}", self.os),
+            (Some(v), Some(var)) => {
+                format!("{}-ocaml-{v}-{}-{short}", self.os, var.replace('+', "-"))
+            }
+            (Some(v), None) => format!("{}-ocaml-{v}-{short}", self.os),
         }
     }
+}
+
+/// The recipe stage a compiler-less image is built from, and its tag's
+/// suffix (`debian-13-opam`): docker-base-images' base image.
+pub const OPAM_STAGE: &str = "opam";
+
+/// The text of recipe `index` as target `t` builds it: the
+/// whole file, except a compiler-less image's Dockerfile (its first
+/// recipe), which is built through its `opam` stage only.
+pub fn recipe_source<'a>(t: &Target, index: usize, text: &'a str) -> Result<&'a str, String> {
+    if !t.is_opam_image() || index > 0 {
+        return Ok(text);
+    }
+    template::through_stage(text, OPAM_STAGE).ok_or_else(|| {
+        format!(
+            "no `FROM … AS {OPAM_STAGE}` stage, which the compiler-less image {} is built from (policy.yaml: opam_image)",
+            t.tag
+        )
+    })
+}
+
+/// The tag of an OS release's compiler-less image: `debian-13-opam`.
+pub fn opam_tag(os: &str) -> String {
+    format!("{os}-{OPAM_STAGE}")
 }
 
 /// The moving tag of (os, version, variant): `debian-13-ocaml-5.5[-flambda]`,
@@ -242,6 +307,11 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
             {
                 continue;
             }
+            // The compiler-less image has no version: an explicit
+            // --version never selects it.
+            if pf.policy.opam_image && wanted.is_none() {
+                expand_opam_image(cat, pf, os, filter, &mut out);
+            }
             for v in &versions {
                 expand_release(cat, pf, os, v, filter, &mut out);
             }
@@ -265,6 +335,61 @@ fn policy_versions(cat: &Catalogue, pf: &Platform) -> Result<Vec<OcamlVersion>, 
         }
     }
     Ok(versions)
+}
+
+/// The targets of an OS release's compiler-less image (`<os>-opam`), on
+/// every arch of the OS release: no aliases (docker-base-images pushes
+/// none), never required by the gate, which requires compilers.
+fn expand_opam_image(
+    cat: &Catalogue,
+    pf: &Platform,
+    os: &OsRelease,
+    filter: &Filter,
+    out: &mut Vec<Target>,
+) {
+    let tag = opam_tag(&os.id);
+    if os.deprecated || filter.tag.as_ref().is_some_and(|f| *f != tag) {
+        return;
+    }
+    for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
+        if filter.arch.is_some_and(|f| f != arch) {
+            continue;
+        }
+        out.push(Target {
+            platform: pf.platform.clone(),
+            os: os.id.clone(),
+            distro: os.distro.clone(),
+            tier: os.tier,
+            version: None,
+            status: None,
+            variant: None,
+            arch,
+            native: false,
+            builder: pf.builder,
+            recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
+            parent: os.parent.clone(),
+            vars: base_vars(os, arch),
+            opam_packages: vec![],
+            repository: pf.repository.clone(),
+            tag: tag.clone(),
+            aliases: vec![],
+            required: false,
+            reproducible: os.reproducible,
+            source_date_epoch: 0,
+            os_version: os.os_version.clone(),
+            multi_os: None,
+            // What the opam stage takes (no compiler archives: no packages).
+            uses: Uses::of_recipes(
+                cat,
+                &os.recipes
+                    .iter()
+                    .map(|r| pf.dir.join(r))
+                    .collect::<Vec<_>>(),
+            ),
+            // The OS release's own checks are about its compilers.
+            smoke: vec![],
+        });
+    }
 }
 
 /// The targets of one compiler release on one OS release: the default
@@ -327,8 +452,8 @@ fn expand_release(
                 os: os.id.clone(),
                 distro: os.distro.clone(),
                 tier: os.tier,
-                version: v.clone(),
-                status: release.status,
+                version: Some(v.clone()),
+                status: Some(release.status),
                 variant: variant.map(str::to_string),
                 arch,
                 native: series.native.contains(&arch.to_string()),
@@ -429,14 +554,21 @@ fn target_vars(
     arch: Arch,
     opam_packages: &[String],
 ) -> BTreeMap<String, String> {
-    let mut vars = os.vars.clone();
-    vars.insert("os".into(), os.id.clone());
-    vars.insert("distro".into(), os.distro.clone());
-    vars.insert("arch".into(), arch.to_string());
+    let mut vars = base_vars(os, arch);
     vars.insert("ocaml_version".into(), v.to_string());
     vars.insert("ocaml_series".into(), v.series_tag());
     vars.insert("variant".into(), variant.unwrap_or_default().to_string());
     vars.insert("opam_packages".into(), opam_packages.join(","));
+    vars
+}
+
+/// The variables of every target of an OS release and arch, compiler or
+/// none (the `opam` stage of a recipe may use only these).
+fn base_vars(os: &OsRelease, arch: Arch) -> BTreeMap<String, String> {
+    let mut vars = os.vars.clone();
+    vars.insert("os".into(), os.id.clone());
+    vars.insert("distro".into(), os.distro.clone());
+    vars.insert("arch".into(), arch.to_string());
     vars.entry("opam_version".into())
         .or_insert_with(|| OPAM_VERSION.into());
     vars.insert("opam_arch".into(), arch.opam().into());
@@ -457,11 +589,13 @@ pub fn requirements(
 ) -> Vec<Requirement> {
     let mut groups: BTreeMap<String, Requirement> = BTreeMap::new();
     for t in targets.iter().filter(|t| t.required) {
+        // The gate requires compilers; a compiler-less image is never required.
+        let Some(ocaml) = &t.version else { continue };
         let id = t.tag_id(namespace);
         let r = groups.entry(id.key()).or_insert_with(|| Requirement {
             platform: t.platform.clone(),
             os: t.os.clone(),
-            ocaml: t.version.clone(),
+            ocaml: ocaml.clone(),
             variant: t.variant.clone(),
             repository: id.repository.clone(),
             tag: t.tag.clone(),

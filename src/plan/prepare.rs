@@ -323,7 +323,11 @@ pub async fn prepare(
     for (name, text) in &recipes {
         inputs.insert(format!("recipe:{name}"), key::sha256_hex(text.as_bytes()));
     }
-    inputs.insert("ocaml".into(), t.version.to_string());
+    // A compiler-less image has no compiler input; its recipe (the opam
+    // stage alone) differs from every compiler image's anyway.
+    if let Some(v) = &t.version {
+        inputs.insert("ocaml".into(), v.to_string());
+    }
     inputs.insert("variant".into(), t.variant.clone().unwrap_or_default());
     inputs.insert("opam_packages".into(), t.opam_packages.join(","));
     inputs.insert("opam_version".into(), super::OPAM_VERSION.into());
@@ -358,13 +362,17 @@ fn render_recipes(
     vars: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, PrepareError> {
     let mut out = Vec::new();
-    for r in &t.recipes {
+    for (i, r) in t.recipes.iter().enumerate() {
         let path = r.display().to_string();
         let text = std::fs::read_to_string(r).map_err(|e| PrepareError::Recipe {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let rendered = template::render(&path, &text, vars)
+        let text = super::recipe_source(t, i, &text).map_err(|message| PrepareError::Recipe {
+            path: path.clone(),
+            message,
+        })?;
+        let rendered = template::render(&path, text, vars)
             .map_err(|e| PrepareError::Template(e.to_string()))?;
         let name = r.file_name().and_then(|n| n.to_str()).unwrap_or("recipe");
         out.push((name.to_string(), rendered));

@@ -59,6 +59,9 @@ pub enum RecipeProblem {
     },
     #[error("cannot read recipe {file}: {message}")]
     Read { file: String, message: String },
+    /// A compiler-less image's recipe has no `opam` stage.
+    #[error("{file}: {message}")]
+    Stage { file: String, message: String },
 }
 
 fn for_os(os: &[String]) -> String {
@@ -149,7 +152,7 @@ pub fn validate(cat: &Catalogue) -> Result<Validation, ValidateError> {
     let mut renderings = 0;
     for t in &targets {
         let vars = render_vars(t);
-        for r in &t.recipes {
+        for (i, r) in t.recipes.iter().enumerate() {
             let file = r.display().to_string();
             let text = texts
                 .entry(r.clone())
@@ -161,6 +164,16 @@ pub fn validate(cat: &Catalogue) -> Result<Validation, ValidateError> {
                         file,
                         message: message.clone(),
                     };
+                    if !unreadable.contains(&p) {
+                        unreadable.push(p);
+                    }
+                    continue;
+                }
+            };
+            let text = match super::recipe_source(t, i, text) {
+                Ok(text) => text,
+                Err(message) => {
+                    let p = RecipeProblem::Stage { file, message };
                     if !unreadable.contains(&p) {
                         unreadable.push(p);
                     }

@@ -161,22 +161,23 @@ fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
             .map(|(name, digest)| format!("{name}@{digest}")),
         source_date_epoch: t.source_date_epoch,
         work_dir: work_dir.to_path_buf(),
-        smoke: vec![
-            SmokeCheck {
+        // Every image runs its opam; a compiler image also its compiler.
+        smoke: t
+            .expected_ocaml()
+            .map(|expect| SmokeCheck {
                 argv: vec!["ocaml".into(), "-version".into()],
-                expect: t.expected_ocaml(),
-            },
-            SmokeCheck {
+                expect,
+            })
+            .into_iter()
+            .chain([SmokeCheck {
                 argv: vec!["opam".into(), "--version".into()],
                 expect: t.vars.get("opam_version").cloned().unwrap_or_default(),
-            },
-        ]
-        .into_iter()
-        .chain(t.smoke.iter().map(|c| SmokeCheck {
-            argv: vec!["sh".into(), "-c".into(), c.run.clone()],
-            expect: c.expect.clone(),
-        }))
-        .collect(),
+            }])
+            .chain(t.smoke.iter().map(|c| SmokeCheck {
+                argv: vec!["sh".into(), "-c".into(), c.run.clone()],
+                expect: c.expect.clone(),
+            }))
+            .collect(),
         log: job.log.to_path_buf(),
         labels: BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), p.key.clone())]),
         host_network: false,

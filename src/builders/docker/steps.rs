@@ -283,7 +283,9 @@ async fn run_in(
             ContainerCreateBody {
                 image: Some(image.to_string()),
                 labels: Some([(OWNER_LABEL.to_string(), crate::process::owner())].into()),
-                entrypoint: Some(vec![]),
+                // The image's own entrypoint (`opam exec --` in ocaml/opam
+                // images), so the check runs as `docker run IMAGE argv` does.
+                entrypoint: None,
                 cmd: Some(argv.to_vec()),
                 network_disabled: Some(true),
                 host_config: Some(HostConfig {
