@@ -9,7 +9,7 @@ use super::platform::{BuilderKind, OsRelease, Platform, Policy};
 use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Rules, Series, Sets, Status};
 
 /// Files of `versions/` that are not series files.
-const NOT_SERIES: [&str; 2] = ["sets.yaml", "rules.yaml"];
+const NOT_SERIES: [&str; 3] = ["sets.yaml", "rules.yaml", "sources.yaml"];
 
 fn read(path: &Path) -> Result<String, CatalogueError> {
     std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {

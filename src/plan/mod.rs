@@ -17,6 +17,7 @@
 pub mod key;
 pub mod opam_repo;
 pub mod prepare;
+pub mod recipe_vars;
 pub mod tags;
 pub mod template;
 pub mod validate;
@@ -44,6 +45,7 @@ pub const BUILD_TIME_VARS: &[&str] = &[
     "opam_repository_commit",
     "http_base",
     "http_host",
+    "sources_url",
 ];
 
 /// Narrow a plan: every field that is set must match.
@@ -282,7 +284,7 @@ fn expand_release(
                 builder: pf.builder,
                 recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
                 parent: os.parent.clone(),
-                vars: target_vars(os, v, variant, arch, &opam_packages),
+                vars: target_vars(os, v, release.status, variant, arch, &opam_packages),
                 opam_packages: opam_packages.clone(),
                 repository: pf.repository.clone(),
                 tag: tag.clone(),
@@ -350,6 +352,7 @@ fn aliases(
 fn target_vars(
     os: &OsRelease,
     v: &OcamlVersion,
+    status: Status,
     variant: Option<&str>,
     arch: Arch,
     opam_packages: &[String],
@@ -369,6 +372,7 @@ fn target_vars(
     if let Some(r) = os.vars.get("release") {
         vars.insert("release_nodot".into(), r.replace('.', ""));
     }
+    recipe_vars::add(&mut vars, v, status, arch, opam_packages);
     vars
 }
 

@@ -18,7 +18,7 @@ use crate::catalogue::Catalogue;
 
 /// Stand-ins for [`BUILD_TIME_VARS`](super::BUILD_TIME_VARS): syntactically what the real values
 /// are (an image name, a digest, a commit, a URL, a host), plainly fake.
-pub const PLACEHOLDERS: [(&str, &str); 5] = [
+pub const PLACEHOLDERS: [(&str, &str); 6] = [
     ("parent", "kiln-validate.invalid/parent"),
     (
         "parent_digest",
@@ -30,6 +30,7 @@ pub const PLACEHOLDERS: [(&str, &str); 5] = [
     ),
     ("http_base", "http://kiln-validate.invalid:0"),
     ("http_host", "kiln-validate.invalid"),
+    ("sources_url", "http://kiln-validate.invalid:0/sources"),
 ];
 
 /// One thing wrong with a recipe, for every target that renders it.

@@ -138,6 +138,10 @@ impl Builder for DockerBuilder {
             .max(1)
     }
 
+    fn build_vars(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("sources_url".to_string(), super::SOURCES_URL.to_string())])
+    }
+
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
             let (engine, slots) = self.route(&job.prepared.target)?;
