@@ -95,7 +95,12 @@ pub fn add(
     );
     vars.insert(
         "personality_entrypoint".into(),
-        if bits32 { r#""/usr/bin/linux32", "# } else { "" }.into(),
+        if bits32 {
+            r#""/usr/bin/linux32", "#
+        } else {
+            ""
+        }
+        .into(),
     );
 }
 
