@@ -193,6 +193,7 @@ fn build_keys_change_with_inputs_only() {
         vars.insert("parent".into(), "debian".into());
         vars.insert("parent_digest".into(), parent.into());
         vars.insert("opam_repository_commit".into(), "abc".into());
+        vars.insert("sources_url".into(), "http://sources.invalid".into());
         let rendered = template::render("apt", &recipe, &vars).unwrap();
         let mut i = key::Inputs::new();
         i.insert("recipe".into(), key::sha256_hex(rendered.as_bytes()));

@@ -431,7 +431,7 @@ fn simple_facts(part: &str) -> Vec<String> {
                 .windows(2)
                 .filter(|w| flags.contains(&w[0].as_str()))
                 .map(|w| w[1].clone())
-                .last()
+                .next_back()
                 .unwrap_or_default();
             let (kind, key) = if c == "addgroup" {
                 ("group-add", "gid")
