@@ -329,54 +329,12 @@ fn simple_facts(part: &str) -> Vec<String> {
         }
     }
     let a = &ws[1..];
-    let has = |w: &str| a.iter().any(|x| x == w);
-    let after =
-        |w: &str| -> Vec<String> { a.iter().skip_while(|x| *x != w).skip(1).cloned().collect() };
     let paths: Vec<&String> = a.iter().filter(|w| !w.starts_with('-')).collect();
+    if let Some(f) = package_facts(&c, a) {
+        return f;
+    }
     match c.as_str() {
-        "apt-get" if has("install") => installs(&after("install")),
-        "apt-get" | "apk" if !has("add") => pm(a, "update"),
-        "apk" => installs(&a[1..]),
-        "yum" | "dnf" => {
-            let group = a.first().is_some_and(|w| w == "groupinstall")
-                || (a.first().is_some_and(|w| w == "group")
-                    && a.get(1).is_some_and(|w| w == "install"));
-            if group {
-                a.iter()
-                    .filter(|w| {
-                        !w.starts_with('-')
-                            && !["group", "install", "groupinstall"].contains(&w.as_str())
-                    })
-                    .map(|w| format!("install @{w}"))
-                    .collect()
-            } else if a.first().is_some_and(|w| w == "install") {
-                installs(&a[1..])
-            } else if a.first().is_some_and(|w| w == "update") {
-                vec!["pm upgrade".into()]
-            } else {
-                vec![]
-            }
-        }
-        "zypper" if has("install") => {
-            let rest = after("install");
-            if rest.iter().any(|w| w == "-t") {
-                rest.iter()
-                    .filter(|w| !w.starts_with('-') && *w != "pattern")
-                    .map(|w| format!("install @{w}"))
-                    .collect()
-            } else {
-                installs(&rest)
-            }
-        }
-        "zypper" if has("update") => vec!["pm upgrade".into()],
-        "zypper" => vec![],
-        "pacman" if a.first().is_some_and(|w| w == "-Syu") => {
-            let mut f = vec!["pm upgrade".to_string()];
-            f.extend(installs(&a[1..]));
-            f
-        }
-        "pacman"
-        | "yes"
+        "yes"
         | "true"
         | "cd"
         | "tar"
@@ -421,28 +379,7 @@ fn simple_facts(part: &str) -> Vec<String> {
                 vec![format!("{kind} {dst}")]
             }
         }
-        "useradd" | "adduser" | "addgroup" => {
-            let flags: &[&str] = if c == "addgroup" {
-                &["-g"]
-            } else {
-                &["-u", "--uid"]
-            };
-            let id = a
-                .windows(2)
-                .filter(|w| flags.contains(&w[0].as_str()))
-                .map(|w| w[1].clone())
-                .next_back()
-                .unwrap_or_default();
-            let (kind, key) = if c == "addgroup" {
-                ("group-add", "gid")
-            } else {
-                ("user-add", "uid")
-            };
-            vec![format!(
-                "{kind} {} {key}={id}",
-                a.last().cloned().unwrap_or_default()
-            )]
-        }
+        "useradd" | "adduser" | "addgroup" => user_facts(&c, a),
         "strip" => vec!["strip".into()],
         "sed" if a.iter().any(|w| w.starts_with("-i")) => {
             let last = a.last().cloned().unwrap_or_default();
@@ -451,6 +388,82 @@ fn simple_facts(part: &str) -> Vec<String> {
         "opam" => opam_facts(a),
         _ => vec![format!("run {}", ws.join(" "))],
     }
+}
+
+/// Package-manager commands (`None`: not one).
+fn package_facts(c: &str, a: &[String]) -> Option<Vec<String>> {
+    let has = |w: &str| a.iter().any(|x| x == w);
+    let after =
+        |w: &str| -> Vec<String> { a.iter().skip_while(|x| *x != w).skip(1).cloned().collect() };
+    Some(match c {
+        "apt-get" if has("install") => installs(&after("install")),
+        "apt-get" | "apk" if !has("add") => pm(a, "update"),
+        "apk" => installs(&a[1..]),
+        "yum" | "dnf" => {
+            let group = a.first().is_some_and(|w| w == "groupinstall")
+                || (a.first().is_some_and(|w| w == "group")
+                    && a.get(1).is_some_and(|w| w == "install"));
+            if group {
+                a.iter()
+                    .filter(|w| {
+                        !w.starts_with('-')
+                            && !["group", "install", "groupinstall"].contains(&w.as_str())
+                    })
+                    .map(|w| format!("install @{w}"))
+                    .collect()
+            } else if a.first().is_some_and(|w| w == "install") {
+                installs(&a[1..])
+            } else if a.first().is_some_and(|w| w == "update") {
+                vec!["pm upgrade".into()]
+            } else {
+                vec![]
+            }
+        }
+        "zypper" if has("install") => {
+            let rest = after("install");
+            if rest.iter().any(|w| w == "-t") {
+                rest.iter()
+                    .filter(|w| !w.starts_with('-') && *w != "pattern")
+                    .map(|w| format!("install @{w}"))
+                    .collect()
+            } else {
+                installs(&rest)
+            }
+        }
+        "zypper" if has("update") => vec!["pm upgrade".into()],
+        "zypper" => vec![],
+        "pacman" if a.first().is_some_and(|w| w == "-Syu") => {
+            let mut f = vec!["pm upgrade".to_string()];
+            f.extend(installs(&a[1..]));
+            f
+        }
+        "pacman" => vec![],
+        _ => return None,
+    })
+}
+
+/// `useradd`, `adduser`, `addgroup`: who, with which id.
+fn user_facts(c: &str, a: &[String]) -> Vec<String> {
+    let flags: &[&str] = if c == "addgroup" {
+        &["-g"]
+    } else {
+        &["-u", "--uid"]
+    };
+    let id = a
+        .windows(2)
+        .filter(|w| flags.contains(&w[0].as_str()))
+        .map(|w| w[1].clone())
+        .next_back()
+        .unwrap_or_default();
+    let (kind, key) = if c == "addgroup" {
+        ("group-add", "gid")
+    } else {
+        ("user-add", "uid")
+    };
+    vec![format!(
+        "{kind} {} {key}={id}",
+        a.last().cloned().unwrap_or_default()
+    )]
 }
 
 fn git_facts(mut a: &[String]) -> Vec<String> {
