@@ -79,7 +79,9 @@ fn ocaml_compiled_from_source_with_every_input_from_the_mirror() {
         assert!(log.contains(expect), "{expect:?} not in {log}");
     }
     let entry = p.entry(&format!("{}/opam:debian-12-ocaml-4.13", p.namespace));
-    let commit = entry["inputs"]["amd64.opam_repository_commit"].as_str().unwrap();
+    let commit = entry["inputs"]["amd64.opam_repository_commit"]
+        .as_str()
+        .unwrap();
     let head = std::process::Command::new("git")
         .arg("--git-dir")
         .arg(p.path().join("opam-repository.git"))

@@ -3,7 +3,7 @@
 //! opam repository names, OS install sets — each pinned by its sha256.
 //!
 //! A source is fetched once from its `url` into the registry's source
-//! mirror (`kiln sources sync`, [`crate::sources`]) and served to builds by
+//! mirror (`kiln sources sync`, the `sources` module) and served to builds by
 //! Kiln's per-build HTTP server at `{{sources_url}}/<name>`; a build needs
 //! no network but the distro's package mirror. The declared sha256 is the
 //! content address: it names the blob in the mirror and enters the build

@@ -17,6 +17,9 @@
 pub mod key;
 pub mod opam_repo;
 pub mod prepare;
+mod uses;
+pub use uses::Uses;
+pub mod recipe_vars;
 pub mod tags;
 pub mod template;
 pub mod validate;
@@ -105,49 +108,6 @@ pub struct Target {
     /// The OS release's own smoke checks, rendered with `vars`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub smoke: Vec<crate::catalogue::platform::Smoke>,
-}
-
-/// The source-mirror inputs of a target's recipes: declared sources (their
-/// sha256 are build inputs), opam's archive cache (the archives of
-/// `opam_packages`, pinned by their opam files at the keyed commit) and
-/// the opam-repository bundle (pinned by that commit).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Uses {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<crate::catalogue::SourceDecl>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub opam_cache: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub bundle: bool,
-}
-
-impl Uses {
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty() && !self.opam_cache && !self.bundle
-    }
-
-    /// Read from the recipe files; undeclared names are left out here
-    /// (`kiln catalogue validate` and `prepare` refuse them).
-    fn of_recipes(cat: &Catalogue, recipes: &[PathBuf]) -> Uses {
-        let mut refs = crate::catalogue::sources::SourceRefs::default();
-        for r in recipes {
-            if let Ok(text) = std::fs::read_to_string(r) {
-                refs.merge(crate::catalogue::sources::references(
-                    &text,
-                    crate::catalogue::sources::PLACEHOLDER,
-                ));
-            }
-        }
-        Uses {
-            sources: refs
-                .names
-                .iter()
-                .filter_map(|(n, _)| cat.sources.get(n).cloned())
-                .collect(),
-            opam_cache: refs.opam_cache,
-            bundle: refs.bundle,
-        }
-    }
 }
 
 /// A tag with its aliases (a multi-OS-version index: `windows-all-mingw-ocaml-5.5`).
@@ -368,7 +328,7 @@ fn expand_opam_image(
             builder: pf.builder,
             recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
             parent: os.parent.clone(),
-            vars: base_vars(os, arch),
+            vars: recipe_vars::base_vars(os, arch),
             opam_packages: vec![],
             repository: pf.repository.clone(),
             tag: tag.clone(),
@@ -385,6 +345,7 @@ fn expand_opam_image(
                     .iter()
                     .map(|r| pf.dir.join(r))
                     .collect::<Vec<_>>(),
+                &BTreeMap::new(),
             ),
             // The OS release's own checks are about its compilers.
             smoke: vec![],
@@ -438,7 +399,6 @@ fn expand_release(
             && (variant.is_none() || pf.policy.require_variants);
         let opam_packages = crate::catalogue::opam::packages(v, release.status, variant);
         let recipes: Vec<PathBuf> = os.recipes.iter().map(|r| pf.dir.join(r)).collect();
-        let uses = Uses::of_recipes(cat, &recipes);
         for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
             if filter.arch.is_some_and(|f| f != arch) || !cat.supports(v, arch) {
                 continue;
@@ -446,7 +406,8 @@ fn expand_release(
             if variant.is_some_and(|var| !cat.variants(v, arch).contains(&var)) {
                 continue;
             }
-            let vars = target_vars(os, v, variant, arch, &opam_packages);
+            let vars =
+                recipe_vars::target_vars(os, v, release.status, variant, arch, &opam_packages);
             out.push(Target {
                 platform: pf.platform.clone(),
                 os: os.id.clone(),
@@ -469,7 +430,7 @@ fn expand_release(
                 source_date_epoch: source_date_epoch(release.date),
                 os_version: os.os_version.clone(),
                 multi_os: multi_os.clone(),
-                uses: uses.clone(),
+                uses: Uses::of_recipes(cat, &recipes, &vars),
                 smoke: render_smoke(pf, os, &vars),
                 vars,
             });
@@ -544,39 +505,6 @@ fn aliases(
         }
     }
     aliases
-}
-
-/// The template variables of one target (recipes may use any of them).
-fn target_vars(
-    os: &OsRelease,
-    v: &OcamlVersion,
-    variant: Option<&str>,
-    arch: Arch,
-    opam_packages: &[String],
-) -> BTreeMap<String, String> {
-    let mut vars = base_vars(os, arch);
-    vars.insert("ocaml_version".into(), v.to_string());
-    vars.insert("ocaml_series".into(), v.series_tag());
-    vars.insert("variant".into(), variant.unwrap_or_default().to_string());
-    vars.insert("opam_packages".into(), opam_packages.join(","));
-    vars
-}
-
-/// The variables of every target of an OS release and arch, compiler or
-/// none (the `opam` stage of a recipe may use only these).
-fn base_vars(os: &OsRelease, arch: Arch) -> BTreeMap<String, String> {
-    let mut vars = os.vars.clone();
-    vars.insert("os".into(), os.id.clone());
-    vars.insert("distro".into(), os.distro.clone());
-    vars.insert("arch".into(), arch.to_string());
-    vars.entry("opam_version".into())
-        .or_insert_with(|| OPAM_VERSION.into());
-    vars.insert("opam_arch".into(), arch.opam().into());
-    vars.insert("brew_prefix".into(), arch.brew_prefix().into());
-    if let Some(r) = os.vars.get("release") {
-        vars.insert("release_nodot".into(), r.replace('.', ""));
-    }
-    vars
 }
 
 /// Group required targets by moving tag into gate requirements.

@@ -320,6 +320,9 @@ pub async fn prepare(
     vars.insert("opam_repository_commit".into(), commit.to_string());
     vars.extend(build_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
     let recipes = render_recipes(t, &vars)?;
+    if let Some(url) = build_vars.get("sources_url") {
+        check_sources(t, &recipes, url)?;
+    }
     for (name, text) in &recipes {
         inputs.insert(format!("recipe:{name}"), key::sha256_hex(text.as_bytes()));
     }
@@ -354,6 +357,28 @@ pub async fn prepare(
         key,
         recipes,
     })
+}
+
+/// Every source a rendered recipe takes from the source server (`url`, the
+/// builder's placeholder) is declared: a step that a variable turns on for
+/// this target only (the beta repository) names its source only here.
+fn check_sources(t: &Target, recipes: &[(String, String)], url: &str) -> Result<(), PrepareError> {
+    for (name, text) in recipes {
+        let refs = crate::catalogue::sources::references(text, url);
+        if let Some((source, line)) = refs
+            .names
+            .iter()
+            .find(|(n, _)| !t.uses.sources.iter().any(|d| d.name == *n))
+        {
+            return Err(PrepareError::Recipe {
+                path: format!("{name} (rendered for {}), line {line}", t.id()),
+                message: format!(
+                    "{{{{sources_url}}}}/{source} is not a declared source (declare it with its sha256 in versions/sources.yaml)"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Every recipe of a target, rendered with `vars`.

@@ -82,11 +82,6 @@ impl DockerBuilder {
     }
 }
 
-/// The placeholder of `{{sources_url}}` in rendered recipes, replaced by
-/// the per-build source server's address when the build runs (so the port
-/// never enters the build key).
-pub const SOURCES_URL: &str = "@KILN_SOURCES_URL@";
-
 impl DockerBuilder {
     /// A server for what the recipes take from the source mirror; `None`
     /// when they take nothing. Every source is checked present (a missing
@@ -206,7 +201,7 @@ impl Builder for DockerBuilder {
     }
 
     fn build_vars(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([("sources_url".to_string(), SOURCES_URL.to_string())])
+        BTreeMap::from([("sources_url".to_string(), super::SOURCES_URL.to_string())])
     }
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
@@ -219,7 +214,7 @@ impl Builder for DockerBuilder {
                 .await
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
             if let Some(s) = &server {
-                spec.dockerfile = spec.dockerfile.replace(SOURCES_URL, &s.url());
+                spec.dockerfile = spec.dockerfile.replace(super::SOURCES_URL, &s.url());
                 spec.host_network = true;
             }
             let _slot = slots.acquire_owned().await;

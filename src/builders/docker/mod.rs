@@ -26,6 +26,11 @@ use crate::catalogue::Arch;
 use crate::config::DockerHost;
 use crate::model::FailureKind;
 
+/// The placeholder recipes get for `{{sources_url}}` at plan time: the
+/// per-build sources server's URL is filled in when the build runs (as
+/// QEMU's `HTTP_BASE`), so its port never enters the build key.
+pub const SOURCES_URL: &str = "@KILN_SOURCES_URL@";
+
 pub mod builder;
 pub mod compare;
 mod export;
