@@ -108,9 +108,15 @@ pub async fn ensure_debian(
             return Ok(d);
         }
     }
+    // The rootfs of each arch at the same time (mostly downloads, and the
+    // foreign arch's second stage under emulation).
+    let (a, b) = tokio::join!(
+        debootstrap(config, DEBIAN_ARCHES[0]),
+        debootstrap(config, DEBIAN_ARCHES[1])
+    );
+    let tarballs = [a?, b?];
     let mut digests = Vec::new();
-    for arch in DEBIAN_ARCHES {
-        let tarball = debootstrap(config, arch).await?;
+    for (arch, tarball) in DEBIAN_ARCHES.into_iter().zip(tarballs) {
         let data = std::fs::read(&tarball)
             .map_err(|e| ParentError::Missing(format!("{}: {e}", tarball.display())))?;
         let spec = BuildSpec {

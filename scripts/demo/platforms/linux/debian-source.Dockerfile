@@ -12,7 +12,9 @@
 #   commit, with no `origin` (it has no public home);
 # - archive-mirrors points at the build's source server while the switch is
 #   created, then at opam.ocaml.org's cache as upstream leaves it;
-# - no ocaml-patches-overlay and no opam-depext (not in the demo repository).
+# - no ocaml-patches-overlay and no opam-depext (not in the demo repository);
+# - the switch is built with every core (`--jobs`; opam's default leaves one
+#   idle, which on this 2-core machine halves the compiler build).
 FROM {{parent}}@{{parent_digest}}
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
@@ -51,7 +53,7 @@ ENV OPAMYES="1" OPAMCONFIRMLEVEL="unsafe-yes" OPAMERRLOGLEN="0" OPAMPRECISETRACK
 # The default switch, named by its series as upstream names it; the
 # compiler archive comes from the source mirror, found by its checksum.
 RUN echo 'archive-mirrors: "{{sources_url}}/opam-cache"' >> .opam/config \
- && opam switch create {{ocaml_series}} --packages={{opam_packages}} \
+ && opam switch create {{ocaml_series}} --packages={{opam_packages}} --jobs="$(nproc)" \
  && sed -i '/^archive-mirrors:/d' .opam/config \
  && echo 'archive-mirrors: "https://opam.ocaml.org/cache"' >> .opam/config \
  && opam clean -a -c -s --logs
