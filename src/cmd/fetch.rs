@@ -106,8 +106,14 @@ fn fetch_zfs(config: &Config, entry: &Entry, args: Args) -> Result<ExitCode> {
     let reg = Registry::new(&config.registry)?;
     let work = config.work_dir().join("fetch");
     std::fs::create_dir_all(&work)?;
+    // NAME in obuilder's `<pool>/base-image/NAME`: the tag asked for.
+    let name = args
+        .name
+        .rsplit_once(':')
+        .map_or(args.name.as_str(), |(_, t)| t);
     let to = FetchTarget {
         host: &host,
+        name,
         mount_root: args.mount_root.as_deref(),
         work: &work,
     };
