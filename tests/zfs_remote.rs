@@ -277,7 +277,15 @@ fn obuilder_fetch_replayed_on_what_kiln_fetch_delivered_and_the_name_moves_under
         "{kept:?}"
     );
     // The job ends; gc removes the retired tree.
-    zfs_ok(&["destroy", "-r", &format!("{}/job1", f.pool.name)]);
+    let job1_ds = format!("{}/job1", f.pool.name);
+    // zfs-fuse reports a dataset busy for a moment after its unmount.
+    common::retry(40, Duration::from_millis(250), || {
+        Command::new("zfs")
+            .args(["destroy", "-r", &job1_ds])
+            .status()
+            .unwrap()
+            .success()
+    });
     let removed = gc(&p);
     assert!(
         removed
@@ -319,7 +327,7 @@ fn without_hang(p: &Profile, mark: &str) {
 
 /// Nothing of the build on the worker: no tree, no process, no temp dir.
 fn assert_worker_clean(w: &SshWorker, prefix: &str, mark: &str, tmp_before: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let clean = || {
         images(&w.pool.name, prefix).is_empty()
             && !common::running(&format!("sleep {mark}"))
@@ -330,8 +338,9 @@ fn assert_worker_clean(w: &SshWorker, prefix: &str, mark: &str, tmp_before: &[St
     }
     assert!(
         images(&w.pool.name, prefix).is_empty(),
-        "trees left: {:?}",
-        datasets(&w.pool.name)
+        "trees left: {:?}; the worker user's processes: {}",
+        datasets(&w.pool.name),
+        w.user_processes()
     );
     assert!(
         !common::running(&format!("sleep {mark}")),
@@ -469,4 +478,68 @@ fn two_builds_on_two_workers_run_at_the_same_time() {
         s1 < e2 && s2 < e1,
         "the two provisionings did not overlap: {s1}..{e1} and {s2}..{e2}"
     );
+}
+
+/// A host that cannot be reached and a host without the pool: `kiln
+/// doctor` names each with its fix, and a build for either ends as an
+/// infrastructure failure (retried), never the recipe's.
+#[test]
+fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infra() {
+    let test = "unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infra";
+    let Some((_lock, w)) = worker_for(test, "doc") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere_config = dir.path().join("ssh_config");
+    std::fs::write(
+        &nowhere_config,
+        format!(
+            "Host kiln-nowhere\n  HostName 127.0.0.1\n  Port {}\n  ConnectTimeout 5\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let nowhere = format!(
+        "[[zfs.hosts]]\nname = \"nowhere\"\nssh = \"kiln-nowhere\"\nssh_config = \"{}\"\npool = \"tank\"\nprefix = \"kiln\"\nplatforms = [\"macos\"]\narch = \"amd64\"\n",
+        nowhere_config.display()
+    );
+    let nopool = w.host_toml("nopool", "kdoc").replace(
+        &format!("pool = \"{}\"", w.pool.name),
+        "pool = \"kilnnosuchpool\"",
+    );
+    for (name, host) in [("nowhere", &nowhere), ("nopool", &nopool)] {
+        let p = Profile::demo(&format!("zfs-remote-doc-{name}"))
+            .toml(&format!("[zfs]\n{host}"))
+            .create();
+        let out = p.command().args(["doctor", "--json"]).output().unwrap();
+        assert!(!out.status.success(), "doctor must fail for {name}");
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == format!("zfs pool ({name})"))
+            .unwrap_or_else(|| panic!("{report}"))
+            .clone();
+        assert_eq!(check["status"], "missing", "{check}");
+        let (detail, fix) = (check["detail"].to_string(), check["fix"].to_string());
+        match name {
+            "nowhere" => {
+                assert!(detail.contains("cannot reach"), "{check}");
+                assert!(
+                    fix.contains("ssh -F") && fix.contains("kiln-nowhere"),
+                    "{check}"
+                );
+            }
+            _ => {
+                assert!(detail.contains("no pool kilnnosuchpool"), "{check}");
+                assert!(fix.contains("zpool import kilnnosuchpool"), "{check}");
+            }
+        }
+        let (code, s) = p.build(&["--platform", "macos"]);
+        assert_eq!(code, Some(1), "{s}");
+        let arch = &s["tags"][0]["arches"]["amd64"];
+        assert_eq!(arch["kind"], "infra", "{name}: {s}");
+    }
 }

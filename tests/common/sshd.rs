@@ -179,19 +179,29 @@ impl SshWorker {
             .count()
     }
 
-    /// The sshd processes serving connections (children of the listener).
+    /// The sshd processes serving connections: each connection's monitor
+    /// (a child of the listener) and its unprivileged half (the monitor's
+    /// child, running as the user). Killing both drops the connection.
     pub fn connection_pids(&self) -> Vec<u32> {
         let Some(sshd) = &self.sshd else {
             return vec![];
         };
-        let out = Command::new("pgrep")
-            .args(["-P", &sshd.id().to_string()])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        let children = |pid: u32| -> Vec<u32> {
+            let out = Command::new("pgrep")
+                .args(["-P", &pid.to_string(), "sshd"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect()
+        };
+        let monitors = children(sshd.id());
+        let mut all = monitors.clone();
+        for m in monitors {
+            all.extend(children(m));
+        }
+        all
     }
 
     /// Every process of the worker's user.

@@ -85,6 +85,7 @@ impl Host {
             return Ok(host);
         }
         static N: AtomicU64 = AtomicU64::new(0);
+        sweep_dead_sockets();
         let control = std::env::temp_dir().join(format!(
             "kiln-ssh-{}-{}",
             std::process::id(),
@@ -217,6 +218,28 @@ impl Host {
         self.ssh()
             .arg(format!("{}/bin/sh -s", self.sudo()))
             .stdin_held(text)
+    }
+}
+
+/// Remove the control sockets (`kiln-ssh-<pid>-<n>`) of Kiln processes of
+/// this machine that were killed before they could.
+fn sweep_dead_sockets() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("kiln-ssh-")
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(pid, _)| pid.to_string())
+        else {
+            continue;
+        };
+        let owner = format!("{}/{pid}", crate::process::hostname());
+        if crate::process::owner_is_gone(&owner) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 

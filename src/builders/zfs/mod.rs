@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod gc;
 pub mod host;
 pub mod incremental;
+pub mod probe;
 pub mod provision;
 pub mod send;
 pub mod worker;
