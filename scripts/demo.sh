@@ -59,3 +59,9 @@ for img in ocaml/opam:busybox-ocaml-5.5 macos-base:macos-homebrew-ocaml-5.5 open
     skopeo inspect --tls-verify=false --raw "docker://${pin%%/*}/$repo@$digest" |
         python3 -c 'import json,sys; m=json.load(sys.stdin); print(", ".join(sorted(e["platform"]["os"]+"/"+e["platform"]["architecture"] for e in m["manifests"])))'
 done
+echo
+echo "== the macOS image on this machine's pool, in obuilder's layout (kiln fetch)"
+# obuilder's fetch lists <pool>/base-image/NAME and clones each <child>@snap
+# into the job; `kiln fetch` points NAME at the published tree.
+"$KILN" "${DEMO[@]}" fetch macos-base:macos-homebrew-ocaml-5.5 --pool kiln
+zfs list -H -r -t all -o name,origin kiln/base-image/macos-homebrew-ocaml-5.5
