@@ -63,5 +63,5 @@ echo
 echo "== the macOS image on this machine's pool, in obuilder's layout (kiln fetch)"
 # obuilder's fetch lists <pool>/base-image/NAME and clones each <child>@snap
 # into the job; `kiln fetch` points NAME at the published tree.
-"$KILN" "${DEMO[@]}" fetch macos-base:macos-homebrew-ocaml-5.5 --pool kiln
+"$KILN" "${DEMO[@]}" fetch kiln-demo/macos-base:macos-homebrew-ocaml-5.5 --pool kiln
 zfs list -H -r -t all -o name,origin kiln/base-image/macos-homebrew-ocaml-5.5
