@@ -76,7 +76,9 @@ if [ -n "$KILN_USER" ]; then
 fi
 kiln_run "$@" 3<&- &
 pid=$!
-( cat <&3 >/dev/null 2>&1; kiln_abandon ) >/dev/null 2>&1 &
+# The watchdog outlives the session: a hangup (sudo's pty closing with the
+# connection) or a broken pipe must not stop it before it has cleaned up.
+( trap '' HUP PIPE INT TERM; cat <&3 >/dev/null 2>&1; kiln_abandon ) >/dev/null 2>&1 &
 watch=$!
 wait "$pid"
 rc=$?
