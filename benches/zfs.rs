@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln::builders::zfs::{build, driver::Zfs, worker};
+use kiln::builders::zfs::{build, driver::Zfs, incremental, send, worker};
 use kiln::config::ZfsHost;
 use kiln::registry::{Registry, artifact};
 
@@ -59,6 +59,7 @@ fn spec(dir: &Path, dataset: &str, leaf: &str, script: String) -> build::ZfsSpec
         script,
         env,
         user: None,
+        runner: build::Runner::Host,
         timeout: Duration::from_secs(3600),
         smoke: vec![("ocaml -version".into(), "5.5.0".into())],
         log: dir.join(format!("{leaf}.log")),
@@ -96,6 +97,8 @@ fn main() -> anyhow::Result<()> {
     let host = |pool: &str, prefix: &str| ZfsHost {
         name: "bench".into(),
         ssh: String::new(),
+        ssh_config: String::new(),
+        sudo: false,
         pool: pool.into(),
         prefix: prefix.into(),
         platforms: vec!["macos".into()],
@@ -126,7 +129,7 @@ fn main() -> anyhow::Result<()> {
             script("echo 'a small change' > \"$HOME/lib/p1/changed.cmx\"\n"),
         );
         let out2 = build::build(&zfs, &s2).await?;
-        let inc = build::incremental(&zfs, &s2, &format!("{base}/{leaf1}")).await?;
+        let inc = incremental::incremental(&zfs, &s2, &format!("{base}/{leaf1}")).await?;
         let repo = format!("kiln-bench/zfs-{id}");
         let push = |file: PathBuf, kind: &'static str, layer: &'static str| {
             let repo = repo.clone();
@@ -149,18 +152,33 @@ fn main() -> anyhow::Result<()> {
                 .await
             }
         };
-        let p1 = push(
-            out1.stream.clone(),
-            artifact::ZFS_ARTIFACT,
-            artifact::ZFS_LAYER,
-        )
-        .await?;
-        let p2 = push(
-            out2.stream.clone(),
-            artifact::ZFS_ARTIFACT,
-            artifact::ZFS_LAYER,
-        )
-        .await?;
+        // Full streams go from the host straight into the registry.
+        let publish = |out: build::Built| {
+            let (repo, reg, zfs) = (repo.clone(), &reg, &zfs);
+            async move {
+                let sent = send::send_full(zfs, &out.snapshot, reg, &repo, "bench").await?;
+                let pushed = artifact::put_artifact(
+                    reg,
+                    &artifact::ArtifactPush {
+                        repo: &repo,
+                        file: Path::new(""),
+                        artifact_type: artifact::ZFS_ARTIFACT,
+                        layer_media_type: artifact::ZFS_LAYER,
+                        title: "stream",
+                        digest: Some(&sent.digest),
+                        uncompressed_sha256: Some(&sent.uncompressed_sha256),
+                        config: serde_json::json!({"os": "macos", "architecture": "amd64"}),
+                        annotations: BTreeMap::new(),
+                    },
+                    sent.digest.clone(),
+                    sent.size,
+                )
+                .await?;
+                anyhow::Ok(pushed)
+            }
+        };
+        let p1 = publish(out1).await?;
+        let p2 = publish(out2).await?;
         let pi = push(
             inc.stream.clone(),
             artifact::ZFS_INCREMENTAL_ARTIFACT,

@@ -82,3 +82,9 @@ for img in ocaml/opam:debian-12-ocaml-4.13 ocaml/opam:debian-12-system-ocaml-4.1
         echo
     done
 done
+echo
+echo "== the macOS image on this machine's pool, in obuilder's layout (kiln fetch)"
+# obuilder's fetch lists <pool>/base-image/NAME and clones each <child>@snap
+# into the job; `kiln fetch` points NAME at the published tree.
+"$KILN" "${DEMO[@]}" fetch kiln-demo/macos-base:macos-homebrew-ocaml-5.5 --pool kiln
+zfs list -H -r -t all -o name,origin kiln/base-image/macos-homebrew-ocaml-5.5

@@ -100,7 +100,7 @@ pub async fn run(config: &Config) -> Report {
     }
     checks.push(check_registry(&config.registry.url).await);
     for host in &config.zfs.hosts {
-        checks.push(check_zfs(&host.name, &host.ssh, &host.pool).await);
+        checks.push(check_zfs(host).await);
     }
     checks.push(check_tool(&config.qemu.img, &["--version"], "qemu-img", true).await);
     checks.push(check_tool(&config.qemu.system, &["--version"], "qemu-system", true).await);
@@ -183,42 +183,32 @@ async fn check_registry(url: &str) -> Check {
     }
 }
 
-async fn check_zfs(name: &str, ssh: &str, pool: &str) -> Check {
-    let component = format!("zfs pool ({name})");
-    let cmd = if ssh.is_empty() {
-        Cmd::new("zpool")
-    } else {
-        Cmd::new("ssh").arg(ssh).arg("zpool")
-    };
-    // zfs-fuse's zpool has no -p: sizes come back human-readable.
-    let cmd = cmd
-        .args(["list", "-H", "-o", "name,health,size,free", pool])
-        .timeout(Duration::from_secs(15));
-    match cmd.run().await {
-        Ok(out) => {
-            let fields: Vec<&str> = out.stdout.trim().split('\t').collect();
-            match fields.as_slice() {
-                [_, "ONLINE", size, free] => ok(
-                    &component,
-                    true,
-                    format!("pool {pool} ONLINE, {free} free of {size}"),
-                ),
-                [_, health, ..] => missing(
-                    &component,
-                    true,
-                    format!("pool {pool} is {health}"),
-                    &format!("zpool status {pool}"),
-                ),
-                _ => missing(
-                    &component,
-                    true,
-                    format!("unexpected zpool output {:?}", out.stdout.trim()),
-                    SERVICES_FIX,
-                ),
-            }
-        }
-        Err(e) => missing(&component, true, e.to_string(), SERVICES_FIX),
+/// A ZFS host: reachable (over ssh for a remote one), with zfs and an
+/// ONLINE pool; each way of failing named with its fix.
+async fn check_zfs(host: &crate::config::ZfsHost) -> Check {
+    use crate::builders::zfs::probe::{Probe, probe};
+    let component = format!("zfs pool ({})", host.name);
+    let found = probe(host).await;
+    if let Probe::Online { size, free } = &found {
+        let on = if host.ssh.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", host.ssh)
+        };
+        return ok(
+            &component,
+            true,
+            format!("pool {} ONLINE{on}, {free} free of {size}", host.pool),
+        );
     }
+    let (detail, fix) = found.problem(host).unwrap_or_default();
+    // This machine's pool comes from the services script.
+    let fix = if host.ssh.is_empty() && matches!(found, Probe::NoPool { .. } | Probe::NoZfs) {
+        format!("{SERVICES_FIX} ({fix})")
+    } else {
+        fix
+    };
+    missing(&component, true, detail, &fix)
 }
 
 async fn check_tool(program: &str, args: &[&str], component: &str, required: bool) -> Check {

@@ -42,6 +42,11 @@ pub struct Cmd {
     cwd: Option<PathBuf>,
     timeout: Option<Duration>,
     stdin: Option<Vec<u8>>,
+    /// Keep stdin open (after writing `stdin`) until the command ends: the
+    /// command may read its end-of-file as "the caller is gone".
+    hold_stdin: bool,
+    /// Give the caller stdin as a pipe to write into ([`Cmd::spawn_stream`]).
+    pipe_stdin: bool,
 }
 
 /// What a successful command printed.
@@ -60,6 +65,8 @@ impl Cmd {
             cwd: None,
             timeout: None,
             stdin: None,
+            hold_stdin: false,
+            pipe_stdin: false,
         }
     }
 
@@ -97,6 +104,21 @@ impl Cmd {
         self
     }
 
+    /// Write `data` to stdin and keep it open until the command ends, so
+    /// that the command sees end-of-file only when Kiln (or the connection
+    /// carrying it) is gone: a remote script's watchdog reads it.
+    pub fn stdin_held(mut self, data: Vec<u8>) -> Self {
+        self.stdin = Some(data);
+        self.hold_stdin = true;
+        self
+    }
+
+    /// Stdin as a pipe the caller writes ([`Streaming::stdin`]): a filter.
+    pub fn stdin_piped(mut self) -> Self {
+        self.pipe_stdin = true;
+        self
+    }
+
     /// The command as a shell-like string, for messages.
     pub fn display(&self) -> String {
         let mut s = self.program.to_string_lossy().into_owned();
@@ -113,7 +135,7 @@ impl Cmd {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .stdin(if self.stdin.is_some() {
+            .stdin(if self.stdin.is_some() || self.pipe_stdin {
                 Stdio::piped()
             } else {
                 Stdio::null()
@@ -151,12 +173,7 @@ impl Cmd {
                 source,
             })?;
         let pgid = child.id();
-        if let (Some(data), Some(mut stdin)) = (self.stdin.clone(), child.stdin.take()) {
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let _ = stdin.write_all(&data).await;
-            });
-        }
+        let _held = self.feed_stdin(&mut child);
         let mut out = child.stdout.take();
         let mut err = child.stderr.take();
         let collect = async {
@@ -213,6 +230,143 @@ impl Cmd {
             });
         }
         Ok(Output { stdout, stderr })
+    }
+}
+
+/// Closes a held stdin when dropped (the writer task waits for it).
+pub struct HeldStdin(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for HeldStdin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A command started with its stdout to read as a stream (a `zfs send`),
+/// stderr collected on the side.
+pub struct Streaming {
+    pub stdout: Option<tokio::process::ChildStdout>,
+    /// With [`Cmd::stdin_piped`]: drop it to close the command's stdin.
+    pub stdin: Option<tokio::process::ChildStdin>,
+    child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    command: String,
+    timeout: Option<Duration>,
+    _held: HeldStdin,
+}
+
+impl Streaming {
+    /// Kill it and everything in its process group now.
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.child.id() {
+            kill_group(pid);
+        }
+        let _ = self.child.start_kill();
+    }
+
+    /// Wait for the command to end (its stdout read or dropped by then); a
+    /// non-zero exit is an error carrying stderr.
+    pub async fn finish(mut self) -> Result<Output, ProcessError> {
+        let pgid = self.child.id();
+        let wait = self.child.wait();
+        let status = match self.timeout {
+            Some(t) => match tokio::time::timeout(t, wait).await {
+                Ok(s) => s,
+                Err(_) => {
+                    if let Some(pid) = pgid {
+                        kill_group(pid);
+                    }
+                    return Err(ProcessError::Timeout {
+                        command: self.command,
+                        secs: t.as_secs(),
+                    });
+                }
+            },
+            None => wait.await,
+        }
+        .map_err(|source| ProcessError::Io {
+            command: self.command.clone(),
+            source,
+        })?;
+        if let Some(pid) = pgid {
+            kill_group(pid);
+        }
+        let e = (&mut self.stderr).await.unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&e).into_owned();
+        if !status.success() {
+            return Err(ProcessError::Failed {
+                command: self.command,
+                status: status.to_string(),
+                stderr: stderr.trim().to_string(),
+            });
+        }
+        Ok(Output {
+            stdout: String::new(),
+            stderr,
+        })
+    }
+}
+
+impl Cmd {
+    /// Write the stdin data; with `hold_stdin`, keep the pipe open until
+    /// the returned guard is dropped.
+    fn feed_stdin(&self, child: &mut tokio::process::Child) -> HeldStdin {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let data = self.stdin.clone();
+        if let Some(data) = data
+            && let Some(mut stdin) = child.stdin.take()
+        {
+            let hold = self.hold_stdin;
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&data).await;
+                let _ = stdin.flush().await;
+                if hold {
+                    let _ = rx.await;
+                }
+                drop(stdin);
+            });
+        }
+        HeldStdin(Some(tx))
+    }
+
+    /// Start the command with its stdout as a stream; call
+    /// [`Streaming::finish`] once it has been read.
+    pub fn spawn_stream(&self) -> Result<Streaming, ProcessError> {
+        let command = self.display();
+        let mut child = self
+            .command()
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        let held = self.feed_stdin(&mut child);
+        let stdin = if self.pipe_stdin {
+            child.stdin.take()
+        } else {
+            None
+        };
+        let stdout = child.stdout.take();
+        let mut err = child.stderr.take();
+        let stderr = tokio::spawn(async move {
+            let mut e = Vec::new();
+            if let Some(s) = err.as_mut() {
+                let _ = s.read_to_end(&mut e).await;
+            }
+            e
+        });
+        Ok(Streaming {
+            stdout,
+            stdin,
+            child,
+            stderr,
+            command,
+            timeout: self.timeout,
+            _held: held,
+        })
     }
 }
 

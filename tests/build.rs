@@ -175,9 +175,8 @@ fn two_arch_build_publishes_then_changes_nothing() {
         Some(e.arches[&Arch::Arm64].digest.as_str())
     );
     // Known to the catalogue, not built here: refused with what is missing.
-    let refused =
-        kiln::api::resolve::resolve(&snap, "macos-base:macos-homebrew-ocaml-5.5", None)
-            .unwrap_err();
+    let refused = kiln::api::resolve::resolve(&snap, "macos-base:macos-homebrew-ocaml-5.5", None)
+        .unwrap_err();
     assert_eq!(refused.http_status(), 409);
     let win =
         kiln::api::resolve::resolve(&snap, "opam:windows-server-mingw-ltsc2022-ocaml-5.5", None)

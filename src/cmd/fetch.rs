@@ -94,7 +94,11 @@ fn arch_digest<'a>(entry: &'a Entry, name: &str, arch: Arch) -> Result<&'a str> 
 }
 
 fn fetch_zfs(config: &Config, entry: &Entry, args: Args) -> Result<ExitCode> {
-    let host = super::zfs_host(config, args.pool, args.prefix)?;
+    let mut host = super::zfs_host(config, args.pool, args.prefix)?;
+    // `kiln fetch` runs on the worker it installs on: its pool is local,
+    // whatever host the configuration builds on.
+    host.ssh.clear();
+    host.sudo = false;
     let arch = match args.arch {
         Some(a) => a,
         None => host
@@ -106,8 +110,14 @@ fn fetch_zfs(config: &Config, entry: &Entry, args: Args) -> Result<ExitCode> {
     let reg = Registry::new(&config.registry)?;
     let work = config.work_dir().join("fetch");
     std::fs::create_dir_all(&work)?;
+    // NAME in obuilder's `<pool>/base-image/NAME`: the tag asked for.
+    let name = args
+        .name
+        .rsplit_once(':')
+        .map_or(args.name.as_str(), |(_, t)| t);
     let to = FetchTarget {
         host: &host,
+        name,
         mount_root: args.mount_root.as_deref(),
         work: &work,
     };

@@ -120,8 +120,17 @@ fn provision_timeout_secs() -> u64 {
 #[serde(deny_unknown_fields)]
 pub struct ZfsHost {
     pub name: String,
+    /// `user@host` (or an ssh_config `Host`) of a remote worker; empty:
+    /// this machine.
     #[serde(default)]
     pub ssh: String,
+    /// An ssh_config file for reaching it (`ssh -F`): port, key, known hosts.
+    #[serde(default)]
+    pub ssh_config: String,
+    /// Run zfs, zpool and the build's scripts through `sudo -n` (the ssh
+    /// user is not root, as on a macOS worker's admin account).
+    #[serde(default)]
+    pub sudo: bool,
     pub pool: String,
     pub prefix: String,
     /// Platforms (`macos`, `freebsd`) this host builds base datasets for.

@@ -70,6 +70,23 @@ pub async fn push(reg: &Registry, a: &ArtifactPush<'_>) -> Result<Pushed, Regist
         }
         None => reg.push_blob_file(a.repo, a.file, None).await?,
     };
+    put_artifact(reg, a, layer_digest, size).await
+}
+
+/// The config and manifest of an artifact whose layer blob is already in
+/// `a.repo` (uploaded from a stream; `a.file` is not read).
+pub async fn put_artifact(
+    reg: &Registry,
+    a: &ArtifactPush<'_>,
+    layer_digest: String,
+    size: u64,
+) -> Result<Pushed, RegistryError> {
+    if a.config["os"].as_str().is_none() || a.config["architecture"].as_str().is_none() {
+        return Err(RegistryError::Invalid(format!(
+            "artifact {}: config must name os and architecture",
+            a.title
+        )));
+    }
     let cfg_bytes =
         serde_json::to_vec(&a.config).map_err(|e| RegistryError::Invalid(e.to_string()))?;
     let (cfg_digest, cfg_size) = reg.push_blob(a.repo, cfg_bytes.into()).await?;

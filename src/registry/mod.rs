@@ -16,6 +16,7 @@ pub mod index;
 mod kind;
 mod list;
 mod manifest;
+mod stream;
 mod upload;
 
 use std::path::Path;

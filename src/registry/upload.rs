@@ -52,7 +52,7 @@ impl Registry {
         })
     }
 
-    fn absolute(&self, loc: &str) -> String {
+    pub(super) fn absolute(&self, loc: &str) -> String {
         if loc.starts_with("http") {
             loc.to_string()
         } else {
@@ -238,7 +238,7 @@ impl Registry {
 
     /// Where an upload session stands: bytes received and the location to
     /// continue at; `None` when the registry no longer knows the session.
-    async fn upload_offset(
+    pub(super) async fn upload_offset(
         &self,
         repo: &str,
         loc: &str,

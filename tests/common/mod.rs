@@ -2,7 +2,8 @@
 //! drive the `kiln` binary with it ([`profile`]), one way to say that a
 //! test could not run here ([`skip`]), the ZFS pool's helpers ([`zfs`]),
 //! the fault-injection pieces ([`faults`]: a private registry and a
-//! proxy in front of it), and a private dockerd ([`engine`]).
+//! proxy in front of it), a private dockerd ([`engine`]), and a ZFS worker
+//! reachable only by ssh ([`sshd`]).
 //!
 //! Each test file includes this with `mod common;`, so not every file uses
 //! every piece.
@@ -12,6 +13,7 @@ pub mod engine;
 pub mod faults;
 pub mod profile;
 pub mod skip;
+pub mod sshd;
 pub mod zfs;
 
 use std::time::{Duration, Instant};

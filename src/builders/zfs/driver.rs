@@ -1,4 +1,5 @@
-//! `zfs` and `zpool` driven as processes, locally or through `ssh host`.
+//! `zfs` and `zpool` driven as processes on a [`Host`]: locally, or over
+//! ssh (one connection for a whole build, see [`Zfs::connect`]).
 //!
 //! zfs-fuse (the pool this machine runs) has no `-p` on `list`; exact
 //! numbers come from `zfs get -H -o value -p`, names and mountpoints from
@@ -7,6 +8,7 @@
 
 use std::time::Duration;
 
+use super::host::Host;
 use crate::config::ZfsHost;
 use crate::process::{Cmd, ProcessError};
 
@@ -22,36 +24,43 @@ pub enum ZfsError {
 #[derive(Debug, Clone)]
 pub struct Zfs {
     pub host: ZfsHost,
+    /// How commands reach it.
+    pub on: Host,
 }
 
 impl Zfs {
+    /// One ssh connection per command (or local): `kiln gc`, `fetch`.
     pub fn new(host: &ZfsHost) -> Zfs {
-        Zfs { host: host.clone() }
+        Zfs {
+            host: host.clone(),
+            on: Host::new(host),
+        }
     }
 
-    fn cmd(&self, tool: &str) -> Cmd {
-        if self.host.ssh.is_empty() {
-            Cmd::new(tool)
-        } else {
-            Cmd::new("ssh").args(["-o", "BatchMode=yes", self.host.ssh.as_str(), tool])
-        }
-        .timeout(Duration::from_secs(600))
+    /// Every command over one ssh connection, open until the last clone of
+    /// this handle is dropped: a build.
+    pub async fn connect(host: &ZfsHost) -> Result<Zfs, ZfsError> {
+        Ok(Zfs {
+            host: host.clone(),
+            on: Host::connect(host).await?,
+        })
+    }
+
+    fn cmd(&self, tool: &str, args: &[&str]) -> Cmd {
+        self.on.cmd(tool, args).timeout(Duration::from_secs(600))
     }
 
     pub async fn zfs(&self, args: &[&str]) -> Result<String, ZfsError> {
-        Ok(self
-            .cmd("zfs")
-            .args(args.iter().copied())
-            .run()
-            .await?
-            .stdout)
+        Ok(self.cmd("zfs", args).run().await?.stdout)
     }
 
     /// `zpool list -H -o health POOL`.
     pub async fn pool_health(&self) -> Result<String, ZfsError> {
         let out = self
-            .cmd("zpool")
-            .args(["list", "-H", "-o", "health", self.host.pool.as_str()])
+            .cmd(
+                "zpool",
+                &["list", "-H", "-o", "health", self.host.pool.as_str()],
+            )
             .run()
             .await?;
         Ok(out.stdout.trim().to_string())
@@ -60,8 +69,7 @@ impl Zfs {
     /// Does this dataset (or snapshot) exist?
     pub async fn exists(&self, name: &str) -> Result<bool, ZfsError> {
         match self
-            .cmd("zfs")
-            .args(["list", "-H", "-o", "name", name])
+            .cmd("zfs", &["list", "-H", "-o", "name", name])
             .run()
             .await
         {
@@ -81,7 +89,8 @@ impl Zfs {
             args.push(format!("{k}={v}"));
         }
         args.push(name.to_string());
-        self.cmd("zfs").args(args).run().await?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.cmd("zfs", &args).run().await?;
         Ok(())
     }
 

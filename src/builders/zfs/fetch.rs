@@ -1,7 +1,8 @@
 //! `kiln fetch` for ZFS base datasets, on a worker: read the artifact's
 //! config, pull the incremental stream when the worker holds exactly the
 //! snapshots it applies to (the full stream otherwise), receive it under
-//! its immutable name and point the stable name at it.
+//! its immutable name and point the name obuilder uses
+//! (`<pool>/base-image/NAME`) at it.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +43,7 @@ pub struct Fetched {
     pub installed: Installed,
     /// The immutable tree.
     pub dataset: String,
-    /// The stable name CI clones from.
+    /// `<pool>/base-image/NAME`, the tree obuilder clones from.
     pub stable: String,
     /// `present`, `full`, or `incremental from <leaf>`.
     pub via: String,
@@ -52,6 +53,9 @@ pub struct Fetched {
 /// Where a fetch puts things on the worker.
 pub struct FetchTarget<'a> {
     pub host: &'a ZfsHost,
+    /// NAME in `<pool>/base-image/NAME`: the name obuilder specs use (the
+    /// tag fetched, e.g. `macos-homebrew-ocaml-5.5`).
+    pub name: &'a str,
     /// Mount the children under this directory instead of their
     /// production mountpoints (tests, a second pool on one machine).
     pub mount_root: Option<&'a Path>,
@@ -96,7 +100,7 @@ pub async fn fetch(
     let base = format!("{}/{}/base-image", to.host.pool, to.host.prefix);
     let place = Place {
         dataset: format!("{base}/{leaf}"),
-        stable: format!("{base}/{}", entry.tag),
+        stable: format!("{}/base-image/{}", to.host.pool, to.name),
         mountpoints,
     };
     let zfs = Zfs::new(to.host);

@@ -7,6 +7,10 @@
 //! when it is younger than the retention period. Everything else is
 //! destroyed, deepest first. Stable names and `incoming-*` leftovers of an
 //! interrupted fetch are not images and are left to `kiln fetch`.
+//!
+//! First, the stable trees `kiln fetch` retired (`<prefix>/retired/…`) are
+//! removed once no job's clone depends on them any more; until then they
+//! keep their image in use.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -61,13 +65,33 @@ pub async fn gc(
     retention: Duration,
     dry_run: bool,
 ) -> Result<Vec<Decision>, ZfsError> {
+    let mut out: Vec<Decision> = super::worker::remove_unused_retired(zfs, dry_run)
+        .await?
+        .into_iter()
+        .map(|r| Decision {
+            action: match (r.removed, r.clones.is_empty()) {
+                (true, _) => "removed",
+                (false, true) => "would-remove",
+                (false, false) => "kept",
+            }
+            .into(),
+            reason: if r.clones.is_empty() {
+                "retired stable tree, no job clones it".into()
+            } else {
+                format!(
+                    "retired stable tree, still cloned by {}",
+                    r.clones.join(", ")
+                )
+            },
+            dataset: r.dataset,
+        })
+        .collect();
     let base = format!("{}/{}/base-image", zfs.host.pool, zfs.host.prefix);
     if !zfs.exists(&base).await? {
-        return Ok(vec![]);
+        return Ok(out);
     }
     let keep = referenced(lock);
     let now = chrono::Utc::now().timestamp().max(0) as u64;
-    let mut out = Vec::new();
     let images: Vec<String> = zfs
         .list(&base)
         .await?

@@ -5,6 +5,11 @@ pub mod build;
 pub mod driver;
 pub mod fetch;
 pub mod gc;
+pub mod host;
+pub mod incremental;
+pub mod probe;
+pub mod provision;
+pub mod send;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -81,8 +86,10 @@ impl Builder for ZfsBuilder {
 
     fn sweep(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            build::sweep_dead_scripts(&self.out_dir);
-            for h in &self.hosts {
+            // A remote host is swept by each build, first thing over the
+            // build's own connection (`build::build`): a run opens exactly
+            // one connection per build, none for sweeping.
+            for h in self.hosts.iter().filter(|h| h.ssh.is_empty()) {
                 let zfs = driver::Zfs::new(h);
                 let probe = format!("{}/base-image/sweep", base_of(h));
                 if let Err(e) = build::sweep_dead(&zfs, &probe).await {
@@ -103,9 +110,20 @@ impl ZfsBuilder {
     /// incremental one from an earlier image of the series, if any).
     async fn build_on(&self, host: &ZfsHost, job: &BuildJob<'_>) -> Result<BuildOutput, Failure> {
         let t = &job.prepared.target;
-        let zfs = driver::Zfs::new(host);
+        // One connection for every step of the build; it closes when `zfs`
+        // (and its clones) are dropped.
+        let zfs = driver::Zfs::connect(host).await.map_err(|e| {
+            Failure::infra(format!(
+                "{}: zfs host {} unreachable: {e}",
+                t.id(),
+                host.name
+            ))
+        })?;
         let spec = self.spec(host, job);
         let out = build::build(&zfs, &spec)
+            .await
+            .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
+        let sent = send::send_full(&zfs, &out.snapshot, job.registry, job.repository, &t.id())
             .await
             .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
         let incremental = push_incremental(&zfs, &spec, job).await;
@@ -117,22 +135,23 @@ impl ZfsBuilder {
         };
         let leaf = out.layout.leaf().to_string();
         let title = format!("{leaf}.zfs.zst");
-        let pushed = oci::push(
+        let pushed = oci::put_artifact(
             job.registry,
             &oci::ArtifactPush {
                 repo: job.repository,
-                file: &out.stream,
+                file: std::path::Path::new(""),
                 artifact_type: oci::ZFS_ARTIFACT,
                 layer_media_type: oci::ZFS_LAYER,
                 title: &title,
-                digest: None,
-                uncompressed_sha256: Some(&out.uncompressed_sha256),
+                digest: Some(&sent.digest),
+                uncompressed_sha256: Some(&sent.uncompressed_sha256),
                 config: serde_json::to_value(&config).unwrap_or_default(),
                 annotations: artifact_annotations(job),
             },
+            sent.digest.clone(),
+            sent.size,
         )
         .await;
-        let _ = tokio::fs::remove_file(&out.stream).await;
         let pushed = pushed.map_err(|e| Failure::new(e.kind(), e.to_string()))?;
         Ok(BuildOutput {
             digest: pushed.digest,
@@ -147,6 +166,14 @@ impl ZfsBuilder {
         let t = &p.target;
         let leaf = format!("{}-{}-{}", t.os, t.ocaml_name(), p.short_key());
         let (children, env, profile) = layout(host, t, &leaf);
+        // FreeBSD jobs run in a jail of the rootfs: so does the smoke test.
+        let runner = match (t.platform.as_str(), children.first()) {
+            ("freebsd", Some(rootfs)) => build::Runner::Jail {
+                root: rootfs.mountpoint.clone(),
+                user: "opam".into(),
+            },
+            _ => build::Runner::Host,
+        };
         build::ZfsSpec {
             target: t.id(),
             platform: t.platform.clone(),
@@ -156,6 +183,7 @@ impl ZfsBuilder {
             script: p.main_recipe().to_string(),
             env,
             user: t.vars.get("build_user").cloned(),
+            runner,
             timeout: self.provision_timeout,
             profile,
             smoke: t
@@ -215,14 +243,14 @@ async fn push_incremental(
 ) -> Option<IncrementalRef> {
     let t = &job.prepared.target;
     let series_prefix = format!("{}-ocaml-{}.", t.os, t.version.as_ref()?.series_tag());
-    let previous = match build::previous_image(zfs, &spec.dataset, &series_prefix).await {
+    let previous = match incremental::previous_image(zfs, &spec.dataset, &series_prefix).await {
         Ok(p) => p?,
         Err(e) => {
             tracing::warn!(target_id = %t.id(), error = %e, "looking for an earlier image");
             return None;
         }
     };
-    let inc = match build::incremental(zfs, spec, &previous).await {
+    let inc = match incremental::incremental(zfs, spec, &previous).await {
         Ok(inc) => inc,
         Err(e) => {
             tracing::warn!(target_id = %t.id(), error = %e, "incremental stream not built");
@@ -255,7 +283,7 @@ async fn push_incremental_artifact(
     repository: &str,
     t: &Target,
     leaf: &str,
-    inc: &build::Incremental,
+    inc: &incremental::Incremental,
 ) -> Result<String, crate::registry::RegistryError> {
     let digest = format!("sha256:{}", inc.sha256);
     let title = format!("{leaf}.from-{}.tar.zst", inc.from);

@@ -6,10 +6,15 @@
 //!    children whose mountpoints are busy stay unmounted);
 //! 3. children get the worker's mountpoints, and the tree is renamed to its
 //!    immutable name in one `zfs rename`;
-//! 4. the stable name (`…/base-image/macos-homebrew-ocaml-5.5`) is replaced
-//!    by clones of the new tree: new clones are made first, then two
-//!    renames swap them in; the old stable tree is destroyed only if
-//!    nothing was cloned from it.
+//! 4. the name obuilder's specs use, `<pool>/base-image/NAME` (e.g.
+//!    `macos-homebrew-ocaml-5.5`), is moved to the new tree in obuilder's
+//!    layout: a tree whose children are clones of the immutable tree's,
+//!    each snapshotted `@snap` (obuilder's fetch lists the children and
+//!    clones each `<child>@snap` into the job). The new tree is made in
+//!    full under `<pool>/<prefix>/stable-new/`, then two renames swap it
+//!    in: the old tree goes to `<pool>/<prefix>/retired/NAME-<time>`, where
+//!    it stays as long as a job's clone depends on it, and is destroyed
+//!    as soon as nothing does (here or by `kiln gc`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -170,20 +175,18 @@ pub async fn install(zfs: &Zfs, i: &Install<'_>) -> Result<Installed, InstallErr
     })
 }
 
-/// Make `stable` a clone tree of `dataset@kiln`, swapping out the old one.
+/// obuilder's snapshot name on the stable tree's children.
+pub const OBUILDER_SNAPSHOT: &str = "snap";
+
+/// Point `stable` (`<pool>/base-image/NAME`) at `dataset`, in obuilder's
+/// layout, retiring the tree it pointed at before.
 async fn point_stable(zfs: &Zfs, i: &Install<'_>) -> Result<(), InstallError> {
-    let origin = format!(
-        "{}/{}@{SNAPSHOT}",
-        i.dataset,
-        i.mountpoints.first().map(|(c, _)| c.as_str()).unwrap_or("")
-    );
-    if zfs.exists(i.stable).await? && !i.mountpoints.is_empty() {
-        let first = format!("{}/{}", i.stable, i.mountpoints[0].0);
-        if zfs.get(&first, "origin").await? == origin {
-            return Ok(());
-        }
+    if points_at(zfs, i).await? {
+        return Ok(());
     }
-    let new = format!("{}-new", i.stable);
+    let name = i.stable.rsplit('/').next().unwrap_or(i.stable);
+    let own = format!("{}/{}", zfs.host.pool, zfs.host.prefix);
+    let new = format!("{own}/stable-new/{name}");
     zfs.destroy_recursive(&new).await?;
     zfs.create(&new, &[("mountpoint", "none")]).await?;
     for (child, _) in &i.mountpoints {
@@ -196,16 +199,80 @@ async fn point_stable(zfs: &Zfs, i: &Install<'_>) -> Result<(), InstallError> {
         ])
         .await?;
     }
-    let old = format!("{}-old", i.stable);
-    zfs.destroy_recursive(&old).await?;
+    zfs.snapshot_recursive(&format!("{new}@{OBUILDER_SNAPSHOT}"))
+        .await?;
+    if let Some((parent, _)) = i.stable.rsplit_once('/')
+        && !zfs.exists(parent).await?
+    {
+        zfs.create(parent, &[]).await?;
+    }
+    let retired_base = format!("{own}/retired");
+    if !zfs.exists(&retired_base).await? {
+        zfs.create(&retired_base, &[("mountpoint", "none")]).await?;
+    }
     if zfs.exists(i.stable).await? {
-        zfs.rename(i.stable, &old).await?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.9fZ");
+        zfs.rename(i.stable, &format!("{retired_base}/{name}-{stamp}"))
+            .await?;
     }
     zfs.rename(&new, i.stable).await?;
-    if zfs.exists(&old).await? && zfs.clones_of(&old).await?.is_empty() {
-        zfs.destroy_recursive(&old).await?;
-    }
+    remove_unused_retired(zfs, false).await?;
     Ok(())
+}
+
+/// Does `stable` already point at `dataset`, every child with its `@snap`?
+async fn points_at(zfs: &Zfs, i: &Install<'_>) -> Result<bool, ZfsError> {
+    if i.mountpoints.is_empty() || !zfs.exists(i.stable).await? {
+        return Ok(false);
+    }
+    for (child, _) in &i.mountpoints {
+        let ours = format!("{}/{child}", i.stable);
+        let snap = format!("{ours}@{OBUILDER_SNAPSHOT}");
+        if !zfs.exists(&snap).await?
+            || zfs.get(&ours, "origin").await? != format!("{}/{child}@{SNAPSHOT}", i.dataset)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A retired stable tree and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    pub dataset: String,
+    /// Jobs' clones that still depend on it (it is kept while any do).
+    pub clones: Vec<String>,
+    pub removed: bool,
+}
+
+/// Destroy the retired stable trees nothing is cloned from any more (all
+/// of them listed; with `dry_run`, none destroyed).
+pub async fn remove_unused_retired(zfs: &Zfs, dry_run: bool) -> Result<Vec<Retired>, ZfsError> {
+    let base = format!("{}/{}/retired", zfs.host.pool, zfs.host.prefix);
+    if !zfs.exists(&base).await? {
+        return Ok(vec![]);
+    }
+    let mut out = Vec::new();
+    for (dataset, _) in zfs.list(&base).await? {
+        let top = dataset
+            .strip_prefix(&format!("{base}/"))
+            .is_some_and(|leaf| !leaf.contains('/'));
+        if !top {
+            continue;
+        }
+        let clones = zfs.clones_of(&dataset).await?;
+        let removed = clones.is_empty() && !dry_run;
+        if removed {
+            zfs.destroy_recursive(&dataset).await?;
+        }
+        out.push(Retired {
+            dataset,
+            clones,
+            removed,
+        });
+    }
+    Ok(out)
 }
 
 /// Does this worker hold exactly the snapshots an incremental stream was

@@ -1,16 +1,30 @@
 #!/bin/sh
-# Demo recipe: a Linux-runnable stand-in for Homebrew + opam. It installs
-# an `ocaml` that prints the catalogue's version into the brew dataset, an
-# `opam-2.4` with `opam` pointing at it and the obuilder profile into the
-# home dataset; the dataset build, reaping, snapshot,
-# smoke test through the profile, send stream and publication are the
-# production path.
+# Demo recipe: a Linux-runnable stand-in for Homebrew + opam, laid out as
+# the production recipe (platforms/macos/provision.sh) lays out a macOS
+# tree: an `ocaml` that prints the catalogue's version in the brew
+# dataset's bin, opam 2.x binaries side by side as opam-2.x there with
+# `opam` pointing at the default, ~/local linked to the brew prefix, and
+# ~/.obuilder_profile.sh with the variables obuilder's jobs rely on. The
+# dataset build on the host that owns the pool (over ssh for a remote
+# one), reaping, snapshot, smoke test through the profile, streamed send
+# and publication are the production path.
 set -eu
+: "${HOME:?}" "${BREW:?}"
 mkdir -p "$BREW/bin"
 printf '#!/bin/sh\necho "The OCaml toplevel, version {{ocaml_version}}"\n' > "$BREW/bin/ocaml"
 chmod 755 "$BREW/bin/ocaml"
-mkdir -p "$HOME/local/bin"
-printf '#!/bin/sh\necho {{opam_version}}\n' > "$HOME/local/bin/opam-2.4"
-chmod 755 "$HOME/local/bin/opam-2.4"
-ln -sf opam-2.4 "$HOME/local/bin/opam"
-echo "export PATH=\"\$HOME/local/bin:$BREW/bin:\$PATH\"" > "$HOME/.obuilder_profile.sh"
+for minor in 2.3 2.4; do
+    printf '#!/bin/sh\necho %s\n' "$minor.0" > "$BREW/bin/opam-$minor"
+    chmod 755 "$BREW/bin/opam-$minor"
+done
+printf '#!/bin/sh\necho {{opam_version}}\n' > "$BREW/bin/opam-2.4"
+ln -sf opam-2.4 "$BREW/bin/opam"
+ln -sfn "$BREW" "$HOME/local"
+cat > "$HOME/.obuilder_profile.sh" <<PROFILE
+export HOMEBREW_DISABLE_LOCKING=1
+export HOMEBREW_NO_AUTO_UPDATE=1
+export PATH=$BREW/bin:$BREW/sbin:\$PATH
+export OPAMYES=1
+export OPAMCONFIRMLEVEL=unsafe-yes
+PROFILE
+echo "built for OCaml {{ocaml_version}}" > "$HOME/README.kiln"

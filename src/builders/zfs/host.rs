@@ -1,0 +1,301 @@
+//! Where ZFS commands run: this machine, or a worker reached over ssh.
+//!
+//! A remote host needs sshd, zfs and the recipe's own tools, nothing of
+//! Kiln: every step is a command line or a POSIX `sh` script sent on the
+//! session's stdin. A build opens one ssh connection (a ControlMaster) and
+//! runs all its steps as sessions multiplexed over it; other callers (`kiln
+//! gc`, `doctor`) use one connection per command. A local host runs the
+//! same command lines and scripts directly, so both go through one path.
+//!
+//! Scripts get their stdin held open by Kiln for as long as they run
+//! ([`Cmd::stdin_held`]): end-of-file on it means Kiln or the connection is
+//! gone, which the provisioning script's watchdog acts on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::ZfsHost;
+use crate::process::{Cmd, ProcessError};
+
+/// ssh's own exit status when it could not connect or lost the connection
+/// (a remote command's status is passed through otherwise).
+pub const SSH_FAILED: &str = "exit status: 255";
+
+/// An open ssh connection (`ssh -M`): sessions run over it until it is
+/// dropped, which ends it (and, on the host, every session's stdin).
+#[derive(Debug)]
+pub struct Connection {
+    control: PathBuf,
+    master: std::sync::Mutex<Option<tokio::process::Child>>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.master.lock()
+            && let Some(mut child) = m.take()
+        {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_file(&self.control);
+    }
+}
+
+/// How commands reach one host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub config: ZfsHost,
+    conn: Option<Arc<Connection>>,
+}
+
+fn quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@,+%".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `s` quoted for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl Host {
+    /// Commands run one ssh connection each (or locally).
+    pub fn new(config: &ZfsHost) -> Host {
+        Host {
+            config: config.clone(),
+            conn: None,
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        !self.config.ssh.is_empty()
+    }
+
+    /// Open the connection every later command of this handle shares (a
+    /// local host needs none). Fails as the host being unreachable.
+    pub async fn connect(config: &ZfsHost) -> Result<Host, ProcessError> {
+        let mut host = Host::new(config);
+        if !host.is_remote() {
+            return Ok(host);
+        }
+        static N: AtomicU64 = AtomicU64::new(0);
+        sweep_dead_sockets();
+        let control = std::env::temp_dir().join(format!(
+            "kiln-ssh-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&control);
+        let mut master = tokio::process::Command::new("ssh");
+        master
+            .args(host.ssh_options())
+            .arg("-M")
+            .arg("-N")
+            .arg("-S")
+            .arg(&control)
+            .arg(&config.ssh)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl only sets this child's parent-death signal.
+        unsafe {
+            master.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let command = format!("ssh -M -N {}", config.ssh);
+        let mut child = master.spawn().map_err(|source| ProcessError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        // Up once its control socket answers; gone if ssh exits first.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = e.read_to_string(&mut err).await;
+                }
+                return Err(ProcessError::Failed {
+                    command,
+                    status: status.to_string(),
+                    stderr: err.trim().to_string(),
+                });
+            }
+            if control.exists() {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.start_kill();
+                return Err(ProcessError::Timeout { command, secs: 30 });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        host.conn = Some(Arc::new(Connection {
+            control,
+            master: std::sync::Mutex::new(Some(child)),
+        }));
+        Ok(host)
+    }
+
+    fn ssh_options(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if !self.config.ssh_config.is_empty() {
+            o.extend(["-F".to_string(), self.config.ssh_config.clone()]);
+        }
+        o.extend(
+            [
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=15",
+                "-o",
+                "ServerAliveInterval=5",
+                "-o",
+                "ServerAliveCountMax=3",
+            ]
+            .map(String::from),
+        );
+        o
+    }
+
+    /// The `ssh … host` prefix of a remote command, over the shared
+    /// connection when there is one.
+    fn ssh(&self) -> Cmd {
+        let mut c = Cmd::new("ssh").args(self.ssh_options());
+        if let Some(conn) = &self.conn {
+            c = c.args(["-o", "ControlMaster=no", "-S"]).arg(&conn.control);
+        }
+        c.arg(&self.config.ssh)
+    }
+
+    fn sudo(&self) -> &'static str {
+        if self.config.sudo { "sudo -n " } else { "" }
+    }
+
+    /// `program args…` on the host (as root through `sudo -n` when the
+    /// host's user needs it).
+    pub fn cmd(&self, program: &str, args: &[&str]) -> Cmd {
+        if !self.is_remote() {
+            return if self.config.sudo {
+                Cmd::new("sudo").arg("-n").arg(program).args(args)
+            } else {
+                Cmd::new(program).args(args)
+            };
+        }
+        let mut line = format!("{}{}", self.sudo(), quote(program));
+        for a in args {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        self.ssh().arg(line)
+    }
+
+    /// A POSIX `sh` script on the host, read from stdin (held open while
+    /// it runs). The script must end by itself (`exit`): it is wrapped in
+    /// a brace group so that the shell has read all of it before any of it
+    /// runs, and nothing but end-of-file follows.
+    pub fn script(&self, script: &str) -> Cmd {
+        let text = format!("{{\n{script}\n}}\n").into_bytes();
+        if !self.is_remote() {
+            let c = if self.config.sudo {
+                Cmd::new("sudo").args(["-n", "/bin/sh", "-s"])
+            } else {
+                Cmd::new("/bin/sh").arg("-s")
+            };
+            return c.stdin_held(text);
+        }
+        self.ssh()
+            .arg(format!("{}/bin/sh -s", self.sudo()))
+            .stdin_held(text)
+    }
+}
+
+/// Remove the control sockets (`kiln-ssh-<pid>-<n>`) of Kiln processes of
+/// this machine that were killed before they could.
+fn sweep_dead_sockets() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(pid) = name
+            .strip_prefix("kiln-ssh-")
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(pid, _)| pid.to_string())
+        else {
+            continue;
+        };
+        let owner = format!("{}/{pid}", crate::process::hostname());
+        if crate::process::owner_is_gone(&owner) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Did this command fail because the host could not be reached (or the
+/// connection to it was lost), rather than by the command's own doing?
+pub fn unreachable(host: &Host, e: &ProcessError) -> bool {
+    match e {
+        ProcessError::Spawn { .. } => true,
+        ProcessError::Failed { status, .. } => host.is_remote() && status == SSH_FAILED,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(ssh: &str, sudo: bool) -> Host {
+        Host::new(&ZfsHost {
+            name: "w".into(),
+            ssh: ssh.into(),
+            ssh_config: String::new(),
+            sudo,
+            pool: "tank".into(),
+            prefix: "kiln".into(),
+            platforms: vec![],
+            arch: "amd64".into(),
+        })
+    }
+
+    #[test]
+    fn remote_commands_are_one_quoted_line() {
+        let c = host("w1", true).cmd("zfs", &["list", "-o", "name,origin", "a b's"]);
+        let d = c.display();
+        assert!(
+            d.ends_with("w1 sudo -n zfs list -o name,origin 'a b'\\''s'"),
+            "{d}"
+        );
+        assert!(d.contains("BatchMode=yes"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn a_local_script_runs_with_its_stdin_held() {
+        // EOF on stdin only once the script ended by itself.
+        let o = host("", false)
+            .script("read -r x || echo eof-too-early; echo done; exit 0")
+            .timeout(Duration::from_secs(2))
+            .run()
+            .await;
+        let o = o.map(|o| o.stdout);
+        assert!(matches!(o, Err(ProcessError::Timeout { .. })), "{o:?}");
+        let o = host("", false)
+            .script("echo ran; exit 0")
+            .run()
+            .await
+            .unwrap();
+        assert_eq!(o.stdout, "ran\n");
+    }
+}

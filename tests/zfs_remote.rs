@@ -1,0 +1,545 @@
+//! ZFS base datasets built on a worker reachable only by ssh (an sshd of
+//! the test's own on loopback, its own key, user and zfs-fuse pool; see
+//! `common::sshd`), and obuilder's consumer contract replayed on what
+//! `kiln fetch` delivers.
+//!
+//! zfs-fuse is fragile under concurrent mounts and destroys: the tests of
+//! this file hold `LOCK` and run one at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+use common::sshd::SshWorker;
+use common::{Profile, zfs};
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+const RECIPE: &str = "platforms/macos/provision-demo.sh";
+/// Where the demo platform mounts children (`mount_root`).
+const MOUNT_ROOT: &str = "/var/lib/kiln-demo/mnt";
+
+/// The lock and a started worker, or `None` (reported skipped).
+fn worker_for(test: &str, tag: &str) -> Option<(MutexGuard<'static, ()>, SshWorker)> {
+    let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(why) = zfs::unavailable() {
+        common::skip(test, &why);
+        return None;
+    }
+    match SshWorker::start(tag) {
+        Ok(w) => Some((guard, w)),
+        Err(why) => {
+            common::skip(test, &why);
+            None
+        }
+    }
+}
+
+/// A demo profile whose macOS image builds on `w`, under `prefix`.
+fn profile_on(name: &str, w: &SshWorker, prefix: &str) -> Profile {
+    Profile::demo(&format!("zfs-remote-{name}"))
+        .toml(&format!("[zfs]\n{}", w.host_toml(name, prefix)))
+        .create()
+}
+
+fn key(p: &Profile) -> String {
+    format!("{}/macos-base:macos-homebrew-ocaml-5.5", p.namespace)
+}
+
+fn datasets(top: &str) -> Vec<String> {
+    zfs::datasets(top)
+}
+
+/// The image trees (not their children) under `<pool>/<prefix>/base-image`.
+fn images(pool: &str, prefix: &str) -> Vec<String> {
+    let base = format!("{pool}/{prefix}/base-image/");
+    datasets(pool)
+        .into_iter()
+        .filter(|d| {
+            d.strip_prefix(&base)
+                .is_some_and(|leaf| !leaf.contains('/'))
+        })
+        .collect()
+}
+
+fn mountpoint(dataset: &str) -> PathBuf {
+    let out = Command::new("zfs")
+        .args(["get", "-H", "-o", "value", "mountpoint", dataset])
+        .output()
+        .unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn zfs_ok(args: &[&str]) -> String {
+    let out = Command::new("zfs").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "zfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn provision_dirs() -> Vec<String> {
+    std::fs::read_dir("/tmp")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("kiln-provision."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn worker_reachable_only_by_ssh_is_provisioned_end_to_end_over_one_connection() {
+    let test = "worker_reachable_only_by_ssh_is_provisioned_end_to_end_over_one_connection";
+    let Some((_lock, w)) = worker_for(test, "e2e") else {
+        return;
+    };
+    let p = profile_on("e2e", &w, "ke2e");
+    let before = w.connections();
+    let (code, s) = p.build(&["--platform", "macos"]);
+    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+    // Every step (create, provision, smoke test, snapshot, send) went over
+    // one ssh connection.
+    assert_eq!(w.connections() - before, 1, "ssh connections for one build");
+    let trees = images(&w.pool.name, "ke2e");
+    assert_eq!(trees.len(), 1, "{:?}", datasets(&w.pool.name));
+    let home = mountpoint(&format!("{}/home", trees[0]));
+    assert!(home.starts_with(MOUNT_ROOT), "{}", home.display());
+    let readme = std::fs::read_to_string(home.join("README.kiln")).unwrap();
+    assert!(readme.contains("5.5.0"), "{readme}");
+    // The recipe ran as the build host's user (root through sudo), and the
+    // published stream is the tree's: a fetch elsewhere gives the same files.
+    let e = p.entry(&key(&p));
+    assert_eq!(e["kind"], "zfs-stream", "{e}");
+    assert!(
+        w.user_processes().lines().all(|l| !l.contains("provision")),
+        "{}",
+        w.user_processes()
+    );
+}
+
+/// `kiln fetch` into a pool of its own; obuilder's fetch replayed on it.
+struct Fetched {
+    pool: zfs::Pool,
+    mnt: tempfile::TempDir,
+}
+
+impl Fetched {
+    fn new(tag: &str) -> Fetched {
+        Fetched {
+            pool: zfs::Pool::create(&format!("kilnob{}{tag}", std::process::id())),
+            mnt: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn fetch(&self, p: &Profile) -> Value {
+        let out = p
+            .command()
+            .args([
+                "fetch",
+                &key(p),
+                "--pool",
+                &self.pool.name,
+                "--prefix",
+                "kiln",
+                "--json",
+            ])
+            .arg("--mount-root")
+            .arg(self.mnt.path().join("trees"))
+            .output()
+            .unwrap();
+        common::ok_json(out)
+    }
+
+    fn name(&self) -> String {
+        format!("{}/base-image/macos-homebrew-ocaml-5.5", self.pool.name)
+    }
+
+    /// obuilder's `Zfs_clone.fetch`: `zfs list -H -r -o name
+    /// <pool>/base-image/NAME`, then `zfs clone NAME/<child>@snap
+    /// <job>/<child>` for each child. Returns the job's mount directory.
+    fn obuilder_job(&self, job: &str) -> PathBuf {
+        let base = self.name();
+        let listed = zfs_ok(&["list", "-H", "-r", "-o", "name", &base]);
+        let children: Vec<&str> = listed
+            .lines()
+            .filter(|l| l.len() > base.len())
+            .map(|l| &l[base.len() + 1..])
+            .collect();
+        assert_eq!(children, ["brew", "home"], "{listed}");
+        let mnt = self.mnt.path().join(job);
+        let job_ds = format!("{}/{job}", self.pool.name);
+        zfs_ok(&[
+            "create",
+            "-o",
+            &format!("mountpoint={}", mnt.display()),
+            &job_ds,
+        ]);
+        for c in children {
+            zfs_ok(&[
+                "clone",
+                &format!("{base}/{c}@snap"),
+                &format!("{job_ds}/{c}"),
+            ]);
+        }
+        mnt
+    }
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn obuilder_fetch_replayed_on_what_kiln_fetch_delivered_and_the_name_moves_under_a_running_job() {
+    let test = "obuilder_fetch_replayed_on_what_kiln_fetch_delivered_and_the_name_moves_under_a_running_job";
+    let Some((_lock, w)) = worker_for(test, "ob") else {
+        return;
+    };
+    let p = profile_on("ob", &w, "kob");
+    let (code, s) = p.build(&["--platform", "macos"]);
+    assert_eq!(code, Some(0), "{s}");
+    let f = Fetched::new("ob");
+    let got = f.fetch(&p);
+    assert_eq!(got["state"], "installed", "{got}");
+    assert_eq!(got["stable"], f.name(), "{got}");
+    // A job of obuilder's, cloned from what the fetch delivered.
+    let job1 = f.obuilder_job("job1");
+    assert!(read(&job1.join("home/README.kiln")).contains("5.5.0"));
+    assert!(read(&job1.join("brew/bin/ocaml")).contains("5.5.0"));
+    // A new image: the name moves while job1 runs on the old tree.
+    p.edit(RECIPE, |t| {
+        format!("{t}echo second > \"$HOME/second.txt\"\n")
+    });
+    let (code, s) = p.build(&["--platform", "macos"]);
+    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+    let got2 = f.fetch(&p);
+    assert_eq!(got2["state"], "installed", "{got2}");
+    assert_ne!(got2["dataset"], got["dataset"]);
+    // job1 keeps its tree; a new job gets the new one.
+    assert!(!job1.join("home/second.txt").exists());
+    assert!(read(&job1.join("home/README.kiln")).contains("5.5.0"));
+    let job2 = f.obuilder_job("job2");
+    assert_eq!(read(&job2.join("home/second.txt")), "second\n");
+    let origin = zfs_ok(&[
+        "get",
+        "-H",
+        "-o",
+        "value",
+        "origin",
+        &format!("{}/home", f.name()),
+    ]);
+    assert!(
+        origin.trim().starts_with(got2["dataset"].as_str().unwrap()),
+        "{origin}"
+    );
+    // The old tree is retired, not destroyed, while job1's clone needs it.
+    let retired = |pool: &str| -> Vec<String> {
+        datasets(&format!("{pool}/kiln/retired"))
+            .into_iter()
+            .filter(|d| d.matches('/').count() == 3)
+            .collect()
+    };
+    assert_eq!(
+        retired(&f.pool.name).len(),
+        1,
+        "{:?}",
+        datasets(&f.pool.name)
+    );
+    let gc = |p: &Profile| -> Vec<Value> {
+        let out = p
+            .command()
+            .args([
+                "gc",
+                "--retention-days",
+                "0",
+                "--json",
+                "--pool",
+                &f.pool.name,
+                "--prefix",
+                "kiln",
+            ])
+            .output()
+            .unwrap();
+        common::ok_json(out)
+    };
+    let kept = gc(&p);
+    assert!(
+        kept.iter()
+            .any(|d| d["action"] == "kept" && d["reason"].as_str().unwrap().contains("job1")),
+        "{kept:?}"
+    );
+    // The job ends; gc removes the retired tree.
+    let job1_ds = format!("{}/job1", f.pool.name);
+    // zfs-fuse reports a dataset busy for a moment after its unmount.
+    common::retry(40, Duration::from_millis(250), || {
+        Command::new("zfs")
+            .args(["destroy", "-r", &job1_ds])
+            .status()
+            .unwrap()
+            .success()
+    });
+    let removed = gc(&p);
+    assert!(
+        removed
+            .iter()
+            .any(|d| d["action"] == "removed"
+                && d["dataset"].as_str().unwrap().contains("/retired/")),
+        "{removed:?}"
+    );
+    assert!(retired(&f.pool.name).is_empty());
+    let _ = Command::new("zfs")
+        .args(["destroy", "-r", &format!("{}/job2", f.pool.name)])
+        .status();
+}
+
+/// The recipe, with a daemon and a long sleep first.
+fn hanging_recipe(p: &Profile, mark: &str) {
+    p.edit(RECIPE, |t| {
+        t.replacen(
+            "set -eu\n",
+            &format!(
+                "set -eu\necho partial > \"$HOME/partial\"\nsetsid sleep {mark}1 >/dev/null 2>&1 < /dev/null &\nsleep {mark}2\n"
+            ),
+            1,
+        )
+    });
+}
+
+fn without_hang(p: &Profile, mark: &str) {
+    p.edit(RECIPE, |t| {
+        t.replacen(
+            &format!(
+                "echo partial > \"$HOME/partial\"\nsetsid sleep {mark}1 >/dev/null 2>&1 < /dev/null &\nsleep {mark}2\n"
+            ),
+            "",
+            1,
+        )
+    });
+}
+
+/// Nothing of the build on the worker: no tree, no process, no temp dir.
+fn assert_worker_clean(w: &SshWorker, prefix: &str, mark: &str, tmp_before: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let clean = || {
+        images(&w.pool.name, prefix).is_empty()
+            && !common::running(&format!("sleep {mark}"))
+            && provision_dirs().iter().all(|d| tmp_before.contains(d))
+    };
+    while !clean() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        images(&w.pool.name, prefix).is_empty(),
+        "trees left: {:?}; the worker user's processes: {}",
+        datasets(&w.pool.name),
+        w.user_processes()
+    );
+    assert!(
+        !common::running(&format!("sleep {mark}")),
+        "a recipe process survived"
+    );
+    let new: Vec<String> = provision_dirs()
+        .into_iter()
+        .filter(|d| !tmp_before.contains(d))
+        .collect();
+    assert!(new.is_empty(), "temp dirs left: {new:?}");
+}
+
+#[test]
+fn ssh_connection_killed_mid_provision_leaves_nothing_on_the_worker_and_the_rerun_completes() {
+    let test =
+        "ssh_connection_killed_mid_provision_leaves_nothing_on_the_worker_and_the_rerun_completes";
+    let Some((_lock, w)) = worker_for(test, "cut") else {
+        return;
+    };
+    let p = profile_on("cut", &w, "kcut");
+    hanging_recipe(&p, "76511");
+    let tmp_before = provision_dirs();
+    let child = p
+        .command()
+        .args(["build", "--platform", "macos", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until("the recipe to run on the worker", 60, || {
+        common::running("sleep 765112")
+    });
+    // Cut the connection on the worker's side: its sshd processes die.
+    let pids = w.connection_pids();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let out = child.wait_with_output().unwrap();
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    let text = s.to_string();
+    assert!(
+        text.contains("infra"),
+        "a lost host is infrastructure's: {text}"
+    );
+    assert!(!text.contains("recipe"), "{text}");
+    assert_worker_clean(&w, "kcut", "76511", &tmp_before);
+    assert!(p.entries().is_empty());
+    without_hang(&p, "76511");
+    let (code, s) = p.build(&["--platform", "macos"]);
+    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+}
+
+#[test]
+fn kiln_killed_mid_provision_leaves_nothing_on_the_worker() {
+    let test = "kiln_killed_mid_provision_leaves_nothing_on_the_worker";
+    let Some((_lock, w)) = worker_for(test, "kk") else {
+        return;
+    };
+    let p = profile_on("kk", &w, "kkk");
+    hanging_recipe(&p, "76521");
+    let tmp_before = provision_dirs();
+    let mut child = p
+        .command()
+        .args(["build", "--platform", "macos", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_until("the recipe to run on the worker", 60, || {
+        common::running("sleep 765212")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Nobody but the worker itself can clean up now.
+    assert_worker_clean(&w, "kkk", "76521", &tmp_before);
+}
+
+#[test]
+fn two_builds_on_two_workers_run_at_the_same_time() {
+    let test = "two_builds_on_two_workers_run_at_the_same_time";
+    let Some((_lock, w1)) = worker_for(test, "par1") else {
+        return;
+    };
+    let w2 = match SshWorker::start("par2") {
+        Ok(w) => w,
+        Err(why) => return common::skip(test, &why),
+    };
+    let profiles = [
+        profile_on("par1", &w1, "kpar1"),
+        profile_on("par2", &w2, "kpar2"),
+    ];
+    for p in &profiles {
+        p.edit(RECIPE, |t| {
+            t.replacen(
+                "set -eu\n",
+                "set -eu\ndate +%s.%N > \"$HOME/started\"\nsleep 4\ndate +%s.%N > \"$HOME/ended\"\n",
+                1,
+            )
+        });
+    }
+    let children: Vec<_> = profiles
+        .iter()
+        .map(|p| {
+            p.command()
+                .args(["build", "--platform", "macos", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let times = |w: &SshWorker, prefix: &str| -> (f64, f64) {
+        let trees = images(&w.pool.name, prefix);
+        assert_eq!(trees.len(), 1, "{:?}", datasets(&w.pool.name));
+        let home = mountpoint(&format!("{}/home", trees[0]));
+        let t = |f: &str| read(&home.join(f)).trim().parse::<f64>().unwrap();
+        (t("started"), t("ended"))
+    };
+    let (s1, e1) = times(&w1, "kpar1");
+    let (s2, e2) = times(&w2, "kpar2");
+    assert!(
+        s1 < e2 && s2 < e1,
+        "the two provisionings did not overlap: {s1}..{e1} and {s2}..{e2}"
+    );
+}
+
+/// A host that cannot be reached and a host without the pool: `kiln
+/// doctor` names each with its fix, and a build for either ends as an
+/// infrastructure failure (retried), never the recipe's.
+#[test]
+fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infra() {
+    let test = "unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infra";
+    let Some((_lock, w)) = worker_for(test, "doc") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere_config = dir.path().join("ssh_config");
+    std::fs::write(
+        &nowhere_config,
+        format!(
+            "Host kiln-nowhere\n  HostName 127.0.0.1\n  Port {}\n  ConnectTimeout 5\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let nowhere = format!(
+        "[[zfs.hosts]]\nname = \"nowhere\"\nssh = \"kiln-nowhere\"\nssh_config = \"{}\"\npool = \"tank\"\nprefix = \"kiln\"\nplatforms = [\"macos\"]\narch = \"amd64\"\n",
+        nowhere_config.display()
+    );
+    let nopool = w.host_toml("nopool", "kdoc").replace(
+        &format!("pool = \"{}\"", w.pool.name),
+        "pool = \"kilnnosuchpool\"",
+    );
+    for (name, host) in [("nowhere", &nowhere), ("nopool", &nopool)] {
+        let p = Profile::demo(&format!("zfs-remote-doc-{name}"))
+            .toml(&format!("[zfs]\n{host}"))
+            .create();
+        let out = p.command().args(["doctor", "--json"]).output().unwrap();
+        assert!(!out.status.success(), "doctor must fail for {name}");
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["component"] == format!("zfs pool ({name})"))
+            .unwrap_or_else(|| panic!("{report}"))
+            .clone();
+        assert_eq!(check["status"], "missing", "{check}");
+        let (detail, fix) = (check["detail"].to_string(), check["fix"].to_string());
+        match name {
+            "nowhere" => {
+                assert!(detail.contains("cannot reach"), "{check}");
+                assert!(
+                    fix.contains("ssh -F") && fix.contains("kiln-nowhere"),
+                    "{check}"
+                );
+            }
+            _ => {
+                assert!(detail.contains("no pool kilnnosuchpool"), "{check}");
+                assert!(fix.contains("zpool import kilnnosuchpool"), "{check}");
+            }
+        }
+        let (code, s) = p.build(&["--platform", "macos"]);
+        assert_eq!(code, Some(1), "{s}");
+        let arch = &s["tags"][0]["arches"]["amd64"];
+        assert_eq!(arch["kind"], "infra", "{name}: {s}");
+    }
+}
