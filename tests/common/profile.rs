@@ -63,11 +63,16 @@ pub fn zfs_toml(prefix: &str, provision_timeout_secs: Option<u64>) -> String {
     )
 }
 
-/// `[qemu]` on TCG (no KVM needed) with this boot timeout. Disks are not
-/// kept: profiles share the state dir, and each test must boot its own.
+/// `[qemu]` on TCG (no KVM needed) with this limit for each boot (install,
+/// first boot, verify), logging in with the key `scripts/qemu-fixture.sh`
+/// made in the shared state. Disks are not kept: profiles share the state
+/// dir, and each test must boot its own.
 pub fn qemu_toml(boot_timeout_secs: u64) -> String {
     format!(
-        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\nboot_timeout_secs = {boot_timeout_secs}\nkeep_disks = false\n"
+        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\n\
+         boot_timeout_secs = {boot_timeout_secs}\nfirst_boot_timeout_secs = {boot_timeout_secs}\n\
+         verify_timeout_secs = {boot_timeout_secs}\nssh_key = \"{}\"\nkeep_disks = false\n",
+        state_dir().join("qemu/id_ed25519").display()
     )
 }
 
