@@ -192,8 +192,7 @@ pub async fn verify(
     let cmd = Cmd::new(&spec.system)
         .args(qemu)
         .timeout(spec.timeouts.verify);
-    let guest = cmd.run();
-    tokio::pin!(guest);
+    let mut guest = Box::pin(cmd.run());
     let checked = tokio::select! {
         ended = &mut guest => {
             // The guest ended (or timed out) before the login succeeded.
@@ -286,7 +285,7 @@ fn boot_error(spec: &QemuSpec, stage: Stage, source: ProcessError) -> QemuError 
     QemuError::Boot {
         target: spec.target.clone(),
         stage: stage.as_str(),
-        source,
+        source: Box::new(source),
         log: spec.log.clone(),
     }
 }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use super::boots::{self, Login};
 use super::img::{Img, ImgError};
-use super::installer::SetsError;
 use super::tree::Tree;
 use crate::process::ProcessError;
 
@@ -24,13 +23,11 @@ pub enum QemuError {
     Setup { target: String, message: String },
     #[error(transparent)]
     Img(#[from] ImgError),
-    #[error(transparent)]
-    Sets(#[from] SetsError),
     #[error("{target}: {stage} failed: {source} (log: {log})")]
     Boot {
         target: String,
         stage: &'static str,
-        source: ProcessError,
+        source: Box<ProcessError>,
         log: PathBuf,
     },
     #[error(

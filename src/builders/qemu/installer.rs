@@ -29,44 +29,32 @@ use crate::plan::Prepared;
 /// site set.
 const TOP_LEVEL: &[&str] = &["install.conf", "disklabel"];
 
+/// `release` reads `<os>: OpenBSD <release>/<arch>`.
 #[derive(Debug, thiserror::Error)]
 pub enum SetsError {
     #[error(
-        "{os}: OpenBSD {release}/{arch} declares no install sets: set vars.sets (the set files) and vars.sets_sha256 (the sha256 of the release's SHA256) in platform.yaml"
+        "{release} declares no install sets: set vars.sets (the set files) and vars.sets_sha256 (the sha256 of the release's SHA256) in platform.yaml"
     )]
-    Undeclared {
-        os: String,
-        release: String,
-        arch: String,
-    },
-    #[error("{os}: OpenBSD {release}/{arch}: {file} not found at {path}: {message}")]
+    Undeclared { release: String },
+    #[error("{release}: {file} not found at {path}: {message}")]
     Missing {
-        os: String,
         release: String,
-        arch: String,
         file: String,
         path: PathBuf,
         message: String,
     },
     #[error(
-        "{os}: OpenBSD {release}/{arch}: {file} fails its checksum: expected {expected}, got {actual} ({path}); nothing was booted"
+        "{release}: {file} fails its checksum: expected {expected}, got {actual} ({path}); nothing was booted"
     )]
     Checksum {
-        os: String,
         release: String,
-        arch: String,
         file: String,
         path: PathBuf,
         expected: String,
         actual: String,
     },
-    #[error("{os}: OpenBSD {release}/{arch}: {file} is not listed in SHA256")]
-    NotListed {
-        os: String,
-        release: String,
-        arch: String,
-        file: String,
-    },
+    #[error("{release}: {file} is not listed in SHA256")]
+    NotListed { release: String, file: String },
 }
 
 /// The declaration of one OS release's sets, read from its vars.
@@ -97,9 +85,7 @@ impl Sets {
         let pin = var("sets_sha256").unwrap_or_default();
         if files.is_empty() || pin.is_empty() || release.is_empty() {
             return Err(SetsError::Undeclared {
-                os: t.os.clone(),
-                release,
-                arch,
+                release: format!("{}: OpenBSD {release}/{arch}", t.os),
             });
         }
         let dir = match var("sets_dir") {
@@ -121,11 +107,14 @@ impl Sets {
         format!("pub/OpenBSD/{}/{}", self.release, self.arch)
     }
 
+    /// How errors name the release.
+    fn label(&self) -> String {
+        format!("{}: OpenBSD {}/{}", self.os, self.release, self.arch)
+    }
+
     fn missing(&self, file: &str, path: &Path, e: std::io::Error) -> SetsError {
         SetsError::Missing {
-            os: self.os.clone(),
-            release: self.release.clone(),
-            arch: self.arch.clone(),
+            release: self.label(),
             file: file.to_string(),
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -134,9 +123,7 @@ impl Sets {
 
     fn checksum(&self, file: &str, path: &Path, expected: &str, actual: String) -> SetsError {
         SetsError::Checksum {
-            os: self.os.clone(),
-            release: self.release.clone(),
-            arch: self.arch.clone(),
+            release: self.label(),
             file: file.to_string(),
             path: path.to_path_buf(),
             expected: expected.to_string(),
@@ -157,9 +144,7 @@ impl Sets {
         let mut out = vec![("SHA256".to_string(), sums_path)];
         for file in &self.files {
             let want = listed(&sums, file).ok_or_else(|| SetsError::NotListed {
-                os: self.os.clone(),
-                release: self.release.clone(),
-                arch: self.arch.clone(),
+                release: self.label(),
                 file: file.clone(),
             })?;
             let path = self.dir.join(file);

@@ -52,13 +52,14 @@ impl build::QemuError {
         use crate::process::ProcessError;
         match self {
             build::QemuError::Setup { .. } | build::QemuError::Img(_) => FailureKind::Infra,
-            // Sets that are not declared, not there or not the pinned ones:
-            // the platform's declaration (or the mirror) must change.
-            build::QemuError::Sets(_) => FailureKind::Recipe,
-            build::QemuError::Boot {
-                source: ProcessError::Spawn { .. } | ProcessError::Io { .. },
-                ..
-            } => FailureKind::Infra,
+            build::QemuError::Boot { source, .. }
+                if matches!(
+                    **source,
+                    ProcessError::Spawn { .. } | ProcessError::Io { .. }
+                ) =>
+            {
+                FailureKind::Infra
+            }
             build::QemuError::Boot { .. }
             | build::QemuError::Console { .. }
             | build::QemuError::Login { .. } => FailureKind::Recipe,
@@ -280,6 +281,8 @@ impl QemuBuilder {
         let var = |k: &str| t.vars.get(k).cloned();
         let (boot, marker) = self.boot(p)?;
         let login = self.login(t)?;
+        // Sets that are not declared, not there or not the pinned ones:
+        // the platform's declaration (or the mirror) must change.
         let sets = installer::Sets::declared(p, &self.state_dir)
             .map_err(|e| Failure::new(FailureKind::Recipe, e.to_string()))?;
         let tree = installer::tree(p, &sets)
