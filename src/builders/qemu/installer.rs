@@ -250,7 +250,7 @@ mod tests {
             .collect();
         assert_eq!(
             modes,
-            vec![("./install.site".into(), 0o755), ("./motd".into(), 0o644)]
+            vec![("install.site".into(), 0o755), ("motd".into(), 0o644)]
         );
     }
 }
