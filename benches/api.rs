@@ -56,7 +56,7 @@ fn big_lockfile() -> (Lockfile, Vec<Requirement>) {
                 kind: ArtifactKind::Image,
                 platform: "linux".into(),
                 os: os.clone(),
-                ocaml: "5.5.0".parse().unwrap(),
+                ocaml: Some("5.5.0".parse().unwrap()),
                 variant: None,
                 repository: "kiln/opam".into(),
                 tag: tag.clone(),

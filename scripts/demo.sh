@@ -17,8 +17,14 @@ echo
 echo "== kiln doctor"
 "$KILN" doctor
 echo
-echo "== parent images (busybox for amd64+arm64, Debian 12 by debootstrap; once)"
+echo "== parent images (Debian 12 for amd64 and arm64 by debootstrap, once; the busybox test fixture)"
 "$KILN" "${DEMO[@]}" fixtures --debian
+echo
+echo "== the demo's opam repository (scripts/demo/opam-repository/ as a git repository)"
+bash scripts/demo/opam-repository.sh
+echo
+echo "== kiln sources sync (every pinned input, fetched once into the registry)"
+"$KILN" "${DEMO[@]}" sources sync
 echo
 echo "== kiln plan (demo profile)"
 "$KILN" "${DEMO[@]}" plan
@@ -45,17 +51,28 @@ echo "== kiln status"
 "$KILN" "${DEMO[@]}" status
 echo
 echo "== kiln resolve (a pinned reference, and refusals with what is missing)"
-for img in ocaml/opam:busybox-ocaml-5.5 ocaml/opam:debian-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5 \
-    ocaml/opam:windows-server-mingw-ltsc2022-ocaml-5.5 ocaml/opam:debian-13-ocaml-5.5; do
+for img in ocaml/opam:debian-12-ocaml-4.13 ocaml/opam:debian-12-system-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5 \
+    ocaml/opam:windows-server-mingw-ltsc2022-ocaml-5.5 ocaml/opam:debian-12-ocaml-5.5; do
     echo "\$ kiln resolve $img"
     "$KILN" "${DEMO[@]}" resolve --api http://127.0.0.1:8080 "$img" || echo "(exit $?)"
 done
 echo
 echo "== the pins, read back by skopeo (a client Kiln did not write)"
-for img in ocaml/opam:busybox-ocaml-5.5 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5; do
+for img in ocaml/opam:debian-12-system-ocaml-4.13 ocaml/opam:debian-12-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5; do
     pin=$("$KILN" "${DEMO[@]}" resolve "$img")
     repo="${pin#*/}"; repo="${repo%%:*}"; digest="${pin##*@}"
     printf '%-40s ' "$img"
     skopeo inspect --tls-verify=false --raw "docker://${pin%%/*}/$repo@$digest" |
         python3 -c 'import json,sys; m=json.load(sys.stdin); print(", ".join(sorted(e["platform"]["os"]+"/"+e["platform"]["architecture"] for e in m["manifests"])))'
+done
+echo
+echo "== the compilers, run from the pinned images (a client Kiln did not write: docker)"
+for img in ocaml/opam:debian-12-ocaml-4.13 ocaml/opam:debian-12-system-ocaml-4.13; do
+    pin=$("$KILN" "${DEMO[@]}" resolve "$img")
+    for arch in amd64 arm64; do
+        docker pull -q --platform "linux/$arch" "$pin" >/dev/null 2>&1 || continue
+        printf '%-45s %-6s ' "$img" "$arch"
+        docker run --rm --platform "linux/$arch" "$pin" sh -c \
+            'cd /tmp && echo "let () = print_endline (\"Hello from OCaml \" ^ Sys.ocaml_version)" > h.ml && ocamlopt -o h h.ml && ./h'
+    done
 done

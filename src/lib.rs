@@ -17,5 +17,6 @@ pub mod process;
 pub mod publish;
 pub mod refresh;
 pub mod registry;
+pub mod sources;
 pub mod state;
 pub mod status;

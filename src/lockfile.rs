@@ -76,8 +76,10 @@ pub struct Entry {
     pub platform: String,
     /// OS release id, e.g. `debian-13`, `macos-homebrew`, `openbsd-7.8`.
     pub os: String,
-    /// Full compiler version, e.g. `5.5.0`.
-    pub ocaml: OcamlVersion,
+    /// Full compiler version, e.g. `5.5.0`; absent for a compiler-less
+    /// image (`debian-13-opam`), which no requirement of the gate names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocaml: Option<OcamlVersion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     /// Repository inside the registry namespace, e.g. `kiln/opam`.
@@ -120,7 +122,8 @@ pub struct EntryRecord {
     pub kind: ArtifactKind,
     pub platform: String,
     pub os: String,
-    pub ocaml: OcamlVersion,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ocaml: Option<OcamlVersion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     pub tag: String,
@@ -377,7 +380,9 @@ impl Lockfile {
         &'a self,
         ocaml: &'a OcamlVersion,
     ) -> impl Iterator<Item = &'a Entry> + 'a {
-        self.entries.values().filter(move |e| e.ocaml == *ocaml)
+        self.entries
+            .values()
+            .filter(move |e| e.ocaml.as_ref() == Some(ocaml))
     }
 }
 
@@ -412,7 +417,7 @@ pub(crate) mod tests {
             kind: ArtifactKind::Image,
             platform: "linux".into(),
             os: "debian-13".into(),
-            ocaml: "5.5.0".parse().unwrap(),
+            ocaml: Some("5.5.0".parse().unwrap()),
             variant: None,
             repository: "kiln/opam".into(),
             tag: tag.into(),

@@ -74,6 +74,8 @@ enum Command {
     Status(cmd::status::Args),
     /// Pin an image by digest, or say why it is refused (exit 0 / 3 / 2).
     Resolve(cmd::resolve::Args),
+    /// The source mirror: fetch every pinned build input into the registry, or list it.
+    Sources(cmd::sources::Args),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +113,7 @@ fn main() -> ExitCode {
         Command::Fixtures(a) => cmd::fixtures::run(&sources, a),
         Command::Verify(a) => cmd::verify::run(&sources, a),
         Command::Lockfile(a) => cmd::lockfile::run(&sources, a),
+        Command::Sources(a) => cmd::sources::run(&sources, a),
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Fetch(a) => cmd::fetch::run(&sources, a),
         Command::Gc(a) => cmd::gc::run(&sources, a),

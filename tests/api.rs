@@ -23,7 +23,7 @@ fn entry(os: &str, ocaml: &str, tag: &str, arches: &[&str], d: u8) -> Entry {
         kind: ArtifactKind::Image,
         platform: "linux".into(),
         os: os.into(),
-        ocaml: ocaml.parse().unwrap(),
+        ocaml: Some(ocaml.parse().unwrap()),
         variant: None,
         repository: "kiln/opam".into(),
         tag: tag.into(),

@@ -144,7 +144,7 @@ fn entry(r: &Requirement, arches: usize, d: u8) -> Entry {
         kind: ArtifactKind::Image,
         platform: r.platform.clone(),
         os: r.os.clone(),
-        ocaml: r.ocaml.clone(),
+        ocaml: Some(r.ocaml.clone()),
         variant: r.variant.clone(),
         repository: r.repository.clone(),
         tag: r.tag.clone(),

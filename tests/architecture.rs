@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["process", "config", "catalogue"],
     &["model"],
     &["lockfile"],
-    &["registry", "state"],
+    &["registry", "state", "sources"],
     &["plan"],
     &["builders"],
     &["publish"],

@@ -468,10 +468,10 @@ fn validate_names_the_file_line_and_variable_of_an_unknown_template_variable() {
     let (d, _vd, pd) = copy();
     let apt = pd.join("linux/apt.Dockerfile");
     let text = std::fs::read_to_string(&apt).unwrap();
-    let (line, column) = line_column(&text, "{{ocaml_series}}");
+    let (line, column) = line_column(&text, "{{ocaml_switch}}");
     std::fs::write(
         &apt,
-        text.replacen("{{ocaml_series}}", "{{ocaml_seriez}}", 1),
+        text.replacen("{{ocaml_switch}}", "{{ocaml_switchz}}", 1),
     )
     .unwrap();
     let before = snapshot_all(d.path());
@@ -479,15 +479,15 @@ fn validate_names_the_file_line_and_variable_of_an_unknown_template_variable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     let expected = format!(
-        "platforms/linux/apt.Dockerfile:{line}:{column}: unknown variable {{{{ocaml_seriez}}}} (known: "
+        "platforms/linux/apt.Dockerfile:{line}:{column}: unknown variable {{{{ocaml_switchz}}}} (known: "
     );
     assert!(stderr.contains(&expected), "{expected}\nnot in\n{stderr}");
     assert!(
-        stderr.contains("ocaml_series,"),
+        stderr.contains("ocaml_switch,"),
         "known variables listed: {stderr}"
     );
     // Hundreds of targets render apt.Dockerfile: one line says it.
-    assert_eq!(stderr.matches("ocaml_seriez").count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("ocaml_switchz").count(), 1, "{stderr}");
     let out = kiln_in(d.path(), &["catalogue", "validate", "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -496,7 +496,7 @@ fn validate_names_the_file_line_and_variable_of_an_unknown_template_variable() {
     // bump and fmt refuse to write a catalogue whose recipes do not render.
     let out = kiln_in(d.path(), &["bump", "5.5.1", "4.14.5"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ocaml_seriez"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ocaml_switchz"));
     std::fs::write(
         d.path().join("versions/5.4.yaml"),
         std::fs::read_to_string(d.path().join("versions/5.4.yaml")).unwrap() + "\n",
@@ -505,7 +505,7 @@ fn validate_names_the_file_line_and_variable_of_an_unknown_template_variable() {
     let before_fmt = snapshot_all(d.path());
     let out = kiln_in(d.path(), &["catalogue", "fmt"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("ocaml_seriez"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ocaml_switchz"));
     assert_eq!(snapshot_all(d.path()), before_fmt, "fmt wrote a file");
     std::fs::write(
         d.path().join("versions/5.4.yaml"),

@@ -38,39 +38,36 @@ fn read_json(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-/// Upstream tags Kiln does not plan, by `kind` in opam-tags.json, and why.
-const NOT_PLANNED: [(&str, &str); 2] = [
-    (
-        "opam",
-        "compiler-less `<distro>-opam` images: Kiln builds each image in one recipe from the \
-         distro parent and keys the lockfile and the gate by compiler version",
-    ),
-    (
-        "archive",
-        "the opam source archive cache for opam.ocaml.org, not a CI base image",
-    ),
-];
+/// Upstream tags Kiln does not plan, by `kind` in opam-tags.json, and why
+/// (ARCHITECTURE.md gives the whole reason).
+const NOT_PLANNED: [(&str, &str); 1] = [(
+    "archive",
+    "the opam source archive cache behind opam.ocaml.org: files on alpine, no opam and no \
+     compiler, built from its own previous tag and every package's upstream URL, so no build \
+     key can say what it holds",
+)];
 
 /// One tag as both sides describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Tag {
     arches: BTreeSet<String>,
     alias_of: Option<String>,
-    /// Switch as ocaml-version prints it (`4.14.3+flambda+fp`).
-    ocaml: String,
+    /// Switch as ocaml-version prints it (`4.14.3+flambda+fp`); `None` for
+    /// a compiler-less `<distro>-opam` image.
+    ocaml: Option<String>,
     opam_packages: Vec<String>,
     /// Windows: the releases (`ltsc2019`, …) of its entries.
     windows_releases: BTreeSet<String>,
 }
 
-/// Upstream's compiler tags (`kind: compiler`); panics on a kind the
-/// deliberate differences do not name.
+/// Upstream's compiler tags (`kind: compiler`) and compiler-less images
+/// (`kind: opam`); panics on a kind the deliberate differences do not name.
 fn upstream_tags() -> BTreeMap<String, Tag> {
     let v = read_json(&upstream().join("opam-tags.json"));
     let mut out = BTreeMap::new();
     for (name, t) in v["tags"].as_object().unwrap() {
         let kind = t["kind"].as_str().unwrap();
-        if kind != "compiler" {
+        if kind != "compiler" && kind != "opam" {
             assert!(
                 NOT_PLANNED.iter().any(|(k, _)| *k == kind),
                 "{name}: kind {kind}"
@@ -95,7 +92,7 @@ fn upstream_tags() -> BTreeMap<String, Tag> {
             Tag {
                 arches: strings(&t["arches"]).into_iter().collect(),
                 alias_of: t["alias_of"].as_str().map(str::to_string),
-                ocaml: t["ocaml"].as_str().unwrap().to_string(),
+                ocaml: t["ocaml"].as_str().map(str::to_string),
                 opam_packages: strings(&t["opam_packages"]),
                 windows_releases,
             },
@@ -163,7 +160,7 @@ fn kiln_tags(versions: &Path, platforms: &Path) -> BTreeMap<String, Tag> {
                 os.rsplit('-').next().unwrap().to_string()
             })
             .collect();
-        let ocaml: OcamlVersion = serde_json::from_value(t["ocaml"].clone()).unwrap();
+        let ocaml: Option<OcamlVersion> = serde_json::from_value(t["ocaml"].clone()).unwrap();
         let variant = t["variant"].as_str();
         // An alias's image, or a multi-OS index's first entry, has the packages.
         let image = t["alias_of"].as_str().unwrap_or(&name).to_string();
@@ -173,7 +170,7 @@ fn kiln_tags(versions: &Path, platforms: &Path) -> BTreeMap<String, Tag> {
             .or_else(|| {
                 let os = entries.first()?["os"].as_str()?;
                 packages
-                    .get(&kiln::plan::moving_tag(os, &ocaml, variant))
+                    .get(&kiln::plan::moving_tag(os, ocaml.as_ref()?, variant))
                     .cloned()
             })
             .unwrap_or_default();
@@ -187,7 +184,7 @@ fn kiln_tags(versions: &Path, platforms: &Path) -> BTreeMap<String, Tag> {
                     .map(|a| a.as_str().unwrap().to_string())
                     .collect(),
                 alias_of: t["alias_of"].as_str().map(str::to_string),
-                ocaml: ocaml.with_extra(variant).to_string(),
+                ocaml: ocaml.map(|v| v.with_extra(variant).to_string()),
                 opam_packages: first_entry_tag,
                 windows_releases,
             },
@@ -202,7 +199,7 @@ fn differences(want: &BTreeMap<String, Tag>, got: &BTreeMap<String, Tag>) -> Vec
     let mut out = Vec::new();
     for (name, w) in want {
         match got.get(name) {
-            None => out.push(format!("missing {name} ({})", w.ocaml)),
+            None => out.push(format!("missing {name} ({:?})", w.ocaml)),
             Some(g) if g != w => out.push(format!("{name}:\n  upstream {w:?}\n  kiln     {g:?}")),
             Some(_) => {}
         }
@@ -225,11 +222,10 @@ fn plan_of_the_e18903f_catalogue_is_upstreams_tag_set() {
         diff.len(),
         diff.join("\n")
     );
-    assert_eq!(
-        got.len(),
-        406,
-        "432 upstream tags less 25 -opam and archive"
-    );
+    assert_eq!(got.len(), 431, "432 upstream tags less archive");
+    let opam: Vec<&String> = got.keys().filter(|n| n.ends_with("-opam")).collect();
+    assert_eq!(opam.len(), 25, "{opam:?}");
+    assert!(opam.iter().all(|n| got[*n].ocaml.is_none()));
 }
 
 /// Upstream's set carried to the shipped state (4.14.4, 5.5.0 released,
@@ -243,34 +239,39 @@ fn upstream_tags_at_the_shipped_state() -> BTreeMap<String, Tag> {
         if name.contains("-5.5-beta1") {
             continue;
         }
+        // Compiler-less images do not depend on the compilers.
+        let Some(ocaml) = t.ocaml.clone() else {
+            out.insert(name, t);
+            continue;
+        };
         let windows = !t.windows_releases.is_empty();
         let newest_alias = t.alias_of.is_some() && !name.contains("-ocaml-");
-        if t.ocaml == "4.14.3" || t.ocaml.starts_with("4.14.3+") {
-            t.ocaml = t.ocaml.replace("4.14.3", "4.14.4");
+        if ocaml == "4.14.3" || ocaml.starts_with("4.14.3+") {
+            t.ocaml = Some(ocaml.replace("4.14.3", "4.14.4"));
             t.opam_packages = t
                 .opam_packages
                 .iter()
                 .map(|p| p.replace("4.14.3", "4.14.4"))
                 .collect();
         }
-        if t.ocaml == "5.5.0" || t.ocaml.starts_with("5.5.0+") {
+        if ocaml == "5.5.0" || ocaml.starts_with("5.5.0+") {
             // Released: the base compiler and options packages, not +trunk.
             t.opam_packages = kiln::catalogue::opam::packages(
                 &"5.5.0".parse().unwrap(),
                 Status::Released,
-                t.ocaml.strip_prefix("5.5.0+"),
+                ocaml.strip_prefix("5.5.0+"),
             );
         }
         if newest_alias {
             t.alias_of = t.alias_of.as_deref().map(to55);
             if !windows {
-                t.ocaml = "5.5.0".into();
+                t.ocaml = Some("5.5.0".into());
                 t.opam_packages = vec!["ocaml-base-compiler.5.5.0".into()];
             }
         }
-        if windows && t.ocaml == "5.4.1" {
+        if windows && ocaml == "5.4.1" {
             let mut t55 = t.clone();
-            t55.ocaml = "5.5.0".into();
+            t55.ocaml = Some("5.5.0".into());
             t55.opam_packages = vec!["ocaml-base-compiler.5.5.0".into()];
             if newest_alias {
                 out.insert(name.clone(), t55);
@@ -526,7 +527,8 @@ fn bumping_a_prerelease_adds_its_tags_and_leaves_the_others() {
     assert!(!added.is_empty());
     for name in &added {
         assert!(name.contains("-ocaml-5.6-alpha1"), "{name}");
-        assert!(after[*name].ocaml.starts_with("5.6.0~alpha1"), "{name}");
+        let ocaml = after[*name].ocaml.as_deref().unwrap_or_default();
+        assert!(ocaml.starts_with("5.6.0~alpha1"), "{name}");
     }
     for name in [
         "debian-13-ocaml-5.6-alpha1",

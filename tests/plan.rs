@@ -69,7 +69,7 @@ fn older_series_tags_and_constraints() {
         .iter()
         .find(|t| t.variant.is_none() && t.arch == "amd64")
         .unwrap();
-    assert_eq!(t.version.to_string(), "4.14.4");
+    assert_eq!(t.version.as_ref().unwrap().to_string(), "4.14.4");
     assert_eq!(t.tag, "debian-13-ocaml-4.14");
     assert!(
         !t.aliases.contains(&"latest".to_string()),
@@ -193,11 +193,12 @@ fn build_keys_change_with_inputs_only() {
         vars.insert("parent".into(), "debian".into());
         vars.insert("parent_digest".into(), parent.into());
         vars.insert("opam_repository_commit".into(), "abc".into());
+        vars.insert("sources_url".into(), "http://sources.invalid".into());
         let rendered = template::render("apt", &recipe, &vars).unwrap();
         let mut i = key::Inputs::new();
         i.insert("recipe".into(), key::sha256_hex(rendered.as_bytes()));
         i.insert("parent_digest".into(), parent.into());
-        i.insert("ocaml".into(), t.version.to_string());
+        i.insert("ocaml".into(), t.version.as_ref().unwrap().to_string());
         i
     };
     assert_eq!(
@@ -352,18 +353,25 @@ fn validate_renders_the_policy_and_every_release() {
     assert!(v.renderings >= v.targets);
 }
 
-/// Reproducibility is data: the demo's busybox release declares it, its
-/// Debian release (apt against a live mirror) does not; an alias is what
-/// its image is; the production catalogue declares none. Each target's
-/// SOURCE_DATE_EPOCH is its compiler's catalogue date.
+/// Reproducibility is data: the busybox machinery fixture declares it, the
+/// demo's Debian releases (apt against a live mirror) do not; an alias is
+/// what its image is; the production catalogue declares none. Each
+/// target's SOURCE_DATE_EPOCH is its compiler's catalogue date.
 #[test]
 fn plan_says_which_tags_are_reproducible() {
-    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo");
-    let c = catalogue::load(&demo.join("versions"), &demo.join("platforms")).unwrap();
-    let ts = plan::expand(&c, &filter("4.13", "linux", "busybox")).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let demo = root.join("scripts/demo");
+    let fixture = catalogue::load(
+        &demo.join("versions"),
+        &root.join("tests/fixtures/machinery"),
+    )
+    .unwrap();
+    let ts = plan::expand(&fixture, &filter("4.13", "linux", "busybox")).unwrap();
     assert!(!ts.is_empty() && ts.iter().all(|t| t.reproducible));
     assert!(ts.iter().all(|t| t.source_date_epoch == 1_633_305_600));
-    let all = plan::expand(&c, &Filter::default()).unwrap();
+    let c = catalogue::load(&demo.join("versions"), &demo.join("platforms")).unwrap();
+    let mut all = plan::expand(&c, &Filter::default()).unwrap();
+    all.extend(plan::expand(&fixture, &Filter::default()).unwrap());
     for t in plan::tags(&all, "kiln") {
         let busybox = t.entries.iter().all(|e| e.os == "busybox");
         assert_eq!(t.reproducible, busybox, "{}", t.name());

@@ -245,7 +245,7 @@ fn entry(repo: &str, digest: &str, arches: &[(&str, &str)], tag: &str) -> Entry 
         kind: ArtifactKind::Image,
         platform: "linux".into(),
         os: "debian-13".into(),
-        ocaml: "5.5.0".parse().unwrap(),
+        ocaml: Some("5.5.0".parse().unwrap()),
         variant: None,
         repository: repo.into(),
         tag: tag.into(),

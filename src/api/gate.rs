@@ -73,7 +73,7 @@ pub enum Verdict<'a> {
 /// Judge a requirement against the lockfile and the daemon's jobs.
 pub fn verdict<'a>(req: &Requirement, lock: &'a Lockfile, jobs: &Jobs) -> Verdict<'a> {
     let entry = lock.entries.get(&req.key());
-    let current = entry.filter(|e| e.ocaml == req.ocaml);
+    let current = entry.filter(|e| e.ocaml.as_ref() == Some(&req.ocaml));
     let mut missing = Vec::new();
     for &arch in &req.arches {
         if current.is_some_and(|e| e.arches.contains_key(&arch)) {
@@ -116,11 +116,12 @@ fn missing_arch(req: &Requirement, entry: Option<&Entry>, jobs: &Jobs, arch: Arc
                 (MissingReason::Failed, Some(detail))
             }
             Some(ArchState::Succeeded) | None => match entry {
-                Some(e) if e.ocaml != req.ocaml => (
+                Some(e) if e.ocaml.as_ref() != Some(&req.ocaml) => (
                     MissingReason::Stale,
                     Some(format!(
                         "tag holds OCaml {}, {} not built yet",
-                        e.ocaml, req.ocaml
+                        e.ocaml.as_ref().map_or("none".into(), ToString::to_string),
+                        req.ocaml
                     )),
                 ),
                 _ => (MissingReason::NotBuilt, None),
@@ -212,7 +213,7 @@ mod tests {
     fn prerelease_versions_compare_as_versions() {
         let mut lock = Lockfile::default();
         let mut e = entry("debian-13-ocaml-5.5", 1);
-        e.ocaml = "5.5.0~beta10".parse().unwrap();
+        e.ocaml = Some("5.5.0~beta10".parse().unwrap());
         lock.publish(e, "new");
         let mut r = req(&[Arch::Amd64]);
         r.ocaml = "5.5.0~beta10".parse().unwrap();

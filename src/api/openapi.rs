@@ -175,12 +175,13 @@ fn schemas() -> Map<String, Value> {
             "kind": {"type": "string", "enum": kinds},
             "detail": {"type": "string"}}},
         "Pin": {"type": "object",
-            "required": ["image", "reference", "digest", "arches", "build_key", "published_at", "platform", "os", "ocaml"],
+            "required": ["image", "reference", "digest", "arches", "build_key", "published_at", "platform", "os"],
             "properties": {
                 "image": {"type": "string"}, "reference": {"type": "string"}, "digest": {"type": "string"},
                 "arch_digest": {"type": "string"}, "arches": arch_digests,
                 "build_key": {"type": "string"}, "published_at": {"type": "string", "format": "date-time"},
-                "platform": {"type": "string"}, "os": {"type": "string"}, "ocaml": {"type": "string"}}},
+                "platform": {"type": "string"}, "os": {"type": "string"},
+                "ocaml": {"type": "string", "description": "the compiler; absent for a compiler-less <os>-opam image"}}},
         "Cell": {"type": "object", "required": ["platform", "os", "tag", "available", "arches"], "properties": {
             "platform": {"type": "string"}, "os": {"type": "string"}, "tag": {"type": "string"},
             "available": {"type": "boolean"}, "arches": arch_digests,

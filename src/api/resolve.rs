@@ -26,7 +26,9 @@ pub struct Pin {
     pub published_at: chrono::DateTime<chrono::Utc>,
     pub platform: String,
     pub os: String,
-    pub ocaml: OcamlVersion,
+    /// The compiler; absent for a compiler-less image (`debian-13-opam`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocaml: Option<OcamlVersion>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -151,7 +151,7 @@ pub(crate) fn sweep_dead_work_dirs(root: &Path) {
 /// The artifact name of a single-arch build: `<os>-<arch>-ocaml-<v>-<12 hex>`.
 pub fn artifact_name(p: &Prepared) -> String {
     let t = &p.target;
-    format!("{}-{}-ocaml-{}-{}", t.os, t.arch, t.version, p.short_key())
+    format!("{}-{}-{}-{}", t.os, t.arch, t.ocaml_name(), p.short_key())
 }
 
 /// Annotations every artifact manifest carries: the version, build key and
@@ -160,7 +160,7 @@ pub fn artifact_annotations(job: &BuildJob<'_>) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "org.opencontainers.image.version".to_string(),
-            job.prepared.target.version.to_string(),
+            job.prepared.target.image_version(),
         ),
         (
             "org.ocaml.kiln.build-key".to_string(),

@@ -101,6 +101,20 @@ impl Arch {
         }
     }
 
+    /// Debian's name for this arch (`dpkg --print-architecture`,
+    /// `debootstrap --arch`).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+            Arch::I386 => "i386",
+            Arch::Arm32v7 => "armhf",
+            Arch::Ppc64le => "ppc64el",
+            Arch::S390x => "s390x",
+            Arch::Riscv64 => "riscv64",
+        }
+    }
+
     /// The Homebrew prefix on macOS for this arch.
     pub fn brew_prefix(self) -> &'static str {
         match self {

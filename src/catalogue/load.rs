@@ -9,7 +9,7 @@ use super::platform::{BuilderKind, OsRelease, Platform, Policy};
 use super::{ARCHES, Catalogue, CatalogueError, OcamlVersion, Rules, Series, Sets, Status};
 
 /// Files of `versions/` that are not series files.
-const NOT_SERIES: [&str; 2] = ["sets.yaml", "rules.yaml"];
+const NOT_SERIES: [&str; 3] = ["sets.yaml", "rules.yaml", "sources.yaml"];
 
 fn read(path: &Path) -> Result<String, CatalogueError> {
     std::fs::read_to_string(path).map_err(|source| CatalogueError::Read {
@@ -68,6 +68,12 @@ pub fn load(versions_dir: &Path, platforms_dir: &Path) -> Result<Catalogue, Cata
     } else {
         Rules::default()
     };
+    let sources_path = versions_dir.join("sources.yaml");
+    let sources: super::Sources = if sources_path.exists() {
+        parse(&sources_path, &read(&sources_path)?)?
+    } else {
+        super::Sources::default()
+    };
     let mut platforms = Vec::new();
     if platforms_dir.exists() {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(platforms_dir)
@@ -96,6 +102,7 @@ pub fn load(versions_dir: &Path, platforms_dir: &Path) -> Result<Catalogue, Cata
         series,
         sets,
         rules,
+        sources,
         platforms,
         versions_dir: versions_dir.to_path_buf(),
         platforms_dir: platforms_dir.to_path_buf(),
@@ -133,6 +140,7 @@ pub fn validate(cat: &Catalogue) -> Result<(), CatalogueError> {
     }
     validate_sets(cat)?;
     validate_rules(cat)?;
+    super::sources::validate(&cat.versions_dir.join("sources.yaml"), &cat.sources)?;
     let mut names = BTreeSet::new();
     for pf in &cat.platforms {
         validate_platform(cat, pf, &mut names)?;
@@ -494,6 +502,16 @@ fn validate_policy(cat: &Catalogue, pf: &Platform) -> Result<(), CatalogueError>
             }
         }
     }
+    if pf.policy.opam_image && pf.builder != BuilderKind::Docker {
+        return Err(CatalogueError::invalid(
+            &pol,
+            "opam_image",
+            format!(
+                "compiler-less images are Docker images; platform {} is built by {}",
+                pf.platform, pf.builder
+            ),
+        ));
+    }
     let known = cat.rules.names();
     for (i, v) in pf.policy.variants.iter().enumerate() {
         if !known.contains(&v.as_str()) {
@@ -510,16 +528,34 @@ fn validate_policy(cat: &Catalogue, pf: &Platform) -> Result<(), CatalogueError>
     Ok(())
 }
 
-/// Check that every recipe a platform names exists.
+/// Check that every recipe a platform names exists, and that every source
+/// it takes from `{{sources_url}}` is declared.
 pub fn validate_recipes(cat: &Catalogue) -> Result<(), CatalogueError> {
     for pf in &cat.platforms {
         for (i, r) in pf.releases.iter().enumerate() {
             for (j, recipe) in r.recipes.iter().enumerate() {
-                if !pf.dir.join(recipe).is_file() {
+                let path = pf.dir.join(recipe);
+                if !path.is_file() {
                     return Err(CatalogueError::invalid(
                         &pf.dir.join("platform.yaml"),
                         format!("releases[{i}].recipes[{j}]"),
-                        format!("{} does not exist", pf.dir.join(recipe).display()),
+                        format!("{} does not exist", path.display()),
+                    ));
+                }
+                let text = read(&path)?;
+                let refs = super::sources::references(&text, super::sources::PLACEHOLDER);
+                if let Some((name, line)) = refs
+                    .names
+                    .iter()
+                    .find(|(n, _)| cat.sources.get(n).is_none())
+                {
+                    return Err(CatalogueError::invalid(
+                        &path,
+                        format!("line {line}"),
+                        format!(
+                            "{{{{sources_url}}}}/{name} is not a declared source (declare it with its sha256 in {})",
+                            cat.versions_dir.join("sources.yaml").display()
+                        ),
                     ));
                 }
             }

@@ -11,6 +11,8 @@
 //!   `dev` and `unreleased_betas` too, from the statuses.
 //! - `versions/rules.yaml` — arch support and compiler variants by
 //!   ocaml-version's rules ([`rules`]).
+//! - `versions/sources.yaml` — external build inputs pinned by sha256
+//!   ([`sources`]).
 //! - `platforms/<os>/platform.yaml` — the OS releases of one platform: tier,
 //!   arches, aliases, deprecation, builder kind, recipe files, upstream
 //!   parent (a Docker/OCI image reference, checked by [`reference`]),
@@ -25,6 +27,7 @@ pub mod opam;
 pub mod platform;
 pub mod reference;
 pub mod rules;
+pub mod sources;
 pub mod version;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ pub use load::{format_series, load, validate, validate_recipes};
 pub use platform::{BuilderKind, OsRelease, Platform, Policy};
 pub use reference::{ImageRef, ReferenceError};
 pub use rules::{Rules, VariantRule};
+pub use sources::{SourceDecl, Sources};
 pub use version::{OcamlVersion, VersionError};
 
 /// Every arch name Kiln knows (Docker's names, `arm32v7` for 32-bit ARM).
@@ -167,6 +171,8 @@ pub struct Catalogue {
     pub sets: Sets,
     /// `versions/rules.yaml` (empty when the file is absent).
     pub rules: Rules,
+    /// `versions/sources.yaml` (empty when the file is absent).
+    pub sources: Sources,
     pub platforms: Vec<Platform>,
     pub versions_dir: PathBuf,
     pub platforms_dir: PathBuf,

@@ -55,6 +55,14 @@ pub struct Exclude {
     pub reason: String,
 }
 
+/// One smoke check of an OS release (`smoke:` in platform.yaml).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Smoke {
+    pub run: String,
+    pub expect: String,
+}
+
 /// One OS release of a platform (`debian-13`, `windows-server-mingw-ltsc2022`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +93,11 @@ pub struct OsRelease {
     /// Extra template variables for the recipes (`port: mingw`).
     #[serde(default)]
     pub vars: std::collections::BTreeMap<String, String>,
+    /// Smoke checks on top of the builder's own (`ocaml -version`, `opam
+    /// --version`): a shell command run in the built image, and text its
+    /// output must contain. Both may use the recipes' `{{variables}}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub smoke: Vec<Smoke>,
     /// The platform's default OS release (gets the `latest` tag; one per
     /// repository).
     #[serde(default)]
@@ -158,6 +171,11 @@ pub struct Policy {
     /// Variants are built only on OS releases of these tiers.
     #[serde(default = "all_tiers")]
     pub variant_tiers: Vec<u8>,
+    /// Also build each OS release's compiler-less image, `<os>-opam`: the
+    /// `opam` stage of its recipe (opam and the opam-repository, no
+    /// switch), docker-base-images' base image. Docker platforms only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opam_image: bool,
 }
 
 fn yes() -> bool {
@@ -180,6 +198,7 @@ impl Default for Policy {
             required_tiers: vec![1],
             require_variants: false,
             variant_tiers: all_tiers(),
+            opam_image: false,
         }
     }
 }

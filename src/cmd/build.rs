@@ -117,7 +117,7 @@ fn print_summary(summary: &Summary, dry_run: bool) {
         println!(
             "{:<44} {:<10} {:<11} {}",
             format!("{}:{}", t.repository, t.tag),
-            t.ocaml,
+            t.ocaml.as_deref().unwrap_or("-"),
             result,
             detail
         );

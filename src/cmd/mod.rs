@@ -16,6 +16,7 @@ pub mod release;
 pub mod resolve;
 pub mod rollback;
 pub mod serve;
+pub mod sources;
 pub mod status;
 pub mod verify;
 

@@ -378,6 +378,15 @@ fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, Confi
     config.platforms_dir = abs(&config.platforms_dir);
     config.manifests_dir = abs(&config.manifests_dir);
     config.database.path = abs(&config.database.path);
+    // A local opam-repository (a git directory) may be named relative to
+    // the file, like the directories above; URLs are left alone.
+    if config.plan.opam_repository.starts_with("./")
+        || config.plan.opam_repository.starts_with("../")
+    {
+        config.plan.opam_repository = abs(Path::new(&config.plan.opam_repository))
+            .display()
+            .to_string();
+    }
     validate(&config, origin)?;
     Ok(config)
 }

@@ -140,7 +140,8 @@ pub fn standing(published: Option<&Entry>, p: &Prepared) -> ArchStanding {
         return ArchStanding::Missing;
     };
     if e.ocaml != t.version {
-        return ArchStanding::StaleVersion(e.ocaml.to_string());
+        let held = e.ocaml.as_ref().map_or("none".into(), ToString::to_string);
+        return ArchStanding::StaleVersion(held);
     }
     match e.arches.get(&t.arch) {
         None => ArchStanding::Missing,

@@ -23,6 +23,7 @@ pub mod decide;
 pub mod keys;
 pub mod rebuild;
 pub mod report;
+pub mod sources;
 mod tag;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,6 +55,8 @@ pub enum RunError {
     Lockfile(#[from] crate::lockfile::LockfileError),
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    Sources(#[from] crate::sources::SourcesError),
 }
 
 impl RunError {
@@ -64,6 +67,7 @@ impl RunError {
             RunError::Prepare(e) => e.kind(),
             RunError::Registry(e) => e.kind(),
             RunError::Publish(e) => e.kind(),
+            RunError::Sources(e) => e.kind(),
             RunError::State(_) | RunError::Lockfile(_) => FailureKind::Infra,
         }
     }
@@ -108,6 +112,7 @@ pub async fn run(
         dry_run: opts.dry_run,
     };
     if !opts.dry_run {
+        sources::preflight(config, &run.registry, &run.builders, &targets, &run.commit).await?;
         run.sweep(&targets).await;
     }
     let groups = group_by_tag(&targets, &config.registry.namespace);
@@ -127,6 +132,16 @@ pub async fn run(
             &config.registry.namespace,
         )
         .await?;
+        let indexes = crate::publish::publish_multi_os_indexes(
+            &run.registry,
+            &config.lockfile_path(),
+            &all,
+            &config.registry.namespace,
+        )
+        .await?;
+        if !indexes.is_empty() {
+            tracing::info!(tags = %indexes.join(", "), "multi-OS indexes moved");
+        }
         if summary.built + summary.adopted > 0 || !moved.is_empty() {
             run.push_lockfile().await;
         }

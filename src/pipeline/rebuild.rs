@@ -220,7 +220,7 @@ fn find_target(
     reference: &str,
 ) -> Result<Target, RebuildError> {
     let filter = Filter {
-        version: Some(entry.ocaml.to_string()),
+        version: entry.ocaml.as_ref().map(ToString::to_string),
         platform: Some(entry.platform.clone()),
         os: Some(entry.os.clone()),
         arch: Some(arch),
@@ -233,7 +233,7 @@ fn find_target(
             reference: reference.to_string(),
             message: format!(
                 "{} {arch} is no longer in the catalogue: there is no recipe to rebuild it with",
-                entry.ocaml
+                entry.tag
             ),
         })
 }

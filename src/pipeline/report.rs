@@ -48,7 +48,9 @@ impl Outcome {
 pub struct TagReport {
     pub repository: String,
     pub tag: String,
-    pub ocaml: String,
+    /// The compiler version; absent for a compiler-less image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocaml: Option<String>,
     pub platform: String,
     pub os: String,
     pub arches: BTreeMap<Arch, Outcome>,
@@ -63,7 +65,7 @@ impl TagReport {
         TagReport {
             repository: id.repository.clone(),
             tag: id.tag.clone(),
-            ocaml: first.version.to_string(),
+            ocaml: first.version.as_ref().map(ToString::to_string),
             platform: first.platform.clone(),
             os: first.os.clone(),
             arches: BTreeMap::new(),

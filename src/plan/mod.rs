@@ -17,6 +17,9 @@
 pub mod key;
 pub mod opam_repo;
 pub mod prepare;
+mod uses;
+pub use uses::Uses;
+pub mod recipe_vars;
 pub mod tags;
 pub mod template;
 pub mod validate;
@@ -46,6 +49,7 @@ pub const BUILD_TIME_VARS: &[&str] = &[
     "http_host",
     "ssh_user",
     "ssh_public_key",
+    "sources_url",
 ];
 
 /// Narrow a plan: every field that is set must match.
@@ -67,8 +71,10 @@ pub struct Target {
     pub os: String,
     pub distro: String,
     pub tier: u8,
-    pub version: OcamlVersion,
-    pub status: Status,
+    /// The compiler of the image's switch; `None` for the compiler-less
+    /// `<os>-opam` image (see [`Target::is_opam_image`]).
+    pub version: Option<OcamlVersion>,
+    pub status: Option<Status>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     pub arch: Arch,
@@ -98,6 +104,12 @@ pub struct Target {
     /// The multi-OS-version index this target is also an entry of.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multi_os: Option<IndexTag>,
+    /// What the recipes take from the source mirror (`{{sources_url}}`).
+    #[serde(skip_serializing_if = "Uses::is_empty")]
+    pub uses: Uses,
+    /// The OS release's own smoke checks, rendered with `vars`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub smoke: Vec<crate::catalogue::platform::Smoke>,
 }
 
 /// A tag with its aliases (a multi-OS-version index: `windows-all-mingw-ocaml-5.5`).
@@ -108,18 +120,55 @@ pub struct IndexTag {
 }
 
 impl Target {
-    /// Stable id: `linux/debian-13/5.5.0[+flambda]/amd64`.
-    pub fn id(&self) -> String {
-        match &self.variant {
-            Some(v) => format!(
-                "{}/{}/{}+{v}/{}",
-                self.platform, self.os, self.version, self.arch
-            ),
+    /// The compiler-less image of its OS release (`debian-13-opam`):
+    /// opam and the opam-repository, no switch; built from the recipe's
+    /// `opam` stage alone ([`OPAM_STAGE`]).
+    pub fn is_opam_image(&self) -> bool {
+        self.version.is_none()
+    }
+
+    /// What the image holds, as names spell it: `5.5.0[+flambda]`, or
+    /// `opam` for the compiler-less image.
+    pub fn content(&self) -> String {
+        match (&self.version, &self.variant) {
+            (None, _) => OPAM_STAGE.to_string(),
+            (Some(v), Some(var)) => format!("{v}+{var}"),
+            (Some(v), None) => v.to_string(),
+        }
+    }
+
+    /// The image's name part after the OS release: `ocaml-5.5.0`, or
+    /// `opam` for the compiler-less image (artifact and dataset names).
+    pub fn ocaml_name(&self) -> String {
+        match &self.version {
+            Some(v) => format!("ocaml-{v}"),
+            None => OPAM_STAGE.to_string(),
+        }
+    }
+
+    /// What `org.opencontainers.image.version` says of the image: its
+    /// compiler version, or for the compiler-less image the opam it holds
+    /// (`opam-2.4.1`).
+    pub fn image_version(&self) -> String {
+        match &self.version {
+            Some(v) => v.to_string(),
             None => format!(
-                "{}/{}/{}/{}",
-                self.platform, self.os, self.version, self.arch
+                "{OPAM_STAGE}-{}",
+                self.vars.get("opam_version").map_or("", String::as_str)
             ),
         }
+    }
+
+    /// Stable id: `linux/debian-13/5.5.0[+flambda]/amd64`,
+    /// `linux/debian-13/opam/amd64`.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.platform,
+            self.os,
+            self.content(),
+            self.arch
+        )
     }
 
     /// The tag this target's output goes into, in `namespace`.
@@ -132,25 +181,51 @@ impl Target {
         log_dir.join(format!("{}.log", self.id().replace('/', "_")))
     }
 
-    /// The expected first line of `ocaml -version` for this target.
-    pub fn expected_ocaml(&self) -> String {
-        format!("version {}", self.version.release())
+    /// What `ocaml -version` prints in this target's image (its first
+    /// line holds it); `None` for the compiler-less image.
+    pub fn expected_ocaml(&self) -> Option<String> {
+        self.version
+            .as_ref()
+            .map(|v| format!("version {}", v.release()))
     }
 
-    /// The immutable tag of a build of this target's tag group.
+    /// The immutable tag of a build of this target's tag group:
+    /// `debian-13-ocaml-5.5.0[-flambda]-<12 hex>`, `debian-13-opam-<12 hex>`.
     pub fn immutable_tag(&self, build_key: &str) -> String {
         let short = build_key.strip_prefix("sha256:").unwrap_or(build_key);
         let short = &short[..12.min(short.len())];
-        match &self.variant {
-            Some(v) => format!(
-                "{}-ocaml-{}-{}-{short}",
-                self.os,
-                self.version,
-                v.replace('+', "-")
-            ),
-            None => format!("{}-ocaml-{}-{short}", self.os, self.version),
+        match (&self.version, &self.variant) {
+            (None, _) => format!("{}-{OPAM_STAGE}-{short}", self.os),
+            (Some(v), Some(var)) => {
+                format!("{}-ocaml-{v}-{}-{short}", self.os, var.replace('+', "-"))
+            }
+            (Some(v), None) => format!("{}-ocaml-{v}-{short}", self.os),
         }
     }
+}
+
+/// The recipe stage a compiler-less image is built from, and its tag's
+/// suffix (`debian-13-opam`): docker-base-images' base image.
+pub const OPAM_STAGE: &str = "opam";
+
+/// The text of recipe `index` as target `t` builds it: the
+/// whole file, except a compiler-less image's Dockerfile (its first
+/// recipe), which is built through its `opam` stage only.
+pub fn recipe_source<'a>(t: &Target, index: usize, text: &'a str) -> Result<&'a str, String> {
+    if !t.is_opam_image() || index > 0 {
+        return Ok(text);
+    }
+    template::through_stage(text, OPAM_STAGE).ok_or_else(|| {
+        format!(
+            "no `FROM … AS {OPAM_STAGE}` stage, which the compiler-less image {} is built from (policy.yaml: opam_image)",
+            t.tag
+        )
+    })
+}
+
+/// The tag of an OS release's compiler-less image: `debian-13-opam`.
+pub fn opam_tag(os: &str) -> String {
+    format!("{os}-{OPAM_STAGE}")
 }
 
 /// The moving tag of (os, version, variant): `debian-13-ocaml-5.5[-flambda]`,
@@ -194,6 +269,11 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
             {
                 continue;
             }
+            // The compiler-less image has no version: an explicit
+            // --version never selects it.
+            if pf.policy.opam_image && wanted.is_none() {
+                expand_opam_image(cat, pf, os, filter, &mut out);
+            }
             for v in &versions {
                 expand_release(cat, pf, os, v, filter, &mut out);
             }
@@ -217,6 +297,62 @@ fn policy_versions(cat: &Catalogue, pf: &Platform) -> Result<Vec<OcamlVersion>, 
         }
     }
     Ok(versions)
+}
+
+/// The targets of an OS release's compiler-less image (`<os>-opam`), on
+/// every arch of the OS release: no aliases (docker-base-images pushes
+/// none), never required by the gate, which requires compilers.
+fn expand_opam_image(
+    cat: &Catalogue,
+    pf: &Platform,
+    os: &OsRelease,
+    filter: &Filter,
+    out: &mut Vec<Target>,
+) {
+    let tag = opam_tag(&os.id);
+    if os.deprecated || filter.tag.as_ref().is_some_and(|f| *f != tag) {
+        return;
+    }
+    for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
+        if filter.arch.is_some_and(|f| f != arch) {
+            continue;
+        }
+        out.push(Target {
+            platform: pf.platform.clone(),
+            os: os.id.clone(),
+            distro: os.distro.clone(),
+            tier: os.tier,
+            version: None,
+            status: None,
+            variant: None,
+            arch,
+            native: false,
+            builder: pf.builder,
+            recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
+            parent: os.parent.clone(),
+            vars: recipe_vars::base_vars(os, arch),
+            opam_packages: vec![],
+            repository: pf.repository.clone(),
+            tag: tag.clone(),
+            aliases: vec![],
+            required: false,
+            reproducible: os.reproducible,
+            source_date_epoch: 0,
+            os_version: os.os_version.clone(),
+            multi_os: None,
+            // What the opam stage takes (no compiler archives: no packages).
+            uses: Uses::of_recipes(
+                cat,
+                &os.recipes
+                    .iter()
+                    .map(|r| pf.dir.join(r))
+                    .collect::<Vec<_>>(),
+                &BTreeMap::new(),
+            ),
+            // The OS release's own checks are about its compilers.
+            smoke: vec![],
+        });
+    }
 }
 
 /// The targets of one compiler release on one OS release: the default
@@ -264,6 +400,7 @@ fn expand_release(
             && !os.deprecated
             && (variant.is_none() || pf.policy.require_variants);
         let opam_packages = crate::catalogue::opam::packages(v, release.status, variant);
+        let recipes: Vec<PathBuf> = os.recipes.iter().map(|r| pf.dir.join(r)).collect();
         for arch in os.arches.iter().filter_map(|a| a.parse::<Arch>().ok()) {
             if filter.arch.is_some_and(|f| f != arch) || !cat.supports(v, arch) {
                 continue;
@@ -271,20 +408,21 @@ fn expand_release(
             if variant.is_some_and(|var| !cat.variants(v, arch).contains(&var)) {
                 continue;
             }
+            let vars =
+                recipe_vars::target_vars(os, v, release.status, variant, arch, &opam_packages);
             out.push(Target {
                 platform: pf.platform.clone(),
                 os: os.id.clone(),
                 distro: os.distro.clone(),
                 tier: os.tier,
-                version: v.clone(),
-                status: release.status,
+                version: Some(v.clone()),
+                status: Some(release.status),
                 variant: variant.map(str::to_string),
                 arch,
                 native: series.native.contains(&arch.to_string()),
                 builder: pf.builder,
-                recipes: os.recipes.iter().map(|r| pf.dir.join(r)).collect(),
+                recipes: recipes.clone(),
                 parent: os.parent.clone(),
-                vars: target_vars(os, v, variant, arch, &opam_packages),
                 opam_packages: opam_packages.clone(),
                 repository: pf.repository.clone(),
                 tag: tag.clone(),
@@ -294,9 +432,32 @@ fn expand_release(
                 source_date_epoch: source_date_epoch(release.date),
                 os_version: os.os_version.clone(),
                 multi_os: multi_os.clone(),
+                uses: Uses::of_recipes(cat, &recipes, &vars),
+                smoke: render_smoke(pf, os, &vars),
+                vars,
             });
         }
     }
+}
+
+/// An OS release's smoke checks with the target's variables filled in; a
+/// check that names an unknown variable is kept as written, so that it
+/// fails loudly in the build rather than vanishing (`kiln catalogue
+/// validate` reports it).
+fn render_smoke(
+    pf: &crate::catalogue::Platform,
+    os: &OsRelease,
+    vars: &BTreeMap<String, String>,
+) -> Vec<crate::catalogue::platform::Smoke> {
+    let file = pf.dir.join("platform.yaml").display().to_string();
+    let r = |s: &str| template::render(&file, s, vars).unwrap_or_else(|_| s.to_string());
+    os.smoke
+        .iter()
+        .map(|c| crate::catalogue::platform::Smoke {
+            run: r(&c.run),
+            expect: r(&c.expect),
+        })
+        .collect()
 }
 
 /// The SOURCE_DATE_EPOCH of a compiler release's images: midnight UTC of
@@ -348,32 +509,6 @@ fn aliases(
     aliases
 }
 
-/// The template variables of one target (recipes may use any of them).
-fn target_vars(
-    os: &OsRelease,
-    v: &OcamlVersion,
-    variant: Option<&str>,
-    arch: Arch,
-    opam_packages: &[String],
-) -> BTreeMap<String, String> {
-    let mut vars = os.vars.clone();
-    vars.insert("os".into(), os.id.clone());
-    vars.insert("distro".into(), os.distro.clone());
-    vars.insert("arch".into(), arch.to_string());
-    vars.insert("ocaml_version".into(), v.to_string());
-    vars.insert("ocaml_series".into(), v.series_tag());
-    vars.insert("variant".into(), variant.unwrap_or_default().to_string());
-    vars.insert("opam_packages".into(), opam_packages.join(","));
-    vars.entry("opam_version".into())
-        .or_insert_with(|| OPAM_VERSION.into());
-    vars.insert("opam_arch".into(), arch.opam().into());
-    vars.insert("brew_prefix".into(), arch.brew_prefix().into());
-    if let Some(r) = os.vars.get("release") {
-        vars.insert("release_nodot".into(), r.replace('.', ""));
-    }
-    vars
-}
-
 /// Group required targets by moving tag into gate requirements.
 /// `can_build(platform, arch)` says whether any configured builder can
 /// build that arch; arches it cannot are reported as `no-builder`.
@@ -384,11 +519,13 @@ pub fn requirements(
 ) -> Vec<Requirement> {
     let mut groups: BTreeMap<String, Requirement> = BTreeMap::new();
     for t in targets.iter().filter(|t| t.required) {
+        // The gate requires compilers; a compiler-less image is never required.
+        let Some(ocaml) = &t.version else { continue };
         let id = t.tag_id(namespace);
         let r = groups.entry(id.key()).or_insert_with(|| Requirement {
             platform: t.platform.clone(),
             os: t.os.clone(),
-            ocaml: t.version.clone(),
+            ocaml: ocaml.clone(),
             variant: t.variant.clone(),
             repository: id.repository.clone(),
             tag: t.tag.clone(),

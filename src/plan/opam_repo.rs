@@ -87,10 +87,13 @@ pub enum Move {
 }
 
 /// The packages (`name.version`) whose opam files decide a target's image:
-/// its compiler packages and the `ocaml` package of its release.
+/// its compiler packages and the `ocaml` package of its release. A
+/// compiler-less image installs none: it moves with the refresh cadence.
 pub fn installed_packages(t: &super::Target) -> BTreeSet<String> {
     let mut p: BTreeSet<String> = t.opam_packages.iter().cloned().collect();
-    p.insert(format!("ocaml.{}", t.version.release()));
+    if let Some(v) = &t.version {
+        p.insert(format!("ocaml.{}", v.release()));
+    }
     p
 }
 

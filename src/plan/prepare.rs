@@ -320,10 +320,17 @@ pub async fn prepare(
     vars.insert("opam_repository_commit".into(), commit.to_string());
     vars.extend(build_vars.iter().map(|(k, v)| (k.clone(), v.clone())));
     let recipes = render_recipes(t, &vars)?;
+    if let Some(url) = build_vars.get("sources_url") {
+        check_sources(t, &recipes, url)?;
+    }
     for (name, text) in &recipes {
         inputs.insert(format!("recipe:{name}"), key::sha256_hex(text.as_bytes()));
     }
-    inputs.insert("ocaml".into(), t.version.to_string());
+    // A compiler-less image has no compiler input; its recipe (the opam
+    // stage alone) differs from every compiler image's anyway.
+    if let Some(v) = &t.version {
+        inputs.insert("ocaml".into(), v.to_string());
+    }
     inputs.insert("variant".into(), t.variant.clone().unwrap_or_default());
     inputs.insert("opam_packages".into(), t.opam_packages.join(","));
     inputs.insert("opam_version".into(), super::OPAM_VERSION.into());
@@ -331,6 +338,11 @@ pub async fn prepare(
     inputs.insert("builder".into(), t.builder.as_str().into());
     inputs.insert("arch".into(), t.arch.to_string());
     inputs.insert("os".into(), t.os.clone());
+    // Declared sources are keyed by their sha256; opam archives and the
+    // bundle are pinned by the opam-repository commit, keyed above.
+    for d in &t.uses.sources {
+        inputs.insert(format!("source:{}", d.name), d.sha256.clone());
+    }
     // A reproducible recipe's output is a function of its key, so the
     // date every timestamp is clamped to is keyed. Other recipes' outputs
     // are not determined by their inputs anyway, and keying it there would
@@ -347,19 +359,45 @@ pub async fn prepare(
     })
 }
 
+/// Every source a rendered recipe takes from the source server (`url`, the
+/// builder's placeholder) is declared: a step that a variable turns on for
+/// this target only (the beta repository) names its source only here.
+fn check_sources(t: &Target, recipes: &[(String, String)], url: &str) -> Result<(), PrepareError> {
+    for (name, text) in recipes {
+        let refs = crate::catalogue::sources::references(text, url);
+        if let Some((source, line)) = refs
+            .names
+            .iter()
+            .find(|(n, _)| !t.uses.sources.iter().any(|d| d.name == *n))
+        {
+            return Err(PrepareError::Recipe {
+                path: format!("{name} (rendered for {}), line {line}", t.id()),
+                message: format!(
+                    "{{{{sources_url}}}}/{source} is not a declared source (declare it with its sha256 in versions/sources.yaml)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Every recipe of a target, rendered with `vars`.
 fn render_recipes(
     t: &Target,
     vars: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, PrepareError> {
     let mut out = Vec::new();
-    for r in &t.recipes {
+    for (i, r) in t.recipes.iter().enumerate() {
         let path = r.display().to_string();
         let text = std::fs::read_to_string(r).map_err(|e| PrepareError::Recipe {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        let rendered = template::render(&path, &text, vars)
+        let text = super::recipe_source(t, i, &text).map_err(|message| PrepareError::Recipe {
+            path: path.clone(),
+            message,
+        })?;
+        let rendered = template::render(&path, text, vars)
             .map_err(|e| PrepareError::Template(e.to_string()))?;
         let name = r.file_name().and_then(|n| n.to_str()).unwrap_or("recipe");
         out.push((name.to_string(), rendered));

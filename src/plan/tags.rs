@@ -42,7 +42,8 @@ pub struct PlannedTag {
     /// For an alias, the tag it is another name of.
     pub alias_of: Option<String>,
     pub platform: String,
-    pub ocaml: OcamlVersion,
+    /// The compiler; `null` for a compiler-less image (`debian-13-opam`).
+    pub ocaml: Option<OcamlVersion>,
     pub variant: Option<String>,
     /// The arches of its entries, each once.
     pub arches: Vec<Arch>,

@@ -147,9 +147,47 @@ pub fn problems(file: &str, template: &str, vars: &BTreeMap<String, String>) -> 
         .collect()
 }
 
+/// A Dockerfile template up to the end of its stage `name` (`FROM … AS
+/// name`, names compared as Docker does, ignoring case): everything before
+/// the next `FROM` line, so the parser directives and earlier stages stay
+/// and lines keep their numbers. `None` when no stage has that name.
+pub fn through_stage<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let is_from = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("FROM"))
+    };
+    let mut offset = 0;
+    let mut found = false;
+    for line in text.split_inclusive('\n') {
+        if found && is_from(line) {
+            return Some(&text[..offset]);
+        }
+        if is_from(line) {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            found = matches!(words.as_slice(), [.., r#as, n]
+                if r#as.eq_ignore_ascii_case("AS") && n.eq_ignore_ascii_case(name));
+        }
+        offset += line.len();
+    }
+    found.then_some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_ends_before_the_next_from_and_keeps_what_precedes_it() {
+        let df = "# escape=`\nFROM {{parent}} AS opam\nRUN a\n\nfrom opam as compiler\nRUN {{ocaml_version}}\n";
+        assert_eq!(
+            through_stage(df, "opam"),
+            Some("# escape=`\nFROM {{parent}} AS opam\nRUN a\n\n")
+        );
+        assert_eq!(through_stage(df, "compiler"), Some(df));
+        assert_eq!(through_stage(df, "OPAM").map(str::len), Some(42));
+        assert_eq!(through_stage("FROM x\nRUN opam\n", "opam"), None);
+    }
 
     #[test]
     fn renders_and_rejects() {

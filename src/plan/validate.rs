@@ -19,7 +19,7 @@ use crate::catalogue::Catalogue;
 /// Stand-ins for [`BUILD_TIME_VARS`](super::BUILD_TIME_VARS): syntactically what the real values
 /// are (an image name, a digest, a commit, a URL, a host, a user, a key),
 /// plainly fake.
-pub const PLACEHOLDERS: [(&str, &str); 7] = [
+pub const PLACEHOLDERS: [(&str, &str); 8] = [
     ("parent", "kiln-validate.invalid/parent"),
     (
         "parent_digest",
@@ -36,6 +36,7 @@ pub const PLACEHOLDERS: [(&str, &str); 7] = [
         "ssh_public_key",
         "ssh-ed25519 AAAAkiln-validate kiln-validate.invalid",
     ),
+    ("sources_url", "http://kiln-validate.invalid:0"),
 ];
 
 /// One thing wrong with a recipe, for every target that renders it.
@@ -64,6 +65,9 @@ pub enum RecipeProblem {
     },
     #[error("cannot read recipe {file}: {message}")]
     Read { file: String, message: String },
+    /// A compiler-less image's recipe has no `opam` stage.
+    #[error("{file}: {message}")]
+    Stage { file: String, message: String },
 }
 
 fn for_os(os: &[String]) -> String {
@@ -154,7 +158,7 @@ pub fn validate(cat: &Catalogue) -> Result<Validation, ValidateError> {
     let mut renderings = 0;
     for t in &targets {
         let vars = render_vars(t);
-        for r in &t.recipes {
+        for (i, r) in t.recipes.iter().enumerate() {
             let file = r.display().to_string();
             let text = texts
                 .entry(r.clone())
@@ -166,6 +170,16 @@ pub fn validate(cat: &Catalogue) -> Result<Validation, ValidateError> {
                         file,
                         message: message.clone(),
                     };
+                    if !unreadable.contains(&p) {
+                        unreadable.push(p);
+                    }
+                    continue;
+                }
+            };
+            let text = match super::recipe_source(t, i, text) {
+                Ok(text) => text,
+                Err(message) => {
+                    let p = RecipeProblem::Stage { file, message };
                     if !unreadable.contains(&p) {
                         unreadable.push(p);
                     }

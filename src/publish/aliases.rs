@@ -35,11 +35,12 @@ pub async fn promote_newest_aliases(
     let _guard = lock_lockfile(lockfile_path)?;
     let mut lock = Lockfile::load(lockfile_path)?;
     let mut moved = Vec::new();
-    let versions: BTreeSet<&OcamlVersion> = all.iter().map(|t| &t.version).collect();
+    // Compiler-less images have no version and no aliases.
+    let versions: BTreeSet<&OcamlVersion> = all.iter().filter_map(|t| t.version.as_ref()).collect();
     for v in versions {
         let mine: Vec<&Target> = all
             .iter()
-            .filter(|t| t.version == *v && t.variant.is_none())
+            .filter(|t| t.version.as_ref() == Some(v) && t.variant.is_none())
             .collect();
         if !tier1_complete(&lock, &mine, namespace) {
             continue;
@@ -48,7 +49,7 @@ pub async fn promote_newest_aliases(
             let Some(e) = lock.entries.get_mut(&t.tag_id(namespace).key()) else {
                 continue;
             };
-            if e.ocaml != *v {
+            if e.ocaml.as_ref() != Some(v) {
                 continue;
             }
             for a in t.aliases.iter().filter(|a| !a.contains("-ocaml-")) {

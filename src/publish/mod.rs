@@ -8,6 +8,7 @@
 //! tag and never reaches the lockfile.
 
 pub mod aliases;
+pub mod multi_os;
 pub mod recover;
 pub mod remote;
 pub mod tag;
@@ -17,6 +18,7 @@ pub mod verify;
 /// re-exported here, where it is written.
 pub use crate::lockfile;
 pub use aliases::promote_newest_aliases;
+pub use multi_os::publish_multi_os_indexes;
 pub use tag::{TagBuild, adopt_tag, find_published, publish_tag};
 
 use std::path::Path;

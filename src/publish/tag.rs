@@ -48,7 +48,7 @@ fn annotations(b: &TagBuild<'_>, first: &Prepared) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "org.opencontainers.image.version".to_string(),
-            first.target.version.to_string(),
+            first.target.image_version(),
         ),
         (
             "org.opencontainers.image.created".to_string(),

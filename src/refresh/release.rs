@@ -214,7 +214,7 @@ async fn verify_versions(
         entries: lock
             .entries
             .iter()
-            .filter(|(_, e)| versions.contains(&e.ocaml))
+            .filter(|(_, e)| e.ocaml.as_ref().is_some_and(|v| versions.contains(v)))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect(),
     };

@@ -4,7 +4,12 @@
 //! Sources may be single manifests or indexes (what BuildKit produces once
 //! it attaches provenance); platform entries are taken from them;
 //! attestation manifests (platform `unknown/unknown`) are kept as
-//! attestations and never counted as a platform. The index is pushed by
+//! attestations and never counted as a platform. A Windows child carries
+//! its build (`os.version`, from its config) into its entry, so one index
+//! may hold several `windows/amd64` images told apart by it (a multi-OS
+//! index, `windows-all-mingw`); a required platform naming an `os.version`
+//! (`10.0.17763`) takes the child of that build, any revision
+//! (`10.0.17763.5696`). The index is pushed by
 //! digest, read back and checked — every child present, platforms exactly
 //! the required set — before anything may tag it.
 
@@ -22,6 +27,8 @@ pub struct Platform {
     pub os: String,
     pub architecture: String,
     pub variant: Option<String>,
+    /// OCI `os.version`: Windows builds (`10.0.17763.5696`).
+    pub os_version: Option<String>,
 }
 
 impl std::fmt::Display for Platform {
@@ -29,6 +36,9 @@ impl std::fmt::Display for Platform {
         write!(f, "{}/{}", self.os, self.architecture)?;
         if let Some(v) = &self.variant {
             write!(f, "/{v}")?;
+        }
+        if let Some(v) = &self.os_version {
+            write!(f, "@{v}")?;
         }
         Ok(())
     }
@@ -42,16 +52,28 @@ impl Platform {
             os: os.to_string(),
             architecture: architecture.to_string(),
             variant: variant.map(str::to_string),
+            os_version: None,
         }
     }
 
-    /// Parse `os/architecture[/variant]`.
+    /// The same platform on OS build `os_version` (Windows).
+    pub fn with_os_version(mut self, os_version: Option<&str>) -> Platform {
+        self.os_version = os_version.map(str::to_string);
+        self
+    }
+
+    /// Parse `os/architecture[/variant][@os.version]` (what `Display` writes).
     pub fn parse(s: &str) -> Option<Platform> {
+        let (s, os_version) = match s.split_once('@') {
+            Some((p, v)) => (p, Some(v.to_string())),
+            None => (s, None),
+        };
         let mut parts = s.splitn(3, '/');
         Some(Platform {
             os: parts.next()?.to_string(),
             architecture: parts.next()?.to_string(),
             variant: parts.next().map(str::to_string),
+            os_version,
         })
     }
 
@@ -69,15 +91,40 @@ impl Platform {
                 .as_str()
                 .filter(|s| !s.is_empty())
                 .map(str::to_string),
+            os_version: v["os.version"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
         })
     }
 
     fn to_json(&self) -> Value {
         let mut v = json!({"os": self.os, "architecture": self.architecture});
+        if let Some(version) = &self.os_version {
+            v["os.version"] = json!(version);
+        }
         if let Some(var) = &self.variant {
             v["variant"] = json!(var);
         }
         v
+    }
+
+    /// Does a child of this platform serve `required`? Same os,
+    /// architecture and variant; and when `required` names an OS build,
+    /// that build (`10.0.17763` is served by `10.0.17763.5696`).
+    pub fn serves(&self, required: &Platform) -> bool {
+        let (a, b) = (self.normalized(), required.normalized());
+        a.os == b.os
+            && a.architecture == b.architecture
+            && a.variant == b.variant
+            && b.os_version.as_deref().is_none_or(|want| {
+                a.os_version.as_deref().is_some_and(|have| {
+                    have == want
+                        || have
+                            .strip_prefix(want)
+                            .is_some_and(|rest| rest.starts_with('.'))
+                })
+            })
     }
 
     fn is_unknown(&self) -> bool {
@@ -147,6 +194,7 @@ async fn children_of(
                 os: "unknown".into(),
                 architecture: "unknown".into(),
                 variant: None,
+                os_version: None,
             });
             let attestation = platform.is_unknown()
                 || e["annotations"]["vnd.docker.reference.type"].as_str()
@@ -218,40 +266,75 @@ pub async fn assemble(
     })
 }
 
+/// The children serving `required`, one per required platform (in
+/// platform order), when they are exactly the required set: none missing,
+/// none left over, none ambiguous. Otherwise why not.
+fn match_required<'a>(
+    children: &'a [Child],
+    required: &[Platform],
+) -> Result<Vec<&'a Child>, String> {
+    let mut by_platform: BTreeMap<Platform, &Child> = BTreeMap::new();
+    for c in children.iter().filter(|c| !c.attestation) {
+        if let Some(prev) = by_platform.insert(c.platform.normalized(), c)
+            && prev.digest != c.digest
+        {
+            return Err(format!(
+                "platform {} given twice ({} and {})",
+                c.platform, prev.digest, c.digest
+            ));
+        }
+    }
+    let want: std::collections::BTreeSet<Platform> =
+        required.iter().map(Platform::normalized).collect();
+    let mut chosen: BTreeMap<Platform, &Child> = BTreeMap::new();
+    let mut missing = Vec::new();
+    for r in &want {
+        let serving: Vec<&&Child> = by_platform
+            .values()
+            .filter(|c| c.platform.serves(r))
+            .collect();
+        match serving.as_slice() {
+            [] => missing.push(r.to_string()),
+            [c] => {
+                chosen.insert(c.platform.normalized(), c);
+            }
+            [a, b, ..] => {
+                return Err(format!(
+                    "platform {r} given twice ({} {} and {} {})",
+                    a.platform, a.digest, b.platform, b.digest
+                ));
+            }
+        }
+    }
+    let extra: Vec<String> = by_platform
+        .keys()
+        .filter(|p| !chosen.contains_key(p))
+        .map(Platform::to_string)
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        return Err(format!(
+            "is not the required set: missing [{}], unexpected [{}]",
+            missing.join(", "),
+            extra.join(", ")
+        ));
+    }
+    Ok(chosen.into_values().collect())
+}
+
 /// The index over `children`: exactly one manifest per required platform
-/// (`arm64/v8` is `arm64`), then every attestation with its annotations.
-/// Returns the document and the number of attestations it carries.
+/// (`arm64/v8` is `arm64`; a Windows entry carries its `os.version`), then
+/// every attestation with its annotations. Returns the document and the
+/// number of attestations it carries.
 fn index_document(
     repo: &str,
     children: &[Child],
     required: &[Platform],
     annotations: &BTreeMap<String, String>,
 ) -> Result<(Value, usize), RegistryError> {
-    let mut by_platform: BTreeMap<Platform, &Child> = BTreeMap::new();
-    for c in children.iter().filter(|c| !c.attestation) {
-        if let Some(prev) = by_platform.insert(c.platform.normalized(), c)
-            && prev.digest != c.digest
-        {
-            return Err(RegistryError::Invalid(format!(
-                "index for {repo}: platform {} given twice ({} and {})",
-                c.platform, prev.digest, c.digest
-            )));
-        }
-    }
-    let want: std::collections::BTreeSet<Platform> =
-        required.iter().map(Platform::normalized).collect();
-    let have: std::collections::BTreeSet<Platform> = by_platform.keys().cloned().collect();
-    if want != have {
-        let missing: Vec<String> = want.difference(&have).map(|p| p.to_string()).collect();
-        let extra: Vec<String> = have.difference(&want).map(|p| p.to_string()).collect();
-        return Err(RegistryError::Invalid(format!(
-            "index for {repo} is not the required set: missing [{}], unexpected [{}]",
-            missing.join(", "),
-            extra.join(", ")
-        )));
-    }
-    let mut manifests: Vec<Value> = by_platform
-        .values()
+    let chosen = match_required(children, required)
+        .map_err(|why| RegistryError::Invalid(format!("index for {repo} {why}")))?;
+    let mut manifests: Vec<Value> = chosen
+        .iter()
         .map(|c| {
             json!({"mediaType": c.media_type, "digest": c.digest, "size": c.size, "platform": c.platform.to_json()})
         })
@@ -274,7 +357,7 @@ fn index_document(
 }
 
 /// Check a pushed index: every child present, platforms exactly `required`.
-/// Returns platform → child digest.
+/// Returns platform (with its `os.version`, if any) → child digest.
 pub async fn verify(
     reg: &Registry,
     repo: &str,
@@ -282,7 +365,6 @@ pub async fn verify(
     required: &[Platform],
 ) -> Result<BTreeMap<String, String>, RegistryError> {
     let children = children_of(reg, repo, digest).await?;
-    let mut out = BTreeMap::new();
     for c in &children {
         if reg.head_manifest(repo, &c.digest).await?.is_none() {
             return Err(RegistryError::Invalid(format!(
@@ -290,23 +372,13 @@ pub async fn verify(
                 c.digest, c.platform
             )));
         }
-        if !c.attestation {
-            out.insert(c.platform.normalized().to_string(), c.digest.clone());
-        }
     }
-    let want: std::collections::BTreeSet<String> = required
-        .iter()
-        .map(|p| p.normalized().to_string())
-        .collect();
-    let have: std::collections::BTreeSet<String> = out.keys().cloned().collect();
-    if want != have {
-        return Err(RegistryError::Invalid(format!(
-            "index {repo}@{digest} carries [{}], required [{}]",
-            have.into_iter().collect::<Vec<_>>().join(", "),
-            want.into_iter().collect::<Vec<_>>().join(", ")
-        )));
-    }
-    Ok(out)
+    let chosen = match_required(&children, required)
+        .map_err(|why| RegistryError::Invalid(format!("index {repo}@{digest} {why}")))?;
+    Ok(chosen
+        .into_iter()
+        .map(|c| (c.platform.normalized().to_string(), c.digest.clone()))
+        .collect())
 }
 
 #[cfg(test)]
@@ -383,6 +455,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("given twice"), "{e}");
+    }
+
+    fn windows(build: &str, digest: &str) -> Child {
+        let mut c = child("windows/amd64", digest, false);
+        c.platform.os_version = Some(build.into());
+        c
+    }
+
+    #[test]
+    fn a_multi_os_index_has_one_entry_per_windows_build_with_its_os_version() {
+        let children = [
+            windows("10.0.26100.4061", "sha256:w25"),
+            windows("10.0.17763.5696", "sha256:w19"),
+            windows("10.0.20348.2402", "sha256:w22"),
+        ];
+        let required: Vec<Platform> = ["10.0.17763", "10.0.20348", "10.0.26100"]
+            .iter()
+            .map(|v| Platform::for_arch("windows", Arch::Amd64).with_os_version(Some(v)))
+            .collect();
+        let (idx, _) = index_document("r", &children, &required, &BTreeMap::new()).unwrap();
+        let entries: Vec<(&str, &str)> = idx["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                assert_eq!(m["platform"]["os"], "windows");
+                assert_eq!(m["platform"]["architecture"], "amd64");
+                (
+                    m["platform"]["os.version"].as_str().unwrap(),
+                    m["digest"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                ("10.0.17763.5696", "sha256:w19"),
+                ("10.0.20348.2402", "sha256:w22"),
+                ("10.0.26100.4061", "sha256:w25")
+            ]
+        );
+        // A per-release index carries its child's build as well.
+        let one = [Platform::for_arch("windows", Arch::Amd64)];
+        let (idx, _) = index_document("r", &children[1..2], &one, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            idx["manifests"][0]["platform"]["os.version"],
+            "10.0.17763.5696"
+        );
+        // A build missing, or one the index must not hold, is named.
+        let e = index_document("r", &children[..2], &required, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing [windows/amd64@10.0.20348]"), "{e}");
+        let e = index_document("r", &children, &required[..2], &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unexpected [windows/amd64@10.0.26100.4061]"),
+            "{e}"
+        );
+        // Two images of one build cannot both be its entry.
+        let twice = [
+            windows("10.0.17763.5696", "sha256:a"),
+            windows("10.0.17763.6000", "sha256:b"),
+        ];
+        let e = index_document("r", &twice, &required[..1], &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given twice"), "{e}");
+        // 10.0.1 is not a revision of 10.0.17763.
+        let other = windows("10.0.177630.1", "sha256:c");
+        assert!(!other.platform.serves(&required[0]));
+    }
+
+    #[test]
+    fn platforms_print_and_parse_with_their_os_version() {
+        let p = Platform::for_arch("windows", Arch::Amd64).with_os_version(Some("10.0.17763.5696"));
+        assert_eq!(p.to_string(), "windows/amd64@10.0.17763.5696");
+        assert_eq!(Platform::parse(&p.to_string()), Some(p.clone()));
+        assert_eq!(p.arch(), Some(Arch::Amd64));
+        let arm = Platform::for_arch("linux", Arch::Arm32v7);
+        assert_eq!(Platform::parse(&arm.to_string()), Some(arm));
     }
 
     #[test]

@@ -85,8 +85,13 @@ pub struct Profile {
 }
 
 enum Catalogue {
-    /// `scripts/demo/versions` and `scripts/demo/platforms`.
+    /// `scripts/demo/versions` and `scripts/demo/platforms`, with the Linux
+    /// slice replaced by the busybox machinery fixture
+    /// (`tests/fixtures/machinery/linux`): the demo's real compilers take
+    /// minutes to build, the fixture seconds.
     Demo,
+    /// The demo exactly as README's first command runs it.
+    RealDemo,
     /// OCaml 5.5 on one busybox release, amd64 only.
     Busybox {
         os: String,
@@ -108,9 +113,16 @@ pub struct ProfileBuilder {
 }
 
 impl Profile {
-    /// The demo catalogue slice (every demo platform and version).
+    /// The demo catalogue slice (every demo platform and version), with
+    /// the busybox fixture as its Linux platform.
     pub fn demo(name: &str) -> ProfileBuilder {
         ProfileBuilder::new(name, Catalogue::Demo)
+    }
+
+    /// The demo catalogue as it is, real Linux compilers included, and its
+    /// opam repository (`scripts/demo/opam-repository.sh` makes it).
+    pub fn real_demo(name: &str) -> ProfileBuilder {
+        ProfileBuilder::new(name, Catalogue::RealDemo)
     }
 
     /// One tag: busybox release `os`, amd64, OCaml 5.5, on the busybox
@@ -297,6 +309,16 @@ impl ProfileBuilder {
                 for sub in ["versions", "platforms"] {
                     copy_tree(&demo.join(sub), p);
                 }
+                std::fs::remove_dir_all(p.join("platforms/linux")).unwrap();
+                copy_tree(
+                    &root().join("tests/fixtures/machinery/linux"),
+                    &p.join("platforms"),
+                );
+            }
+            Catalogue::RealDemo => {
+                for sub in ["versions", "platforms"] {
+                    copy_tree(&demo.join(sub), p);
+                }
             }
             Catalogue::Busybox {
                 os,
@@ -322,9 +344,10 @@ impl ProfileBuilder {
                     "versions: [latest]\nrequired_tiers: [1]\n",
                 )
                 .unwrap();
-                let recipe =
-                    std::fs::read_to_string(demo.join("platforms/linux/busybox.Dockerfile"))
-                        .unwrap();
+                let recipe = std::fs::read_to_string(
+                    root().join("tests/fixtures/machinery/linux/busybox.Dockerfile"),
+                )
+                .unwrap();
                 std::fs::write(
                     p.join("platforms/linux/busybox.Dockerfile"),
                     recipe.replace("RUN mkdir -p", &format!("{recipe_prefix}RUN mkdir -p")),
@@ -345,9 +368,28 @@ impl ProfileBuilder {
             .registry_url
             .map(|u| format!("url = \"{u}\"\n"))
             .unwrap_or_default();
-        let plan = self
-            .plan
-            .unwrap_or_else(|| "opam_repository_commit = \"test-pinned\"".to_string());
+        let real = matches!(self.catalogue, Catalogue::RealDemo);
+        let plan = self.plan.unwrap_or_else(|| {
+            if real {
+                // The demo's opam repository, as a git repository of the profile's own.
+                let git = p.join("opam-repository.git");
+                let ok = Command::new("bash")
+                    .arg(root().join("scripts/demo/opam-repository.sh"))
+                    .arg(demo.join("opam-repository"))
+                    .arg(&git)
+                    .stdout(std::process::Stdio::null())
+                    .status()
+                    .unwrap()
+                    .success();
+                assert!(ok, "scripts/demo/opam-repository.sh failed");
+                format!(
+                    "opam_repository = \"{}\"\nopam_repository_ref = \"refs/heads/master\"",
+                    git.display()
+                )
+            } else {
+                "opam_repository_commit = \"test-pinned\"".to_string()
+            }
+        });
         let config = p.join("kiln.toml");
         std::fs::write(
             &config,

@@ -3,6 +3,7 @@
 //! that host's concurrency, and builds, smoke-tests and pushes it; or, for
 //! `kiln verify --rebuild`, builds it the same way and keeps it.
 
+use crate::sources;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -18,6 +19,7 @@ use crate::plan::Target;
 
 /// Docker Engine hosts, connected on first use.
 pub struct DockerBuilder {
+    config: Config,
     hosts: Vec<DockerHost>,
     engines: OnceLock<Vec<(DockerHost, Engine, Arc<Semaphore>)>>,
     /// Exports are unpacked and layers written under here (`<pid>-…`).
@@ -27,6 +29,7 @@ pub struct DockerBuilder {
 impl DockerBuilder {
     pub fn new(config: &Config) -> DockerBuilder {
         DockerBuilder {
+            config: config.clone(),
             hosts: config.docker.hosts.clone(),
             engines: OnceLock::new(),
             work_dir: config.work_dir().join("docker"),
@@ -79,6 +82,57 @@ impl DockerBuilder {
     }
 }
 
+impl DockerBuilder {
+    /// A server for what the recipes take from the source mirror; `None`
+    /// when they take nothing. Every source is checked present (a missing
+    /// one is named) and read through the local cache, digest-checked.
+    async fn source_server(
+        &self,
+        job: &BuildJob<'_>,
+    ) -> Result<Option<sources::SourceServer>, sources::SourcesError> {
+        let p = job.prepared;
+        let uses = &p.target.uses;
+        if uses.is_empty() {
+            return Ok(None);
+        }
+        let commit = p
+            .inputs
+            .get("opam_repository_commit")
+            .cloned()
+            .unwrap_or_default();
+        let mirror = sources::Mirror::new(
+            job.registry,
+            &self.config.registry.namespace,
+            &self.config.state_dir,
+        );
+        let wanted = sources::wanted(
+            &self.config,
+            &uses.sources,
+            uses.opam_cache,
+            &p.target.opam_packages,
+            &commit,
+        )
+        .await?;
+        let present = mirror.check(&wanted).await?;
+        let bundle = if uses.bundle {
+            Some(mirror.bundle_present(&commit).await?.ok_or_else(|| {
+                sources::SourcesError::Missing {
+                    name: format!("{} at {commit}", sources::BUNDLE_NAME),
+                    declared_in: "plan.opam_repository".into(),
+                    repository: mirror.repository().to_string(),
+                }
+            })?)
+        } else {
+            None
+        };
+        let tree = sources::serve::tree_for(&mirror, &wanted, &present, bundle.as_ref()).await?;
+        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = sources::SourceServer::start(tree, bind).await?;
+        tracing::info!(target_id = %p.target.id(), url = %server.url(), "source server");
+        Ok(Some(server))
+    }
+}
+
 fn serves(h: &DockerHost, t: &Target) -> bool {
     h.os == t.platform && (t.arch == h.arch || h.emulate.iter().any(|e| t.arch == *e))
 }
@@ -102,18 +156,26 @@ fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
             .map(|(name, digest)| format!("{name}@{digest}")),
         source_date_epoch: t.source_date_epoch,
         work_dir: work_dir.to_path_buf(),
-        smoke: vec![
-            SmokeCheck {
+        // Every image runs its opam; a compiler image also its compiler.
+        smoke: t
+            .expected_ocaml()
+            .map(|expect| SmokeCheck {
                 argv: vec!["ocaml".into(), "-version".into()],
-                expect: t.expected_ocaml(),
-            },
-            SmokeCheck {
+                expect,
+            })
+            .into_iter()
+            .chain([SmokeCheck {
                 argv: vec!["opam".into(), "--version".into()],
                 expect: t.vars.get("opam_version").cloned().unwrap_or_default(),
-            },
-        ],
+            }])
+            .chain(t.smoke.iter().map(|c| SmokeCheck {
+                argv: vec!["sh".into(), "-c".into(), c.run.clone()],
+                expect: c.expect.clone(),
+            }))
+            .collect(),
         log: job.log.to_path_buf(),
         labels: BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), p.key.clone())]),
+        host_network: false,
     }
 }
 
@@ -138,10 +200,23 @@ impl Builder for DockerBuilder {
             .max(1)
     }
 
+    fn build_vars(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("sources_url".to_string(), super::SOURCES_URL.to_string())])
+    }
+
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
             let (engine, slots) = self.route(&job.prepared.target)?;
-            let spec = spec(&job, &self.work_dir);
+            let mut spec = spec(&job, &self.work_dir);
+            // The source server lives as long as this build (dropped at the end).
+            let server = self
+                .source_server(&job)
+                .await
+                .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
+            if let Some(s) = &server {
+                spec.dockerfile = spec.dockerfile.replace(super::SOURCES_URL, &s.url());
+                spec.host_network = true;
+            }
             let _slot = slots.acquire_owned().await;
             super::build(engine, job.registry, &spec)
                 .await

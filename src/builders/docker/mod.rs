@@ -26,6 +26,11 @@ use crate::catalogue::Arch;
 use crate::config::DockerHost;
 use crate::model::FailureKind;
 
+/// The placeholder recipes get for `{{sources_url}}` at plan time: the
+/// per-build sources server's URL is filled in when the build runs (as
+/// QEMU's `HTTP_BASE`), so its port never enters the build key.
+pub const SOURCES_URL: &str = "@KILN_SOURCES_URL@";
+
 pub mod builder;
 pub mod compare;
 mod export;
@@ -221,6 +226,9 @@ pub struct BuildSpec {
     pub smoke: Vec<SmokeCheck>,
     pub log: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// RUN steps share the host's network, to reach Kiln's per-build
+    /// source server on loopback.
+    pub host_network: bool,
 }
 
 #[derive(Debug, Clone)]

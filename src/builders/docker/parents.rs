@@ -70,6 +70,7 @@ pub async fn ensure_busybox(
             }],
             log: config.log_dir().join(format!("fixtures_busybox_{arch}.log")),
             labels: BTreeMap::new(),
+            host_network: false,
         };
         digests.push(build(engine, reg, &spec).await?.digest);
     }
@@ -88,64 +89,102 @@ pub async fn ensure_busybox(
     Ok(idx.digest)
 }
 
-/// Build and push the Debian bookworm parent (debootstrap, cached as a
-/// tarball under the state dir) unless it is already there.
+/// The arches of the Debian parent (arm64 is debootstrapped and built by
+/// emulation).
+pub const DEBIAN_ARCHES: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+/// Build and push the Debian bookworm parent, a two-arch index of
+/// debootstrapped rootfs images (each cached as a tarball under the state
+/// dir), unless the registry has it with both arches.
 pub async fn ensure_debian(
     config: &Config,
     engine: &Engine,
     reg: &Registry,
 ) -> Result<String, ParentError> {
     if let Some((d, _)) = reg.head_manifest(DEBIAN_REPO, "bookworm").await? {
-        return Ok(d);
+        let m = reg.get_manifest(DEBIAN_REPO, &d).await?.json()?;
+        let has = |a: Arch| index::child_for(&m, &Platform::for_arch("linux", a)).is_some();
+        if DEBIAN_ARCHES.into_iter().all(has) {
+            return Ok(d);
+        }
     }
-    let dir = config.state_dir.join("fixtures");
-    let tarball = dir.join("debian-bookworm-rootfs.tar");
-    if !tarball.exists() {
-        let root = tempfile::tempdir_in(&dir)
-            .map_err(|e| ParentError::Missing(format!("{}: {e}", dir.display())))?;
-        crate::process::Cmd::new("debootstrap")
-            .args(["--variant=minbase", "bookworm"])
-            .arg(root.path())
-            .arg("http://deb.debian.org/debian")
-            .timeout(std::time::Duration::from_secs(1200))
-            .run()
-            .await?;
-        let partial = tarball.with_extension("partial");
-        crate::process::Cmd::new("tar")
-            .arg("-C")
-            .arg(root.path())
-            .args(["--numeric-owner", "-cf"])
-            .arg(&partial)
-            .arg(".")
-            .run()
-            .await?;
-        std::fs::rename(&partial, &tarball)
+    let mut digests = Vec::new();
+    for arch in DEBIAN_ARCHES {
+        let tarball = debootstrap(config, arch).await?;
+        let data = std::fs::read(&tarball)
             .map_err(|e| ParentError::Missing(format!("{}: {e}", tarball.display())))?;
+        let spec = BuildSpec {
+            target: format!("fixtures/debian/{arch}"),
+            dockerfile: "FROM scratch\nADD rootfs.tar /\nCMD [\"bash\"]\n".into(),
+            context: BTreeMap::from([("rootfs.tar".to_string(), data)]),
+            os: "linux".into(),
+            arch,
+            repository: DEBIAN_REPO.into(),
+            engine_tag: format!("bookworm-{arch}"),
+            parent: None,
+            source_date_epoch: 0,
+            work_dir: config.work_dir().join("docker"),
+            smoke: vec![SmokeCheck {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "cat /etc/debian_version; uname -m".into(),
+                ],
+                expect: arch.uname().into(),
+            }],
+            log: config.log_dir().join(format!("fixtures_debian_{arch}.log")),
+            labels: BTreeMap::new(),
+            host_network: false,
+        };
+        digests.push(build(engine, reg, &spec).await?.digest);
     }
-    let data = std::fs::read(&tarball)
-        .map_err(|e| ParentError::Missing(format!("{}: {e}", tarball.display())))?;
-    let spec = BuildSpec {
-        target: "fixtures/debian/amd64".into(),
-        dockerfile: "FROM scratch\nADD rootfs.tar /\nCMD [\"bash\"]\n".into(),
-        context: BTreeMap::from([("rootfs.tar".to_string(), data)]),
-        os: "linux".into(),
-        arch: Arch::Amd64,
-        repository: DEBIAN_REPO.into(),
-        engine_tag: "bookworm".into(),
-        parent: None,
-        source_date_epoch: 0,
-        work_dir: config.work_dir().join("docker"),
-        smoke: vec![SmokeCheck {
-            argv: vec!["cat".into(), "/etc/debian_version".into()],
-            expect: "12.".into(),
-        }],
-        log: config.log_dir().join("fixtures_debian_amd64.log"),
-        labels: BTreeMap::new(),
-    };
-    let digest = build(engine, reg, &spec).await?.digest;
+    let required: Vec<Platform> = DEBIAN_ARCHES
+        .into_iter()
+        .map(|a| Platform::for_arch("linux", a))
+        .collect();
+    let idx = index::assemble(reg, DEBIAN_REPO, &digests, &required, &BTreeMap::new()).await?;
     // Pushed by digest: the parent's tag is this fixture's to set.
-    let m = reg.get_manifest(DEBIAN_REPO, &digest).await?;
-    reg.put_manifest(DEBIAN_REPO, "bookworm", &m.bytes, &m.media_type)
+    reg.put_manifest(
+        DEBIAN_REPO,
+        "bookworm",
+        &idx.bytes,
+        crate::registry::OCI_INDEX,
+    )
+    .await?;
+    Ok(idx.digest)
+}
+
+/// A minimal Debian 12 rootfs of `arch` by debootstrap (a foreign arch
+/// runs its second stage under binfmt emulation), as a tarball cached in
+/// the state dir.
+async fn debootstrap(config: &Config, arch: Arch) -> Result<std::path::PathBuf, ParentError> {
+    let dir = config.state_dir.join("fixtures");
+    let tarball = dir.join(format!("debian-bookworm-{arch}-rootfs.tar"));
+    if tarball.exists() {
+        return Ok(tarball);
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| ParentError::Missing(format!("{}: {e}", dir.display())))?;
+    let root = tempfile::tempdir_in(&dir)
+        .map_err(|e| ParentError::Missing(format!("{}: {e}", dir.display())))?;
+    crate::process::Cmd::new("debootstrap")
+        .args(["--variant=minbase", &format!("--arch={}", arch.debian())])
+        .arg("bookworm")
+        .arg(root.path())
+        .arg("http://deb.debian.org/debian")
+        .timeout(std::time::Duration::from_secs(1800))
+        .run()
         .await?;
-    Ok(digest)
+    let partial = tarball.with_extension("partial");
+    crate::process::Cmd::new("tar")
+        .arg("-C")
+        .arg(root.path())
+        .args(["--numeric-owner", "-cf"])
+        .arg(&partial)
+        .arg(".")
+        .run()
+        .await?;
+    std::fs::rename(&partial, &tarball)
+        .map_err(|e| ParentError::Missing(format!("{}: {e}", tarball.display())))?;
+    Ok(tarball)
 }

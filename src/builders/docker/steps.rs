@@ -120,6 +120,7 @@ async fn build_image(
     labels.insert("org.ocaml.kiln.target".into(), spec.target.clone());
     let platform = spec.arch.docker_platform(&spec.os);
     let opts = BuildImageOptionsBuilder::default()
+        .networkmode(if spec.host_network { "host" } else { "default" })
         .dockerfile("Dockerfile")
         .t(local)
         .platform(&platform)
@@ -282,7 +283,9 @@ async fn run_in(
             ContainerCreateBody {
                 image: Some(image.to_string()),
                 labels: Some([(OWNER_LABEL.to_string(), crate::process::owner())].into()),
-                entrypoint: Some(vec![]),
+                // The image's own entrypoint (`opam exec --` in ocaml/opam
+                // images), so the check runs as `docker run IMAGE argv` does.
+                entrypoint: None,
                 cmd: Some(argv.to_vec()),
                 network_disabled: Some(true),
                 host_config: Some(HostConfig {

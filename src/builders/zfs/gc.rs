@@ -44,7 +44,11 @@ pub fn referenced(lock: &Lockfile) -> BTreeSet<String> {
         for a in e.arches.values() {
             let key = a.build_key.trim_start_matches("sha256:");
             if key.len() >= 12 {
-                out.insert(format!("{}-ocaml-{}-{}", e.os, e.ocaml, &key[..12]));
+                let name = match &e.ocaml {
+                    Some(v) => format!("ocaml-{v}"),
+                    None => crate::plan::OPAM_STAGE.to_string(),
+                };
+                out.insert(format!("{}-{name}-{}", e.os, &key[..12]));
             }
         }
     }

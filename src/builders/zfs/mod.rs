@@ -145,7 +145,7 @@ impl ZfsBuilder {
     fn spec(&self, host: &ZfsHost, job: &BuildJob<'_>) -> build::ZfsSpec {
         let p: &Prepared = job.prepared;
         let t = &p.target;
-        let leaf = format!("{}-ocaml-{}-{}", t.os, t.version, p.short_key());
+        let leaf = format!("{}-{}-{}", t.os, t.ocaml_name(), p.short_key());
         let (children, env, profile) = layout(host, t, &leaf);
         build::ZfsSpec {
             target: t.id(),
@@ -158,7 +158,11 @@ impl ZfsBuilder {
             user: t.vars.get("build_user").cloned(),
             timeout: self.provision_timeout,
             profile,
-            smoke: vec![("ocaml -version".into(), t.expected_ocaml())],
+            smoke: t
+                .expected_ocaml()
+                .map(|e| ("ocaml -version".to_string(), e))
+                .into_iter()
+                .collect(),
             log: job.log.to_path_buf(),
             out_dir: self.out_dir.clone(),
         }
@@ -210,7 +214,7 @@ async fn push_incremental(
     job: &BuildJob<'_>,
 ) -> Option<IncrementalRef> {
     let t = &job.prepared.target;
-    let series_prefix = format!("{}-ocaml-{}.", t.os, t.version.series_tag());
+    let series_prefix = format!("{}-ocaml-{}.", t.os, t.version.as_ref()?.series_tag());
     let previous = match build::previous_image(zfs, &spec.dataset, &series_prefix).await {
         Ok(p) => p?,
         Err(e) => {

@@ -1,0 +1,236 @@
+//! `versions/sources.yaml`: every external input a build fetches that is
+//! not a distro package — opam source tarballs, compiler archives a local
+//! opam repository names, OS install sets — each pinned by its sha256.
+//!
+//! A source is fetched once from its `url` into the registry's source
+//! mirror (`kiln sources sync`, the `sources` module) and served to builds by
+//! Kiln's per-build HTTP server at `{{sources_url}}/<name>`; a build needs
+//! no network but the distro's package mirror. The declared sha256 is the
+//! content address: it names the blob in the mirror and enters the build
+//! key of every recipe that uses the source.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::CatalogueError;
+
+/// The file's shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Sources {
+    #[serde(default)]
+    pub sources: Vec<SourceDecl>,
+}
+
+/// One declared source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDecl {
+    /// The file name it is served under (`{{sources_url}}/<name>`).
+    pub name: String,
+    /// Where `kiln sources sync` fetches it: `http(s)://…` or `file://…`.
+    pub url: String,
+    /// Its sha256, 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+impl SourceDecl {
+    /// `sha256:<hex>`, the OCI digest of the source's blob.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", self.sha256)
+    }
+}
+
+impl Sources {
+    pub fn get(&self, name: &str) -> Option<&SourceDecl> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+}
+
+/// Whether `s` is a file name a source may be served under: no path
+/// separators, no leading dot, URL-safe characters only.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '~'))
+}
+
+/// The placeholder recipes reach Kiln's per-build source server by.
+pub const PLACEHOLDER: &str = "{{sources_url}}";
+/// Served paths that are the mirror's own, not declared sources.
+pub const BUNDLE: &str = "opam-repository.bundle";
+pub const OPAM_CACHE: &str = "opam-cache";
+
+/// What a recipe takes from the source server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceRefs {
+    /// Declared sources, by name, in order of first use, with the 1-based
+    /// line of that use.
+    pub names: Vec<(String, usize)>,
+    /// opam's archive mirror (the archives of the packages it installs).
+    pub opam_cache: bool,
+    /// The opam-repository bundle.
+    pub bundle: bool,
+}
+
+impl SourceRefs {
+    pub fn merge(&mut self, other: SourceRefs) {
+        for (n, l) in other.names {
+            if !self.names.iter().any(|(m, _)| *m == n) {
+                self.names.push((n, l));
+            }
+        }
+        self.opam_cache |= other.opam_cache;
+        self.bundle |= other.bundle;
+    }
+}
+
+/// The `{{placeholder}}/<path>` uses in a recipe's text.
+pub fn references(recipe: &str, placeholder: &str) -> SourceRefs {
+    let mut out = SourceRefs::default();
+    for (i, line) in recipe.lines().enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find(placeholder) {
+            rest = &rest[at + placeholder.len()..];
+            let Some(path) = rest.strip_prefix('/') else {
+                continue;
+            };
+            let name: String = path
+                .chars()
+                .take_while(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+' | '~')
+                })
+                .collect();
+            match name.as_str() {
+                "" => {}
+                BUNDLE => out.bundle = true,
+                OPAM_CACHE => out.opam_cache = true,
+                n => {
+                    if !out.names.iter().any(|(m, _)| m == n) {
+                        out.names.push((n.to_string(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn valid_sha256(s: &str) -> bool {
+    s.len() == 64 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
+}
+
+/// Names unique and safe, URLs with a scheme Kiln can fetch, sha256 well
+/// formed; errors name the file and the field.
+pub fn validate(path: &Path, s: &Sources) -> Result<(), CatalogueError> {
+    let mut seen = BTreeSet::new();
+    for (i, d) in s.sources.iter().enumerate() {
+        let field = |f: &str| format!("sources[{i}].{f}");
+        if !valid_name(&d.name) {
+            return Err(CatalogueError::invalid(
+                path,
+                field("name"),
+                format!(
+                    "{:?}: a file name of letters, digits and . - _ + ~ (it is served as {{{{sources_url}}}}/<name>)",
+                    d.name
+                ),
+            ));
+        }
+        if d.name == BUNDLE || d.name == OPAM_CACHE {
+            return Err(CatalogueError::invalid(
+                path,
+                field("name"),
+                format!(
+                    "{} is the mirror's own (the opam-repository bundle, opam's archive cache)",
+                    d.name
+                ),
+            ));
+        }
+        if !seen.insert(d.name.as_str()) {
+            return Err(CatalogueError::invalid(
+                path,
+                field("name"),
+                format!("{} declared twice", d.name),
+            ));
+        }
+        if !(d.url.starts_with("https://")
+            || d.url.starts_with("http://")
+            || d.url.starts_with("file:///"))
+        {
+            return Err(CatalogueError::invalid(
+                path,
+                field("url"),
+                format!("{:?}: an http(s):// or file:/// URL", d.url),
+            ));
+        }
+        if !valid_sha256(&d.sha256) {
+            return Err(CatalogueError::invalid(
+                path,
+                field("sha256"),
+                format!("{:?}: 64 lowercase hex digits", d.sha256),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decl(name: &str, url: &str, sha: &str) -> SourceDecl {
+        SourceDecl {
+            name: name.into(),
+            url: url.into(),
+            sha256: sha.into(),
+        }
+    }
+
+    #[test]
+    fn a_recipe_names_its_sources_by_url() {
+        let r = "RUN curl -fsSL {{sources_url}}/opam-full-2.5.0.tar.gz -o x\n\
+                 RUN git clone {{sources_url}}/opam-repository.bundle r\n\
+                 RUN opam option archive-mirrors={{sources_url}}/opam-cache && curl {{sources_url}}/opam-full-2.5.0.tar.gz\n\
+                 RUN curl \"{{sources_url}}/ocaml_4.13.1.orig.tar.gz\"";
+        let refs = references(r, PLACEHOLDER);
+        assert_eq!(
+            refs.names,
+            vec![
+                ("opam-full-2.5.0.tar.gz".to_string(), 1),
+                ("ocaml_4.13.1.orig.tar.gz".to_string(), 4)
+            ]
+        );
+        assert!(refs.bundle && refs.opam_cache);
+    }
+
+    #[test]
+    fn bad_declarations_name_the_field() {
+        let p = Path::new("versions/sources.yaml");
+        let ok = "a".repeat(64);
+        let cases = [
+            (decl("../x", "https://e/x", &ok), "sources[0].name"),
+            (decl("x.tgz", "ftp://e/x", &ok), "sources[0].url"),
+            (decl("x.tgz", "https://e/x", "ABC"), "sources[0].sha256"),
+        ];
+        for (d, field) in cases {
+            let e = validate(p, &Sources { sources: vec![d] }).unwrap_err();
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let twice = Sources {
+            sources: vec![
+                decl("x.tgz", "https://e/x", &ok),
+                decl("x.tgz", "https://e/y", &ok),
+            ],
+        };
+        let e = validate(p, &twice).unwrap_err().to_string();
+        assert!(e.contains("sources[1].name") && e.contains("twice"), "{e}");
+        let good = Sources {
+            sources: vec![decl("opam-full-2.5.0.tar.gz", "https://e/x", &ok)],
+        };
+        validate(p, &good).unwrap();
+    }
+}

@@ -1,0 +1,145 @@
+//! `kiln sources`: the source mirror (every external input of a build,
+//! pinned by checksum, fetched once into the registry).
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use kiln::catalogue::{self, Arch};
+use kiln::config::{Config, Sources};
+use kiln::plan::{self, Filter};
+use kiln::registry::Registry;
+use kiln::sources::{Mirror, SyncOutcome};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Sub,
+}
+
+#[derive(clap::Args)]
+struct Select {
+    /// A version (5.5.0), series (5.5) or set (recent, latest, all).
+    #[arg(long)]
+    version: Option<String>,
+    #[arg(long)]
+    platform: Option<String>,
+    /// OS release id or alias.
+    #[arg(long)]
+    os: Option<String>,
+    #[arg(long)]
+    arch: Option<Arch>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Fetch every source the plan's buildable targets use into the
+    /// registry's source mirror, checking each checksum; present ones are
+    /// not fetched again.
+    Sync(Select),
+    /// Which sources the plan uses and whether the mirror has each.
+    List(Select),
+}
+
+pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
+    let config = Config::load(sources)?;
+    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    let (sel, sync) = match args.command {
+        Sub::Sync(s) => (s, true),
+        Sub::List(s) => (s, false),
+    };
+    let targets = plan::expand(
+        &cat,
+        &Filter {
+            version: sel.version,
+            platform: sel.platform,
+            os: sel.os,
+            arch: sel.arch,
+            tag: None,
+        },
+    )?;
+    let reg = Registry::new(&config.registry)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let commit = plan::prepare::opam_repository_commit(&config).await?;
+        if sync {
+            let bar = spinner(sel.json, "syncing the source mirror");
+            let r = kiln::pipeline::sources::sync(&config, &reg, &targets, &commit).await;
+            bar.finish_and_clear();
+            let r = r?;
+            if sel.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for (p, how) in &r.sources {
+                    let how = match how {
+                        SyncOutcome::Present => "present",
+                        SyncOutcome::Fetched => "fetched",
+                    };
+                    println!("{how:8} {:60} {} ({} bytes)", p.name, p.blob, p.size);
+                }
+                println!("{} sources in {}", r.sources.len(), r.repository);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let builders = kiln::builders::Builders::new(&config);
+        let (wanted, bundle) =
+            kiln::pipeline::sources::wanted(&config, &builders, &targets, &commit).await?;
+        let mirror = Mirror::new(&reg, &config.registry.namespace, &config.state_dir);
+        let mut rows = Vec::new();
+        for w in &wanted {
+            let p = mirror.present(w).await?;
+            rows.push(serde_json::json!({
+                "name": w.name, "url": w.url, "checksum": w.checksum.opam(),
+                "declared_in": w.declared_in, "present": p.is_some(),
+                "blob": p.as_ref().map(|p| p.blob.clone()),
+            }));
+        }
+        if bundle {
+            let p = mirror.bundle_present(&commit).await?;
+            rows.push(serde_json::json!({
+                "name": kiln::sources::BUNDLE_NAME, "url": config.plan.opam_repository,
+                "checksum": format!("git={commit}"), "declared_in": "plan.opam_repository",
+                "present": p.is_some(), "blob": p.as_ref().map(|p| p.blob.clone()),
+            }));
+        }
+        let missing = rows.iter().filter(|r| r["present"] == false).count();
+        if sel.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            for r in &rows {
+                let state = if r["present"] == true {
+                    "present"
+                } else {
+                    "MISSING"
+                };
+                println!(
+                    "{state:8} {:60} {}",
+                    r["name"].as_str().unwrap_or(""),
+                    r["checksum"].as_str().unwrap_or("")
+                );
+            }
+            println!(
+                "{} sources, {missing} missing from {}",
+                rows.len(),
+                mirror.repository()
+            );
+        }
+        Ok(if missing > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    })
+}
+
+fn spinner(hidden: bool, msg: &'static str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else {
+        bar.set_message(msg);
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    }
+    bar
+}

@@ -1,0 +1,65 @@
+//! What a target's recipes take from the source mirror.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::catalogue::Catalogue;
+
+/// The source-mirror inputs of a target's recipes: declared sources (their
+/// sha256 are build inputs), opam's archive cache (the archives of
+/// `opam_packages`, pinned by their opam files at the keyed commit) and
+/// the opam-repository bundle (pinned by that commit).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Uses {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::catalogue::SourceDecl>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub opam_cache: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bundle: bool,
+}
+
+impl Uses {
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty() && !self.opam_cache && !self.bundle
+    }
+
+    /// Read from the recipe files; undeclared names are left out here
+    /// (`kiln catalogue validate` and `prepare` refuse them).
+    /// `vars` are the target's variables: a declared source whose name a
+    /// variable holds (`{{sources_url}}/{{ocaml_beta_repository_source}}`)
+    /// is used too.
+    pub(super) fn of_recipes(
+        cat: &Catalogue,
+        recipes: &[PathBuf],
+        vars: &std::collections::BTreeMap<String, String>,
+    ) -> Uses {
+        let mut refs = crate::catalogue::sources::SourceRefs::default();
+        for r in recipes {
+            if let Ok(text) = std::fs::read_to_string(r) {
+                refs.merge(crate::catalogue::sources::references(
+                    &text,
+                    crate::catalogue::sources::PLACEHOLDER,
+                ));
+            }
+        }
+        let by_var = cat
+            .sources
+            .sources
+            .iter()
+            .filter(|d| vars.values().any(|v| *v == d.name))
+            .filter(|d| !refs.names.iter().any(|(n, _)| *n == d.name));
+        Uses {
+            sources: refs
+                .names
+                .iter()
+                .filter_map(|(n, _)| cat.sources.get(n))
+                .chain(by_var)
+                .cloned()
+                .collect(),
+            opam_cache: refs.opam_cache,
+            bundle: refs.bundle,
+        }
+    }
+}

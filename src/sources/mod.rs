@@ -1,0 +1,155 @@
+//! The source mirror: every external input of a build, fetched once into
+//! the registry and served to builds by Kiln, so that a build needs no
+//! GitHub and no network but the distro's package mirror.
+//!
+//! What is mirrored:
+//! - the sources declared in `versions/sources.yaml` (opam source
+//!   tarballs, OS install sets, …), each pinned by sha256;
+//! - the archives of the opam packages a target installs (the compiler),
+//!   pinned by their opam file's own `url { checksum }` at the
+//!   opam-repository commit in use ([`opam`]);
+//! - the opam-repository itself at that commit, as a git bundle (pinned by
+//!   the commit: git's own content address).
+//!
+//! In the registry, repository `<namespace>/kiln-sources`, each source is
+//! an OCI artifact of one layer (the file, byte for byte) tagged
+//! `sha256-<hex>` (`opam-repository-<commit>` for bundles): content
+//! addressed, so a tag is never moved. Builds get them through a local
+//! cache (`<state>/sources/`, every file checked against its digest) and a
+//! per-build HTTP server ([`serve`]) that lays them out as
+//! `{{sources_url}}/<name>`, `{{sources_url}}/opam-repository.bundle` and
+//! `{{sources_url}}/opam-cache/<kind>/<xx>/<hex>` (opam's archive-mirror
+//! layout, so `opam switch create` finds archives by checksum).
+
+pub mod fetch;
+mod mirror;
+pub mod opam;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use crate::model::FailureKind;
+use crate::registry::RegistryError;
+
+pub use mirror::{Mirror, Present, SyncOutcome, SyncReport};
+pub use opam::{Archive, Checksum};
+pub use serve::{SourceServer, Tree};
+
+/// The registry repository under the namespace that holds the mirror.
+pub const REPOSITORY: &str = "kiln-sources";
+/// The artifact type of a mirrored source.
+pub const ARTIFACT: &str = "application/vnd.ocaml.kiln.source.v1";
+/// The layer media type: the file as it was fetched.
+pub const LAYER: &str = "application/octet-stream";
+/// Where recipes find the opam-repository bundle and opam's archive mirror.
+pub use crate::catalogue::sources::{BUNDLE as BUNDLE_NAME, OPAM_CACHE};
+
+/// One thing to have in the mirror: a name it is served under, where it
+/// comes from, and the checksum that pins it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Wanted {
+    pub name: String,
+    pub url: String,
+    pub checksum: Checksum,
+    /// Where it was declared (`versions/sources.yaml`, an opam file).
+    pub declared_in: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    #[error(
+        "source {name} (declared in {declared_in}) is not in the source mirror {repository}; run `kiln sources sync`"
+    )]
+    Missing {
+        name: String,
+        declared_in: String,
+        repository: String,
+    },
+    #[error(
+        "source {name} (declared in {declared_in}): checksum mismatch for {url}: declared {expected}, got {actual}; nothing was mirrored"
+    )]
+    Checksum {
+        name: String,
+        declared_in: String,
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("source {name} (declared in {declared_in}): fetching {url}: {message}")]
+    Fetch {
+        name: String,
+        declared_in: String,
+        url: String,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Opam { path: String, message: String },
+    #[error("opam-repository: {0}")]
+    Git(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl SourcesError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            // Fetching from an upstream or talking to the registry can
+            // succeed on a retry; a declaration cannot fix itself.
+            SourcesError::Fetch { .. } | SourcesError::Io { .. } | SourcesError::Git(_) => {
+                FailureKind::Infra
+            }
+            SourcesError::Registry(e) => e.kind(),
+            SourcesError::Missing { .. }
+            | SourcesError::Checksum { .. }
+            | SourcesError::Opam { .. } => FailureKind::Recipe,
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SourcesError {
+        let path = path.into();
+        move |source| SourcesError::Io { path, source }
+    }
+}
+
+/// Everything a build with these uses needs from the mirror: the declared
+/// sources, and with `opam_cache` the archives of `packages` at `commit`.
+/// The bundle is asked for apart ([`Mirror::bundle_present`]).
+pub async fn wanted(
+    config: &crate::config::Config,
+    declared: &[crate::catalogue::SourceDecl],
+    opam_cache: bool,
+    packages: &[String],
+    commit: &str,
+) -> Result<Vec<Wanted>, SourcesError> {
+    let sources_yaml = config.versions_dir.join("sources.yaml");
+    let mut out: Vec<Wanted> = declared
+        .iter()
+        .map(|d| Wanted {
+            name: d.name.clone(),
+            url: d.url.clone(),
+            checksum: Checksum::Sha256(d.sha256.clone()),
+            declared_in: sources_yaml.display().to_string(),
+        })
+        .collect();
+    if opam_cache {
+        for a in opam::archives(config, commit, packages).await? {
+            let file = a.url.rsplit('/').next().unwrap_or("archive").to_string();
+            out.push(Wanted {
+                name: format!("opam/{}/{file}", a.package),
+                declared_in: {
+                    let pkg = a.package.split('/').next().unwrap_or_default();
+                    let name = pkg.split_once('.').map(|(n, _)| n).unwrap_or(pkg);
+                    format!("packages/{name}/{pkg}/opam at {commit}")
+                },
+                url: a.url,
+                checksum: a.checksum,
+            });
+        }
+    }
+    Ok(out)
+}

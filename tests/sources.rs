@@ -1,0 +1,198 @@
+//! The source mirror against the real registry and engine: declared
+//! sources fetched once into the registry and served to a build by Kiln's
+//! per-build server (the build has no other way to get them); a missing
+//! source, a checksum that does not match, an undeclared reference and a
+//! compiler archive no strong checksum pins are each refused before any
+//! build, naming what is wrong, and publish nothing.
+
+use std::path::Path;
+
+mod common;
+use common::Profile;
+
+const CONTENT: &str = "kiln source mirror test payload\n";
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A busybox profile whose recipe takes `payload.txt` from the source
+/// server and checks it; `payload.txt` is declared with `sha` and comes
+/// from a local file of the profile.
+fn profile(name: &str, sha: &str) -> Profile {
+    let p = Profile::busybox(&format!("sources-{name}"), "busybox")
+        .own_state()
+        .recipe_prefix(
+            "RUN wget -q -O /payload.txt {{sources_url}}/payload.txt && grep -q 'source mirror' /payload.txt\n",
+        )
+        .create();
+    std::fs::create_dir_all(p.path().join("state")).unwrap();
+    std::os::unix::fs::symlink(
+        common::state_dir().join("fixtures"),
+        p.path().join("state/fixtures"),
+    )
+    .unwrap();
+    let origin = p.path().join("origin/payload.txt");
+    std::fs::create_dir_all(origin.parent().unwrap()).unwrap();
+    std::fs::write(&origin, CONTENT).unwrap();
+    std::fs::write(
+        p.path().join("versions/sources.yaml"),
+        format!(
+            "sources:\n  - name: payload.txt\n    url: file://{}\n    sha256: {sha}\n",
+            origin.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sync(p: &Profile) -> std::process::Output {
+    p.kiln(&["sources", "sync", "--json"])
+}
+
+#[test]
+fn a_synced_source_is_served_to_the_build_and_keyed() {
+    let sha = sha256_hex(CONTENT.as_bytes());
+    let p = profile("served", &sha);
+    // Before the sync the run refuses, naming the source, and builds nothing.
+    let out = p.kiln(&["build"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("payload.txt") && err.contains("kiln sources sync"),
+        "{err}"
+    );
+    assert!(p.entries().is_empty(), "nothing may be published");
+    // Synced once: fetched, then present.
+    let first: serde_json::Value = common::ok_json(sync(&p));
+    assert_eq!(first["sources"][0][1], "fetched", "{first}");
+    assert_eq!(
+        first["sources"][0][0]["blob"],
+        format!("sha256:{sha}"),
+        "{first}"
+    );
+    // The origin may go away: the mirror is the copy builds use.
+    std::fs::remove_file(p.path().join("origin/payload.txt")).unwrap();
+    let again: serde_json::Value = common::ok_json(sync(&p));
+    assert_eq!(again["sources"][0][1], "present", "{again}");
+    let (code, s) = p.build(&[]);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["built"], 1, "{s}");
+    let (_, entry) = p.entries().into_iter().next().unwrap();
+    assert_eq!(entry["inputs"]["amd64.source:payload.txt"], sha, "{entry}");
+    let list: serde_json::Value = common::ok_json(p.kiln(&["sources", "list", "--json"]));
+    assert_eq!(list[0]["present"], true, "{list}");
+}
+
+#[test]
+fn a_checksum_mismatch_mirrors_and_publishes_nothing() {
+    let wrong = "0".repeat(64);
+    let p = profile("mismatch", &wrong);
+    let out = sync(&p);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("payload.txt")
+            && err.contains("checksum mismatch")
+            && err.contains("sources.yaml")
+            && err.contains(&sha256_hex(CONTENT.as_bytes())),
+        "{err}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&p.kiln(&["sources", "list", "--json"]).stdout).unwrap();
+    assert_eq!(list[0]["present"], false, "{list}");
+    assert!(!p.kiln(&["build"]).status.success());
+    assert!(p.entries().is_empty());
+    // No fetch leftovers in the cache.
+    let cache = p.path().join("state/sources");
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn an_undeclared_source_is_refused_naming_recipe_and_line() {
+    let p = profile("undeclared", &sha256_hex(CONTENT.as_bytes()));
+    p.edit("platforms/linux/busybox.Dockerfile", |t| {
+        format!("{t}RUN wget -q {{{{sources_url}}}}/not-declared.tar.gz\n")
+    });
+    let out = p.kiln(&["catalogue", "validate"]);
+    assert!(!out.status.success());
+    let err = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        err.contains("busybox.Dockerfile")
+            && err.contains("line ")
+            && err.contains("not-declared.tar.gz"),
+        "{err}"
+    );
+    let bad_sha = p.path().join("versions/sources.yaml");
+    std::fs::write(
+        &bad_sha,
+        "sources:\n  - name: payload.txt\n    url: file:///x\n    sha256: nothex\n",
+    )
+    .unwrap();
+    let out = p.kiln(&["plan"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("sources[0].sha256"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A git repository of opam packages whose compiler archive `sum` pins.
+fn opam_repo(dir: &Path, sum: &str) -> String {
+    let tree = dir.join("tree");
+    let pkg = tree.join("packages/ocaml-base-compiler/ocaml-base-compiler.5.5.0");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(tree.join("repo"), "opam-version: \"2.0\"\n").unwrap();
+    std::fs::write(
+        pkg.join("opam"),
+        format!(
+            "opam-version: \"2.0\"\nurl {{\n  src: \"file:///nonexistent/ocaml-5.5.0.tar.gz\"\n  checksum: \"{sum}\"\n}}\n"
+        ),
+    )
+    .unwrap();
+    let git = dir.join("repo.git");
+    let ok = std::process::Command::new("bash")
+        .arg(common::root().join("scripts/demo/opam-repository.sh"))
+        .arg(&tree)
+        .arg(&git)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    git.display().to_string()
+}
+
+#[test]
+fn a_compiler_archive_without_a_strong_checksum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let git = opam_repo(dir.path(), "md5=a55ca12a4e6edf83cb4777abdb7b2f4d");
+    let p = Profile::busybox("sources-md5", "busybox")
+        .own_state()
+        .plan(&format!(
+            "opam_repository = \"{git}\"\nopam_repository_ref = \"refs/heads/master\""
+        ))
+        .recipe_prefix("RUN wget -q -O /dev/null {{sources_url}}/opam-cache/none || true\n")
+        .create();
+    let out = sync(&p);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("packages/ocaml-base-compiler/ocaml-base-compiler.5.5.0/opam")
+            && err.contains("no sha256 or sha512"),
+        "{err}"
+    );
+    assert!(!p.kiln(&["build"]).status.success());
+    assert!(p.entries().is_empty());
+}
