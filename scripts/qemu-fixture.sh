@@ -6,7 +6,8 @@
 #     installer. It fetches http://<DHCP next-server>/install.conf (port
 #     80, as autoinstall(8) does), reads "HTTP Server", "Server directory",
 #     "Set name(s)", "Setup a user" and "Public ssh key for user", fetches
-#     SHA256 and each set from http://<server>/<directory>/, refuses a set
+#     SHA256, index.txt and each set the patterns select from
+#     http://<server>/<directory>/, refuses a set
 #     whose sha256 disagrees with SHA256 (the site set is not in it and
 #     is taken unverified, as install.conf answers), extracts the sets into
 #     the new system, creates the user with the key, runs install.site
@@ -30,7 +31,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${KILN_STATE_DIR:-$ROOT/.kiln}
 OUT=$STATE/fixtures/qemu
-PROTOCOL=openbsd-install-3
+PROTOCOL=openbsd-install-4
 KEY=$STATE/qemu/id_ed25519
 if [ ! -s "$KEY" ]; then
     mkdir -p "$(dirname "$KEY")"
@@ -142,8 +143,19 @@ autoinstall() {
     key=$(answer 'Public ssh key for user')
     url="http://$server/$dir"
     wget -q -O /tmp/SHA256 "$url/SHA256" || fail "no SHA256 at $url/SHA256"
-    for s in $sets; do
-        case "$s" in -*) continue ;; esac
+    # Over HTTP the installer learns what the directory holds from index.txt
+    # (the last word of each line), then takes what the patterns select.
+    wget -q -O /tmp/index.txt "$url/index.txt" || fail "no index.txt at $url/index.txt"
+    selected=
+    for f in $(sed 's/^.* //' /tmp/index.txt); do
+        for pat in $sets; do
+            case "$pat" in -*) continue ;; esac
+            # shellcheck disable=SC2254
+            case "$f" in $pat) selected="$selected $f"; break ;; esac
+        done
+    done
+    [ -n "$selected" ] || fail "no set in $url/index.txt matches: $sets"
+    for s in $selected; do
         wget -q -O /tmp/set "$url/$s" || fail "set $s: not found at $url/$s"
         case "$s" in
         site*) echo "KILN-INSTALL: $s is not in SHA256: installed unverified" ;;

@@ -47,6 +47,7 @@ fn profile(name: &str, os: &str, boot_timeout_secs: u64) -> Profile {
                 .replace("aliases: [openbsd]", "aliases: []")
         });
     }
+    p.sync_sources();
     p
 }
 
@@ -284,13 +285,11 @@ fn first_boot_that_never_powers_off_is_killed_at_its_timeout() {
 /// Bad sets are refused before any boot: no log, nothing published or left.
 /// (A release whose recipes name `{{sets}}` without declaring it at all is
 /// refused earlier still, by `kiln catalogue validate` and when rendering.)
-fn refused_before_any_boot(name: &str, os: &str, edit: impl FnOnce(&Profile)) -> String {
-    let c = profile(name, os, 60);
-    edit(&c);
+fn refused_before_any_boot(p: &Profile, os: &str) -> String {
     let _ = std::fs::remove_file(log_of(os));
-    let (code, s) = build(&c);
+    let (code, s) = build(p);
     assert_eq!(code, Some(1), "{s}");
-    assert!(c.entries().is_empty());
+    assert!(p.entries().is_empty());
     assert!(!log_of(os).exists(), "nothing booted");
     no_leftovers();
     serde_json::to_string(&s).unwrap()
@@ -299,65 +298,121 @@ fn refused_before_any_boot(name: &str, os: &str, edit: impl FnOnce(&Profile)) ->
 #[test]
 fn a_release_without_sets_is_refused_before_any_boot() {
     let _serial = serial();
-    let err = refused_before_any_boot("nosets", "openbsd-7.3", |c| {
-        // As the shipped releases are until an operator pins them.
-        c.edit(PLATFORM, |t| {
-            t.lines()
-                .map(|l| match l.trim_start().split_once(": ") {
-                    Some((k @ ("sets" | "sets_sha256"), _)) => format!("      {k}: \"\""),
-                    _ => l.to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+    let c = profile("nosets", "openbsd-7.3", 60);
+    c.edit(PLATFORM, |t| {
+        t.lines()
+            .map(|l| match l.trim_start().split_once(": ") {
+                Some(("sets", _)) => "      sets: \"\"".to_string(),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     });
+    let err = refused_before_any_boot(&c, "openbsd-7.3");
     assert!(
-        err.contains("openbsd-7.3") && err.contains("7.9/amd64 declares no install sets"),
+        err.contains("openbsd-7.3: OpenBSD 7.9/amd64 declares no install sets"),
         "{err}"
     );
 }
 
-#[test]
-fn a_corrupted_set_is_refused_by_its_checksum_before_any_boot() {
-    let _serial = serial();
+/// The fixture's sets, copied where a test may change them.
+fn sets_copy() -> tempfile::TempDir {
     let sets = tempfile::tempdir().unwrap();
     let fixture = common::state_dir().join("fixtures/qemu/sets");
     for f in ["SHA256", "base79.tgz"] {
         std::fs::copy(fixture.join(f), sets.path().join(f)).unwrap();
     }
-    let mut bytes = std::fs::read(sets.path().join("base79.tgz")).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(sets.path().join("base79.tgz"), bytes).unwrap();
-    let err = refused_before_any_boot("corrupt", "openbsd-7.2", |c| {
-        c.edit(PLATFORM, |t| {
-            t.replace(
-                "sets_dir: fixtures/qemu/sets",
-                &format!("sets_dir: {}", sets.path().display()),
-            )
-        })
-    });
-    assert!(
-        err.contains("7.9/amd64: base79.tgz fails its checksum"),
-        "{err}"
-    );
+    sets
 }
 
-#[test]
-fn a_sha256_that_is_not_the_pinned_one_is_refused_before_any_boot() {
-    let _serial = serial();
-    let err = refused_before_any_boot("pin", "openbsd-7.1", |c| {
-        c.edit(PLATFORM, |t| {
-            let pin = t
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("sets_sha256: "))
-                .unwrap()
-                .to_string();
-            t.replace(&pin, &"0".repeat(64))
-        })
+/// The profile's declaration of the base set, pointed at `url` and `sha256`.
+fn declare_base_set(p: &Profile, url: &str, sha256: Option<&str>) {
+    p.edit("versions/sources.yaml", |t| {
+        let mut out = String::new();
+        let mut in_base = false;
+        for l in t.lines() {
+            if l.contains("name: openbsd-fixture-base79.tgz") {
+                in_base = true;
+            } else if l.contains("name: ") {
+                in_base = false;
+            }
+            let l = match (in_base, l.trim_start().split_once(": ")) {
+                (true, Some(("url", _))) => format!("    url: {url}"),
+                (true, Some(("sha256", _))) if sha256.is_some() => {
+                    format!("    sha256: {}", sha256.unwrap_or_default())
+                }
+                _ => l.to_string(),
+            };
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out
     });
+}
+
+/// A mirror answer that fails its checksum is never mirrored, and the
+/// build that wants it is refused before any boot, naming it.
+#[test]
+fn a_corrupted_set_is_refused_by_its_checksum_and_nothing_boots() {
+    let _serial = serial();
+    let sets = sets_copy();
+    let base = sets.path().join("base79.tgz");
+    let mut bytes = std::fs::read(&base).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&base, bytes).unwrap();
+    let c = Profile::demo("qemu-corrupt")
+        .toml(&common::qemu_toml(60))
+        .create();
+    c.edit(PLATFORM, |t| {
+        t.replace("  - id: openbsd-7.9\n", "  - id: openbsd-7.2\n")
+            .replace("aliases: [openbsd]", "aliases: []")
+    });
+    declare_base_set(&c, &format!("file://{}", base.display()), None);
+    let out = c.kiln(&["sources", "sync"]);
+    let sync = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{sync}");
     assert!(
-        err.contains("7.9/amd64: SHA256 fails its checksum"),
+        sync.contains("openbsd-fixture-base79.tgz") && sync.contains("checksum mismatch"),
+        "{sync}"
+    );
+    // The run stops before building anything, naming the missing set.
+    let _ = std::fs::remove_file(log_of("openbsd-7.2"));
+    let out = c.kiln(&["build", "--platform", "openbsd", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("source openbsd-fixture-base79.tgz") && err.contains("kiln sources sync"),
+        "{err}"
+    );
+    assert!(c.entries().is_empty());
+    assert!(!log_of("openbsd-7.2").exists(), "nothing booted");
+    no_leftovers();
+}
+
+/// A set whose bytes are its declared ones but not what the release's
+/// SHA256 lists is refused before any boot, naming the release and file.
+#[test]
+fn a_set_that_disagrees_with_sha256_is_refused_before_any_boot() {
+    let _serial = serial();
+    let sets = sets_copy();
+    let base = sets.path().join("base79.tgz");
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes.extend_from_slice(b"not the release's");
+    std::fs::write(&base, &bytes).unwrap();
+    let sha = kiln::plan::key::sha256_hex(&bytes);
+    let c = Profile::demo("qemu-sha256")
+        .toml(&common::qemu_toml(60))
+        .create();
+    c.edit(PLATFORM, |t| {
+        t.replace("  - id: openbsd-7.9\n", "  - id: openbsd-7.1\n")
+            .replace("aliases: [openbsd]", "aliases: []")
+    });
+    declare_base_set(&c, &format!("file://{}", base.display()), Some(&sha));
+    c.sync_sources();
+    let err = refused_before_any_boot(&c, "openbsd-7.1");
+    assert!(
+        err.contains("openbsd-7.1: OpenBSD 7.9/amd64: base79.tgz fails its checksum"),
         "{err}"
     );
 }

@@ -157,14 +157,24 @@ pub fn validate(path: &Path, s: &Sources) -> Result<(), CatalogueError> {
                 format!("{} declared twice", d.name),
             ));
         }
+        // `file:<relative path>` is relative to this file's directory (a
+        // fixture beside a checkout, wherever the checkout is).
+        let relative_file = d
+            .url
+            .strip_prefix("file:")
+            .is_some_and(|p| !p.is_empty() && !p.starts_with('/'));
         if !(d.url.starts_with("https://")
             || d.url.starts_with("http://")
-            || d.url.starts_with("file:///"))
+            || d.url.starts_with("file:///")
+            || relative_file)
         {
             return Err(CatalogueError::invalid(
                 path,
                 field("url"),
-                format!("{:?}: an http(s):// or file:/// URL", d.url),
+                format!(
+                    "{:?}: an http(s)://, file:/// or file:<path relative to this file> URL",
+                    d.url
+                ),
             ));
         }
         if !valid_sha256(&d.sha256) {

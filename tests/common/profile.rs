@@ -170,6 +170,17 @@ impl Profile {
     }
 
     /// `kiln build --json <args>`: its exit code and summary.
+    /// `kiln sources sync`: what the profile's targets take from the source
+    /// mirror, fetched once into the registry (it must succeed).
+    pub fn sync_sources(&self) {
+        let out = self.kiln(&["sources", "sync"]);
+        assert!(
+            out.status.success(),
+            "kiln sources sync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn build(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
         let out = self
             .command()
@@ -358,6 +369,9 @@ impl ProfileBuilder {
         for os in &self.platforms {
             copy_tree(&demo.join("platforms").join(os), &p.join("platforms"));
         }
+        if p.join("platforms/openbsd").exists() {
+            openbsd_sets(p);
+        }
         let namespace = format!("kiln-test-{}-{}", self.name, std::process::id());
         let (state, database) = if self.own_state {
             ("state".to_string(), "state/kiln.db")
@@ -405,6 +419,22 @@ impl ProfileBuilder {
             namespace,
         }
     }
+}
+
+/// The demo's OpenBSD slice takes its install sets from the source mirror,
+/// declared in the demo's `versions/sources.yaml` with URLs relative to that
+/// file: the profile's copy names the shared state's fixture sets by
+/// absolute path (`kiln sources sync` fetches them).
+fn openbsd_sets(p: &Path) {
+    let sources = p.join("versions/sources.yaml");
+    let text = std::fs::read_to_string(&sources).unwrap_or_else(|_| {
+        std::fs::read_to_string(root().join("scripts/demo/versions/sources.yaml")).unwrap()
+    });
+    let text = text.replace(
+        "file:../../../.kiln/",
+        &format!("file://{}/", state_dir().display()),
+    );
+    std::fs::write(sources, text).unwrap();
 }
 
 /// `cp -r from into/`.

@@ -1,6 +1,6 @@
 //! What OpenBSD's installer (and the test guest, which follows the same
 //! protocol) finds on the build's HTTP server, laid out as autoinstall(8)
-//! expects:
+//! and upstream's mirror expect:
 //!
 //! ```text
 //! /install.conf                               the response file
@@ -9,21 +9,26 @@
 //! /pub/OpenBSD/<release>/<arch>/<set>         each declared set
 //! /pub/OpenBSD/<release>/<arch>/site<NN>.tgz  built here: install.site and
 //!                                             the platform's other files
+//! /pub/OpenBSD/<release>/<arch>/index.txt     the listing the installer
+//!                                             reads over HTTP
 //! ```
 //!
-//! The sets are declared per OS release in `platform.yaml` (`vars.sets`,
-//! the files to install, and `vars.sets_sha256`, the sha256 of the
-//! release's `SHA256` file, which pins every set through its lines; both
-//! are keyed through `install.conf`, which names them). They are read from
-//! a local copy of the release directory and checked before any boot: an
-//! OS release without sets, a `SHA256` that is not the pinned one, a set
-//! missing from it or whose bytes disagree with it is refused, naming the
-//! release and the file.
+//! The sets are sources of the source mirror: declared with their sha256 in
+//! `versions/sources.yaml` (served under the last component of their
+//! `url`), named by the OS release in `vars.sets`, fetched once into the
+//! registry by `kiln sources sync` (a file that fails its checksum is never
+//! mirrored), keyed by their sha256. Before any boot every set must be
+//! declared, in the mirror (read through the digest-checked cache), and
+//! agree with the release's `SHA256` (itself one of the sets); otherwise
+//! the build is refused, naming the release and the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::tree::{Entry, Tree};
-use crate::plan::Prepared;
+use crate::catalogue::SourceDecl;
+use crate::model::FailureKind;
+use crate::plan::{Prepared, Target};
+use crate::sources::{Mirror, SourcesError};
 
 /// Recipes served at the top of the tree; every other recipe goes into the
 /// site set.
@@ -33,23 +38,34 @@ const TOP_LEVEL: &[&str] = &["install.conf", "disklabel"];
 #[derive(Debug, thiserror::Error)]
 pub enum SetsError {
     #[error(
-        "{release} declares no install sets: set vars.sets (the set files) and vars.sets_sha256 (the sha256 of the release's SHA256) in platform.yaml"
+        "{release} declares no install sets: list them in vars.sets (sources declared with their sha256 in versions/sources.yaml, SHA256 among them)"
     )]
     Undeclared { release: String },
-    #[error("{release}: {file} not found at {path}: {message}")]
-    Missing {
+    #[error(
+        "{release}: set {name} is not a declared source (declare it with its url and sha256 in versions/sources.yaml)"
+    )]
+    NotDeclared { release: String, name: String },
+    #[error(
+        "{release}: the sets include no SHA256 (declare the release's SHA256 as a source and list it in vars.sets)"
+    )]
+    NoSha256 { release: String },
+    #[error("{release}: {source}")]
+    Mirror {
         release: String,
-        file: String,
+        source: Box<SourcesError>,
+    },
+    #[error("{release}: SHA256 ({path}): {message}")]
+    Read {
+        release: String,
         path: PathBuf,
         message: String,
     },
     #[error(
-        "{release}: {file} fails its checksum: expected {expected}, got {actual} ({path}); nothing was booted"
+        "{release}: {file} fails its checksum: SHA256 says {expected}, the mirror's (declared) is {actual}; nothing was booted"
     )]
     Checksum {
         release: String,
         file: String,
-        path: PathBuf,
         expected: String,
         actual: String,
     },
@@ -57,48 +73,73 @@ pub enum SetsError {
     NotListed { release: String, file: String },
 }
 
-/// The declaration of one OS release's sets, read from its vars.
+impl SetsError {
+    /// A declaration to fix is the recipe's; a registry that does not
+    /// answer is infrastructure.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SetsError::Mirror { source, .. } => source.kind(),
+            SetsError::Read { .. } => FailureKind::Infra,
+            _ => FailureKind::Recipe,
+        }
+    }
+}
+
+/// One OS release's sets: each declared source with the file name the
+/// installer asks for.
 #[derive(Debug, Clone)]
 pub struct Sets {
-    pub os: String,
+    pub label: String,
     pub release: String,
     pub arch: String,
-    pub files: Vec<String>,
-    pub sha256_of_sha256: String,
-    /// The local copy of `pub/OpenBSD/<release>/<arch>/`.
-    pub dir: PathBuf,
+    pub files: Vec<(String, SourceDecl)>,
+}
+
+/// The file a source is served as: the last component of its url.
+fn file_name(d: &SourceDecl) -> String {
+    d.url
+        .rsplit(['/', ':'])
+        .next()
+        .filter(|f| !f.is_empty())
+        .unwrap_or(&d.name)
+        .to_string()
 }
 
 impl Sets {
-    /// `vars.sets`, `vars.sets_sha256`; `vars.sets_dir` (relative to the
-    /// state dir) or `openbsd/<release>/<arch>`.
-    pub fn declared(p: &Prepared, state_dir: &Path) -> Result<Sets, SetsError> {
-        let t = &p.target;
-        let var = |k: &str| t.vars.get(k).map(|v| v.trim().to_string());
-        let release = var("release").unwrap_or_default();
+    /// `vars.sets`, each found among the target's declared sources.
+    pub fn declared(t: &Target) -> Result<Sets, SetsError> {
+        let release = t.vars.get("release").cloned().unwrap_or_default();
         let arch = t.arch.to_string();
-        let files: Vec<String> = var("sets")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        let pin = var("sets_sha256").unwrap_or_default();
-        if files.is_empty() || pin.is_empty() || release.is_empty() {
-            return Err(SetsError::Undeclared {
-                release: format!("{}: OpenBSD {release}/{arch}", t.os),
-            });
+        let label = format!("{}: OpenBSD {release}/{arch}", t.os);
+        let names: Vec<&str> = t
+            .vars
+            .get("sets")
+            .map(|v| v.split_whitespace().collect())
+            .unwrap_or_default();
+        if names.is_empty() || release.is_empty() {
+            return Err(SetsError::Undeclared { release: label });
         }
-        let dir = match var("sets_dir") {
-            Some(d) => state_dir.join(d),
-            None => state_dir.join("openbsd").join(&release).join(&arch),
-        };
+        let mut files = Vec::new();
+        for name in names {
+            let d = t
+                .uses
+                .sources
+                .iter()
+                .find(|d| d.name == name)
+                .ok_or_else(|| SetsError::NotDeclared {
+                    release: label.clone(),
+                    name: name.to_string(),
+                })?;
+            files.push((file_name(d), d.clone()));
+        }
+        if !files.iter().any(|(f, _)| f == "SHA256") {
+            return Err(SetsError::NoSha256 { release: label });
+        }
         Ok(Sets {
-            os: t.os.clone(),
+            label,
             release,
             arch,
             files,
-            sha256_of_sha256: pin,
-            dir,
         })
     }
 
@@ -107,54 +148,52 @@ impl Sets {
         format!("pub/OpenBSD/{}/{}", self.release, self.arch)
     }
 
-    /// How errors name the release.
-    fn label(&self) -> String {
-        format!("{}: OpenBSD {}/{}", self.os, self.release, self.arch)
-    }
-
-    fn missing(&self, file: &str, path: &Path, e: std::io::Error) -> SetsError {
-        SetsError::Missing {
-            release: self.label(),
-            file: file.to_string(),
-            path: path.to_path_buf(),
+    /// Every set from the mirror (a missing one named), then each checked
+    /// against `SHA256`: the local files, by the name the installer uses.
+    pub async fn verified(
+        &self,
+        config: &crate::config::Config,
+        mirror: &Mirror<'_>,
+    ) -> Result<Vec<(String, PathBuf)>, SetsError> {
+        let in_mirror = |source: SourcesError| SetsError::Mirror {
+            release: self.label.clone(),
+            source: Box::new(source),
+        };
+        let decls: Vec<SourceDecl> = self.files.iter().map(|(_, d)| d.clone()).collect();
+        let wanted = crate::sources::wanted(config, &decls, false, &[], "")
+            .await
+            .map_err(in_mirror)?;
+        let present = mirror.check(&wanted).await.map_err(in_mirror)?;
+        let local = mirror.materialize_all(&present).await.map_err(in_mirror)?;
+        let path_of = |d: &SourceDecl| local.get(&d.name).cloned().unwrap_or_default();
+        let sums_path = self
+            .files
+            .iter()
+            .find(|(f, _)| f == "SHA256")
+            .map(|(_, d)| path_of(d))
+            .unwrap_or_default();
+        let sums = std::fs::read_to_string(&sums_path).map_err(|e| SetsError::Read {
+            release: self.label.clone(),
+            path: sums_path.clone(),
             message: e.to_string(),
-        }
-    }
-
-    fn checksum(&self, file: &str, path: &Path, expected: &str, actual: String) -> SetsError {
-        SetsError::Checksum {
-            release: self.label(),
-            file: file.to_string(),
-            path: path.to_path_buf(),
-            expected: expected.to_string(),
-            actual,
-        }
-    }
-
-    /// Check `SHA256` against its pin and every set against `SHA256`;
-    /// the checked files, by name.
-    pub async fn verified(&self) -> Result<Vec<(String, PathBuf)>, SetsError> {
-        let sums_path = self.dir.join("SHA256");
-        let sums = std::fs::read(&sums_path).map_err(|e| self.missing("SHA256", &sums_path, e))?;
-        let actual = crate::plan::key::sha256_hex(&sums);
-        if actual != self.sha256_of_sha256 {
-            return Err(self.checksum("SHA256", &sums_path, &self.sha256_of_sha256, actual));
-        }
-        let sums = String::from_utf8_lossy(&sums);
-        let mut out = vec![("SHA256".to_string(), sums_path)];
-        for file in &self.files {
-            let want = listed(&sums, file).ok_or_else(|| SetsError::NotListed {
-                release: self.label(),
-                file: file.clone(),
-            })?;
-            let path = self.dir.join(file);
-            let (got, _) = crate::registry::sha256_file(&path)
-                .await
-                .map_err(|e| self.missing(file, &path, e))?;
-            if got != want {
-                return Err(self.checksum(file, &path, &want, got));
+        })?;
+        let mut out = Vec::new();
+        for (file, d) in &self.files {
+            if file != "SHA256" {
+                let want = listed(&sums, file).ok_or_else(|| SetsError::NotListed {
+                    release: self.label.clone(),
+                    file: file.clone(),
+                })?;
+                if want != d.sha256 {
+                    return Err(SetsError::Checksum {
+                        release: self.label.clone(),
+                        file: file.clone(),
+                        expected: want,
+                        actual: d.sha256.clone(),
+                    });
+                }
             }
-            out.push((file.clone(), path));
+            out.push((file.clone(), path_of(d)));
         }
         Ok(out)
     }
@@ -191,9 +230,8 @@ pub fn site_tgz(files: &[(String, String)]) -> std::io::Result<Vec<u8>> {
 }
 
 /// The installer's tree for one build: top-level recipes, the verified
-/// sets and the site set.
-pub async fn tree(p: &Prepared, sets: &Sets) -> Result<Tree, SetsError> {
-    let verified = sets.verified().await?;
+/// sets, the site set and the listing.
+pub fn tree(p: &Prepared, sets: &Sets, verified: Vec<(String, PathBuf)>) -> Tree {
     let mut tree = Tree::default();
     let mut site = Vec::new();
     for (name, text) in &p.recipes {
@@ -204,18 +242,41 @@ pub async fn tree(p: &Prepared, sets: &Sets) -> Result<Tree, SetsError> {
         }
     }
     let dir = sets.server_dir();
+    let site_name = format!("site{}.tgz", sets.release.replace('.', ""));
+    let mut index: Vec<String> = verified.iter().map(|(f, _)| f.clone()).collect();
+    index.push(site_name.clone());
+    index.sort();
     for (name, path) in verified {
         tree.insert(format!("{dir}/{name}"), Entry::File(path));
     }
-    let nn = sets.release.replace('.', "");
     // Built when the server starts: its scripts may name the server.
-    tree.insert(format!("{dir}/site{nn}.tgz"), Entry::Tgz(site));
-    Ok(tree)
+    tree.insert(format!("{dir}/{site_name}"), Entry::Tgz(site));
+    tree.insert(
+        format!("{dir}/index.txt"),
+        Entry::Bytes(format!("{}\n", index.join("\n")).into_bytes()),
+    );
+    tree
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_is_served_under_the_last_component_of_its_url() {
+        let d = |url: &str| SourceDecl {
+            name: "openbsd-7.9-amd64-base79.tgz".into(),
+            url: url.into(),
+            sha256: "0".repeat(64),
+        };
+        let f = |url: &str| file_name(&d(url));
+        assert_eq!(
+            f("https://cdn.openbsd.org/pub/OpenBSD/7.9/amd64/base79.tgz"),
+            "base79.tgz"
+        );
+        assert_eq!(f("file:../fixtures/sets/SHA256"), "SHA256");
+        assert_eq!(f("file:SHA256"), "SHA256");
+    }
 
     #[test]
     fn sha256_lines_are_read_by_file_name() {

@@ -69,6 +69,8 @@ impl build::QemuError {
 
 /// QEMU on this machine, one build at a time.
 pub struct QemuBuilder {
+    /// For the source mirror the sets come from.
+    config: Config,
     qemu: Qemu,
     state_dir: PathBuf,
     work_dir: PathBuf,
@@ -77,6 +79,7 @@ pub struct QemuBuilder {
 impl QemuBuilder {
     pub fn new(config: &Config) -> QemuBuilder {
         QemuBuilder {
+            config: config.clone(),
             qemu: config.qemu.clone(),
             state_dir: config.state_dir.clone(),
             work_dir: config.work_dir(),
@@ -281,13 +284,19 @@ impl QemuBuilder {
         let var = |k: &str| t.vars.get(k).cloned();
         let (boot, marker) = self.boot(p)?;
         let login = self.login(t)?;
-        // Sets that are not declared, not there or not the pinned ones:
-        // the platform's declaration (or the mirror) must change.
-        let sets = installer::Sets::declared(p, &self.state_dir)
-            .map_err(|e| Failure::new(FailureKind::Recipe, e.to_string()))?;
-        let tree = installer::tree(p, &sets)
+        // Sets not declared, not in the mirror, or disagreeing with SHA256.
+        let refused = |e: installer::SetsError| Failure::new(e.kind(), e.to_string());
+        let sets = installer::Sets::declared(t).map_err(refused)?;
+        let mirror = crate::sources::Mirror::new(
+            job.registry,
+            &self.config.registry.namespace,
+            &self.state_dir,
+        );
+        let verified = sets
+            .verified(&self.config, &mirror)
             .await
-            .map_err(|e| Failure::new(FailureKind::Recipe, e.to_string()))?;
+            .map_err(refused)?;
+        let tree = installer::tree(p, &sets, verified);
         let name = artifact_name(p);
         let secs = Duration::from_secs;
         Ok(build::QemuSpec {
