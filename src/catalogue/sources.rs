@@ -30,7 +30,8 @@ pub struct Sources {
 pub struct SourceDecl {
     /// The file name it is served under (`{{sources_url}}/<name>`).
     pub name: String,
-    /// Where `kiln sources sync` fetches it: `http(s)://…` or `file://…`.
+    /// Where `kiln sources sync` fetches it: `http(s)://…`, `file:///…`, or
+    /// `file:<path>` relative to the declaring file.
     pub url: String,
     /// Its sha256, 64 lowercase hex digits.
     pub sha256: String,
@@ -242,5 +243,20 @@ mod tests {
             sources: vec![decl("opam-full-2.5.0.tar.gz", "https://e/x", &ok)],
         };
         validate(p, &good).unwrap();
+    }
+
+    #[test]
+    fn a_file_url_may_be_relative_to_the_declaring_file() {
+        let p = Path::new("versions/sources.yaml");
+        let ok = "a".repeat(64);
+        let one = |url: &str| Sources {
+            sources: vec![decl("SHA256", url, &ok)],
+        };
+        validate(p, &one("file:../fixtures/sets/SHA256")).unwrap();
+        validate(p, &one("file:///abs/SHA256")).unwrap();
+        for bad in ["file:", "file://host/x"] {
+            let e = validate(p, &one(bad)).unwrap_err().to_string();
+            assert!(e.contains("sources[0].url"), "{bad}: {e}");
+        }
     }
 }

@@ -102,3 +102,31 @@ pub async fn fetch(w: &Wanted, dest: &Path) -> Result<Fetched, SourcesError> {
         size,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Checksum;
+
+    fn wanted(url: &str) -> Wanted {
+        Wanted {
+            name: "SHA256".into(),
+            url: url.into(),
+            checksum: Checksum::Sha256("0".repeat(64)),
+            declared_in: "/checkout/scripts/demo/versions/sources.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn a_relative_file_url_is_read_beside_its_declaration() {
+        assert_eq!(
+            local_path(&wanted("file:../../../.kiln/sets/SHA256")),
+            Some("/checkout/scripts/demo/versions/../../../.kiln/sets/SHA256".into())
+        );
+        assert_eq!(
+            local_path(&wanted("file:///abs/SHA256")),
+            Some("/abs/SHA256".into())
+        );
+        assert_eq!(local_path(&wanted("https://e/SHA256")), None);
+    }
+}
