@@ -282,11 +282,11 @@ impl QemuBuilder {
         let p = job.prepared;
         let t = &p.target;
         let var = |k: &str| t.vars.get(k).cloned();
-        let (boot, marker) = self.boot(p)?;
-        let login = self.login(t)?;
         // Sets not declared, not in the mirror, or disagreeing with SHA256.
         let refused = |e: installer::SetsError| Failure::new(e.kind(), e.to_string());
         let sets = installer::Sets::declared(t).map_err(refused)?;
+        let (boot, marker) = self.boot(p)?;
+        let login = self.login(t)?;
         let mirror = crate::sources::Mirror::new(
             job.registry,
             &self.config.registry.namespace,
