@@ -69,10 +69,16 @@ echo
 echo "== the compilers, run from the pinned images (a client Kiln did not write: docker)"
 for img in ocaml/opam:debian-12-ocaml-4.13 ocaml/opam:debian-12-system-ocaml-4.13; do
     pin=$("$KILN" "${DEMO[@]}" resolve "$img")
-    for arch in amd64 arm64; do
-        docker pull -q --platform "linux/$arch" "$pin" >/dev/null 2>&1 || continue
+    repo="${pin#*/}"; repo="${repo%%:*}"; digest="${pin##*@}"
+    # Each arch's child by its own digest (Docker 20.10 keeps one platform
+    # of an index digest at a time).
+    skopeo inspect --tls-verify=false --raw "docker://${pin%%/*}/$repo@$digest" |
+        python3 -c 'import json,sys; [print(e["platform"]["architecture"], e["digest"]) for e in json.load(sys.stdin)["manifests"]]' |
+    while read -r arch child; do
         printf '%-45s %-6s ' "$img" "$arch"
-        docker run --rm --platform "linux/$arch" "$pin" sh -c \
-            'cd /tmp && echo "let () = print_endline (\"Hello from OCaml \" ^ Sys.ocaml_version)" > h.ml && ocamlopt -o h h.ml && ./h'
+        docker run --rm --pull always --platform "linux/$arch" "${pin%@*}@$child" sh -c \
+            'cd /tmp && echo "let () = print_endline (\"Hello from OCaml \" ^ Sys.ocaml_version ^ \" on \" ^ Sys.os_type)" > h.ml && ocamlopt -o h h.ml && ./h && uname -m' 2>/dev/null </dev/null |
+            tr '\n' ' '
+        echo
     done
 done

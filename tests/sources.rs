@@ -196,3 +196,49 @@ fn a_compiler_archive_without_a_strong_checksum_is_refused() {
     assert!(!p.kiln(&["build"]).status.success());
     assert!(p.entries().is_empty());
 }
+
+#[test]
+fn an_opam_version_the_recipes_cannot_build_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = common::root();
+    for sub in ["versions", "platforms"] {
+        let ok = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(root.join(sub))
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+    let pf = dir.path().join("platforms/linux/platform.yaml");
+    let text = std::fs::read_to_string(&pf).unwrap();
+    // The first release's gcc stays; its opam becomes one no recipe builds.
+    let edited = text.replacen(
+        "vars: { gcc: \"14.2\" }",
+        "vars: { gcc: \"14.2\", opam_version: \"2.9.0\" }",
+        1,
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&pf, edited).unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = common::kiln()
+        .arg("--config")
+        .arg(&config)
+        .args(["catalogue", "validate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("platform.yaml")
+            && err.contains("releases[0].vars.opam_version")
+            && err.contains("unknown opam version \"2.9.0\""),
+        "{err}"
+    );
+}

@@ -533,6 +533,7 @@ fn validate_policy(cat: &Catalogue, pf: &Platform) -> Result<(), CatalogueError>
 pub fn validate_recipes(cat: &Catalogue) -> Result<(), CatalogueError> {
     for pf in &cat.platforms {
         for (i, r) in pf.releases.iter().enumerate() {
+            let mut all = super::sources::SourceRefs::default();
             for (j, recipe) in r.recipes.iter().enumerate() {
                 let path = pf.dir.join(recipe);
                 if !path.is_file() {
@@ -558,7 +559,15 @@ pub fn validate_recipes(cat: &Catalogue) -> Result<(), CatalogueError> {
                         ),
                     ));
                 }
+                all.merge(refs);
             }
+            super::sources::check_opam_version(
+                &pf.dir.join("platform.yaml"),
+                &format!("releases[{i}].vars.opam_version"),
+                r.vars.get("opam_version").map(String::as_str),
+                &all,
+                &cat.sources,
+            )?;
         }
     }
     Ok(())

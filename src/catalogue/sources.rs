@@ -121,6 +121,37 @@ pub fn references(recipe: &str, placeholder: &str) -> SourceRefs {
     out
 }
 
+/// An OS release's `opam_version`, where its recipes build opam from the
+/// declared `opam-full-<version>.tar.gz` tarballs, must be one of them: an
+/// opam the recipes cannot build is refused, naming the field.
+pub fn check_opam_version(
+    platform_yaml: &Path,
+    field: &str,
+    opam_version: Option<&str>,
+    refs: &SourceRefs,
+    sources: &Sources,
+) -> Result<(), CatalogueError> {
+    let Some(v) = opam_version else {
+        return Ok(());
+    };
+    let builds: Vec<&str> = refs
+        .names
+        .iter()
+        .filter_map(|(n, _)| n.strip_prefix("opam-full-")?.strip_suffix(".tar.gz"))
+        .collect();
+    if builds.is_empty() || sources.get(&format!("opam-full-{v}.tar.gz")).is_some() {
+        return Ok(());
+    }
+    Err(CatalogueError::invalid(
+        platform_yaml,
+        field,
+        format!(
+            "unknown opam version {v:?}: the recipes build opam {} (declare opam-full-{v}.tar.gz in versions/sources.yaml to add it)",
+            builds.join(", ")
+        ),
+    ))
+}
+
 pub fn valid_sha256(s: &str) -> bool {
     s.len() == 64 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
 }
