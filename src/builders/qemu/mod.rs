@@ -25,6 +25,9 @@ use crate::registry::artifact as oci;
 /// build key.
 pub const HTTP_BASE: &str = "@KILN_HTTP_BASE@";
 pub const HTTP_HOST: &str = "@KILN_HTTP_HOST@";
+/// Where the build's server lays out the source mirror
+/// (`{{sources_url}}` = `@KILN_HTTP_BASE@/sources`).
+pub const SOURCES: &str = "sources";
 
 /// KVM is usable when /dev/kvm opens read-write.
 pub fn kvm_usable() -> bool {
@@ -114,6 +117,8 @@ impl Builder for QemuBuilder {
         BTreeMap::from([
             ("http_base".to_string(), HTTP_BASE.to_string()),
             ("http_host".to_string(), HTTP_HOST.to_string()),
+            // The source mirror, from the build's server (first boot).
+            ("sources_url".to_string(), format!("{HTTP_BASE}/{SOURCES}")),
             ("ssh_user".to_string(), self.qemu.ssh_user.clone()),
             ("ssh_public_key".to_string(), public.trim().to_string()),
         ])
@@ -296,7 +301,14 @@ impl QemuBuilder {
             .verified(&self.config, &mirror)
             .await
             .map_err(refused)?;
-        let tree = installer::tree(p, &sets, verified);
+        let sources = self
+            .source_files(job, &mirror)
+            .await
+            .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
+        let mut tree = installer::tree(p, &sets, verified);
+        for (path, file) in sources {
+            tree.insert(format!("{SOURCES}/{path}"), tree::Entry::File(file));
+        }
         let name = artifact_name(p);
         let secs = Duration::from_secs;
         Ok(build::QemuSpec {
@@ -331,6 +343,53 @@ impl QemuBuilder {
                     .unwrap_or(0)
             )),
         })
+    }
+}
+
+impl QemuBuilder {
+    /// What the recipes take from the source mirror (`{{sources_url}}`:
+    /// opam's release tarballs, the opam-repository bundle, the compiler's
+    /// archives), each checked present (a missing one named) and read
+    /// through the digest-checked cache: the layout `sources::serve` gives
+    /// Docker builds.
+    async fn source_files(
+        &self,
+        job: &BuildJob<'_>,
+        mirror: &crate::sources::Mirror<'_>,
+    ) -> Result<Vec<(String, PathBuf)>, crate::sources::SourcesError> {
+        use crate::sources;
+        let p = job.prepared;
+        let uses = &p.target.uses;
+        let commit = p
+            .inputs
+            .get("opam_repository_commit")
+            .cloned()
+            .unwrap_or_default();
+        let wanted = sources::wanted(
+            &self.config,
+            &uses.sources,
+            uses.opam_cache,
+            &p.target.opam_packages,
+            &commit,
+        )
+        .await?;
+        let present = mirror.check(&wanted).await?;
+        let bundle = if uses.bundle {
+            Some(mirror.bundle_present(&commit).await?.ok_or_else(|| {
+                sources::SourcesError::Missing {
+                    name: format!("{} at {commit}", sources::BUNDLE_NAME),
+                    declared_in: "plan.opam_repository".into(),
+                    repository: mirror.repository().to_string(),
+                }
+            })?)
+        } else {
+            None
+        };
+        let tree = sources::serve::tree_for(mirror, &wanted, &present, bundle.as_ref()).await?;
+        Ok(tree
+            .files()
+            .map(|(path, file)| (path.clone(), file.clone()))
+            .collect())
     }
 }
 
