@@ -104,6 +104,10 @@ pub async fn run(config: &Config) -> Report {
     }
     checks.push(check_tool(&config.qemu.img, &["--version"], "qemu-img", true).await);
     checks.push(check_tool(&config.qemu.system, &["--version"], "qemu-system", true).await);
+    // The QEMU install boot's private network namespace, whose port 80
+    // socat forwards to the build's server.
+    checks.push(check_tool("unshare", &["--version"], "unshare", true).await);
+    checks.push(check_tool("socat", &["-V"], "socat", true).await);
     checks.push(check_kvm());
     checks.push(check_binfmt());
     checks.push(check_tool("skopeo", &["--version"], "skopeo", true).await);

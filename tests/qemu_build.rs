@@ -1,7 +1,14 @@
 //! The QEMU builder through `kiln build`, with the tiny Linux guest
-//! (scripts/qemu-fixture.sh): two builds at once, a verified and compacted
-//! disk published as an artifact, fetched and booted through an overlay;
-//! a hung install killed at the timeout, a failed smoke test, nothing left.
+//! (scripts/qemu-fixture.sh), which follows OpenBSD's install protocol:
+//! its installer fetches `install.conf` from port 80 of its next-server,
+//! the pinned sets (checked against `SHA256`) and the site set Kiln builds;
+//! its first boot runs `rc.firsttime` with network and powers off; its
+//! verify boot has no network and is checked by an ssh login as obuilder's
+//! sandbox makes one. Two builds at once, a verified and compacted disk
+//! published as an artifact, fetched and logged into through an overlay;
+//! sets undeclared or corrupted (refused before any boot), a hung install
+//! and a first boot that never powers off (killed at their timeouts), a
+//! failed smoke test, nothing left.
 //!
 //! Every test checks that no QEMU and no work dir is left in the shared
 //! `.kiln/work/qemu`, which another test's build would fill: each holds
@@ -22,7 +29,11 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-const RECIPE: &str = "platforms/openbsd/install-demo.sh";
+/// The first-boot script (what the guest runs with network, then powers off).
+const RECIPE: &str = "platforms/openbsd/rc.firsttime";
+/// What the installer runs chrooted into the new system.
+const INSTALL_SITE: &str = "platforms/openbsd/install.site";
+const PLATFORM: &str = "platforms/openbsd/platform.yaml";
 
 /// A demo profile building OpenBSD (the tiny guest) on TCG, the release
 /// renamed to `os` unless it is the demo's own `openbsd-7.9`.
@@ -36,6 +47,7 @@ fn profile(name: &str, os: &str, boot_timeout_secs: u64) -> Profile {
                 .replace("aliases: [openbsd]", "aliases: []")
         });
     }
+    p.sync_sources();
     p
 }
 
@@ -67,42 +79,70 @@ fn no_leftovers() {
     }
 }
 
-fn boot_verify(disk: &Path) -> String {
+/// Boot a disk as obuilder's QEMU sandbox does (no network but the
+/// forwarded ssh port) and run `ocaml -version` over `ssh opam@localhost
+/// -p PORT` with the worker's key.
+fn login_as_obuilder(disk: &Path) -> String {
     let fx = common::state_dir().join("fixtures/qemu");
     let serial = disk.with_extension("serial");
-    let st = Command::new("timeout")
-        .args([
-            "120",
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-            "-monitor",
-            "none",
-            "-display",
-            "none",
-            "-nic",
-            "none",
-        ])
-        .arg("-kernel")
+    let port = common::free_port();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot"])
+        .args(["-monitor", "none", "-display", "none", "-netdev"])
+        .arg(format!(
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22"
+        ))
+        .args(["-device", "virtio-net-pci,netdev=n0", "-kernel"])
         .arg(fx.join("vmlinuz"))
         .arg("-initrd")
         .arg(fx.join("initrd.gz"))
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=1 kiln.mode=verify",
-            "-drive",
-        ])
+        .args(["-append", "console=ttyS0 quiet panic=1", "-drive"])
         .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
-        .status()
+        .spawn()
         .unwrap();
-    assert!(st.success());
-    std::fs::read_to_string(serial).unwrap()
+    let ssh = |cmd: &str| {
+        Command::new("ssh")
+            .arg("opam@localhost")
+            .args(["-p", &port.to_string()])
+            .args(["-o", "NoHostAuthenticationForLocalhost=yes", "-i"])
+            .arg(common::state_dir().join("qemu/id_ed25519"))
+            .args(["-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=5", cmd])
+            .output()
+            .unwrap()
+    };
+    let mut answer = None;
+    for _ in 0..120 {
+        let out = ssh("ocaml -version");
+        if out.status.success() {
+            answer = Some(String::from_utf8_lossy(&out.stdout).into_owned());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let _ = qemu.kill();
+    let _ = qemu.wait();
+    answer.unwrap_or_else(|| {
+        panic!(
+            "no ssh login; console: {}",
+            std::fs::read_to_string(serial).unwrap_or_default()
+        )
+    })
+}
+
+/// The part of a build log one boot wrote.
+fn section<'a>(log: &'a str, header: &str) -> &'a str {
+    let start = log
+        .find(header)
+        .unwrap_or_else(|| panic!("no {header:?} in {log}"));
+    let rest = &log[start + header.len()..];
+    &rest[..rest.find("# kiln: ").unwrap_or(rest.len())]
+}
+
+fn log_of(os: &str) -> PathBuf {
+    common::state_dir().join(format!("log/openbsd_{os}_5.5.0_amd64.log"))
 }
 
 /// Two builds at the same time (no fixed ports, no shared paths), both
@@ -141,25 +181,44 @@ fn two_builds_at_once_both_publish_and_leave_nothing() {
 }
 
 #[test]
-fn disk_is_published_as_qcow2_after_install_and_verify_boots() {
+fn disk_is_published_after_install_first_boot_and_an_ssh_verified_boot() {
     let _serial = serial();
     let Pair { a, ra, .. } = built_in_parallel("publish");
     assert_eq!(ra.0, Some(0), "{}", ra.1);
     assert_eq!(a.entry(&key(&a))["kind"], "qcow2");
-    let log = std::fs::read_to_string(
-        common::state_dir().join("log/openbsd_openbsd-7.9_5.5.0_amd64.log"),
-    )
-    .unwrap();
+    let log = std::fs::read_to_string(log_of("openbsd-7.9")).unwrap();
+    let install = section(&log, "# kiln: install boot, serial console:");
     assert!(
-        log.contains("KILN-INSTALL: ok")
-            && log.contains("KILN-VERIFY: The OCaml toplevel, version 5.5.0"),
+        install.contains("KILN-BOOT: autoinstall from next-server 10.0.2.2")
+            && install.contains("KILN-INSTALL: base79.tgz verified")
+            && install.contains("KILN-INSTALL: site79.tgz is not in SHA256")
+            && install.contains("KILN-INSTALL: ok"),
+        "{install}"
+    );
+    let first = section(&log, "# kiln: first boot, serial console:");
+    assert!(
+        first.contains("reachable")
+            && !first.contains("unreachable")
+            && first.contains("KILN-FIRSTBOOT: rc.firsttime exited 0")
+            && first.contains("KILN-BOOT: shutdown"),
+        "{first}"
+    );
+    let verify = section(&log, "# kiln: verify boot, serial console:");
+    assert!(
+        verify.contains("unreachable") && !verify.contains("KILN-FIRSTBOOT"),
+        "the verify boot has no network and no first-boot script: {verify}"
+    );
+    assert!(
+        log.contains("over ssh as opam@localhost:")
+            && log.contains("ocaml -version\nThe OCaml toplevel, version 5.5.0"),
         "{log}"
     );
 }
 
-/// The worker side: fetch (verified, qemu-img check), overlay, boot it.
+/// The worker side: fetch (verified, qemu-img check), overlay, and log in
+/// as obuilder's sandbox does.
 #[test]
-fn fetched_disk_boots_through_an_overlay_and_verifies() {
+fn fetched_disk_boots_through_an_overlay_and_obuilder_logs_in() {
     let _serial = serial();
     let Pair { a, ra, .. } = built_in_parallel("fetch");
     assert_eq!(ra.0, Some(0), "{}", ra.1);
@@ -172,7 +231,7 @@ fn fetched_disk_boots_through_an_overlay_and_verifies() {
         .unwrap();
     let v: Value = common::ok_json(out);
     let overlay = PathBuf::from(v["overlay"].as_str().unwrap());
-    assert!(boot_verify(&overlay).contains("KILN-VERIFY: The OCaml toplevel, version 5.5.0"));
+    assert!(login_as_obuilder(&overlay).contains("The OCaml toplevel, version 5.5.0"));
 }
 
 /// A second round: unchanged, nothing boots.
@@ -185,20 +244,177 @@ fn second_round_without_changes_builds_nothing() {
     assert_eq!(again["unchanged"], 1, "{again}");
 }
 
-/// A hung install is killed at the timeout; nothing is published or left.
+/// A hung install is killed at its timeout; nothing is published or left.
 #[test]
 fn hung_install_is_killed_at_the_timeout_and_leaves_nothing() {
     let _serial = serial();
-    let c = profile("hang", "openbsd-7.7", 20);
-    std::fs::write(c.file(RECIPE), "sleep 600\n").unwrap();
+    let c = profile("hang", "openbsd-7.7", 30);
+    std::fs::write(c.file(INSTALL_SITE), "sleep 600\n").unwrap();
     let (code, s) = build(&c);
     assert_eq!(code, Some(1), "{s}");
+    let err = serde_json::to_string(&s).unwrap();
     assert!(
-        serde_json::to_string(&s).unwrap().contains("timed out"),
-        "{s}"
+        err.contains("install boot failed") && err.contains("timed out"),
+        "{err}"
     );
     assert!(c.entries().is_empty());
     no_leftovers();
+}
+
+/// A first boot that never powers off is killed at its timeout, and the
+/// verify boot never starts.
+#[test]
+fn first_boot_that_never_powers_off_is_killed_at_its_timeout() {
+    let _serial = serial();
+    let c = profile("firstboot-hang", "openbsd-7.4", 30);
+    std::fs::write(c.file(RECIPE), "sleep 600\n").unwrap();
+    let (code, s) = build(&c);
+    assert_eq!(code, Some(1), "{s}");
+    let err = serde_json::to_string(&s).unwrap();
+    assert!(
+        err.contains("first boot failed") && err.contains("timed out"),
+        "{err}"
+    );
+    let log = std::fs::read_to_string(log_of("openbsd-7.4")).unwrap();
+    assert!(log.contains("KILN-INSTALL: ok"), "{log}");
+    assert!(!log.contains("verify boot"), "{log}");
+    assert!(c.entries().is_empty());
+    no_leftovers();
+}
+
+/// Bad sets are refused before any boot: no log, nothing published or left.
+/// (A release whose recipes name `{{sets}}` without declaring it at all is
+/// refused earlier still, by `kiln catalogue validate` and when rendering.)
+fn refused_before_any_boot(p: &Profile, os: &str) -> String {
+    let _ = std::fs::remove_file(log_of(os));
+    let (code, s) = build(p);
+    assert_eq!(code, Some(1), "{s}");
+    assert!(p.entries().is_empty());
+    assert!(!log_of(os).exists(), "nothing booted");
+    no_leftovers();
+    serde_json::to_string(&s).unwrap()
+}
+
+#[test]
+fn a_release_without_sets_is_refused_before_any_boot() {
+    let _serial = serial();
+    let c = profile("nosets", "openbsd-7.3", 60);
+    c.edit(PLATFORM, |t| {
+        t.lines()
+            .map(|l| match l.trim_start().split_once(": ") {
+                Some(("sets", _)) => "      sets: \"\"".to_string(),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let err = refused_before_any_boot(&c, "openbsd-7.3");
+    assert!(
+        err.contains("openbsd-7.3: OpenBSD 7.9/amd64 declares no install sets"),
+        "{err}"
+    );
+}
+
+/// The fixture's sets, copied where a test may change them.
+fn sets_copy() -> tempfile::TempDir {
+    let sets = tempfile::tempdir().unwrap();
+    let fixture = common::state_dir().join("fixtures/qemu/sets");
+    for f in ["SHA256", "base79.tgz"] {
+        std::fs::copy(fixture.join(f), sets.path().join(f)).unwrap();
+    }
+    sets
+}
+
+/// The profile's declaration of the base set, pointed at `url` and `sha256`.
+fn declare_base_set(p: &Profile, url: &str, sha256: Option<&str>) {
+    p.edit("versions/sources.yaml", |t| {
+        let mut out = String::new();
+        let mut in_base = false;
+        for l in t.lines() {
+            if l.contains("name: openbsd-fixture-base79.tgz") {
+                in_base = true;
+            } else if l.contains("name: ") {
+                in_base = false;
+            }
+            let l = match (in_base, l.trim_start().split_once(": ")) {
+                (true, Some(("url", _))) => format!("    url: {url}"),
+                (true, Some(("sha256", _))) if sha256.is_some() => {
+                    format!("    sha256: {}", sha256.unwrap_or_default())
+                }
+                _ => l.to_string(),
+            };
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out
+    });
+}
+
+/// A mirror answer that fails its checksum is never mirrored, and the
+/// build that wants it is refused before any boot, naming it.
+#[test]
+fn a_corrupted_set_is_refused_by_its_checksum_and_nothing_boots() {
+    let _serial = serial();
+    let sets = sets_copy();
+    let base = sets.path().join("base79.tgz");
+    let mut bytes = std::fs::read(&base).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&base, bytes).unwrap();
+    let c = Profile::demo("qemu-corrupt")
+        .toml(&common::qemu_toml(60))
+        .create();
+    c.edit(PLATFORM, |t| {
+        t.replace("  - id: openbsd-7.9\n", "  - id: openbsd-7.2\n")
+            .replace("aliases: [openbsd]", "aliases: []")
+    });
+    declare_base_set(&c, &format!("file://{}", base.display()), None);
+    let out = c.kiln(&["sources", "sync"]);
+    let sync = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{sync}");
+    assert!(
+        sync.contains("openbsd-fixture-base79.tgz") && sync.contains("checksum mismatch"),
+        "{sync}"
+    );
+    // The run stops before building anything, naming the missing set.
+    let _ = std::fs::remove_file(log_of("openbsd-7.2"));
+    let out = c.kiln(&["build", "--platform", "openbsd", "--json"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("source openbsd-fixture-base79.tgz") && err.contains("kiln sources sync"),
+        "{err}"
+    );
+    assert!(c.entries().is_empty());
+    assert!(!log_of("openbsd-7.2").exists(), "nothing booted");
+    no_leftovers();
+}
+
+/// A set whose bytes are its declared ones but not what the release's
+/// SHA256 lists is refused before any boot, naming the release and file.
+#[test]
+fn a_set_that_disagrees_with_sha256_is_refused_before_any_boot() {
+    let _serial = serial();
+    let sets = sets_copy();
+    let base = sets.path().join("base79.tgz");
+    let mut bytes = std::fs::read(&base).unwrap();
+    bytes.extend_from_slice(b"not the release's");
+    std::fs::write(&base, &bytes).unwrap();
+    let sha = kiln::plan::key::sha256_hex(&bytes);
+    let c = Profile::demo("qemu-sha256")
+        .toml(&common::qemu_toml(60))
+        .create();
+    c.edit(PLATFORM, |t| {
+        t.replace("  - id: openbsd-7.9\n", "  - id: openbsd-7.1\n")
+            .replace("aliases: [openbsd]", "aliases: []")
+    });
+    declare_base_set(&c, &format!("file://{}", base.display()), Some(&sha));
+    c.sync_sources();
+    let err = refused_before_any_boot(&c, "openbsd-7.1");
+    assert!(
+        err.contains("openbsd-7.1: OpenBSD 7.9/amd64: base79.tgz fails its checksum"),
+        "{err}"
+    );
 }
 
 /// An install that leaves the wrong compiler fails the verify boot.
@@ -212,7 +428,7 @@ fn wrong_compiler_fails_the_verify_boot_and_publishes_nothing() {
     let (code, s) = build(&d);
     assert_eq!(code, Some(1), "{s}");
     let err = serde_json::to_string(&s).unwrap();
-    assert!(err.contains("verify did not report success"), "{err}");
+    assert!(err.contains("verify boot did not report success"), "{err}");
     assert!(d.entries().is_empty());
     no_leftovers();
 }
@@ -255,8 +471,8 @@ impl Drop for Killed {
 
 fn kiln_killed_mid_install(name: &str) -> Killed {
     let k = profile(name, "openbsd-7.5", 300);
-    let recipe = std::fs::read_to_string(k.file(RECIPE)).unwrap();
-    std::fs::write(k.file(RECIPE), "sleep 600\n").unwrap();
+    let recipe = std::fs::read_to_string(k.file(INSTALL_SITE)).unwrap();
+    std::fs::write(k.file(INSTALL_SITE), "sleep 600\n").unwrap();
     let mut child: Child = k
         .command()
         .args(["build", "--platform", "openbsd", "--json"])
@@ -288,7 +504,7 @@ fn next_build_after_a_killed_kiln_sweeps_its_work_dir_and_publishes() {
     let _serial = serial();
     let killed = kiln_killed_mid_install("killed-next");
     killed.wait_for_qemu_to_die();
-    std::fs::write(killed.k.file(RECIPE), &killed.recipe).unwrap();
+    std::fs::write(killed.k.file(INSTALL_SITE), &killed.recipe).unwrap();
     let (code, s) = build(&killed.k);
     assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
     no_leftovers();

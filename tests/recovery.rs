@@ -274,7 +274,8 @@ fn offline_release_dry_run_fails_fast_naming_each_unreachable_host() {
 }
 
 /// A profile with a state dir of its own that still sees the services'
-/// fixtures (the tiny guest's kernel and initramfs).
+/// fixtures (the tiny guest's kernel and initramfs), with the OpenBSD
+/// sets in its namespace's source mirror.
 fn own_state_with_fixtures(name: &str, toml: &str) -> Profile {
     let p = Profile::demo(name).own_state().toml(toml).create();
     std::fs::create_dir_all(p.path().join("state")).unwrap();
@@ -283,6 +284,7 @@ fn own_state_with_fixtures(name: &str, toml: &str) -> Profile {
         p.path().join("state/fixtures"),
     )
     .unwrap();
+    p.sync_sources();
     p
 }
 

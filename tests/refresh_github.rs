@@ -289,6 +289,8 @@ fn release_profile(test: &str, name: &str) -> Release {
              [[refresh.consumers]]\nrepo = \"mirage/mirage-ci\"\nbase = \"main\"\npath = \"pins.yml\"\nformat = \"yaml-pins\"\nmode = \"issue\"\n"
         ))
         .create();
+    // The OpenBSD slice's install sets, into this namespace's source mirror.
+    p.sync_sources();
     Release {
         _zfs: zfs::Tree(format!("kiln/{zprefix}")),
         p,

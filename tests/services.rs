@@ -44,6 +44,8 @@ fn doctor_reports_every_component_healthy() {
         "registry",
         "qemu-img",
         "qemu-system",
+        "unshare",
+        "socat",
         "kvm",
         "binfmt emulation",
         "skopeo",

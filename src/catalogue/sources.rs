@@ -30,7 +30,8 @@ pub struct Sources {
 pub struct SourceDecl {
     /// The file name it is served under (`{{sources_url}}/<name>`).
     pub name: String,
-    /// Where `kiln sources sync` fetches it: `http(s)://…` or `file://…`.
+    /// Where `kiln sources sync` fetches it: `http(s)://…`, `file:///…`, or
+    /// `file:<path>` relative to the declaring file.
     pub url: String,
     /// Its sha256, 64 lowercase hex digits.
     pub sha256: String,
@@ -188,14 +189,24 @@ pub fn validate(path: &Path, s: &Sources) -> Result<(), CatalogueError> {
                 format!("{} declared twice", d.name),
             ));
         }
+        // `file:<relative path>` is relative to this file's directory (a
+        // fixture beside a checkout, wherever the checkout is).
+        let relative_file = d
+            .url
+            .strip_prefix("file:")
+            .is_some_and(|p| !p.is_empty() && !p.starts_with('/'));
         if !(d.url.starts_with("https://")
             || d.url.starts_with("http://")
-            || d.url.starts_with("file:///"))
+            || d.url.starts_with("file:///")
+            || relative_file)
         {
             return Err(CatalogueError::invalid(
                 path,
                 field("url"),
-                format!("{:?}: an http(s):// or file:/// URL", d.url),
+                format!(
+                    "{:?}: an http(s)://, file:/// or file:<path relative to this file> URL",
+                    d.url
+                ),
             ));
         }
         if !valid_sha256(&d.sha256) {
@@ -263,5 +274,20 @@ mod tests {
             sources: vec![decl("opam-full-2.5.0.tar.gz", "https://e/x", &ok)],
         };
         validate(p, &good).unwrap();
+    }
+
+    #[test]
+    fn a_file_url_may_be_relative_to_the_declaring_file() {
+        let p = Path::new("versions/sources.yaml");
+        let ok = "a".repeat(64);
+        let one = |url: &str| Sources {
+            sources: vec![decl("SHA256", url, &ok)],
+        };
+        validate(p, &one("file:../fixtures/sets/SHA256")).unwrap();
+        validate(p, &one("file:///abs/SHA256")).unwrap();
+        for bad in ["file:", "file://host/x"] {
+            let e = validate(p, &one(bad)).unwrap_err().to_string();
+            assert!(e.contains("sources[0].url"), "{bad}: {e}");
+        }
     }
 }

@@ -151,7 +151,20 @@ pub struct Qemu {
     pub accel: String,
     pub system: String,
     pub img: String,
+    /// The install boot's limit.
     pub boot_timeout_secs: u64,
+    /// The first boot's limit: `rc.firsttime` installs packages, opam and
+    /// the compiler, then powers the machine off.
+    pub first_boot_timeout_secs: u64,
+    /// The verify boot's limit: boot, ssh login, smoke test.
+    pub verify_timeout_secs: u64,
+    /// The user obuilder's QEMU sandbox logs in as (`install.conf` creates
+    /// it; recipes get it as `{{ssh_user}}`).
+    pub ssh_user: String,
+    /// The private key obuilder's workers log in with; its `.pub` is
+    /// authorized in the image (`{{ssh_public_key}}`) and Kiln logs in with
+    /// it to verify. Relative to the state dir; empty: `qemu/id_ed25519`.
+    pub ssh_key: String,
     /// Keep each target's last verified disk on this host, for a later run
     /// of the same key to adopt without booting.
     pub keep_disks: bool,

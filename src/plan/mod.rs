@@ -47,6 +47,8 @@ pub const BUILD_TIME_VARS: &[&str] = &[
     "opam_repository_commit",
     "http_base",
     "http_host",
+    "ssh_user",
+    "ssh_public_key",
     "sources_url",
 ];
 

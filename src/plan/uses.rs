@@ -29,7 +29,8 @@ impl Uses {
     /// (`kiln catalogue validate` and `prepare` refuse them).
     /// `vars` are the target's variables: a declared source whose name a
     /// variable holds (`{{sources_url}}/{{ocaml_beta_repository_source}}`)
-    /// is used too.
+    /// is used too, as is each of a list a variable holds (`vars.sets`, an
+    /// OpenBSD release's install sets).
     pub(super) fn of_recipes(
         cat: &Catalogue,
         recipes: &[PathBuf],
@@ -48,7 +49,10 @@ impl Uses {
             .sources
             .sources
             .iter()
-            .filter(|d| vars.values().any(|v| *v == d.name))
+            .filter(|d| {
+                vars.values()
+                    .any(|v| v.split_whitespace().any(|w| w == d.name))
+            })
             .filter(|d| !refs.names.iter().any(|(n, _)| *n == d.name));
         Uses {
             sources: refs

@@ -17,8 +17,9 @@ use super::{Filter, PlanError, Target, expand, template};
 use crate::catalogue::Catalogue;
 
 /// Stand-ins for [`BUILD_TIME_VARS`](super::BUILD_TIME_VARS): syntactically what the real values
-/// are (an image name, a digest, a commit, a URL, a host), plainly fake.
-pub const PLACEHOLDERS: [(&str, &str); 6] = [
+/// are (an image name, a digest, a commit, a URL, a host, a user, a key),
+/// plainly fake.
+pub const PLACEHOLDERS: [(&str, &str); 8] = [
     ("parent", "kiln-validate.invalid/parent"),
     (
         "parent_digest",
@@ -30,6 +31,11 @@ pub const PLACEHOLDERS: [(&str, &str); 6] = [
     ),
     ("http_base", "http://kiln-validate.invalid:0"),
     ("http_host", "kiln-validate.invalid"),
+    ("ssh_user", "kiln-validate"),
+    (
+        "ssh_public_key",
+        "ssh-ed25519 AAAAkiln-validate kiln-validate.invalid",
+    ),
     ("sources_url", "http://kiln-validate.invalid:0"),
 ];
 

@@ -17,6 +17,17 @@ pub struct Fetched {
     pub size: u64,
 }
 
+/// The file a `file:///abs` or `file:<relative>` URL names; a relative
+/// path is relative to the directory of the file that declared it.
+fn local_path(w: &Wanted) -> Option<std::path::PathBuf> {
+    if let Some(abs) = w.url.strip_prefix("file://") {
+        return Some(abs.into());
+    }
+    let rel = w.url.strip_prefix("file:")?;
+    let base = Path::new(&w.declared_in).parent().unwrap_or(Path::new("."));
+    Some(base.join(rel))
+}
+
 /// Fetch `w.url` into `dest` (replacing it), verifying `w.checksum`.
 pub async fn fetch(w: &Wanted, dest: &Path) -> Result<Fetched, SourcesError> {
     let fail = |message: String| SourcesError::Fetch {
@@ -36,8 +47,8 @@ pub async fn fetch(w: &Wanted, dest: &Path) -> Result<Fetched, SourcesError> {
         sha.update(chunk);
         size += chunk.len() as u64;
     };
-    if let Some(path) = w.url.strip_prefix("file://") {
-        let mut f = tokio::fs::File::open(path)
+    if let Some(path) = local_path(w) {
+        let mut f = tokio::fs::File::open(&path)
             .await
             .map_err(|e| fail(e.to_string()))?;
         let mut buf = vec![0u8; 1 << 20];
@@ -90,4 +101,32 @@ pub async fn fetch(w: &Wanted, dest: &Path) -> Result<Fetched, SourcesError> {
         sha256: hex::encode(sha.finalize()),
         size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::Checksum;
+
+    fn wanted(url: &str) -> Wanted {
+        Wanted {
+            name: "SHA256".into(),
+            url: url.into(),
+            checksum: Checksum::Sha256("0".repeat(64)),
+            declared_in: "/checkout/scripts/demo/versions/sources.yaml".into(),
+        }
+    }
+
+    #[test]
+    fn a_relative_file_url_is_read_beside_its_declaration() {
+        assert_eq!(
+            local_path(&wanted("file:../../../.kiln/sets/SHA256")),
+            Some("/checkout/scripts/demo/versions/../../../.kiln/sets/SHA256".into())
+        );
+        assert_eq!(
+            local_path(&wanted("file:///abs/SHA256")),
+            Some("/abs/SHA256".into())
+        );
+        assert_eq!(local_path(&wanted("https://e/SHA256")), None);
+    }
 }

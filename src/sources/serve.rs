@@ -38,6 +38,12 @@ impl Tree {
         self.files.keys()
     }
 
+    /// Every path with the file it serves (another server may lay the
+    /// tree out under its own prefix: the QEMU builder's `sources/`).
+    pub fn files(&self) -> impl Iterator<Item = (&String, &PathBuf)> {
+        self.files.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }

@@ -63,11 +63,16 @@ pub fn zfs_toml(prefix: &str, provision_timeout_secs: Option<u64>) -> String {
     )
 }
 
-/// `[qemu]` on TCG (no KVM needed) with this boot timeout. Disks are not
-/// kept: profiles share the state dir, and each test must boot its own.
+/// `[qemu]` on TCG (no KVM needed) with this limit for each boot (install,
+/// first boot, verify), logging in with the key `scripts/qemu-fixture.sh`
+/// made in the shared state. Disks are not kept: profiles share the state
+/// dir, and each test must boot its own.
 pub fn qemu_toml(boot_timeout_secs: u64) -> String {
     format!(
-        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\nboot_timeout_secs = {boot_timeout_secs}\nkeep_disks = false\n"
+        "[qemu]\naccel = \"tcg\"\nsystem = \"qemu-system-x86_64\"\nimg = \"qemu-img\"\n\
+         boot_timeout_secs = {boot_timeout_secs}\nfirst_boot_timeout_secs = {boot_timeout_secs}\n\
+         verify_timeout_secs = {boot_timeout_secs}\nssh_key = \"{}\"\nkeep_disks = false\n",
+        state_dir().join("qemu/id_ed25519").display()
     )
 }
 
@@ -165,6 +170,17 @@ impl Profile {
     }
 
     /// `kiln build --json <args>`: its exit code and summary.
+    /// `kiln sources sync`: what the profile's targets take from the source
+    /// mirror, fetched once into the registry (it must succeed).
+    pub fn sync_sources(&self) {
+        let out = self.kiln(&["sources", "sync"]);
+        assert!(
+            out.status.success(),
+            "kiln sources sync: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn build(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
         let out = self
             .command()
@@ -353,6 +369,9 @@ impl ProfileBuilder {
         for os in &self.platforms {
             copy_tree(&demo.join("platforms").join(os), &p.join("platforms"));
         }
+        if p.join("platforms/openbsd").exists() {
+            openbsd_sets(p);
+        }
         let namespace = format!("kiln-test-{}-{}", self.name, std::process::id());
         let (state, database) = if self.own_state {
             ("state".to_string(), "state/kiln.db")
@@ -400,6 +419,22 @@ impl ProfileBuilder {
             namespace,
         }
     }
+}
+
+/// The demo's OpenBSD slice takes its install sets from the source mirror,
+/// declared in the demo's `versions/sources.yaml` with URLs relative to that
+/// file: the profile's copy names the shared state's fixture sets by
+/// absolute path (`kiln sources sync` fetches them).
+fn openbsd_sets(p: &Path) {
+    let sources = p.join("versions/sources.yaml");
+    let text = std::fs::read_to_string(&sources).unwrap_or_else(|_| {
+        std::fs::read_to_string(root().join("scripts/demo/versions/sources.yaml")).unwrap()
+    });
+    let text = text.replace(
+        "file:../../../.kiln/",
+        &format!("file://{}/", state_dir().display()),
+    );
+    std::fs::write(sources, text).unwrap();
 }
 
 /// `cp -r from into/`.

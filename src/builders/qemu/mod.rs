@@ -1,8 +1,11 @@
 //! OpenBSD qcow2 disk images built unattended under QEMU.
 
+pub mod boots;
 pub mod build;
 pub mod fetch;
 pub mod img;
+pub mod installer;
+pub mod tree;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,6 +25,9 @@ use crate::registry::artifact as oci;
 /// build key.
 pub const HTTP_BASE: &str = "@KILN_HTTP_BASE@";
 pub const HTTP_HOST: &str = "@KILN_HTTP_HOST@";
+/// Where the build's server lays out the source mirror
+/// (`{{sources_url}}` = `@KILN_HTTP_BASE@/sources`).
+pub const SOURCES: &str = "sources";
 
 /// KVM is usable when /dev/kvm opens read-write.
 pub fn kvm_usable() -> bool {
@@ -49,17 +55,25 @@ impl build::QemuError {
         use crate::process::ProcessError;
         match self {
             build::QemuError::Setup { .. } | build::QemuError::Img(_) => FailureKind::Infra,
-            build::QemuError::Boot {
-                source: ProcessError::Spawn { .. } | ProcessError::Io { .. },
-                ..
-            } => FailureKind::Infra,
-            build::QemuError::Boot { .. } | build::QemuError::Console { .. } => FailureKind::Recipe,
+            build::QemuError::Boot { source, .. }
+                if matches!(
+                    **source,
+                    ProcessError::Spawn { .. } | ProcessError::Io { .. }
+                ) =>
+            {
+                FailureKind::Infra
+            }
+            build::QemuError::Boot { .. }
+            | build::QemuError::Console { .. }
+            | build::QemuError::Login { .. } => FailureKind::Recipe,
         }
     }
 }
 
 /// QEMU on this machine, one build at a time.
 pub struct QemuBuilder {
+    /// For the source mirror the sets come from.
+    config: Config,
     qemu: Qemu,
     state_dir: PathBuf,
     work_dir: PathBuf,
@@ -68,6 +82,7 @@ pub struct QemuBuilder {
 impl QemuBuilder {
     pub fn new(config: &Config) -> QemuBuilder {
         QemuBuilder {
+            config: config.clone(),
             qemu: config.qemu.clone(),
             state_dir: config.state_dir.clone(),
             work_dir: config.work_dir(),
@@ -93,10 +108,19 @@ impl Builder for QemuBuilder {
         1
     }
 
+    /// The server placeholders, and the login contract: the user and the
+    /// public key the image authorizes (keyed through the recipes: another
+    /// key is another image). A missing key renders empty and the build
+    /// refuses to start (see `login`).
     fn build_vars(&self) -> BTreeMap<String, String> {
+        let public = std::fs::read_to_string(self.public_key()).unwrap_or_default();
         BTreeMap::from([
             ("http_base".to_string(), HTTP_BASE.to_string()),
             ("http_host".to_string(), HTTP_HOST.to_string()),
+            // The source mirror, from the build's server (first boot).
+            ("sources_url".to_string(), format!("{HTTP_BASE}/{SOURCES}")),
+            ("ssh_user".to_string(), self.qemu.ssh_user.clone()),
+            ("ssh_public_key".to_string(), public.trim().to_string()),
         ])
     }
 
@@ -110,7 +134,7 @@ impl Builder for QemuBuilder {
                 pushed.adopted = Some("host:local".into());
                 return Ok(pushed);
             }
-            let spec = self.spec(&job)?;
+            let spec = self.spec(&job).await?;
             let out = build::build(&img, &spec)
                 .await
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
@@ -185,8 +209,41 @@ impl QemuBuilder {
         }
     }
 
+    /// The worker's private key (see `config::Qemu::ssh_key`).
+    fn private_key(&self) -> PathBuf {
+        match self.qemu.ssh_key.as_str() {
+            "" => self.state_dir.join("qemu/id_ed25519"),
+            k => self.state_dir.join(k),
+        }
+    }
+
+    fn public_key(&self) -> PathBuf {
+        let mut p = self.private_key().into_os_string();
+        p.push(".pub");
+        PathBuf::from(p)
+    }
+
+    /// The login the verify boot checks; refused before any boot when the
+    /// key is not there.
+    fn login(&self, t: &Target) -> Result<boots::Login, Failure> {
+        let (key, public) = (self.private_key(), self.public_key());
+        if !key.exists() || !public.exists() {
+            return Err(Failure::infra(format!(
+                "{}: the ssh key obuilder's workers log in with is missing ({} and its .pub): create it with `ssh-keygen -t ed25519 -N '' -f {}` (qemu.ssh_key)",
+                t.id(),
+                key.display(),
+                key.display()
+            )));
+        }
+        Ok(boots::Login {
+            user: self.qemu.ssh_user.clone(),
+            key,
+            command: "ocaml -version".into(),
+        })
+    }
+
     /// How to boot: the test guest's kernel, or OpenBSD's PXE auto_install;
-    /// the files the HTTP server offers; the console marker of success.
+    /// the console marker of a successful install.
     fn boot(&self, p: &Prepared) -> Result<(build::Boot, Option<String>), Failure> {
         let t = &p.target;
         if t.vars.get("boot").map(String::as_str) == Some("kernel") {
@@ -202,19 +259,17 @@ impl QemuBuilder {
             let boot = build::Boot::Kernel {
                 kernel,
                 initrd,
-                install_append: "console=ttyS0 quiet panic=1 kiln.mode=install kiln.url={url}"
-                    .into(),
-                verify_append: "console=ttyS0 quiet panic=1 kiln.mode=verify".into(),
+                append: "console=ttyS0 quiet panic=1 kiln.probe={probe}".into(),
             };
             return Ok((boot, Some("KILN-INSTALL: ok".to_string())));
         }
-        // OpenBSD: PXE boot into auto_install, which fetches install.conf
-        // and the sets (with the site set) from our HTTP server.
+        // OpenBSD: PXE boot into auto_install, which fetches install.conf,
+        // the sets and the site set from the build's server.
         let release = t.vars.get("release").cloned().unwrap_or_default();
         let tftp = self.state_dir.join("openbsd").join(&release).join("tftp");
         if !tftp.join("auto_install").exists() {
             return Err(Failure::infra(format!(
-                "{}: OpenBSD {release} boot files not found in {}: copy pxeboot (as auto_install) and bsd.rd there from the mirror",
+                "{}: OpenBSD {release} boot files not found in {}: copy pxeboot (as auto_install), bsd.rd and etc/boot.conf (`stty com0 115200`, `set tty com0`, `boot tftp:/bsd.rd`) there from the mirror",
                 t.id(),
                 tftp.display()
             )));
@@ -226,25 +281,36 @@ impl QemuBuilder {
         Ok((boot, None))
     }
 
-    fn spec(&self, job: &BuildJob<'_>) -> Result<build::QemuSpec, Failure> {
+    /// Everything one build needs, checked before any boot: the boot
+    /// files, the login key, the declared sets against their pins.
+    async fn spec(&self, job: &BuildJob<'_>) -> Result<build::QemuSpec, Failure> {
         let p = job.prepared;
         let t = &p.target;
         let var = |k: &str| t.vars.get(k).cloned();
+        // Sets not declared, not in the mirror, or disagreeing with SHA256.
+        let refused = |e: installer::SetsError| Failure::new(e.kind(), e.to_string());
+        let sets = installer::Sets::declared(t).map_err(refused)?;
         let (boot, marker) = self.boot(p)?;
-        // The test guest fetches its install script as `install.sh`; the
-        // OpenBSD installer fetches each recipe by its own name.
-        let files: BTreeMap<String, Vec<u8>> = match boot {
-            build::Boot::Kernel { .. } => BTreeMap::from([(
-                "install.sh".to_string(),
-                p.main_recipe().as_bytes().to_vec(),
-            )]),
-            build::Boot::Pxe { .. } => p
-                .recipes
-                .iter()
-                .map(|(name, text)| (name.clone(), text.clone().into_bytes()))
-                .collect(),
-        };
+        let login = self.login(t)?;
+        let mirror = crate::sources::Mirror::new(
+            job.registry,
+            &self.config.registry.namespace,
+            &self.state_dir,
+        );
+        let verified = sets
+            .verified(&self.config, &mirror)
+            .await
+            .map_err(refused)?;
+        let sources = self
+            .source_files(job, &mirror)
+            .await
+            .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
+        let mut tree = installer::tree(p, &sets, verified);
+        for (path, file) in sources {
+            tree.insert(format!("{SOURCES}/{path}"), tree::Entry::File(file));
+        }
         let name = artifact_name(p);
+        let secs = Duration::from_secs;
         Ok(build::QemuSpec {
             target: t.id(),
             system: self.qemu.system.clone(),
@@ -255,11 +321,16 @@ impl QemuBuilder {
             cpus: var("cpus").and_then(|m| m.parse().ok()).unwrap_or(2),
             disk_size: var("disk_size").unwrap_or_else(|| "12G".into()),
             boot,
-            files,
+            tree,
             install_marker: marker,
             // The catalogue refuses compiler-less images outside Docker.
             verify_expect: t.expected_ocaml().unwrap_or_default(),
-            timeout: Duration::from_secs(self.qemu.boot_timeout_secs),
+            login,
+            timeouts: build::Timeouts {
+                install: secs(self.qemu.boot_timeout_secs),
+                first_boot: secs(self.qemu.first_boot_timeout_secs),
+                verify: secs(self.qemu.verify_timeout_secs),
+            },
             log: job.log.to_path_buf(),
             work_root: self.work_dir.join("qemu"),
             // Unique per build: parallel builds of the same target never share a path.
@@ -272,6 +343,53 @@ impl QemuBuilder {
                     .unwrap_or(0)
             )),
         })
+    }
+}
+
+impl QemuBuilder {
+    /// What the recipes take from the source mirror (`{{sources_url}}`:
+    /// opam's release tarballs, the opam-repository bundle, the compiler's
+    /// archives), each checked present (a missing one named) and read
+    /// through the digest-checked cache: the layout `sources::serve` gives
+    /// Docker builds.
+    async fn source_files(
+        &self,
+        job: &BuildJob<'_>,
+        mirror: &crate::sources::Mirror<'_>,
+    ) -> Result<Vec<(String, PathBuf)>, crate::sources::SourcesError> {
+        use crate::sources;
+        let p = job.prepared;
+        let uses = &p.target.uses;
+        let commit = p
+            .inputs
+            .get("opam_repository_commit")
+            .cloned()
+            .unwrap_or_default();
+        let wanted = sources::wanted(
+            &self.config,
+            &uses.sources,
+            uses.opam_cache,
+            &p.target.opam_packages,
+            &commit,
+        )
+        .await?;
+        let present = mirror.check(&wanted).await?;
+        let bundle = if uses.bundle {
+            Some(mirror.bundle_present(&commit).await?.ok_or_else(|| {
+                sources::SourcesError::Missing {
+                    name: format!("{} at {commit}", sources::BUNDLE_NAME),
+                    declared_in: "plan.opam_repository".into(),
+                    repository: mirror.repository().to_string(),
+                }
+            })?)
+        } else {
+            None
+        };
+        let tree = sources::serve::tree_for(mirror, &wanted, &present, bundle.as_ref()).await?;
+        Ok(tree
+            .files()
+            .map(|(path, file)| (path.clone(), file.clone()))
+            .collect())
     }
 }
 
