@@ -210,7 +210,7 @@ fn two_arch_build_publishes_then_changes_nothing() {
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["digest"], e.digest.as_str());
-        let r = get("/v1/resolve?image=ocaml/opam:debian-ocaml-4.13")
+        let r = get("/v1/resolve?image=macos-base:macos-homebrew-ocaml-5.5")
             .await
             .unwrap();
         assert_eq!(r.status(), 409);
