@@ -129,6 +129,9 @@ RUN rm -rf .opam/repo/default/.git
 COPY Dockerfile /Dockerfile.opam
 
 # Stage 3: the compiler, on the image above (upstream's second Dockerfile).
+# difference(one-recipe-two-stages): upstream builds the compiler from a
+# second Dockerfile on the pushed `<os>-opam` image; Kiln keeps one recipe
+# and names the stage, so stage `opam` alone is that image.
 FROM opam AS compiler
 
 # The compiler (upstream's second Dockerfile, built on the image above).

@@ -105,6 +105,9 @@ COPY Dockerfile /Dockerfile.opam
 
 # The compiler (upstream's second Dockerfile, built on the image above;
 # stage `opam` alone is the compiler-less `<os>-opam` image).
+# difference(one-recipe-two-stages): upstream builds the compiler from a
+# second Dockerfile on the pushed `<os>-opam` image; Kiln keeps one recipe
+# and names the stage, so stage `opam` alone is that image.
 FROM opam AS compiler
 ENV OPAMYES="1" OPAMCONFIRMLEVEL="unsafe-yes" OPAMERRLOGLEN="0" OPAMPRECISETRACKING="1"
 # difference(archive-mirror-during-build): compiler archives come from the
