@@ -215,7 +215,8 @@ fn two_arch_build_publishes_then_changes_nothing() {
             .unwrap();
         assert_eq!(r.status(), 409);
         let v: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(v["missing"][0]["reason"], "not-built");
+        // This profile configures no ZFS host: nothing can build it.
+        assert_eq!(v["missing"][0]["reason"], "no-builder");
         assert_eq!(
             get("/v1/resolve?image=ocaml/opam:nope-ocaml-5.5")
                 .await
