@@ -59,12 +59,8 @@ pub async fn preflight(
     }
     let mirror = Mirror::new(registry, &config.registry.namespace, &config.state_dir);
     mirror.check(&wanted).await?;
-    if bundle && mirror.bundle_present(commit).await?.is_none() {
-        return Err(SourcesError::Missing {
-            name: format!("{} at {commit}", sources::BUNDLE_NAME),
-            declared_in: "plan.opam_repository".into(),
-            repository: mirror.repository().to_string(),
-        });
+    if bundle {
+        mirror.require_bundle(commit).await?;
     }
     Ok(())
 }

@@ -100,6 +100,17 @@ impl<'a> Mirror<'a> {
         self.present_tag(BUNDLE_NAME, &bundle_tag(commit)).await
     }
 
+    /// The bundle of `commit`, or the error naming it as missing.
+    pub async fn require_bundle(&self, commit: &str) -> Result<Present, SourcesError> {
+        self.bundle_present(commit)
+            .await?
+            .ok_or_else(|| SourcesError::Missing {
+                name: format!("{BUNDLE_NAME} at {commit}"),
+                declared_in: "plan.opam_repository".into(),
+                repository: self.repo.clone(),
+            })
+    }
+
     /// Every wanted source in the mirror, or the first missing one named.
     pub async fn check(&self, wanted: &[Wanted]) -> Result<Vec<Present>, SourcesError> {
         let mut out = Vec::new();

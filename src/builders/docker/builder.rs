@@ -115,13 +115,7 @@ impl DockerBuilder {
         .await?;
         let present = mirror.check(&wanted).await?;
         let bundle = if uses.bundle {
-            Some(mirror.bundle_present(&commit).await?.ok_or_else(|| {
-                sources::SourcesError::Missing {
-                    name: format!("{} at {commit}", sources::BUNDLE_NAME),
-                    declared_in: "plan.opam_repository".into(),
-                    repository: mirror.repository().to_string(),
-                }
-            })?)
+            Some(mirror.require_bundle(&commit).await?)
         } else {
             None
         };
