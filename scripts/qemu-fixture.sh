@@ -24,14 +24,24 @@
 # served to it is the system's configuration, built here byte for byte
 # the same every time, so its SHA256 can be pinned in the demo's
 # platform.yaml like a real release's.
+# For the PXE path (OpenBSD's own: pxeboot from TFTP as `auto_install`,
+# which reads etc/boot.conf and boots bsd.rd), the guest's boot loader is
+# QEMU's iPXE: fixtures/qemu/boot/pxeboot is an iPXE script that chains
+# etc/boot.conf from the same TFTP server, where the test's boot.conf (an
+# iPXE script too) boots bsd.rd (this kernel) with bsd.rd.initrd.
+# The download-cache disk: the guest has ext4 (mke2fs formats /dev/vdb in
+# the first boot) and a `doas` (setuid root, what OpenBSD's
+# `permit nopass :wheel` gives the user), so the verify boot mounts it as
+# obuilder's sandbox does on OpenBSD (`doas mount <disk> <dir>`).
 # Outputs, under $KILN_STATE_DIR (.kiln): fixtures/qemu/{vmlinuz,initrd.gz},
-# fixtures/qemu/sets/{SHA256,base79.tgz}, and qemu/id_ed25519 (the login
-# key, when there is none). Idempotent: does nothing when all are there.
+# fixtures/qemu/sets/{SHA256,base79.tgz}, fixtures/qemu/boot/pxeboot, and
+# qemu/id_ed25519 (the login key, when there is none). Idempotent: does
+# nothing when all are there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${KILN_STATE_DIR:-$ROOT/.kiln}
 OUT=$STATE/fixtures/qemu
-PROTOCOL=openbsd-install-4
+PROTOCOL=openbsd-install-6
 KEY=$STATE/qemu/id_ed25519
 if [ ! -s "$KEY" ]; then
     mkdir -p "$(dirname "$KEY")"
@@ -40,12 +50,12 @@ if [ ! -s "$KEY" ]; then
     mv "$KEY.tmp.pub" "$KEY.pub"
     mv "$KEY.tmp" "$KEY"
 fi
-if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] && [ -s "$OUT/sets/SHA256" ] &&
+if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] && [ -s "$OUT/sets/SHA256" ] && [ -s "$OUT/boot/pxeboot" ] &&
     [ "$(cat "$OUT/protocol" 2>/dev/null)" = "$PROTOCOL" ]; then
     echo "qemu fixture: $OUT (kernel + initramfs + sets)"
     exit 0
 fi
-mkdir -p "$OUT/sets"
+mkdir -p "$OUT/sets" "$OUT/boot"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -80,6 +90,9 @@ open(f"{out}/base79.tgz", "wb").write(data)
 open(f"{out}/SHA256", "w").write(f"SHA256 (base79.tgz) = {hashlib.sha256(data).hexdigest()}\n")
 PY
 
+# pxeboot's stand-in: TFTP's etc/boot.conf decides what boots.
+printf '#!ipxe\nchain tftp://${next-server}/etc/boot.conf\n' >"$OUT/boot/pxeboot"
+
 PKG=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 (cd "$TMP" && apt-get download -q "$PKG" >/dev/null 2>&1) || {
     apt-get update -q >/dev/null 2>&1 || true
@@ -98,9 +111,25 @@ for lib in $(ldd /usr/sbin/dropbear | awk '/=>/{print $3} /ld-linux/{print $1}')
     mkdir -p "$I$(dirname "$lib")"
     cp -L "$lib" "$I$lib"
 done
+# OpenBSD's doas for the user (permit nopass :wheel): setuid root.
+mkdir -p "$I/usr/bin"
+cat >"$TMP/doas.c" <<'C'
+#include <stdio.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2) { fprintf(stderr, "usage: doas command [arg ...]\n"); return 1; }
+    if (setgid(0) != 0 || setuid(0) != 0) { perror("doas"); return 1; }
+    execvp(argv[1], argv + 1);
+    perror(argv[1]);
+    return 127;
+}
+C
+cc -static -Os -o "$I/usr/bin/doas" "$TMP/doas.c"
+chmod 4755 "$I/usr/bin/doas"
 for m in drivers/virtio/virtio.ko drivers/virtio/virtio_ring.ko drivers/virtio/virtio_pci_modern_dev.ko \
          drivers/virtio/virtio_pci_legacy_dev.ko drivers/virtio/virtio_pci.ko drivers/block/virtio_blk.ko \
-         net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko; do
+         net/core/failover.ko drivers/net/net_failover.ko drivers/net/virtio_net.ko \
+         lib/crc16.ko crypto/crc32c_generic.ko fs/mbcache.ko fs/jbd2/jbd2.ko fs/ext4/ext4.ko; do
     cp "$M/$m" "$I/modules/"
 done
 cat >"$I/usr/share/udhcpc/default.script" <<'S'
@@ -119,7 +148,7 @@ cat >"$I/init" <<'S'
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /target
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net; do
+for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk failover net_failover virtio_net crc16 crc32c_generic mbcache jbd2 ext4; do
     insmod /modules/$m.ko || echo "KILN-BOOT: insmod $m failed"
 done
 for w in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done

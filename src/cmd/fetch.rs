@@ -2,7 +2,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use kiln::builders::qemu::{fetch::fetch_disk, img::Img};
+use kiln::builders::qemu::{
+    fetch::{fetch_disk, place_for_obuilder},
+    img::Img,
+};
 use kiln::builders::zfs::fetch::{FetchTarget, fetch};
 use kiln::builders::zfs::worker::Installed;
 use kiln::catalogue::Arch;
@@ -32,6 +35,14 @@ pub struct Args {
     /// Disk images: also create a copy-on-write overlay for one build step.
     #[arg(long)]
     overlay: bool,
+    /// Disk images: install into obuilder's QEMU store STORE — the disk as
+    /// base-image/<tag>.qcow2, its download-cache disk as the initial
+    /// cache/c-<cache>/rootfs/image.qcow2 (kept when that cache exists).
+    #[arg(long, value_name = "STORE")]
+    obuilder_store: Option<PathBuf>,
+    /// The obuilder cache the download-cache disk seeds.
+    #[arg(long, default_value = "opam-archives")]
+    cache_name: String,
     /// Resolve the name through this digest API (`http://kiln:8080`)
     /// instead of the local lockfile: a worker needs no checkout.
     #[arg(long, value_name = "URL")]
@@ -143,10 +154,12 @@ fn fetch_zfs(config: &Config, entry: &Entry, args: Args) -> Result<ExitCode> {
 
 fn fetch_qcow2(config: &Config, entry: &Entry, args: &Args) -> Result<ExitCode> {
     let digest = arch_digest(entry, &args.name, args.arch.unwrap_or(Arch::Amd64))?;
-    let dest_dir = args
-        .dest
-        .clone()
-        .unwrap_or_else(|| config.work_dir().join("fetch"));
+    // Into the store itself when it is obuilder's: the moves are renames.
+    let dest_dir = match (&args.dest, &args.obuilder_store) {
+        (Some(d), _) => d.clone(),
+        (None, Some(store)) => store.join("base-image"),
+        (None, None) => config.work_dir().join("fetch"),
+    };
     let reg = Registry::new(&config.registry)?;
     let img = Img::new(&config.qemu.img);
     let rt = tokio::runtime::Runtime::new()?;
@@ -156,12 +169,38 @@ fn fetch_qcow2(config: &Config, entry: &Entry, args: &Args) -> Result<ExitCode> 
         entry,
         digest,
         &dest_dir,
-        args.overlay,
+        args.overlay && args.obuilder_store.is_none(),
     ))?;
+    if let Some(store) = &args.obuilder_store {
+        let tag = args.name.rsplit(':').next().unwrap_or(&args.name);
+        let placed = place_for_obuilder(&disk, store, tag, &args.cache_name)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"name": args.name, "digest": digest, "base_image": placed.base_image,
+                    "cache": placed.cache, "cache_kept": placed.cache_kept})
+            );
+        } else {
+            println!(
+                "{} ({digest}): verified disk at {}",
+                args.name,
+                placed.base_image.display()
+            );
+            if let Some(c) = &placed.cache {
+                let how = if placed.cache_kept {
+                    "kept (in use)"
+                } else {
+                    "seeded"
+                };
+                println!("download cache {}: {how}", c.display());
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"name": args.name, "digest": digest, "path": disk.path, "overlay": disk.overlay})
+            serde_json::json!({"name": args.name, "digest": digest, "path": disk.path, "cache": disk.cache, "overlay": disk.overlay})
         );
     } else {
         println!(

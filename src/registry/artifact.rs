@@ -48,7 +48,49 @@ pub struct Pushed {
     pub size: u64,
 }
 
+/// A further file of an artifact (the QEMU builder's download-cache disk
+/// beside its system disk), after the main layer.
+#[derive(Debug, Clone)]
+pub struct ExtraLayer<'a> {
+    pub file: &'a Path,
+    pub media_type: &'a str,
+    /// Its name when pulled, unique within the artifact.
+    pub title: &'a str,
+    pub digest: &'a str,
+}
+
 pub async fn push(reg: &Registry, a: &ArtifactPush<'_>) -> Result<Pushed, RegistryError> {
+    push_with(reg, a, &[]).await
+}
+
+/// `push`, with further layers: each uploaded first, the manifest last, so
+/// a failure leaves no manifest naming a missing blob.
+pub async fn push_with(
+    reg: &Registry,
+    a: &ArtifactPush<'_>,
+    extra: &[ExtraLayer<'_>],
+) -> Result<Pushed, RegistryError> {
+    let mut layers = Vec::new();
+    for x in extra {
+        let size = std::fs::metadata(x.file)
+            .map_err(|source| RegistryError::Io {
+                path: x.file.display().to_string(),
+                source,
+            })?
+            .len();
+        let r = reg
+            .push_blob_file_known(a.repo, x.file, x.digest, size, None)
+            .await?;
+        layers.push(
+            json!({"mediaType": x.media_type, "digest": r.digest, "size": r.size,
+            "annotations": {"org.opencontainers.image.title": x.title}}),
+        );
+    }
+    let (layer_digest, size) = upload_main(reg, a).await?;
+    put_layers(reg, a, layer_digest, size, layers).await
+}
+
+async fn upload_main(reg: &Registry, a: &ArtifactPush<'_>) -> Result<(String, u64), RegistryError> {
     if a.config["os"].as_str().is_none() || a.config["architecture"].as_str().is_none() {
         return Err(RegistryError::Invalid(format!(
             "artifact {}: config must name os and architecture",
@@ -70,7 +112,7 @@ pub async fn push(reg: &Registry, a: &ArtifactPush<'_>) -> Result<Pushed, Regist
         }
         None => reg.push_blob_file(a.repo, a.file, None).await?,
     };
-    put_artifact(reg, a, layer_digest, size).await
+    Ok((layer_digest, size))
 }
 
 /// The config and manifest of an artifact whose layer blob is already in
@@ -80,6 +122,16 @@ pub async fn put_artifact(
     a: &ArtifactPush<'_>,
     layer_digest: String,
     size: u64,
+) -> Result<Pushed, RegistryError> {
+    put_layers(reg, a, layer_digest, size, Vec::new()).await
+}
+
+async fn put_layers(
+    reg: &Registry,
+    a: &ArtifactPush<'_>,
+    layer_digest: String,
+    size: u64,
+    extra: Vec<Value>,
 ) -> Result<Pushed, RegistryError> {
     if a.config["os"].as_str().is_none() || a.config["architecture"].as_str().is_none() {
         return Err(RegistryError::Invalid(format!(
@@ -101,12 +153,16 @@ pub async fn put_artifact(
     if let Some(u) = a.uncompressed_sha256 {
         ann.insert("org.ocaml.kiln.uncompressed-sha256".into(), u.to_string());
     }
+    let mut layers = vec![
+        json!({"mediaType": a.layer_media_type, "digest": layer_digest, "size": size, "annotations": layer_ann}),
+    ];
+    layers.extend(extra);
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": a.artifact_type,
         "config": {"mediaType": CONFIG, "digest": cfg_digest, "size": cfg_size},
-        "layers": [{"mediaType": a.layer_media_type, "digest": layer_digest, "size": size, "annotations": layer_ann}],
+        "layers": layers,
         "annotations": ann,
     });
     let bytes = serde_json::to_vec(&manifest).map_err(|e| RegistryError::Invalid(e.to_string()))?;
@@ -160,10 +216,11 @@ pub async fn pull(
         })?
         .to_string();
     let layers = v["layers"].as_array().cloned().unwrap_or_default();
-    let [layer] = layers.as_slice() else {
+    // The first layer is the artifact's file; further ones (a disk's
+    // download cache) are pulled by title with `pull_layer`.
+    let Some(layer) = layers.first() else {
         return Err(RegistryError::Invalid(format!(
-            "{repo}@{digest}: expected one layer, found {}",
-            layers.len()
+            "{repo}@{digest}: an artifact without layers"
         )));
     };
     let cfg_digest = v["config"]["digest"].as_str().unwrap_or("");
@@ -183,4 +240,32 @@ pub async fn pull(
         config,
         size,
     })
+}
+
+/// The further layer titled `title` of an artifact pulled with `pull`, into
+/// `dest` (digest-checked as it is written); `None` when there is none.
+pub async fn pull_layer(
+    reg: &Registry,
+    repo: &str,
+    manifest: &Value,
+    title: &str,
+    dest: &Path,
+) -> Result<Option<u64>, RegistryError> {
+    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
+    let Some(layer) = layers
+        .iter()
+        .skip(1)
+        .find(|l| l["annotations"]["org.opencontainers.image.title"].as_str() == Some(title))
+    else {
+        return Ok(None);
+    };
+    let ld = layer["digest"].as_str().unwrap_or("");
+    let size = reg.pull_blob_to_file(repo, ld, dest).await?;
+    if Some(size) != layer["size"].as_u64() {
+        let _ = std::fs::remove_file(dest);
+        return Err(RegistryError::Invalid(format!(
+            "{repo}: layer {title} size {size} differs from the manifest"
+        )));
+    }
+    Ok(Some(size))
 }

@@ -59,8 +59,10 @@ pub struct Login {
     pub command: String,
 }
 
-/// QEMU's own arguments for one boot of `disk` (without the program).
-fn qemu_args(spec: &QemuSpec, disk: &Path, serial: &Path, net: String) -> Vec<OsString> {
+/// QEMU's own arguments for one boot of `disks` (the system disk first,
+/// then the download-cache disk: `sd0`, `sd1` to OpenBSD), without the
+/// program.
+fn qemu_args(spec: &QemuSpec, disks: &[PathBuf], serial: &Path, net: String) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(s.into());
     for s in [
@@ -85,8 +87,10 @@ fn qemu_args(spec: &QemuSpec, disk: &Path, serial: &Path, net: String) -> Vec<Os
     }
     a.push("-serial".into());
     a.push(format!("file:{}", serial.display()).into());
-    a.push("-drive".into());
-    a.push(format!("file={},if=virtio,format=qcow2", disk.display()).into());
+    for disk in disks {
+        a.push("-drive".into());
+        a.push(format!("file={},if=virtio,format=qcow2", disk.display()).into());
+    }
     a
 }
 
@@ -115,6 +119,7 @@ fn boot_args(spec: &QemuSpec, stage: Stage, probe: &str) -> Vec<OsString> {
 /// the build's server.
 pub async fn install(
     spec: &QemuSpec,
+    work: &Path,
     disk: &Path,
     serial: &Path,
     socket: &Path,
@@ -122,11 +127,12 @@ pub async fn install(
 ) -> Result<(), QemuError> {
     let net = match &spec.boot {
         Boot::Kernel { .. } => "user,id=n0,bootfile=auto_install".to_string(),
-        Boot::Pxe { tftp_dir, bootfile } => {
-            format!("user,id=n0,tftp={},bootfile={bootfile}", tftp_dir.display())
-        }
+        Boot::Pxe { bootfile, .. } => format!(
+            "user,id=n0,tftp={},bootfile={bootfile}",
+            work.join("tftp").display()
+        ),
     };
-    let mut qemu = qemu_args(spec, disk, serial, net);
+    let mut qemu = qemu_args(spec, &[disk.to_path_buf()], serial, net);
     qemu.extend(boot_args(spec, Stage::Install, &probe_url(port)));
     // In the namespace: loopback up, port 80 forwarded to the server's
     // Unix socket, then QEMU as the namespace's init (so that when it
@@ -158,14 +164,15 @@ pub async fn install(
     )
 }
 
-/// The first boot: the installed disk with network; it must power off.
+/// The first boot: the installed disk (and the download-cache disk it
+/// formats) with network; it must power off.
 pub async fn first_boot(
     spec: &QemuSpec,
-    disk: &Path,
+    disks: &[PathBuf],
     serial: &Path,
     port: u16,
 ) -> Result<(), QemuError> {
-    let mut qemu = qemu_args(spec, disk, serial, "user,id=n0".into());
+    let mut qemu = qemu_args(spec, disks, serial, "user,id=n0".into());
     qemu.extend(boot_args(spec, Stage::FirstBoot, &probe_url(port)));
     let cmd = Cmd::new(&spec.system)
         .args(qemu)
@@ -178,7 +185,7 @@ pub async fn first_boot(
 /// log in, run the smoke test, then stop the guest.
 pub async fn verify(
     spec: &QemuSpec,
-    overlay: &Path,
+    overlays: &[PathBuf],
     serial: &Path,
     port: u16,
 ) -> Result<String, QemuError> {
@@ -187,7 +194,7 @@ pub async fn verify(
         message: format!("a port for ssh: {e}"),
     })?;
     let net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
-    let mut qemu = qemu_args(spec, overlay, serial, net);
+    let mut qemu = qemu_args(spec, overlays, serial, net);
     qemu.extend(boot_args(spec, Stage::Verify, &probe_url(port)));
     let cmd = Cmd::new(&spec.system)
         .args(qemu)
@@ -278,7 +285,38 @@ async fn login_and_check(spec: &QemuSpec, port: u16) -> Result<String, QemuError
             log: spec.log.clone(),
         });
     }
+    if let Some(cache) = &spec.cache {
+        check_cache(spec, cache, port).await?;
+    }
     Ok(answer)
+}
+
+/// The download-cache disk as obuilder uses it: mounted by the platform's
+/// command, writable by the user, unmounted cleanly.
+async fn check_cache(
+    spec: &QemuSpec,
+    cache: &super::build::CacheDisk,
+    port: u16,
+) -> Result<(), QemuError> {
+    let probe = format!("{}/.kiln-verify", cache.dir);
+    let script = format!(
+        "{} && touch {probe} && rm {probe} && doas umount {}",
+        cache.mount, cache.dir
+    );
+    let out = ssh(&spec.login, port).arg(&script).run().await;
+    let entry = format!(
+        "# kiln: verify boot, the download-cache disk over ssh: {script}\n{}\n",
+        match &out {
+            Ok(o) => format!("{}{}", o.stdout, o.stderr),
+            Err(e) => e.to_string(),
+        }
+    );
+    append_text(&spec.log, &entry);
+    out.map(|_| ()).map_err(|e| QemuError::Login {
+        target: spec.target.clone(),
+        message: format!("the download-cache disk does not mount and take the user's files: {e}"),
+        log: spec.log.clone(),
+    })
 }
 
 fn boot_error(spec: &QemuSpec, stage: Stage, source: ProcessError) -> QemuError {

@@ -60,8 +60,27 @@ pub enum Boot {
         append: String,
     },
     /// OpenBSD: the installer from QEMU's TFTP (`tftp=DIR,bootfile=FILE`),
-    /// the disk afterwards.
-    Pxe { tftp_dir: PathBuf, bootfile: String },
+    /// the disk afterwards. `tftp` is what the boot loader fetches
+    /// (`auto_install` = the release's `pxeboot`, `bsd.rd`, `etc/boot.conf`),
+    /// laid out in the build's work dir: verified sets and rendered recipes,
+    /// nothing placed by hand.
+    Pxe { tftp: Tree, bootfile: String },
+}
+
+/// The download-cache disk upstream's first boot prepares: a second disk,
+/// attached to the first and verify boots, which `rc.firsttime` formats
+/// (OpenBSD: one FFS partition, `sd1a`) and hands to the user. obuilder
+/// mounts a copy of it over `~/.opam/download-cache` in every job; Kiln
+/// publishes it compacted beside the system disk.
+#[derive(Debug, Clone)]
+pub struct CacheDisk {
+    /// Virtual size (`qemu-img create`).
+    pub size: String,
+    /// Run over ssh in the verify boot, as obuilder's sandbox does before a
+    /// job (OpenBSD: `doas fsck -y /dev/sd1a && doas mount /dev/sd1a DIR`).
+    pub mount: String,
+    /// Where it is mounted: the verify boot checks the user can write there.
+    pub dir: String,
 }
 
 /// Each boot's own limit.
@@ -89,6 +108,7 @@ pub struct QemuSpec {
     /// What the smoke test must answer (the catalogue's compiler).
     pub verify_expect: String,
     pub login: Login,
+    pub cache: Option<CacheDisk>,
     pub timeouts: Timeouts,
     pub log: PathBuf,
     /// Parent of the private per-build work directory.
@@ -103,6 +123,8 @@ pub struct QemuOutput {
     pub sha256: String,
     pub size: u64,
     pub virtual_size: u64,
+    /// The compacted download-cache disk, when the platform has one.
+    pub cache: Option<Box<QemuOutput>>,
 }
 
 /// Build, verify and compact; on any failure nothing is left behind.
@@ -142,15 +164,76 @@ async fn run(
 ) -> Result<QemuOutput, QemuError> {
     let disk = work.join("disk.qcow2");
     img.create(&disk, &spec.disk_size).await?;
+    let cache = match &spec.cache {
+        Some(c) => {
+            let path = work.join("download-cache.qcow2");
+            img.create(&path, &c.size).await?;
+            Some(path)
+        }
+        None => None,
+    };
+    if let Boot::Pxe { tftp, .. } = &spec.boot {
+        super::tree::lay_out(tftp, &work.join("tftp")).map_err(|e| QemuError::Setup {
+            target: spec.target.clone(),
+            message: format!("TFTP tree in {}: {e}", work.display()),
+        })?;
+    }
     let serial = |stage: &str| work.join(format!("{stage}.serial"));
-    boots::install(spec, &disk, &serial("install"), &server.socket, server.port).await?;
-    boots::first_boot(spec, &disk, &serial("firstboot"), server.port).await?;
+    let disks = |root: &Path, cache: Option<&PathBuf>| {
+        let mut v = vec![root.to_path_buf()];
+        v.extend(cache.cloned());
+        v
+    };
+    boots::install(
+        spec,
+        work,
+        &disk,
+        &serial("install"),
+        &server.socket,
+        server.port,
+    )
+    .await?;
+    let first = disks(&disk, cache.as_ref());
+    boots::first_boot(spec, &first, &serial("firstboot"), server.port).await?;
+    // The published disks stay as the first boot left them.
     let overlay = work.join("verify.qcow2");
     img.overlay(&disk, &overlay).await?;
-    let answer = boots::verify(spec, &overlay, &serial("verify"), server.port).await?;
-    let _ = std::fs::remove_file(&overlay);
+    let cache_overlay = match &cache {
+        Some(c) => {
+            let o = work.join("verify-cache.qcow2");
+            img.overlay(c, &o).await?;
+            Some(o)
+        }
+        None => None,
+    };
+    let verify = disks(&overlay, cache_overlay.as_ref());
+    let answer = boots::verify(spec, &verify, &serial("verify"), server.port).await?;
+    for o in verify {
+        let _ = std::fs::remove_file(o);
+    }
     tracing::info!(target = %spec.target, %answer, "verify boot: smoke test over ssh");
-    compact(img, spec, &disk, work).await
+    let mut out = compact(img, spec, &disk, work, &spec.output).await?;
+    if let Some(c) = &cache {
+        let dest = cache_output(&spec.output);
+        let cached = compact(img, spec, c, work, &dest).await;
+        match cached {
+            Ok(c) => out.cache = Some(Box::new(c)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&out.path);
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where the compacted download-cache disk goes, beside the system disk.
+pub fn cache_output(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".qcow2").to_string())
+        .unwrap_or_default();
+    output.with_file_name(format!("{name}.download-cache.qcow2"))
 }
 
 /// Compact, check, hash; only then does the output exist.
@@ -159,6 +242,7 @@ async fn compact(
     spec: &QemuSpec,
     disk: &Path,
     work: &Path,
+    output: &Path,
 ) -> Result<QemuOutput, QemuError> {
     let setup = |message: String| QemuError::Setup {
         target: spec.target.clone(),
@@ -171,16 +255,17 @@ async fn compact(
     let (sha256, size) = crate::registry::sha256_file(&compact)
         .await
         .map_err(|e| setup(format!("{}: {e}", compact.display())))?;
-    if let Some(dir) = spec.output.parent() {
+    if let Some(dir) = output.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    std::fs::rename(&compact, &spec.output)
-        .or_else(|_| std::fs::copy(&compact, &spec.output).map(|_| ()))
-        .map_err(|e| setup(format!("{}: {e}", spec.output.display())))?;
+    std::fs::rename(&compact, output)
+        .or_else(|_| std::fs::copy(&compact, output).map(|_| ()))
+        .map_err(|e| setup(format!("{}: {e}", output.display())))?;
     Ok(QemuOutput {
-        path: spec.output.clone(),
+        path: output.to_path_buf(),
         sha256,
         size,
         virtual_size: info.virtual_size,
+        cache: None,
     })
 }

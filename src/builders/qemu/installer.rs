@@ -30,9 +30,14 @@ use crate::model::FailureKind;
 use crate::plan::{Prepared, Target};
 use crate::sources::{Mirror, SourcesError};
 
-/// Recipes served at the top of the tree; every other recipe goes into the
-/// site set.
+/// Recipes served at the top of the tree; `boot.conf` goes to the TFTP
+/// tree (see `tftp`); every other recipe goes into the site set.
 const TOP_LEVEL: &[&str] = &["install.conf", "disklabel"];
+const BOOT_CONF: &str = "boot.conf";
+/// The set the boot loader is (`pxeboot`, served as `auto_install`, the
+/// DHCP file name that makes OpenBSD's bsd.rd install unattended).
+pub const PXEBOOT: &str = "pxeboot";
+pub const BOOTFILE: &str = "auto_install";
 
 /// `release` reads `<os>: OpenBSD <release>/<arch>`.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,14 @@ pub enum SetsError {
     },
     #[error("{release}: {file} is not listed in SHA256")]
     NotListed { release: String, file: String },
+    #[error(
+        "{release}: the PXE boot needs {file}, which is not among the release's sets (list it in vars.sets{hint})"
+    )]
+    NoBootFile {
+        release: String,
+        file: String,
+        hint: &'static str,
+    },
 }
 
 impl SetsError {
@@ -242,6 +255,7 @@ pub fn tree(p: &Prepared, sets: &Sets, verified: Vec<(String, PathBuf)>) -> Tree
         }
     }
     let dir = sets.server_dir();
+    site.retain(|(name, _)| name != BOOT_CONF);
     let site_name = format!("site{}.tgz", sets.release.replace('.', ""));
     let mut index: Vec<String> = verified.iter().map(|(f, _)| f.clone()).collect();
     index.push(site_name.clone());
@@ -256,6 +270,47 @@ pub fn tree(p: &Prepared, sets: &Sets, verified: Vec<(String, PathBuf)>) -> Tree
         Entry::Bytes(format!("{}\n", index.join("\n")).into_bytes()),
     );
     tree
+}
+
+/// What the PXE boot fetches by TFTP, as upstream lays it out:
+/// `auto_install` (the release's `pxeboot`), `etc/boot.conf` (the rendered
+/// recipe), and the sets the loader boots (`vars.tftp`, default `bsd.rd`),
+/// every one of them a set checked against `SHA256`.
+pub fn tftp(p: &Prepared, sets: &Sets, verified: &[(String, PathBuf)]) -> Result<Tree, SetsError> {
+    let file = |name: &str, hint: &'static str| {
+        verified
+            .iter()
+            .find(|(f, _)| f == name)
+            .map(|(_, path)| Entry::File(path.clone()))
+            .ok_or_else(|| SetsError::NoBootFile {
+                release: sets.label.clone(),
+                file: name.to_string(),
+                hint,
+            })
+    };
+    let mut tree = Tree::default();
+    tree.insert(BOOTFILE, file(PXEBOOT, "")?);
+    let loaded = p
+        .target
+        .vars
+        .get("tftp")
+        .map(String::as_str)
+        .unwrap_or("bsd.rd");
+    for name in loaded.split_whitespace() {
+        tree.insert(name, file(name, ", or change vars.tftp")?);
+    }
+    let conf = p
+        .recipes
+        .iter()
+        .find(|(n, _)| n == BOOT_CONF)
+        .map(|(_, text)| text.clone())
+        .ok_or_else(|| SetsError::NoBootFile {
+            release: sets.label.clone(),
+            file: BOOT_CONF.to_string(),
+            hint: ": it is a recipe, list it in the release's recipes",
+        })?;
+    tree.insert("etc/boot.conf", Entry::Bytes(conf.into_bytes()));
+    Ok(tree)
 }
 
 #[cfg(test)]

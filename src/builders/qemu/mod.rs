@@ -140,9 +140,12 @@ impl Builder for QemuBuilder {
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
             let pushed = push(&job, &out).await;
             if pushed.is_ok() && self.qemu.keep_disks {
-                self.keep(job.prepared, &out.path);
+                self.keep(job.prepared, &out);
             }
             let _ = std::fs::remove_file(&out.path);
+            if let Some(c) = &out.cache {
+                let _ = std::fs::remove_file(&c.path);
+            }
             pushed
         })
     }
@@ -167,6 +170,24 @@ impl QemuBuilder {
         if !path.exists() {
             return None;
         }
+        let cache = match self.cache(&p.target) {
+            Some(_) => Some(Box::new(
+                Box::pin(self.kept(img, &build::cache_output(&path))).await?,
+            )),
+            None => None,
+        };
+        let mut out = self.kept(img, &path).await?;
+        out.cache = cache;
+        tracing::info!(disk = %path.display(), "the disk of this build key is on the host: adopted, not installed again");
+        Some(out)
+    }
+
+    /// A kept disk that still checks.
+    async fn kept(&self, img: &img::Img, path: &std::path::Path) -> Option<build::QemuOutput> {
+        let path = path.to_path_buf();
+        if !path.exists() {
+            return None;
+        }
         if let Err(e) = img.check(&path).await {
             tracing::warn!(disk = %path.display(), error = %e, "a kept disk does not check: installing again");
             let _ = std::fs::remove_file(&path);
@@ -174,18 +195,19 @@ impl QemuBuilder {
         }
         let info = img.info(&path).await.ok()?;
         let (sha256, size) = crate::registry::sha256_file(&path).await.ok()?;
-        tracing::info!(disk = %path.display(), "the disk of this build key is on the host: adopted, not installed again");
         Some(build::QemuOutput {
             path,
             sha256,
             size,
             virtual_size: info.virtual_size,
+            cache: None,
         })
     }
 
     /// Keep a verified, pushed disk for later runs of the same key (moved
     /// there; earlier disks of the same target and version go).
-    fn keep(&self, p: &Prepared, disk: &std::path::Path) {
+    fn keep(&self, p: &Prepared, out: &build::QemuOutput) {
+        let disk = &out.path;
         let dir = self.disks();
         let name = artifact_name(p);
         let series = name
@@ -203,6 +225,13 @@ impl QemuBuilder {
         let to = dir.join(format!("{name}.qcow2"));
         let kept = std::fs::create_dir_all(&dir).and_then(|_| {
             std::fs::rename(disk, &to).or_else(|_| std::fs::copy(disk, &to).map(|_| ()))
+        });
+        let kept = kept.and_then(|_| match &out.cache {
+            Some(c) => {
+                let to = build::cache_output(&to);
+                std::fs::rename(&c.path, &to).or_else(|_| std::fs::copy(&c.path, &to).map(|_| ()))
+            }
+            None => Ok(()),
         });
         if let Err(e) = kept {
             tracing::warn!(error = %e, "keeping the disk for later runs of its key");
@@ -242,9 +271,15 @@ impl QemuBuilder {
         })
     }
 
-    /// How to boot: the test guest's kernel, or OpenBSD's PXE auto_install;
+    /// How to boot: the test guest's kernel, or OpenBSD's PXE auto_install
+    /// (its TFTP files from the verified sets and the rendered boot.conf);
     /// the console marker of a successful install.
-    fn boot(&self, p: &Prepared) -> Result<(build::Boot, Option<String>), Failure> {
+    fn boot(
+        &self,
+        p: &Prepared,
+        sets: &installer::Sets,
+        verified: &[(String, PathBuf)],
+    ) -> Result<(build::Boot, Option<String>), Failure> {
         let t = &p.target;
         if t.vars.get("boot").map(String::as_str) == Some("kernel") {
             let dir = self.state_dir.join("fixtures/qemu");
@@ -265,20 +300,28 @@ impl QemuBuilder {
         }
         // OpenBSD: PXE boot into auto_install, which fetches install.conf,
         // the sets and the site set from the build's server.
-        let release = t.vars.get("release").cloned().unwrap_or_default();
-        let tftp = self.state_dir.join("openbsd").join(&release).join("tftp");
-        if !tftp.join("auto_install").exists() {
-            return Err(Failure::infra(format!(
-                "{}: OpenBSD {release} boot files not found in {}: copy pxeboot (as auto_install), bsd.rd and etc/boot.conf (`stty com0 115200`, `set tty com0`, `boot tftp:/bsd.rd`) there from the mirror",
-                t.id(),
-                tftp.display()
-            )));
-        }
+        let tftp = installer::tftp(p, sets, verified)
+            .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
         let boot = build::Boot::Pxe {
-            tftp_dir: tftp,
-            bootfile: "auto_install".into(),
+            tftp,
+            bootfile: installer::BOOTFILE.into(),
         };
-        Ok((boot, None))
+        Ok((boot, t.vars.get("install_marker").cloned()))
+    }
+
+    /// The download-cache disk, unless the platform says `cache_size: none`.
+    fn cache(&self, t: &Target) -> Option<build::CacheDisk> {
+        let size = t.vars.get("cache_size").cloned().unwrap_or("20G".into());
+        if size == "none" {
+            return None;
+        }
+        let dir = format!("/home/{}/.opam/download-cache", self.qemu.ssh_user);
+        let mount = t
+            .vars
+            .get("cache_mount")
+            .cloned()
+            .unwrap_or_else(|| format!("doas fsck -y /dev/sd1a && doas mount /dev/sd1a {dir}"));
+        Some(build::CacheDisk { size, mount, dir })
     }
 
     /// Everything one build needs, checked before any boot: the boot
@@ -290,7 +333,6 @@ impl QemuBuilder {
         // Sets not declared, not in the mirror, or disagreeing with SHA256.
         let refused = |e: installer::SetsError| Failure::new(e.kind(), e.to_string());
         let sets = installer::Sets::declared(t).map_err(refused)?;
-        let (boot, marker) = self.boot(p)?;
         let login = self.login(t)?;
         let mirror = crate::sources::Mirror::new(
             job.registry,
@@ -301,6 +343,7 @@ impl QemuBuilder {
             .verified(&self.config, &mirror)
             .await
             .map_err(refused)?;
+        let (boot, marker) = self.boot(p, &sets, &verified)?;
         let sources = self
             .source_files(job, &mirror)
             .await
@@ -326,6 +369,7 @@ impl QemuBuilder {
             // The catalogue refuses compiler-less images outside Docker.
             verify_expect: t.expected_ocaml().unwrap_or_default(),
             login,
+            cache: self.cache(t),
             timeouts: build::Timeouts {
                 install: secs(self.qemu.boot_timeout_secs),
                 first_boot: secs(self.qemu.first_boot_timeout_secs),
@@ -393,14 +437,35 @@ impl QemuBuilder {
     }
 }
 
-/// Push the compacted disk as an OCI artifact; its digest is known.
+/// The title of the download-cache layer beside `title` (`….qcow2`).
+pub fn cache_title(title: &str) -> String {
+    format!("{}.download-cache.qcow2", title.trim_end_matches(".qcow2"))
+}
+
+/// Push the compacted disk as an OCI artifact, its download-cache disk as a
+/// second layer; their digests are known.
 async fn push(job: &BuildJob<'_>, out: &build::QemuOutput) -> Result<BuildOutput, Failure> {
     let t = &job.prepared.target;
     let mut ann = artifact_annotations(job);
     ann.insert("org.ocaml.kiln.sha256".to_string(), out.sha256.clone());
     let title = format!("{}.qcow2", artifact_name(job.prepared));
     let digest = format!("sha256:{}", out.sha256);
-    let pushed = oci::push(
+    let mut config = serde_json::json!({"os": t.platform, "architecture": t.arch,
+        "disk": {"format": "qcow2", "virtual_size": out.virtual_size, "sha256": out.sha256}});
+    let cache_title = cache_title(&title);
+    let cache_digest = out.cache.as_ref().map(|c| format!("sha256:{}", c.sha256));
+    let mut extra = Vec::new();
+    if let (Some(c), Some(d)) = (&out.cache, &cache_digest) {
+        config["download_cache"] = serde_json::json!({"format": "qcow2", "title": cache_title,
+            "virtual_size": c.virtual_size, "sha256": c.sha256});
+        extra.push(oci::ExtraLayer {
+            file: &c.path,
+            media_type: oci::QCOW2_LAYER,
+            title: &cache_title,
+            digest: d,
+        });
+    }
+    let pushed = oci::push_with(
         job.registry,
         &oci::ArtifactPush {
             repo: job.repository,
@@ -410,10 +475,10 @@ async fn push(job: &BuildJob<'_>, out: &build::QemuOutput) -> Result<BuildOutput
             title: &title,
             digest: Some(&digest),
             uncompressed_sha256: None,
-            config: serde_json::json!({"os": t.platform, "architecture": t.arch,
-                "disk": {"format": "qcow2", "virtual_size": out.virtual_size, "sha256": out.sha256}}),
+            config,
             annotations: ann,
         },
+        &extra,
     )
     .await
     .map_err(|e| Failure::new(e.kind(), e.to_string()))?;

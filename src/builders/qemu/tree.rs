@@ -83,6 +83,39 @@ impl Tree {
     }
 }
 
+/// Write the tree under `dir` (QEMU's TFTP server reads a directory):
+/// files linked (copied across file systems), bytes written, tarballs built.
+/// A path that would leave `dir` is refused.
+pub fn lay_out(tree: &Tree, dir: &Path) -> std::io::Result<()> {
+    for (path, entry) in &tree.0 {
+        let rel = Path::new(path);
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{path}: not a relative path inside the tree"),
+            ));
+        }
+        let to = dir.join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        match entry {
+            Entry::Bytes(b) => std::fs::write(&to, b)?,
+            Entry::Tgz(files) => std::fs::write(&to, super::installer::site_tgz(files)?)?,
+            Entry::File(f) => {
+                if std::fs::hard_link(f, &to).is_err() {
+                    std::fs::copy(f, &to)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn serve_path(State(tree): State<Arc<Tree>>, uri: Uri) -> Response {
     let path = uri.path().trim_start_matches('/');
     match tree.get(path) {
