@@ -83,6 +83,13 @@ fn no_leftovers() {
 /// forwarded ssh port) and run `ocaml -version` over `ssh opam@localhost
 /// -p PORT` with the worker's key.
 fn login_as_obuilder(disk: &Path) -> String {
+    obuilder_session(&[disk], "ocaml -version")
+}
+
+/// Boot `disks` (the system disk, then a cache disk) as obuilder's sandbox
+/// does and run `cmd` over its ssh login.
+fn obuilder_session(disks: &[&Path], cmd: &str) -> String {
+    let disk = disks[0];
     let fx = common::state_dir().join("fixtures/qemu");
     let serial = disk.with_extension("serial");
     let port = common::free_port();
@@ -96,8 +103,13 @@ fn login_as_obuilder(disk: &Path) -> String {
         .arg(fx.join("vmlinuz"))
         .arg("-initrd")
         .arg(fx.join("initrd.gz"))
-        .args(["-append", "console=ttyS0 quiet panic=1", "-drive"])
-        .arg(format!("file={},if=virtio,format=qcow2", disk.display()))
+        .args(["-append", "console=ttyS0 quiet panic=1"])
+        .args(disks.iter().flat_map(|d| {
+            [
+                "-drive".to_string(),
+                format!("file={},if=virtio,format=qcow2", d.display()),
+            ]
+        }))
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .spawn()
@@ -115,7 +127,11 @@ fn login_as_obuilder(disk: &Path) -> String {
     };
     let mut answer = None;
     for _ in 0..120 {
-        let out = ssh("ocaml -version");
+        if !ssh("exit").status.success() {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            continue;
+        }
+        let out = ssh(cmd);
         if out.status.success() {
             answer = Some(String::from_utf8_lossy(&out.stdout).into_owned());
             break;
@@ -213,6 +229,10 @@ fn disk_is_published_after_install_first_boot_and_an_ssh_verified_boot() {
             && log.contains("ocaml -version\nThe OCaml toplevel, version 5.5.0"),
         "{log}"
     );
+    assert!(
+        log.contains("# kiln: verify boot, the download-cache disk over ssh: doas mount /dev/vdb"),
+        "the download-cache disk is mounted as obuilder mounts it: {log}"
+    );
 }
 
 /// The worker side: fetch (verified, qemu-img check), overlay, and log in
@@ -232,6 +252,94 @@ fn fetched_disk_boots_through_an_overlay_and_obuilder_logs_in() {
     let v: Value = common::ok_json(out);
     let overlay = PathBuf::from(v["overlay"].as_str().unwrap());
     assert!(login_as_obuilder(&overlay).contains("The OCaml toplevel, version 5.5.0"));
+}
+
+/// obuilder's QEMU store: the disk as `base-image/<tag>.qcow2`, its
+/// download-cache disk as the initial `cache/c-opam-archives` (kept on the
+/// next fetch: it holds the jobs' downloads); a job's copy of the cache
+/// mounts as obuilder mounts it and takes the user's files.
+#[test]
+fn fetch_into_obuilders_store_seeds_the_download_cache_once() {
+    let _serial = serial();
+    let Pair { a, ra, .. } = built_in_parallel("store");
+    assert_eq!(ra.0, Some(0), "{}", ra.1);
+    let store = tempfile::tempdir().unwrap();
+    let fetch = || {
+        let out = a
+            .command()
+            .args(["fetch", &key(&a), "--json", "--obuilder-store"])
+            .arg(store.path())
+            .output()
+            .unwrap();
+        common::ok_json(out)
+    };
+    let v: Value = fetch();
+    let tag = key(&a).rsplit(':').next().unwrap().to_string();
+    let base = store.path().join(format!("base-image/{tag}.qcow2"));
+    let cache = store
+        .path()
+        .join("cache/c-opam-archives/rootfs/image.qcow2");
+    assert_eq!(v["base_image"], base.display().to_string(), "{v}");
+    assert_eq!(v["cache"], cache.display().to_string(), "{v}");
+    assert_eq!(v["cache_kept"], false, "{v}");
+    // A job: overlays of both, as obuilder's store makes them.
+    let job = tempfile::tempdir().unwrap();
+    let (root, cache_copy) = (
+        job.path().join("root.qcow2"),
+        job.path().join("cache.qcow2"),
+    );
+    let img = |base: &Path, o: &Path| {
+        let st = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(base)
+            .arg(o)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    img(&base, &root);
+    img(&cache, &cache_copy);
+    let dir = "/home/opam/.opam/download-cache";
+    let out = obuilder_session(
+        &[&root, &cache_copy],
+        &format!(
+            "doas mount /dev/vdb {dir} && echo archive > {dir}/a.tgz && ls -ln {dir}/a.tgz && doas umount {dir}"
+        ),
+    );
+    assert!(
+        out.contains(" 1000 "),
+        "the user's file in the cache: {out}"
+    );
+    // The store's cache now in use: fetching again keeps it.
+    std::fs::write(store.path().join("marker"), "").unwrap();
+    let before = std::fs::metadata(&cache).unwrap().modified().unwrap();
+    let again: Value = fetch();
+    assert_eq!(again["cache_kept"], true, "{again}");
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().modified().unwrap(),
+        before
+    );
+}
+
+/// A first boot that leaves the cache disk unformatted fails the verify
+/// boot: nothing is published.
+#[test]
+fn an_unformatted_download_cache_fails_the_verify_boot() {
+    let _serial = serial();
+    let c = profile("nocache", "openbsd-7.0", 120);
+    c.edit(RECIPE, |t| t.replace("mke2fs -q /dev/vdb", "true"));
+    let (code, v) = build(&c);
+    assert_ne!(code, Some(0), "{v}");
+    let err = v["tags"][0]["arches"]["amd64"]["error"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        err.contains("the download-cache disk does not mount"),
+        "{err}"
+    );
+    assert!(c.entries().is_empty(), "nothing published");
+    no_leftovers();
 }
 
 /// A second round: unchanged, nothing boots.

@@ -97,20 +97,20 @@ fn qemu_args(spec: &QemuSpec, disks: &[PathBuf], serial: &Path, net: String) -> 
 /// Direct kernel boot (the test guest) or the boot order (PXE for the
 /// installer, the disk afterwards).
 fn boot_args(spec: &QemuSpec, stage: Stage, probe: &str) -> Vec<OsString> {
-    match &spec.boot {
-        Boot::Kernel {
-            kernel,
-            initrd,
-            append,
-        } => vec![
+    let kernel = |k: &super::build::Kernel| -> Vec<OsString> {
+        vec![
             "-kernel".into(),
-            kernel.into(),
+            k.kernel.clone().into(),
             "-initrd".into(),
-            initrd.into(),
+            k.initrd.clone().into(),
             "-append".into(),
-            append.replace("{probe}", probe).into(),
-        ],
+            k.append.replace("{probe}", probe).into(),
+        ]
+    };
+    match &spec.boot {
+        Boot::Kernel(k) => kernel(k),
         Boot::Pxe { .. } if stage == Stage::Install => vec!["-boot".into(), "n".into()],
+        Boot::Pxe { then: Some(k), .. } => kernel(k),
         Boot::Pxe { .. } => vec!["-boot".into(), "c".into()],
     }
 }
@@ -126,7 +126,7 @@ pub async fn install(
     port: u16,
 ) -> Result<(), QemuError> {
     let net = match &spec.boot {
-        Boot::Kernel { .. } => "user,id=n0,bootfile=auto_install".to_string(),
+        Boot::Kernel(_) => "user,id=n0,bootfile=auto_install".to_string(),
         Boot::Pxe { bootfile, .. } => format!(
             "user,id=n0,tftp={},bootfile={bootfile}",
             work.join("tftp").display()

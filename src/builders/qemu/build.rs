@@ -47,24 +47,32 @@ pub enum QemuError {
     },
 }
 
+/// Direct kernel boot of the test guest (`-kernel/-initrd/-append`): the
+/// guest tells an installed disk from an empty one itself. `{probe}` in the
+/// command line becomes the server's address as the first boot reaches it.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub append: String,
+}
+
 /// How the guest boots.
 #[derive(Debug, Clone)]
 pub enum Boot {
-    /// Direct kernel boot of the test guest (`-kernel/-initrd/-append`),
-    /// the same for every boot: the guest tells an installed disk from an
-    /// empty one itself. `{probe}` in the command line becomes the
-    /// server's address as the first boot reaches it.
-    Kernel {
-        kernel: PathBuf,
-        initrd: PathBuf,
-        append: String,
-    },
+    /// The test guest, the same kernel for every boot.
+    Kernel(Kernel),
     /// OpenBSD: the installer from QEMU's TFTP (`tftp=DIR,bootfile=FILE`),
     /// the disk afterwards. `tftp` is what the boot loader fetches
     /// (`auto_install` = the release's `pxeboot`, `bsd.rd`, `etc/boot.conf`),
     /// laid out in the build's work dir: verified sets and rendered recipes,
-    /// nothing placed by hand.
-    Pxe { tftp: Tree, bootfile: String },
+    /// nothing placed by hand. `then`: the test guest, whose disk has no
+    /// boot loader, boots its kernel after a PXE install.
+    Pxe {
+        tftp: Tree,
+        bootfile: String,
+        then: Option<Kernel>,
+    },
 }
 
 /// The download-cache disk upstream's first boot prepares: a second disk,

@@ -281,7 +281,8 @@ impl QemuBuilder {
         verified: &[(String, PathBuf)],
     ) -> Result<(build::Boot, Option<String>), Failure> {
         let t = &p.target;
-        if t.vars.get("boot").map(String::as_str) == Some("kernel") {
+        let boot = t.vars.get("boot").map(String::as_str).unwrap_or("pxe");
+        let fixture = || {
             let dir = self.state_dir.join("fixtures/qemu");
             let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
             if !kernel.exists() || !initrd.exists() {
@@ -291,22 +292,43 @@ impl QemuBuilder {
                     dir.display()
                 )));
             }
-            let boot = build::Boot::Kernel {
+            Ok(build::Kernel {
                 kernel,
                 initrd,
                 append: "console=ttyS0 quiet panic=1 kiln.probe={probe}".into(),
-            };
-            return Ok((boot, Some("KILN-INSTALL: ok".to_string())));
-        }
-        // OpenBSD: PXE boot into auto_install, which fetches install.conf,
-        // the sets and the site set from the build's server.
-        let tftp = installer::tftp(p, sets, verified)
-            .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
-        let boot = build::Boot::Pxe {
-            tftp,
-            bootfile: installer::BOOTFILE.into(),
+            })
         };
-        Ok((boot, t.vars.get("install_marker").cloned()))
+        let marker = t.vars.get("install_marker").cloned();
+        match boot {
+            "kernel" => Ok((
+                build::Boot::Kernel(fixture()?),
+                Some(marker.unwrap_or_else(|| "KILN-INSTALL: ok".into())),
+            )),
+            // OpenBSD: PXE boot into auto_install, which fetches
+            // install.conf, the sets and the site set from the build's
+            // server; `pxe-then-kernel`: the test guest after its install.
+            "pxe" | "pxe-then-kernel" => {
+                let tftp = installer::tftp(p, sets, verified)
+                    .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
+                let then = match boot {
+                    "pxe" => None,
+                    _ => Some(fixture()?),
+                };
+                let boot = build::Boot::Pxe {
+                    tftp,
+                    bootfile: installer::BOOTFILE.into(),
+                    then,
+                };
+                Ok((boot, marker))
+            }
+            other => Err(Failure::new(
+                FailureKind::Recipe,
+                format!(
+                    "{}: vars.boot is {other:?}: pxe (OpenBSD), kernel or pxe-then-kernel (the test guest)",
+                    t.id()
+                ),
+            )),
+        }
     }
 
     /// The download-cache disk, unless the platform says `cache_size: none`.
