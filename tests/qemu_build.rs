@@ -342,6 +342,123 @@ fn an_unformatted_download_cache_fails_the_verify_boot() {
     no_leftovers();
 }
 
+/// sha256 of a file, hex.
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// The install boot through the production path: QEMU's PXE (iPXE) takes
+/// `auto_install` from the build's TFTP tree — the release's `pxeboot` set
+/// —, which reads `etc/boot.conf` (the recipe) and boots `bsd.rd` (and the
+/// guest's initrd), every one of them a set checked against SHA256. The
+/// test declares the guest's boot files as a release manager declares a
+/// release's: its own SHA256 listing them, each with its sha256.
+#[test]
+fn pxe_install_takes_its_boot_files_from_the_verified_sets() {
+    let _serial = serial();
+    let c = profile("pxe", "openbsd-6.9", 120);
+    let fx = common::state_dir().join("fixtures/qemu");
+    let sets = tempfile::tempdir().unwrap();
+    let files = [
+        ("base79.tgz", fx.join("sets/base79.tgz")),
+        ("pxeboot", fx.join("boot/pxeboot")),
+        ("bsd.rd", fx.join("vmlinuz")),
+        ("bsd.rd.initrd", fx.join("initrd.gz")),
+    ];
+    let mut listing = String::new();
+    let mut decls = String::new();
+    for (name, from) in &files {
+        let to = sets.path().join(name);
+        std::fs::copy(from, &to).unwrap();
+        listing.push_str(&format!("SHA256 ({name}) = {}\n", sha256_hex(&to)));
+        if *name != "base79.tgz" {
+            decls.push_str(&format!(
+                "  - name: openbsd-fixture-{name}\n    url: file://{}\n    sha256: {}\n",
+                to.display(),
+                sha256_hex(&to)
+            ));
+        }
+    }
+    let sums = sets.path().join("SHA256");
+    std::fs::write(&sums, listing).unwrap();
+    let sums_sha = sha256_hex(&sums);
+    c.edit("versions/sources.yaml", |t| {
+        let mut out = String::new();
+        let mut in_sums = false;
+        for l in t.lines() {
+            if l.contains("name: ") {
+                in_sums = l.contains("name: openbsd-fixture-SHA256");
+            }
+            let l = match (in_sums, l.trim_start().split_once(": ")) {
+                (true, Some(("url", _))) => format!("    url: file://{}", sums.display()),
+                (true, Some(("sha256", _))) => format!("    sha256: {sums_sha}"),
+                _ => l.to_string(),
+            };
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out + &decls
+    });
+    c.edit(PLATFORM, |t| {
+        t.replace("      boot: kernel\n", "      boot: pxe-then-kernel\n      tftp: bsd.rd bsd.rd.initrd\n      install_marker: \"KILN-INSTALL: ok\"\n")
+            .replace("recipes: [install.conf, install.site, rc.firsttime]", "recipes: [install.conf, boot.conf, install.site, rc.firsttime]")
+            .replace("sets: openbsd-fixture-SHA256 openbsd-fixture-base79.tgz", "sets: openbsd-fixture-SHA256 openbsd-fixture-base79.tgz openbsd-fixture-pxeboot openbsd-fixture-bsd.rd openbsd-fixture-bsd.rd.initrd")
+    });
+    std::fs::write(
+        c.file("platforms/openbsd/boot.conf"),
+        "#!ipxe\n# The guest's boot.conf: what OpenBSD's says (`boot tftp:/bsd.rd`), in iPXE's words.\n\
+         kernel tftp://${next-server}/bsd.rd console=ttyS0 quiet panic=1\n\
+         initrd tftp://${next-server}/bsd.rd.initrd\nboot\n",
+    )
+    .unwrap();
+    c.sync_sources();
+    let (code, v) = build(&c);
+    assert_eq!(code, Some(0), "{v}");
+    let log = std::fs::read_to_string(log_of("openbsd-6.9")).unwrap();
+    let install = section(&log, "# kiln: install boot, serial console:");
+    for fetched in [
+        "tftp://10.0.2.2/auto_install",
+        "tftp://10.0.2.2/etc/boot.conf",
+        "tftp://10.0.2.2/bsd.rd",
+        "KILN-INSTALL: ok",
+    ] {
+        assert!(install.contains(fetched), "{fetched}: {install}");
+    }
+    no_leftovers();
+
+    // A boot file that disagrees with SHA256 is refused before any boot.
+    let c2 = profile("pxe-bad", "openbsd-6.8", 120);
+    std::fs::copy(
+        c.file("versions/sources.yaml"),
+        c2.file("versions/sources.yaml"),
+    )
+    .unwrap();
+    std::fs::copy(c.file(PLATFORM), c2.file(PLATFORM)).unwrap();
+    c2.edit(PLATFORM, |t| {
+        t.replace("id: openbsd-6.9", "id: openbsd-6.8")
+    });
+    std::fs::copy(
+        c.file("platforms/openbsd/boot.conf"),
+        c2.file("platforms/openbsd/boot.conf"),
+    )
+    .unwrap();
+    std::fs::write(
+        &sums,
+        std::fs::read_to_string(&sums)
+            .unwrap()
+            .replace("(pxeboot) = ", "(pxeboot) = 00"),
+    )
+    .unwrap();
+    let sums_sha2 = sha256_hex(&sums);
+    c2.edit("versions/sources.yaml", |t| {
+        t.replace(&sums_sha, &sums_sha2)
+    });
+    c2.sync_sources();
+    let err = refused_before_any_boot(&c2, "openbsd-6.8");
+    assert!(err.contains("pxeboot") && err.contains("SHA256"), "{err}");
+}
+
 /// A second round: unchanged, nothing boots.
 #[test]
 fn second_round_without_changes_builds_nothing() {
