@@ -53,18 +53,22 @@ struct DeclareOpenbsd {
     /// The OpenBSD release (7.9): OS release openbsd-<release>.
     #[arg(long)]
     release: String,
+    /// The release's arch (amd64): the sets named openbsd-<release>-<arch>-<file>.
     #[arg(long)]
     arch: Arch,
     /// The release's SHA256.sig, as downloaded from a mirror.
     #[arg(long)]
     sha256_sig: PathBuf,
-    /// The release's signify public key (/etc/signify/openbsd-79-base.pub
-    /// on an OpenBSD 7.8 or 7.9 system).
+    /// The release's signify public key: /etc/signify/openbsd-<NN>-base.pub
+    /// of an OpenBSD system of this release or the one before (each
+    /// release ships the next one's), not from the download it checks.
     #[arg(long)]
     pubkey: PathBuf,
     /// Where the sets are fetched from: <mirror>/<release>/<arch>/<file>.
     #[arg(long, default_value = declare::DEFAULT_MIRROR)]
     mirror: String,
+    /// Print the report (each set: name, url, sha256, declared or
+    /// unchanged) as JSON.
     #[arg(long)]
     json: bool,
 }

@@ -62,6 +62,8 @@ pub enum DeclareError {
         declared: String,
         verified: String,
     },
+    #[error("--mirror {0:?}: an http(s):// or file:/// URL of a mirror's pub/OpenBSD directory")]
+    Mirror(String),
     #[error("{path}: {message}; nothing was changed")]
     Layout { path: PathBuf, message: String },
     #[error("cannot write {path}: {source}")]
@@ -233,6 +235,12 @@ pub fn declare(
     platforms_dir: &Path,
     req: &Request,
 ) -> Result<Report, DeclareError> {
+    if !["https://", "http://", "file:///"]
+        .iter()
+        .any(|s| req.mirror.starts_with(s))
+    {
+        return Err(DeclareError::Mirror(req.mirror.clone()));
+    }
     let cat = catalogue::load(versions_dir, platforms_dir)?;
     let (platform_yaml, sets) = release_sets(&cat, req)?;
     let key = signify::read_public_key(&req.pubkey)?;
