@@ -37,7 +37,7 @@ wait_for() { # seconds, description, command...
 PACKAGES=(docker.io docker-registry zfs-fuse qemu-system-x86 qemu-user-static
     binfmt-support skopeo busybox-static debootstrap curl iproute2 zstd rsync
     openssh-server sudo
-    shellcheck apache2-utils openssl dropbear-bin socat)
+    shellcheck apache2-utils openssl dropbear-bin socat signify-openbsd)
 
 install_packages() {
     local missing=()

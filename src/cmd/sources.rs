@@ -1,6 +1,7 @@
 //! `kiln sources`: the source mirror (every external input of a build,
 //! pinned by checksum, fetched once into the registry).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -8,6 +9,7 @@ use kiln::catalogue::{self, Arch};
 use kiln::config::{Config, Sources};
 use kiln::plan::{self, Filter};
 use kiln::registry::Registry;
+use kiln::sources::declare::{self, Outcome};
 use kiln::sources::{Mirror, SyncOutcome};
 
 #[derive(clap::Args)]
@@ -40,15 +42,45 @@ enum Sub {
     Sync(Select),
     /// Which sources the plan uses and whether the mirror has each.
     List(Select),
+    /// Declare an OpenBSD release's install sets (its `vars.sets`) in
+    /// versions/sources.yaml from the release's SHA256.sig, once its
+    /// signify signature verifies with the release's public key.
+    DeclareOpenbsd(DeclareOpenbsd),
+}
+
+#[derive(clap::Args)]
+struct DeclareOpenbsd {
+    /// The OpenBSD release (7.9): OS release openbsd-<release>.
+    #[arg(long)]
+    release: String,
+    /// The release's arch (amd64): the sets named openbsd-<release>-<arch>-<file>.
+    #[arg(long)]
+    arch: Arch,
+    /// The release's SHA256.sig, as downloaded from a mirror.
+    #[arg(long)]
+    sha256_sig: PathBuf,
+    /// The release's signify public key: /etc/signify/openbsd-<NN>-base.pub
+    /// of an OpenBSD system of this release or the one before (each
+    /// release ships the next one's), not from the download it checks.
+    #[arg(long)]
+    pubkey: PathBuf,
+    /// Where the sets are fetched from: <mirror>/<release>/<arch>/<file>.
+    #[arg(long, default_value = declare::DEFAULT_MIRROR)]
+    mirror: String,
+    /// Print the report (each set: name, url, sha256, declared or
+    /// unchanged) as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
-    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let (sel, sync) = match args.command {
         Sub::Sync(s) => (s, true),
         Sub::List(s) => (s, false),
+        Sub::DeclareOpenbsd(d) => return declare_openbsd(&config, d),
     };
+    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let targets = plan::expand(
         &cat,
         &Filter {
@@ -131,6 +163,42 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             ExitCode::SUCCESS
         })
     })
+}
+
+fn declare_openbsd(config: &Config, args: DeclareOpenbsd) -> Result<ExitCode> {
+    let req = declare::Request {
+        release: args.release,
+        arch: args.arch,
+        sha256_sig: args.sha256_sig,
+        pubkey: args.pubkey,
+        mirror: args.mirror,
+    };
+    let report = declare::declare(&config.versions_dir, &config.platforms_dir, &req)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &report.declarations {
+        let how = match d.outcome {
+            Outcome::Declared => "declared",
+            Outcome::Unchanged => "unchanged",
+        };
+        println!("{how:9} {:40} {} {}", d.name, d.sha256, d.url);
+    }
+    let new = report
+        .declarations
+        .iter()
+        .filter(|d| d.outcome == Outcome::Declared)
+        .count();
+    println!(
+        "{} {}: {} sets verified with signify key {}, {new} declared in {}",
+        report.release,
+        report.arch,
+        report.declarations.len(),
+        report.keynum,
+        report.sources_yaml.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn spinner(hidden: bool, msg: &'static str) -> indicatif::ProgressBar {

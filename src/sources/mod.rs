@@ -20,11 +20,16 @@
 //! `{{sources_url}}/<name>`, `{{sources_url}}/opam-repository.bundle` and
 //! `{{sources_url}}/opam-cache/<kind>/<xx>/<hex>` (opam's archive-mirror
 //! layout, so `opam switch create` finds archives by checksum).
+//!
+//! Declaring: an OpenBSD release's sets are declared from its
+//! signify-verified `SHA256.sig` ([`declare`], [`signify`]).
 
+pub mod declare;
 pub mod fetch;
 mod mirror;
 pub mod opam;
 pub mod serve;
+pub mod signify;
 
 use std::path::PathBuf;
 
