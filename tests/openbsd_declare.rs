@@ -148,7 +148,7 @@ fn files_of_sets(platform_yaml: &Path) -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .split_whitespace()
         .map(|n| n.strip_prefix("openbsd-7.9-amd64-").unwrap().to_string())
-        .filter(|f| f != "SHA256")
+        .filter(|f| f != "SHA256" && f != "SHA256.sig")
         .map(|f| (f.clone(), format!("OpenBSD 7.9 amd64 {f}\n").into_bytes()))
         .collect();
     // A release directory has more than a platform installs.
@@ -220,8 +220,9 @@ fn a_release_is_declared_from_its_verified_sha256_sig() {
     let before = sources_yaml(&p);
     let report: serde_json::Value = common::ok_json(declare(&p, &r, &r.pubkey, &["--json"]));
     let decls = report["declarations"].as_array().unwrap();
-    // Every set but the one the platform does not install.
-    assert_eq!(decls.len(), files.len(), "{report}");
+    // Every set but the one the platform does not install, and the signed
+    // listing itself (SHA256.sig, served for the installer's own check).
+    assert_eq!(decls.len(), files.len() + 1, "{report}");
     let listing = std::fs::read(r.dir.join("SHA256")).unwrap();
     for d in decls {
         assert_eq!(d["outcome"], "declared", "{d}");
@@ -233,6 +234,8 @@ fn a_release_is_declared_from_its_verified_sha256_sig() {
         );
         let bytes = if file == "SHA256" {
             listing.clone()
+        } else if file == "SHA256.sig" {
+            std::fs::read(r.sig()).unwrap()
         } else {
             files.iter().find(|(f, _)| f == file).unwrap().1.clone()
         };

@@ -257,6 +257,10 @@ pub fn declare(
     for s in &sets {
         let sha256 = if s.file == "SHA256" {
             hex::encode(sha2::Sha256::digest(&verified.message))
+        } else if s.file == "SHA256.sig" {
+            // The signed file itself, served so that the installer checks
+            // the signature too (with the key in its bsd.rd).
+            hex::encode(sha2::Sha256::digest(&sig_text))
         } else {
             let Some(h) = listing.sha256(&s.file) else {
                 return Err(DeclareError::MissingSet {

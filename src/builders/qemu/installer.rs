@@ -192,7 +192,8 @@ impl Sets {
         })?;
         let mut out = Vec::new();
         for (file, d) in &self.files {
-            if file != "SHA256" {
+            // SHA256 and its signed form are not listed in SHA256.
+            if file != "SHA256" && file != "SHA256.sig" {
                 let want = listed(&sums, file).ok_or_else(|| SetsError::NotListed {
                     release: self.label.clone(),
                     file: file.clone(),
