@@ -315,3 +315,48 @@ fn a_target_tree_serves_what_the_target_uses_and_names_a_missing_bundle() {
         assert_eq!(err.kind(), kiln::model::FailureKind::Recipe);
     });
 }
+
+/// One local mirror of the opam-repository serves both of its readers:
+/// what `plan::opam_repo` fetches to diff two commits is what the source
+/// mirror reads opam files from, with no second fetch (the origin is gone
+/// by then).
+#[test]
+fn one_opam_repository_mirror_serves_the_plan_and_the_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let sum = format!("sha256={}", "a".repeat(64));
+    let git = opam_repo(dir.path(), &sum);
+    let rev = std::process::Command::new("git")
+        .args(["--git-dir", &git, "rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let commit = String::from_utf8(rev.stdout).unwrap().trim().to_string();
+    assert_eq!(commit.len(), 40, "{commit}");
+    let mut cfg = kiln::config::Config::defaults(common::root()).unwrap();
+    cfg.state_dir = dir.path().join("state");
+    cfg.plan.opam_repository = git.clone();
+    cfg.plan.opam_repository_ref = "refs/heads/master".into();
+    let package = "ocaml-base-compiler.5.5.0".to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let installed = std::collections::BTreeSet::from([package.clone()]);
+        let changed = kiln::plan::opam_repo::changed_packages(&cfg, &commit, &commit, &installed)
+            .await
+            .unwrap();
+        assert!(changed.is_empty(), "{changed:?}");
+        std::fs::rename(&git, dir.path().join("moved.git")).unwrap();
+        let archives = kiln::sources::opam::archives(&cfg, &commit, &[package])
+            .await
+            .unwrap();
+        assert_eq!(archives.len(), 1, "{archives:?}");
+        assert_eq!(archives[0].url, "file:///nonexistent/ocaml-5.5.0.tar.gz");
+        // A commit the mirror lacks needs the origin: the error names it.
+        let err = kiln::sources::opam::ensure_commit(&cfg, &"b".repeat(40))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(&git), "{err}");
+    });
+    assert!(
+        kiln::sources::opam::mirror_dir(&cfg).join("HEAD").exists(),
+        "one mirror under the state dir"
+    );
+}
