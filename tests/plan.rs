@@ -383,3 +383,52 @@ fn plan_says_which_tags_are_reproducible() {
             .all(|t| !t.reproducible)
     );
 }
+
+/// `kiln plan`, `kiln build` and `kiln sources sync|list` take the same plan
+/// filter flags (one shared clap struct), with the help each had; `plan`
+/// says more about `--version` and `--os`.
+#[test]
+fn the_plan_filter_flags_are_the_same_on_every_command_that_plans() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = |text: &str, flag: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from\n{text}"))
+            .split_once('>')
+            .map(|(_, h)| h.trim().to_string())
+            .unwrap_or_default()
+    };
+    for cmd in [&["build"][..], &["sources", "sync"], &["sources", "list"]] {
+        let text = help(cmd);
+        assert_eq!(
+            line(&text, "--version <VERSION>"),
+            "A version (5.5.0), series (5.5) or set (recent, latest, all)",
+            "{cmd:?}"
+        );
+        assert_eq!(
+            line(&text, "--os <OS>"),
+            "OS release id or alias",
+            "{cmd:?}"
+        );
+        assert_eq!(line(&text, "--platform <PLATFORM>"), "", "{cmd:?}");
+        assert_eq!(line(&text, "--arch <ARCH>"), "", "{cmd:?}");
+    }
+    let text = help(&["plan"]);
+    assert_eq!(
+        line(&text, "--version <VERSION>"),
+        "A version (5.5.0), series (5.5) or set (recent, significant, latest, all)"
+    );
+    assert_eq!(
+        line(&text, "--os <OS>"),
+        "OS release id or alias (debian-13, ubuntu-lts)"
+    );
+    assert_eq!(line(&text, "--arch <ARCH>"), "");
+}

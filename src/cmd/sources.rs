@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use kiln::catalogue::{self, Arch};
+use kiln::catalogue;
 use kiln::config::{Config, Sources};
-use kiln::plan::{self, Filter};
+use kiln::plan;
 use kiln::registry::Registry;
 use kiln::sources::{Mirror, SyncOutcome};
 
@@ -18,16 +18,8 @@ pub struct Args {
 
 #[derive(clap::Args)]
 struct Select {
-    /// A version (5.5.0), series (5.5) or set (recent, latest, all).
-    #[arg(long)]
-    version: Option<String>,
-    #[arg(long)]
-    platform: Option<String>,
-    /// OS release id or alias.
-    #[arg(long)]
-    os: Option<String>,
-    #[arg(long)]
-    arch: Option<Arch>,
+    #[command(flatten)]
+    plan: super::filter::PlanFilter,
     #[arg(long)]
     json: bool,
 }
@@ -49,16 +41,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         Sub::Sync(s) => (s, true),
         Sub::List(s) => (s, false),
     };
-    let targets = plan::expand(
-        &cat,
-        &Filter {
-            version: sel.version,
-            platform: sel.platform,
-            os: sel.os,
-            arch: sel.arch,
-            tag: None,
-        },
-    )?;
+    let targets = plan::expand(&cat, &sel.plan.filter())?;
     let reg = Registry::new(&config.registry)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
