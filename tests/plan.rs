@@ -432,3 +432,46 @@ fn the_plan_filter_flags_are_the_same_on_every_command_that_plans() {
     );
     assert_eq!(line(&text, "--arch <ARCH>"), "");
 }
+
+/// The demo's last step fetches from the namespace the demo published
+/// under, read from its config (kiln.toml, or KILN_REGISTRY_NAMESPACE),
+/// not a hard-coded `kiln-demo/`.
+#[test]
+fn the_demo_fetches_from_the_namespace_its_config_names() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = std::fs::read_to_string(root.join("scripts/demo.sh")).unwrap();
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("NAMESPACE="))
+        .expect("demo.sh reads the namespace from the config");
+    let fetch = script
+        .lines()
+        .find(|l| l.starts_with("\"$KILN\"") && l.contains(" fetch "))
+        .expect("demo.sh runs kiln fetch");
+    assert!(fetch.contains("\"$NAMESPACE/macos-base:"), "{fetch}");
+    let namespace = |env: Option<&str>| {
+        let mut c = std::process::Command::new("bash");
+        c.arg("-c")
+            .arg(format!(
+                "set -euo pipefail\nKILN={}\nDEMO=(--config {})\n{line}\necho \"$NAMESPACE\"",
+                env!("CARGO_BIN_EXE_kiln"),
+                root.join("scripts/demo/kiln.toml").display()
+            ))
+            .env_remove("KILN_REGISTRY_NAMESPACE");
+        if let Some(ns) = env {
+            c.env("KILN_REGISTRY_NAMESPACE", ns);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(namespace(None), "kiln-demo");
+    assert_eq!(
+        namespace(Some("kiln-demo-elsewhere")),
+        "kiln-demo-elsewhere"
+    );
+}
