@@ -86,5 +86,8 @@ echo
 echo "== the macOS image on this machine's pool, in obuilder's layout (kiln fetch)"
 # obuilder's fetch lists <pool>/base-image/NAME and clones each <child>@snap
 # into the job; `kiln fetch` points NAME at the published tree.
-"$KILN" "${DEMO[@]}" fetch kiln-demo/macos-base:macos-homebrew-ocaml-5.5 --pool kiln
+# The namespace the demo published under: kiln.toml's, or the
+# KILN_REGISTRY_NAMESPACE this run was given.
+NAMESPACE=$("$KILN" "${DEMO[@]}" config --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registry"]["namespace"])')
+"$KILN" "${DEMO[@]}" fetch "$NAMESPACE/macos-base:macos-homebrew-ocaml-5.5" --pool kiln
 zfs list -H -r -t all -o name,origin kiln/base-image/macos-homebrew-ocaml-5.5

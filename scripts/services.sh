@@ -109,12 +109,47 @@ EOF
 
 zfs_daemon_answers() { zpool list >/dev/null 2>&1; }
 
-zfs_up() {
-    rm -f "$RUN/zfs.unavailable"
-    if zpool list -H -o health "$POOL" 2>/dev/null | grep -q ONLINE; then
-        say "zfs: pool $POOL ONLINE"
+# The files a pool lives on, as `zpool status` names its file vdevs
+# (zfs-fuse's zpool has no `status -P` or `list -v`; it prints full paths).
+pool_files() { zpool status "$1" 2>/dev/null | awk '$1 ~ /^\// { print $1 }'; }
+
+# A pool that is already imported: it may have been created from another
+# checkout, whose backing file lives there. A healthy one is kept (other
+# tests may be using it) and named when its file is outside this checkout;
+# one whose file is gone is broken (zfs-fuse still says ONLINE while it
+# holds the deleted file open, until the next write fails), so it is named
+# and re-created here. Returns 1 when the caller is to import or create.
+zfs_existing_pool() {
+    local health files f missing=()
+    health=$(zpool list -H -o health "$POOL" 2>/dev/null) || return 1
+    files=$(pool_files "$POOL")
+    for f in $files; do [ -f "$f" ] || missing+=("$f"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "zfs: pool $POOL is broken: its backing file ${missing[*]} is gone (created from another checkout?); re-creating it from this checkout under $STATE/zfs"
+        zpool destroy -f "$POOL" >>"$LOG/zfs-fuse.log" 2>&1 || zpool export -f "$POOL" >>"$LOG/zfs-fuse.log" 2>&1 || {
+            zfs_unavailable "pool $POOL lost its backing file ${missing[*]} and cannot be destroyed; fix: zpool destroy -f $POOL, then bash scripts/services.sh up"
+            return 0
+        }
+        return 1
+    fi
+    if [ "$health" != ONLINE ]; then
+        zfs_unavailable "pool $POOL is $health on $files; fix: zpool clear $POOL (or zpool export $POOL, then bash scripts/services.sh up)"
         return 0
     fi
+    local ours=no
+    for f in $files; do
+        case "$f" in "$STATE/zfs/"* | /var/lib/kiln-zfs/*) ours=yes ;; esac
+    done
+    if [ "$ours" = yes ]; then
+        say "zfs: pool $POOL ONLINE on $files"
+    else
+        say "zfs: pool $POOL ONLINE on $files, outside this checkout ($STATE/zfs): removing that file breaks it; to move it here, when nothing uses it: zpool export $POOL, then bash scripts/services.sh up"
+    fi
+    return 0
+}
+
+zfs_up() {
+    rm -f "$RUN/zfs.unavailable"
     if ! zfs_daemon_answers; then
         say "zfs: starting zfs-fuse"
         [ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229 2>/dev/null || true
@@ -128,6 +163,7 @@ zfs_up() {
             return 0
         fi
     fi
+    zfs_existing_pool && return 0
     # A pool left by an earlier run (zfs-fuse restarted) is imported, not recreated.
     local dirs=("$STATE/zfs" "/var/lib/kiln-zfs")
     local d

@@ -383,3 +383,95 @@ fn plan_says_which_tags_are_reproducible() {
             .all(|t| !t.reproducible)
     );
 }
+
+/// `kiln plan`, `kiln build` and `kiln sources sync|list` take the same plan
+/// filter flags (one shared clap struct), with the help each had; `plan`
+/// says more about `--version` and `--os`.
+#[test]
+fn the_plan_filter_flags_are_the_same_on_every_command_that_plans() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = |text: &str, flag: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from\n{text}"))
+            .split_once('>')
+            .map(|(_, h)| h.trim().to_string())
+            .unwrap_or_default()
+    };
+    for cmd in [&["build"][..], &["sources", "sync"], &["sources", "list"]] {
+        let text = help(cmd);
+        assert_eq!(
+            line(&text, "--version <VERSION>"),
+            "A version (5.5.0), series (5.5) or set (recent, latest, all)",
+            "{cmd:?}"
+        );
+        assert_eq!(
+            line(&text, "--os <OS>"),
+            "OS release id or alias",
+            "{cmd:?}"
+        );
+        assert_eq!(line(&text, "--platform <PLATFORM>"), "", "{cmd:?}");
+        assert_eq!(line(&text, "--arch <ARCH>"), "", "{cmd:?}");
+    }
+    let text = help(&["plan"]);
+    assert_eq!(
+        line(&text, "--version <VERSION>"),
+        "A version (5.5.0), series (5.5) or set (recent, significant, latest, all)"
+    );
+    assert_eq!(
+        line(&text, "--os <OS>"),
+        "OS release id or alias (debian-13, ubuntu-lts)"
+    );
+    assert_eq!(line(&text, "--arch <ARCH>"), "");
+}
+
+/// The demo's last step fetches from the namespace the demo published
+/// under, read from its config (kiln.toml, or KILN_REGISTRY_NAMESPACE),
+/// not a hard-coded `kiln-demo/`.
+#[test]
+fn the_demo_fetches_from_the_namespace_its_config_names() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let script = std::fs::read_to_string(root.join("scripts/demo.sh")).unwrap();
+    let line = script
+        .lines()
+        .find(|l| l.starts_with("NAMESPACE="))
+        .expect("demo.sh reads the namespace from the config");
+    let fetch = script
+        .lines()
+        .find(|l| l.starts_with("\"$KILN\"") && l.contains(" fetch "))
+        .expect("demo.sh runs kiln fetch");
+    assert!(fetch.contains("\"$NAMESPACE/macos-base:"), "{fetch}");
+    let namespace = |env: Option<&str>| {
+        let mut c = std::process::Command::new("bash");
+        c.arg("-c")
+            .arg(format!(
+                "set -euo pipefail\nKILN={}\nDEMO=(--config {})\n{line}\necho \"$NAMESPACE\"",
+                env!("CARGO_BIN_EXE_kiln"),
+                root.join("scripts/demo/kiln.toml").display()
+            ))
+            .env_remove("KILN_REGISTRY_NAMESPACE");
+        if let Some(ns) = env {
+            c.env("KILN_REGISTRY_NAMESPACE", ns);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(namespace(None), "kiln-demo");
+    assert_eq!(
+        namespace(Some("kiln-demo-elsewhere")),
+        "kiln-demo-elsewhere"
+    );
+}

@@ -202,3 +202,75 @@ fn services_up_twice_then_down_stops_exactly_what_it_started() {
         );
     }
 }
+
+/// The pool's file vdevs as `zpool status` names them.
+fn pool_files(pool: &str) -> Vec<String> {
+    let out = Command::new("zpool")
+        .args(["status", pool])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| w.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pool created from another checkout: kept and named while its file
+/// is there (other tests may be using it); named and re-created from this
+/// checkout once its file is gone, instead of being reported ONLINE.
+#[test]
+fn a_pool_from_another_checkout_is_named_and_recreated_when_its_file_is_gone() {
+    if let Some(why) = common::zfs::unavailable() {
+        common::skip(
+            "a_pool_from_another_checkout_is_named_and_recreated_when_its_file_is_gone",
+            &why,
+        );
+        return;
+    }
+    let state = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let pool = common::zfs::Pool::create(&format!("kilnsvcelsewhere{}", std::process::id()));
+    let elsewhere = pool.file().display().to_string();
+    let up = services(state.path(), port, &pool.name, "up");
+    let text = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(up.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("pool {} ONLINE on {elsewhere}", pool.name))
+            && text.contains("outside this checkout")
+            && text.contains(&format!("zpool export {}", pool.name)),
+        "{text}"
+    );
+    // Healthy: left as it was, and not this run's to export.
+    assert_eq!(pool_files(&pool.name), vec![elsewhere.clone()]);
+    assert!(
+        !state
+            .path()
+            .join(format!("run/zpool-{}.created", pool.name))
+            .exists()
+    );
+    // The other checkout goes away with the pool's file.
+    std::fs::remove_file(pool.file()).unwrap();
+    let up = services(state.path(), port, &pool.name, "up");
+    let text = String::from_utf8_lossy(&up.stdout).to_string();
+    assert!(
+        up.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let here = state.path().join(format!("zfs/{}.img", pool.name));
+    assert!(
+        text.contains(&format!("pool {} is broken", pool.name))
+            && text.contains(&elsewhere)
+            && text.contains(&format!("ONLINE on {}", here.display())),
+        "{text}"
+    );
+    assert_eq!(pool_files(&pool.name), vec![here.display().to_string()]);
+    let down = services(state.path(), port, &pool.name, "down");
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stdout)
+    );
+}

@@ -242,3 +242,121 @@ fn an_opam_version_the_recipes_cannot_build_is_refused_naming_the_field() {
         "{err}"
     );
 }
+
+/// `sources::target_tree`, the one function both the Docker and the QEMU
+/// builder serve from: a declared source is served once synced, and a
+/// wanted bundle the mirror lacks is refused as `Mirror::require_bundle`
+/// names it (a recipe failure pointing at `kiln sources sync`).
+#[test]
+fn a_target_tree_serves_what_the_target_uses_and_names_a_missing_bundle() {
+    use kiln::sources::{self, Mirror, Uses};
+    let dir = tempfile::tempdir().unwrap();
+    let origin = dir.path().join("payload.txt");
+    std::fs::write(&origin, CONTENT).unwrap();
+    let mut cfg = kiln::config::Config::defaults(common::root()).unwrap();
+    cfg.state_dir = dir.path().join("state");
+    let namespace = format!("kiln-test-target-tree-{}", std::process::id());
+    let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
+    let mirror = Mirror::new(&reg, &namespace, &cfg.state_dir);
+    let decl = kiln::catalogue::SourceDecl {
+        name: "payload.txt".into(),
+        url: format!("file://{}", origin.display()),
+        sha256: sha256_hex(CONTENT.as_bytes()),
+    };
+    let uses = Uses {
+        sources: vec![decl],
+        ..Uses::default()
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Not synced: the source is named, with the fix.
+        let err = sources::target_tree(&cfg, &mirror, &uses, &[], "")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("payload.txt") && err.to_string().contains("sources sync"),
+            "{err}"
+        );
+        let wanted = sources::wanted(&cfg, &uses.sources, false, &[], "")
+            .await
+            .unwrap();
+        mirror.sync(&wanted).await.unwrap();
+        let tree = sources::target_tree(&cfg, &mirror, &uses, &[], "")
+            .await
+            .unwrap();
+        // By name, and by checksum in opam's archive-mirror layout.
+        let sha = sha256_hex(CONTENT.as_bytes());
+        let files: std::collections::BTreeMap<&str, _> =
+            tree.files().map(|(k, v)| (k.as_str(), v)).collect();
+        let names: Vec<&str> = files.keys().copied().collect();
+        let by_sum = format!("opam-cache/sha256/{}/{sha}", &sha[..2]);
+        assert_eq!(names, vec![by_sum.as_str(), "payload.txt"]);
+        assert_eq!(
+            std::fs::read_to_string(files["payload.txt"]).unwrap(),
+            CONTENT
+        );
+        // The bundle of a commit the mirror never saw.
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let with_bundle = Uses {
+            bundle: true,
+            ..uses.clone()
+        };
+        let err = sources::target_tree(&cfg, &mirror, &with_bundle, &[], commit)
+            .await
+            .unwrap_err();
+        let expected = mirror.require_bundle(commit).await.unwrap_err();
+        assert_eq!(err.to_string(), expected.to_string());
+        assert!(
+            err.to_string()
+                .contains(&format!("opam-repository.bundle at {commit}"))
+                && err.to_string().contains("plan.opam_repository"),
+            "{err}"
+        );
+        assert_eq!(err.kind(), kiln::model::FailureKind::Recipe);
+    });
+}
+
+/// One local mirror of the opam-repository serves both of its readers:
+/// what `plan::opam_repo` fetches to diff two commits is what the source
+/// mirror reads opam files from, with no second fetch (the origin is gone
+/// by then).
+#[test]
+fn one_opam_repository_mirror_serves_the_plan_and_the_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let sum = format!("sha256={}", "a".repeat(64));
+    let git = opam_repo(dir.path(), &sum);
+    let rev = std::process::Command::new("git")
+        .args(["--git-dir", &git, "rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let commit = String::from_utf8(rev.stdout).unwrap().trim().to_string();
+    assert_eq!(commit.len(), 40, "{commit}");
+    let mut cfg = kiln::config::Config::defaults(common::root()).unwrap();
+    cfg.state_dir = dir.path().join("state");
+    cfg.plan.opam_repository = git.clone();
+    cfg.plan.opam_repository_ref = "refs/heads/master".into();
+    let package = "ocaml-base-compiler.5.5.0".to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let installed = std::collections::BTreeSet::from([package.clone()]);
+        let changed = kiln::plan::opam_repo::changed_packages(&cfg, &commit, &commit, &installed)
+            .await
+            .unwrap();
+        assert!(changed.is_empty(), "{changed:?}");
+        std::fs::rename(&git, dir.path().join("moved.git")).unwrap();
+        let archives = kiln::sources::opam::archives(&cfg, &commit, &[package])
+            .await
+            .unwrap();
+        assert_eq!(archives.len(), 1, "{archives:?}");
+        assert_eq!(archives[0].url, "file:///nonexistent/ocaml-5.5.0.tar.gz");
+        // A commit the mirror lacks needs the origin: the error names it.
+        let err = kiln::sources::opam::ensure_commit(&cfg, &"b".repeat(40))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(&git), "{err}");
+    });
+    assert!(
+        kiln::sources::opam::mirror_dir(&cfg).join("HEAD").exists(),
+        "one mirror under the state dir"
+    );
+}

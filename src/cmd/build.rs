@@ -2,23 +2,14 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 
 use anyhow::Result;
-use kiln::catalogue::{self, Arch};
+use kiln::catalogue;
 use kiln::config::{Config, Sources};
 use kiln::pipeline::{self, Event, Options, Outcome, Summary};
-use kiln::plan::Filter;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A version (5.5.0), series (5.5) or set (recent, latest, all).
-    #[arg(long)]
-    version: Option<String>,
-    #[arg(long)]
-    platform: Option<String>,
-    /// OS release id or alias.
-    #[arg(long)]
-    os: Option<String>,
-    #[arg(long)]
-    arch: Option<Arch>,
+    #[command(flatten)]
+    select: super::filter::PlanFilter,
     /// Resolve inputs and show what would be built, without building.
     #[arg(long)]
     dry_run: bool,
@@ -30,13 +21,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let opts = Options {
-        filter: Filter {
-            version: args.version,
-            platform: args.platform,
-            os: args.os,
-            arch: args.arch,
-            tag: None,
-        },
+        filter: args.select.filter(),
         dry_run: args.dry_run,
     };
     let bar = indicatif::ProgressBar::new(0);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod fetch;
+pub mod filter;
 pub mod fixtures;
 pub mod gc;
 pub mod lockfile;

@@ -4,24 +4,21 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use kiln::catalogue::{self, Arch};
+use kiln::catalogue;
 use kiln::config::{Config, Sources};
 use kiln::model::Requirement;
 use kiln::pipeline::PlanKeys;
-use kiln::plan::{self, Filter, PlannedTag, Target, Totals};
+use kiln::plan::{self, PlannedTag, Target, Totals};
 
 #[derive(clap::Args)]
+// `kiln plan` says more about the two flags than the others do.
+#[command(
+    mut_arg("version", |a| a.help("A version (5.5.0), series (5.5) or set (recent, significant, latest, all)")),
+    mut_arg("os", |a| a.help("OS release id or alias (debian-13, ubuntu-lts)"))
+)]
 pub struct Args {
-    /// A version (5.5.0), series (5.5) or set (recent, significant, latest, all).
-    #[arg(long)]
-    version: Option<String>,
-    #[arg(long)]
-    platform: Option<String>,
-    /// OS release id or alias (debian-13, ubuntu-lts).
-    #[arg(long)]
-    os: Option<String>,
-    #[arg(long)]
-    arch: Option<Arch>,
+    #[command(flatten)]
+    select: super::filter::PlanFilter,
     /// Print every target, not just the tags and totals.
     #[arg(long)]
     targets: bool,
@@ -35,13 +32,7 @@ pub struct Args {
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
-    let filter = Filter {
-        version: args.version,
-        platform: args.platform,
-        os: args.os,
-        arch: args.arch,
-        tag: None,
-    };
+    let filter = args.select.filter();
     let targets = plan::expand(&cat, &filter)?;
     let totals = plan::totals(&targets);
     let tags = plan::tags(&targets, &config.registry.namespace);

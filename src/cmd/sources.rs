@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use kiln::catalogue::{self, Arch};
 use kiln::config::{Config, Sources};
-use kiln::plan::{self, Filter};
+use kiln::plan;
 use kiln::registry::Registry;
 use kiln::sources::declare::{self, Outcome};
 use kiln::sources::{Mirror, SyncOutcome};
@@ -20,16 +20,8 @@ pub struct Args {
 
 #[derive(clap::Args)]
 struct Select {
-    /// A version (5.5.0), series (5.5) or set (recent, latest, all).
-    #[arg(long)]
-    version: Option<String>,
-    #[arg(long)]
-    platform: Option<String>,
-    /// OS release id or alias.
-    #[arg(long)]
-    os: Option<String>,
-    #[arg(long)]
-    arch: Option<Arch>,
+    #[command(flatten)]
+    plan: super::filter::PlanFilter,
     #[arg(long)]
     json: bool,
 }
@@ -81,16 +73,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         Sub::DeclareOpenbsd(d) => return declare_openbsd(&config, d),
     };
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
-    let targets = plan::expand(
-        &cat,
-        &Filter {
-            version: sel.version,
-            platform: sel.platform,
-            os: sel.os,
-            arch: sel.arch,
-            tag: None,
-        },
-    )?;
+    let targets = plan::expand(&cat, &sel.plan.filter())?;
     let reg = Registry::new(&config.registry)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

@@ -14,7 +14,6 @@
 //! A commit pinned in `plan.opam_repository_commit` overrides all of it.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -128,11 +127,6 @@ pub async fn poll(config: &Config, installed: &BTreeSet<String>) -> Result<Move,
     Ok(m)
 }
 
-/// The local mirror of the repository the diffs are read from.
-fn mirror(config: &Config) -> PathBuf {
-    config.state_dir.join("opam-repository.git")
-}
-
 /// The installed packages (`name.version`) whose opam files differ between
 /// `from` and `to`. A commit the mirror cannot find counts as a change to
 /// every package: better one rebuild too many than a stale image.
@@ -142,41 +136,18 @@ pub async fn changed_packages(
     to: &str,
     installed: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>, PrepareError> {
-    let dir = mirror(config);
-    let git = |args: Vec<String>| {
-        Cmd::new("git")
-            .arg("--git-dir")
-            .arg(&dir)
-            .args(args)
-            .timeout(Duration::from_secs(600))
-    };
-    if !dir.join("HEAD").exists() {
-        Cmd::new("git")
-            .args(["init", "--bare", "--quiet"])
-            .arg(&dir)
-            .run()
-            .await
-            .map_err(git_err)?;
-    }
-    git(vec![
-        "fetch".into(),
-        "--quiet".into(),
-        config.plan.opam_repository.clone(),
-        format!("+{}:refs/kiln/followed", config.plan.opam_repository_ref),
-    ])
-    .run()
-    .await
-    .map_err(git_err)?;
-    let diff = git(vec![
-        "diff".into(),
-        "--name-only".into(),
-        from.to_string(),
-        to.to_string(),
-        "--".into(),
-        "packages/".into(),
-    ])
-    .run()
-    .await;
+    // The source mirror's local copy of the repository: one mirror and one
+    // fetch of the followed ref serve both.
+    let dir = crate::sources::opam::fetch_followed(config)
+        .await
+        .map_err(|e| match e {
+            crate::sources::SourcesError::Git(message) => git_err(message),
+            e => git_err(e),
+        })?;
+    let diff = crate::sources::opam::git(&dir)
+        .args(["diff", "--name-only", from, to, "--", "packages/"])
+        .run()
+        .await;
     let Ok(diff) = diff else {
         return Ok(installed.clone());
     };

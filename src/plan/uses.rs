@@ -2,29 +2,11 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use crate::catalogue::Catalogue;
 
-/// The source-mirror inputs of a target's recipes: declared sources (their
-/// sha256 are build inputs), opam's archive cache (the archives of
-/// `opam_packages`, pinned by their opam files at the keyed commit) and
-/// the opam-repository bundle (pinned by that commit).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct Uses {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub sources: Vec<crate::catalogue::SourceDecl>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub opam_cache: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub bundle: bool,
-}
+pub use crate::sources::Uses;
 
 impl Uses {
-    pub fn is_empty(&self) -> bool {
-        self.sources.is_empty() && !self.opam_cache && !self.bundle
-    }
-
     /// Read from the recipe files; undeclared names are left out here
     /// (`kiln catalogue validate` and `prepare` refuse them).
     /// `vars` are the target's variables: a declared source whose name a

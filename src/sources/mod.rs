@@ -49,6 +49,27 @@ pub const LAYER: &str = "application/octet-stream";
 /// Where recipes find the opam-repository bundle and opam's archive mirror.
 pub use crate::catalogue::sources::{BUNDLE as BUNDLE_NAME, OPAM_CACHE};
 
+/// The source-mirror inputs of a target's recipes: declared sources (their
+/// sha256 are build inputs), opam's archive cache (the archives of the
+/// target's opam packages, pinned by their opam files at the keyed commit)
+/// and the opam-repository bundle (pinned by that commit). `plan` reads
+/// them from the recipes; builders serve them.
+#[derive(Debug, Clone, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Uses {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<crate::catalogue::SourceDecl>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub opam_cache: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bundle: bool,
+}
+
+impl Uses {
+    pub fn is_empty(&self) -> bool {
+        self.sources.is_empty() && !self.opam_cache && !self.bundle
+    }
+}
+
 /// One thing to have in the mirror: a name it is served under, where it
 /// comes from, and the checksum that pins it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -157,4 +178,26 @@ pub async fn wanted(
         }
     }
     Ok(out)
+}
+
+/// The tree one build is served: everything a target with these `uses`
+/// takes from the mirror (its declared sources, with opam's cache the
+/// archives of `packages` at `commit`, and the bundle of `commit`), each
+/// checked present (the first missing one named, the bundle as
+/// [`Mirror::require_bundle`] names it) and read through the local cache,
+/// digest-checked. The Docker and QEMU builders both serve this.
+pub async fn target_tree(
+    config: &crate::config::Config,
+    mirror: &Mirror<'_>,
+    uses: &Uses,
+    packages: &[String],
+    commit: &str,
+) -> Result<Tree, SourcesError> {
+    let wanted = wanted(config, &uses.sources, uses.opam_cache, packages, commit).await?;
+    let present = mirror.check(&wanted).await?;
+    let bundle = match uses.bundle {
+        true => Some(mirror.require_bundle(commit).await?),
+        false => None,
+    };
+    serve::tree_for(mirror, &wanted, &present, bundle.as_ref()).await
 }

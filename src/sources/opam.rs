@@ -171,41 +171,44 @@ fn strings(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// The local bare mirror of the opam-repository.
+/// The local bare mirror of the opam-repository (`<state>/opam-repository.git`),
+/// shared by the source mirror (archives and bundles at a commit) and
+/// `plan::opam_repo` (which packages changed between two commits).
 pub fn mirror_dir(config: &Config) -> PathBuf {
     config.state_dir.join("opam-repository.git")
 }
 
-fn git(dir: &Path) -> Cmd {
+/// `git` on the mirror.
+pub fn git(dir: &Path) -> Cmd {
     Cmd::new("git")
         .arg("--git-dir")
         .arg(dir)
         .timeout(Duration::from_secs(1800))
 }
 
-/// Make sure the mirror holds `commit`, fetching the followed ref from
-/// `plan.opam_repository` if it does not.
-pub async fn ensure_commit(config: &Config, commit: &str) -> Result<PathBuf, SourcesError> {
+fn git_err(e: crate::process::ProcessError) -> SourcesError {
+    SourcesError::Git(e.to_string())
+}
+
+/// The mirror, created empty the first time.
+async fn open_mirror(config: &Config) -> Result<PathBuf, SourcesError> {
     let dir = mirror_dir(config);
-    let gerr = |e: crate::process::ProcessError| SourcesError::Git(e.to_string());
     if !dir.join("HEAD").exists() {
         Cmd::new("git")
             .args(["init", "--bare", "--quiet"])
             .arg(&dir)
             .run()
             .await
-            .map_err(gerr)?;
+            .map_err(git_err)?;
     }
-    let has = |dir: PathBuf| async move {
-        git(&dir)
-            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
-            .run()
-            .await
-            .is_ok()
-    };
-    if has(dir.clone()).await {
-        return Ok(dir);
-    }
+    Ok(dir)
+}
+
+/// Fetch the followed ref (`plan.opam_repository_ref` of
+/// `plan.opam_repository`) into the mirror as `refs/kiln/followed`;
+/// returns the mirror.
+pub async fn fetch_followed(config: &Config) -> Result<PathBuf, SourcesError> {
+    let dir = open_mirror(config).await?;
     git(&dir)
         .args(["fetch", "--quiet", &config.plan.opam_repository])
         .arg(format!(
@@ -214,7 +217,25 @@ pub async fn ensure_commit(config: &Config, commit: &str) -> Result<PathBuf, Sou
         ))
         .run()
         .await
-        .map_err(gerr)?;
+        .map_err(git_err)?;
+    Ok(dir)
+}
+
+/// Make sure the mirror holds `commit`, fetching the followed ref if it
+/// does not.
+pub async fn ensure_commit(config: &Config, commit: &str) -> Result<PathBuf, SourcesError> {
+    let has = |dir: PathBuf| async move {
+        git(&dir)
+            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+            .run()
+            .await
+            .is_ok()
+    };
+    let dir = open_mirror(config).await?;
+    if has(dir.clone()).await {
+        return Ok(dir);
+    }
+    let dir = fetch_followed(config).await?;
     if !has(dir.clone()).await {
         return Err(SourcesError::Git(format!(
             "commit {commit} is not in {} (followed ref {})",

@@ -78,12 +78,24 @@ impl Pool {
             dir,
         }
     }
+
+    /// The file the pool was created on.
+    pub fn file(&self) -> std::path::PathBuf {
+        self.dir.path().join("pool.img")
+    }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
         super::retry(20, Duration::from_millis(500), || {
-            Command::new("zpool")
+            let gone = !Command::new("zpool")
+                .args(["list", &self.name])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            gone || Command::new("zpool")
                 .args(["destroy", "-f", &self.name])
                 .stderr(Stdio::null())
                 .status()

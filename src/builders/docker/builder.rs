@@ -105,21 +105,14 @@ impl DockerBuilder {
             &self.config.registry.namespace,
             &self.config.state_dir,
         );
-        let wanted = sources::wanted(
+        let tree = sources::target_tree(
             &self.config,
-            &uses.sources,
-            uses.opam_cache,
+            &mirror,
+            uses,
             &p.target.opam_packages,
             &commit,
         )
         .await?;
-        let present = mirror.check(&wanted).await?;
-        let bundle = if uses.bundle {
-            Some(mirror.require_bundle(&commit).await?)
-        } else {
-            None
-        };
-        let tree = sources::serve::tree_for(&mirror, &wanted, &present, bundle.as_ref()).await?;
         let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let server = sources::SourceServer::start(tree, bind).await?;
         tracing::info!(target_id = %p.target.id(), url = %server.url(), "source server");

@@ -74,6 +74,16 @@ pub enum DockerError {
         reference: String,
         message: String,
     },
+    /// The engine failed a build step on its own side: it lost part of
+    /// its image store while building (another build's cleanup racing
+    /// this one: "failed to get digest … no such file or directory"). The
+    /// recipe never ran as written, so a retry can succeed.
+    #[error("{target}: build failed in the docker engine: {message} (log: {log})")]
+    EngineStore {
+        target: String,
+        message: String,
+        log: PathBuf,
+    },
     #[error("{target}: docker engine: {source}")]
     Engine {
         target: String,
@@ -111,6 +121,7 @@ impl DockerError {
             DockerError::Connect { .. }
             | DockerError::Push { .. }
             | DockerError::Engine { .. }
+            | DockerError::EngineStore { .. }
             | DockerError::Log { .. }
             | DockerError::Export { .. } => FailureKind::Infra,
             DockerError::Layer { source, .. } => source.kind(),
@@ -121,24 +132,39 @@ impl DockerError {
         }
     }
 
+    /// The engine's report of a failed build step: the recipe's, unless
+    /// the engine says it lost its own image store (a file of
+    /// `image/*/imagedb` gone under it), which is the engine's. The engine
+    /// reports both only as text, so this one phrase is matched here, where
+    /// the report arrives, and nowhere else.
+    fn build_step(target: &str, message: String, log: &Path) -> DockerError {
+        let (target, log) = (target.to_string(), log.to_path_buf());
+        if message.contains("failed to get digest") && message.contains("no such file") {
+            DockerError::EngineStore {
+                target,
+                message,
+                log,
+            }
+        } else {
+            DockerError::Build {
+                target,
+                message,
+                log,
+            }
+        }
+    }
+
     /// An error from the build stream: the engine's own report of a failed
-    /// step is the recipe's; losing the engine is infrastructure.
+    /// step is the recipe's (see [`DockerError::build_step`]); losing the
+    /// engine is infrastructure.
     fn from_build_stream(target: &str, log: &Path, e: bollard::errors::Error) -> DockerError {
         use bollard::errors::Error as E;
         match e {
-            E::DockerStreamError { error } => DockerError::Build {
-                target: target.to_string(),
-                message: error,
-                log: log.to_path_buf(),
-            },
+            E::DockerStreamError { error } => DockerError::build_step(target, error, log),
             E::DockerResponseServerError {
                 status_code,
                 message,
-            } if (400..500).contains(&status_code) => DockerError::Build {
-                target: target.to_string(),
-                message,
-                log: log.to_path_buf(),
-            },
+            } if (400..500).contains(&status_code) => DockerError::build_step(target, message, log),
             source => DockerError::Engine {
                 target: target.to_string(),
                 source,
@@ -297,4 +323,57 @@ pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage
     .await;
     cleanup.run().await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "/tmp/kiln-test.log";
+
+    fn kind_of(e: bollard::errors::Error) -> FailureKind {
+        DockerError::from_build_stream("t", Path::new(LOG), e).kind()
+    }
+
+    #[test]
+    fn the_engine_losing_its_image_store_is_infrastructure() {
+        // As dockerd 20.10 words it when another build's sweep removed an
+        // image under this build.
+        let lost = "failed to get digest sha256:4c1d1f7a8f6b3e0e5a4a7c9f3d2b1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d: \
+                    open /var/lib/docker/image/overlay2/imagedb/content/sha256/4c1d1f7a8f6b3e0e5a4a7c9f3d2b1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d: \
+                    no such file or directory";
+        let stream = bollard::errors::Error::DockerStreamError {
+            error: lost.to_string(),
+        };
+        assert_eq!(kind_of(stream), FailureKind::Infra);
+        let response = bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            message: lost.to_string(),
+        };
+        assert_eq!(kind_of(response), FailureKind::Infra);
+        let step = DockerError::build_step("t", lost.to_string(), Path::new(LOG));
+        assert!(matches!(step, DockerError::EngineStore { .. }), "{step:?}");
+        assert!(step.to_string().contains("failed to get digest"), "{step}");
+    }
+
+    #[test]
+    fn a_failed_step_is_still_the_recipes() {
+        for message in [
+            "The command '/bin/sh -c false' returned a non-zero code: 1",
+            // A recipe's own missing file names neither the engine's store
+            // nor a digest.
+            "COPY failed: file not found in build context or excluded by .dockerignore: stat x: file does not exist",
+            "failed to get digest of the recipe's download",
+        ] {
+            let e = bollard::errors::Error::DockerStreamError {
+                error: message.to_string(),
+            };
+            assert_eq!(kind_of(e), FailureKind::Recipe, "{message}");
+        }
+        let e = bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message: "internal".into(),
+        };
+        assert_eq!(kind_of(e), FailureKind::Infra);
+    }
 }

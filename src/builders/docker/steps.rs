@@ -147,11 +147,7 @@ async fn build_image(
                         })?;
                 }
                 match info.error_detail.and_then(|d| d.message) {
-                    Some(message) => DockerError::Build {
-                        target: spec.target.clone(),
-                        message,
-                        log: spec.log.clone(),
-                    },
+                    Some(message) => DockerError::build_step(&spec.target, message, &spec.log),
                     None => continue,
                 }
             }

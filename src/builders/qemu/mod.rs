@@ -415,43 +415,28 @@ impl QemuBuilder {
 impl QemuBuilder {
     /// What the recipes take from the source mirror (`{{sources_url}}`:
     /// opam's release tarballs, the opam-repository bundle, the compiler's
-    /// archives), each checked present (a missing one named) and read
-    /// through the digest-checked cache: the layout `sources::serve` gives
-    /// Docker builds.
+    /// archives), as [`crate::sources::target_tree`] gives them to Docker
+    /// builds too: each checked present (a missing one named) and read
+    /// through the digest-checked cache.
     async fn source_files(
         &self,
         job: &BuildJob<'_>,
         mirror: &crate::sources::Mirror<'_>,
     ) -> Result<Vec<(String, PathBuf)>, crate::sources::SourcesError> {
-        use crate::sources;
         let p = job.prepared;
-        let uses = &p.target.uses;
         let commit = p
             .inputs
             .get("opam_repository_commit")
             .cloned()
             .unwrap_or_default();
-        let wanted = sources::wanted(
+        let tree = crate::sources::target_tree(
             &self.config,
-            &uses.sources,
-            uses.opam_cache,
+            mirror,
+            &p.target.uses,
             &p.target.opam_packages,
             &commit,
         )
         .await?;
-        let present = mirror.check(&wanted).await?;
-        let bundle = if uses.bundle {
-            Some(mirror.bundle_present(&commit).await?.ok_or_else(|| {
-                sources::SourcesError::Missing {
-                    name: format!("{} at {commit}", sources::BUNDLE_NAME),
-                    declared_in: "plan.opam_repository".into(),
-                    repository: mirror.repository().to_string(),
-                }
-            })?)
-        } else {
-            None
-        };
-        let tree = sources::serve::tree_for(mirror, &wanted, &present, bundle.as_ref()).await?;
         Ok(tree
             .files()
             .map(|(path, file)| (path.clone(), file.clone()))
