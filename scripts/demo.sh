@@ -91,3 +91,10 @@ echo "== the macOS image on this machine's pool, in obuilder's layout (kiln fetc
 NAMESPACE=$("$KILN" "${DEMO[@]}" config --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["registry"]["namespace"])')
 "$KILN" "${DEMO[@]}" fetch "$NAMESPACE/macos-base:macos-homebrew-ocaml-5.5" --pool kiln
 zfs list -H -r -t all -o name,origin kiln/base-image/macos-homebrew-ocaml-5.5
+echo
+echo "== the OpenBSD-path disk in obuilder's QEMU store (kiln fetch --obuilder-store)"
+# The disk as base-image/<tag>.qcow2 (what a spec's `from` opens) and its
+# download-cache disk as the initial cache/c-opam-archives (kept once in use).
+STORE=$ROOT/.kiln/demo/obuilder-qemu
+"$KILN" "${DEMO[@]}" fetch "$NAMESPACE/openbsd-base:openbsd-ocaml-5.5" --obuilder-store "$STORE"
+(cd "$STORE" && find base-image cache -name '*.qcow2' | sort)
