@@ -298,10 +298,17 @@ fn a_qemu_disk_of_the_same_key_on_the_host_is_adopted() {
     let (code, s) = first.build(&["--platform", "openbsd"]);
     assert_eq!(code, Some(0), "{s:#}");
     assert_eq!(s["built"], 1, "{s:#}");
-    let kept: Vec<_> = std::fs::read_dir(state.join("qemu/disks"))
+    let mut kept: Vec<String> = std::fs::read_dir(state.join("qemu/disks"))
         .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(kept.len(), 1, "the verified disk is kept");
+    kept.sort();
+    assert_eq!(
+        kept.len(),
+        2,
+        "the verified disk and its download cache are kept: {kept:?}"
+    );
+    assert!(kept[0].ends_with(".download-cache.qcow2"), "{kept:?}");
     // A fresh factory on the same host, holding that disk: adopted, no boot.
     let second = own_state_with_fixtures("qemu-adopt-b", &toml);
     assert!(

@@ -171,9 +171,8 @@ impl QemuBuilder {
             return None;
         }
         let cache = match self.cache(&p.target) {
-            Some(_) => Some(Box::new(
-                Box::pin(self.kept(img, &build::cache_output(&path))).await?,
-            )),
+            // A disk kept without its cache is installed again.
+            Some(_) => Some(Box::new(self.kept(img, &build::cache_output(&path)).await?)),
             None => None,
         };
         let mut out = self.kept(img, &path).await?;
