@@ -31,6 +31,7 @@ wait_for() { # seconds, description, command...
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.25
     done
+    say "$what: no answer within ${secs}s"
     return 1
 }
 
@@ -148,9 +149,24 @@ zfs_existing_pool() {
     return 0
 }
 
+# Mounts of a zfs-fuse that died ("Transport endpoint is not connected"):
+# detached, so that the daemon now running mounts its datasets again.
+# Before zfs-fuse starts every fuse.zfs mount is such a one.
+zfs_drop_stale_mounts() {
+    local all=$1 m n=0
+    while read -r m; do
+        if [ "$all" = all ] || ! stat "$m" >/dev/null 2>&1; then
+            umount -l "$m" 2>/dev/null && n=$((n + 1))
+        fi
+    done < <(awk '$3 == "fuse.zfs" { print $2 }' /proc/mounts | sort -r)
+    [ "$n" = 0 ] || say "zfs: detached $n stale mount(s) of a zfs-fuse that is gone"
+    return 0
+}
+
 zfs_up() {
     rm -f "$RUN/zfs.unavailable"
     if ! zfs_daemon_answers; then
+        zfs_drop_stale_mounts all
         say "zfs: starting zfs-fuse"
         [ -e /dev/fuse ] || mknod -m 666 /dev/fuse c 10 229 2>/dev/null || true
         modprobe fuse >/dev/null 2>&1 || true
@@ -163,7 +179,15 @@ zfs_up() {
             return 0
         fi
     fi
-    zfs_existing_pool && return 0
+    if zfs_existing_pool; then
+        # zfs-fuse re-imports a pool by itself when it starts: its datasets
+        # may still sit on the mounts of the daemon before it.
+        if ! stat "/$POOL" >/dev/null 2>&1; then
+            zfs_drop_stale_mounts dead
+            zfs mount -a >>"$LOG/zfs-fuse.log" 2>&1 || true
+        fi
+        return 0
+    fi
     # A pool left by an earlier run (zfs-fuse restarted) is imported, not recreated.
     local dirs=("$STATE/zfs" "/var/lib/kiln-zfs")
     local d
@@ -174,7 +198,6 @@ zfs_up() {
             return 0
         fi
     done
-    local attempt
     for d in "${dirs[@]}"; do
         if [ -f "$d/$POOL.img" ]; then
             # Never destroy a pool's data: an image that does not import is
@@ -186,7 +209,7 @@ zfs_up() {
     for d in "${dirs[@]}"; do
         mkdir -p "$d"
         truncate -s 4G "$d/$POOL.img"
-        for attempt in 1 2 3 4 5; do
+        for _ in 1 2 3 4 5; do
             if zpool create -f -m "/$POOL" "$POOL" "$d/$POOL.img" >>"$LOG/zfs-fuse.log" 2>&1; then
                 echo "$d/$POOL.img" >"$RUN/zpool-$POOL.created"
                 say "zfs: pool $POOL ONLINE on $d/$POOL.img (4 GiB sparse), mounted at /$POOL"
