@@ -162,18 +162,25 @@ impl Cmd {
         c
     }
 
-    /// Run to completion; a non-zero exit is an error carrying stderr.
-    pub async fn run(&self) -> Result<Output, ProcessError> {
-        let command = self.display();
+    /// Spawn the command (`command` is how errors name it) and start
+    /// feeding its stdin.
+    fn start(&self, command: &str) -> Result<(tokio::process::Child, HeldStdin), ProcessError> {
         let mut child = self
             .command()
             .spawn()
             .map_err(|source| ProcessError::Spawn {
-                command: command.clone(),
+                command: command.to_string(),
                 source,
             })?;
+        let held = self.feed_stdin(&mut child);
+        Ok((child, held))
+    }
+
+    /// Run to completion; a non-zero exit is an error carrying stderr.
+    pub async fn run(&self) -> Result<Output, ProcessError> {
+        let command = self.display();
+        let (mut child, _held) = self.start(&command)?;
         let pgid = child.id();
-        let _held = self.feed_stdin(&mut child);
         let mut out = child.stdout.take();
         let mut err = child.stderr.take();
         let collect = async {
@@ -336,14 +343,7 @@ impl Cmd {
     /// [`Streaming::finish`] once it has been read.
     pub fn spawn_stream(&self) -> Result<Streaming, ProcessError> {
         let command = self.display();
-        let mut child = self
-            .command()
-            .spawn()
-            .map_err(|source| ProcessError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        let held = self.feed_stdin(&mut child);
+        let (mut child, held) = self.start(&command)?;
         let stdin = if self.pipe_stdin {
             child.stdin.take()
         } else {

@@ -172,31 +172,12 @@ impl Registry {
 
     /// Fetch a blob and check its digest.
     pub async fn pull_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>, RegistryError> {
-        let r = self
-            .send(
-                Method::GET,
-                &format!("/v2/{repo}/blobs/{digest}"),
-                &[],
-                None,
-                &scope(repo, false),
-            )
-            .await?;
-        if !r.status().is_success() {
-            return Err(fail("blob GET", format!("{repo}@{digest}"), r).await);
-        }
+        let r = self.get_blob(repo, digest).await?;
         let bytes = r.bytes().await.map_err(|e| RegistryError::Http {
             url: format!("{repo}@{digest}"),
             message: e.to_string(),
         })?;
-        let actual = sha256_digest(&bytes);
-        if actual != digest {
-            return Err(RegistryError::DigestMismatch {
-                what: "blob",
-                reference: repo.to_string(),
-                expected: digest.to_string(),
-                actual,
-            });
-        }
+        same_digest(repo, digest, sha256_digest(&bytes))?;
         Ok(bytes.to_vec())
     }
 
@@ -212,18 +193,7 @@ impl Registry {
             path: dest.display().to_string(),
             source,
         };
-        let mut r = self
-            .send(
-                Method::GET,
-                &format!("/v2/{repo}/blobs/{digest}"),
-                &[],
-                None,
-                &scope(repo, false),
-            )
-            .await?;
-        if !r.status().is_success() {
-            return Err(fail("blob GET", format!("{repo}@{digest}"), r).await);
-        }
+        let mut r = self.get_blob(repo, digest).await?;
         let tmp = dest.with_extension("partial");
         let mut f = tokio::fs::File::create(&tmp).await.map_err(io)?;
         let mut h = Sha256::new();
@@ -248,16 +218,41 @@ impl Registry {
         f.flush().await.map_err(io)?;
         drop(f);
         let actual = format!("sha256:{}", hex::encode(h.finalize()));
-        if actual != digest {
+        if let Err(e) = same_digest(repo, digest, actual) {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(RegistryError::DigestMismatch {
-                what: "blob",
-                reference: repo.to_string(),
-                expected: digest.to_string(),
-                actual,
-            });
+            return Err(e);
         }
         tokio::fs::rename(&tmp, dest).await.map_err(io)?;
         Ok(n)
     }
+
+    /// GET a blob: the response, its body not read yet, or the failure.
+    async fn get_blob(&self, repo: &str, digest: &str) -> Result<reqwest::Response, RegistryError> {
+        let r = self
+            .send(
+                Method::GET,
+                &format!("/v2/{repo}/blobs/{digest}"),
+                &[],
+                None,
+                &scope(repo, false),
+            )
+            .await?;
+        if !r.status().is_success() {
+            return Err(fail("blob GET", format!("{repo}@{digest}"), r).await);
+        }
+        Ok(r)
+    }
+}
+
+/// A pulled blob's digest is the one asked for, or the mismatch.
+fn same_digest(repo: &str, expected: &str, actual: String) -> Result<(), RegistryError> {
+    if actual == expected {
+        return Ok(());
+    }
+    Err(RegistryError::DigestMismatch {
+        what: "blob",
+        reference: repo.to_string(),
+        expected: expected.to_string(),
+        actual,
+    })
 }
