@@ -297,6 +297,7 @@ fn shell_recipes_are_shellcheck_clean() {
         {
             let mut vars = t.vars.clone();
             vars.insert("opam_repository_commit".into(), "0123456789abcdef".into());
+            vars.insert("sources_url".into(), "http://127.0.0.1:40000".into());
             for r in &t.recipes {
                 let text = std::fs::read_to_string(r).unwrap();
                 let out = template::render(&r.display().to_string(), &text, &vars).unwrap();

@@ -530,8 +530,11 @@ fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infr
     );
     for (name, host) in [("nowhere", &nowhere), ("nopool", &nopool)] {
         let p = Profile::demo(&format!("zfs-remote-doc-{name}"))
+            .demo_opam_repository()
             .toml(&format!("[zfs]\n{host}"))
             .create();
+        // The sources are there: the build fails at the host, not before.
+        p.sync_sources_for(&["--platform", "macos"]);
         let out = p.command().args(["doctor", "--json"]).output().unwrap();
         assert!(!out.status.success(), "doctor must fail for {name}");
         let report: Value = serde_json::from_slice(&out.stdout)
