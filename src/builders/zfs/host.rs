@@ -345,6 +345,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_without_a_connection_has_nothing_to_forward_over() {
+        let local: std::net::SocketAddr = "127.0.0.1:8".parse().unwrap();
+        let e = host("", false).reverse_forward(local).await.unwrap_err();
+        assert!(e.to_string().contains("-R 0:127.0.0.1:8"), "{e}");
+        // A remote host's handle that never connected: no master to ask.
+        let e = host("w1", false).reverse_forward(local).await.unwrap_err();
+        assert!(e.to_string().contains("no connection"), "{e}");
+    }
+
+    #[tokio::test]
     async fn a_local_script_runs_with_its_stdin_held() {
         // EOF on stdin only once the script ended by itself.
         let o = host("", false)
