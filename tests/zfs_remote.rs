@@ -622,8 +622,29 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
     let p = profile_on("src", &w, "ksrc");
     let before = w.connections();
     let ports_before = listening_ports();
-    let (code, s) = p.build(&["--platform", "macos"]);
-    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+    let out = p
+        .command()
+        .args(["build", "--json", "--platform", "macos"])
+        .env("KILN_LOG", "kiln::builders::zfs=info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{stderr}"));
+    assert_eq!(
+        (out.status.code(), &s["built"]),
+        (Some(0), &json!(1)),
+        "{s}"
+    );
+    // The forward was opened, and cancelled by Kiln itself at the end
+    // (not only closed with the connection).
+    assert!(
+        stderr.contains("source server forwarded to the build host"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cancelling the source server's forward"),
+        "{stderr}"
+    );
     // The forward rode the build's own connection.
     assert_eq!(w.connections() - before, 1, "ssh connections for one build");
     let trees = images(&w.pool.name, "ksrc");
