@@ -297,6 +297,7 @@ fn shell_recipes_are_shellcheck_clean() {
         {
             let mut vars = t.vars.clone();
             vars.insert("opam_repository_commit".into(), "0123456789abcdef".into());
+            vars.insert("sources_url".into(), "http://127.0.0.1:40000".into());
             for r in &t.recipes {
                 let text = std::fs::read_to_string(r).unwrap();
                 let out = template::render(&r.display().to_string(), &text, &vars).unwrap();
@@ -327,6 +328,52 @@ fn shell_recipes_are_shellcheck_clean() {
                 .map(|(f, w)| format!("{} = {w}", f.display()))
                 .collect::<Vec<_>>()
         );
+    }
+}
+
+/// The production ZFS recipes (macOS, FreeBSD) take opam's release
+/// tarballs, the opam-repository bundle and the compiler's archives from
+/// the source mirror, and download nothing of opam's from GitHub: only
+/// Homebrew's own clone and the OS's package mirrors stay outside.
+#[test]
+fn zfs_production_recipes_take_their_sources_from_the_mirror() {
+    let ts = plan::expand(
+        &cat(),
+        &Filter {
+            version: Some("all".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let zfs: Vec<_> = ts
+        .iter()
+        .filter(|t| t.platform == "macos" || t.platform == "freebsd")
+        .collect();
+    assert!(zfs.iter().any(|t| t.platform == "macos"));
+    assert!(zfs.iter().any(|t| t.platform == "freebsd"));
+    for t in zfs {
+        assert!(
+            t.uses.bundle && t.uses.opam_cache,
+            "{}: {:?}",
+            t.id(),
+            t.uses
+        );
+        let names: Vec<&str> = t.uses.sources.iter().map(|d| d.name.as_str()).collect();
+        for v in ["2.1.6", "2.2.1", "2.3.0", "2.4.1", "2.5.2", "2.6.1"] {
+            let want = format!("opam-full-{v}.tar.gz");
+            assert!(names.contains(&want.as_str()), "{}: {names:?}", t.id());
+        }
+        for r in &t.recipes {
+            let text = std::fs::read_to_string(r).unwrap();
+            for line in text.lines().filter(|l| !l.trim_start().starts_with('#')) {
+                assert!(
+                    !line.contains("github.com/ocaml/opam/releases")
+                        && !line.contains("git clone https://github.com/ocaml"),
+                    "{}: {line}",
+                    r.display()
+                );
+            }
+        }
     }
 }
 

@@ -196,12 +196,22 @@ fn a_zfs_tree_of_the_same_key_on_the_host_is_adopted() {
     let prefix = format!("test-adopt-{}", std::process::id());
     let _tree = common::zfs::Tree(format!("kiln/{prefix}"));
     let zfs = common::zfs_toml(&prefix, None);
-    let first = Profile::demo("zfs-adopt-a").toml(&zfs).create();
+    // The demo's macOS recipe takes the opam-repository bundle from the
+    // source mirror: each factory mirrors it into its own namespace.
+    let first = Profile::demo("zfs-adopt-a")
+        .demo_opam_repository()
+        .toml(&zfs)
+        .create();
+    first.sync_sources_for(&["--platform", "macos"]);
     let (code, s) = first.build(&["--platform", "macos"]);
     assert_eq!(code, Some(0), "{s:#}");
     // A fresh factory publishing elsewhere, on the same build host: the
     // tree of this key is there, complete, and is sent as it is.
-    let second = Profile::demo("zfs-adopt-b").toml(&zfs).create();
+    let second = Profile::demo("zfs-adopt-b")
+        .demo_opam_repository()
+        .toml(&zfs)
+        .create();
+    second.sync_sources_for(&["--platform", "macos"]);
     let (code, s) = second.build(&["--platform", "macos"]);
     assert_eq!(code, Some(0), "{s:#}");
     let tag = &s["tags"][0];

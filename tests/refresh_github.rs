@@ -279,7 +279,10 @@ fn release_profile(test: &str, name: &str) -> Release {
     if zfs_ok {
         b = b.platform("macos");
     }
+    // The demo's opam repository: the macOS recipe takes its bundle from
+    // the source mirror, which needs a commit that exists.
     let p = b
+        .demo_opam_repository()
         .toml(&common::qemu_toml(300))
         .toml(&common::zfs_toml(&zprefix, None))
         .toml(&format!(
@@ -289,7 +292,8 @@ fn release_profile(test: &str, name: &str) -> Release {
              [[refresh.consumers]]\nrepo = \"mirage/mirage-ci\"\nbase = \"main\"\npath = \"pins.yml\"\nformat = \"yaml-pins\"\nmode = \"issue\"\n"
         ))
         .create();
-    // The OpenBSD slice's install sets, into this namespace's source mirror.
+    // The OpenBSD slice's install sets and the macOS slice's opam-repository
+    // bundle, into this namespace's source mirror.
     p.sync_sources();
     Release {
         _zfs: zfs::Tree(format!("kiln/{zprefix}")),

@@ -55,10 +55,19 @@ fn profile(name: &str) -> ZfsProfile {
 }
 
 fn profile_timeout(name: &str, provision_timeout_secs: u64) -> ZfsProfile {
+    let p = profile_unsynced(name, provision_timeout_secs);
+    p.sync_sources_for(&["--platform", "macos"]);
+    p
+}
+
+/// A profile whose sources (the demo's opam-repository bundle, which the
+/// macOS recipe takes from `{{sources_url}}`) are not in its mirror yet.
+fn profile_unsynced(name: &str, provision_timeout_secs: u64) -> ZfsProfile {
     let prefix = format!("test-zfs-{name}-{}", std::process::id());
     ZfsProfile {
         _tree: zfs::Tree(format!("kiln/{prefix}")),
         p: Profile::demo(&format!("zfs-{name}"))
+            .demo_opam_repository()
             .toml(&common::zfs_toml(&prefix, Some(provision_timeout_secs)))
             .create(),
         prefix,
@@ -750,4 +759,116 @@ fn half_built_tree_of_a_killed_kiln_is_removed_by_the_host_and_the_next_build_co
     });
     let (code, s) = p.build();
     assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+}
+
+/// The provisioning log of the demo's macOS target (the shared state's
+/// `log/`; the tests of this file run one at a time).
+fn provision_log() -> String {
+    let dir = common::state_dir().join("log");
+    let newest = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("macos_macos-homebrew_") && n.ends_with(".log") && !n.contains("rebuild")
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no macOS build log in {}", dir.display()));
+    std::fs::read_to_string(newest.path()).unwrap()
+}
+
+/// `git -C <dir> <args>` (its stdout, trimmed), which must succeed.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Is anything listening on `port` of this machine (`ss -ltn`)?
+fn listening(port: u16) -> bool {
+    let out = Command::new("ss").args(["-Hltn"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.split_whitespace()
+            .nth(3)
+            .is_some_and(|a| a.ends_with(&format!(":{port}")))
+    })
+}
+
+/// The recipe took the opam-repository from the build's source server on
+/// this machine's loopback: the bundle of the pinned commit, cloned into
+/// the tree and checked; the server is gone once the build ended.
+#[test]
+fn local_build_takes_the_opam_repository_from_the_source_server() {
+    let Some(_zfs) = zfs_for("local_build_takes_the_opam_repository_from_the_source_server") else {
+        return;
+    };
+    let p = profile("sources");
+    let (code, s) = p.build();
+    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+    let e = p.entry(&p.key());
+    let commit = e["inputs"]["amd64.opam_repository_commit"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no keyed opam-repository commit in {e}"))
+        .to_string();
+    let base = bases(&p.datasets())
+        .first()
+        .cloned()
+        .expect("a base dataset");
+    let repo = mountpoint(&format!("{base}/home")).join("opam-repository");
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    assert_eq!(
+        head, commit,
+        "the tree's opam-repository is at the keyed commit"
+    );
+    assert_eq!(
+        git(&repo, &["remote", "get-url", "origin"]),
+        "https://github.com/ocaml/opam-repository.git"
+    );
+    let log = provision_log();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&format!("opam-repository at {head} from http://127.0.0.1:")))
+        .unwrap_or_else(|| panic!("no source server line in the log:\n{log}"));
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        !listening(port),
+        "the source server still listens on {port}"
+    );
+}
+
+/// A source the recipe takes is not in the mirror: the run is refused,
+/// naming it and `kiln sources sync`, and nothing is made on the host.
+#[test]
+fn build_whose_source_is_missing_is_refused_before_anything_is_created() {
+    let Some(_zfs) = zfs_for("build_whose_source_is_missing_is_refused_before_anything_is_created")
+    else {
+        return;
+    };
+    let p = profile_unsynced("nosources", 3600);
+    let out = p
+        .command()
+        .args(["build", "--platform", "macos", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("opam-repository.bundle") && text.contains("kiln sources sync"),
+        "{text}"
+    );
+    assert!(p.datasets().is_empty(), "{:?}", p.datasets());
+    assert!(p.entries().is_empty());
 }

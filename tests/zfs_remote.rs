@@ -6,6 +6,7 @@
 //! zfs-fuse is fragile under concurrent mounts and destroys: the tests of
 //! this file hold `LOCK` and run one at a time.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -39,9 +40,19 @@ fn worker_for(test: &str, tag: &str) -> Option<(MutexGuard<'static, ()>, SshWork
     }
 }
 
-/// A demo profile whose macOS image builds on `w`, under `prefix`.
+/// A demo profile whose macOS image builds on `w`, under `prefix`, with
+/// what its recipe takes from the source mirror (the demo's
+/// opam-repository bundle) synced.
 fn profile_on(name: &str, w: &SshWorker, prefix: &str) -> Profile {
+    let p = profile_unsynced(name, w, prefix);
+    p.sync_sources_for(&["--platform", "macos"]);
+    p
+}
+
+/// As [`profile_on`], its source mirror still empty.
+fn profile_unsynced(name: &str, w: &SshWorker, prefix: &str) -> Profile {
     Profile::demo(&format!("zfs-remote-{name}"))
+        .demo_opam_repository()
         .toml(&format!("[zfs]\n{}", w.host_toml(name, prefix)))
         .create()
 }
@@ -415,10 +426,20 @@ fn kiln_killed_mid_provision_leaves_nothing_on_the_worker() {
     common::wait_until("the recipe to run on the worker", 60, || {
         common::running("sleep 765212")
     });
+    // The recipe runs with the source server forwarded to the worker.
+    let forwards = forwards_of(&w);
+    assert!(
+        !forwards.is_empty(),
+        "no forward from the build's connection while the recipe runs"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     // Nobody but the worker itself can clean up now.
     assert_worker_clean(&w, "kkk", "76521", &tmp_before);
+    // The forward went with the connection (its master died with Kiln).
+    common::wait_until("the forward to close", 30, || {
+        listening_ports().is_disjoint(&forwards)
+    });
 }
 
 #[test]
@@ -509,8 +530,11 @@ fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infr
     );
     for (name, host) in [("nowhere", &nowhere), ("nopool", &nopool)] {
         let p = Profile::demo(&format!("zfs-remote-doc-{name}"))
+            .demo_opam_repository()
             .toml(&format!("[zfs]\n{host}"))
             .create();
+        // The sources are there: the build fails at the host, not before.
+        p.sync_sources_for(&["--platform", "macos"]);
         let out = p.command().args(["doctor", "--json"]).output().unwrap();
         assert!(!out.status.success(), "doctor must fail for {name}");
         let report: Value = serde_json::from_slice(&out.stdout)
@@ -542,4 +566,169 @@ fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infr
         let arch = &s["tags"][0]["arches"]["amd64"];
         assert_eq!(arch["kind"], "infra", "{name}: {s}");
     }
+}
+
+/// The ports the worker's side listens on (`ss -ltn`, on loopback: the
+/// worker's sshd binds a remote forward there).
+fn listening_ports() -> BTreeSet<u16> {
+    let out = Command::new("ss").args(["-Hltn"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The ports the worker's sshd listens on for its current connections:
+/// their remote forwards (`ss -ltnp`, by the connections' pids).
+fn forwards_of(w: &SshWorker) -> BTreeSet<u16> {
+    let pids: Vec<String> = w
+        .connection_pids()
+        .iter()
+        .map(|p| format!("pid={p},"))
+        .collect();
+    let out = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| pids.iter().any(|p| l.contains(p.as_str())))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// A remote build reaches the source server through a reverse forward
+/// over its one ssh connection: the recipe cloned the bundle of the keyed
+/// commit from `http://127.0.0.1:<port>` on the worker, and once the build
+/// ended nothing listens on that port any more.
+#[test]
+fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_forward() {
+    let test =
+        "remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_forward";
+    let Some((_lock, w)) = worker_for(test, "src") else {
+        return;
+    };
+    let p = profile_on("src", &w, "ksrc");
+    let before = w.connections();
+    let ports_before = listening_ports();
+    let out = p
+        .command()
+        .args(["build", "--json", "--platform", "macos"])
+        .env("KILN_LOG", "kiln::builders::zfs=info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{stderr}"));
+    assert_eq!(
+        (out.status.code(), &s["built"]),
+        (Some(0), &json!(1)),
+        "{s}"
+    );
+    // The forward was opened, and cancelled by Kiln itself at the end
+    // (not only closed with the connection).
+    assert!(
+        stderr.contains("source server forwarded to the build host"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("cancelling the source server's forward"),
+        "{stderr}"
+    );
+    // The forward rode the build's own connection.
+    assert_eq!(w.connections() - before, 1, "ssh connections for one build");
+    let trees = images(&w.pool.name, "ksrc");
+    assert_eq!(trees.len(), 1, "{:?}", datasets(&w.pool.name));
+    let repo = mountpoint(&format!("{}/home", trees[0])).join("opam-repository");
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&repo)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    let e = p.entry(&key(&p));
+    assert_eq!(
+        e["inputs"]["amd64.opam_repository_commit"].as_str(),
+        Some(head.as_str()),
+        "{e}"
+    );
+    // The log names the URL the recipe used: the forward's port on the
+    // worker, which nothing listens on any more.
+    let log_dir = common::state_dir().join("log");
+    let log = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("macos_macos-homebrew_")
+        })
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| read(&e.path()))
+        .unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&format!("opam-repository at {head} from http://127.0.0.1:")))
+        .unwrap_or_else(|| panic!("no source server line in the log:\n{log}"));
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        !ports_before.contains(&port),
+        "port {port} was in use before"
+    );
+    let left = listening_ports();
+    assert!(!left.contains(&port), "the forward still listens on {port}");
+    // Nor did the build leave sshd's forwarding listener of any other port.
+    let new: Vec<u16> = left.difference(&ports_before).copied().collect();
+    let sshd_new = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    let sshd_new = String::from_utf8_lossy(&sshd_new.stdout).to_string();
+    assert!(
+        new.iter().all(|p| !sshd_new
+            .lines()
+            .any(|l| l.contains(&format!(":{p} ")) && l.contains("sshd"))),
+        "new sshd listeners {new:?}:\n{sshd_new}"
+    );
+}
+
+/// A source missing from the mirror refuses a remote build before Kiln
+/// connects: no ssh connection, nothing on the worker.
+#[test]
+fn remote_build_whose_source_is_missing_is_refused_before_connecting() {
+    let test = "remote_build_whose_source_is_missing_is_refused_before_connecting";
+    let Some((_lock, w)) = worker_for(test, "nosrc") else {
+        return;
+    };
+    let p = profile_unsynced("nosrc", &w, "knosrc");
+    let before = w.connections();
+    let out = p
+        .command()
+        .args(["build", "--platform", "macos", "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("opam-repository.bundle") && text.contains("kiln sources sync"),
+        "{text}"
+    );
+    assert_eq!(
+        w.connections(),
+        before,
+        "no ssh connection for a refused build"
+    );
+    assert!(images(&w.pool.name, "knosrc").is_empty());
 }

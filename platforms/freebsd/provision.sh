@@ -12,20 +12,36 @@
 #   - pkg upgraded in the rootfs;
 #   - inside `jail -c … mount.devfs`: the opam user (uid 1000) and group,
 #     sudo with a NOPASSWD entry for it, the build tools;
-#   - as the opam user in the jail: the opam 2.x release binaries side by
-#     side as /usr/local/bin/opam-2.x with `opam` the default, git's
-#     identity, OPAMCONFIRMLEVEL in ~/.profile, opam-repository and an opam
-#     root for the compiler.
+#   - as the opam user in the jail: opam 2.1 to 2.5 and opam-dev side by
+#     side as /usr/local/bin/opam-2.x and opam-dev with `opam` a hard link
+#     to opam-2.1, git's identity, OPAMCONFIRMLEVEL in ~/.profile,
+#     opam-repository and an opam root for the compiler.
 # Kiln snapshots the tree afterwards and smoke-tests `ocaml -version` in a
 # jail of it, through the opam user's profile.
 #
+# Everything but FreeBSD's own sets and packages comes from Kiln's source
+# mirror at {{sources_url}} (the build's server, reached from the worker
+# through a reverse forward over Kiln's ssh connection, on the worker's
+# loopback, which the jail shares with ip4=inherit): opam's release
+# tarballs, the opam-repository bundle of the pinned commit, and the
+# compiler's archives through opam's archive-mirrors. base.txz,
+# freebsd-update and pkg stay with FreeBSD's own mirrors, as the distro
+# packages of the other platforms do.
+#
 # Deliberate differences from freebsd-infra, each for a reason:
-#   - opam binaries from the release URLs of exact versions
-#     ({{opam_releases}}) instead of install.sh from master, and
-#     opam-repository at the pinned commit: both are build inputs;
+#   - opam is built from the declared release tarballs opam-full-2.x.y
+#     (pinned by sha256, vendored dependencies inside) instead of the
+#     binaries install.sh from master downloads from GitHub, which nothing
+#     pins; opam-dev is the newest release (2.6.1), as in Kiln's Docker
+#     images, since a branch head cannot be a build input;
+#   - opam-repository is the mirror's bundle of the pinned commit, checked
+#     against it, with origin set back to GitHub's URL (freebsd-infra
+#     clones GitHub's HEAD): the commit is a build input;
+#   - the compiler's archives come from the mirror's opam cache while the
+#     switch is built, and upstream's cache (https://opam.ocaml.org/cache)
+#     is written back afterwards, so the tree holds no build-time address;
 #   - the switch is named after the series ({{ocaml_series}}) with
-#     --packages={{opam_packages}}, as in every other Kiln image;
-#   - no opam-dev binary (a moving target cannot be part of a keyed image).
+#     --packages={{opam_packages}}, as in every other Kiln image.
 set -eu
 : "${ROOTFS:?}" "${KILN_JAIL:?}"
 export ASSUME_ALWAYS_YES=yes
@@ -67,20 +83,47 @@ sed -i "" 's/^[^#]*fortune/# &/' .profile .login 2>/dev/null || true
 echo "OPAMCONFIRMLEVEL=unsafe-yes; export OPAMCONFIRMLEVEL" >> .profile
 git config --global user.email "opam@example.com"
 git config --global user.name "opam"
-default=""
-for v in {{opam_releases}}; do
-    minor=${v%.*}
-    curl -fsSL -o "opam-$minor" \
-        "https://github.com/ocaml/opam/releases/download/$v/opam-$v-{{opam_arch}}-freebsd"
-    chmod 755 "opam-$minor"
-    sudo mv "opam-$minor" "/usr/local/bin/opam-$minor"
-    default="opam-$minor"
-done
-sudo ln -f "/usr/local/bin/$default" /usr/local/bin/opam
-git clone https://github.com/ocaml/opam-repository.git opam-repository
-git -C opam-repository checkout --quiet --detach {{opam_repository_commit}}
+# opam from the mirror's release tarballs, side by side as freebsd-infra
+# installs its binaries, `opam` a hard link to opam-2.1 as there.
+build_opam() { # <release tarball URL> <installed as> <configure flags>
+    dir="/tmp/opam-build-$2"
+    rm -rf "$dir" && mkdir -p "$dir"
+    curl -fsSL -o "$dir.tar.gz" "$1"
+    tar -xzf "$dir.tar.gz" -C "$dir" --strip-components=1
+    rm "$dir.tar.gz"
+    # $3 is a list of flags.
+    # shellcheck disable=SC2086
+    (cd "$dir" && PATH="/tmp/opam-bootstrap/bootstrap/ocaml/bin:$PATH" ./configure $3 &&
+        PATH="/tmp/opam-bootstrap/bootstrap/ocaml/bin:$PATH" gmake lib-ext all)
+    sudo install -m 755 "$dir/opam" "/usr/local/bin/$2"
+    rm -rf "$dir"
+}
+# The bootstrap compiler opam's configure needs, from the newest tarball.
+mkdir -p /tmp/opam-bootstrap
+curl -fsSL -o /tmp/opam-full-2.5.2.tar.gz {{sources_url}}/opam-full-2.5.2.tar.gz
+tar -xzf /tmp/opam-full-2.5.2.tar.gz -C /tmp/opam-bootstrap --strip-components=1
+rm /tmp/opam-full-2.5.2.tar.gz
+(cd /tmp/opam-bootstrap && gmake compiler)
+build_opam {{sources_url}}/opam-full-2.1.6.tar.gz opam-2.1 "--with-0install-solver"
+build_opam {{sources_url}}/opam-full-2.2.1.tar.gz opam-2.2 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.3.0.tar.gz opam-2.3 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.4.1.tar.gz opam-2.4 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.5.2.tar.gz opam-2.5 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.6.1.tar.gz opam-dev "--with-0install-solver --with-vendored-deps"
+rm -rf /tmp/opam-bootstrap
+sudo ln -f /usr/local/bin/opam-2.1 /usr/local/bin/opam
+# opam-repository: the mirror's bundle of the pinned commit, checked, with
+# origin set back to GitHub's URL for the jobs.
+curl -fsSL -o /tmp/opam-repository.bundle {{sources_url}}/opam-repository.bundle
+git clone --quiet --branch master /tmp/opam-repository.bundle opam-repository
+rm /tmp/opam-repository.bundle
+git -C opam-repository remote set-url origin https://github.com/ocaml/opam-repository.git
+test "$(git -C opam-repository rev-parse HEAD)" = "{{opam_repository_commit}}"
 opam init -y -k git -a --bare --disable-sandboxing ./opam-repository
+# The compiler's archives from the source mirror; the tree keeps upstream's cache.
+opam option --global archive-mirrors={{sources_url}}/opam-cache
 opam switch create -y {{ocaml_series}} --packages={{opam_packages}}
+opam option --global archive-mirrors=https://opam.ocaml.org/cache
 opam clean -a -c -s --logs
 echo 'eval $(opam env --switch={{ocaml_series}} --set-switch)' >> .profile
 OPAM

@@ -8,8 +8,8 @@
 # ocurrent/macos-infra's base-image role does, which is what obuilder's
 # macOS jobs expect:
 #   - Homebrew in {{brew_prefix}}, with GNU patch (opam needs it);
-#   - the opam 2.x release binaries side by side as opam-2.x in the brew
-#     prefix's bin, with `opam` pointing at the default one;
+#   - opam 2.1 to 2.5 and opam-dev side by side as opam-2.x and opam-dev in
+#     the brew prefix's bin, with `opam` a hard link to opam-2.1;
 #   - ~/local linked to the brew prefix;
 #   - opam-repository cloned in ~ and an opam root for the compiler;
 #   - ~/.obuilder_profile.sh, which obuilder sources before every step,
@@ -18,11 +18,27 @@
 # Kiln snapshots the tree afterwards, smoke-tests `ocaml -version` through
 # that profile, and ships it as a `zfs send` stream.
 #
+# Everything but Homebrew comes from Kiln's source mirror at
+# {{sources_url}} (the build's server, reached from the worker through a
+# reverse forward over Kiln's ssh connection): opam's release tarballs,
+# the opam-repository bundle of the pinned commit, and the compiler's
+# archives through opam's archive-mirrors. Homebrew itself (its git
+# clone) and the brew packages stay with Homebrew's own mirrors, as the
+# distro packages of the other platforms do.
+#
 # Deliberate differences from macos-infra, each for a reason:
-#   - the opam binaries come from the release URLs of exact versions
-#     ({{opam_releases}}) instead of opam's install.sh from master, and
-#     opam-repository is checked out at the pinned commit: both are build
-#     inputs, so the tree is a function of its build key;
+#   - opam is built from the declared release tarballs opam-full-2.x.y
+#     (pinned by sha256, vendored dependencies inside) instead of the
+#     binaries opam's install.sh from master downloads from GitHub, which
+#     nothing pins; opam-dev is the newest release (2.6.1), as in Kiln's
+#     Docker images, since a branch head cannot be a build input;
+#   - opam-repository is the mirror's bundle of the pinned commit, checked
+#     against it, with origin set back to GitHub's URL (macos-infra clones
+#     GitHub's HEAD): the commit is a build input;
+#   - the compiler's archives come from the mirror's opam cache while the
+#     switch is built (`archive-mirrors`), and upstream's cache
+#     (https://opam.ocaml.org/cache) is written back afterwards, so the
+#     tree holds no build-time address;
 #   - the switch is named after the series ({{ocaml_series}}) and created
 #     with --packages={{opam_packages}} (macos-infra: `opam init -c
 #     VERSION`), as in every other Kiln image, so a job's `opam switch`
@@ -30,7 +46,6 @@
 #   - the build user, the sudoers entry and the datasets are made once
 #     per worker by the operator and by Kiln (macos-infra recreates the
 #     user for each image): Kiln's recipe never runs as root;
-#   - no `opam-dev` binary: a moving target cannot be part of a keyed image.
 set -eu
 : "${HOME:?}" "${BREW:?}"
 # /tmp is not writable for the build user on the workers.
@@ -46,19 +61,36 @@ export PATH="$BREW/bin:$BREW/sbin:/usr/bin:/bin:/usr/sbin:/sbin"
 brew update --quiet
 brew install --quiet gpatch gmp pkgconf
 
-# opam 2.x: every release binary as opam-2.x; `opam` is the default (the
-# newest listed), as macos-infra's `ln opam-2.x opam`.
-default=""
-for v in {{opam_releases}}; do
-    minor=${v%.*}
-    bin="$BREW/bin/opam-$minor"
-    curl -fsSL -o "$bin.part" \
-        "https://github.com/ocaml/opam/releases/download/$v/opam-$v-{{opam_arch}}-macos"
-    chmod 755 "$bin.part"
-    mv "$bin.part" "$bin"
-    default="opam-$minor"
-done
-ln -sf "$default" "$BREW/bin/opam"
+# opam 2.x from the mirror's release tarballs, installed side by side as
+# macos-infra installs its binaries: opam-2.1 … opam-2.5 and opam-dev, with
+# `opam` a hard link to opam-2.1 (macos-infra's `ln opam-2.1 opam`).
+build_opam() { # <release tarball URL> <installed as> <configure flags>
+    dir="$TMPDIR/opam-build-$2"
+    rm -rf "$dir" && mkdir -p "$dir"
+    curl -fsSL -o "$dir.tar.gz" "$1"
+    tar -xzf "$dir.tar.gz" -C "$dir" --strip-components=1
+    rm "$dir.tar.gz"
+    # $3 is a list of flags.
+    # shellcheck disable=SC2086
+    (cd "$dir" && PATH="$TMPDIR/opam-bootstrap/bootstrap/ocaml/bin:$PATH" ./configure $3 &&
+        PATH="$TMPDIR/opam-bootstrap/bootstrap/ocaml/bin:$PATH" make lib-ext all)
+    install -m 755 "$dir/opam" "$BREW/bin/$2"
+    rm -rf "$dir"
+}
+# The bootstrap compiler opam's configure needs, from the newest tarball.
+mkdir -p "$TMPDIR/opam-bootstrap"
+curl -fsSL -o "$TMPDIR/opam-full-2.5.2.tar.gz" {{sources_url}}/opam-full-2.5.2.tar.gz
+tar -xzf "$TMPDIR/opam-full-2.5.2.tar.gz" -C "$TMPDIR/opam-bootstrap" --strip-components=1
+rm "$TMPDIR/opam-full-2.5.2.tar.gz"
+(cd "$TMPDIR/opam-bootstrap" && make compiler)
+build_opam {{sources_url}}/opam-full-2.1.6.tar.gz opam-2.1 "--with-0install-solver"
+build_opam {{sources_url}}/opam-full-2.2.1.tar.gz opam-2.2 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.3.0.tar.gz opam-2.3 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.4.1.tar.gz opam-2.4 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.5.2.tar.gz opam-2.5 "--with-0install-solver --with-vendored-deps"
+build_opam {{sources_url}}/opam-full-2.6.1.tar.gz opam-dev "--with-0install-solver --with-vendored-deps"
+rm -rf "$TMPDIR/opam-bootstrap"
+ln -f "$BREW/bin/opam-2.1" "$BREW/bin/opam"
 opam --version
 
 # ~/local is the brew prefix, as macos-infra links it.
@@ -75,16 +107,22 @@ export OPAMERRLOGLEN=0
 export OPAMPRECISETRACKING=1
 PROFILE
 
-# opam-repository at the pinned commit, and an opam root for the compiler.
-if [ ! -d "$HOME/opam-repository/.git" ]; then
-    git clone https://github.com/ocaml/opam-repository.git "$HOME/opam-repository"
-fi
-git -C "$HOME/opam-repository" fetch --quiet origin {{opam_repository_commit}}
-git -C "$HOME/opam-repository" checkout --quiet --detach {{opam_repository_commit}}
+# opam-repository: the mirror's bundle of the pinned commit, checked, with
+# origin set back to GitHub's URL for the jobs; and an opam root for the
+# compiler.
+rm -rf "$HOME/opam-repository"
+curl -fsSL -o "$TMPDIR/opam-repository.bundle" {{sources_url}}/opam-repository.bundle
+git clone --quiet --branch master "$TMPDIR/opam-repository.bundle" "$HOME/opam-repository"
+rm "$TMPDIR/opam-repository.bundle"
+git -C "$HOME/opam-repository" remote set-url origin https://github.com/ocaml/opam-repository.git
+test "$(git -C "$HOME/opam-repository" rev-parse HEAD)" = "{{opam_repository_commit}}"
 # shellcheck disable=SC1091
 . "$HOME/.obuilder_profile.sh"
 opam init -k git -a --bare --disable-sandboxing "$HOME/opam-repository"
+# The compiler's archives from the source mirror; the tree keeps upstream's cache.
+opam option --global archive-mirrors={{sources_url}}/opam-cache
 opam switch create {{ocaml_series}} --packages={{opam_packages}}
+opam option --global archive-mirrors=https://opam.ocaml.org/cache
 opam clean -a -c -s --logs
 # Expanded when a job sources the profile, not now.
 # shellcheck disable=SC2016

@@ -185,7 +185,7 @@ pub async fn wanted(
 /// archives of `packages` at `commit`, and the bundle of `commit`), each
 /// checked present (the first missing one named, the bundle as
 /// [`Mirror::require_bundle`] names it) and read through the local cache,
-/// digest-checked. The Docker and QEMU builders both serve this.
+/// digest-checked. The Docker, QEMU and ZFS builders all serve this.
 pub async fn target_tree(
     config: &crate::config::Config,
     mirror: &Mirror<'_>,

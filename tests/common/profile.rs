@@ -109,6 +109,8 @@ pub struct ProfileBuilder {
     own_state: bool,
     registry_url: Option<String>,
     plan: Option<String>,
+    /// Follow the demo's opam repository (as `RealDemo` always does).
+    demo_opam_repository: bool,
     toml: String,
 }
 
@@ -181,6 +183,21 @@ impl Profile {
         );
     }
 
+    /// `kiln sources sync <args>` (plan filter flags), which must succeed.
+    pub fn sync_sources_for(&self, args: &[&str]) {
+        let out = self
+            .command()
+            .args(["sources", "sync"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kiln sources sync {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn build(&self, args: &[&str]) -> (Option<i32>, serde_json::Value) {
         let out = self
             .command()
@@ -249,6 +266,7 @@ impl ProfileBuilder {
             own_state: false,
             registry_url: None,
             plan: None,
+            demo_opam_repository: false,
             toml: String::new(),
         }
     }
@@ -299,6 +317,15 @@ impl ProfileBuilder {
     /// The lines of `[plan]`; default: a pinned opam-repository commit.
     pub fn plan(mut self, lines: &str) -> Self {
         self.plan = Some(lines.to_string());
+        self
+    }
+
+    /// Follow the demo's opam repository (`scripts/demo/opam-repository.sh`
+    /// makes it, the same commit every time), as the real demo does,
+    /// instead of a pinned commit that exists nowhere: for recipes that
+    /// take the opam-repository bundle from the source mirror.
+    pub fn demo_opam_repository(mut self) -> Self {
+        self.demo_opam_repository = true;
         self
     }
 
@@ -384,7 +411,7 @@ impl ProfileBuilder {
             .unwrap_or_default();
         let real = matches!(self.catalogue, Catalogue::RealDemo);
         let plan = self.plan.unwrap_or_else(|| {
-            if real {
+            if real || self.demo_opam_repository {
                 // The demo's opam repository, as a git repository of the profile's own.
                 let git = p.join("opam-repository.git");
                 let ok = Command::new("bash")

@@ -221,6 +221,69 @@ impl Host {
     }
 }
 
+/// A reverse forward over a build's connection: a port on the host's
+/// loopback that reaches a listener on this machine (`ssh -O forward -R
+/// 0:<local>`, the port allocated by the host's sshd). Cancelled with
+/// [`Host::cancel_forward`]; gone anyway when the connection ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The port on the host's loopback.
+    pub remote_port: u16,
+    /// `0:<ip>:<port>`, as given to `-R` (a cancel names it again).
+    spec: String,
+}
+
+impl Host {
+    /// `ssh -S <control> -O <op> -R <spec> host`: a request to the
+    /// connection's master, which opens or closes the forward on the host.
+    fn mux(&self, op: &str, spec: &str) -> Result<Cmd, ProcessError> {
+        let Some(conn) = &self.conn else {
+            return Err(ProcessError::Io {
+                command: format!("ssh -O {op} -R {spec} {}", self.config.ssh),
+                source: std::io::Error::other("no connection to forward over (a local host)"),
+            });
+        };
+        Ok(Cmd::new("ssh")
+            .args(self.ssh_options())
+            .arg("-S")
+            .arg(&conn.control)
+            .args(["-O", op, "-R", spec])
+            .arg(&self.config.ssh)
+            .timeout(Duration::from_secs(30)))
+    }
+
+    /// Make `local` (a listener on this machine) reachable from the host at
+    /// `127.0.0.1:<remote_port>`, over this handle's connection.
+    pub async fn reverse_forward(
+        &self,
+        local: std::net::SocketAddr,
+    ) -> Result<Forward, ProcessError> {
+        let spec = format!("0:{}:{}", local.ip(), local.port());
+        let cmd = self.mux("forward", &spec)?;
+        let out = cmd.run().await?;
+        // With a listen port of 0, ssh prints the port the host allocated.
+        let remote_port = out
+            .stdout
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| ProcessError::Failed {
+                command: cmd.display(),
+                status: "no allocated port".into(),
+                stderr: format!(
+                    "stdout {:?}, stderr {:?}",
+                    out.stdout.trim(),
+                    out.stderr.trim()
+                ),
+            })?;
+        Ok(Forward { remote_port, spec })
+    }
+
+    /// Close a forward: the host stops listening on its port.
+    pub async fn cancel_forward(&self, f: &Forward) -> Result<(), ProcessError> {
+        self.mux("cancel", &f.spec)?.run().await.map(|_| ())
+    }
+}
+
 /// Remove the control sockets (`kiln-ssh-<pid>-<n>`) of Kiln processes of
 /// this machine that were killed before they could.
 fn sweep_dead_sockets() {
@@ -279,6 +342,16 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("BatchMode=yes"), "{d}");
+    }
+
+    #[tokio::test]
+    async fn a_host_without_a_connection_has_nothing_to_forward_over() {
+        let local: std::net::SocketAddr = "127.0.0.1:8".parse().unwrap();
+        let e = host("", false).reverse_forward(local).await.unwrap_err();
+        assert!(e.to_string().contains("-R 0:127.0.0.1:8"), "{e}");
+        // A remote host's handle that never connected: no master to ask.
+        let e = host("w1", false).reverse_forward(local).await.unwrap_err();
+        assert!(e.to_string().contains("no connection"), "{e}");
     }
 
     #[tokio::test]

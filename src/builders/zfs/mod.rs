@@ -10,6 +10,7 @@ pub mod incremental;
 pub mod probe;
 pub mod provision;
 pub mod send;
+pub mod sources;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ use artifact::{IncrementalRef, ZfsArtifactConfig};
 
 /// ZFS hosts, one build at a time each.
 pub struct ZfsBuilder {
+    config: Config,
     hosts: Vec<ZfsHost>,
     provision_timeout: Duration,
     out_dir: PathBuf,
@@ -36,6 +38,7 @@ pub struct ZfsBuilder {
 impl ZfsBuilder {
     pub fn new(config: &Config) -> ZfsBuilder {
         ZfsBuilder {
+            config: config.clone(),
             hosts: config.zfs.hosts.clone(),
             provision_timeout: Duration::from_secs(config.zfs.provision_timeout_secs),
             out_dir: config.work_dir().join("zfs"),
@@ -64,6 +67,12 @@ impl Builder for ZfsBuilder {
 
     fn capacity(&self) -> usize {
         self.hosts.len().max(1)
+    }
+
+    /// `{{sources_url}}`: the source server as the build host reaches it
+    /// (see [`sources`]), filled in when the build runs.
+    fn build_vars(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("sources_url".to_string(), sources::SOURCES_URL.to_string())])
     }
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
@@ -106,10 +115,16 @@ fn base_of(h: &ZfsHost) -> String {
 }
 
 impl ZfsBuilder {
-    /// Build the tree on `host`, then push its full stream (and the
-    /// incremental one from an earlier image of the series, if any).
+    /// Serve the target's sources, connect to `host` and make the server
+    /// reachable from it, build and push there; the forward is closed and
+    /// the server stopped when the build ends, however it ends.
     async fn build_on(&self, host: &ZfsHost, job: &BuildJob<'_>) -> Result<BuildOutput, Failure> {
         let t = &job.prepared.target;
+        // Before the host is touched: a source missing from the mirror
+        // refuses the build here, naming it and `kiln sources sync`.
+        let server = sources::serve(&self.config, job)
+            .await
+            .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
         // One connection for every step of the build; it closes when `zfs`
         // (and its clones) are dropped.
         let zfs = driver::Zfs::connect(host).await.map_err(|e| {
@@ -119,14 +134,39 @@ impl ZfsBuilder {
                 host.name
             ))
         })?;
-        let spec = self.spec(host, job);
-        let out = build::build(&zfs, &spec)
+        let mut spec = self.spec(host, job);
+        let reached = match &server {
+            Some(s) => Some(sources::Reached::on(&zfs, s, &t.id()).await?),
+            None => None,
+        };
+        if let Some(r) = &reached {
+            spec.script = spec.script.replace(sources::SOURCES_URL, &r.url);
+        }
+        let result = self.build_and_push(host, job, &zfs, &spec).await;
+        if let Some(r) = reached {
+            r.close(&zfs).await;
+        }
+        drop(server);
+        result
+    }
+
+    /// Build the tree on `host`, then push its full stream (and the
+    /// incremental one from an earlier image of the series, if any).
+    async fn build_and_push(
+        &self,
+        host: &ZfsHost,
+        job: &BuildJob<'_>,
+        zfs: &driver::Zfs,
+        spec: &build::ZfsSpec,
+    ) -> Result<BuildOutput, Failure> {
+        let t = &job.prepared.target;
+        let out = build::build(zfs, spec)
             .await
             .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
-        let sent = send::send_full(&zfs, &out.snapshot, job.registry, job.repository, &t.id())
+        let sent = send::send_full(zfs, &out.snapshot, job.registry, job.repository, &t.id())
             .await
             .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
-        let incremental = push_incremental(&zfs, &spec, job).await;
+        let incremental = push_incremental(zfs, spec, job).await;
         let config = ZfsArtifactConfig {
             os: t.platform.clone(),
             architecture: t.arch,

@@ -7,7 +7,11 @@
 # ~/.obuilder_profile.sh with the variables obuilder's jobs rely on. The
 # dataset build on the host that owns the pool (over ssh for a remote
 # one), reaping, snapshot, smoke test through the profile, streamed send
-# and publication are the production path.
+# and publication are the production path. So is the source mirror: the
+# opam-repository comes from Kiln's per-build server at {{sources_url}}
+# (this machine's loopback, or a reverse forward over the build's ssh
+# connection on a remote host) as the bundle of the pinned commit, cloned
+# and checked as the production recipe does.
 set -eu
 : "${HOME:?}" "${BREW:?}"
 mkdir -p "$BREW/bin"
@@ -28,3 +32,13 @@ export OPAMYES=1
 export OPAMCONFIRMLEVEL=unsafe-yes
 PROFILE
 echo "built for OCaml {{ocaml_version}}" > "$HOME/README.kiln"
+curl -fsS -o "$HOME/opam-repository.bundle" "{{sources_url}}/opam-repository.bundle"
+git clone --quiet --branch master "$HOME/opam-repository.bundle" "$HOME/opam-repository"
+rm "$HOME/opam-repository.bundle"
+git -C "$HOME/opam-repository" remote set-url origin https://github.com/ocaml/opam-repository.git
+head=$(git -C "$HOME/opam-repository" rev-parse HEAD)
+if [ "$head" != "{{opam_repository_commit}}" ]; then
+    echo "opam-repository from the source mirror is at $head, not {{opam_repository_commit}}" >&2
+    exit 1
+fi
+echo "opam-repository at $head from {{sources_url}}"
