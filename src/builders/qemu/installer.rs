@@ -185,18 +185,25 @@ impl Sets {
             .find(|(f, _)| f == "SHA256")
             .map(|(_, d)| path_of(d))
             .unwrap_or_default();
-        let sums = std::fs::read_to_string(&sums_path).map_err(|e| SetsError::Read {
+        let read_error = |message: String| SetsError::Read {
             release: self.label.clone(),
             path: sums_path.clone(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let sums = std::fs::read(&sums_path).map_err(|e| read_error(e.to_string()))?;
+        // Read as `kiln sources declare-openbsd` reads the signed listing:
+        // every line `SHA256 (file) = <hex>`, or the file and line named.
+        let listing = crate::sources::signify::parse_listing(&sums_path, 1, &sums)
+            .map_err(|e| read_error(e.to_string()))?;
         let mut out = Vec::new();
         for (file, d) in &self.files {
             // SHA256 and its signed form are not listed in SHA256.
             if file != "SHA256" && file != "SHA256.sig" {
-                let want = listed(&sums, file).ok_or_else(|| SetsError::NotListed {
-                    release: self.label.clone(),
-                    file: file.clone(),
+                let want = listing.sha256(file).map(str::to_string).ok_or_else(|| {
+                    SetsError::NotListed {
+                        release: self.label.clone(),
+                        file: file.clone(),
+                    }
                 })?;
                 if want != d.sha256 {
                     return Err(SetsError::Checksum {
@@ -211,14 +218,6 @@ impl Sets {
         }
         Ok(out)
     }
-}
-
-/// The sha256 `SHA256` gives for `file` (BSD format: `SHA256 (f) = hex`).
-pub fn listed(sums: &str, file: &str) -> Option<String> {
-    let prefix = format!("SHA256 ({file}) = ");
-    sums.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|h| h.trim().to_ascii_lowercase())
 }
 
 /// `site<NN>.tgz` from the recipes that are not served at the top:
@@ -332,14 +331,6 @@ mod tests {
         );
         assert_eq!(f("file:../fixtures/sets/SHA256"), "SHA256");
         assert_eq!(f("file:SHA256"), "SHA256");
-    }
-
-    #[test]
-    fn sha256_lines_are_read_by_file_name() {
-        let sums = "SHA256 (base79.tgz) = ABC\nSHA256 (bsd) = def\n";
-        assert_eq!(listed(sums, "base79.tgz").as_deref(), Some("abc"));
-        assert_eq!(listed(sums, "bsd").as_deref(), Some("def"));
-        assert_eq!(listed(sums, "bsd.mp"), None);
     }
 
     #[test]
