@@ -173,6 +173,50 @@ pub fn artifact_annotations(job: &BuildJob<'_>) -> BTreeMap<String, String> {
     ])
 }
 
+/// What the target's recipes take from the source mirror
+/// (`{{sources_url}}`), laid out by [`crate::sources::target_tree`] for the
+/// opam-repository commit this build is keyed on: each source checked
+/// present (a missing one named) and read through the digest-checked cache.
+pub async fn target_sources(
+    config: &Config,
+    mirror: &crate::sources::Mirror<'_>,
+    p: &Prepared,
+) -> Result<crate::sources::serve::Tree, crate::sources::SourcesError> {
+    let commit = p
+        .inputs
+        .get("opam_repository_commit")
+        .map(String::as_str)
+        .unwrap_or_default();
+    crate::sources::target_tree(
+        config,
+        mirror,
+        &p.target.uses,
+        &p.target.opam_packages,
+        commit,
+    )
+    .await
+}
+
+/// A server on 127.0.0.1 for [`target_sources`]; `None` when the recipes
+/// take nothing from the mirror (Docker and ZFS builds; QEMU serves the
+/// files from its own installer server).
+pub async fn source_server(
+    config: &Config,
+    job: &BuildJob<'_>,
+) -> Result<Option<crate::sources::SourceServer>, crate::sources::SourcesError> {
+    let p = job.prepared;
+    if p.target.uses.is_empty() {
+        return Ok(None);
+    }
+    let mirror =
+        crate::sources::Mirror::new(job.registry, &config.registry.namespace, &config.state_dir);
+    let tree = target_sources(config, &mirror, p).await?;
+    let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let server = crate::sources::SourceServer::start(tree, bind).await?;
+    tracing::info!(target_id = %p.target.id(), url = %server.url(), "source server");
+    Ok(Some(server))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

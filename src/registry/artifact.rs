@@ -226,14 +226,7 @@ pub async fn pull(
     let cfg_digest = v["config"]["digest"].as_str().unwrap_or("");
     let config: Value = serde_json::from_slice(&reg.pull_blob(repo, cfg_digest).await?)
         .map_err(|e| RegistryError::Invalid(format!("config of {repo}@{digest}: {e}")))?;
-    let ld = layer["digest"].as_str().unwrap_or("");
-    let size = reg.pull_blob_to_file(repo, ld, dest).await?;
-    if Some(size) != layer["size"].as_u64() {
-        let _ = std::fs::remove_file(dest);
-        return Err(RegistryError::Invalid(format!(
-            "{repo}@{digest}: layer size {size} differs from the manifest"
-        )));
-    }
+    let size = pull_layer_file(reg, repo, layer, dest, &format!("{repo}@{digest}")).await?;
     Ok(Pulled {
         artifact_type,
         manifest: v,
@@ -259,13 +252,26 @@ pub async fn pull_layer(
     else {
         return Ok(None);
     };
+    let size = pull_layer_file(reg, repo, layer, dest, &format!("{repo}: {title}")).await?;
+    Ok(Some(size))
+}
+
+/// One layer into `dest` (its digest checked as it is written), whose size
+/// must be the manifest's; `what` names it in the error.
+async fn pull_layer_file(
+    reg: &Registry,
+    repo: &str,
+    layer: &Value,
+    dest: &Path,
+    what: &str,
+) -> Result<u64, RegistryError> {
     let ld = layer["digest"].as_str().unwrap_or("");
     let size = reg.pull_blob_to_file(repo, ld, dest).await?;
     if Some(size) != layer["size"].as_u64() {
         let _ = std::fs::remove_file(dest);
         return Err(RegistryError::Invalid(format!(
-            "{repo}: layer {title} size {size} differs from the manifest"
+            "{what}: layer size {size} differs from the manifest"
         )));
     }
-    Ok(Some(size))
+    Ok(size)
 }

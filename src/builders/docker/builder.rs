@@ -3,7 +3,6 @@
 //! that host's concurrency, and builds, smoke-tests and pushes it; or, for
 //! `kiln verify --rebuild`, builds it the same way and keeps it.
 
-use crate::sources;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -79,44 +78,6 @@ impl DockerBuilder {
                 })
                 .collect()
         })
-    }
-}
-
-impl DockerBuilder {
-    /// A server for what the recipes take from the source mirror; `None`
-    /// when they take nothing. Every source is checked present (a missing
-    /// one is named) and read through the local cache, digest-checked.
-    async fn source_server(
-        &self,
-        job: &BuildJob<'_>,
-    ) -> Result<Option<sources::SourceServer>, sources::SourcesError> {
-        let p = job.prepared;
-        let uses = &p.target.uses;
-        if uses.is_empty() {
-            return Ok(None);
-        }
-        let commit = p
-            .inputs
-            .get("opam_repository_commit")
-            .cloned()
-            .unwrap_or_default();
-        let mirror = sources::Mirror::new(
-            job.registry,
-            &self.config.registry.namespace,
-            &self.config.state_dir,
-        );
-        let tree = sources::target_tree(
-            &self.config,
-            &mirror,
-            uses,
-            &p.target.opam_packages,
-            &commit,
-        )
-        .await?;
-        let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let server = sources::SourceServer::start(tree, bind).await?;
-        tracing::info!(target_id = %p.target.id(), url = %server.url(), "source server");
-        Ok(Some(server))
     }
 }
 
@@ -196,8 +157,7 @@ impl Builder for DockerBuilder {
             let (engine, slots) = self.route(&job.prepared.target)?;
             let mut spec = spec(&job, &self.work_dir);
             // The source server lives as long as this build (dropped at the end).
-            let server = self
-                .source_server(&job)
+            let server = crate::builders::source_server(&self.config, &job)
                 .await
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
             if let Some(s) = &server {

@@ -365,13 +365,13 @@ impl QemuBuilder {
             .await
             .map_err(refused)?;
         let (boot, marker) = self.boot(p, &sets, &verified)?;
-        let sources = self
-            .source_files(job, &mirror)
+        // The recipes' sources (`{{sources_url}}`), served under `sources/`.
+        let sources = crate::builders::target_sources(&self.config, &mirror, p)
             .await
             .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
         let mut tree = installer::tree(p, &sets, verified);
-        for (path, file) in sources {
-            tree.insert(format!("{SOURCES}/{path}"), tree::Entry::File(file));
+        for (path, file) in sources.files() {
+            tree.insert(format!("{SOURCES}/{path}"), tree::Entry::File(file.clone()));
         }
         let name = artifact_name(p);
         let secs = Duration::from_secs;
@@ -408,38 +408,6 @@ impl QemuBuilder {
                     .unwrap_or(0)
             )),
         })
-    }
-}
-
-impl QemuBuilder {
-    /// What the recipes take from the source mirror (`{{sources_url}}`:
-    /// opam's release tarballs, the opam-repository bundle, the compiler's
-    /// archives), as [`crate::sources::target_tree`] gives them to Docker
-    /// builds too: each checked present (a missing one named) and read
-    /// through the digest-checked cache.
-    async fn source_files(
-        &self,
-        job: &BuildJob<'_>,
-        mirror: &crate::sources::Mirror<'_>,
-    ) -> Result<Vec<(String, PathBuf)>, crate::sources::SourcesError> {
-        let p = job.prepared;
-        let commit = p
-            .inputs
-            .get("opam_repository_commit")
-            .cloned()
-            .unwrap_or_default();
-        let tree = crate::sources::target_tree(
-            &self.config,
-            mirror,
-            &p.target.uses,
-            &p.target.opam_packages,
-            &commit,
-        )
-        .await?;
-        Ok(tree
-            .files()
-            .map(|(path, file)| (path.clone(), file.clone()))
-            .collect())
     }
 }
 

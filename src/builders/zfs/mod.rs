@@ -122,7 +122,7 @@ impl ZfsBuilder {
         let t = &job.prepared.target;
         // Before the host is touched: a source missing from the mirror
         // refuses the build here, naming it and `kiln sources sync`.
-        let server = sources::serve(&self.config, job)
+        let server = crate::builders::source_server(&self.config, job)
             .await
             .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
         // One connection for every step of the build; it closes when `zfs`

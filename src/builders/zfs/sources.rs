@@ -16,40 +16,12 @@
 
 use super::driver::Zfs;
 use super::host::Forward;
-use crate::builders::BuildJob;
-use crate::config::Config;
 use crate::model::Failure;
-use crate::sources::{self, SourceServer, SourcesError};
+use crate::sources::SourceServer;
 
 /// The placeholder recipes get for `{{sources_url}}` at plan time: the
 /// server's address on the build host, filled in when the build runs.
 pub const SOURCES_URL: &str = "@KILN_SOURCES_URL@";
-
-/// The server for what the target's recipes take from the mirror; `None`
-/// when they take nothing. Every source is checked present (a missing one
-/// is named with `kiln sources sync`) and read through the local
-/// digest-checked cache, before anything happens on the host.
-pub async fn serve(
-    config: &Config,
-    job: &BuildJob<'_>,
-) -> Result<Option<SourceServer>, SourcesError> {
-    let p = job.prepared;
-    let uses = &p.target.uses;
-    if uses.is_empty() {
-        return Ok(None);
-    }
-    let commit = p
-        .inputs
-        .get("opam_repository_commit")
-        .cloned()
-        .unwrap_or_default();
-    let mirror = sources::Mirror::new(job.registry, &config.registry.namespace, &config.state_dir);
-    let tree =
-        sources::target_tree(config, &mirror, uses, &p.target.opam_packages, &commit).await?;
-    let bind = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let server = SourceServer::start(tree, bind).await?;
-    Ok(Some(server))
-}
 
 /// The server as the build host sees it: its URL there, and the forward
 /// that carries it (remote hosts).
