@@ -93,6 +93,7 @@ NAMESPACE=$("$KILN" "${DEMO[@]}" config --json | python3 -c 'import json,sys; pr
 zfs list -H -r -t all -o name,origin kiln/base-image/macos-homebrew-ocaml-5.5
 echo
 echo "== the OpenBSD-path disk in obuilder's QEMU store (kiln fetch --obuilder-store)"
+echo "(the test guest standing in for OpenBSD: its \`ocaml\` is a script, not a compiler)"
 # The disk as base-image/<tag>.qcow2 (what a spec's `from` opens) and its
 # download-cache disk as the initial cache/c-opam-archives (kept once in use).
 STORE=$ROOT/.kiln/demo/obuilder-qemu

@@ -36,7 +36,7 @@ wait_for() { # seconds, description, command...
 }
 
 PACKAGES=(docker.io docker-registry zfs-fuse qemu-system-x86 qemu-user-static
-    binfmt-support skopeo busybox-static debootstrap curl iproute2 zstd rsync
+    binfmt-support skopeo busybox-static libc6-dev debootstrap curl iproute2 zstd rsync
     openssh-server sudo
     shellcheck apache2-utils openssl dropbear-bin socat signify-openbsd)
 
