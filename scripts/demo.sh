@@ -30,7 +30,22 @@ echo "== kiln plan (demo profile)"
 "$KILN" "${DEMO[@]}" plan
 echo
 echo "== kiln build"
-"$KILN" "${DEMO[@]}" build || true
+# The summary as JSON (the build's progress as log lines meanwhile): a tag
+# that failed, for any reason, stops the demo naming it, its kind and its
+# error; a target with no builder here (Windows) is shown, not a failure.
+SUMMARY=$ROOT/.kiln/demo/build-summary.json
+mkdir -p "$(dirname "$SUMMARY")"
+build_status=0
+KILN_LOG=${KILN_LOG:-warn,kiln::pipeline=info} "$KILN" "${DEMO[@]}" build --json >"$SUMMARY" || build_status=$?
+if [ ! -s "$SUMMARY" ]; then
+    echo "demo: kiln build failed (exit $build_status) before it could build anything (above)" >&2
+    exit 1
+fi
+python3 "$ROOT/scripts/demo/build-verdict.py" "$SUMMARY"
+if [ "$build_status" != 0 ]; then
+    echo "demo: kiln build exited $build_status" >&2
+    exit 1
+fi
 echo
 echo "== kiln verify"
 "$KILN" "${DEMO[@]}" verify
@@ -51,14 +66,14 @@ echo "== kiln status"
 "$KILN" "${DEMO[@]}" status
 echo
 echo "== kiln resolve (a pinned reference, and refusals with what is missing)"
-for img in ocaml/opam:debian-12-ocaml-4.13 ocaml/opam:debian-12-system-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5 \
+for img in ocaml/opam:debian-12-ocaml-4.13 ocaml/opam:debian-12-system-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-79-amd64-ocaml-5.5 \
     ocaml/opam:windows-server-mingw-ltsc2022-ocaml-5.5 ocaml/opam:debian-12-ocaml-5.5; do
     echo "\$ kiln resolve $img"
     "$KILN" "${DEMO[@]}" resolve --api http://127.0.0.1:8080 "$img" || echo "(exit $?)"
 done
 echo
 echo "== the pins, read back by skopeo (a client Kiln did not write)"
-for img in ocaml/opam:debian-12-system-ocaml-4.13 ocaml/opam:debian-12-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-ocaml-5.5; do
+for img in ocaml/opam:debian-12-system-ocaml-4.13 ocaml/opam:debian-12-ocaml-4.13 macos-base:macos-homebrew-ocaml-5.5 openbsd-base:openbsd-79-amd64-ocaml-5.5; do
     pin=$("$KILN" "${DEMO[@]}" resolve "$img")
     repo="${pin#*/}"; repo="${repo%%:*}"; digest="${pin##*@}"
     printf '%-40s ' "$img"
@@ -97,5 +112,5 @@ echo "(the test guest standing in for OpenBSD: its \`ocaml\` is a script, not a 
 # The disk as base-image/<tag>.qcow2 (what a spec's `from` opens) and its
 # download-cache disk as the initial cache/c-opam-archives (kept once in use).
 STORE=$ROOT/.kiln/demo/obuilder-qemu
-"$KILN" "${DEMO[@]}" fetch "$NAMESPACE/openbsd-base:openbsd-ocaml-5.5" --obuilder-store "$STORE"
+"$KILN" "${DEMO[@]}" fetch "$NAMESPACE/openbsd-base:openbsd-79-amd64-ocaml-5.5" --obuilder-store "$STORE"
 (cd "$STORE" && find base-image cache -name '*.qcow2' | sort)

@@ -35,21 +35,28 @@
 # obuilder's sandbox does on OpenBSD (`doas mount <disk> <dir>`).
 # Outputs, under $KILN_STATE_DIR (.kiln): fixtures/qemu/{vmlinuz,initrd.gz},
 # fixtures/qemu/sets/{SHA256,base79.tgz}, fixtures/qemu/boot/pxeboot, and
-# qemu/id_ed25519 (the login key, when there is none). Idempotent: does
+# qemu/id_ed25519 (the tests' login key, when there is none), and the
+# operator's login key in the identity dir. Idempotent: does
 # nothing when all are there.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 STATE=${KILN_STATE_DIR:-$ROOT/.kiln}
 OUT=$STATE/fixtures/qemu
 PROTOCOL=openbsd-install-6
-KEY=$STATE/qemu/id_ed25519
-if [ ! -s "$KEY" ]; then
-    mkdir -p "$(dirname "$KEY")"
-    rm -f "$KEY.tmp" "$KEY.tmp.pub"
-    ssh-keygen -q -t ed25519 -N '' -C kiln-qemu -f "$KEY.tmp"
-    mv "$KEY.tmp.pub" "$KEY.pub"
-    mv "$KEY.tmp" "$KEY"
-fi
+# The tests' login key (in the shared test state), and the operator's, in
+# the identity dir the default config names (outside the state dir:
+# `kiln doctor` checks it).
+IDENTITY=${KILN_IDENTITY_DIR:-${XDG_CONFIG_HOME:-$HOME/.config}/kiln}
+for KEY in "$STATE/qemu/id_ed25519" "$IDENTITY/id_ed25519"; do
+    if [ ! -s "$KEY" ]; then
+        mkdir -p "$(dirname "$KEY")"
+        chmod 700 "$(dirname "$KEY")"
+        rm -f "$KEY.tmp" "$KEY.tmp.pub"
+        ssh-keygen -q -t ed25519 -N '' -C kiln-qemu -f "$KEY.tmp"
+        mv "$KEY.tmp.pub" "$KEY.pub"
+        mv "$KEY.tmp" "$KEY"
+    fi
+done
 if [ -s "$OUT/vmlinuz" ] && [ -s "$OUT/initrd.gz" ] && [ -s "$OUT/sets/SHA256" ] && [ -s "$OUT/boot/pxeboot" ] &&
     [ "$(cat "$OUT/protocol" 2>/dev/null)" = "$PROTOCOL" ]; then
     echo "qemu fixture: $OUT (kernel + initramfs + sets)"

@@ -6,8 +6,18 @@
 #   bash scripts/services.sh up       install what is missing, start what is not running
 #   bash scripts/services.sh status   say where each one is
 #   bash scripts/services.sh down     stop exactly what `up` started (by pid)
+#   bash scripts/services.sh registry-gc   free the blobs no manifest references
+#                                      (after `kiln gc --registry`)
+#   bash scripts/services.sh registry-up|registry-down   the registry alone
 #
 # Running `up` twice is harmless. State lives under $KILN_STATE_DIR (.kiln).
+#
+# `up` exits non-zero, printing the component's log, when a component it
+# was asked to start did not come up. Docker and the registry stop it at
+# once (nothing runs without them); zfs-fuse is also recorded in
+# .kiln/run/zfs.unavailable and `up` brings up the rest first, so that a
+# local run can go on without ZFS (its tests print SKIPPED with that
+# reason) while CI (KILN_REQUIRE_ALL=1, scripts/test.sh) stops there.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,6 +30,8 @@ mkdir -p "$RUN" "$LOG"
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'services: %s\n' "$*" >&2; exit 1; }
+# Components asked for that did not come up: `up` exits 1 naming them.
+DOWN=()
 
 # pid file written only for what this script started.
 started_pid() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -38,7 +50,10 @@ wait_for() { # seconds, description, command...
 PACKAGES=(docker.io docker-registry zfs-fuse qemu-system-x86 qemu-user-static
     binfmt-support skopeo busybox-static libc6-dev debootstrap curl iproute2 zstd rsync
     openssh-server sudo
-    shellcheck apache2-utils openssl dropbear-bin socat signify-openbsd)
+    shellcheck apache2-utils openssl dropbear-bin socat signify-openbsd nginx)
+# Without their Recommends (opam's would bring ocaml, darcs and mercurial):
+# tests/recipe_git_repos.rs runs the recipes' `opam repo add` steps with it.
+LEAN_PACKAGES=(opam)
 
 install_packages() {
     local missing=()
@@ -55,9 +70,20 @@ install_packages() {
     if [ -z "$sys_ver" ] || [ "$sys_ver" != "$utils_ver" ]; then
         missing+=("qemu-utils/$codename")
     fi
+    local lean=()
+    for p in "${LEAN_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || lean+=("$p")
+    done
+    export DEBIAN_FRONTEND=noninteractive
+    if [ ${#lean[@]} -gt 0 ]; then
+        say "packages: installing ${lean[*]} (no recommends)"
+        apt-get install -y -q --no-install-recommends "${lean[@]}" >"$LOG/apt-lean.log" 2>&1 ||
+            { apt-get update -q >>"$LOG/apt-lean.log" 2>&1 || true
+              apt-get install -y -q --no-install-recommends "${lean[@]}" >>"$LOG/apt-lean.log" 2>&1; } ||
+            { tail -20 "$LOG/apt-lean.log" >&2; die "apt-get install failed: see $LOG/apt-lean.log"; }
+    fi
     [ ${#missing[@]} -eq 0 ] && return 0
     say "packages: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y -q --allow-downgrades "${missing[@]}" >"$LOG/apt.log" 2>&1; then
         apt-get update -q >>"$LOG/apt.log" 2>&1 || true
         apt-get install -y -q --allow-downgrades "${missing[@]}" >>"$LOG/apt.log" 2>&1 ||
@@ -106,6 +132,35 @@ EOF
     echo $! >"$RUN/registry.pid"
     wait_for 30 registry curl -fsS "http://$REGISTRY_ADDR/v2/" || { tail -20 "$LOG/registry.log" >&2; die "registry did not answer: see $LOG/registry.log"; }
     say "registry: http://$REGISTRY_ADDR (storage $STATE/registry/data)"
+}
+
+# The registry's own garbage collection: the blobs no manifest references
+# any more (after `kiln gc --registry` deleted manifests through the API;
+# deletion is enabled in its config) are removed from its storage. It must
+# not take uploads meanwhile, so a registry this script started is stopped
+# for it and started again (interrupted uploads resume: fixed http.secret).
+# Never `--delete-untagged`: it would delete the untagged children of
+# multi-arch indexes.
+registry_gc() {
+    local cfg=$STATE/registry/config.yml data=$STATE/registry/data
+    [ -f "$cfg" ] || die "registry-gc: no registry config at $cfg (run \`$0 up\` first)"
+    local restart=""
+    if started_pid registry; then
+        restart=1
+        stop_pid registry
+    elif curl -fsS "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then
+        die "registry-gc: the registry on $REGISTRY_ADDR was not started by this script; stop it, then run registry-gc"
+    fi
+    local before after
+    before=$(du -sk "$data" | cut -f1)
+    if ! docker-registry garbage-collect "$cfg" >"$LOG/registry-gc.log" 2>&1; then
+        tail -20 "$LOG/registry-gc.log" >&2
+        [ -n "$restart" ] && registry_up
+        die "registry garbage-collect failed: see $LOG/registry-gc.log"
+    fi
+    after=$(du -sk "$data" | cut -f1)
+    say "registry gc: storage $before KiB -> $after KiB ($data)"
+    if [ -n "$restart" ]; then registry_up; fi
 }
 
 zfs_daemon_answers() { zpool list >/dev/null 2>&1; }
@@ -224,8 +279,10 @@ zfs_up() {
 }
 
 # ZFS is one component among several: when this machine cannot run it, say
-# so loudly, record why (tests read the reason) and carry on with the rest.
+# so loudly with zfs-fuse's log, record why (tests read the reason), bring
+# up the rest, and exit non-zero at the end (`up`).
 zfs_unavailable() {
+    DOWN+=("zfs: $1")
     echo "$1" >"$RUN/zfs.unavailable"
     {
         echo "zfs: UNAVAILABLE: $1"
@@ -290,6 +347,11 @@ up() {
             bash "$ROOT/scripts/qemu-fixture.sh"
         fi
     fi
+    if [ ${#DOWN[@]} -gt 0 ]; then
+        local d
+        for d in "${DOWN[@]}"; do printf 'services: NOT UP: %s\n' "$d" >&2; done
+        exit 1
+    fi
 }
 
 status() {
@@ -336,5 +398,8 @@ case "${1:-up}" in
 up) up ;;
 status) status ;;
 down) down ;;
-*) die "usage: $0 up|status|down" ;;
+registry-gc) registry_gc ;;
+registry-up) registry_up ;;
+registry-down) stop_pid registry ;;
+*) die "usage: $0 up|status|down|registry-gc|registry-up|registry-down" ;;
 esac

@@ -3,6 +3,7 @@
 //! Each check says what it found and, when it fails, the command that fixes
 //! it. Required components failing make the command exit non-zero.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -95,8 +96,12 @@ fn missing(component: &str, required: bool, detail: String, fix: &str) -> Check 
 
 pub async fn run(config: &Config) -> Report {
     let mut checks = Vec::new();
+    let down = crate::state::hosts::HostHealth::open(&config.database.path)
+        .and_then(|h| h.all())
+        .unwrap_or_default();
     for host in &config.docker.hosts {
-        checks.push(check_engine(&host.name, &host.endpoint).await);
+        let key = format!("docker:{}", host.name);
+        checks.push(check_engine(host, down.iter().find(|d| d.host == key)).await);
     }
     checks.push(check_registry(&config.registry.url).await);
     for host in &config.zfs.hosts {
@@ -111,44 +116,149 @@ pub async fn run(config: &Config) -> Report {
     checks.push(check_kvm());
     checks.push(check_binfmt());
     checks.push(check_tool("skopeo", &["--version"], "skopeo", true).await);
+    checks.extend(identities(config));
     Report { checks }
 }
 
-async fn check_engine(name: &str, endpoint: &str) -> Check {
-    let component = format!("docker engine ({name})");
-    let docker = if let Some(path) = endpoint.strip_prefix("unix://") {
-        bollard::Docker::connect_with_unix(path, 10, bollard::API_DEFAULT_VERSION)
-    } else if endpoint.starts_with("tcp://") {
-        bollard::Docker::connect_with_http(endpoint, 10, bollard::API_DEFAULT_VERSION)
-    } else {
-        return missing(
-            &component,
+/// Every key Kiln logs in or signs with: the QEMU login key (and its
+/// `.pub`), the GitHub App's private key when one is configured.
+pub fn identities(config: &Config) -> Vec<Check> {
+    let key = Path::new(&config.qemu.ssh_key);
+    let keygen = format!("ssh-keygen -t ed25519 -N '' -f {}", key.display());
+    let mut qemu = check_key("identity (qemu.ssh_key)", key, &keygen);
+    let public = PathBuf::from(format!("{}.pub", key.display()));
+    if qemu.status == Status::Ok && !public.is_file() {
+        qemu = missing(
+            &qemu.component,
             true,
-            format!("{endpoint}: doctor checks unix:// and tcp:// engines only"),
-            "check docker.hosts in kiln.toml",
+            format!("{}: missing (the image authorizes it)", public.display()),
+            &format!("ssh-keygen -y -f {} > {}", key.display(), public.display()),
         );
+    }
+    // A key at the old default, inside the state dir: say how to move it.
+    let legacy = config.state_dir.join("qemu/id_ed25519");
+    if qemu.status != Status::Ok && legacy.is_file() && legacy != key {
+        qemu.fix = Some(format!(
+            "mv {0} {0}.pub {1}/ (the key predates [identity] dir)",
+            legacy.display(),
+            key.parent().unwrap_or(Path::new(".")).display()
+        ));
+    }
+    let mut checks = vec![qemu];
+    if config.identity.dir.starts_with(&config.state_dir) {
+        checks.push(missing(
+            "identity.dir",
+            true,
+            format!(
+                "{} is inside state_dir {}: losing the state would lose every key",
+                config.identity.dir.display(),
+                config.state_dir.display()
+            ),
+            "set [identity] dir outside state_dir and move the keys there",
+        ));
+    }
+    if config.refresh.app_id != 0 {
+        checks.push(check_key(
+            "identity (refresh.app_key)",
+            Path::new(&config.refresh.app_key),
+            "save the GitHub App's private key (PEM) there, mode 0600",
+        ));
+    }
+    checks
+}
+
+/// A private key: inside `identity.dir` and not the state dir, a regular
+/// file, readable by Kiln, and by nobody else (mode 0600 or stricter).
+fn check_key(component: &str, path: &Path, create: &str) -> Check {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let bad = |detail: String, fix: &str| missing(component, true, detail, fix);
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return bad(format!("{shown}: {e}"), create),
     };
-    let docker = match docker {
-        Ok(d) => d,
-        Err(e) => return missing(&component, true, format!("{endpoint}: {e}"), SERVICES_FIX),
+    if !meta.is_file() {
+        return bad(format!("{shown}: not a regular file"), create);
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return bad(
+            format!("{shown}: mode {mode:04o}, readable by others than its owner"),
+            &format!("chmod 600 {shown}"),
+        );
+    }
+    if let Err(e) = std::fs::File::open(path) {
+        return bad(
+            format!("{shown}: unreadable: {e}"),
+            &format!("chown $(id -u) {shown} && chmod 600 {shown}"),
+        );
+    }
+    ok(component, true, format!("{shown} (mode {mode:04o})"))
+}
+
+/// A configured engine, reached as builds reach it (unix, tcp with TLS
+/// when `DOCKER_CERT_PATH` is set, ssh); a host a build marked down says
+/// so.
+async fn check_engine(
+    host: &crate::config::DockerHost,
+    down: Option<&crate::state::hosts::Down>,
+) -> Check {
+    let component = format!("docker engine ({})", host.name);
+    let endpoint = &host.endpoint;
+    let marked = down
+        .map(|d| format!("; marked down by a build since {}: {}", d.since, d.error))
+        .unwrap_or_default();
+    let engine = match crate::builders::docker::connect(host) {
+        Ok(e) => e,
+        Err(e) => {
+            return missing(
+                &component,
+                true,
+                format!("{endpoint}: {e}{marked}"),
+                SERVICES_FIX,
+            );
+        }
     };
-    match tokio::time::timeout(Duration::from_secs(10), docker.version()).await {
+    match tokio::time::timeout(Duration::from_secs(10), engine.docker.version()).await {
         Ok(Ok(v)) => ok(
             &component,
             true,
             format!(
-                "{endpoint}: Docker {} API {} ({}/{})",
+                "{endpoint}: Docker {} API {} ({}/{}), builds {}{}{}",
                 v.version.unwrap_or_default(),
                 v.api_version.unwrap_or_default(),
                 v.os.unwrap_or_default(),
-                v.arch.unwrap_or_default()
+                v.arch.unwrap_or_default(),
+                host.arch,
+                if host.emulate.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (emulates {})",
+                        host.emulate
+                            .iter()
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                if down.is_some() {
+                    format!("{marked}; it answers again: routing takes it back at its next probe")
+                } else {
+                    String::new()
+                }
             ),
         ),
-        Ok(Err(e)) => missing(&component, true, format!("{endpoint}: {e}"), SERVICES_FIX),
+        Ok(Err(e)) => missing(
+            &component,
+            true,
+            format!("{endpoint}: {e}{marked}"),
+            SERVICES_FIX,
+        ),
         Err(_) => missing(
             &component,
             true,
-            format!("{endpoint}: no answer within 10s"),
+            format!("{endpoint}: no answer within 10s{marked}"),
             SERVICES_FIX,
         ),
     }

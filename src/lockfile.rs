@@ -68,6 +68,25 @@ pub struct HistoryEntry {
     pub replaced_because: String,
 }
 
+/// A moving tag or alias that pointed elsewhere in the registry and was
+/// put back at its owner's digest (`kiln build`, a daemon round or
+/// `kiln verify --repair`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TagRepair {
+    /// The tag or alias that was moved.
+    pub tag: String,
+    /// What the registry had there; absent when the tag was missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was: Option<String>,
+    pub at: DateTime<Utc>,
+    /// Why: `drift` (moved by hand or another tool, or an interrupted
+    /// run) or `owner` (the alias came to this entry).
+    pub reason: String,
+}
+
+/// How many repairs an entry keeps, newest first.
+pub const REPAIRS_KEPT: usize = 20;
+
 /// One published tag.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
@@ -112,6 +131,10 @@ pub struct Entry {
     /// registry after the lockfile was lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<String>,
+    /// Its moving tag and aliases put back at its digest, newest first
+    /// (the last [`REPAIRS_KEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<TagRepair>,
 }
 
 /// What every published index carries in its `org.ocaml.kiln.entry`
@@ -201,6 +224,7 @@ impl Entry {
             verified_at: None,
             history: vec![],
             adopted: None,
+            repairs: vec![],
         }
     }
 
@@ -346,6 +370,7 @@ impl Lockfile {
                 // Keep the original publication time: nothing changed.
                 entry.published_at = old.published_at;
                 entry.history = old.history.clone();
+                entry.repairs = old.repairs.clone();
                 self.entries.insert(key, entry);
                 Change::Unchanged
             }
@@ -359,6 +384,7 @@ impl Lockfile {
                 }];
                 history.extend(old.history.iter().cloned());
                 entry.history = history;
+                entry.repairs = old.repairs.clone();
                 self.entries.insert(key, entry);
                 Change::Moved { from }
             }
@@ -431,6 +457,7 @@ pub(crate) mod tests {
             verified_at: None,
             history: vec![],
             adopted: None,
+            repairs: vec![],
         }
     }
 
@@ -529,6 +556,12 @@ mod schema_sync {
         e.variant = Some("flambda".into());
         e.verified_at = Some(chrono::Utc::now());
         e.adopted = Some("registry".into());
+        e.repairs = vec![super::TagRepair {
+            tag: "latest".into(),
+            was: None,
+            at: chrono::Utc::now(),
+            reason: "drift".into(),
+        }];
         let v = serde_json::to_value(&e).unwrap();
         let mut written: Vec<&String> = v.as_object().unwrap().keys().collect();
         let mut documented: Vec<&String> = props.keys().collect();

@@ -62,12 +62,19 @@ enum Command {
     Rollback(cmd::rollback::Args),
     /// Worker side: fetch a published ZFS base dataset, verify and install it.
     Fetch(cmd::fetch::Args),
-    /// Worker side: remove old base datasets nothing references or uses.
+    /// Remove old base datasets and kept QEMU disks nothing references or uses, on every host.
     Gc(cmd::gc::Args),
+    /// Every host of every builder: health, capacity in use, arches, what it holds.
+    Workers(cmd::workers::Args),
     /// The rebuild daemon: cron-scheduled and requested rounds plus the digest API.
     Daemon(cmd::daemon::Args),
+    /// The daemon's jobs: list, cancel one (its build stopped, nothing left), retry one.
+    Jobs(cmd::jobs::Args),
     /// The release cascade: bump, build, verify, open the gate, refresh CI (rerunnable).
     Release(cmd::release::Args),
+    /// The change a release makes to another project's files, from the catalogue
+    /// (`export ocaml-version --from ocaml_version.ml`).
+    Export(cmd::export::Args),
     /// Serve the digest API and the status page.
     Serve(cmd::serve::Args),
     /// What is published, building, failed and missing, per version.
@@ -79,11 +86,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // Behave like a Unix filter: `kiln plan | head` ends quietly.
-    // SAFETY: restoring the default SIGPIPE disposition before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // SIGPIPE stays ignored (Rust's default): a registry that dies under an
+    // upload, or a child whose pipe closes, is then an error Kiln reports
+    // and cleans up after, not a silent exit 141. A closed stdout (`kiln
+    // plan | head`) is a write error the commands' output handles quietly
+    // (`cmd::write_out`).
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -117,16 +124,23 @@ fn main() -> ExitCode {
         Command::Rollback(a) => cmd::rollback::run(&sources, a),
         Command::Fetch(a) => cmd::fetch::run(&sources, a),
         Command::Gc(a) => cmd::gc::run(&sources, a),
+        Command::Workers(a) => cmd::workers::run(&sources, a),
         Command::Daemon(a) => cmd::daemon::run(&sources, a),
+        Command::Jobs(a) => cmd::jobs::run(&sources, a),
         Command::Release(a) => cmd::release::run(&sources, a),
+        Command::Export(a) => cmd::export::run(&sources, a),
         Command::Serve(a) => cmd::serve::run(&sources, a),
         Command::Resolve(a) => cmd::resolve::run(&sources, a),
         Command::Status(a) => cmd::status::run(&sources, a),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
+    match (result, cmd::output_error()) {
+        (Ok(code), None) => code,
+        (Ok(_), Some(e)) => {
+            cmd::write_err(format_args!("error: writing the output: {e}"), true);
+            ExitCode::from(2)
+        }
+        (Err(e), _) => {
+            cmd::write_err(format_args!("error: {e:#}"), true);
             ExitCode::from(2)
         }
     }

@@ -178,6 +178,21 @@ impl Cmd {
 
     /// Run to completion; a non-zero exit is an error carrying stderr.
     pub async fn run(&self) -> Result<Output, ProcessError> {
+        let (status, out) = self.run_any().await?;
+        if !status.success() {
+            return Err(ProcessError::Failed {
+                command: self.display(),
+                status: status.to_string(),
+                stderr: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Run to completion and say how it ended, whatever its exit status:
+    /// for tools whose failures speak on stdout (Docker's credential
+    /// helpers say "credentials not found" there).
+    pub async fn run_any(&self) -> Result<(std::process::ExitStatus, Output), ProcessError> {
         let command = self.display();
         let (mut child, _held) = self.start(&command)?;
         let pgid = child.id();
@@ -229,14 +244,7 @@ impl Cmd {
         }
         let stdout = String::from_utf8_lossy(&o).into_owned();
         let stderr = String::from_utf8_lossy(&e).into_owned();
-        if !status.success() {
-            return Err(ProcessError::Failed {
-                command,
-                status: status.to_string(),
-                stderr: stderr.trim().to_string(),
-            });
-        }
-        Ok(Output { stdout, stderr })
+        Ok((status, Output { stdout, stderr }))
     }
 }
 
@@ -390,6 +398,48 @@ pub fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+/// Cleanups that guards dropped unfinished handed over: work whose undo is
+/// asynchronous (remove a container, destroy a dataset) and whose future
+/// was dropped before it could run it, as when the daemon cancels a job or
+/// drains at SIGTERM. [`cleanups_settled`] waits for them.
+fn pending_cleanups() -> std::sync::MutexGuard<'static, Vec<tokio::task::JoinHandle<()>>> {
+    static PENDING: std::sync::OnceLock<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+        std::sync::OnceLock::new();
+    match PENDING.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Run `undo` now, on the current runtime, from a guard's `Drop`: the
+/// guard's owner was dropped before its own cleanup ran. Outside a runtime
+/// (a test's plain drop) nothing can run it; the owner mark on what it
+/// made lets the next sweep remove it instead, and this is logged.
+pub fn cleanup_later(what: &str, undo: impl std::future::Future<Output = ()> + Send + 'static) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            tracing::info!(what, "cleaning up after an interrupted build");
+            pending_cleanups().push(rt.spawn(undo));
+        }
+        Err(_) => {
+            tracing::warn!(what, "no runtime to clean up on: left to the next sweep");
+        }
+    }
+}
+
+/// Wait until every cleanup handed over by [`cleanup_later`] has run.
+pub async fn cleanups_settled() {
+    loop {
+        let batch: Vec<_> = std::mem::take(&mut *pending_cleanups());
+        if batch.is_empty() {
+            return;
+        }
+        for h in batch {
+            let _ = h.await;
+        }
+    }
 }
 
 /// This machine's name, for owner marks.

@@ -54,6 +54,7 @@ fn entry(os: &str, ocaml: &str, tag: &str, arches: &[&str], d: u8) -> Entry {
         verified_at: None,
         history: vec![],
         adopted: None,
+        repairs: vec![],
     }
 }
 
@@ -91,6 +92,18 @@ impl Drop for Server {
 }
 
 async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str) -> Server {
+    start_with(lock, reqs, jobs, token, false).await
+}
+
+/// [`start`], with a job queue (`queue`: the state database at
+/// `<dir>/kiln.db`, as `kiln daemon` gives its API) or without.
+async fn start_with(
+    lock: &Lockfile,
+    reqs: Vec<Requirement>,
+    jobs: Jobs,
+    token: &str,
+    queue: bool,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let lockfile = dir.path().join("manifests/lockfile.json");
     lock.save(&lockfile).unwrap();
@@ -107,9 +120,11 @@ async fn start(lock: &Lockfile, reqs: Vec<Requirement>, jobs: Jobs, token: &str)
         store,
         log_dir: Some(log_dir),
         rebuild: None,
-        queue_db: None,
+        queue_db: queue.then(|| dir.path().join("kiln.db")),
         token: token.into(),
         metrics: Metrics::default(),
+        distribution: None,
+        workers: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -262,8 +277,31 @@ async fn resolve_pins_refuses_and_suggests() {
         let v: serde_json::Value = r.json().await.unwrap();
         assert!(v["error"].is_string(), "{q}: {v}");
     }
-    let long = format!("image={}", "a".repeat(5000));
-    assert_eq!(get(&long).await.unwrap().status(), 414);
+    // Over the document's limits (the `maxLength` of `image` and `arch`,
+    // a query over 2048 bytes): malformed, 400, as the document declares.
+    // At the limit, a well-formed name is looked up (unknown: 404).
+    let image_at = |n: usize| format!("ocaml/{}:x", "a".repeat(n - "ocaml/:x".len()));
+    for (q, status) in [
+        (format!("image={}", "a".repeat(5000)), 400),
+        (format!("image={}", image_at(513)), 400),
+        (format!("image={}", image_at(512)), 404),
+        (
+            format!(
+                "image=ocaml/opam:debian-13-ocaml-5.5&arch={}",
+                "a".repeat(33)
+            ),
+            400,
+        ),
+        (
+            format!(
+                "image=ocaml/opam:debian-13-ocaml-5.5&arch={}",
+                "a".repeat(32)
+            ),
+            404,
+        ),
+    ] {
+        assert_eq!(get(&q).await.unwrap().status(), status, "{}", &q[..40]);
+    }
 }
 
 #[tokio::test]
@@ -436,6 +474,54 @@ async fn versions_platforms_lockfile_and_pages() {
     );
 }
 
+/// The status page's row of `version`: from its `<tr>` to the next.
+fn row<'a>(html: &'a str, version: &str) -> &'a str {
+    let start = html
+        .find(&format!("<tr><th><a href=\"/v1/versions/{version}\">"))
+        .unwrap_or_else(|| panic!("no row for {version}: {html}"));
+    let rest = &html[start..];
+    &rest[..rest[4..].find("<tr>").map(|i| i + 4).unwrap_or(rest.len())]
+}
+
+/// Each version's row says what the gate says of the version as a whole:
+/// available, or refused with the tags missing and why.
+#[tokio::test]
+async fn status_page_shows_the_gates_verdict_per_version() {
+    let (lock, mut reqs, jobs) = fixture();
+    // 4.14.3 is what the lockfile holds: that version is complete.
+    reqs[2] = req("debian-13", "4.14.3", "debian-13-ocaml-4.14", &["amd64"]);
+    let s = start(&lock, reqs, jobs, "").await;
+    let html = reqwest::get(format!("{}/", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let complete = row(&html, "4.14.3");
+    assert!(
+        complete.contains("<td class=\"available verdict\">available</td>"),
+        "{complete}"
+    );
+    let refused = row(&html, "5.5.0");
+    assert!(
+        refused.contains("<td class=\"missing verdict\">")
+            && refused.contains("refused: 1 of 2 required tags missing")
+            && refused.contains("<li>alpine-3.22-ocaml-5.5 (arm64 failed)</li>")
+            && !refused.contains("<li>debian-13-ocaml-5.5"),
+        "{refused}"
+    );
+    // This server collects no inventory: the page and the route say so.
+    assert!(html.contains("This server collects no worker inventory."));
+    let r = reqwest::get(format!("{}/v1/workers", s.base))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error"],
+        "no-inventory"
+    );
+}
+
 #[tokio::test]
 async fn hot_reload_and_token() {
     let (lock, reqs, jobs) = fixture();
@@ -576,6 +662,9 @@ async fn declared(
         kiln::api::Body::Html => {
             assert!(ctype.unwrap().starts_with("text/html"), "{method} {uri}")
         }
+        kiln::api::Body::Manifest | kiln::api::Body::Blob => {
+            unreachable!("{method} {uri}: /v2/ is checked by tests/distribution.rs")
+        }
     }
     status
 }
@@ -608,6 +697,7 @@ async fn every_answer_is_declared() {
         ),
         (("get", "/v1/versions/{version}"), "/v1/versions/%FF".into()),
         (("get", "/v1/platforms"), "/v1/platforms".into()),
+        (("get", "/v1/workers"), "/v1/workers".into()),
         (("get", "/v1/lockfile"), "/v1/lockfile".into()),
         (("get", "/v1/logs/{name}"), "/v1/logs/x.log".into()),
         (("get", "/v1/logs/{name}"), "/v1/logs/0".into()),
@@ -666,6 +756,83 @@ async fn every_answer_is_declared() {
         .await;
         assert_eq!(st, 401);
     }
+    // Logs are the token's: each case again with it, and with a wrong one.
+    let logs = [
+        "/v1/logs/x.log",
+        "/v1/logs/0",
+        "/v1/logs/nope.log",
+        "/v1/logs/%FF.log",
+    ];
+    for uri in logs {
+        for auth in ["wrong", "s3cret"] {
+            let st = declared(&c, &s, ("get", "/v1/logs/{name}"), uri, bearer(auth)).await;
+            seen.entry(("get", "/v1/logs/{name}"))
+                .or_default()
+                .insert(st);
+        }
+    }
+    // Job control: this server has no queue (503); one with the daemon's
+    // queue answers from it (the job routes' every other status).
+    let (lock2, reqs2, jobs2) = fixture();
+    let q = start_with(&lock2, reqs2, jobs2, "s3cret", true).await;
+    let queue = kiln::state::queue::Queue::open(&q._dir.path().join("kiln.db")).unwrap();
+    queue
+        .enqueue(
+            1,
+            "kiln/opam",
+            "debian-13-ocaml-5.5",
+            "linux",
+            kiln::catalogue::BuilderKind::Docker,
+        )
+        .unwrap();
+    let json = |body: &'static str| {
+        move |b: reqwest::RequestBuilder| {
+            b.bearer_auth("s3cret")
+                .header("content-type", "application/json")
+                .body(body)
+        }
+    };
+    for (server, route, uri) in [
+        (&s, ("get", "/v1/jobs"), "/v1/jobs"),
+        (&q, ("get", "/v1/jobs"), "/v1/jobs"),
+        (&s, ("post", "/v1/jobs"), "/v1/jobs"),
+        (&s, ("post", "/v1/jobs/{id}/cancel"), "/v1/jobs/1/cancel"),
+        (&s, ("post", "/v1/jobs/{id}/retry"), "/v1/jobs/1/retry"),
+    ] {
+        for st in [
+            declared(&c, server, route, uri, same).await,
+            declared(&c, server, route, uri, big).await,
+            declared(&c, server, route, uri, bearer("wrong")).await,
+            declared(&c, server, route, uri, bearer("s3cret")).await,
+        ] {
+            seen.entry(route).or_default().insert(st);
+        }
+    }
+    // POST /v1/jobs: a bad body 400; a good one 503 without a daemon.
+    for (body, want) in [("{\"tag\": 1}", 400), ("{\"tag\": \"opam:x\"}", 503)] {
+        let st = declared(&c, &q, ("post", "/v1/jobs"), "/v1/jobs", json(body)).await;
+        assert_eq!(st, want, "{body}");
+        seen.entry(("post", "/v1/jobs")).or_default().insert(st);
+    }
+    // Cancel and retry on the queue: the job id not a number (400), no
+    // such job (404), a queued job cancelled (200), then cancelled again
+    // (409), retried (202), retried again while queued (409).
+    for (route, uri, want) in [
+        (("post", "/v1/jobs/{id}/cancel"), "/v1/jobs/x/cancel", 400),
+        (("post", "/v1/jobs/{id}/retry"), "/v1/jobs/x/retry", 400),
+        (("post", "/v1/jobs/{id}/cancel"), "/v1/jobs/9/cancel", 404),
+        (("post", "/v1/jobs/{id}/retry"), "/v1/jobs/9/retry", 404),
+        (("post", "/v1/jobs/{id}/cancel"), "/v1/jobs/1/cancel", 200),
+        (("post", "/v1/jobs/{id}/cancel"), "/v1/jobs/1/cancel", 409),
+        (("post", "/v1/jobs/{id}/retry"), "/v1/jobs/1/retry", 202),
+        (("post", "/v1/jobs/{id}/retry"), "/v1/jobs/1/retry", 409),
+    ] {
+        let st = declared(&c, &q, route, uri, bearer("s3cret")).await;
+        assert_eq!(st, want, "{uri}");
+        seen.entry(route).or_default().insert(st);
+    }
+    assert_eq!(queue.get(1).unwrap().unwrap().state, "queued");
+
     std::fs::write(&s.lockfile, "{ not json").unwrap();
     let st = declared(
         &c,
@@ -679,9 +846,23 @@ async fn every_answer_is_declared() {
 
     // Every declared status that a test can reach was reached. (Reload's
     // 503 needs its blocking task to die, and rebuild's 202 a daemon:
-    // tests/daemon.rs covers that.)
-    let unreachable = [("post", "/v1/reload", 503), ("post", "/v1/rebuild", 202)];
-    for r in kiln::api::ROUTES {
+    // tests/daemon.rs covers that; the workers' 200 needs builder hosts:
+    // tests/workers.rs asks `kiln serve` with real ones.)
+    let unreachable = [
+        ("post", "/v1/reload", 503),
+        ("post", "/v1/rebuild", 202),
+        ("get", "/v1/workers", 200),
+        // POST /v1/jobs's 202 and 404 need the daemon's scheduler:
+        // tests/daemon.rs `the_api_queues_one_tag_forced`.
+        ("post", "/v1/jobs", 202),
+        ("post", "/v1/jobs", 404),
+    ];
+    // /v2/ needs published images in a real registry: tests/distribution.rs
+    // reaches every status it declares.
+    for r in kiln::api::ROUTES
+        .iter()
+        .filter(|r| !r.path.starts_with("/v2/"))
+    {
         for status in r.statuses() {
             if unreachable.contains(&(r.method, r.path, status)) {
                 continue;

@@ -2,6 +2,8 @@
 //! input is refused with the file and field named, bump is canonical and
 //! idempotent.
 
+mod common;
+use common::Bounded;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,10 +23,10 @@ fn real_catalogue_covers_3_07_to_5_5_and_the_matrix() {
     let cat = real();
     let v = |s: &str| s.parse::<OcamlVersion>().unwrap();
     assert_eq!(cat.series.first().unwrap().series, v("3.07"));
-    for r in ["4.14.4", "5.5.0", "4.02.3", "3.12.1", "5.0.0"] {
+    for r in ["4.14.4", "5.5.0", "5.5.1", "4.02.3", "3.12.1", "5.0.0"] {
         assert!(cat.release(&v(r)).is_some(), "{r} missing");
     }
-    assert_eq!(cat.latest(), Some(&v("5.5.0")));
+    assert_eq!(cat.latest(), Some(&v("5.5.1")));
     assert_eq!(cat.release(&v("5.6.0")).unwrap().status, Status::Trunk);
     let s55 = cat.series_of(&v("5.5.0")).unwrap();
     assert!(
@@ -38,7 +40,7 @@ fn real_catalogue_covers_3_07_to_5_5_and_the_matrix() {
             .contains(&"i386".to_string())
     );
     let recent = cat.select("recent").unwrap();
-    assert!(recent.contains(&v("4.14.4")) && recent.contains(&v("5.5.0")));
+    assert!(recent.contains(&v("4.14.4")) && recent.contains(&v("5.5.1")));
     let names: Vec<&str> = cat.platforms.iter().map(|p| p.platform.as_str()).collect();
     assert_eq!(names, ["freebsd", "linux", "macos", "openbsd", "windows"]);
     let linux = cat.platform("linux").unwrap();
@@ -139,7 +141,7 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn bump_adds_canonically_and_is_idempotent() {
     let (_d, vd, pd) = copy();
-    let v: OcamlVersion = "5.5.1".parse().unwrap();
+    let v: OcamlVersion = "5.5.2".parse().unwrap();
     let date = chrono::NaiveDate::from_ymd_opt(2026, 11, 20);
     let out = catalogue::bump(&vd, &pd, &v, None, date, false).unwrap();
     assert_eq!(
@@ -155,7 +157,7 @@ fn bump_adds_canonically_and_is_idempotent() {
     );
     assert_eq!(snapshot(&vd), before, "a second bump must change nothing");
     let cat = catalogue::load(&vd, &pd).unwrap();
-    assert_eq!(cat.latest().unwrap().to_string(), "5.5.1");
+    assert_eq!(cat.latest().unwrap().to_string(), "5.5.2");
     // The file is in canonical form.
     let s = cat.series_of(&v).unwrap();
     assert_eq!(
@@ -299,10 +301,10 @@ fn cli_bump_and_validate() {
             .arg("--config")
             .arg(&config)
             .args(args)
-            .output()
+            .output_within(common::LIMIT)
             .unwrap()
     };
-    let out = kiln(&["bump", "5.5.1", "4.14.5", "--date", "2026-11-20", "--json"]);
+    let out = kiln(&["bump", "5.5.2", "4.14.5", "--date", "2026-11-20", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -311,67 +313,53 @@ fn cli_bump_and_validate() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["change"], "added");
     assert_eq!(v[1]["change"], "added");
-    let out = kiln(&["bump", "5.5.1", "--date", "2026-11-20"]);
+    let out = kiln(&["bump", "5.5.2", "--date", "2026-11-20"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
     // One bad version in the list: nothing is written.
     let before = snapshot(&d.path().join("versions"));
-    let out = kiln(&["bump", "5.5.2", "5.x"]);
+    let out = kiln(&["bump", "5.5.3", "5.x"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"5.x\""));
     assert_eq!(snapshot(&d.path().join("versions")), before);
 }
 
-/// Set the catalogue back to 5.4.1 / 4.14.3, bump 5.5.0 and 4.14.4, and
-/// get exactly the shipped files back.
+/// Set the catalogue back to 5.5.0 / 4.14.3, bump 5.5.1 and 4.14.4 with
+/// their dates and sources, and get exactly the shipped files back.
 #[test]
-fn bump_reproduces_the_5_5_0_and_4_14_4_release() {
+fn bump_reproduces_the_5_5_1_and_4_14_4_releases() {
     let (d, vd, pd) = copy();
-    let shipped_55 = std::fs::read_to_string(vd.join("5.5.yaml")).unwrap();
-    let shipped_414 = std::fs::read_to_string(vd.join("4.14.yaml")).unwrap();
-    // Set back: no 5.5 series, no 4.14.4, 5.5 out of the sets.
-    std::fs::remove_file(vd.join("5.5.yaml")).unwrap();
-    let mut s414: kiln::catalogue::Series = serde_norway::from_str(&shipped_414).unwrap();
-    s414.releases.retain(|r| r.version.to_string() != "4.14.4");
-    s414.file = vd.join("4.14.yaml");
-    std::fs::write(
-        vd.join("4.14.yaml"),
-        catalogue::format_series(&s414).unwrap(),
-    )
-    .unwrap();
-    let sets = std::fs::read_to_string(vd.join("sets.yaml")).unwrap();
-    std::fs::write(vd.join("sets.yaml"), sets.replace(", \"5.5\"", "")).unwrap();
-    let cat = catalogue::load(&vd, &pd).unwrap();
-    assert_eq!(cat.latest().unwrap().to_string(), "5.4.1");
-    // The release manager's command.
     let config = d.path().join("kiln.toml");
     std::fs::write(&config, "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--config")
-        .arg(&config)
-        .args(["bump", "5.5.0", "4.14.4"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        std::fs::read_to_string(vd.join("5.5.yaml")).unwrap(),
-        shipped_55
-    );
-    assert_eq!(
-        std::fs::read_to_string(vd.join("4.14.yaml")).unwrap(),
-        shipped_414
-    );
+    for (file, version) in [("5.5.yaml", "5.5.1"), ("4.14.yaml", "4.14.4")] {
+        let shipped = std::fs::read_to_string(vd.join(file)).unwrap();
+        let mut s: kiln::catalogue::Series = serde_norway::from_str(&shipped).unwrap();
+        let r = s
+            .releases
+            .iter()
+            .find(|r| r.version.to_string() == version)
+            .cloned()
+            .unwrap();
+        s.releases.retain(|r| r.version.to_string() != version);
+        s.file = vd.join(file);
+        std::fs::write(vd.join(file), catalogue::format_series(&s).unwrap()).unwrap();
+        // The release manager's command, with the record the date comes from.
+        let date = r.date.unwrap().to_string();
+        let source = r.source.clone().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--config")
+            .arg(&config)
+            .args(["bump", version, "--date", &date, "--source", &source])
+            .output_within(common::LIMIT)
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read_to_string(vd.join(file)).unwrap(), shipped);
+    }
     let cat = catalogue::load(&vd, &pd).unwrap();
-    assert_eq!(cat.latest().unwrap().to_string(), "5.5.0");
-    assert!(
-        cat.sets.recent.iter().any(|s| s.to_string() == "5.5"),
-        "a new minor joins `recent`"
-    );
-    // `significant` is curated by hand: the bump leaves it alone.
-    assert!(!cat.sets.significant.iter().any(|s| s.to_string() == "5.5"));
+    assert_eq!(cat.latest().unwrap().to_string(), "5.5.1");
 }
 
 #[test]
@@ -380,10 +368,10 @@ fn catalogue_show_and_list() {
         Command::new(env!("CARGO_BIN_EXE_kiln"))
             .current_dir(root())
             .args(args)
-            .output()
+            .output_within(common::LIMIT)
             .unwrap()
     };
-    let out = kiln(&["catalogue", "show", "5.5.0", "--json"]);
+    let out = kiln(&["catalogue", "show", "5.5.1", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -392,9 +380,15 @@ fn catalogue_show_and_list() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], "released");
     assert_eq!(v["latest"], true);
+    assert!(
+        v["source"]
+            .as_str()
+            .unwrap()
+            .contains("data/releases/5.5.1.md")
+    );
     assert_eq!(
         v["opam_packages"]["default"][0],
-        "ocaml-base-compiler.5.5.0"
+        "ocaml-base-compiler.5.5.1"
     );
     assert_eq!(
         v["opam_packages"]["flambda"][1],
@@ -427,7 +421,7 @@ fn catalogue_show_and_list() {
         .map(|s| s["releases"].as_array().unwrap().len())
         .sum();
     assert!(n > 60, "{n} releases");
-    assert_eq!(v["latest"], "5.5.0");
+    assert_eq!(v["latest"], "5.5.1");
     let out = kiln(&["catalogue", "validate", "--json"]);
     assert!(out.status.success());
 }
@@ -442,7 +436,7 @@ fn kiln_in(dir: &Path, args: &[&str]) -> std::process::Output {
         .arg("--config")
         .arg(&config)
         .args(args)
-        .output()
+        .output_within(common::LIMIT)
         .unwrap()
 }
 
@@ -628,7 +622,10 @@ fn shipped_and_demo_catalogues_validate_clean() {
         if let Some(c) = config {
             cmd.args(["--config", c]);
         }
-        let out = cmd.args(["catalogue", "validate"]).output().unwrap();
+        let out = cmd
+            .args(["catalogue", "validate"])
+            .output_within(common::LIMIT)
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

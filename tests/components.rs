@@ -141,7 +141,9 @@ async fn container_runs_on_the_engine() {
         }],
         log: dir.path().join("build.log"),
         labels: BTreeMap::new(),
-        host_network: false,
+        host: "local".into(),
+        proxy: None,
+        auth: Default::default(),
     };
     let r = docker::build(&engine, &reg, &spec).await.unwrap();
     assert!(r.smoke_output.contains("ran in a container"));

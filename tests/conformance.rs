@@ -5,16 +5,18 @@
 //!   each tag's arch set, aliases, compiler and opam packages, against `kiln
 //!   plan --json` of the catalogue at that state (catalogue-e18903f/);
 //! - the shipped catalogue against the same set carried forward to its own
-//!   state (5.5.0 released, so the beta goes and the newest-compiler names
+//!   state (5.5.1 released, so the beta goes and the newest-compiler names
 //!   move to 5.5, which Windows now builds too);
 //! - what ocurrent/ocaml-version answers per release and arch (arch
 //!   support, compiler variants, opam packages) against Kiln's answers;
 //! - `kiln plan`'s text and JSON list the same tags; `kiln bump` of a
 //!   prerelease adds its own tags and leaves every other tag alone.
 //!
-//! The deliberate differences are listed here and in ARCHITECTURE.md
+//! The deliberate differences are listed here and in docs/decisions/008-deliberate-differences-from-upstream.md
 //! ("Conformance with docker-base-images"), each with its reason.
 
+mod common;
+use common::Bounded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,7 +41,7 @@ fn read_json(p: &Path) -> Value {
 }
 
 /// Upstream tags Kiln does not plan, by `kind` in opam-tags.json, and why
-/// (ARCHITECTURE.md gives the whole reason).
+/// (docs/decisions/008-deliberate-differences-from-upstream.md gives the whole reason).
 const NOT_PLANNED: [(&str, &str); 1] = [(
     "archive",
     "the opam source archive cache behind opam.ocaml.org: files on alpine, no opam and no \
@@ -105,7 +107,7 @@ fn kiln(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .current_dir(root())
         .args(args)
-        .output()
+        .output_within(common::LIMIT)
         .unwrap()
 }
 
@@ -228,11 +230,15 @@ fn plan_of_the_e18903f_catalogue_is_upstreams_tag_set() {
     assert!(opam.iter().all(|n| got[*n].ocaml.is_none()));
 }
 
-/// Upstream's set carried to the shipped state (4.14.4, 5.5.0 released,
-/// trunk 5.6): the 5.5 beta is no longer an unreleased beta; the names of
-/// the newest compiler (`debian`, `latest`, `windows-all-mingw`, …) name
-/// 5.5; Windows builds the newly significant 5.5 like 5.4.
+/// Upstream's set carried to the shipped state (4.14.4, 5.5.1 released,
+/// trunk 5.6): the 5.5 beta is no longer an unreleased beta; the 5.5
+/// branch upstream built as `ocaml-variants.5.5.0+trunk` is the release
+/// 5.5.1; the names of the newest compiler (`debian`, `latest`,
+/// `windows-all-mingw`, …) name 5.5; Windows builds the newly significant
+/// 5.5 like 5.4.
 fn upstream_tags_at_the_shipped_state() -> BTreeMap<String, Tag> {
+    const NEWEST: &str = "5.5.1";
+    let newest_packages = || vec![format!("ocaml-base-compiler.{NEWEST}")];
     let mut out = BTreeMap::new();
     let to55 = |s: &str| s.replace("-ocaml-5.4", "-ocaml-5.5");
     for (name, mut t) in upstream_tags() {
@@ -256,23 +262,25 @@ fn upstream_tags_at_the_shipped_state() -> BTreeMap<String, Tag> {
         }
         if ocaml == "5.5.0" || ocaml.starts_with("5.5.0+") {
             // Released: the base compiler and options packages, not +trunk.
+            let variant = ocaml.strip_prefix("5.5.0+");
+            t.ocaml = Some(ocaml.replace("5.5.0", NEWEST));
             t.opam_packages = kiln::catalogue::opam::packages(
-                &"5.5.0".parse().unwrap(),
+                &NEWEST.parse().unwrap(),
                 Status::Released,
-                ocaml.strip_prefix("5.5.0+"),
+                variant,
             );
         }
         if newest_alias {
             t.alias_of = t.alias_of.as_deref().map(to55);
             if !windows {
-                t.ocaml = Some("5.5.0".into());
-                t.opam_packages = vec!["ocaml-base-compiler.5.5.0".into()];
+                t.ocaml = Some(NEWEST.into());
+                t.opam_packages = newest_packages();
             }
         }
         if windows && ocaml == "5.4.1" {
             let mut t55 = t.clone();
-            t55.ocaml = Some("5.5.0".into());
-            t55.opam_packages = vec!["ocaml-base-compiler.5.5.0".into()];
+            t55.ocaml = Some(NEWEST.into());
+            t55.opam_packages = newest_packages();
             if newest_alias {
                 out.insert(name.clone(), t55);
                 continue;
@@ -545,5 +553,37 @@ fn bumping_a_prerelease_adds_its_tags_and_leaves_the_others() {
     assert!(
         !added.iter().any(|n| n.starts_with("windows")),
         "Windows builds no prereleases"
+    );
+}
+
+/// The shipped catalogue is current and says where each fact comes from:
+/// every series names the record of its arches, every release that is
+/// out has its date, and every release names the record of its date (or,
+/// for the trunk, of its status). 5.5.1 (ocaml.org, opam-repository) is
+/// the newest release.
+#[test]
+fn every_release_of_the_shipped_catalogue_has_its_date_and_source() {
+    let cat = catalogue::load(&root().join("versions"), &root().join("platforms")).unwrap();
+    let mut missing = Vec::new();
+    for s in &cat.series {
+        let file = s.file.display();
+        if s.source.as_deref().is_none_or(str::is_empty) {
+            missing.push(format!("{file}: series {}: source", s.series));
+        }
+        for r in &s.releases {
+            if r.status.is_release() && r.date.is_none() {
+                missing.push(format!("{file}: {}: date", r.version));
+            }
+            if r.source.as_deref().is_none_or(str::is_empty) {
+                missing.push(format!("{file}: {}: source", r.version));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    let newest: OcamlVersion = "5.5.1".parse().unwrap();
+    assert_eq!(cat.latest(), Some(&newest));
+    assert_eq!(
+        cat.release(&newest).unwrap().date,
+        chrono::NaiveDate::from_ymd_opt(2026, 9, 5)
     );
 }

@@ -1,14 +1,22 @@
 //! `kiln daemon` on the real stack: scheduled rounds that build nothing
-//! when nothing changed, a rebuild asked for through the API, SIGTERM,
-//! a second daemon refused, a bad schedule refused, and kill -9 mid-build
-//! followed by a restart that resumes the interrupted round.
+//! when nothing changed, a rebuild asked for through the API, SIGTERM
+//! (no new job, the running one finishes and publishes), a second daemon
+//! refused, a bad schedule refused, kill -9 mid-build followed by a
+//! restart that resumes the interrupted round, a tag never built by two
+//! jobs at once, and pollers whose first sighting only records.
+//!
+//! Every daemon is a [`Spawned`]: killed with its process group if the
+//! test fails. A job is held at a [`Barrier`] (a recipe step) wherever a
+//! test needs it running, never for a number of seconds.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln::publish::lockfile::Lockfile;
 
 mod common;
+use common::barrier::Barrier;
+use common::{Bounded, LIMIT, Spawned};
 
 struct Profile {
     p: common::Profile,
@@ -75,20 +83,24 @@ fn profile_with(name: &str, recipe_prefix: &str, settings: &Settings) -> Profile
 }
 
 impl Profile {
-    fn spawn(&self) -> Child {
-        self.command()
-            .arg("daemon")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
+    /// `kiln daemon`, logging at info (read with `stderr_so_far`).
+    fn spawn(&self) -> Spawned {
+        Spawned::piped(
+            "kiln daemon",
+            self.command().arg("daemon").env("KILN_LOG", "info"),
+        )
+    }
+
+    /// A daemon run that must end by itself (a refusal): its output.
+    fn refused(&self) -> std::process::Output {
+        self.spawn().output_within(Duration::from_secs(120))
     }
 
     fn rounds(&self) -> Vec<serde_json::Value> {
         let out = self
             .command()
             .args(["daemon", "status", "--json", "--limit", "50"])
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         let mut v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         v.reverse();
@@ -119,17 +131,21 @@ impl Profile {
     }
 }
 
-fn sigterm(child: &mut Child) -> Option<i32> {
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(Some(s)) = child.try_wait() {
-            return s.code();
-        }
-        assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(200));
+fn sigterm(daemon: &mut Spawned) -> Option<i32> {
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_within(Duration::from_secs(120)).code()
+}
+
+/// Wait until the daemon logged `line`; panic (with its log) after `secs`.
+fn wait_logged(daemon: &Spawned, line: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !daemon.stderr_so_far().contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never logged {line:?}:\n{}",
+            daemon.stderr_so_far()
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -155,7 +171,7 @@ fn scheduled_rounds_build_once_then_nothing_and_stop_on_sigterm() {
     let mut d = p.spawn();
     wait_http(p.port);
     // A second daemon on the same state refuses to start, naming the first.
-    let second = p.spawn().wait_with_output().unwrap();
+    let second = p.refused();
     assert_eq!(second.status.code(), Some(2));
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -214,7 +230,7 @@ fn scheduled_rounds_build_once_then_nothing_and_stop_on_sigterm() {
 #[test]
 fn bad_schedule_is_refused_at_start() {
     let p = profile("badcron", "every tuesday", "");
-    let out = p.spawn().wait_with_output().unwrap();
+    let out = p.refused();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -242,7 +258,7 @@ fn bad_schedule_is_refused_at_start() {
                 ..Settings::default()
             },
         );
-        let out = p.spawn().wait_with_output().unwrap();
+        let out = p.refused();
         assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(named), "{err}");
@@ -274,10 +290,7 @@ fn killed_mid_build_then_restarted_resumes_and_publishes_once() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    unsafe {
-        libc::kill(d.id() as i32, libc::SIGKILL);
-    }
-    let _ = d.wait();
+    d.sigkill();
     let r = p.rounds();
     assert_eq!(r.last().unwrap()["state"], "running", "{r:?}");
     assert!(
@@ -326,7 +339,7 @@ fn jobs(p: &Profile) -> Vec<serde_json::Value> {
     let out = p
         .command()
         .args(["daemon", "jobs", "--json", "--limit", "50"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
@@ -361,14 +374,14 @@ fn registry_down_for_a_minute_jobs_retry_and_complete() {
         },
     );
     let log = p.dir.path().join("daemon.log");
-    let mut d = p
-        .command()
-        .args(["--log-format", "json", "daemon"])
-        .env("KILN_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut d = Spawned::start(
+        "kiln daemon",
+        p.command()
+            .args(["--log-format", "json", "daemon"])
+            .env("KILN_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
     wait_http(p.port);
     registry.kill();
     let down = Instant::now();
@@ -448,7 +461,7 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
             ])
             .args(args)
             .current_dir(git_dir.path())
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert!(
             out.status.success(),
@@ -460,11 +473,13 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     std::fs::write(git_dir.path().join("README"), "one\n").unwrap();
     git(&["add", "README"]);
     git(&["commit", "-q", "-m", "one"]);
-    // A parent of our own, so that moving its tag disturbs no other test.
-    let parent = format!(
-        "127.0.0.1:5000/kiln-test-parent-{}:latest",
-        std::process::id()
-    );
+    // A parent of our own, so that moving its tag disturbs no other test;
+    // removed from the registry and the engine when the test ends.
+    let parent_repo = format!("kiln-test-parent-{}", std::process::id());
+    let parent = format!("127.0.0.1:5000/{parent_repo}:latest");
+    let _parent_gone =
+        common::registry::Published::repository("http://127.0.0.1:5000", &parent_repo);
+    let _local_gone = LocalImage(parent.clone());
     let copy = Command::new("skopeo")
         .args([
             "copy",
@@ -474,7 +489,7 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
             "docker://127.0.0.1:5000/kiln-fixtures/busybox:latest",
             &format!("docker://{parent}"),
         ])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         copy.status.success(),
@@ -527,7 +542,7 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
             .arg("--git-dir")
             .arg(dir)
             .args(["rev-parse", r])
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
@@ -536,10 +551,18 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     common::wait_until("the poller to read the unrelated commit", 60, || {
         head(&mirror, "refs/kiln/followed") == upstream
     });
-    // A few more polls: still nothing.
-    std::thread::sleep(Duration::from_secs(3));
+    wait_logged(&d, "changes no package the images install", 60);
+    // A round the poll could have opened is open before the loop takes
+    // the next request: one asked for now comes after it.
+    post_rebuild(p.port);
+    common::wait_until("the requested round", 120, || {
+        p.rounds().len() > rounds_before && p.rounds().iter().all(|r| r["state"] != "running")
+    });
+    let r = p.rounds();
+    assert_eq!(r.len(), rounds_before + 1, "{r:?}");
+    assert_eq!(r[rounds_before]["trigger"], "manual: api", "{r:?}");
+    assert_eq!(r[rounds_before]["built"], 0, "{r:?}");
     assert_eq!(p.lockfile().entries[&key].history.len(), 0);
-    assert_eq!(p.rounds().len(), rounds_before, "{:?}", p.rounds());
 
     // 2. opam-repository changes the opam file of the compiler the image
     //    installs: it rebuilds, and the history names the input.
@@ -563,20 +586,20 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     );
 
     // 3. The parent's tag moves to a new image.
-    let build = Command::new("docker")
-        .args(["build", "-q", "-t", &parent, "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(
-                format!("FROM {parent}\nLABEL org.ocaml.kiln.test=moved\n").as_bytes(),
-            )?;
-            c.wait_with_output()
-        })
-        .unwrap();
+    let mut docker_build = Spawned::piped(
+        "docker build",
+        Command::new("docker")
+            .args(["build", "-q", "-t", &parent, "-"])
+            .stdin(Stdio::piped()),
+    );
+    {
+        use std::io::Write;
+        let mut stdin = docker_build.stdin().unwrap();
+        stdin
+            .write_all(format!("FROM {parent}\nLABEL org.ocaml.kiln.test=moved\n").as_bytes())
+            .unwrap();
+    }
+    let build = docker_build.output_within(LIMIT);
     assert!(
         build.status.success(),
         "{}",
@@ -584,7 +607,7 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
     );
     let push = Command::new("docker")
         .args(["push", &parent])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         push.status.success(),
@@ -615,5 +638,477 @@ fn polled_inputs_trigger_rebuilds_that_name_the_change() {
         p.rounds()
     );
     assert_eq!(sigterm(&mut d), Some(0));
-    let _ = Command::new("docker").args(["rmi", &parent]).output();
+}
+
+/// A local image the test made, removed from the engine on drop.
+struct LocalImage(String);
+
+impl Drop for LocalImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.0])
+            .output_within(Duration::from_secs(120));
+    }
+}
+
+/// A daemon whose only trigger is the API (the schedules are once a
+/// year), building one busybox tag whose recipe waits at `barrier`.
+fn held_profile(name: &str, barrier: &Barrier, daemon: &str) -> Profile {
+    profile_with(
+        name,
+        &barrier.docker_step(name),
+        &Settings {
+            daemon: format!("schedule = \"0 0 3 1 1 *\"\nmax_attempts = 3\n{daemon}"),
+            ..Settings::default()
+        },
+    )
+}
+
+/// SIGTERM while a job runs: no new job starts, the running one finishes
+/// and publishes completely, then the daemon exits 0.
+#[test]
+fn sigterm_lets_the_running_job_finish_and_publish() {
+    let barrier = Barrier::for_engine("docker0");
+    let p = held_profile("term", &barrier, "");
+    let mut d = p.spawn();
+    wait_http(p.port);
+    post_rebuild(p.port);
+    barrier.wait_for_arrivals(1, Duration::from_secs(180));
+    d.signal(libc::SIGTERM);
+    wait_logged(&d, "stopping: no new jobs; running ones finish", 60);
+    // Still running: it waits for the job, which is held mid-build.
+    assert!(
+        d.try_wait().is_none(),
+        "the daemon exited with a job running:\n{}",
+        d.stderr_so_far()
+    );
+    assert_eq!(jobs(&p)[0]["state"], "running", "{:?}", jobs(&p));
+    barrier.open();
+    let code = d.wait_within(Duration::from_secs(300)).code();
+    assert_eq!(code, Some(0), "{}", d.stderr_so_far());
+    let job = jobs(&p)[0].clone();
+    assert_eq!(
+        (job["state"].as_str(), job["outcome"].as_str()),
+        (Some("succeeded"), Some("built")),
+        "{job}"
+    );
+    let key = format!("{}/opam:busybox-daemon-term-ocaml-5.5", p.namespace);
+    let lock = p.lockfile();
+    assert!(lock.entries.contains_key(&key), "{:?}", lock.entries.keys());
+    assert!(
+        p.rounds().iter().all(|r| r["state"] != "running"),
+        "{:?}",
+        p.rounds()
+    );
+}
+
+/// A rebuild asked for while the tag's job runs queues a second job for
+/// the same tag; it does not start while the first runs, though the
+/// engine has a free slot (two), and runs once the first has finished.
+#[test]
+fn a_tag_is_never_built_by_two_jobs_at_once() {
+    let barrier = Barrier::for_engine("docker0");
+    let p = held_profile("once", &barrier, "");
+    let mut d = p.spawn();
+    wait_http(p.port);
+    post_rebuild(p.port);
+    barrier.wait_for_arrivals(1, Duration::from_secs(180));
+    // A second rebuild: the tag is queued again behind its running job.
+    post_rebuild(p.port);
+    common::wait_until("the second job to be queued", 60, || jobs(&p).len() == 2);
+    // A third: once the daemon has handled it (a round opened, or nothing
+    // to queue), the loop has passed the point where it would have started
+    // the second job.
+    post_rebuild(p.port);
+    let handled = |d: &Spawned| {
+        d.stderr_so_far()
+            .lines()
+            .filter(|l| l.contains("round opened") || l.contains("nothing to queue"))
+            .count()
+    };
+    common::wait_until("the daemon to handle three requests", 60, || {
+        handled(&d) == 3
+    });
+    let j = jobs(&p);
+    assert_eq!(j.len(), 2, "{j:?}");
+    let (second, first) = (&j[0], &j[1]);
+    assert_eq!(first["state"], "running", "{j:?}");
+    assert_eq!(second["state"], "queued", "the second job started: {j:?}");
+    assert_eq!(barrier.arrived().len(), 1, "{:?}", barrier.arrived());
+    assert!(
+        d.stderr_so_far()
+            .contains("nothing to queue: every affected tag is queued already"),
+        "{}",
+        d.stderr_so_far()
+    );
+    barrier.open();
+    common::wait_until("both jobs to finish", 300, || {
+        jobs(&p).iter().all(|j| j["state"] == "succeeded")
+    });
+    let j = jobs(&p);
+    let (second, first) = (&j[0], &j[1]);
+    assert_eq!(first["outcome"], "built", "{j:?}");
+    // The second read the first one's publication: nothing left to build.
+    assert_eq!(second["outcome"], "unchanged", "{j:?}");
+    let at = |j: &serde_json::Value, field: &str| {
+        chrono::DateTime::parse_from_rfc3339(j[field].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{field} of {j}: {e}"))
+    };
+    assert!(
+        at(second, "started_at") >= at(first, "finished_at"),
+        "the second job started before the first finished: {j:?}"
+    );
+    assert_eq!(sigterm(&mut d), Some(0));
+}
+
+/// The pollers' first sighting of the catalogue and of each parent only
+/// records what they saw: a fresh daemon opens no round for it; a
+/// restarted one opens a round only for what changed while it was down.
+#[test]
+fn a_pollers_first_sighting_only_records() {
+    let p = profile_with(
+        "first",
+        "",
+        &Settings {
+            daemon: "schedule = \"0 0 3 1 1 *\"\nmax_attempts = 3\npoll_secs = 1\n".into(),
+            ..Settings::default()
+        },
+    );
+    let db = p.path().join("state/kiln.db");
+    let parent = "127.0.0.1:5000/kiln-fixtures/busybox:latest";
+    let watched = || -> Vec<Option<String>> {
+        let Ok(q) = kiln::state::queue::Queue::open(&db) else {
+            return vec![None, None];
+        };
+        [
+            "catalogue".to_string(),
+            format!("parent {parent} linux/amd64"),
+        ]
+        .iter()
+        .map(|k| q.watch_get(k).ok().flatten())
+        .collect()
+    };
+    let triggers = || -> Vec<String> {
+        p.rounds()
+            .iter()
+            .map(|r| r["trigger"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    // A rebuild asked for through the API is taken once the poll before
+    // it has opened whatever rounds it opens: the fence after a poll.
+    let fence = |n: usize| {
+        post_rebuild(p.port);
+        common::wait_until(&format!("{n} rounds, all done"), 300, || {
+            let r = p.rounds();
+            r.len() >= n && r.iter().all(|x| x["state"] != "running")
+        });
+    };
+
+    let mut d = p.spawn();
+    wait_http(p.port);
+    common::wait_until("the pollers' first sighting", 60, || {
+        watched().iter().all(Option::is_some)
+    });
+    fence(1);
+    assert_eq!(
+        triggers(),
+        ["manual: api"],
+        "the first sighting opened a round"
+    );
+    assert_eq!(sigterm(&mut d), Some(0));
+
+    // Restarted after the recipe changed: that change, and nothing else.
+    p.edit("platforms/linux/busybox.Dockerfile", |t| {
+        format!("{t}RUN echo changed > /changed\n")
+    });
+    let mut d = p.spawn();
+    wait_http(p.port);
+    common::wait_until("the change's round", 120, || p.rounds().len() >= 2);
+    fence(3);
+    assert_eq!(
+        triggers(),
+        ["manual: api", "catalogue changed", "manual: api"],
+        "{:?}",
+        p.rounds()
+    );
+    assert_eq!(p.rounds()[1]["built"], 1, "{:?}", p.rounds());
+    assert_eq!(sigterm(&mut d), Some(0));
+}
+
+/// One writer per state dir (issue #31): a `kiln build` started while the
+/// daemon runs is carried out by the daemon — queued in its queue, one
+/// job per tag, followed to its end — never built beside it.
+#[test]
+fn a_cli_build_beside_the_daemon_is_handed_to_it() {
+    // Once a year: only the hand-off queues anything.
+    let p = profile("handoff", "0 0 3 1 1 *", "");
+    let mut d = p.spawn();
+    wait_http(p.port);
+    let build = |what: &str| {
+        let out = p
+            .command()
+            .args(["build", "--json"])
+            .output_within(LIMIT)
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{what}: {err}");
+        assert!(
+            err.contains(&format!("handed to the daemon (pid {})", d.id())),
+            "{what}: {err}"
+        );
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        summary
+    };
+    let first = build("first build");
+    assert_eq!(first["built"], 1, "{first:#}");
+    let key = format!("{}/opam:busybox-daemon-handoff-ocaml-5.5", p.namespace);
+    let digest = p.lockfile().entries[&key].digest.clone();
+    assert_eq!(first["tags"][0]["outcome"]["digest"], digest.as_str());
+    // The daemon ran it: its queue holds the one job, its log the build.
+    wait_logged(&d, "job succeeded", 30);
+    let second = build("second build");
+    assert_eq!(second["unchanged"], 1, "{second:#}");
+    let queued: Vec<serde_json::Value> = serde_json::from_slice(
+        &p.command()
+            .args(["daemon", "jobs", "--json"])
+            .output_within(LIMIT)
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(queued.len(), 2, "{queued:#?}");
+    assert_eq!(queued[1]["outcome"], "built", "{queued:#?}");
+    assert_eq!(queued[0]["outcome"], "unchanged", "{queued:#?}");
+    assert_eq!(p.lockfile().entries[&key].digest, digest);
+    // A release's builds are handed over the same way (no consumers: no
+    // GitHub to ask).
+    let out = p
+        .command()
+        .args(["release", "5.5.0", "--json"])
+        .output_within(LIMIT)
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the daemon (pid {}) holds the state dir", d.id()))
+            && err.contains("handed to the daemon"),
+        "{err}"
+    );
+    assert_eq!(jobs(&p).len(), 3, "the release's job is the daemon's");
+    // Commands that move tags but cannot hand their work over are refused
+    // while the daemon runs, naming it, and change nothing.
+    for args in [vec!["rollback", key.as_str()], vec!["verify", "--repair"]] {
+        let out = p.command().args(&args).output_within(LIMIT).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("the daemon (pid {}) holds", d.id())),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(p.lockfile().entries[&key].digest, digest);
+    assert_eq!(sigterm(&mut d), Some(0));
+}
+
+/// POST to the daemon's API, with the token if given: status and body.
+fn post_json(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().post(format!("http://127.0.0.1:{port}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or_default())
+    })
+}
+
+/// The engine's containers running this test's barrier step, and the
+/// local build images of the daemon `pid`: what a stopped build must not
+/// leave behind.
+fn leftovers(step: &str, pid: u32) -> Vec<String> {
+    let docker = |args: &[&str]| {
+        let out = Command::new("docker")
+            .args(args)
+            .output_within(LIMIT)
+            .unwrap();
+        assert!(out.status.success(), "docker {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let containers = docker(&["ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Command}}"]);
+    let images = docker(&[
+        "images",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+        "kiln-build/*",
+    ]);
+    containers
+        .lines()
+        .filter(|l| l.contains(step))
+        .chain(images.lines().filter(|l| l.contains(&format!(":{pid}-"))))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Wait until job `id` is in `state` (see [`common::jobs::wait_state`]).
+fn wait_job(p: &Profile, d: &Spawned, id: i64, state: &str, secs: u64) -> serde_json::Value {
+    common::jobs::wait_state(&|| p.command(), d, id, state, secs)
+}
+
+/// A running job cancelled with `kiln jobs cancel` stops mid-build and
+/// leaves no container or local image; nothing is published; the daemon
+/// goes on; `kiln jobs retry` queues it again and it completes.
+#[test]
+fn a_cancelled_job_leaves_nothing_and_a_retry_completes_it() {
+    let barrier = Barrier::for_engine("docker0");
+    let p = held_profile("cancel", &barrier, "");
+    let mut d = p.spawn();
+    wait_http(p.port);
+    post_rebuild(p.port);
+    barrier.wait_for_arrivals(1, Duration::from_secs(180));
+    let step = "/wait/cancel";
+    let pid = d.id();
+    // The check sees the held build's step container.
+    assert!(
+        !leftovers(step, pid).is_empty(),
+        "the held step is invisible"
+    );
+    let id = jobs(&p)[0]["id"].as_i64().unwrap();
+    let out = p
+        .command()
+        .args(["jobs", "cancel", &id.to_string(), "--json"])
+        .output_within(LIMIT)
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["cancel"], "requested", "{said}");
+    let job = wait_job(&p, &d, id, "cancelled", 60);
+    assert!(
+        job["error"].as_str().unwrap().contains("cancelled by cli"),
+        "{job}"
+    );
+    // Recorded only once the cleanups ran: nothing is left by then.
+    assert_eq!(leftovers(step, pid), Vec::<String>::new());
+    assert!(d.try_wait().is_none(), "{}", d.stderr_so_far());
+    let key = format!("{}/opam:busybox-daemon-cancel-ocaml-5.5", p.namespace);
+    let published =
+        |p: &Profile| p.lockfile_path().exists() && p.lockfile().entries.contains_key(&key);
+    assert!(!published(&p), "a cancelled build published");
+    // A finished job cannot be cancelled; a cancelled one can be retried
+    // (the CLI and the API, with the token, alike).
+    let again = p
+        .command()
+        .args(["jobs", "cancel", &id.to_string()])
+        .output_within(LIMIT)
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains(&format!("job #{id} is cancelled")),
+        "{again:?}"
+    );
+    let (status, body) = post_json(
+        p.port,
+        &format!("/v1/jobs/{id}/cancel"),
+        Some("daemon-token"),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = post_json(p.port, &format!("/v1/jobs/{id}/retry"), None);
+    assert_eq!(status, 401, "job control needs the token");
+    barrier.open();
+    let (status, body) = post_json(
+        p.port,
+        &format!("/v1/jobs/{id}/retry"),
+        Some("daemon-token"),
+    );
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["job"], id, "{body}");
+    let job = wait_job(&p, &d, id, "succeeded", 300);
+    assert_eq!(job["outcome"], "built", "{job}");
+    assert!(published(&p));
+    assert_eq!(sigterm(&mut d), Some(0));
+}
+
+/// SIGTERM while a job is held mid-build: after `daemon.drain_secs` the
+/// build is stopped, leaves nothing, and the job is queued again without
+/// spending an attempt; the daemon exits 0; the next start builds it.
+#[test]
+fn sigterm_past_the_drain_bound_requeues_the_running_job() {
+    let barrier = Barrier::for_engine("docker0");
+    let p = held_profile("drain", &barrier, "drain_secs = 3\n");
+    let mut d = p.spawn();
+    wait_http(p.port);
+    post_rebuild(p.port);
+    barrier.wait_for_arrivals(1, Duration::from_secs(180));
+    let pid = d.id();
+    let stopped = Instant::now();
+    d.signal(libc::SIGTERM);
+    let code = d.wait_within(Duration::from_secs(120)).code();
+    let took = stopped.elapsed();
+    assert_eq!(code, Some(0), "{}", d.stderr_so_far());
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(60),
+        "exited after {took:?}:\n{}",
+        d.stderr_so_far()
+    );
+    assert_eq!(leftovers("/wait/drain", pid), Vec::<String>::new());
+    let job = jobs(&p)[0].clone();
+    assert_eq!(
+        (job["state"].as_str(), job["attempts"].as_i64()),
+        (Some("queued"), Some(0)),
+        "{job}"
+    );
+    barrier.open();
+    let mut d = p.spawn();
+    let id = job["id"].as_i64().unwrap();
+    let job = wait_job(&p, &d, id, "succeeded", 300);
+    assert_eq!(job["outcome"], "built", "{job}");
+    assert_eq!(sigterm(&mut d), Some(0));
+}
+
+/// `POST /v1/jobs` with the token queues one tag in the daemon, forced to
+/// rebuild although its key is unchanged: the job builds it again and the
+/// digest holds. An unknown tag is 404, no token 401, a bad body 400.
+#[test]
+fn the_api_queues_one_tag_forced() {
+    let p = profile("apiforce", "0 0 3 1 1 *", "");
+    let mut d = p.spawn();
+    wait_http(p.port);
+    post_rebuild(p.port);
+    let first = p.wait_rounds(1, true, 300);
+    assert_eq!(first[0]["built"], 1, "{first:?}");
+    let key = format!("{}/opam:busybox-daemon-apiforce-ocaml-5.5", p.namespace);
+    let digest = p.lockfile().entries[&key].digest.clone();
+    let post = |body: &str, token: Option<&str>| {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut req = reqwest::Client::new()
+                .post(format!("http://127.0.0.1:{}/v1/jobs", p.port))
+                .header("content-type", "application/json")
+                .body(body.to_string());
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                resp.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        })
+    };
+    let body = format!("{{\"tag\": \"{key}\", \"force\": true}}");
+    assert_eq!(post(&body, None).0, 401);
+    assert_eq!(post("{\"tag\": 1}", Some("daemon-token")).0, 400);
+    let (status, unknown) = post(
+        "{\"tag\": \"opam:no-such-tag\", \"force\": true}",
+        Some("daemon-token"),
+    );
+    assert_eq!(status, 404, "{unknown}");
+    let (status, queued) = post(&body, Some("daemon-token"));
+    assert_eq!(status, 202, "{queued}");
+    let id = queued["job"].as_i64().unwrap();
+    let job = wait_job(&p, &d, id, "succeeded", 300);
+    assert_eq!(job["outcome"], "built", "forced, not unchanged: {job}");
+    assert_eq!(p.lockfile().entries[&key].digest, digest);
+    assert_eq!(sigterm(&mut d), Some(0));
 }

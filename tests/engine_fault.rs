@@ -9,13 +9,14 @@
 
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
-use common::Profile;
+use common::barrier::Barrier;
 use common::engine::{Bridge, PrivateEngine, make_bridge};
+use common::{Bounded, LIMIT, Profile, Spawned};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -30,9 +31,11 @@ struct KilledBuild {
     bridge: Bridge,
     dir: tempfile::TempDir,
     p: Profile,
-    /// The busybox recipe before `RUN sleep 30` went into it.
+    /// The busybox recipe before the barrier step went into it.
     recipe: String,
     out: Output,
+    /// The killed-engine build's pid (its work dirs are `<pid>-…`).
+    pid: u32,
 }
 
 const RECIPE: &str = "platforms/linux/busybox.Dockerfile";
@@ -69,32 +72,23 @@ fn engine_killed_mid_build(name: &str) -> KilledBuild {
     p.edit("platforms/linux/platform.yaml", |t| {
         t.replace("  - id: busybox\n", "  - id: busybox-enginefault\n")
     });
+    // The build waits at the barrier: the engine is killed while a step
+    // of the build runs in it.
+    let barrier = Barrier::for_engine(&bridge.0);
     let recipe = std::fs::read_to_string(p.file(RECIPE)).unwrap();
     std::fs::write(
         p.file(RECIPE),
-        recipe.replace("RUN mkdir -p", "RUN sleep 30\nRUN mkdir -p"),
+        recipe.replace(
+            "RUN mkdir -p",
+            &format!("{}RUN mkdir -p", barrier.docker_step(name)),
+        ),
     )
     .unwrap();
-    // Wait until the build is running inside the engine, then kill it.
-    let log = common::state_dir().join("log/linux_busybox-enginefault_5.5.0_amd64.log");
-    let _ = std::fs::remove_file(&log);
-    let child = build_cmd(&p)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("sleep 30") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the build never started: {text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    std::thread::sleep(Duration::from_secs(2));
+    let build = Spawned::piped("kiln build", &mut build_cmd(&p));
+    let pid = build.id();
+    barrier.wait_for_arrivals(1, Duration::from_secs(180));
     engine.kill();
-    let out = child.wait_with_output().unwrap();
+    let out = build.output_within(LIMIT);
     KilledBuild {
         engine: Some(engine),
         bridge,
@@ -102,9 +96,26 @@ fn engine_killed_mid_build(name: &str) -> KilledBuild {
         p,
         recipe,
         out,
+        pid,
     }
 }
 
+/// What a Docker build of `pid` may leave in the state dir: its export
+/// directories (`work/docker/<pid>-…`).
+fn work_dirs_of(pid: u32) -> Vec<String> {
+    let work = common::state_dir().join("work/docker");
+    std::fs::read_dir(&work)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!("{pid}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An engine dying mid-build is an infrastructure failure (the kind the
+/// daemon retries), never the recipe's; the build leaves nothing.
 #[test]
 fn engine_killed_mid_build_fails_the_target() {
     let _serial = serial();
@@ -117,6 +128,11 @@ fn engine_killed_mid_build_fails_the_target() {
     );
     let s: Value = serde_json::from_slice(&k.out.stdout).unwrap();
     assert_eq!(s["failed"], 1, "{s}");
+    let arch = &s["tags"][0]["arches"]["amd64"];
+    assert_eq!(arch["outcome"], "failed", "{s}");
+    assert_eq!(arch["kind"], "infra", "{s}");
+    assert_eq!(s["tags"][0]["outcome"]["kind"], "infra", "{s}");
+    assert_eq!(work_dirs_of(k.pid), Vec::<String>::new(), "work dirs left");
 }
 
 /// Nothing published: no lockfile entry, no tag of any kind.
@@ -125,30 +141,46 @@ fn engine_killed_mid_build_publishes_nothing() {
     let _serial = serial();
     let k = engine_killed_mid_build("nothing");
     assert!(k.p.entries().is_empty());
-    let tags = Command::new("skopeo")
-        .args([
-            "list-tags",
-            "--tls-verify=false",
-            &format!("docker://127.0.0.1:5000/{}/opam", k.p.namespace),
-        ])
-        .output()
+    // The registry says the repository has no tag (or does not exist):
+    // any other answer, or none, is a failure, not "nothing published".
+    let url = format!("http://127.0.0.1:5000/v2/{}/opam/tags/list", k.p.namespace);
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", &url])
+        .output_within(Duration::from_secs(60))
         .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        !String::from_utf8_lossy(&tags.stdout).contains("busybox-enginefault-ocaml-5.5"),
-        "{}",
-        String::from_utf8_lossy(&tags.stdout)
+        out.status.success(),
+        "curl {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    match code {
+        "404" => assert!(body.contains("NAME_UNKNOWN"), "{body}"),
+        "200" => {
+            let v: Value = serde_json::from_str(body).unwrap();
+            let tags = v["tags"].as_array().cloned().unwrap_or_default();
+            assert!(
+                tags.iter()
+                    .all(|t| !t.as_str().unwrap_or("").contains("busybox-enginefault")),
+                "{body}"
+            );
+        }
+        other => panic!("{url} answered {other}: {body}"),
+    }
 }
 
-/// The engine comes back; the rerun completes.
+/// The engine comes back; the rerun completes, and on the engine nothing
+/// of the killed build is left (its smoke container and build image
+/// swept, or never made).
 #[test]
 fn rerun_after_the_engine_is_back_completes() {
     let _serial = serial();
     let mut k = engine_killed_mid_build("rerun");
     drop(k.engine.take());
-    let _engine = PrivateEngine::start(k.dir.path(), &k.bridge.0);
+    let engine = PrivateEngine::start(k.dir.path(), &k.bridge.0);
     std::fs::write(k.p.file(RECIPE), &k.recipe).unwrap();
-    let out = build_cmd(&k.p).output().unwrap();
+    let out = build_cmd(&k.p).output_within(LIMIT).unwrap();
     let s: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         s["built"],
@@ -156,4 +188,25 @@ fn rerun_after_the_engine_is_back_completes() {
         "{s} {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let docker = |args: &[&str]| -> String {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", engine.socket().display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output_within(Duration::from_secs(60))
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        docker(&["ps", "-aq", "--filter", "name=kiln-smoke"]).trim(),
+        ""
+    );
+    assert_eq!(docker(&["images", "-q", "kiln-build/*"]).trim(), "");
+    assert_eq!(work_dirs_of(k.pid), Vec::<String>::new(), "work dirs left");
 }

@@ -18,6 +18,7 @@ use kiln::registry::{OCI_MANIFEST, Registry, sha256_digest};
 use serde_json::json;
 
 mod common;
+use common::Bounded;
 
 const BUILDS: [(&str, &str, &str); 2] = [
     ("windows-mingw-ltsc2019", "10.0.17763", "10.0.17763.5696"),
@@ -37,7 +38,7 @@ fn skopeo_raw(reference: &str) -> serde_json::Value {
     let out = Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--raw"])
         .arg(format!("docker://127.0.0.1:5000/{reference}"))
-        .output()
+        .output_within(common::LIMIT)
         .unwrap();
     common::ok_json(out)
 }
@@ -140,6 +141,7 @@ async fn publish_release(
         verified_at: None,
         history: vec![],
         adopted: None,
+        repairs: vec![],
     };
     kiln::publish::publish(reg, lockfile, entry, &required, "test")
         .await
@@ -151,6 +153,7 @@ async fn a_multi_os_index_is_assembled_from_the_published_releases_with_their_os
     let dir = tempfile::tempdir().unwrap();
     let cat = catalogue(dir.path());
     let ns = format!("kiln-test-multios-{}", std::process::id());
+    let _gone = common::registry::Published::namespace("http://127.0.0.1:5000", &ns);
     let repo = format!("{ns}/opam");
     let lockfile = dir.path().join("manifests/lockfile.json");
     let targets = kiln::plan::expand(&cat, &Filter::default()).unwrap();

@@ -7,6 +7,7 @@
 use std::process::Command;
 
 mod common;
+use common::Bounded;
 use common::{Profile, ok_json};
 
 /// The busybox stand-ins in two stages: opam (and a stand-in
@@ -47,9 +48,11 @@ fn run_in(image: &str, script: &str) -> (Option<i32>, String) {
             "/bin/sh",
         ])
         .args([image, "-c", script])
-        .output()
+        .output_within(common::LIMIT)
         .unwrap();
-    let _ = Command::new("docker").args(["rmi", image]).output();
+    let _ = Command::new("docker")
+        .args(["rmi", image])
+        .output_within(common::LIMIT);
     (
         out.status.code(),
         format!(
@@ -84,7 +87,7 @@ fn the_opam_stage_is_built_published_and_resolved_without_a_compiler() {
         Command::new("skopeo")
             .args(["inspect", "--tls-verify=false", "--raw"])
             .arg(format!("docker://127.0.0.1:5000/{repo}:bbopam-opam"))
-            .output()
+            .output_within(common::LIMIT)
             .unwrap(),
     );
     assert_eq!(

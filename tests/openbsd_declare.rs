@@ -10,10 +10,10 @@
 //! mirror file whose bytes differ is refused.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 
 mod common;
-use common::Profile;
+use common::{Bounded, Profile};
 
 const SIGNIFY: &str = "signify-openbsd";
 
@@ -41,7 +41,7 @@ fn have_signify(test: &str) -> bool {
 fn which(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
-        .output()
+        .output_within(common::LIMIT)
         .is_ok_and(|o| o.status.success())
 }
 
@@ -49,7 +49,7 @@ fn signify(dir: &Path, args: &[&str]) -> Output {
     Command::new(SIGNIFY)
         .args(args)
         .current_dir(dir)
-        .output()
+        .output_within(common::LIMIT)
         .unwrap()
 }
 
@@ -132,7 +132,7 @@ impl Release {
     }
 }
 
-/// The sets `platform.yaml` lists for openbsd-7.9, as files: each name
+/// The sets `platform.yaml` lists for openbsd-79-amd64 (OpenBSD 7.9), as files: each name
 /// `openbsd-7.9-amd64-<file>` but SHA256, with small distinct contents.
 fn files_of_sets(platform_yaml: &Path) -> Vec<(String, Vec<u8>)> {
     let v: serde_norway::Value =
@@ -141,7 +141,7 @@ fn files_of_sets(platform_yaml: &Path) -> Vec<(String, Vec<u8>)> {
         .as_sequence()
         .unwrap()
         .iter()
-        .find(|r| r["id"] == "openbsd-7.9")
+        .find(|r| r["id"] == "openbsd-79-amd64")
         .unwrap();
     let mut files: Vec<(String, Vec<u8>)> = release["vars"]["sets"]
         .as_str()
@@ -152,7 +152,7 @@ fn files_of_sets(platform_yaml: &Path) -> Vec<(String, Vec<u8>)> {
         .map(|f| (f.clone(), format!("OpenBSD 7.9 amd64 {f}\n").into_bytes()))
         .collect();
     // A release directory has more than a platform installs.
-    files.push(("xbase79.tgz".into(), b"not installed\n".to_vec()));
+    files.push(("INSTALL.amd64".into(), b"not installed\n".to_vec()));
     files.sort();
     files
 }
@@ -179,7 +179,7 @@ fn copy_tree(from: &Path, into: &Path) {
             .arg("-r")
             .arg(from)
             .arg(into)
-            .status()
+            .status_within(common::LIMIT)
             .unwrap()
             .success()
     );
@@ -200,7 +200,7 @@ fn declare(p: &Profile, r: &Release, pubkey: &Path, extra: &[&str]) -> Output {
         .arg("--pubkey")
         .arg(pubkey)
         .args(extra)
-        .output()
+        .output_within(common::LIMIT)
         .unwrap()
 }
 
@@ -368,36 +368,30 @@ fn a_set_declared_with_another_digest_is_refused_with_its_line() {
 
 /// `python3 -m http.server` over a directory, stopped when dropped.
 struct HttpServer {
-    child: Child,
+    _child: common::Spawned,
     url: String,
 }
 
 impl HttpServer {
     fn start(root: &Path) -> HttpServer {
         let port = common::free_port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(root)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = common::Spawned::start(
+            "the test's HTTP mirror",
+            Command::new("python3")
+                .args(["-m", "http.server", "--bind", "127.0.0.1"])
+                .arg(port.to_string())
+                .arg("--directory")
+                .arg(root)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        );
         common::wait_until("the test's HTTP mirror", 20, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         HttpServer {
-            child,
+            _child: child,
             url: format!("http://127.0.0.1:{port}"),
         }
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -36,15 +36,15 @@ const INSTALL_SITE: &str = "platforms/openbsd/install.site";
 const PLATFORM: &str = "platforms/openbsd/platform.yaml";
 
 /// A demo profile building OpenBSD (the tiny guest) on TCG, the release
-/// renamed to `os` unless it is the demo's own `openbsd-7.9`.
+/// renamed to `os` unless it is the demo's own `openbsd-79-amd64`.
 fn profile(name: &str, os: &str, boot_timeout_secs: u64) -> Profile {
     let p = Profile::demo(&format!("qemu-{name}"))
         .toml(&common::qemu_toml(boot_timeout_secs))
         .create();
-    if os != "openbsd-7.9" {
+    if os != "openbsd-79-amd64" {
         p.edit("platforms/openbsd/platform.yaml", |t| {
-            t.replace("  - id: openbsd-7.9\n", &format!("  - id: {os}\n"))
-                .replace("aliases: [openbsd]", "aliases: []")
+            t.replace("  - id: openbsd-79-amd64\n", &format!("  - id: {os}\n"))
+                .replace("aliases: [openbsd, openbsd-7.9]", "aliases: []")
         });
     }
     p.sync_sources();
@@ -162,7 +162,7 @@ fn log_of(os: &str) -> PathBuf {
 }
 
 /// Two builds at the same time (no fixed ports, no shared paths), both
-/// expected to publish: profile `a` builds the demo's `openbsd-7.9`.
+/// expected to publish: profile `a` builds the demo's `openbsd-79-amd64`.
 struct Pair {
     a: Profile,
     _b: Profile,
@@ -171,7 +171,7 @@ struct Pair {
 }
 
 fn built_in_parallel(name: &str) -> Pair {
-    let a = profile(&format!("{name}-a"), "openbsd-7.9", 300);
+    let a = profile(&format!("{name}-a"), "openbsd-79-amd64", 300);
     let b = profile(&format!("{name}-b"), "openbsd-7.8", 300);
     let (ra, rb) = std::thread::scope(|s| {
         let ha = s.spawn(|| build(&a));
@@ -182,7 +182,7 @@ fn built_in_parallel(name: &str) -> Pair {
 }
 
 fn key(a: &Profile) -> String {
-    format!("{}/openbsd-base:openbsd-7.9-ocaml-5.5", a.namespace)
+    format!("{}/openbsd-base:openbsd-79-amd64-ocaml-5.5", a.namespace)
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn disk_is_published_after_install_first_boot_and_an_ssh_verified_boot() {
     let Pair { a, ra, .. } = built_in_parallel("publish");
     assert_eq!(ra.0, Some(0), "{}", ra.1);
     assert_eq!(a.entry(&key(&a))["kind"], "qcow2");
-    let log = std::fs::read_to_string(log_of("openbsd-7.9")).unwrap();
+    let log = std::fs::read_to_string(log_of("openbsd-79-amd64")).unwrap();
     let install = section(&log, "# kiln: install boot, serial console:");
     assert!(
         install.contains("KILN-BOOT: autoinstall from next-server 10.0.2.2")
@@ -598,8 +598,8 @@ fn a_corrupted_set_is_refused_by_its_checksum_and_nothing_boots() {
         .toml(&common::qemu_toml(60))
         .create();
     c.edit(PLATFORM, |t| {
-        t.replace("  - id: openbsd-7.9\n", "  - id: openbsd-7.2\n")
-            .replace("aliases: [openbsd]", "aliases: []")
+        t.replace("  - id: openbsd-79-amd64\n", "  - id: openbsd-7.2\n")
+            .replace("aliases: [openbsd, openbsd-7.9]", "aliases: []")
     });
     declare_base_set(&c, &format!("file://{}", base.display()), None);
     let out = c.kiln(&["sources", "sync"]);
@@ -638,8 +638,8 @@ fn a_set_that_disagrees_with_sha256_is_refused_before_any_boot() {
         .toml(&common::qemu_toml(60))
         .create();
     c.edit(PLATFORM, |t| {
-        t.replace("  - id: openbsd-7.9\n", "  - id: openbsd-7.1\n")
-            .replace("aliases: [openbsd]", "aliases: []")
+        t.replace("  - id: openbsd-79-amd64\n", "  - id: openbsd-7.1\n")
+            .replace("aliases: [openbsd, openbsd-7.9]", "aliases: []")
     });
     declare_base_set(&c, &format!("file://{}", base.display()), Some(&sha));
     c.sync_sources();
@@ -741,4 +741,41 @@ fn next_build_after_a_killed_kiln_sweeps_its_work_dir_and_publishes() {
     let (code, s) = build(&killed.k);
     assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
     no_leftovers();
+}
+
+/// A QEMU job of the daemon cancelled while its first boot runs: QEMU is
+/// gone and the work dir removed before the job is recorded cancelled;
+/// nothing is published.
+#[test]
+fn a_cancelled_daemon_job_leaves_no_qemu_and_no_work_dir() {
+    let _serial = serial();
+    let port = common::free_port();
+    let p = Profile::demo("qemu-cancel")
+        .toml(&common::qemu_toml(600))
+        .toml(&common::jobs::daemon_toml(port))
+        .create();
+    p.sync_sources();
+    std::fs::write(p.file(RECIPE), "sleep 600\n").unwrap();
+    let mut d = common::jobs::spawn_daemon(&mut p.command(), port);
+    let build = common::Spawned::piped(
+        "kiln build",
+        p.command()
+            .args(["build", "--platform", "openbsd", "--json"]),
+    );
+    let kiln = || p.command();
+    let id = common::jobs::running_job(&kiln, &d);
+    // Wait until QEMU runs in the job's work dir.
+    common::wait_until("QEMU running", 300, || {
+        Command::new("pgrep")
+            .args(["-f", &work().display().to_string()])
+            .output()
+            .is_ok_and(|o| !o.stdout.is_empty())
+    });
+    common::jobs::cancel_and_wait(&kiln, &d, id);
+    no_leftovers();
+    let out = build.output_within(common::LIMIT);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(p.entries().is_empty());
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_within(common::LIMIT).code(), Some(0));
 }

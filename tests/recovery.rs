@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Profile, fixtures, ok_json, root, skip};
+use common::{Bounded, LIMIT, PrivateRegistry, Profile, Spawned, fixtures, ok_json, root, skip};
 
 /// The one tag of a busybox profile.
 fn key(p: &Profile, os: &str) -> String {
@@ -157,29 +157,28 @@ fn an_api_replica_serves_the_registrys_lockfile() {
         .create();
     assert!(!replica.lockfile_path().exists());
     let port = common::free_port();
-    let mut serve = replica
-        .command()
-        .args([
+    let serve = Spawned::piped(
+        "kiln serve --from-registry",
+        replica.command().args([
             "serve",
             "--from-registry",
             "--addr",
             &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        ]),
+    );
     let url = format!("http://127.0.0.1:{port}/v1/resolve?image=opam:busybox-replica-ocaml-5.5");
     let mut pin = serde_json::Value::Null;
     common::wait_until("the replica's API", 30, || {
-        let out = Command::new("curl").args(["-sf", &url]).output().unwrap();
+        let out = Command::new("curl")
+            .args(["-sf", &url])
+            .output_within(Duration::from_secs(30))
+            .unwrap();
         if out.status.success() {
             pin = serde_json::from_slice(&out.stdout).unwrap_or_default();
         }
         out.status.success()
     });
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
     assert_eq!(pin["digest"], digest.as_str(), "{pin:#}");
     assert!(
         !replica.lockfile_path().exists(),
@@ -235,7 +234,7 @@ fn offline_release_dry_run_fails_fast_naming_each_unreachable_host() {
                 .arg("-r")
                 .arg(root().join(sub))
                 .arg(dir.path())
-                .status()
+                .status_within(LIMIT)
                 .unwrap()
                 .success()
         );
@@ -262,7 +261,7 @@ fn offline_release_dry_run_fails_fast_naming_each_unreachable_host() {
             "4.14.4",
             "--dry-run",
         ])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let took = start.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -326,7 +325,7 @@ fn a_qemu_disk_of_the_same_key_on_the_host_is_adopted() {
             .arg("-r")
             .arg(state.join("qemu"))
             .arg(second.path().join("state/"))
-            .status()
+            .status_within(LIMIT)
             .unwrap()
             .success()
     );
@@ -337,6 +336,119 @@ fn a_qemu_disk_of_the_same_key_on_the_host_is_adopted() {
     assert_eq!(tag["outcome"]["from"], "host:local");
     let log = second
         .path()
-        .join("state/log/openbsd_openbsd-7.9_5.5.0_amd64.log");
+        .join("state/log/openbsd_openbsd-79-amd64_5.5.0_amd64.log");
     assert!(!log.exists(), "no boot: {}", log.display());
+}
+
+/// The OpenBSD image after its factory lost the state dir: the login key
+/// lives outside it (`qemu.ssh_key`, here the services' key, as
+/// `identity.dir` in production), so the build key is the same and the
+/// image is taken from the registry as the others are: nothing boots, the
+/// digest is the published one.
+#[test]
+fn a_lost_state_dir_takes_the_openbsd_image_from_the_registry() {
+    let toml = common::qemu_toml(300);
+    let p = own_state_with_fixtures("qemu-lost", &toml);
+    let (code, s) = p.build(&["--platform", "openbsd"]);
+    assert_eq!(code, Some(0), "{s:#}");
+    assert_eq!(s["built"], 1, "{s:#}");
+    let published = s["tags"][0]["outcome"]["digest"].clone();
+    let state = p.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(common::state_dir().join("fixtures"), state.join("fixtures"))
+        .unwrap();
+    let (code, s) = p.build(&["--platform", "openbsd"]);
+    assert_eq!(code, Some(0), "{s:#}");
+    assert_eq!(s["built"], 0, "{s:#}");
+    assert_eq!(s["tags"][0]["outcome"]["digest"], published, "{s:#}");
+    let log = state.join("log/openbsd_openbsd-79-amd64_5.5.0_amd64.log");
+    assert!(!log.exists(), "no boot: {}", log.display());
+}
+
+/// `lockfile recover` rebuilds the lockfile from the registry alone — a
+/// factory with no state and an empty catalogue — writes nothing there
+/// (its storage is the same file for file before and after), and leaves
+/// out an entry that fails verification (a blob of its image whose bytes
+/// are not its digest, same size: what `--deep` is for), naming it.
+#[test]
+fn recover_reads_only_the_registry_and_leaves_out_what_fails_verification() {
+    fixtures();
+    let storage = tempfile::tempdir().unwrap();
+    let registry = PrivateRegistry::start(storage.path());
+    // Two tags under one namespace, built by the same factory.
+    let builder = |os: &str| {
+        Profile::busybox("recover-ro", os)
+            .own_state()
+            .registry_url(&registry.url())
+            .create()
+    };
+    let (good, bad) = (builder("busybox-rogood"), builder("busybox-robad"));
+    build_ok(&good);
+    build_ok(&bad);
+    let (good_key, bad_key) = (key(&good, "busybox-rogood"), key(&bad, "busybox-robad"));
+    let good_entry = good.entry(&good_key);
+    let bad_entry = bad.entry(&bad_key);
+    // The bad one's amd64 config blob, corrupted on the registry's disk.
+    let manifest = Command::new("curl")
+        .args([
+            "-sSf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            &format!(
+                "{}/v2/{}/manifests/{}",
+                registry.url(),
+                bad_entry["repository"].as_str().unwrap(),
+                bad_entry["arches"]["amd64"]["digest"].as_str().unwrap()
+            ),
+        ])
+        .output_within(Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        manifest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&manifest.stderr)
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let hex = &config["sha256:".len()..];
+    let blob = registry
+        .storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let before = registry.contents();
+    // A factory that lost everything: no state, no lockfile, no catalogue.
+    let fresh = Profile::busybox("recover-ro", "busybox-rofresh")
+        .own_state()
+        .registry_url(&registry.url())
+        .create();
+    for dir in ["versions", "platforms"] {
+        std::fs::remove_dir_all(fresh.file(dir)).unwrap();
+        std::fs::create_dir_all(fresh.file(dir)).unwrap();
+    }
+    assert_eq!(fresh.namespace, good.namespace);
+    let r: serde_json::Value = ok_json(fresh.kiln(&["lockfile", "recover", "--deep", "--json"]));
+    assert_eq!(r["entries"], 1, "{r:#}");
+    let skipped = r["skipped"].to_string();
+    assert!(
+        skipped.contains(&bad_key) && skipped.contains(&config),
+        "the bad entry is named with its blob: {r:#}"
+    );
+    let entries = fresh.entries();
+    assert!(!entries.contains_key(&bad_key), "{entries:?}");
+    let e = fresh.entry(&good_key);
+    for field in ["digest", "arches", "build_key", "immutable_tag", "inputs"] {
+        assert_eq!(e[field], good_entry[field], "{field}");
+    }
+    assert_eq!(e["adopted"], "recovered");
+    assert_eq!(
+        registry.contents(),
+        before,
+        "recovery wrote to the registry"
+    );
 }

@@ -9,232 +9,19 @@
 //! holds `LOCK` for its whole run, so the tests of this file run one at a
 //! time.
 
-use std::collections::HashMap;
 use std::process::Output;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 mod common;
+use common::github::{Gh, Shared, app};
 use common::{Profile, zfs};
 
-#[derive(Default)]
-struct Gh {
-    /// (repo, branch, path) → (content, sha)
-    files: HashMap<(String, String, String), (String, String)>,
-    /// (repo, branch) → commit sha
-    refs: HashMap<(String, String), String>,
-    pulls: Vec<Value>,
-    issues: Vec<Value>,
-    log: Vec<String>,
-    seq: u64,
-}
-
-type Shared = Arc<Mutex<Gh>>;
-
-fn gh_error(code: StatusCode, msg: &str) -> Response {
-    (
-        code,
-        Json(json!({"message": msg, "documentation_url": "https://docs.github.com/rest"})),
-    )
-        .into_response()
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-async fn get_contents(
-    State(g): State<Shared>,
-    Path((o, r, path)): Path<(String, String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    m: Method,
-    u: Uri,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    let branch = q.get("ref").cloned().unwrap_or_else(|| "main".into());
-    match g.files.get(&(format!("{o}/{r}"), branch, path.clone())) {
-        Some((content, sha)) => Json(json!({"type": "file", "path": path, "sha": sha, "encoding": "base64", "content": b64(content)})).into_response(),
-        None => gh_error(StatusCode::NOT_FOUND, "Not Found"),
-    }
-}
-
-async fn put_contents(
-    State(g): State<Shared>,
-    Path((o, r, path)): Path<(String, String, String)>,
-    m: Method,
-    u: Uri,
-    Json(b): Json<Value>,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    let repo = format!("{o}/{r}");
-    let branch = b["branch"].as_str().unwrap_or("main").to_string();
-    let content = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(b["content"].as_str().unwrap_or(""))
-            .unwrap(),
-    )
-    .unwrap();
-    let key = (repo.clone(), branch.clone(), path.clone());
-    if let Some((_, sha)) = g.files.get(&key)
-        && b["sha"].as_str() != Some(sha.as_str())
-    {
-        return gh_error(StatusCode::CONFLICT, "sha does not match");
-    }
-    g.seq += 1;
-    let sha = format!("blob{}", g.seq);
-    g.files.insert(key, (content, sha.clone()));
-    let commit = format!("commit{}", g.seq);
-    g.refs.insert((repo, branch), commit);
-    Json(json!({"content": {"sha": sha, "path": path}, "commit": {"sha": format!("commit{}", g.seq)}})).into_response()
-}
-
-async fn get_ref(
-    State(g): State<Shared>,
-    Path((o, r, branch)): Path<(String, String, String)>,
-    m: Method,
-    u: Uri,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    match g.refs.get(&(format!("{o}/{r}"), branch.clone())) {
-        Some(sha) => Json(json!({"ref": format!("refs/heads/{branch}"), "object": {"sha": sha, "type": "commit"}})).into_response(),
-        None => gh_error(StatusCode::NOT_FOUND, "Not Found"),
-    }
-}
-
-async fn post_ref(
-    State(g): State<Shared>,
-    Path((o, r)): Path<(String, String)>,
-    m: Method,
-    u: Uri,
-    Json(b): Json<Value>,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    let repo = format!("{o}/{r}");
-    let branch = b["ref"]
-        .as_str()
-        .unwrap_or("")
-        .trim_start_matches("refs/heads/")
-        .to_string();
-    if g.refs.contains_key(&(repo.clone(), branch.clone())) {
-        return gh_error(StatusCode::UNPROCESSABLE_ENTITY, "Reference already exists");
-    }
-    // The new branch starts with the base's files.
-    let base: Vec<_> = g
-        .files
-        .iter()
-        .filter(|((rp, br, _), _)| *rp == repo && br == "main")
-        .map(|((_, _, p), v)| (p.clone(), v.clone()))
-        .collect();
-    for (p, v) in base {
-        g.files.insert((repo.clone(), branch.clone(), p), v);
-    }
-    g.refs.insert(
-        (repo, branch.clone()),
-        b["sha"].as_str().unwrap_or("").to_string(),
-    );
-    (
-        StatusCode::CREATED,
-        Json(json!({"ref": format!("refs/heads/{branch}")})),
-    )
-        .into_response()
-}
-
-async fn get_pulls(
-    State(g): State<Shared>,
-    Path((o, r)): Path<(String, String)>,
-    Query(q): Query<HashMap<String, String>>,
-    m: Method,
-    u: Uri,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    let repo = format!("{o}/{r}");
-    let head = q.get("head").cloned().unwrap_or_default();
-    let list: Vec<Value> = g
-        .pulls
-        .iter()
-        .filter(|p| {
-            p["repo"] == repo.as_str()
-                && (head.is_empty() || format!("{o}:{}", p["head"].as_str().unwrap_or("")) == head)
-        })
-        .cloned()
-        .collect();
-    Json(json!(list)).into_response()
-}
-
-async fn post_pull(
-    State(g): State<Shared>,
-    Path((o, r)): Path<(String, String)>,
-    m: Method,
-    u: Uri,
-    Json(b): Json<Value>,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    g.seq += 1;
-    let n = g.seq;
-    let pr = json!({"repo": format!("{o}/{r}"), "number": n, "html_url": format!("https://github.com/{o}/{r}/pull/{n}"),
-        "head": b["head"], "base": b["base"], "title": b["title"], "body": b["body"], "state": "open"});
-    g.pulls.push(pr.clone());
-    (StatusCode::CREATED, Json(pr)).into_response()
-}
-
-async fn get_issues(
-    State(g): State<Shared>,
-    Path((o, r)): Path<(String, String)>,
-    m: Method,
-    u: Uri,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    let repo = format!("{o}/{r}");
-    let list: Vec<Value> = g
-        .issues
-        .iter()
-        .filter(|i| i["repo"] == repo.as_str())
-        .cloned()
-        .collect();
-    Json(json!(list)).into_response()
-}
-
-async fn post_issue(
-    State(g): State<Shared>,
-    Path((o, r)): Path<(String, String)>,
-    m: Method,
-    u: Uri,
-    Json(b): Json<Value>,
-) -> Response {
-    let mut g = g.lock().unwrap();
-    g.log.push(format!("{m} {u}"));
-    g.seq += 1;
-    let i = json!({"repo": format!("{o}/{r}"), "number": g.seq, "title": b["title"], "body": b["body"], "state": "open"});
-    g.issues.push(i.clone());
-    (StatusCode::CREATED, Json(i)).into_response()
-}
-
-fn app(g: Shared) -> axum::Router {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route(
-            "/repos/{o}/{r}/contents/{*path}",
-            get(get_contents).put(put_contents),
-        )
-        .route("/repos/{o}/{r}/git/ref/heads/{*branch}", get(get_ref))
-        .route("/repos/{o}/{r}/git/refs", post(post_ref))
-        .route("/repos/{o}/{r}/pulls", get(get_pulls).post(post_pull))
-        .route("/repos/{o}/{r}/issues", get(get_issues).post(post_issue))
-        .with_state(g)
-}
+/// The personal token the stand-in GitHub accepts, and the variable the
+/// release profiles read it from (`refresh.token_env`).
+const PAT: &str = "ghp_kilnTestPersonalToken0123456789";
+const TOKEN_ENV: &str = "KILN_TEST_GITHUB_TOKEN";
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -244,7 +31,8 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// A one-platform profile (busybox amd64) plus the macOS (ZFS) and OpenBSD
 /// (QEMU) paths of the demo, so the cascade runs across all three builders;
-/// CI refresh through a GitHub API at `port`, not served yet.
+/// CI refresh through a GitHub API at `port`: ocaml-version first, then the
+/// pins of a CI (pull request) and of another (issue).
 struct Release {
     // Dropped first: the datasets go before the profile's directory.
     _zfs: zfs::Tree,
@@ -255,13 +43,54 @@ struct Release {
 }
 
 impl Release {
+    /// `kiln` with the personal token GitHub accepts.
     fn kiln(&self, args: &[&str]) -> Output {
-        self.p.kiln(args)
+        use common::Bounded;
+        self.p
+            .command()
+            .env(TOKEN_ENV, PAT)
+            .args(args)
+            .output_within(common::LIMIT)
+            .unwrap()
     }
 
     fn key(&self, image: &str) -> String {
         format!("{}/{image}", self.p.namespace)
     }
+}
+
+/// The ocaml-version the opam-repository of the profile holds: the demo's
+/// tree plus a stand-in `ocaml-version.4.1.4` package, committed before
+/// anything is built, so the images are built at a commit that has it.
+const OCAML_VERSION_PACKAGE: &str = "4.1.4";
+
+fn with_ocaml_version_package(p: &Profile) {
+    let tree = p.path().join("opam-repository-tree");
+    let copy = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(common::root().join("scripts/demo/opam-repository"))
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    let pkg = tree.join(format!(
+        "packages/ocaml-version/ocaml-version.{OCAML_VERSION_PACKAGE}"
+    ));
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("opam"),
+        "opam-version: \"2.0\"\nsynopsis: \"A stand-in release of ocaml-version for Kiln's tests\"\n",
+    )
+    .unwrap();
+    let ok = std::process::Command::new("bash")
+        .arg(common::root().join("scripts/demo/opam-repository.sh"))
+        .arg(&tree)
+        .arg(p.path().join("opam-repository.git"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "opam-repository.sh");
 }
 
 fn release_profile(test: &str, name: &str) -> Release {
@@ -286,12 +115,16 @@ fn release_profile(test: &str, name: &str) -> Release {
         .toml(&common::qemu_toml(300))
         .toml(&common::zfs_toml(&zprefix, None))
         .toml(&format!(
-            "[refresh]\napi_url = \"http://127.0.0.1:{port}\"\ntoken_env = \"KILN_TEST_NO_TOKEN\"\n\
-             [[refresh.consumers]]\nrepo = \"ocurrent/ocaml-ci\"\nbase = \"main\"\npath = \"pins.json\"\nformat = \"json-pins\"\n\
-             [[refresh.consumers]]\nrepo = \"ocurrent/opam-repo-ci\"\nbase = \"main\"\npath = \"doc/versions.txt\"\nformat = \"version-list\"\n\
-             [[refresh.consumers]]\nrepo = \"mirage/mirage-ci\"\nbase = \"main\"\npath = \"pins.yml\"\nformat = \"yaml-pins\"\nmode = \"issue\"\n"
+            "[refresh]\napi_url = \"http://127.0.0.1:{port}\"\ntoken_env = \"{TOKEN_ENV}\"\n\
+             [[refresh.consumers]]\nrepo = \"ocurrent/ocaml-version\"\nbase = \"main\"\nformat = \"ocaml-version\"\n\
+             paths = [\"ocaml_version.ml\", \"ocaml_version.mli\", \"CHANGES.md\"]\n\
+             [[refresh.consumers]]\nrepo = \"ocurrent/ocaml-ci\"\nbase = \"main\"\nformat = \"opam-pin\"\n\
+             paths = [\"dune-project\", \"ocaml-ci.opam\", \"Dockerfile\"]\n\
+             [[refresh.consumers]]\nrepo = \"mirage/mirage-ci\"\nbase = \"main\"\nformat = \"opam-pin\"\n\
+             paths = [\"mirage-ci.opam\"]\nmode = \"issue\"\n"
         ))
         .create();
+    with_ocaml_version_package(&p);
     // The OpenBSD slice's install sets and the macOS slice's opam-repository
     // bundle, into this namespace's source mirror.
     p.sync_sources();
@@ -303,45 +136,63 @@ fn release_profile(test: &str, name: &str) -> Release {
     }
 }
 
-/// `kiln release 5.5.1` interrupted between build and CI refresh: GitHub is
-/// not reachable.
-fn interrupted(test: &str, name: &str) -> (Release, Output) {
-    let r = release_profile(test, name);
-    let out = r.kiln(&["release", "5.5.1", "--json"]);
-    (r, out)
+/// Files of the stand-ins for ocaml-version and the two CIs, written for
+/// these tests in the layout of the real ones.
+const ML: &str = "let x = 1\n\nmodule Releases = struct\n  let v5_5_0 = of_string_exn \"5.5.0\"\n  let v5_5 = v5_5_0\n\n  let all_patches = [\n    v5_5_0 ]\n\n  let all = [ v5_5 ]\n\n  let recent = [ v5_5 ]\n\n  let latest = v5_5\n\n  let unreleased_betas = [ ]\n  let dev = [ ]\nend\n";
+const MLI: &str = "module Releases : sig\n\n  val v5_5_0 : t\n  (** Version 5.5.0 *)\n\n  val v5_5 : t\n  (** Latest release in the 5.5.x series *)\n\n  val all_patches : t list\nend\n";
+const CHANGES: &str = "## v4.1.3 (2026-06-01)\n\n * Add OCaml 5.5.0 (@someone #91)\n";
+const DUNE: &str =
+    "(package\n (name ocaml-ci)\n (depends\n  (ocaml-version (>= 4.1.3))\n  (logs (>= 0.7.0))))\n";
+const OPAM: &str = "depends: [\n  \"ocaml-version\" {>= \"4.1.3\"}\n  \"logs\" {>= \"0.7.0\"}\n]\n";
+
+fn dockerfile() -> String {
+    format!(
+        "FROM ocaml/opam:debian-13-ocaml-5.5\nRUN cd ~/opam-repository && git fetch -q origin master && git reset --hard {} && opam update\n",
+        "0".repeat(40)
+    )
 }
 
-/// The stand-in GitHub, serving on the release's port, its consumers'
-/// base branches holding their files; stops on drop.
+/// `kiln release 5.5.1` interrupted between build and the pins' refresh:
+/// the CIs' repositories are not there yet (ocaml-version's is).
+fn interrupted(test: &str, name: &str) -> (Release, GitHub, Output) {
+    let r = release_profile(test, name);
+    let gh = github(&r);
+    let out = r.kiln(&["release", "5.5.1", "--json"]);
+    (r, gh, out)
+}
+
+/// The stand-in GitHub, serving on the release's port with ocaml-version's
+/// files on its base branch; stops on drop.
 struct GitHub {
     g: Shared,
     _rt: tokio::runtime::Runtime,
 }
 
-fn github_back(r: &Release) -> GitHub {
-    let g: Shared = Arc::new(Mutex::new(Gh::default()));
-    {
-        let mut s = g.lock().unwrap();
-        for (repo, path, content) in [
-            (
-                "ocurrent/ocaml-ci",
-                "pins.json",
-                "{\n  \"other\": \"x\"\n}\n",
-            ),
-            (
-                "ocurrent/opam-repo-ci",
-                "doc/versions.txt",
-                "4.14.3\n5.5.0\n",
-            ),
-            ("mirage/mirage-ci", "pins.yml", "a: b\n"),
-        ] {
-            s.files.insert(
-                (repo.into(), "main".into(), path.into()),
-                (content.into(), "base0".into()),
-            );
-            s.refs.insert((repo.into(), "main".into()), "main0".into());
-        }
+fn put(s: &mut Gh, repo: &str, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        s.files.insert(
+            (repo.into(), "main".into(), path.to_string()),
+            (content.to_string(), "base0".into()),
+        );
     }
+    s.refs.insert((repo.into(), "main".into()), "main0".into());
+}
+
+fn github(r: &Release) -> GitHub {
+    let g: Shared = Arc::new(Mutex::new(Gh {
+        lockfile: r.p.lockfile_path(),
+        pat: PAT.into(),
+        ..Gh::default()
+    }));
+    put(
+        &mut g.lock().unwrap(),
+        "ocurrent/ocaml-version",
+        &[
+            ("ocaml_version.ml", ML),
+            ("ocaml_version.mli", MLI),
+            ("CHANGES.md", CHANGES),
+        ],
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", r.port)))
@@ -351,22 +202,40 @@ fn github_back(r: &Release) -> GitHub {
     GitHub { g, _rt: rt }
 }
 
-/// Interrupted, then GitHub comes back and a dry run shows every step.
-fn after_dry_run(test: &str, name: &str) -> (Release, GitHub) {
-    let (r, _) = interrupted(test, name);
-    let gh = github_back(&r);
+/// The CIs' repositories appear.
+fn consumers_back(gh: &GitHub) {
+    let mut s = gh.g.lock().unwrap();
+    let d = dockerfile();
+    put(
+        &mut s,
+        "ocurrent/ocaml-ci",
+        &[
+            ("dune-project", DUNE),
+            ("ocaml-ci.opam", OPAM),
+            ("Dockerfile", &d),
+        ],
+    );
+    put(&mut s, "mirage/mirage-ci", &[("mirage-ci.opam", OPAM)]);
+}
+
+/// Interrupted, then the CIs come back and a dry run shows every step;
+/// the log's length before the dry run.
+fn after_dry_run(test: &str, name: &str) -> (Release, GitHub, usize) {
+    let (r, gh, _) = interrupted(test, name);
+    consumers_back(&gh);
+    let before = gh.g.lock().unwrap().log.len();
     let out = r.kiln(&["release", "5.5.1", "--dry-run"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    (r, gh)
+    (r, gh, before)
 }
 
 /// After the dry run, the rerun continues: its summary.
 fn rerun(test: &str, name: &str) -> (Release, GitHub, Value) {
-    let (r, gh) = after_dry_run(test, name);
+    let (r, gh, _) = after_dry_run(test, name);
     let out = r.kiln(&["release", "5.5.1", "--json"]);
     assert!(
         out.status.success(),
@@ -386,20 +255,22 @@ fn file(s: &Gh, repo: &str, branch: &str, path: &str) -> String {
         .clone()
 }
 
-/// The pin the rerun wrote into ocaml-ci's pins.json on the release branch.
-fn busybox_pin(s: &Gh) -> String {
-    let v: Value =
-        serde_json::from_str(&file(s, "ocurrent/ocaml-ci", BRANCH, "pins.json")).unwrap();
-    v["opam:busybox-release-ocaml-5.5"]
-        .as_str()
+/// The opam-repository commit the release's busybox image was built with.
+fn built_at(r: &Release) -> String {
+    let e = r.p.entry(&r.key("opam:busybox-release-ocaml-5.5"));
+    e["inputs"]
+        .as_object()
         .unwrap()
-        .to_string()
+        .iter()
+        .find(|(k, _)| k.ends_with("opam_repository_commit"))
+        .map(|(_, v)| v.as_str().unwrap().to_string())
+        .unwrap()
 }
 
 #[test]
 fn release_interrupted_before_the_ci_refresh_exits_2_naming_the_consumer() {
     let _serial = serial();
-    let (_r, out) = interrupted(
+    let (_r, _gh, out) = interrupted(
         "release_interrupted_before_the_ci_refresh_exits_2_naming_the_consumer",
         "exit",
     );
@@ -421,7 +292,7 @@ fn release_interrupted_before_the_ci_refresh_exits_2_naming_the_consumer() {
 #[test]
 fn release_interrupted_before_the_ci_refresh_keeps_every_builders_images() {
     let _serial = serial();
-    let (r, _) = interrupted(
+    let (r, _gh, _) = interrupted(
         "release_interrupted_before_the_ci_refresh_keeps_every_builders_images",
         "built",
     );
@@ -430,7 +301,7 @@ fn release_interrupted_before_the_ci_refresh_keeps_every_builders_images() {
         "5.5.1"
     );
     assert_eq!(
-        r.p.entry(&r.key("openbsd-base:openbsd-7.9-ocaml-5.5"))["ocaml"],
+        r.p.entry(&r.key("openbsd-base:openbsd-79-amd64-ocaml-5.5"))["ocaml"],
         "5.5.1"
     );
     if r.zfs_ok {
@@ -441,13 +312,47 @@ fn release_interrupted_before_the_ci_refresh_keeps_every_builders_images() {
     }
 }
 
+/// ocaml-version's pull request is opened before any image of 5.5.1 is
+/// published; the CIs' pins are read and written only once the gate let
+/// 5.5.1 through.
+#[test]
+fn release_opens_ocaml_versions_pull_request_first_and_the_pins_only_after_the_gate_opened() {
+    let _serial = serial();
+    let (_r, gh, _) = rerun(
+        "release_opens_ocaml_versions_pull_request_first_and_the_pins_only_after_the_gate_opened",
+        "order",
+    );
+    let s = gh.g.lock().unwrap();
+    let opened = |repo: &str| {
+        s.log
+            .iter()
+            .position(|l| l.starts_with(&format!("POST /repos/{repo}/pulls ")))
+            .unwrap_or_else(|| panic!("no pull request to {repo}: {:?}", s.log))
+    };
+    let first = opened("ocurrent/ocaml-version");
+    assert!(s.log[first].ends_with("published=false"), "{:?}", s.log);
+    let ci = opened("ocurrent/ocaml-ci");
+    assert!(first < ci, "{:?}", s.log);
+    for l in s.log.iter().filter(|l| {
+        l.contains("/repos/ocurrent/ocaml-ci/") || l.contains("/repos/mirage/mirage-ci/")
+    }) {
+        assert!(l.ends_with("published=true"), "{l}: {:?}", s.log);
+    }
+}
+
 /// Dry run: every step shown, no request that writes.
 #[test]
 fn release_dry_run_sends_github_no_request_that_writes() {
     let _serial = serial();
-    let (_r, gh) = after_dry_run("release_dry_run_sends_github_no_request_that_writes", "dry");
+    let (_r, gh, before) =
+        after_dry_run("release_dry_run_sends_github_no_request_that_writes", "dry");
     let s = gh.g.lock().unwrap();
-    assert!(s.log.iter().all(|l| l.starts_with("GET")), "{:?}", s.log);
+    assert!(s.log.len() > before, "the dry run read nothing");
+    assert!(
+        s.log[before..].iter().all(|l| l.starts_with("GET")),
+        "{:?}",
+        &s.log[before..]
+    );
 }
 
 /// The rerun continues where the interrupted release stopped.
@@ -470,18 +375,21 @@ fn release_rerun_opens_one_pull_request_or_issue_per_consumer() {
         "release_rerun_opens_one_pull_request_or_issue_per_consumer",
         "prs",
     );
+    let action = |repo: &str| summary["refreshed"][repo]["action"].clone();
     assert_eq!(
-        summary["refreshed"]["ocurrent/ocaml-ci"]["action"], "pull-request-opened",
+        action("ocurrent/ocaml-version"),
+        "pull-request-exists",
         "{summary}"
     );
     assert_eq!(
-        summary["refreshed"]["mirage/mirage-ci"]["action"], "issue-opened",
+        action("ocurrent/ocaml-ci"),
+        "pull-request-opened",
         "{summary}"
     );
+    assert_eq!(action("mirage/mirage-ci"), "issue-opened", "{summary}");
     let s = gh.g.lock().unwrap();
     assert_eq!(s.pulls.len(), 2);
     assert_eq!(s.issues.len(), 1);
-    let pin = busybox_pin(&s);
     let pr = s
         .pulls
         .iter()
@@ -490,40 +398,68 @@ fn release_rerun_opens_one_pull_request_or_issue_per_consumer() {
     assert_eq!(pr["head"], BRANCH);
     assert_eq!(pr["base"], "main");
     assert!(
-        pr["body"].as_str().unwrap().contains(&pin),
+        pr["body"]
+            .as_str()
+            .unwrap()
+            .contains("opam:busybox-release-ocaml-5.5"),
         "{}",
         pr["body"]
     );
 }
 
 #[test]
-fn release_rerun_writes_the_pins_on_a_branch_and_leaves_the_base_untouched() {
+fn release_writes_ocaml_version_and_the_pins_on_branches_and_leaves_the_bases_untouched() {
     let _serial = serial();
     let (r, gh, _) = rerun(
-        "release_rerun_writes_the_pins_on_a_branch_and_leaves_the_base_untouched",
+        "release_writes_ocaml_version_and_the_pins_on_branches_and_leaves_the_bases_untouched",
         "pins",
     );
     let s = gh.g.lock().unwrap();
-    let v: Value =
-        serde_json::from_str(&file(&s, "ocurrent/ocaml-ci", BRANCH, "pins.json")).unwrap();
-    assert_eq!(v["other"], "x");
-    let pin = busybox_pin(&s);
+    let ov = "ocurrent/ocaml-version";
+    assert_eq!(
+        file(&s, ov, BRANCH, "ocaml_version.ml"),
+        ML.replace(
+            "  let v5_5 = v5_5_0\n",
+            "  let v5_5_1 = of_string_exn \"5.5.1\"\n  let v5_5 = v5_5_1\n"
+        )
+        .replace("    v5_5_0 ]", "    v5_5_0; v5_5_1 ]")
+    );
+    assert_eq!(
+        file(&s, ov, BRANCH, "ocaml_version.mli"),
+        MLI.replace(
+            "  val v5_5 : t\n",
+            "  val v5_5_1 : t\n  (** Version 5.5.1 *)\n\n  val v5_5 : t\n"
+        )
+    );
+    assert_eq!(
+        file(&s, ov, BRANCH, "CHANGES.md"),
+        format!("## unreleased\n\n * Add OCaml 5.5.1\n\n{CHANGES}")
+    );
+    let ci = "ocurrent/ocaml-ci";
+    let bound = OCAML_VERSION_PACKAGE;
+    assert_eq!(
+        file(&s, ci, BRANCH, "dune-project"),
+        DUNE.replace("4.1.3", bound)
+    );
+    assert_eq!(
+        file(&s, ci, BRANCH, "ocaml-ci.opam"),
+        OPAM.replace("4.1.3", bound)
+    );
+    assert_eq!(
+        file(&s, ci, BRANCH, "Dockerfile"),
+        dockerfile().replace(&"0".repeat(40), &built_at(&r))
+    );
     assert!(
-        pin.starts_with(&format!(
-            "127.0.0.1:5000/{}/opam:busybox-release-ocaml-5.5@sha256:",
-            r.p.namespace
-        )),
-        "{pin}"
+        s.issues[0]["body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{{>= \"{bound}\"}}")),
+        "{}",
+        s.issues[0]["body"]
     );
-    assert_eq!(
-        file(&s, "ocurrent/opam-repo-ci", BRANCH, "doc/versions.txt"),
-        "4.14.3\n5.5.0\n5.5.1\n"
-    );
-    // The base branch itself is untouched.
-    assert_eq!(
-        file(&s, "ocurrent/ocaml-ci", "main", "pins.json"),
-        "{\n  \"other\": \"x\"\n}\n"
-    );
+    // The base branches themselves are untouched.
+    assert_eq!(file(&s, ov, "main", "ocaml_version.ml"), ML);
+    assert_eq!(file(&s, ci, "main", "ocaml-ci.opam"), OPAM);
 }
 
 /// Once more: nothing new anywhere.
@@ -533,14 +469,18 @@ fn release_run_once_more_opens_nothing_new() {
     let (r, gh, _) = rerun("release_run_once_more_opens_nothing_new", "again");
     let out = r.kiln(&["release", "5.5.1", "--json"]);
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let action = |repo: &str| summary["refreshed"][repo]["action"].clone();
     assert_eq!(
-        summary["refreshed"]["ocurrent/ocaml-ci"]["action"], "pull-request-exists",
+        action("ocurrent/ocaml-version"),
+        "pull-request-exists",
         "{summary}"
     );
     assert_eq!(
-        summary["refreshed"]["mirage/mirage-ci"]["action"], "issue-exists",
+        action("ocurrent/ocaml-ci"),
+        "pull-request-exists",
         "{summary}"
     );
+    assert_eq!(action("mirage/mirage-ci"), "issue-exists", "{summary}");
     let s = gh.g.lock().unwrap();
     assert_eq!((s.pulls.len(), s.issues.len()), (2, 1));
 }

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 mod common;
 use common::engine::{PrivateEngine, make_bridge};
-use common::{Profile, fixtures};
+use common::{Bounded, LIMIT, PrivateRegistry, Profile, fixtures};
 
 /// `kiln build --json <args>`, which must publish one tag.
 fn build_one(p: &Profile, args: &[&str]) {
@@ -46,7 +46,7 @@ fn skopeo(args: &[&str], reference: &str) -> Value {
         .args(["inspect", "--tls-verify=false"])
         .args(args)
         .arg(format!("docker://127.0.0.1:5000/{reference}"))
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         out.status.success(),
@@ -80,7 +80,7 @@ fn the_same_key_built_on_two_engines_gives_the_same_digests() {
         .arg("-H")
         .arg(format!("unix://{}", engine.socket().display()))
         .args(["images", "-q", "127.0.0.1:5000/kiln-fixtures/busybox"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         !images.stdout.is_empty(),
@@ -173,4 +173,123 @@ fn verify_rebuild_says_identical_or_names_the_layer_and_file_that_differ() {
     assert_eq!(r["verdict"], "inputs-changed", "{r}");
     assert_eq!(r["inputs"][0], "recipe:busybox.Dockerfile", "{r}");
     assert!(r["rebuilt"].is_null(), "{r}");
+}
+
+/// `kiln verify --rebuild` pushes nothing: against a registry of its own,
+/// whose storage is the same file for file before and after the rebuild
+/// (no blob, manifest, tag or upload), identical or different.
+#[test]
+fn verify_rebuild_pushes_nothing() {
+    fixtures();
+    let storage = tempfile::tempdir().unwrap();
+    let registry = PrivateRegistry::start(storage.path());
+    let p = Profile::busybox("repro-nopush", "busybox-nopush")
+        .reproducible()
+        .own_state()
+        .registry_url(&registry.url())
+        .create();
+    std::fs::create_dir_all(p.path().join("state")).unwrap();
+    let key = format!("{}/opam:busybox-nopush-ocaml-5.5", p.namespace);
+    build_one(&p, &["--os", "busybox-nopush"]);
+    let before = registry.contents();
+    let (code, r) = rebuild(&p, &key);
+    assert_eq!(code, Some(0), "{r}");
+    assert_eq!(r["verdict"], "identical", "{r}");
+    assert_eq!(
+        registry.contents(),
+        before,
+        "the identical rebuild wrote to the registry"
+    );
+    // Different: the recipe is not what it claims (it writes the time).
+    p.edit("platforms/linux/busybox.Dockerfile", |t| {
+        t.replacen("RUN mkdir -p", "RUN date +%s%N > /stamp\nRUN mkdir -p", 1)
+    });
+    build_one(&p, &["--os", "busybox-nopush"]);
+    let before = registry.contents();
+    let (code, r) = rebuild(&p, &key);
+    assert_eq!(code, Some(1), "{r}");
+    assert_eq!(r["verdict"], "different", "{r}");
+    assert_eq!(
+        registry.contents(),
+        before,
+        "the different rebuild wrote to the registry"
+    );
+}
+
+/// `kiln build --tag … --force` rebuilds that one tag although its key is
+/// unchanged: on the reproducible busybox release it gives the published
+/// digest again and says so; nothing else is built. On a recipe that is
+/// not reproducible it publishes the new image and says the digest
+/// differs. `--force` without `--tag`, and a tag not in the plan, are
+/// refused before anything is built.
+#[test]
+fn a_forced_rebuild_builds_only_its_tag_and_says_whether_the_digest_held() {
+    fixtures();
+    let p = Profile::demo("force").own_state().create();
+    let (code, first) = p.build(&["--os", "busybox"]);
+    assert_eq!(code, Some(0), "{first}");
+    let tags = first["tags"].as_array().unwrap();
+    assert!(tags.len() >= 2, "{first}");
+    let one = tags
+        .iter()
+        .find(|t| t["ocaml"].as_str().is_some_and(|v| v.starts_with("4.13")))
+        .unwrap();
+    let tag = format!(
+        "{}:{}",
+        one["repository"].as_str().unwrap(),
+        one["tag"].as_str().unwrap()
+    );
+    let before = p.entries();
+    let (code, forced) = p.build(&["--tag", &tag, "--force"]);
+    assert_eq!(code, Some(0), "{forced}");
+    assert_eq!(forced["tags"].as_array().unwrap().len(), 1, "{forced}");
+    assert_eq!(forced["built"], 1, "{forced}");
+    let report = &forced["tags"][0];
+    assert_eq!(
+        report["outcome"]["digest"], one["outcome"]["digest"],
+        "{forced}"
+    );
+    assert!(
+        report["changed_inputs"][0]
+            .as_str()
+            .unwrap()
+            .contains("the published digest again (reproducible)"),
+        "{forced}"
+    );
+    let after = p.entries();
+    for (k, e) in &before {
+        assert_eq!(after[k]["digest"], e["digest"], "{k} moved");
+    }
+    // Refused before anything runs.
+    let out = p.kiln(&["build", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = p.kiln(&["build", "--tag", "opam:no-such-tag", "--force"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no such tag in the plan"),
+        "{out:?}"
+    );
+    // Not reproducible (a step writes the time): the rebuilt image
+    // cannot take the key's immutable tag, so nothing moves, and the run
+    // says why.
+    let q = Profile::busybox("forcenr", "busybox-forcenr")
+        .recipe_prefix("RUN date +%s%N > /built-at\n")
+        .own_state()
+        .create();
+    let (code, s) = q.build(&[]);
+    assert_eq!(code, Some(0), "{s}");
+    let was = s["tags"][0]["outcome"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tag = s["tags"][0]["tag"].as_str().unwrap().to_string();
+    let (code, s) = q.build(&["--tag", &tag, "--force"]);
+    assert_eq!(code, Some(1), "{s}");
+    let error = s["tags"][0]["outcome"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("forced rebuild gave") && error.contains("not reproducible"),
+        "{s}"
+    );
+    let key = format!("{}/opam:{tag}", q.namespace);
+    assert_eq!(q.entry(&key)["digest"], was.as_str());
 }

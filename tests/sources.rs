@@ -8,7 +8,7 @@
 use std::path::Path;
 
 mod common;
-use common::Profile;
+use common::{Bounded, Profile};
 
 const CONTENT: &str = "kiln source mirror test payload\n";
 
@@ -148,6 +148,12 @@ fn an_undeclared_source_is_refused_naming_recipe_and_line() {
 
 /// A git repository of opam packages whose compiler archive `sum` pins.
 fn opam_repo(dir: &Path, sum: &str) -> String {
+    opam_repo_commit(dir, sum).0
+}
+
+/// The git repository under `dir` (made, or a commit added on top) with
+/// ocaml-base-compiler.5.5.0's archive pinned by `sum`; and that commit.
+fn opam_repo_commit(dir: &Path, sum: &str) -> (String, String) {
     let tree = dir.join("tree");
     let pkg = tree.join("packages/ocaml-base-compiler/ocaml-base-compiler.5.5.0");
     std::fs::create_dir_all(&pkg).unwrap();
@@ -164,14 +170,16 @@ fn opam_repo(dir: &Path, sum: &str) -> String {
         .arg(common::root().join("scripts/demo/opam-repository.sh"))
         .arg(&tree)
         .arg(&git)
-        .output()
+        .output_within(common::LIMIT)
         .unwrap();
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    git.display().to_string()
+    let commit = String::from_utf8_lossy(&ok.stdout).trim().to_string();
+    assert_eq!(commit.len(), 40, "{commit}");
+    (git.display().to_string(), commit)
 }
 
 #[test]
@@ -206,7 +214,7 @@ fn an_opam_version_the_recipes_cannot_build_is_refused_naming_the_field() {
             .arg("-r")
             .arg(root.join(sub))
             .arg(dir.path())
-            .status()
+            .status_within(common::LIMIT)
             .unwrap()
             .success();
         assert!(ok);
@@ -227,7 +235,7 @@ fn an_opam_version_the_recipes_cannot_build_is_refused_naming_the_field() {
         .arg("--config")
         .arg(&config)
         .args(["catalogue", "validate"])
-        .output()
+        .output_within(common::LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let err = format!(
@@ -245,8 +253,8 @@ fn an_opam_version_the_recipes_cannot_build_is_refused_naming_the_field() {
 
 /// `sources::target_tree`, the one function both the Docker and the QEMU
 /// builder serve from: a declared source is served once synced, and a
-/// wanted bundle the mirror lacks is refused as `Mirror::require_bundle`
-/// names it (a recipe failure pointing at `kiln sources sync`).
+/// wanted bundle the mirror lacks is refused naming the bundle, its commit
+/// and where it comes from (a recipe failure).
 #[test]
 fn a_target_tree_serves_what_the_target_uses_and_names_a_missing_bundle() {
     use kiln::sources::{self, Mirror, Uses};
@@ -256,6 +264,7 @@ fn a_target_tree_serves_what_the_target_uses_and_names_a_missing_bundle() {
     let mut cfg = kiln::config::Config::defaults(common::root()).unwrap();
     cfg.state_dir = dir.path().join("state");
     let namespace = format!("kiln-test-target-tree-{}", std::process::id());
+    let _gone = common::registry::Published::namespace(&cfg.registry.url, &namespace);
     let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
     let mirror = Mirror::new(&reg, &namespace, &cfg.state_dir);
     let decl = kiln::catalogue::SourceDecl {
@@ -304,8 +313,6 @@ fn a_target_tree_serves_what_the_target_uses_and_names_a_missing_bundle() {
         let err = sources::target_tree(&cfg, &mirror, &with_bundle, &[], commit)
             .await
             .unwrap_err();
-        let expected = mirror.require_bundle(commit).await.unwrap_err();
-        assert_eq!(err.to_string(), expected.to_string());
         assert!(
             err.to_string()
                 .contains(&format!("opam-repository.bundle at {commit}"))
@@ -323,14 +330,11 @@ fn a_target_tree_serves_what_the_target_uses_and_names_a_missing_bundle() {
 #[test]
 fn one_opam_repository_mirror_serves_the_plan_and_the_sources() {
     let dir = tempfile::tempdir().unwrap();
-    let sum = format!("sha256={}", "a".repeat(64));
-    let git = opam_repo(dir.path(), &sum);
-    let rev = std::process::Command::new("git")
-        .args(["--git-dir", &git, "rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    let commit = String::from_utf8(rev.stdout).unwrap().trim().to_string();
-    assert_eq!(commit.len(), 40, "{commit}");
+    let (first_sum, second_sum) = ("a".repeat(64), "b".repeat(64));
+    let (_, first) = opam_repo_commit(dir.path(), &format!("sha256={first_sum}"));
+    // A second commit: the compiler's archive is pinned anew.
+    let (git, second) = opam_repo_commit(dir.path(), &format!("sha256={second_sum}"));
+    assert_ne!(first, second);
     let mut cfg = kiln::config::Config::defaults(common::root()).unwrap();
     cfg.state_dir = dir.path().join("state");
     cfg.plan.opam_repository = git.clone();
@@ -338,19 +342,35 @@ fn one_opam_repository_mirror_serves_the_plan_and_the_sources() {
     let package = "ocaml-base-compiler.5.5.0".to_string();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        // The plan's diff of the two commits fetches them into the mirror
+        // and names the package whose opam file changed.
         let installed = std::collections::BTreeSet::from([package.clone()]);
-        let changed = kiln::plan::opam_repo::changed_packages(&cfg, &commit, &commit, &installed)
+        let changed = kiln::plan::opam_repo::changed_packages(&cfg, &first, &second, &installed)
             .await
             .unwrap();
-        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(
+            changed,
+            std::collections::BTreeSet::from([package.clone()]),
+            "{changed:?}"
+        );
+        // The origin goes away: the sources read both commits' opam files
+        // from that same mirror, each with its own checksum.
         std::fs::rename(&git, dir.path().join("moved.git")).unwrap();
-        let archives = kiln::sources::opam::archives(&cfg, &commit, &[package])
-            .await
-            .unwrap();
-        assert_eq!(archives.len(), 1, "{archives:?}");
-        assert_eq!(archives[0].url, "file:///nonexistent/ocaml-5.5.0.tar.gz");
+        for (commit, sum) in [(&second, &second_sum), (&first, &first_sum)] {
+            let archives =
+                kiln::sources::opam::archives(&cfg, commit, std::slice::from_ref(&package))
+                    .await
+                    .unwrap();
+            assert_eq!(archives.len(), 1, "{archives:?}");
+            assert_eq!(archives[0].url, "file:///nonexistent/ocaml-5.5.0.tar.gz");
+            assert_eq!(
+                archives[0].checksum,
+                kiln::sources::opam::Checksum::Sha256(sum.clone()),
+                "{commit}"
+            );
+        }
         // A commit the mirror lacks needs the origin: the error names it.
-        let err = kiln::sources::opam::ensure_commit(&cfg, &"b".repeat(40))
+        let err = kiln::sources::opam::ensure_commit(&cfg, &"c".repeat(40))
             .await
             .unwrap_err();
         assert!(err.to_string().contains(&git), "{err}");
@@ -359,4 +379,60 @@ fn one_opam_repository_mirror_serves_the_plan_and_the_sources() {
         kiln::sources::opam::mirror_dir(&cfg).join("HEAD").exists(),
         "one mirror under the state dir"
     );
+}
+
+/// The step that fetches a source renders the same in two builds (no
+/// per-build port or secret: `http://kiln-sources/…`, the proxy given as
+/// Docker's predefined `http_proxy` argument), the build runs on the
+/// engine's default network, and nothing of the proxy (its address, its
+/// token) reaches the published image's config or history.
+#[test]
+fn the_source_step_renders_the_same_in_every_build_and_leaves_no_secret() {
+    let sha = sha256_hex(CONTENT.as_bytes());
+    let p = profile("stable", &sha);
+    assert!(sync(&p).status.success());
+    let step = |p: &Profile| {
+        let log = std::fs::read_dir(p.path().join("state/log"))
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect::<String>();
+        // `Step 2/7 : RUN …`: the step's text, without its count.
+        log.lines()
+            .find(|l| l.contains("RUN wget -q -O /payload.txt"))
+            .and_then(|l| l.split_once(" : "))
+            .map(|(_, step)| step.to_string())
+            .unwrap_or_else(|| panic!("no fetch step in {log}"))
+    };
+    let (code, s) = p.build(&[]);
+    assert_eq!(code, Some(0), "{s}");
+    let first = step(&p);
+    assert!(first.contains("http://kiln-sources/payload.txt"), "{first}");
+    // A second build (its key changed by a later step) renders it alike.
+    p.edit("platforms/linux/busybox.Dockerfile", |t| {
+        format!("{t}RUN echo second > /second\n")
+    });
+    let (code, s) = p.build(&[]);
+    assert_eq!(code, Some(0), "{s}");
+    assert_eq!(s["built"], 1, "{s}");
+    assert_eq!(step(&p), first);
+    let digest = s["tags"][0]["outcome"]["digest"].as_str().unwrap();
+    let repo = s["tags"][0]["repository"].as_str().unwrap();
+    let out = std::process::Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--config",
+            "--override-arch",
+            "amd64",
+        ])
+        .arg(format!("docker://127.0.0.1:5000/{repo}@{digest}"))
+        .output_within(common::LIMIT)
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = String::from_utf8_lossy(&out.stdout);
+    assert!(config.contains("kiln-sources/payload.txt"), "{config}");
+    for secret in ["_proxy", "kiln:", "HTTP_PROXY"] {
+        assert!(!config.contains(secret), "{secret} in {config}");
+    }
 }

@@ -8,14 +8,16 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{Profile, zfs};
+use common::barrier::Barrier;
+use common::serve::Api;
+use common::{Bounded, LIMIT, Profile, Spawned, zfs};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -79,14 +81,14 @@ impl ZfsProfile {
         self.p.build(&["--platform", "macos"])
     }
 
-    /// `kiln build` of the macOS image, started and left running.
-    fn spawn_build(&self, stdio: fn() -> Stdio) -> Child {
-        self.command()
-            .args(["build", "--platform", "macos", "--json"])
-            .stdout(stdio())
-            .stderr(stdio())
-            .spawn()
-            .unwrap()
+    /// `kiln build` of the macOS image, started and left running (its
+    /// output read as it runs; killed if the test fails).
+    fn spawn_build(&self) -> Spawned {
+        Spawned::piped(
+            "kiln build",
+            self.command()
+                .args(["build", "--platform", "macos", "--json"]),
+        )
     }
 
     /// The provisioning script with `lines` run first.
@@ -199,7 +201,7 @@ impl Worker {
             ])
             .arg(self.mnt())
             .args(extra)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         common::ok_json(out)
     }
@@ -211,7 +213,7 @@ fn listing(dir: &Path) -> String {
         .arg("-c")
         .arg("find . -type f -exec sha256sum {} + | sort")
         .current_dir(dir)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
@@ -219,43 +221,9 @@ fn listing(dir: &Path) -> String {
 fn mountpoint(dataset: &str) -> PathBuf {
     let out = Command::new("zfs")
         .args(["get", "-H", "-o", "value", "mountpoint", dataset])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// `kiln serve` on a port of its own; killed on drop.
-struct Api {
-    child: Child,
-    url: String,
-}
-
-impl Api {
-    fn start(p: &Profile) -> Api {
-        let port = common::free_port();
-        let child = p
-            .command()
-            .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let api = Api {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        };
-        common::wait_until("kiln serve to answer", 30, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        api
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A worker holding both images: the first fetched whole, the second
@@ -285,13 +253,19 @@ fn worker_with_both(name: &str) -> WorkerWithBoth {
     }
 }
 
-/// `kiln gc --retention-days 0 --json <extra>`: its decisions.
-fn gc(p: &Profile, extra: &[&str]) -> Vec<Value> {
+/// `kiln gc --retention-days 0 --json <extra>`: its decisions. Without a
+/// `--pool` in `extra`, the profile's own pool and prefix: a gc of every
+/// host would also collect the kept QEMU disks of the state dir the tests
+/// share (the demo's), which no test lockfile names.
+fn gc(p: &ZfsProfile, extra: &[&str]) -> Vec<Value> {
+    let own = ["--pool", "kiln", "--prefix", p.prefix.as_str()];
+    let scope: &[&str] = if extra.contains(&"--pool") { &[] } else { &own };
     let out = p
         .command()
         .args(["gc", "--retention-days", "0", "--json"])
+        .args(scope)
         .args(extra)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     common::ok_json(out)
 }
@@ -299,12 +273,7 @@ fn gc(p: &Profile, extra: &[&str]) -> Vec<Value> {
 /// What gc decided for the image whose dataset ends in `leaf`.
 fn decision(d: &[Value], leaf: &str) -> Option<String> {
     d.iter()
-        .find(|x| {
-            x["dataset"]
-                .as_str()
-                .unwrap()
-                .ends_with(&format!("/{leaf}"))
-        })
+        .find(|x| x["item"].as_str().unwrap().ends_with(&format!("/{leaf}")))
         .map(|x| x["action"].as_str().unwrap().to_string())
 }
 
@@ -439,7 +408,7 @@ fn fetching_again_is_a_no_op_and_the_stable_name_clones_the_base() {
     let pool = &w.pool.name;
     let clones = Command::new("zfs")
         .args(["list", "-H", "-r", "-o", "name,origin", pool])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let clones = String::from_utf8_lossy(&clones.stdout).to_string();
     let leaf = &b.leaf;
@@ -683,18 +652,31 @@ fn provisioning_script_killed_from_outside_leaves_nothing() {
         "setsid sleep 765433 >/dev/null 2>&1 < /dev/null &\necho partial > \"$HOME/partial\"\nsleep 765434\n",
     );
     let before = work_entries();
-    let child = p.spawn_build(Stdio::piped);
+    let build = p.spawn_build();
     common::wait_until("the script to start", 60, || {
         common::running("sleep 765434")
     });
+    // This build's script only (another test's may run on this machine):
+    // the provisioning shells below this kiln.
+    let scripts: Vec<u32> = common::pids("^sh .*[.]provision[.]sh")
+        .into_iter()
+        .filter(|pid| common::ancestors(*pid).contains(&build.id()))
+        .collect();
     assert!(
-        Command::new("pkill")
-            .args(["-9", "-f", "^sh .*[.]provision[.]sh"])
-            .status()
-            .unwrap()
-            .success()
+        !scripts.is_empty(),
+        "no provisioning script under kiln {}",
+        build.id()
     );
-    let out = child.wait_with_output().unwrap();
+    for pid in scripts {
+        assert!(
+            Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status_within(Duration::from_secs(30))
+                .unwrap()
+                .success()
+        );
+    }
+    let out = build.output_within(LIMIT);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -710,12 +692,11 @@ fn provisioning_script_killed_from_outside_leaves_nothing() {
 fn kiln_killed_mid_provisioning(name: &str) -> ZfsProfile {
     let p = profile(name);
     p.recipe_starts_with("echo partial > \"$HOME/partial\"\nsleep 765435\n");
-    let mut child = p.spawn_build(Stdio::null);
+    let mut build = p.spawn_build();
     common::wait_until("the script to start", 60, || {
         common::running("sleep 765435")
     });
-    child.kill().unwrap();
-    child.wait().unwrap();
+    build.sigkill();
     p
 }
 
@@ -783,7 +764,7 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .arg("-C")
         .arg(dir)
         .args(args)
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(
         out.status.success(),
@@ -795,7 +776,10 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 /// Is anything listening on `port` of this machine (`ss -ltn`)?
 fn listening(port: u16) -> bool {
-    let out = Command::new("ss").args(["-Hltn"]).output().unwrap();
+    let out = Command::new("ss")
+        .args(["-Hltn"])
+        .output_within(LIMIT)
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().any(|l| {
         l.split_whitespace()
             .nth(3)
@@ -857,7 +841,7 @@ fn build_whose_source_is_missing_is_refused_before_anything_is_created() {
     let out = p
         .command()
         .args(["build", "--platform", "macos", "--json"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let text = format!(
@@ -871,4 +855,124 @@ fn build_whose_source_is_missing_is_refused_before_anything_is_created() {
     );
     assert!(p.datasets().is_empty(), "{:?}", p.datasets());
     assert!(p.entries().is_empty());
+}
+
+/// A tree under construction belongs to its live builder: neither `kiln
+/// gc` (whatever its age and though nothing references it) nor the sweep
+/// of another build on the same host touches it, and the build it
+/// belongs to then completes and publishes it.
+#[test]
+fn gc_and_the_sweep_never_touch_a_tree_a_live_build_holds() {
+    let Some(_zfs) = zfs_for("gc_and_the_sweep_never_touch_a_tree_a_live_build_holds") else {
+        return;
+    };
+    let a = profile("live");
+    let barrier = Barrier::start();
+    a.recipe_starts_with(&format!("curl -fsS -o /dev/null {}\n", barrier.url("live")));
+    let build = a.spawn_build();
+    barrier.wait_for_arrivals(1, Duration::from_secs(300));
+    let held = bases(&a.datasets());
+    assert_eq!(held.len(), 1, "{:?}", a.datasets());
+    let owner = Command::new("zfs")
+        .args(["get", "-H", "-o", "value", "org.ocaml.kiln:owner", &held[0]])
+        .output_within(Duration::from_secs(60))
+        .unwrap();
+    let owner = String::from_utf8_lossy(&owner.stdout).trim().to_string();
+    assert!(
+        owner.ends_with(&format!("/{}", build.id())),
+        "the tree names its builder: {owner}"
+    );
+    let leaf = held[0].rsplit('/').next().unwrap().to_string();
+    // gc, with no retention: unreferenced and old enough, but being built.
+    let d = gc(&a, &[]);
+    assert_eq!(decision(&d, &leaf).as_deref(), Some("kept"), "{d:?}");
+    let why = d
+        .iter()
+        .find(|x| x["item"] == held[0].as_str())
+        .map(|x| x["reason"].to_string())
+        .unwrap_or_default();
+    assert!(why.contains("being built by"), "{d:?}");
+    // Another build on the same host and prefix (another image: its own
+    // tree), which sweeps what dead builders left there first.
+    let other = Profile::demo("zfs-live-other")
+        .demo_opam_repository()
+        .toml(&common::zfs_toml(&a.prefix, Some(3600)))
+        .create();
+    other.edit(RECIPE, |t| format!("{t}echo other > \"$HOME/other\"\n"));
+    other.sync_sources_for(&["--platform", "macos"]);
+    let (code, s) = other.build(&["--platform", "macos"]);
+    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+    assert!(
+        a.datasets().contains(&held[0]),
+        "the held tree is gone: {:?}",
+        a.datasets()
+    );
+    assert!(barrier.waiting() == 1, "the held build still waits");
+    barrier.open();
+    let out = build.output_within(LIMIT);
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        (out.status.code(), &s["built"]),
+        (Some(0), &json!(1)),
+        "{s}"
+    );
+    assert!(a.datasets().contains(&held[0]), "{:?}", a.datasets());
+    a.entry(&a.key());
+}
+
+/// A `kiln build` handed to the daemon, whose job is cancelled while its
+/// provisioning is held: the half-built tree is destroyed before the job
+/// is recorded cancelled, nothing is published, and the handed-off build
+/// reports the cancellation.
+#[test]
+fn a_cancelled_daemon_job_leaves_no_dataset() {
+    let Some(_zfs) = zfs_for("a_cancelled_daemon_job_leaves_no_dataset") else {
+        return;
+    };
+    let port = common::free_port();
+    let prefix = format!("test-zfs-cancel-{}", std::process::id());
+    let a = ZfsProfile {
+        _tree: zfs::Tree(format!("kiln/{prefix}")),
+        p: Profile::demo("zfs-cancel")
+            .demo_opam_repository()
+            .own_state()
+            .toml(&common::zfs_toml(&prefix, Some(3600)))
+            .toml(&common::jobs::daemon_toml(port))
+            .create(),
+        prefix,
+    };
+    a.sync_sources_for(&["--platform", "macos"]);
+    let barrier = Barrier::start();
+    a.recipe_starts_with(&format!(
+        "curl -fsS -o /dev/null {}\n",
+        barrier.url("cancel")
+    ));
+    let mut d = common::jobs::spawn_daemon(&mut a.command(), port);
+    let build = a.spawn_build();
+    barrier.wait_for_arrivals(1, Duration::from_secs(300));
+    let held = bases(&a.datasets());
+    assert_eq!(held.len(), 1, "{:?}", a.datasets());
+    let kiln = || a.command();
+    let id = common::jobs::running_job(&kiln, &d);
+    common::jobs::cancel_and_wait(&kiln, &d, id);
+    let left: Vec<String> = a
+        .datasets()
+        .into_iter()
+        .filter(|x| x.contains("/base-image/macos-homebrew-ocaml-5.5.0-"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "{}", d.stderr_so_far());
+    let out = build.output_within(LIMIT);
+    let s: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(1), "{s}");
+    assert!(
+        s["tags"][0]["outcome"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cancelled by cli")),
+        "{s}"
+    );
+    assert!(a.entries().is_empty());
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_within(LIMIT).code(), Some(0));
 }

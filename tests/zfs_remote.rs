@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 mod common;
+use common::barrier::Barrier;
 use common::sshd::SshWorker;
-use common::{Profile, zfs};
+use common::{Bounded, LIMIT, Profile, Spawned, zfs};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -80,13 +81,13 @@ fn images(pool: &str, prefix: &str) -> Vec<String> {
 fn mountpoint(dataset: &str) -> PathBuf {
     let out = Command::new("zfs")
         .args(["get", "-H", "-o", "value", "mountpoint", dataset])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn zfs_ok(args: &[&str]) -> String {
-    let out = Command::new("zfs").args(args).output().unwrap();
+    let out = Command::new("zfs").args(args).output_within(LIMIT).unwrap();
     assert!(
         out.status.success(),
         "zfs {args:?}: {}",
@@ -106,6 +107,23 @@ fn provision_dirs() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `kiln build --json <args>` of `p`, spawned (killed with its group if
+/// the test fails), its output read as it runs.
+fn spawn_build(p: &Profile) -> Spawned {
+    Spawned::piped(
+        "kiln build",
+        p.command().args(["build", "--platform", "macos", "--json"]),
+    )
+}
+
+/// Its exit code and summary, once it ended.
+fn finished(build: Spawned) -> (Option<i32>, Value) {
+    let out = build.output_within(LIMIT);
+    let s = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), s)
+}
+
 #[test]
 fn worker_reachable_only_by_ssh_is_provisioned_end_to_end_over_one_connection() {
     let test = "worker_reachable_only_by_ssh_is_provisioned_end_to_end_over_one_connection";
@@ -113,8 +131,40 @@ fn worker_reachable_only_by_ssh_is_provisioned_end_to_end_over_one_connection() 
         return;
     };
     let p = profile_on("e2e", &w, "ke2e");
+    // The recipe leaves a daemon and waits at the barrier, where the test
+    // looks at what runs where.
+    let barrier = Barrier::start();
+    p.edit(RECIPE, |t| {
+        t.replacen(
+            "set -eu\n",
+            &format!(
+                "set -eu\nsetsid sleep 765301 >/dev/null 2>&1 < /dev/null &\ncurl -fsS -o /dev/null {}\n",
+                barrier.url("e2e")
+            ),
+            1,
+        )
+    });
     let before = w.connections();
-    let (code, s) = p.build(&["--platform", "macos"]);
+    let build = spawn_build(&p);
+    barrier.wait_for_arrivals(1, Duration::from_secs(300));
+    // The recipe runs in a session of the worker's sshd (not on Kiln's
+    // side of the connection), as root through sudo.
+    let curl = common::pids(&barrier.url("e2e"));
+    assert_eq!(curl.len(), 1, "the recipe's wait: {curl:?}");
+    let line = common::ancestors(curl[0]);
+    assert!(
+        line.contains(&w.sshd_pid()),
+        "the recipe ({}) does not run under the worker's sshd ({}): its ancestors {line:?}",
+        curl[0],
+        w.sshd_pid()
+    );
+    assert!(common::running("sleep 765301"), "the recipe's daemon");
+    assert!(
+        !w.user_processes().trim().is_empty(),
+        "the build's ssh sessions run as the worker's user"
+    );
+    barrier.open();
+    let (code, s) = finished(build);
     assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
     // Every step (create, provision, smoke test, snapshot, send) went over
     // one ssh connection.
@@ -125,15 +175,13 @@ fn worker_reachable_only_by_ssh_is_provisioned_end_to_end_over_one_connection() 
     assert!(home.starts_with(MOUNT_ROOT), "{}", home.display());
     let readme = std::fs::read_to_string(home.join("README.kiln")).unwrap();
     assert!(readme.contains("5.5.0"), "{readme}");
-    // The recipe ran as the build host's user (root through sudo), and the
-    // published stream is the tree's: a fetch elsewhere gives the same files.
     let e = p.entry(&key(&p));
     assert_eq!(e["kind"], "zfs-stream", "{e}");
-    assert!(
-        w.user_processes().lines().all(|l| !l.contains("provision")),
-        "{}",
-        w.user_processes()
-    );
+    // Nothing of the build runs on: not the recipe's daemon (the host
+    // killed its tree), not a session of the user (the connection ended).
+    common::wait_until("the build's processes on the worker to end", 60, || {
+        !common::running("sleep 765301") && w.user_processes().trim().is_empty()
+    });
 }
 
 /// `kiln fetch` into a pool of its own; obuilder's fetch replayed on it.
@@ -164,7 +212,7 @@ impl Fetched {
             ])
             .arg("--mount-root")
             .arg(self.mnt.path().join("trees"))
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         common::ok_json(out)
     }
@@ -277,7 +325,7 @@ fn obuilder_fetch_replayed_on_what_kiln_fetch_delivered_and_the_name_moves_under
                 "--prefix",
                 "kiln",
             ])
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         common::ok_json(out)
     };
@@ -293,7 +341,7 @@ fn obuilder_fetch_replayed_on_what_kiln_fetch_delivered_and_the_name_moves_under
     common::retry(40, Duration::from_millis(250), || {
         Command::new("zfs")
             .args(["destroy", "-r", &job1_ds])
-            .status()
+            .status_within(LIMIT)
             .unwrap()
             .success()
     });
@@ -301,14 +349,13 @@ fn obuilder_fetch_replayed_on_what_kiln_fetch_delivered_and_the_name_moves_under
     assert!(
         removed
             .iter()
-            .any(|d| d["action"] == "removed"
-                && d["dataset"].as_str().unwrap().contains("/retired/")),
+            .any(|d| d["action"] == "removed" && d["item"].as_str().unwrap().contains("/retired/")),
         "{removed:?}"
     );
     assert!(retired(&f.pool.name).is_empty());
     let _ = Command::new("zfs")
         .args(["destroy", "-r", &format!("{}/job2", f.pool.name)])
-        .status();
+        .status_within(LIMIT);
 }
 
 /// The recipe, with a daemon and a long sleep first.
@@ -374,13 +421,7 @@ fn ssh_connection_killed_mid_provision_leaves_nothing_on_the_worker_and_the_reru
     let p = profile_on("cut", &w, "kcut");
     hanging_recipe(&p, "76511");
     let tmp_before = provision_dirs();
-    let child = p
-        .command()
-        .args(["build", "--platform", "macos", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let build = spawn_build(&p);
     common::wait_until("the recipe to run on the worker", 60, || {
         common::running("sleep 765112")
     });
@@ -388,12 +429,12 @@ fn ssh_connection_killed_mid_provision_leaves_nothing_on_the_worker_and_the_reru
     let pids = w.connection_pids();
     assert!(!pids.is_empty());
     for pid in pids {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status_within(Duration::from_secs(30));
     }
-    let out = child.wait_with_output().unwrap();
-    let s: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(1), "{s}");
+    let (code, s) = finished(build);
+    assert_eq!(code, Some(1), "{s}");
     let text = s.to_string();
     assert!(
         text.contains("infra"),
@@ -416,13 +457,13 @@ fn kiln_killed_mid_provision_leaves_nothing_on_the_worker() {
     let p = profile_on("kk", &w, "kkk");
     hanging_recipe(&p, "76521");
     let tmp_before = provision_dirs();
-    let mut child = p
-        .command()
-        .args(["build", "--platform", "macos", "--json"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut build = Spawned::start(
+        "kiln build",
+        p.command()
+            .args(["build", "--platform", "macos", "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     common::wait_until("the recipe to run on the worker", 60, || {
         common::running("sleep 765212")
     });
@@ -432,8 +473,7 @@ fn kiln_killed_mid_provision_leaves_nothing_on_the_worker() {
         !forwards.is_empty(),
         "no forward from the build's connection while the recipe runs"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    build.sigkill();
     // Nobody but the worker itself can clean up now.
     assert_worker_clean(&w, "kkk", "76521", &tmp_before);
     // The forward went with the connection (its master died with Kiln).
@@ -456,49 +496,32 @@ fn two_builds_on_two_workers_run_at_the_same_time() {
         profile_on("par1", &w1, "kpar1"),
         profile_on("par2", &w2, "kpar2"),
     ];
-    for p in &profiles {
+    // Each recipe waits at the barrier: both there at once is the overlap.
+    let barrier = Barrier::start();
+    for (i, p) in profiles.iter().enumerate() {
+        let url = barrier.url(&format!("par{}", i + 1));
         p.edit(RECIPE, |t| {
             t.replacen(
                 "set -eu\n",
-                "set -eu\ndate +%s.%N > \"$HOME/started\"\nsleep 4\ndate +%s.%N > \"$HOME/ended\"\n",
+                &format!("set -eu\ncurl -fsS -o /dev/null {url}\n"),
                 1,
             )
         });
     }
-    let children: Vec<_> = profiles
-        .iter()
-        .map(|p| {
-            p.command()
-                .args(["build", "--platform", "macos", "--json"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let builds: Vec<Spawned> = profiles.iter().map(spawn_build).collect();
+    let mut both = barrier.wait_for_arrivals(2, Duration::from_secs(300));
+    both.sort();
+    assert_eq!(both, ["par1", "par2"], "both provisionings at once");
+    assert_eq!(barrier.waiting(), 2, "both held at the barrier together");
+    barrier.open();
+    for b in builds {
+        let (code, s) = finished(b);
+        assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
     }
-    let times = |w: &SshWorker, prefix: &str| -> (f64, f64) {
+    for (w, prefix) in [(&w1, "kpar1"), (&w2, "kpar2")] {
         let trees = images(&w.pool.name, prefix);
         assert_eq!(trees.len(), 1, "{:?}", datasets(&w.pool.name));
-        let home = mountpoint(&format!("{}/home", trees[0]));
-        let t = |f: &str| read(&home.join(f)).trim().parse::<f64>().unwrap();
-        (t("started"), t("ended"))
-    };
-    let (s1, e1) = times(&w1, "kpar1");
-    let (s2, e2) = times(&w2, "kpar2");
-    assert!(
-        s1 < e2 && s2 < e1,
-        "the two provisionings did not overlap: {s1}..{e1} and {s2}..{e2}"
-    );
+    }
 }
 
 /// A host that cannot be reached and a host without the pool: `kiln
@@ -535,7 +558,11 @@ fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infr
             .create();
         // The sources are there: the build fails at the host, not before.
         p.sync_sources_for(&["--platform", "macos"]);
-        let out = p.command().args(["doctor", "--json"]).output().unwrap();
+        let out = p
+            .command()
+            .args(["doctor", "--json"])
+            .output_within(LIMIT)
+            .unwrap();
         assert!(!out.status.success(), "doctor must fail for {name}");
         let report: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
@@ -571,7 +598,10 @@ fn unreachable_host_and_missing_pool_are_named_by_doctor_and_fail_builds_as_infr
 /// The ports the worker's side listens on (`ss -ltn`, on loopback: the
 /// worker's sshd binds a remote forward there).
 fn listening_ports() -> BTreeSet<u16> {
-    let out = Command::new("ss").args(["-Hltn"]).output().unwrap();
+    let out = Command::new("ss")
+        .args(["-Hltn"])
+        .output_within(LIMIT)
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -593,7 +623,10 @@ fn forwards_of(w: &SshWorker) -> BTreeSet<u16> {
         .iter()
         .map(|p| format!("pid={p},"))
         .collect();
-    let out = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    let out = Command::new("ss")
+        .args(["-Hltnp"])
+        .output_within(LIMIT)
+        .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| pids.iter().any(|p| l.contains(p.as_str())))
@@ -621,12 +654,13 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
     };
     let p = profile_on("src", &w, "ksrc");
     let before = w.connections();
+    let log_before = w.log().len();
     let ports_before = listening_ports();
     let out = p
         .command()
         .args(["build", "--json", "--platform", "macos"])
         .env("KILN_LOG", "kiln::builders::zfs=info")
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let s: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{stderr}"));
@@ -636,14 +670,22 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
         "{s}"
     );
     // The forward was opened, and cancelled by Kiln itself at the end
-    // (not only closed with the connection).
+    // (not only closed with the connection): the worker's sshd received
+    // the cancel request on this build's connection.
     assert!(
         stderr.contains("source server forwarded to the build host"),
         "{stderr}"
     );
+    let sshd = w.log()[log_before..].to_string();
     assert!(
-        !stderr.contains("cancelling the source server's forward"),
-        "{stderr}"
+        sshd.lines()
+            .any(|l| l.contains("rtype tcpip-forward want_reply")),
+        "no forward request reached the worker's sshd:\n{sshd}"
+    );
+    assert!(
+        sshd.lines()
+            .any(|l| l.contains("rtype cancel-tcpip-forward want_reply")),
+        "the forward was never cancelled, only closed with the connection:\n{sshd}"
     );
     // The forward rode the build's own connection.
     assert_eq!(w.connections() - before, 1, "ssh connections for one build");
@@ -654,7 +696,7 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
         .arg("-C")
         .arg(&repo)
         .args(["rev-parse", "HEAD"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
     let e = p.entry(&key(&p));
@@ -690,7 +732,10 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
     assert!(!left.contains(&port), "the forward still listens on {port}");
     // Nor did the build leave sshd's forwarding listener of any other port.
     let new: Vec<u16> = left.difference(&ports_before).copied().collect();
-    let sshd_new = Command::new("ss").args(["-Hltnp"]).output().unwrap();
+    let sshd_new = Command::new("ss")
+        .args(["-Hltnp"])
+        .output_within(LIMIT)
+        .unwrap();
     let sshd_new = String::from_utf8_lossy(&sshd_new.stdout).to_string();
     assert!(
         new.iter().all(|p| !sshd_new
@@ -713,7 +758,7 @@ fn remote_build_whose_source_is_missing_is_refused_before_connecting() {
     let out = p
         .command()
         .args(["build", "--platform", "macos", "--json"])
-        .output()
+        .output_within(LIMIT)
         .unwrap();
     assert!(!out.status.success());
     let text = format!(

@@ -40,8 +40,12 @@
 #   - the compiler's archives come from the mirror's opam cache while the
 #     switch is built, and upstream's cache (https://opam.ocaml.org/cache)
 #     is written back afterwards, so the tree holds no build-time address;
-#   - the switch is named after the series ({{ocaml_series}}) with
-#     --packages={{opam_packages}}, as in every other Kiln image.
+#   - the switch, named by the full version ({{ocaml_version}}) as
+#     freebsd-infra's `opam init -c VERSION` names it, is made by `opam
+#     switch create` with --packages={{opam_packages}}, the catalogue's
+#     packages, so that it is the compiler the key says;
+#   - the tarballs are fetched with curl, which git's package brings in
+#     (freebsd-infra's script uses it the same way, installing nothing else).
 set -eu
 : "${ROOTFS:?}" "${KILN_JAIL:?}"
 export ASSUME_ALWAYS_YES=yes
@@ -64,7 +68,7 @@ set -eu
 export ASSUME_ALWAYS_YES=yes
 pw groupshow opam >/dev/null 2>&1 || pw groupadd opam -g 1000
 pw usershow opam >/dev/null 2>&1 || pw useradd -m -n opam -g opam -u 1000 -h - -s /bin/sh -c opam
-pkg install -y sudo gmake gmp git patch rsync bash zstd pkgconf curl
+pkg install -y sudo gmake git patch rsync bash zstd pkgconf
 echo "opam ALL=(ALL:ALL) NOPASSWD: ALL" > /usr/local/etc/sudoers.d/opam
 SETUP
 chmod 755 "$ROOTFS/root/kiln-setup.sh"
@@ -81,8 +85,8 @@ cd /home/opam
 touch .hushlogin
 sed -i "" 's/^[^#]*fortune/# &/' .profile .login 2>/dev/null || true
 echo "OPAMCONFIRMLEVEL=unsafe-yes; export OPAMCONFIRMLEVEL" >> .profile
-git config --global user.email "opam@example.com"
-git config --global user.name "opam"
+git config --global user.email "you@example.com"
+git config --global user.name "Your Name"
 # opam from the mirror's release tarballs, side by side as freebsd-infra
 # installs its binaries, `opam` a hard link to opam-2.1 as there.
 build_opam() { # <release tarball URL> <installed as> <configure flags>
@@ -119,13 +123,14 @@ git clone --quiet --branch master /tmp/opam-repository.bundle opam-repository
 rm /tmp/opam-repository.bundle
 git -C opam-repository remote set-url origin https://github.com/ocaml/opam-repository.git
 test "$(git -C opam-repository rev-parse HEAD)" = "{{opam_repository_commit}}"
-opam init -y -k git -a --bare --disable-sandboxing ./opam-repository
+# opam's defaults (sandboxing as opam has it on FreeBSD) and its shell setup
+# (-a: the hook in ~/.profile), as freebsd-infra's `opam init -y`.
+opam init -y -k git -a --bare ./opam-repository
 # The compiler's archives from the source mirror; the tree keeps upstream's cache.
 opam option --global archive-mirrors={{sources_url}}/opam-cache
-opam switch create -y {{ocaml_series}} --packages={{opam_packages}}
+opam switch create -y {{ocaml_version}} --packages={{opam_packages}}
 opam option --global archive-mirrors=https://opam.ocaml.org/cache
 opam clean -a -c -s --logs
-echo 'eval $(opam env --switch={{ocaml_series}} --set-switch)' >> .profile
 OPAM
 chmod 755 "$ROOTFS/home/opam/kiln-opam.sh"
 chown 1000:1000 "$ROOTFS/home/opam/kiln-opam.sh"

@@ -135,27 +135,37 @@ COPY Dockerfile /Dockerfile.opam
 FROM opam AS compiler
 
 # The compiler (upstream's second Dockerfile, built on the image above).
-# difference(beta-repository-from-sources): upstream adds
-# github.com/ocaml/ocaml-beta-repository as a git remote; Kiln unpacks the
-# sources server's tarball of it and adds the directory.
+# The beta repository for dev compilers and unreleased betas, added as
+# upstream adds it (`maybe_add_beta`): the same `opam repo add` of the same
+# URL, so `opam update` in CI refreshes it from there.
+# difference(beta-repository-from-mirror): while it is added, git's
+# `insteadOf` gives opam the source mirror's bundle of the commit declared
+# in versions/sources.yaml (`git:`; checked here) for that URL; the build
+# reaches no GitHub.
 RUN if {{ocaml_beta_repository}}; then \
-      mkdir -p /home/opam/ocaml-beta-repository \
-      && curl -fsSL -o /tmp/ocaml-beta-repository.tar.gz {{sources_url}}/{{ocaml_beta_repository_source}} \
-      && tar -xzf /tmp/ocaml-beta-repository.tar.gz --strip-components=1 -C /home/opam/ocaml-beta-repository \
-      && rm /tmp/ocaml-beta-repository.tar.gz \
-      && opam repo add beta /home/opam/ocaml-beta-repository --set-default; \
+      curl -fsSL -o /tmp/ocaml-beta-repository.bundle {{sources_url}}/{{ocaml_beta_repository_source}} \
+      && git clone --quiet --bare /tmp/ocaml-beta-repository.bundle /tmp/ocaml-beta-repository.git \
+      && rm /tmp/ocaml-beta-repository.bundle \
+      && test "$(git --git-dir=/tmp/ocaml-beta-repository.git rev-parse HEAD)" = "{{ocaml_beta_repository_commit}}" \
+      && git config --global url.file:///tmp/ocaml-beta-repository.git.insteadOf https://github.com/ocaml/ocaml-beta-repository \
+      && opam repo add beta git+https://github.com/ocaml/ocaml-beta-repository --set-default \
+      && git config --global --unset url.file:///tmp/ocaml-beta-repository.git.insteadOf \
+      && rm -rf /tmp/ocaml-beta-repository.git; \
     fi
 # GCC 15 defaults to C23, which breaks OCaml before 5.1 (but 4.14.2): the
-# patches overlay, where upstream applies it (rule in src/plan/recipe_vars.rs).
-# difference(gcc15-overlay-from-sources): upstream adds the `patches` branch of
-# github.com/ocurrent/opam-repository as a git remote; Kiln unpacks the sources
-# server's tarball of it and adds the directory.
+# patches overlay, where upstream applies it (rule in src/plan/recipe_vars.rs),
+# added as upstream adds it (`maybe_add_gcc15_overlay`).
+# difference(gcc15-overlay-from-mirror): as the beta repository, from the
+# mirror's bundle of the declared commit of the branch `patches`.
 RUN if {{ocaml_gcc15_overlay}}; then \
-      mkdir -p /home/opam/ocaml-patches-overlay \
-      && curl -fsSL -o /tmp/ocaml-patches-overlay.tar.gz {{sources_url}}/{{ocaml_gcc15_overlay_source}} \
-      && tar -xzf /tmp/ocaml-patches-overlay.tar.gz --strip-components=1 -C /home/opam/ocaml-patches-overlay \
-      && rm /tmp/ocaml-patches-overlay.tar.gz \
-      && opam repo add ocaml-patches-overlay /home/opam/ocaml-patches-overlay --set-default; \
+      curl -fsSL -o /tmp/ocaml-patches-overlay.bundle {{sources_url}}/{{ocaml_gcc15_overlay_source}} \
+      && git clone --quiet --bare /tmp/ocaml-patches-overlay.bundle /tmp/ocaml-patches-overlay.git \
+      && rm /tmp/ocaml-patches-overlay.bundle \
+      && test "$(git --git-dir=/tmp/ocaml-patches-overlay.git rev-parse HEAD)" = "{{ocaml_gcc15_overlay_commit}}" \
+      && git config --global url.file:///tmp/ocaml-patches-overlay.git.insteadOf https://github.com/ocurrent/opam-repository \
+      && opam repo add ocaml-patches-overlay git+https://github.com/ocurrent/opam-repository#patches --set-default \
+      && git config --global --unset url.file:///tmp/ocaml-patches-overlay.git.insteadOf \
+      && rm -rf /tmp/ocaml-patches-overlay.git; \
     fi
 ENV OPAMYES="1" OPAMCONFIRMLEVEL="unsafe-yes" OPAMERRLOGLEN="0" OPAMPRECISETRACKING="1"
 USER root

@@ -39,10 +39,13 @@
 #     switch is built (`archive-mirrors`), and upstream's cache
 #     (https://opam.ocaml.org/cache) is written back afterwards, so the
 #     tree holds no build-time address;
-#   - the switch is named after the series ({{ocaml_series}}) and created
-#     with --packages={{opam_packages}} (macos-infra: `opam init -c
-#     VERSION`), as in every other Kiln image, so a job's `opam switch`
-#     looks the same on every platform;
+#   - the switch is named by the full version ({{ocaml_version}}) as
+#     macos-infra's `opam init -c VERSION` names it, but created by `opam
+#     switch create` with --packages={{opam_packages}}, the catalogue's
+#     packages, so that it is the compiler the key says;
+#   - ~/.obuilder_profile.sh ends with `eval "$(opam env)"` (the default
+#     switch, nothing pinned): obuilder and Kiln's smoke test source that
+#     file, not the shell profile opam's `-a` setup writes;
 #   - the build user, the sudoers entry and the datasets are made once
 #     per worker by the operator and by Kiln (macos-infra recreates the
 #     user for each image): Kiln's recipe never runs as root;
@@ -59,7 +62,7 @@ if [ ! -x "$BREW/bin/brew" ]; then
 fi
 export PATH="$BREW/bin:$BREW/sbin:/usr/bin:/bin:/usr/sbin:/sbin"
 brew update --quiet
-brew install --quiet gpatch gmp pkgconf
+brew install --quiet gpatch
 
 # opam 2.x from the mirror's release tarballs, installed side by side as
 # macos-infra installs its binaries: opam-2.1 … opam-2.5 and opam-dev, with
@@ -118,15 +121,18 @@ git -C "$HOME/opam-repository" remote set-url origin https://github.com/ocaml/op
 test "$(git -C "$HOME/opam-repository" rev-parse HEAD)" = "{{opam_repository_commit}}"
 # shellcheck disable=SC1091
 . "$HOME/.obuilder_profile.sh"
-opam init -k git -a --bare --disable-sandboxing "$HOME/opam-repository"
+# Sandboxing on, as macos-infra's `opam init` leaves it (sandbox-exec):
+# opam-repo-ci relies on it.
+opam init -k git -a --bare "$HOME/opam-repository"
 # The compiler's archives from the source mirror; the tree keeps upstream's cache.
 opam option --global archive-mirrors={{sources_url}}/opam-cache
-opam switch create {{ocaml_series}} --packages={{opam_packages}}
+opam switch create {{ocaml_version}} --packages={{opam_packages}}
 opam option --global archive-mirrors=https://opam.ocaml.org/cache
 opam clean -a -c -s --logs
-# Expanded when a job sources the profile, not now.
+# The default switch's environment for whoever sources the profile (Kiln's
+# smoke test, obuilder's steps); no switch is pinned. Expanded then, not now.
 # shellcheck disable=SC2016
-echo 'eval "$(opam env --switch={{ocaml_series}} --set-switch)"' >> "$HOME/.obuilder_profile.sh"
+echo 'eval "$(opam env)"' >> "$HOME/.obuilder_profile.sh"
 
 # fseventsd must not log on the datasets: a job's clone would carry its
 # journal along (macos-infra does the same).

@@ -16,11 +16,15 @@
 
 FROM {{parent}}@{{parent_digest}} AS opam-builder
 USER ContainerAdministrator
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine').TrimEnd('\'); [Environment]::SetEnvironmentVariable('Path', $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "\\$"') do `
+          for /f "delims=" %l in ('cmd /v:on /c "set v=%c&& echo !v:~0,-1!"') do `
+            reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "%l"
 # Cygwin, the build environment opam for Windows uses, from its installer
 # and mirror (the distro's own hosts).
 ENV CYGWIN="nodosfilewarning winsymlinks:native"
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine').TrimEnd('\'); [Environment]::SetEnvironmentVariable('Path', 'C:\cygwin64\bin;' + $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "^[^H]"') do `
+        reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "C:\cygwin64\bin;%c"
+ADD ["https://www.cygwin.com/setup-x86_64.exe", "C:\\cygwin64\\setup-x86_64.exe"]
 # difference(cygsympathy-from-sources): upstream downloads cygsympathy (which
 # fixes the ACLs of Cygwin's postinstall files) from the head of its GitHub
 # repository; Kiln takes the two files of a pinned commit from the sources server.
@@ -29,12 +33,14 @@ RUN mkdir C:\cygwin64\lib\cygsympathy && mkdir C:\cygwin64\etc\postinstall `
  && curl.exe -fsSL -o C:\cygwin64\lib\cygsympathy\cygsympathy {{sources_url}}/cygsympathy.sh `
  && mklink C:\cygwin64\etc\postinstall\zp_zcygsympathy.sh C:\cygwin64\lib\cygsympathy\cygsympathy
 # difference(opam-from-release-tarballs): curl, to fetch the tarballs.
-RUN curl.exe -fsSL -o C:\cygwin64\setup-x86_64.exe https://www.cygwin.com/setup-x86_64.exe `
- && C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
+RUN C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
       --local-package-dir C:\TEMP\cache --root C:\cygwin64 --site https://mirrors.kernel.org/sourceware/cygwin/ `
-      --symlink-type=native --packages curl,diffutils,git,make,mingw64-i686-gcc-g++,mingw64-x86_64-gcc-core,mingw64-x86_64-gcc-g++,patch `
- && rmdir /s /q C:\TEMP
-RUN C:\cygwin64\bin\bash.exe --login -c "sed -i -E '/^(#|$)/! s/^([^ ]+ +[^ ]+ +[^ ]+ +)/\1noacl,/' /etc/fstab"
+      --symlink-type=native --packages curl,diffutils,git,make,mingw64-i686-gcc-g++,mingw64-x86_64-gcc-core,mingw64-x86_64-gcc-g++,patch && `
+  powershell -Command "Remove-Item 'C:\TEMP' -Recurse"
+# Windows ltsc2019 (not Windows Server) gets Cygwin's DLL rebased without
+# ASLR, as upstream (`aslr_state`, `run_peflags`; vars.cygwin_aslr_off).
+RUN if {{cygwin_aslr_off}}==true C:\cygwin64\bin\peflags -d0 C:\cygwin64\bin\cygwin1.dll
+RUN awk -i inplace "/(^#)|(^$)/{print;next}{$4=""noacl,""$4; print}" C:\cygwin64\etc\fstab
 ENV HOME="C:\cygwin64\home\opam"
 RUN C:\cygwin64\bin\bash.exe --login -c "git config --global user.email 'docker@example.com' && git config --global user.name 'Docker' && git config --system core.longpaths true"
 # Stage: opam 2.2 to 2.5 and opam-dev for Windows, built from source in Cygwin.
@@ -54,11 +60,19 @@ RUN C:\cygwin64\bin\bash.exe --login -c "mkdir -p /tmp/opam-build-dev && cd /tmp
 FROM {{parent}}@{{parent_digest}} AS opam
 USER ContainerAdministrator
 LABEL distro_style="windows"
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine').TrimEnd('\'); [Environment]::SetEnvironmentVariable('Path', $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "\\$"') do `
+          for /f "delims=" %l in ('cmd /v:on /c "set v=%c&& echo !v:~0,-1!"') do `
+            reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "%l"
+# The Visual C++ runtime, from Microsoft.
+ADD ["https://aka.ms/vs/17/release/vc_redist.x64.exe", "C:\\TEMP\\"]
+RUN C:\TEMP\vc_redist.x64.exe /install /passive /norestart /log C:\TEMP\vc_redist.log && `
+  powershell -Command "Remove-Item 'C:\TEMP' -Recurse"
 # Cygwin, the build environment opam for Windows uses, from its installer
 # and mirror (the distro's own hosts).
 ENV CYGWIN="nodosfilewarning winsymlinks:native"
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine').TrimEnd('\'); [Environment]::SetEnvironmentVariable('Path', 'C:\cygwin64\bin;' + $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "^[^H]"') do `
+        reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "C:\cygwin64\bin;%c"
+ADD ["https://www.cygwin.com/setup-x86_64.exe", "C:\\cygwin64\\setup-x86_64.exe"]
 # difference(cygsympathy-from-sources): upstream downloads cygsympathy (which
 # fixes the ACLs of Cygwin's postinstall files) from the head of its GitHub
 # repository; Kiln takes the two files of a pinned commit from the sources server.
@@ -66,16 +80,14 @@ RUN mkdir C:\cygwin64\lib\cygsympathy && mkdir C:\cygwin64\etc\postinstall `
  && curl.exe -fsSL -o C:\cygwin64\lib\cygsympathy\cygsympathy.cmd {{sources_url}}/cygsympathy.cmd `
  && curl.exe -fsSL -o C:\cygwin64\lib\cygsympathy\cygsympathy {{sources_url}}/cygsympathy.sh `
  && mklink C:\cygwin64\etc\postinstall\zp_zcygsympathy.sh C:\cygwin64\lib\cygsympathy\cygsympathy
-RUN curl.exe -fsSL -o C:\cygwin64\setup-x86_64.exe https://www.cygwin.com/setup-x86_64.exe `
- && C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
+RUN C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
       --local-package-dir C:\TEMP\cache --root C:\cygwin64 --site https://mirrors.kernel.org/sourceware/cygwin/ `
-      --symlink-type=native --packages curl,diffutils,git,m4,make,mingw64-x86_64-gcc-core,patch,perl,rsync,unzip `
- && rmdir /s /q C:\TEMP
-RUN C:\cygwin64\bin\bash.exe --login -c "sed -i -E '/^(#|$)/! s/^([^ ]+ +[^ ]+ +[^ ]+ +)/\1noacl,/' /etc/fstab"
-# The Visual C++ runtime, from Microsoft.
-RUN curl.exe -fsSL -o C:\vc_redist.x64.exe https://aka.ms/vs/17/release/vc_redist.x64.exe `
- && C:\vc_redist.x64.exe /install /passive /norestart /log C:\vc_redist.log `
- && del C:\vc_redist.x64.exe
+      --symlink-type=native --packages curl,diffutils,git,m4,make,mingw64-x86_64-gcc-core,patch,perl,rsync,unzip && `
+  powershell -Command "Remove-Item 'C:\TEMP' -Recurse"
+# Windows ltsc2019 (not Windows Server) gets Cygwin's DLL rebased without
+# ASLR, as upstream (`aslr_state`, `run_peflags`; vars.cygwin_aslr_off).
+RUN if {{cygwin_aslr_off}}==true C:\cygwin64\bin\peflags -d0 C:\cygwin64\bin\cygwin1.dll
+RUN awk -i inplace "/(^#)|(^$)/{print;next}{$4=""noacl,""$4; print}" C:\cygwin64\etc\fstab
 COPY --from=opam-builder ["C:\\cygwin64\\usr\\local\\bin\\Opam.Runtime.amd64", "C:\\Opam.Runtime.amd64"]
 RUN move C:\Opam.Runtime.amd64 C:\cygwin64\usr\local\bin
 COPY --from=opam-builder ["C:\\cygwin64\\usr\\local\\bin\\opam-2.2.exe", "C:\\opam-2.2.exe"]
@@ -89,7 +101,8 @@ RUN move C:\opam-2.5.exe C:\cygwin64\usr\local\bin
 COPY --from=opam-builder ["C:\\cygwin64\\usr\\local\\bin\\opam-dev.exe", "C:\\opam-dev.exe"]
 RUN move C:\opam-dev.exe C:\cygwin64\usr\local\bin
 RUN mklink C:\cygwin64\usr\local\bin\opam.exe C:\cygwin64\usr\local\bin\opam-2.2.exe
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine'); [Environment]::SetEnvironmentVariable('Path', 'C:\cygwin64\usr\local\bin;' + $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "^[^H]"') do `
+        reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "C:\cygwin64\usr\local\bin;C:\cygwin64\bin;%c"
 WORKDIR C:\cygwin64\home\opam
 ENV HOME="C:\cygwin64\home\opam"
 RUN C:\cygwin64\bin\bash.exe --login -c "git config --global user.email 'docker@example.com' && git config --global user.name 'Docker' && git config --system core.longpaths true && git config --global --add safe.directory /home/opam/opam-repository"

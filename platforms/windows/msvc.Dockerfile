@@ -16,7 +16,9 @@
 
 FROM {{parent}}@{{parent_digest}} AS cygwin-msvc
 USER ContainerAdministrator
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine').TrimEnd('\'); [Environment]::SetEnvironmentVariable('Path', $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "\\$"') do `
+          for /f "delims=" %l in ('cmd /v:on /c "set v=%c&& echo !v:~0,-1!"') do `
+            reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "%l"
 # Visual Studio Build Tools with the C++ workload, from Microsoft.
 # difference(vs-installer-exit-codes): upstream wraps the installer in
 # ocaml-dockerfile's Install.cmd (from GitHub) to accept exit code 3010
@@ -25,7 +27,9 @@ RUN powershell -NoProfile -Command "$ErrorActionPreference = 'Stop'; New-Item -I
 # Cygwin, the build environment opam for Windows uses, from its installer
 # and mirror (the distro's own hosts).
 ENV CYGWIN="nodosfilewarning winsymlinks:native"
-RUN powershell -NoProfile -Command "$p = [Environment]::GetEnvironmentVariable('Path', 'Machine').TrimEnd('\'); [Environment]::SetEnvironmentVariable('Path', 'C:\cygwin64\bin;' + $p, 'Machine')"
+RUN for /f "tokens=1,2,*" %a in ('reg query "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path ^| findstr /r "^[^H]"') do `
+        reg add "HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Environment" /V Path /t REG_EXPAND_SZ /f /d "C:\cygwin64\bin;%c"
+ADD ["https://www.cygwin.com/setup-x86_64.exe", "C:\\cygwin64\\setup-x86_64.exe"]
 # difference(cygsympathy-from-sources): upstream downloads cygsympathy (which
 # fixes the ACLs of Cygwin's postinstall files) from the head of its GitHub
 # repository; Kiln takes the two files of a pinned commit from the sources server.
@@ -34,12 +38,14 @@ RUN mkdir C:\cygwin64\lib\cygsympathy && mkdir C:\cygwin64\etc\postinstall `
  && curl.exe -fsSL -o C:\cygwin64\lib\cygsympathy\cygsympathy {{sources_url}}/cygsympathy.sh `
  && mklink C:\cygwin64\etc\postinstall\zp_zcygsympathy.sh C:\cygwin64\lib\cygsympathy\cygsympathy
 # difference(opam-from-release-tarballs): curl, to fetch the tarballs.
-RUN curl.exe -fsSL -o C:\cygwin64\setup-x86_64.exe https://www.cygwin.com/setup-x86_64.exe `
- && C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
+RUN C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
       --local-package-dir C:\TEMP\cache --root C:\cygwin64 --site https://mirrors.kernel.org/sourceware/cygwin/ `
-      --symlink-type=native --packages diffutils,git,make,patch,curl `
- && rmdir /s /q C:\TEMP
-RUN C:\cygwin64\bin\bash.exe --login -c "sed -i -E '/^(#|$)/! s/^([^ ]+ +[^ ]+ +[^ ]+ +)/\1noacl,/' /etc/fstab"
+      --symlink-type=native --packages diffutils,git,make,patch,curl && `
+  powershell -Command "Remove-Item 'C:\TEMP' -Recurse"
+# Windows ltsc2019 (not Windows Server) gets Cygwin's DLL rebased without
+# ASLR, as upstream (`aslr_state`, `run_peflags`; vars.cygwin_aslr_off).
+RUN if {{cygwin_aslr_off}}==true C:\cygwin64\bin\peflags -d0 C:\cygwin64\bin\cygwin1.dll
+RUN awk -i inplace "/(^#)|(^$)/{print;next}{$4=""noacl,""$4; print}" C:\cygwin64\etc\fstab
 # difference(msvs-tools-from-sources): upstream unpacks the head of
 # metastack/msvs-tools from GitHub; Kiln takes msvs-detect and
 # msvs-promote-path of a pinned commit from the sources server.
@@ -67,12 +73,12 @@ LABEL distro_style="windows"
 USER ContainerAdministrator
 RUN C:\cygwin64\setup-x86_64.exe --quiet-mode --no-shortcuts --no-startmenu --no-desktop --only-site `
       --local-package-dir C:\TEMP\cache --root C:\cygwin64 --site https://mirrors.kernel.org/sourceware/cygwin/ `
-      --symlink-type=native --packages curl,diffutils,git,m4,make,patch,perl,rsync,unzip `
- && rmdir /s /q C:\TEMP
+      --symlink-type=native --packages curl,diffutils,git,m4,make,patch,perl,rsync,unzip && `
+  powershell -Command "Remove-Item 'C:\TEMP' -Recurse"
 # The Visual C++ runtime, from Microsoft.
-RUN curl.exe -fsSL -o C:\vc_redist.x64.exe https://aka.ms/vs/17/release/vc_redist.x64.exe `
- && C:\vc_redist.x64.exe /install /passive /norestart /log C:\vc_redist.log `
- && del C:\vc_redist.x64.exe
+ADD ["https://aka.ms/vs/17/release/vc_redist.x64.exe", "C:\\TEMP\\"]
+RUN C:\TEMP\vc_redist.x64.exe /install /passive /norestart /log C:\TEMP\vc_redist.log && `
+  powershell -Command "Remove-Item 'C:\TEMP' -Recurse"
 COPY --from=opam-builder ["C:\\cygwin64\\usr\\local\\bin\\opam-2.2.exe", "C:\\opam-2.2.exe"]
 RUN move C:\opam-2.2.exe C:\cygwin64\usr\local\bin
 COPY --from=opam-builder ["C:\\cygwin64\\usr\\local\\bin\\opam-2.3.exe", "C:\\opam-2.3.exe"]
@@ -86,9 +92,9 @@ RUN move C:\opam-dev.exe C:\cygwin64\usr\local\bin
 # The MSVC environment (vcvarsall amd64) persisted in the machine
 # environment, ahead of Cygwin, so every later step and every container sees
 # cl.exe and link.exe without a wrapper.
-RUN powershell -NoProfile -Command "[Environment]::GetEnvironmentVariable('Path', 'Machine')" > C:\path_before.txt
+RUN powershell -Command "[Environment]::GetEnvironmentVariable('PATH', 'Machine')" > C:\path_before.txt
 RUN call "C:\Program Files (x86)\Microsoft Visual Studio\2022\BuildTools\VC\Auxiliary\Build\vcvarsall.bat" amd64 && set > C:\msvc_env.txt
-RUN powershell -NoProfile -Command "$ErrorActionPreference = 'Stop'; $before = (Get-Content C:\path_before.txt).Trim(); foreach ($line in Get-Content C:\msvc_env.txt) { if ($line -match '^(INCLUDE|LIB|LIBPATH)=(.*)$') { [Environment]::SetEnvironmentVariable($matches[1], $matches[2], 'Machine') } elseif ($line -match '^PATH=(.*)$') { $added = ($matches[1] -split ';' | Where-Object { $_ -ne '' -and $before -notlike ('*' + $_ + '*') }) -join ';'; [Environment]::SetEnvironmentVariable('PATH', $added + ';C:\cygwin64\usr\local\bin;C:\cygwin64\bin;' + $before, 'Machine') } }"
+RUN powershell -Command "$before = (Get-Content C:\path_before.txt).Trim(); $content = Get-Content C:\msvc_env.txt; foreach ($line in $content) { if ($line -match '^(INCLUDE|LIB|LIBPATH)=(.*)$') { [Environment]::SetEnvironmentVariable($matches[1], $matches[2], 'Machine') } elseif ($line -match '^PATH=(.*)$') { $vcPath = $matches[1]; $msvcPaths = ($vcPath -split ';' | Where-Object { $before -notlike \"*$_*\" -and $_ -ne '' }) -join ';'; $finalPath = \"$msvcPaths;C:\cygwin64\usr\local\bin;C:\cygwin64\bin;$before\"; [Environment]::SetEnvironmentVariable('PATH', $finalPath, 'Machine') } }"
 RUN del C:\path_before.txt C:\msvc_env.txt
 RUN mklink C:\cygwin64\usr\local\bin\opam.exe C:\cygwin64\usr\local\bin\opam-2.2.exe
 WORKDIR C:\cygwin64\home\opam

@@ -1,5 +1,5 @@
-//! Who may write: the bearer token of the write routes (`POST /v1/reload`,
-//! `POST /v1/rebuild`).
+//! Who may write, or read build logs: the bearer token of the protected
+//! routes (`POST /v1/reload`, `POST /v1/rebuild`, `GET /v1/logs/{name}`).
 //!
 //! Authentication comes first: a request without `Authorization: Bearer
 //! <token>` gets 401 with `WWW-Authenticate: Bearer`, whether or not writes
@@ -39,10 +39,12 @@ pub enum Denied {
     #[error("a bearer token is required: Authorization: Bearer <api.token>")]
     NoToken,
     /// No bearer token, and no token could help: 401 all the same.
-    #[error("a bearer token is required (and writes are disabled here: api.token is empty)")]
+    #[error(
+        "a bearer token is required (and writes and logs are disabled here: api.token is empty)"
+    )]
     NoTokenWritesDisabled,
     /// A bearer token, but writes are disabled: 403.
-    #[error("writes are disabled: set api.token")]
+    #[error("writes and logs are disabled: set api.token")]
     WritesDisabled,
     /// A bearer token that is not `api.token`: 403.
     #[error("the bearer token is not the one configured in api.token")]

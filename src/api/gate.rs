@@ -197,6 +197,113 @@ mod tests {
         assert_eq!(missing[2].kind, Some(FailureKind::NoBuilder));
     }
 
+    /// The one missing arch of `r`'s verdict.
+    fn only_missing(r: &Requirement, lock: &Lockfile, jobs: &Jobs) -> Missing {
+        let Verdict::Missing { missing } = verdict(r, lock, jobs) else {
+            panic!("must not be available")
+        };
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        missing[0].clone()
+    }
+
+    #[test]
+    fn reasons_are_named_as_the_api_serves_them() {
+        let names = MissingReason::ALL.map(MissingReason::as_str);
+        assert_eq!(
+            names,
+            [
+                "not-built",
+                "building",
+                "queued",
+                "failed",
+                "no-builder",
+                "stale"
+            ]
+        );
+        for r in MissingReason::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+
+    #[test]
+    fn an_arch_the_current_tag_lacks_is_not_built() {
+        let mut lock = Lockfile::default();
+        lock.publish(entry("debian-13-ocaml-5.5", 1), "new");
+        let m = only_missing(&req(&[Arch::Amd64, Arch::Arm64]), &lock, &Jobs::new());
+        assert_eq!(
+            m,
+            Missing {
+                arch: Arch::Arm64,
+                reason: MissingReason::NotBuilt,
+                kind: None,
+                detail: None,
+            }
+        );
+    }
+
+    #[test]
+    fn an_arch_whose_build_succeeded_but_is_not_published_is_not_built() {
+        let mut jobs = Jobs::new();
+        jobs.insert(key(Arch::Amd64), ArchState::Succeeded);
+        let m = only_missing(&req(&[Arch::Amd64]), &Lockfile::default(), &jobs);
+        assert_eq!((m.reason, m.detail), (MissingReason::NotBuilt, None));
+    }
+
+    #[test]
+    fn a_queued_arch_is_queued() {
+        let mut jobs = Jobs::new();
+        jobs.insert(key(Arch::Amd64), ArchState::Queued);
+        let m = only_missing(&req(&[Arch::Amd64]), &Lockfile::default(), &jobs);
+        assert_eq!((m.reason, m.kind), (MissingReason::Queued, None));
+    }
+
+    #[test]
+    fn a_failed_arch_points_at_its_log() {
+        let mut jobs = Jobs::new();
+        jobs.insert(
+            key(Arch::Amd64),
+            ArchState::Failed {
+                kind: FailureKind::Infra,
+                error: "engine unreachable".into(),
+                log: Some("/var/log/kiln/a.log".into()),
+            },
+        );
+        let m = only_missing(&req(&[Arch::Amd64]), &Lockfile::default(), &jobs);
+        assert_eq!(m.reason, MissingReason::Failed);
+        assert_eq!(m.kind, Some(FailureKind::Infra));
+        assert_eq!(
+            m.detail.as_deref(),
+            Some("engine unreachable (log: /var/log/kiln/a.log)")
+        );
+    }
+
+    #[test]
+    fn an_arch_no_builder_can_build_says_so_whatever_its_job() {
+        let mut r = req(&[Arch::Riscv64]);
+        r.no_builder = vec![Arch::Riscv64];
+        let mut jobs = Jobs::new();
+        jobs.insert(key(Arch::Riscv64), ArchState::Building);
+        let m = only_missing(&r, &Lockfile::default(), &jobs);
+        assert_eq!(m.reason, MissingReason::NoBuilder);
+        assert_eq!(
+            m.detail.as_deref(),
+            Some("no configured linux builder can build riscv64")
+        );
+    }
+
+    #[test]
+    fn a_stale_tag_says_which_compiler_it_holds_and_which_is_wanted() {
+        let mut lock = Lockfile::default();
+        lock.publish(entry("debian-13-ocaml-5.5", 1), "new");
+        let mut r = req(&[Arch::Amd64]);
+        r.ocaml = "5.5.1".parse().unwrap();
+        let m = only_missing(&r, &lock, &Jobs::new());
+        assert_eq!(
+            m.detail.as_deref(),
+            Some("tag holds OCaml 5.5.0, 5.5.1 not built yet")
+        );
+    }
+
     #[test]
     fn a_tag_holding_an_older_patch_release_is_stale() {
         let mut lock = Lockfile::default();

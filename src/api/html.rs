@@ -1,13 +1,23 @@
 //! The status page: versions × (platform, OS release), readable without
-//! JavaScript. Per-arch detail is in a `<details>` element per cell.
+//! JavaScript. Per-arch detail is in a `<details>` element per cell; each
+//! version's row starts with the gate's verdict on the version as a whole
+//! (available, or refused and why: the tags missing and their reasons).
+//! Below, the worker inventory's latest collection: every host, its
+//! health, its builds, what it holds.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
+use std::sync::Arc;
 
 use super::gate::{Missing, Requirement, Verdict};
 use super::snapshot::Snapshot;
+use crate::builders::inventory::{HostReport, Inventory};
 use crate::catalogue::OcamlVersion;
 use crate::publish::lockfile::Entry;
+
+/// What the page says of the workers: this server has no inventory
+/// (`None`), none collected yet (`Some(None)`), or the latest collection.
+pub type WorkersView<'a> = Option<&'a Option<Arc<Inventory>>>;
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -16,7 +26,7 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn render(snap: &Snapshot) -> String {
+pub fn render(snap: &Snapshot, workers: WorkersView<'_>) -> String {
     let mut columns: BTreeSet<(String, String)> = BTreeSet::new();
     for r in &snap.requirements {
         columns.insert((r.platform.clone(), r.os.clone()));
@@ -24,7 +34,7 @@ pub fn render(snap: &Snapshot) -> String {
     let columns: Vec<_> = columns.into_iter().collect();
     let mut s = String::with_capacity(16 * 1024);
     push_head(&mut s, snap);
-    s.push_str("<table><thead><tr><th>version</th>");
+    s.push_str("<table><thead><tr><th>version</th><th>gate</th>");
     for (p, os) in &columns {
         let _ = write!(s, "<th>{}<br>{}</th>", esc(p), esc(os));
     }
@@ -42,6 +52,7 @@ pub fn render(snap: &Snapshot) -> String {
             "<tr><th><a href=\"/v1/versions/{0}\">{0}</a></th>",
             esc(&v.to_string())
         );
+        push_verdict(&mut s, snap, &v);
         for (p, os) in &columns {
             let Some(reqs) = by_cell.get(&(&v, p.as_str(), os.as_str())) else {
                 s.push_str("<td class=\"na\"></td>");
@@ -51,8 +62,109 @@ pub fn render(snap: &Snapshot) -> String {
         }
         s.push_str("</tr>");
     }
-    s.push_str("</tbody></table></body></html>\n");
+    s.push_str("</tbody></table>");
+    push_workers(&mut s, workers);
+    s.push_str("</body></html>\n");
     s
+}
+
+/// The gate's verdict on the whole version: available, or refused with
+/// the required tags that are missing and why.
+fn push_verdict(s: &mut String, snap: &Snapshot, v: &OcamlVersion) {
+    let Some(view) = super::version_view(snap, v) else {
+        s.push_str("<td class=\"na\"></td>");
+        return;
+    };
+    if view.available {
+        s.push_str("<td class=\"available verdict\">available</td>");
+        return;
+    }
+    let missing: Vec<_> = view.cells.iter().filter(|c| !c.available).collect();
+    let _ = write!(
+        s,
+        "<td class=\"missing verdict\"><details><summary>refused: {} of {} required tags missing</summary><ul>",
+        missing.len(),
+        view.cells.len()
+    );
+    for c in missing {
+        let reasons: Vec<String> = c
+            .missing
+            .iter()
+            .map(|m| format!("{} {}", m.arch.as_str(), m.reason.as_str()))
+            .collect();
+        let _ = write!(s, "<li>{} ({})</li>", esc(&c.tag), esc(&reasons.join(", ")));
+    }
+    s.push_str("</ul></details></td>");
+}
+
+/// The workers table: one row per host, what it holds behind a `<details>`.
+fn push_workers(s: &mut String, workers: WorkersView<'_>) {
+    s.push_str("<h2 id=\"workers\">Workers</h2>");
+    let inv = match workers {
+        None => {
+            s.push_str("<p>This server collects no worker inventory.</p>");
+            return;
+        }
+        Some(None) => {
+            s.push_str("<p>The worker inventory is being collected (<a href=\"/v1/workers\">/v1/workers</a>).</p>");
+            return;
+        }
+        Some(Some(inv)) => inv,
+    };
+    let _ = write!(
+        s,
+        "<p>Collected {}; machine-readable: <a href=\"/v1/workers\">/v1/workers</a>.</p>\
+         <table><thead><tr><th>builder</th><th>host</th><th>health</th><th>builds</th>\
+         <th>arches</th><th>storage</th><th>holds</th></tr></thead><tbody>",
+        inv.collected_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    for h in &inv.hosts {
+        push_host(s, h);
+    }
+    s.push_str("</tbody></table>");
+}
+
+fn push_host(s: &mut String, h: &HostReport) {
+    let class = if h.is_ok() { "available" } else { "missing" };
+    let busy = h.busy.map(|b| b.to_string()).unwrap_or_else(|| "?".into());
+    let storage = match (&h.pool, h.engine_cache_bytes) {
+        (Some(p), _) => format!("pool {} {} ({} free)", p.name, p.size, p.free),
+        (None, Some(b)) => format!("engine cache {b} bytes"),
+        (None, None) => String::new(),
+    };
+    let unreferenced = h.holds.iter().filter(|x| !x.referenced).count();
+    let _ = write!(
+        s,
+        "<tr><td>{}</td><td>{}<br><code>{}</code></td><td class=\"{class}\">{}</td><td>{busy}/{}</td>\
+         <td>{}</td><td>{}</td><td><details><summary>{} held, {unreferenced} unreferenced</summary><ul>",
+        esc(h.builder.as_str()),
+        esc(&h.host),
+        esc(&h.address),
+        esc(&h.health),
+        h.slots,
+        esc(&h.arches.join(" ")),
+        esc(&storage),
+        h.holds.len()
+    );
+    for x in &h.holds {
+        let _ = write!(
+            s,
+            "<li>{} <code>{}</code>{}: {}{}</li>",
+            esc(x.kind.as_str()),
+            esc(&x.name),
+            x.bytes.map(|b| format!(" ({b} bytes)")).unwrap_or_default(),
+            if x.referenced {
+                "referenced"
+            } else {
+                "unreferenced"
+            },
+            x.digest
+                .as_deref()
+                .map(|d| format!(" <code>{}</code>", esc(d)))
+                .unwrap_or_default()
+        );
+    }
+    s.push_str("</ul></details></td></tr>");
 }
 
 /// The document head, the style sheet, the title, the summary line and

@@ -7,14 +7,17 @@
 //! tests check the handlers and the running server against it.
 
 mod auth;
+mod distribution;
 pub mod gate;
 mod html;
+mod jobs;
 mod metrics;
 mod openapi;
 pub mod resolve;
 mod routes;
 pub mod snapshot;
 pub mod suggest;
+pub mod workers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +33,7 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use crate::catalogue::{Arch, OcamlVersion};
+pub use distribution::Backing;
 use gate::Verdict;
 pub use metrics::Metrics;
 use metrics::count;
@@ -37,8 +41,14 @@ use snapshot::{Snapshot, Store};
 
 pub use routes::{Body, ROUTES, Reply, Route, route};
 
-/// Query strings longer than this get a 414.
+/// The longest query string, and the longest `image` and `arch` (in
+/// characters) of `/v1/resolve`: the document declares the two parameters'
+/// `maxLength`, and everything over any of them is a malformed request
+/// (400), as the document says. Within both, a query is never over
+/// `MAX_QUERY`, even percent-encoded.
 const MAX_QUERY: usize = 2048;
+const MAX_IMAGE: usize = 512;
+const MAX_ARCH: usize = 32;
 /// Request bodies larger than this get a 413.
 const MAX_BODY: usize = 16 * 1024;
 
@@ -60,10 +70,16 @@ pub struct AppState {
     /// Where build logs live (served under /v1/logs/NAME).
     pub log_dir: Option<std::path::PathBuf>,
     /// The daemon's rebuild trigger, when the API runs inside `kiln daemon`.
-    pub rebuild: Option<tokio::sync::mpsc::Sender<String>>,
+    pub rebuild: Option<tokio::sync::mpsc::Sender<crate::model::rebuild::Rebuild>>,
     /// The state database holding the job queue, for queue metrics.
     pub queue_db: Option<std::path::PathBuf>,
     pub metrics: Metrics,
+    /// The registry `/v2/` reads published manifests and blobs from; without
+    /// one, `/v2/` answers 502 for them.
+    pub distribution: Option<Arc<Backing>>,
+    /// The worker inventory (`/v1/workers`, the status page); without
+    /// one, `/v1/workers` answers 503.
+    pub workers: Option<Arc<workers::Workers>>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -96,10 +112,16 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/versions", get(versions_route))
         .route("/v1/versions/{version}", get(version))
         .route("/v1/platforms", get(platforms_route))
+        .route("/v1/workers", get(workers_route))
         .route("/v1/lockfile", get(lockfile))
         .route("/v1/logs/{name}", get(build_log))
         .route("/v1/reload", post(reload_route))
         .route("/v1/rebuild", post(rebuild))
+        .route("/v1/jobs", get(jobs::list_jobs).post(jobs::queue_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
+        .route("/v2/", get(distribution::v2_base))
+        .route("/v2/{*rest}", get(distribution::v2_dispatch))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -168,6 +190,7 @@ pub async fn serve_on(
     let watcher = {
         let state = state.clone();
         tokio::spawn(async move {
+            warm_v2(&state).await;
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tick.tick().await;
@@ -177,6 +200,7 @@ pub async fn serve_on(
                     Ok(Ok(true)) => {
                         state.metrics.reloaded();
                         tracing::info!("lockfile changed: snapshot reloaded");
+                        warm_v2(&state).await;
                     }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => {
@@ -188,6 +212,16 @@ pub async fn serve_on(
             }
         })
     };
+    let inventory = state.workers.clone().map(|w| {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let lock = state.store.current();
+                w.refresh(&lock.lockfile).await;
+                tokio::time::sleep(w.max_age()).await;
+            }
+        })
+    });
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(addr = ?local, "digest API listening");
     let app = router(state).into_make_service();
@@ -196,7 +230,20 @@ pub async fn serve_on(
         .await
         .map_err(ApiError::Serve);
     watcher.abort();
+    if let Some(t) = inventory {
+        t.abort();
+    }
     result
+}
+
+/// Read what the current snapshot publishes into `/v2/`'s memory.
+async fn warm_v2(state: &Shared) {
+    if let Some(b) = &state.distribution {
+        let failed = b.warm(&state.store.current()).await;
+        if failed > 0 {
+            tracing::warn!(failed, "/v2/: some published manifests are not in memory");
+        }
+    }
 }
 
 async fn readyz(State(st): State<Shared>) -> Response {
@@ -224,20 +271,21 @@ async fn resolve_route(
     RawQuery(raw): RawQuery,
     query: Result<Query<ResolveQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if raw.as_ref().is_some_and(|q| q.len() > MAX_QUERY) {
-        let r = error(
-            StatusCode::URI_TOO_LONG,
-            "query-too-long",
-            format!("query strings are limited to {MAX_QUERY} bytes"),
-        );
-        count(&st, 0, r.status());
-        return r;
-    }
-    let Ok(Query(q)) = query else {
+    let too_long = raw.as_ref().is_some_and(|q| q.len() > MAX_QUERY);
+    let within = |Query(q): &Query<ResolveQuery>| {
+        !too_long
+            && q.image.chars().count() <= MAX_IMAGE
+            && q.arch
+                .as_ref()
+                .is_none_or(|a| a.chars().count() <= MAX_ARCH)
+    };
+    let Some(Query(q)) = query.ok().filter(within) else {
         let r = error(
             StatusCode::BAD_REQUEST,
             "bad-request",
-            "expected ?image=NAME:TAG[&arch=ARCH], e.g. ?image=ocaml/opam:debian-13-ocaml-5.5",
+            format!(
+                "expected ?image=NAME:TAG[&arch=ARCH] (image up to {MAX_IMAGE} characters, arch up to {MAX_ARCH}, the query up to {MAX_QUERY} bytes), e.g. ?image=ocaml/opam:debian-13-ocaml-5.5"
+            ),
         );
         count(&st, 0, r.status());
         return r;
@@ -360,6 +408,20 @@ async fn platforms_route(State(st): State<Shared>) -> Response {
     axum::Json(snap.platforms()).into_response()
 }
 
+/// Every host of every builder: health, capacity in use, arches, holds.
+async fn workers_route(State(st): State<Shared>) -> Response {
+    let Some(w) = &st.workers else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-inventory",
+            "this server collects no worker inventory",
+        );
+    };
+    let snap = st.store.current();
+    let inv = w.within_max_age(&snap.lockfile).await;
+    axum::Json(inv.as_ref()).into_response()
+}
+
 async fn lockfile(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let snap = st.store.current();
     let etag = snap.etag.clone();
@@ -433,8 +495,14 @@ async fn reload_route(State(st): State<Shared>, headers: HeaderMap) -> Response 
 /// A build log by file name (no paths: `[A-Za-z0-9._+-]+\.log`).
 async fn build_log(
     State(st): State<Shared>,
+    headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> Response {
+    // A log holds whatever the build printed (environment, URLs, a
+    // credential a recipe echoed): the token's, like the write routes.
+    if let Err(denied) = auth::writer(&st.token, &headers) {
+        return denied.answer();
+    }
     let name = match name {
         Ok(Path(name)) => name,
         Err(e) => return bad_path(&e),
@@ -480,7 +548,7 @@ async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
             "rebuilds are run by `kiln daemon`; this is `kiln serve`",
         );
     };
-    match tx.try_send("api".into()) {
+    match tx.try_send(crate::model::rebuild::Rebuild::Round { who: "api".into() }) {
         Ok(()) => (
             StatusCode::ACCEPTED,
             axum::Json(serde_json::json!({"queued": true})),
@@ -502,5 +570,6 @@ async fn rebuild(State(st): State<Shared>, headers: HeaderMap) -> Response {
 async fn status_page(State(st): State<Shared>) -> Response {
     let snap = st.store.current();
     count(&st, 4, StatusCode::OK);
-    Html(html::render(&snap)).into_response()
+    let workers = st.workers.as_ref().map(|w| w.latest());
+    Html(html::render(&snap, workers.as_ref())).into_response()
 }

@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 
 use super::gate::MissingReason;
 use super::routes::{Body, ROUTES, Route};
-use crate::catalogue::Arch;
+use crate::builders::inventory::HeldKind;
+use crate::catalogue::{Arch, BuilderKind};
 use crate::model::FailureKind;
 
 pub fn document() -> Json<Value> {
@@ -24,12 +25,13 @@ fn parameters(path: &str) -> Value {
         "/v1/resolve" => json!([
             {"name": "image", "in": "query", "required": true,
              "description": "NAME:TAG; NAME may carry a registry host and port",
-             "schema": {"type": "string", "maxLength": 512,
+             "schema": {"type": "string", "maxLength": super::MAX_IMAGE,
                         "pattern": "^[A-Za-z0-9._/:-]+:[A-Za-z0-9._-]+$"},
              "example": "ocaml/opam:debian-13-ocaml-5.5"},
             {"name": "arch", "in": "query", "required": false,
              "description": "also answer this arch's own manifest digest (404 if the image has no such arch)",
-             "schema": {"type": "string"}, "example": "arm64"}
+             "schema": {"type": "string", "maxLength": super::MAX_ARCH, "pattern": "^[a-z0-9]+$"},
+             "example": "arm64"}
         ]),
         "/v1/versions/{version}" => json!([
             {"name": "version", "in": "path", "required": true,
@@ -46,8 +48,33 @@ fn parameters(path: &str) -> Value {
                         "pattern": "^[A-Za-z0-9_+-][A-Za-z0-9._+-]*\\.log$"},
              "example": "linux_debian-13_5.5.0_amd64.log"}
         ]),
+        "/v2/{name}/manifests/{reference}" => json!([v2_name(),
+            {"name": "reference", "in": "path", "required": true,
+             "description": "a tag or alias, or a manifest digest",
+             "schema": {"type": "string",
+                        "pattern": "^([A-Za-z0-9_][A-Za-z0-9._-]{0,127}|sha256:[a-f0-9]{64})$"},
+             "example": "debian-13-ocaml-5.5"}]),
+        "/v2/{name}/blobs/{digest}" => json!([v2_name(),
+            {"name": "digest", "in": "path", "required": true,
+             "schema": {"type": "string", "pattern": "^sha256:[a-f0-9]{64}$"}}]),
+        "/v2/{name}/tags/list" => json!([v2_name()]),
+        "/v1/jobs/{id}/cancel" | "/v1/jobs/{id}/retry" => json!([
+            {"name": "id", "in": "path", "required": true,
+             "description": "the job's id (`kiln jobs list`, `GET /v1/jobs`)",
+             "schema": {"type": "integer", "format": "int64", "minimum": 1,
+                        "maximum": 9_223_372_036_854_775_807_i64}, "example": 1}
+        ]),
         _ => json!([]),
     }
+}
+
+/// A repository name of the distribution API (`ocaml/opam`); matched by
+/// its last component, as the digest API matches names.
+fn v2_name() -> Value {
+    json!({"name": "name", "in": "path", "required": true,
+           "schema": {"type": "string", "maxLength": 255,
+                      "pattern": "^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$"},
+           "example": "ocaml/opam"})
 }
 
 fn header(name: &str) -> Value {
@@ -55,6 +82,8 @@ fn header(name: &str) -> Value {
         "WWW-Authenticate" => "the bearer challenge",
         "ETag" => "the current lockfile's entity tag",
         "Vary" => "Accept-Encoding",
+        "Docker-Content-Digest" => "the manifest's (or blob's) digest",
+        "Docker-Distribution-API-Version" => "`registry/2.0`",
         _ => "",
     };
     json!({"description": description, "required": true, "schema": {"type": "string"}})
@@ -71,6 +100,15 @@ fn responses(route: &Route) -> Value {
                 "schema": {"$ref": format!("#/components/schemas/{schema}")}}})),
             Body::Text => Some(json!({"text/plain": {"schema": {"type": "string"}}})),
             Body::Html => Some(json!({"text/html": {"schema": {"type": "string"}}})),
+            Body::Manifest => Some(
+                crate::registry::ACCEPT_ALL
+                    .split(", ")
+                    .map(|t| (t.to_string(), json!({"schema": {"type": "object"}})))
+                    .collect::<Map<String, Value>>()
+                    .into(),
+            ),
+            Body::Blob => Some(json!({"application/octet-stream":
+                {"schema": {"type": "string", "format": "binary"}}})),
         };
         if let Some(c) = content {
             resp.insert("content".into(), c);
@@ -103,6 +141,18 @@ fn paths() -> Value {
         }
         if route.auth {
             op.insert("security".into(), json!([{"bearer": []}]));
+        }
+        if route.method == "post" && route.path == "/v1/jobs" {
+            op.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["tag"], "additionalProperties": false,
+                    "properties": {
+                        "tag": {"type": "string", "description": "REPOSITORY:TAG or TAG",
+                                "example": "ocaml/opam:debian-13-ocaml-5.5"},
+                        "force": {"type": "boolean", "default": false,
+                                  "description": "rebuild though the key is unchanged"}}}}}}),
+            );
         }
         op.insert("responses".into(), responses(route));
         let entry = paths
@@ -169,6 +219,15 @@ fn schemas() -> Map<String, Value> {
             "platform": {"type": "string"}, "os": {"type": "string"},
             "missing": {"type": "array", "items": {"$ref": "#/components/schemas/Missing"}},
             "suggestions": {"type": "array", "items": {"type": "string"}}}},
+        "OciError": {"type": "object", "required": ["errors"], "properties": {
+            "errors": {"type": "array", "items": {"type": "object", "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "description": "MANIFEST_UNKNOWN, BLOB_UNKNOWN, NAME_UNKNOWN or UNKNOWN"},
+                    "message": {"type": "string"},
+                    "detail": {"description": "for a refused tag, the refusal as /v1/resolve answers it (`Error`, with `missing`)"}}}}}},
+        "TagList": {"type": "object", "required": ["name", "tags"], "properties": {
+            "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}}},
+        "Empty": {"type": "object"},
         "Missing": {"type": "object", "required": ["arch", "reason"], "properties": {
             "arch": {"type": "string", "enum": arches},
             "reason": {"type": "string", "enum": reasons},
@@ -202,13 +261,71 @@ fn schemas() -> Map<String, Value> {
             "etag": {"type": "string"}}},
         "Queued": {"type": "object", "required": ["queued"], "properties": {
             "queued": {"type": "boolean"}, "note": {"type": "string"}}},
+        "Jobs": {"type": "array", "items": {"type": "object",
+            "required": ["id", "round", "repository", "tag", "platform", "builder", "state", "attempts", "queued_at", "next_attempt_at"],
+            "properties": {
+                "id": {"type": "integer"}, "round": {"type": "integer"},
+                "repository": {"type": "string"}, "tag": {"type": "string"},
+                "platform": {"type": "string"}, "builder": {"type": "string"},
+                "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "failure": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
+                "outcome": {"type": ["string", "null"]}, "log": {"type": ["string", "null"]},
+                "queued_at": {"type": "string"}, "next_attempt_at": {"type": "string"},
+                "started_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]},
+                "duration_secs": {"type": ["number", "null"]}}}},
+        "JobCancel": {"type": "object", "required": ["job", "cancel"], "properties": {
+            "job": {"type": "integer"},
+            "cancel": {"type": "string", "enum": ["cancelled", "requested"]}}},
+        "JobQueued": {"type": "object", "required": ["job", "force"], "properties": {
+            "job": {"type": "integer"}, "force": {"type": "boolean"}}},
+        "JobRetry": {"type": "object", "required": ["job", "round"], "properties": {
+            "job": {"type": "integer"}, "round": {"type": "integer"}}},
         "OpenApi": {"type": "object", "required": ["openapi", "info", "paths"]}
     })
     .as_object()
     .cloned()
     .unwrap_or_default();
     lockfile_schemas(&mut schemas);
+    worker_schemas(&mut schemas);
     schemas
+}
+
+/// The worker inventory's schemas (`/v1/workers`), apart: one `json!` of
+/// every schema reaches the macro's recursion limit.
+fn worker_schemas(schemas: &mut Map<String, Value>) {
+    let builders: Vec<&str> = BuilderKind::ALL.iter().map(|k| k.as_str()).collect();
+    let held: Vec<&str> = HeldKind::ALL.iter().map(|k| k.as_str()).collect();
+    let more = json!({
+        "Inventory": {"type": "object", "required": ["collected_at", "hosts"], "properties": {
+            "collected_at": {"type": "string", "format": "date-time"},
+            "hosts": {"type": "array", "items": {"$ref": "#/components/schemas/WorkerHost"}}}},
+        "WorkerHost": {"type": "object",
+            "required": ["builder", "host", "address", "health", "arches", "slots", "busy", "holds"],
+            "properties": {
+                "builder": {"type": "string", "enum": builders},
+                "host": {"type": "string"},
+                "address": {"type": "string", "description": "this machine, an ssh target or an engine endpoint"},
+                "health": {"type": "string", "description": "`ok`, or `unreachable: <error>`, `unhealthy: <why>`"},
+                "arches": {"type": "array", "items": {"type": "string"}},
+                "slots": {"type": "integer", "minimum": 0},
+                "busy": {"type": ["integer", "null"], "minimum": 0, "description": "builds running now; null when the host could not be asked"},
+                "pool": {"type": "object", "required": ["name", "size", "free"], "properties": {
+                    "name": {"type": "string"}, "size": {"type": "string"}, "free": {"type": "string"}}},
+                "engine_cache_bytes": {"type": "integer", "minimum": 0},
+                "holds": {"type": "array", "items": {"$ref": "#/components/schemas/Held"}}}},
+        "Held": {"type": "object", "required": ["kind", "name", "bytes", "referenced", "why"], "properties": {
+            "kind": {"type": "string", "enum": held},
+            "name": {"type": "string"},
+            "bytes": {"type": ["integer", "null"], "minimum": 0},
+            "referenced": {"type": "boolean", "description": "named by the lockfile or in use: `kiln gc` keeps it"},
+            "why": {"type": "string"},
+            "tag": {"type": "string", "description": "the lockfile entry naming it"},
+            "digest": {"type": "string", "description": "the published digest of this build"}}}
+    });
+    if let Value::Object(more) = more {
+        schemas.extend(more);
+    }
 }
 
 pub fn spec() -> Value {
@@ -216,12 +333,12 @@ pub fn spec() -> Value {
         "openapi": "3.1.0",
         "info": {"title": "Kiln digest API", "version": env!("CARGO_PKG_VERSION"),
                  "description": "Pins for OCaml CI base images, refused until every required image is published. \
-                                 Reads are public; writes need `Authorization: Bearer <api.token>` \
-                                 (401 without a bearer token, 403 with a wrong one or when writes are disabled)."},
+                                 Reads are public; writes and build logs need `Authorization: Bearer <api.token>` \
+                                 (401 without a bearer token, 403 with a wrong one or when api.token is empty)."},
         "paths": paths(),
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                "description": "api.token from kiln.toml; empty disables writes"}},
+                "description": "api.token from kiln.toml; empty disables writes and logs"}},
             "schemas": schemas()
         }
     })
@@ -287,6 +404,12 @@ mod tests {
                     }
                     Body::Text => assert!(resp["content"]["text/plain"].is_object()),
                     Body::Html => assert!(resp["content"]["text/html"].is_object()),
+                    Body::Manifest => assert!(
+                        resp["content"]["application/vnd.oci.image.index.v1+json"].is_object()
+                    ),
+                    Body::Blob => {
+                        assert!(resp["content"]["application/octet-stream"].is_object())
+                    }
                 }
                 for h in reply.headers {
                     assert!(resp["headers"][h].is_object(), "{} {h}", r.path);

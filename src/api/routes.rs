@@ -21,6 +21,11 @@ pub enum Body {
     Text,
     /// `text/html`.
     Html,
+    /// An image manifest or index, in the media type the backing registry
+    /// holds it in (OCI or Docker), byte for byte.
+    Manifest,
+    /// `application/octet-stream`: a blob, streamed.
+    Blob,
 }
 
 /// One status a route can answer.
@@ -43,7 +48,8 @@ pub struct Route {
     pub handler: &'static str,
     pub summary: &'static str,
     /// Needs `Authorization: Bearer <api.token>`: 401 without a bearer
-    /// token, 403 with a wrong one (or when writes are disabled).
+    /// token, 403 with a wrong one (or when `api.token` is empty). The
+    /// write routes and the build logs.
     pub auth: bool,
     pub replies: &'static [Reply],
 }
@@ -148,14 +154,16 @@ pub const ROUTES: &[Route] = &[
         auth: false,
         replies: &[
             reply(200, Body::Json("Pin"), "pinned"),
-            error(400, "malformed request: no `image`, or not NAME:TAG"),
+            error(
+                400,
+                "malformed request: no `image`, not NAME:TAG, or a parameter over its `maxLength` (the query over 2048 bytes)",
+            ),
             error(404, "unknown image or arch, with suggestions"),
             error(
                 409,
                 "version not available on this platform: the missing list says what and why",
             ),
             TOO_LARGE,
-            error(414, "query string over 2048 bytes"),
         ],
     },
     Route {
@@ -199,6 +207,22 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: "get",
+        path: "/v1/workers",
+        handler: "workers_route",
+        summary: "Every host of every builder: health, builds, arches, what it holds",
+        auth: false,
+        replies: &[
+            reply(
+                200,
+                Body::Json("Inventory"),
+                "the worker inventory (collected at most once a minute)",
+            ),
+            TOO_LARGE,
+            error(503, "this server collects no worker inventory"),
+        ],
+    },
+    Route {
+        method: "get",
         path: "/v1/lockfile",
         handler: "lockfile",
         summary: "The whole published lockfile (ETag, If-None-Match, gzip)",
@@ -223,11 +247,13 @@ pub const ROUTES: &[Route] = &[
         method: "get",
         path: "/v1/logs/{name}",
         handler: "build_log",
-        summary: "A build log (linked from failures on the status page)",
-        auth: false,
+        summary: "A build log (bearer token: a log holds whatever the build printed)",
+        auth: true,
         replies: &[
             reply(200, Body::Text, "the log"),
             error(400, "not a log file name"),
+            UNAUTHORIZED,
+            FORBIDDEN,
             error(404, "no such log, or no log directory"),
             TOO_LARGE,
         ],
@@ -264,6 +290,199 @@ pub const ROUTES: &[Route] = &[
             ),
         ],
     },
+    Route {
+        method: "get",
+        path: "/v1/jobs",
+        handler: "list_jobs",
+        summary: "The daemon's latest 100 jobs, newest first",
+        auth: false,
+        replies: &[
+            reply(200, Body::Json("Jobs"), "the jobs"),
+            TOO_LARGE,
+            error(
+                503,
+                "not running inside `kiln daemon`, or the state store failed",
+            ),
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/v1/jobs",
+        handler: "queue_job",
+        summary: "Queue one tag, forced to rebuild though its key is unchanged if asked (bearer token)",
+        auth: true,
+        replies: &[
+            reply(
+                202,
+                Body::Json("JobQueued"),
+                "queued (or joined the job already waiting)",
+            ),
+            error(400, "the body is not {\"tag\": …, \"force\": …}"),
+            UNAUTHORIZED,
+            FORBIDDEN,
+            error(
+                404,
+                "no such tag in the plan, or no configured builder for it",
+            ),
+            TOO_LARGE,
+            error(
+                503,
+                "not running inside `kiln daemon`, or the state store failed",
+            ),
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/v1/jobs/{id}/cancel",
+        handler: "cancel_job",
+        summary: "Cancel a queued job, or stop a running one leaving nothing (bearer token)",
+        auth: true,
+        replies: &[
+            reply(
+                200,
+                Body::Json("JobCancel"),
+                "cancelled, or the stop requested",
+            ),
+            error(400, "the id is not a number"),
+            UNAUTHORIZED,
+            FORBIDDEN,
+            error(404, "no such job"),
+            error(409, "the job is neither queued nor running"),
+            TOO_LARGE,
+            error(
+                503,
+                "not running inside `kiln daemon`, or the state store failed",
+            ),
+        ],
+    },
+    Route {
+        method: "post",
+        path: "/v1/jobs/{id}/retry",
+        handler: "retry_job",
+        summary: "Queue a failed or cancelled job again (bearer token)",
+        auth: true,
+        replies: &[
+            reply(202, Body::Json("JobRetry"), "queued again in a new round"),
+            error(400, "the id is not a number"),
+            UNAUTHORIZED,
+            FORBIDDEN,
+            error(404, "no such job"),
+            error(
+                409,
+                "the job is neither failed nor cancelled, or its tag is queued already",
+            ),
+            TOO_LARGE,
+            error(
+                503,
+                "not running inside `kiln daemon`, or the state store failed",
+            ),
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/v2/",
+        handler: "v2_base",
+        summary: "OCI distribution API: this server reads like a registry",
+        auth: false,
+        replies: &[
+            Reply {
+                status: 200,
+                body: Body::Json("Empty"),
+                description: "a registry (no authentication needed to read)",
+                headers: &[V2_VERSION],
+            },
+            TOO_LARGE,
+        ],
+    },
+    Route {
+        method: "get",
+        path: "/v2/{name}/manifests/{reference}",
+        handler: "v2_manifest",
+        summary: "A published manifest or index by tag (through the gate) or digest",
+        auth: false,
+        replies: V2_MANIFEST,
+    },
+    Route {
+        method: "head",
+        path: "/v2/{name}/manifests/{reference}",
+        handler: "v2_manifest",
+        summary: "A published manifest's digest, media type and size",
+        auth: false,
+        replies: V2_MANIFEST,
+    },
+    Route {
+        method: "get",
+        path: "/v2/{name}/blobs/{digest}",
+        handler: "v2_blob",
+        summary: "A blob of a published manifest, streamed from the backing registry",
+        auth: false,
+        replies: V2_BLOB,
+    },
+    Route {
+        method: "head",
+        path: "/v2/{name}/blobs/{digest}",
+        handler: "v2_blob",
+        summary: "A blob's size",
+        auth: false,
+        replies: V2_BLOB,
+    },
+    Route {
+        method: "get",
+        path: "/v2/{name}/tags/list",
+        handler: "v2_tags",
+        summary: "The tags and aliases of a repository that resolve now",
+        auth: false,
+        replies: &[
+            reply(
+                200,
+                Body::Json("TagList"),
+                "every tag the gate lets through",
+            ),
+            oci_error(404, "`NAME_UNKNOWN`: no published repository of that name"),
+            TOO_LARGE,
+        ],
+    },
+];
+
+const V2_VERSION: &str = "Docker-Distribution-API-Version";
+
+const fn oci_error(status: u16, description: &'static str) -> Reply {
+    Reply {
+        status,
+        body: Body::Json("OciError"),
+        description,
+        headers: &[V2_VERSION],
+    }
+}
+
+const V2_MANIFEST: &[Reply] = &[
+    Reply {
+        status: 200,
+        body: Body::Manifest,
+        description: "the manifest, byte for byte as the backing registry holds it",
+        headers: &["Docker-Content-Digest", V2_VERSION],
+    },
+    oci_error(
+        404,
+        "`MANIFEST_UNKNOWN`: a tag the gate refuses (its refusal, with the missing list, in `detail`), an unknown tag (with suggestions), a digest nothing publishes, or one the backing registry does not have",
+    ),
+    TOO_LARGE,
+    oci_error(502, "the backing registry did not answer"),
+];
+
+const V2_BLOB: &[Reply] = &[
+    Reply {
+        status: 200,
+        body: Body::Blob,
+        description: "the blob, streamed from the backing registry",
+        headers: &["Docker-Content-Digest", V2_VERSION],
+    },
+    oci_error(
+        404,
+        "`BLOB_UNKNOWN`: no published manifest of this name references it",
+    ),
+    TOO_LARGE,
+    oci_error(502, "the backing registry did not answer"),
 ];
 
 /// Functions every request passes through before or after its handler;
@@ -272,306 +491,5 @@ pub const ROUTES: &[Route] = &[
 const LAYERS: &[&str] = &["body_limit_json"];
 
 #[cfg(test)]
-mod tests {
-    //! The static half of the contract check: read `src/api/*.rs`, follow
-    //! each handler's calls to functions defined there, collect every
-    //! `StatusCode::NAME` they use, and compare with [`ROUTES`].
-
-    use std::collections::{BTreeMap, BTreeSet};
-
-    use axum::http::StatusCode;
-
-    use super::*;
-
-    const SOURCES: &[(&str, &str)] = &[
-        ("mod.rs", include_str!("mod.rs")),
-        ("auth.rs", include_str!("auth.rs")),
-        ("gate.rs", include_str!("gate.rs")),
-        ("html.rs", include_str!("html.rs")),
-        ("metrics.rs", include_str!("metrics.rs")),
-        ("openapi.rs", include_str!("openapi.rs")),
-        ("resolve.rs", include_str!("resolve.rs")),
-        ("snapshot.rs", include_str!("snapshot.rs")),
-        ("suggest.rs", include_str!("suggest.rs")),
-    ];
-
-    /// The status constants the API may use; a new one is added here.
-    const KNOWN: &[(&str, StatusCode)] = &[
-        ("OK", StatusCode::OK),
-        ("ACCEPTED", StatusCode::ACCEPTED),
-        ("NOT_MODIFIED", StatusCode::NOT_MODIFIED),
-        ("BAD_REQUEST", StatusCode::BAD_REQUEST),
-        ("UNAUTHORIZED", StatusCode::UNAUTHORIZED),
-        ("FORBIDDEN", StatusCode::FORBIDDEN),
-        ("NOT_FOUND", StatusCode::NOT_FOUND),
-        ("METHOD_NOT_ALLOWED", StatusCode::METHOD_NOT_ALLOWED),
-        ("CONFLICT", StatusCode::CONFLICT),
-        ("PAYLOAD_TOO_LARGE", StatusCode::PAYLOAD_TOO_LARGE),
-        ("URI_TOO_LONG", StatusCode::URI_TOO_LONG),
-        ("UNPROCESSABLE_ENTITY", StatusCode::UNPROCESSABLE_ENTITY),
-        ("INTERNAL_SERVER_ERROR", StatusCode::INTERNAL_SERVER_ERROR),
-        ("SERVICE_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE),
-    ];
-
-    /// The text with comments, string and char literals blanked out (same
-    /// length, so offsets still line up), and the test module cut off.
-    fn code_only(text: &str) -> String {
-        let text = match text.find("#[cfg(test)]\nmod tests") {
-            Some(i) => &text[..i],
-            None => text,
-        };
-        let b = text.as_bytes();
-        let mut out = b.to_vec();
-        let blank = |out: &mut Vec<u8>, from: usize, to: usize| {
-            for c in &mut out[from..to.min(b.len())] {
-                if *c != b'\n' {
-                    *c = b' ';
-                }
-            }
-        };
-        let mut i = 0;
-        while i < b.len() {
-            match b[i] {
-                b'/' if b.get(i + 1) == Some(&b'/') => {
-                    let end = text[i..].find('\n').map_or(b.len(), |n| i + n);
-                    blank(&mut out, i, end);
-                    i = end;
-                }
-                b'r' if matches!(b.get(i + 1), Some(b'"' | b'#'))
-                    && (i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'_') =>
-                {
-                    let hashes = b[i + 1..].iter().take_while(|&&c| c == b'#').count();
-                    let close = format!("\"{}", "#".repeat(hashes));
-                    let start = i + 2 + hashes;
-                    let end = text[start..]
-                        .find(&close)
-                        .map_or(b.len(), |n| start + n + close.len());
-                    blank(&mut out, i + 1, end);
-                    i = end;
-                }
-                b'"' => {
-                    let mut j = i + 1;
-                    while j < b.len() && b[j] != b'"' {
-                        j += if b[j] == b'\\' { 2 } else { 1 };
-                    }
-                    blank(&mut out, i + 1, j);
-                    i = j + 1;
-                }
-                b'\'' => {
-                    // A char literal ('x', '\n', '{') or a lifetime ('a).
-                    let end = if b.get(i + 1) == Some(&b'\\') {
-                        text[i + 2..].find('\'').map(|n| i + 2 + n)
-                    } else {
-                        let w = text[i + 1..].chars().next().map_or(1, char::len_utf8);
-                        (b.get(i + 1 + w) == Some(&b'\'')).then_some(i + 1 + w)
-                    };
-                    match end {
-                        Some(e) => {
-                            blank(&mut out, i + 1, e);
-                            i = e + 1;
-                        }
-                        None => i += 1,
-                    }
-                }
-                _ => i += 1,
-            }
-        }
-        String::from_utf8(out).expect("blanking keeps UTF-8")
-    }
-
-    fn is_ident(c: u8) -> bool {
-        c.is_ascii_alphanumeric() || c == b'_'
-    }
-
-    /// Every identifier in `code` with its offset.
-    fn idents(code: &str) -> Vec<(usize, &str)> {
-        let b = code.as_bytes();
-        let mut out = vec![];
-        let mut i = 0;
-        while i < b.len() {
-            if is_ident(b[i]) && (i == 0 || !is_ident(b[i - 1])) {
-                let end = (i..b.len()).find(|&j| !is_ident(b[j])).unwrap_or(b.len());
-                out.push((i, &code[i..end]));
-                i = end;
-            } else {
-                i += 1;
-            }
-        }
-        out
-    }
-
-    /// `fn name` → its body, for every function of these sources.
-    fn functions(sources: &[(&str, &str)]) -> BTreeMap<String, String> {
-        let mut fns: BTreeMap<String, String> = BTreeMap::new();
-        for (file, text) in sources {
-            let code = code_only(text);
-            let ids = idents(&code);
-            for w in ids.windows(2) {
-                let ((_, kw), (at, name)) = (w[0], w[1]);
-                if kw != "fn" {
-                    continue;
-                }
-                let b = code.as_bytes();
-                // The body opens at the first `{` outside the signature's
-                // parentheses and brackets; a `;` there means no body.
-                let mut nesting = 0usize;
-                let mut open = None;
-                for (j, &c) in b.iter().enumerate().skip(at) {
-                    match c {
-                        b'(' | b'[' => nesting += 1,
-                        b')' | b']' => nesting = nesting.saturating_sub(1),
-                        b'{' if nesting == 0 => {
-                            open = Some(j);
-                            break;
-                        }
-                        b';' if nesting == 0 => break,
-                        _ => {}
-                    }
-                }
-                let Some(open) = open else { continue };
-                let mut depth = 0usize;
-                let mut close = b.len() - 1;
-                for (j, &c) in b.iter().enumerate().skip(open) {
-                    match c {
-                        b'{' => depth += 1,
-                        b'}' => {
-                            depth -= 1;
-                            if depth == 0 {
-                                close = j;
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                let prev = fns.insert(name.to_string(), code[open..=close].to_string());
-                assert!(
-                    prev.is_none(),
-                    "{file}: a second fn {name} in src/api; calls are followed by \
-                     name, so rename one of them"
-                );
-            }
-        }
-        fns
-    }
-
-    /// Every status `name` can produce, following calls into functions of
-    /// `fns` (free functions, paths and methods alike).
-    fn statuses_of(fns: &BTreeMap<String, String>, name: &str) -> BTreeSet<u16> {
-        let mut seen = BTreeSet::new();
-        let mut todo = vec![name.to_string()];
-        let mut out = BTreeSet::new();
-        while let Some(f) = todo.pop() {
-            if !seen.insert(f.clone()) {
-                continue;
-            }
-            let body = fns
-                .get(&f)
-                .unwrap_or_else(|| panic!("no fn {f} in src/api"));
-            let ids = idents(body);
-            for (k, &(at, id)) in ids.iter().enumerate() {
-                assert!(
-                    id != "from_u16",
-                    "fn {f}: a status computed at run time cannot be checked; \
-                     use StatusCode constants"
-                );
-                if id == "StatusCode"
-                    && body[at + id.len()..].starts_with("::")
-                    && let Some(&(_, konst)) = ids.get(k + 1)
-                {
-                    let code = KNOWN
-                        .iter()
-                        .find(|(n, _)| *n == konst)
-                        .unwrap_or_else(|| panic!("fn {f}: add StatusCode::{konst} to KNOWN"));
-                    out.insert(code.1.as_u16());
-                } else if fns.contains_key(id)
-                    && body[at + id.len()..].trim_start().starts_with('(')
-                {
-                    todo.push(id.to_string());
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn every_status_the_code_produces_is_declared_and_nothing_else() {
-        let fns = functions(SOURCES);
-        let layers: BTreeSet<u16> = LAYERS.iter().flat_map(|l| statuses_of(&fns, l)).collect();
-        assert!(!layers.is_empty(), "the body-limit layer answers 413");
-        for r in ROUTES {
-            let mut produced = statuses_of(&fns, r.handler);
-            produced.extend(&layers);
-            let declared: BTreeSet<u16> = r.statuses().collect();
-            let undeclared: Vec<_> = produced.difference(&declared).collect();
-            assert!(
-                undeclared.is_empty(),
-                "{} {}: fn {} can answer {undeclared:?}, which ROUTES does not declare",
-                r.method,
-                r.path,
-                r.handler
-            );
-            // 200 is what a handler answers when it names no status.
-            let unproduced: Vec<_> = declared
-                .iter()
-                .filter(|s| **s != 200 && !produced.contains(s))
-                .collect();
-            assert!(
-                unproduced.is_empty(),
-                "{} {}: ROUTES declares {unproduced:?}, which fn {} never answers",
-                r.method,
-                r.path,
-                r.handler
-            );
-        }
-    }
-
-    #[test]
-    fn routes_are_unique_and_write_routes_declare_auth() {
-        let mut seen = BTreeSet::new();
-        for r in ROUTES {
-            assert!(
-                seen.insert((r.method, r.path)),
-                "{} {} twice",
-                r.method,
-                r.path
-            );
-            let statuses: Vec<u16> = r.statuses().collect();
-            let mut sorted = statuses.clone();
-            sorted.sort_unstable();
-            sorted.dedup();
-            assert_eq!(statuses, sorted, "{}: statuses in order, once", r.path);
-            assert_eq!(
-                r.auth,
-                r.method == "post",
-                "{}: writes need the token",
-                r.path
-            );
-            if r.auth {
-                let unauthorized = r.reply(401).expect("401 declared");
-                assert!(unauthorized.headers.contains(&"WWW-Authenticate"));
-                assert!(r.reply(403).is_some(), "{}: 403 declared", r.path);
-            }
-        }
-    }
-
-    #[test]
-    fn the_scanner_follows_calls_and_skips_literals() {
-        let text = "fn a() { let s = \"StatusCode::OK }\"; let c = '}'; b(s); x.m() }\n\
-                    // StatusCode::CONFLICT\n\
-                    fn b<'x>(v: [u8; 2]) -> R { StatusCode::NOT_FOUND }\n\
-                    fn m(&self) { StatusCode::ACCEPTED }\n\
-                    fn unused() { StatusCode::FORBIDDEN }\n\
-                    trait T { fn decl(); }\n\
-                    #[cfg(test)]\nmod tests { fn a() { StatusCode::BAD_REQUEST } }\n";
-        let fns = functions(&[("t.rs", text)]);
-        assert_eq!(
-            fns.keys().map(String::as_str).collect::<Vec<_>>(),
-            ["a", "b", "m", "unused"]
-        );
-        assert_eq!(
-            statuses_of(&fns, "a").into_iter().collect::<Vec<_>>(),
-            [202, 404]
-        );
-    }
-}
+#[path = "routes_tests.rs"]
+mod tests;

@@ -11,6 +11,8 @@
 //! never tag: publication is `publish`'s.
 
 pub mod docker;
+pub mod gc;
+pub mod inventory;
 pub mod qemu;
 pub mod zfs;
 
@@ -24,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::catalogue::BuilderKind;
 use crate::config::Config;
+use crate::lockfile::Lockfile;
 use crate::model::{ArtifactKind, Failure};
 use crate::plan::{Prepared, Target};
 use crate::registry::Registry;
@@ -80,6 +83,11 @@ pub trait Builder: Send + Sync {
     /// Remove what builds of a killed Kiln left (marked with an owner that
     /// is gone). Failures are logged: sweeping never stops a build.
     fn sweep(&self) -> BoxFuture<'_, ()>;
+
+    /// Every configured host: health, arches, slots, builds running, and
+    /// what it holds judged against `lock` (see [`inventory`]). A host
+    /// that cannot be reached is a report saying so, never an error.
+    fn inventory<'a>(&'a self, lock: &'a Lockfile) -> BoxFuture<'a, Vec<inventory::HostReport>>;
 }
 
 /// The builder of each kind: the registration.
@@ -106,6 +114,11 @@ impl Builders {
 
     pub fn get(&self, kind: BuilderKind) -> &dyn Builder {
         self.all[kind as usize].as_ref()
+    }
+
+    /// Every host of every builder (see [`inventory`]).
+    pub async fn inventory(&self, lock: &Lockfile) -> inventory::Inventory {
+        inventory::collect(self, lock).await
     }
 
     /// Can any configured builder build this target?
@@ -200,6 +213,21 @@ pub async fn target_sources(
 /// A server on 127.0.0.1 for [`target_sources`]; `None` when the recipes
 /// take nothing from the mirror (Docker and ZFS builds; QEMU serves the
 /// files from its own installer server).
+/// The tree of sources a build's recipes take from the mirror, `None`
+/// when they take none.
+pub async fn source_tree(
+    config: &Config,
+    job: &BuildJob<'_>,
+) -> Result<Option<crate::sources::Tree>, crate::sources::SourcesError> {
+    let p = job.prepared;
+    if p.target.uses.is_empty() {
+        return Ok(None);
+    }
+    let mirror =
+        crate::sources::Mirror::new(job.registry, &config.registry.namespace, &config.state_dir);
+    Ok(Some(target_sources(config, &mirror, p).await?))
+}
+
 pub async fn source_server(
     config: &Config,
     job: &BuildJob<'_>,

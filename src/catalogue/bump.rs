@@ -49,14 +49,15 @@ impl StagedBump {
 }
 
 /// Add or update releases in memory (all with `status`, or each its
-/// default, and `date`) and validate the resulting catalogue; nothing is
-/// written.
+/// default, `date` and `source`, the record they come from) and validate
+/// the resulting catalogue; nothing is written.
 pub fn stage_bump(
     versions_dir: &Path,
     platforms_dir: &Path,
     versions: &[OcamlVersion],
     status: Option<Status>,
     date: Option<chrono::NaiveDate>,
+    source: Option<&str>,
 ) -> Result<StagedBump, CatalogueError> {
     let mut staged = StagedBump {
         catalogue: load(versions_dir, platforms_dir)?,
@@ -73,6 +74,7 @@ pub fn stage_bump(
             version: version.clone(),
             status,
             date,
+            source: source.map(str::to_string),
         };
         let Some(outcome) = put_release(&mut cat.series[idx], new) else {
             staged.outcomes.push(BumpOutcome::Unchanged);
@@ -108,6 +110,7 @@ pub fn bump(
         std::slice::from_ref(version),
         status,
         date,
+        None,
     )?;
     if !dry_run {
         staged.write()?;
@@ -147,6 +150,9 @@ fn series_index(cat: &mut Catalogue, versions_dir: &Path, series_v: &OcamlVersio
                 .rev()
                 .find(|s| s.series < *series_v)
                 .cloned();
+            let source = prev
+                .as_ref()
+                .map(|p| format!("arches of {} (by `kiln bump`)", p.series));
             let (native, bytecode_only) = prev
                 .map(|p| (p.native, p.bytecode_only))
                 .unwrap_or_else(|| (vec!["amd64".into()], vec![]));
@@ -154,6 +160,7 @@ fn series_index(cat: &mut Catalogue, versions_dir: &Path, series_v: &OcamlVersio
                 series: series_v.clone(),
                 native,
                 bytecode_only,
+                source,
                 releases: vec![],
                 file: versions_dir.join(format!("{series_v}.yaml")),
             });
@@ -167,13 +174,14 @@ fn series_index(cat: &mut Catalogue, versions_dir: &Path, series_v: &OcamlVersio
 }
 
 /// Add `new` to its series or update the release of that version (keeping
-/// its date when `new` has none); `None` when nothing changes.
+/// its date and source when `new` has none); `None` when nothing changes.
 fn put_release(s: &mut Series, new: Release) -> Option<BumpOutcome> {
     let version = new.version.clone();
     match s.releases.iter_mut().find(|r| r.version == version) {
         Some(r) => {
             let merged = Release {
                 date: new.date.or(r.date),
+                source: new.source.clone().or_else(|| r.source.clone()),
                 ..new
             };
             if *r == merged {

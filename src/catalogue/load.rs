@@ -464,6 +464,10 @@ fn validate_os_release(
             "no recipe files",
         ));
     }
+    if let Some((k, v)) = r.bad_switch() {
+        let why = format!("{v:?}: a step switch is \"true\" or \"false\"");
+        return Err(CatalogueError::invalid(p, format!("{field}.vars.{k}"), why));
+    }
     for (name, what) in std::iter::once((&r.id, "id")).chain(r.aliases.iter().map(|a| (a, "alias")))
     {
         if !names.insert((pf.repository.clone(), name.clone())) {
@@ -545,10 +549,7 @@ pub fn validate_recipes(cat: &Catalogue) -> Result<(), CatalogueError> {
                 }
                 let text = read(&path)?;
                 let refs = super::sources::references(&text, super::sources::PLACEHOLDER);
-                if let Some((name, line)) = refs
-                    .names
-                    .iter()
-                    .find(|(n, _)| cat.sources.get(n).is_none())
+                if let Some((name, line)) = refs.names.iter().find(|(n, _)| !cat.sources.serves(n))
                 {
                     return Err(CatalogueError::invalid(
                         &path,

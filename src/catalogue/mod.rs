@@ -122,6 +122,10 @@ pub struct Release {
     pub status: Status,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub date: Option<chrono::NaiveDate>,
+    /// Where the status and date come from (the record, named so that it
+    /// can be read again: a file at a commit, a tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// One series file, `versions/<series>.yaml`.
@@ -134,6 +138,9 @@ pub struct Series {
     /// Arches with a bytecode-only compiler.
     #[serde(default)]
     pub bytecode_only: Vec<String>,
+    /// Where the series' arches come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     pub releases: Vec<Release>,
     #[serde(skip)]
     pub file: PathBuf,

@@ -119,7 +119,36 @@ pub struct OsRelease {
     pub multi_os_index: Option<String>,
 }
 
+/// Step switches: OS-release variables (`vars` in platform.yaml) that
+/// turn one of ocaml-dockerfile's per-distro steps on (`"true"`) or off
+/// (`"false"`, what an OS release that does not name one gets); recipes
+/// write `RUN if {{switch}}; then …; fi`. Each with the upstream step it
+/// stands for.
+pub const STEP_SWITCHES: &[(&str, &str)] = &[
+    (
+        "gnu_coreutils",
+        "src-opam/opam.ml `maybe_replace_uutils_coreutils` (Ubuntu 25.10, 26.04)",
+    ),
+    (
+        "crb",
+        "src-opam/opam.ml `gen_opam2_distro` `powertools_repo` (CentOS Stream 9, 10)",
+    ),
+    (
+        "cygwin_aslr_off",
+        "src-opam/opam.ml `aslr_state`, src-opam/windows.ml `run_peflags` (Windows ltsc2019)",
+    ),
+];
+
 impl OsRelease {
+    /// A step switch set to something other than `true` or `false`: its
+    /// name and value.
+    pub fn bad_switch(&self) -> Option<(&str, &str)> {
+        STEP_SWITCHES.iter().find_map(|(k, _)| {
+            let v = self.vars.get(*k)?;
+            (v != "true" && v != "false").then_some((*k, v.as_str()))
+        })
+    }
+
     /// Why this OS release does not build `v`, if it does not.
     pub fn refuses(&self, v: &OcamlVersion) -> Option<String> {
         if let Some(min) = &self.min_version

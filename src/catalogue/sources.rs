@@ -22,7 +22,51 @@ use super::CatalogueError;
 pub struct Sources {
     #[serde(default)]
     pub sources: Vec<SourceDecl>,
+    /// Git repositories at a commit, served as bundles.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub git: Vec<GitSource>,
 }
+
+/// A git repository pinned at a commit (git's own content address):
+/// `kiln sources sync` fetches `ref` from `url` and mirrors a bundle of
+/// `commit` as branch `ref` (checked to be that commit), served to builds
+/// at `{{sources_url}}/<name>.bundle`. Without `commit` it is *pending*:
+/// only a machine that reaches `url` can declare it, with
+/// [`GitSource::declare_command`]; a target whose recipes take it is
+/// refused, naming that command.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(deny_unknown_fields)]
+pub struct GitSource {
+    pub name: String,
+    /// The remote: `http(s)://…`, `file:///…`, or `file:<path>` relative to
+    /// the declaring file.
+    pub url: String,
+    /// The branch the commit was read from.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// 40 lowercase hex digits, once declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+impl GitSource {
+    /// The file recipes fetch: `<name>.bundle`.
+    pub fn served(&self) -> String {
+        format!("{}{BUNDLE_SUFFIX}", self.name)
+    }
+
+    /// The one command that declares (or re-declares) it, run where the
+    /// network reaches its remote.
+    pub fn declare_command(&self) -> String {
+        format!(
+            "kiln sources declare-git {} {} {}",
+            self.name, self.url, self.git_ref
+        )
+    }
+}
+
+/// What a git source's served name ends with.
+pub const BUNDLE_SUFFIX: &str = ".bundle";
 
 /// One declared source.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,6 +91,17 @@ impl SourceDecl {
 impl Sources {
     pub fn get(&self, name: &str) -> Option<&SourceDecl> {
         self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// The git source served as `served` (`<name>.bundle`).
+    pub fn git_served(&self, served: &str) -> Option<&GitSource> {
+        self.git.iter().find(|g| g.served() == served)
+    }
+
+    /// Is `served` a name a recipe may fetch (a declared source, or a git
+    /// source, pending or not)?
+    pub fn serves(&self, served: &str) -> bool {
+        self.get(served).is_some() || self.git_served(served).is_some()
     }
 }
 
@@ -156,9 +211,68 @@ pub fn valid_sha256(s: &str) -> bool {
     s.len() == 64 && s.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
 }
 
+/// A URL `kiln sources sync` can fetch: `http(s)://`, `file:///` or
+/// `file:<path relative to the declaring file>`.
+fn fetchable(url: &str) -> bool {
+    // `file:<relative path>` is relative to this file's directory (a
+    // fixture beside a checkout, wherever the checkout is).
+    let relative_file = url
+        .strip_prefix("file:")
+        .is_some_and(|p| !p.is_empty() && !p.starts_with('/'));
+    url.starts_with("https://")
+        || url.starts_with("http://")
+        || url.starts_with("file:///")
+        || relative_file
+}
+
+/// A git branch name Kiln accepts (no option-like or path-escaping names).
+fn valid_ref(r: &str) -> bool {
+    !r.is_empty()
+        && !r.starts_with('-')
+        && !r.contains("..")
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
+}
+
+fn validate_git(path: &Path, s: &Sources) -> Result<(), CatalogueError> {
+    let mut seen = BTreeSet::new();
+    for (i, g) in s.git.iter().enumerate() {
+        let field = |f: &str| format!("git[{i}].{f}");
+        let bad = |f: &str, m: String| Err(CatalogueError::invalid(path, field(f), m));
+        if !valid_name(&g.name) || g.name.len() > 80 {
+            return bad(
+                "name",
+                format!("{:?}: up to 80 letters, digits and . - _ + ~", g.name),
+            );
+        }
+        if s.get(&g.served()).is_some() || !seen.insert(g.name.as_str()) {
+            return bad("name", format!("{} declared twice", g.served()));
+        }
+        if !fetchable(&g.url) {
+            return bad(
+                "url",
+                format!(
+                    "{:?}: an http(s)://, file:/// or file:<path relative to this file> URL",
+                    g.url
+                ),
+            );
+        }
+        if !valid_ref(&g.git_ref) {
+            return bad("ref", format!("{:?}: a branch name", g.git_ref));
+        }
+        if let Some(c) = &g.commit
+            && !(c.len() == 40 && c.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')))
+        {
+            return bad("commit", format!("{c:?}: 40 lowercase hex digits"));
+        }
+    }
+    Ok(())
+}
+
 /// Names unique and safe, URLs with a scheme Kiln can fetch, sha256 well
 /// formed; errors name the file and the field.
 pub fn validate(path: &Path, s: &Sources) -> Result<(), CatalogueError> {
+    validate_git(path, s)?;
     let mut seen = BTreeSet::new();
     for (i, d) in s.sources.iter().enumerate() {
         let field = |f: &str| format!("sources[{i}].{f}");
@@ -189,17 +303,7 @@ pub fn validate(path: &Path, s: &Sources) -> Result<(), CatalogueError> {
                 format!("{} declared twice", d.name),
             ));
         }
-        // `file:<relative path>` is relative to this file's directory (a
-        // fixture beside a checkout, wherever the checkout is).
-        let relative_file = d
-            .url
-            .strip_prefix("file:")
-            .is_some_and(|p| !p.is_empty() && !p.starts_with('/'));
-        if !(d.url.starts_with("https://")
-            || d.url.starts_with("http://")
-            || d.url.starts_with("file:///")
-            || relative_file)
-        {
+        if !fetchable(&d.url) {
             return Err(CatalogueError::invalid(
                 path,
                 field("url"),
@@ -259,10 +363,18 @@ mod tests {
             (decl("x.tgz", "https://e/x", "ABC"), "sources[0].sha256"),
         ];
         for (d, field) in cases {
-            let e = validate(p, &Sources { sources: vec![d] }).unwrap_err();
+            let e = validate(
+                p,
+                &Sources {
+                    sources: vec![d],
+                    ..Sources::default()
+                },
+            )
+            .unwrap_err();
             assert!(e.to_string().contains(field), "{e}");
         }
         let twice = Sources {
+            git: vec![],
             sources: vec![
                 decl("x.tgz", "https://e/x", &ok),
                 decl("x.tgz", "https://e/y", &ok),
@@ -272,6 +384,7 @@ mod tests {
         assert!(e.contains("sources[1].name") && e.contains("twice"), "{e}");
         let good = Sources {
             sources: vec![decl("opam-full-2.5.0.tar.gz", "https://e/x", &ok)],
+            ..Sources::default()
         };
         validate(p, &good).unwrap();
     }
@@ -282,12 +395,56 @@ mod tests {
         let ok = "a".repeat(64);
         let one = |url: &str| Sources {
             sources: vec![decl("SHA256", url, &ok)],
+            ..Sources::default()
         };
         validate(p, &one("file:../fixtures/sets/SHA256")).unwrap();
         validate(p, &one("file:///abs/SHA256")).unwrap();
         for bad in ["file:", "file://host/x"] {
             let e = validate(p, &one(bad)).unwrap_err().to_string();
             assert!(e.contains("sources[0].url"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_git_source_names_its_remote_branch_and_commit() {
+        let p = Path::new("versions/sources.yaml");
+        let g = |name: &str, url: &str, r: &str, commit: Option<&str>| Sources {
+            git: vec![GitSource {
+                name: name.into(),
+                url: url.into(),
+                git_ref: r.into(),
+                commit: commit.map(String::from),
+            }],
+            ..Sources::default()
+        };
+        let c = "0123456789abcdef0123456789abcdef01234567";
+        let ok = g(
+            "beta",
+            "https://github.com/ocaml/ocaml-beta-repository",
+            "master",
+            Some(c),
+        );
+        validate(p, &ok).unwrap();
+        assert!(ok.serves("beta.bundle") && !ok.serves("beta"));
+        assert_eq!(
+            ok.git[0].declare_command(),
+            "kiln sources declare-git beta https://github.com/ocaml/ocaml-beta-repository master"
+        );
+        validate(p, &g("beta", "https://e/r", "master", None)).unwrap();
+        for (bad, field) in [
+            (g("beta", "git@e:r", "master", None), "git[0].url"),
+            (
+                g("beta", "https://e/r", "--upload-pack=x", None),
+                "git[0].ref",
+            ),
+            (
+                g("beta", "https://e/r", "master", Some("HEAD")),
+                "git[0].commit",
+            ),
+            (g("../b", "https://e/r", "master", None), "git[0].name"),
+        ] {
+            let e = validate(p, &bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
         }
     }
 }

@@ -1,9 +1,9 @@
 use std::process::ExitCode;
-use std::sync::Mutex;
 
 use anyhow::Result;
 use kiln::catalogue;
 use kiln::config::{Config, Sources};
+use kiln::daemon::handoff::{self, Lease};
 use kiln::pipeline::{self, Event, Options, Outcome, Summary};
 
 #[derive(clap::Args)]
@@ -13,6 +13,10 @@ pub struct Args {
     /// Resolve inputs and show what would be built, without building.
     #[arg(long)]
     dry_run: bool,
+    /// Rebuild the one tag chosen with --tag although its key is unchanged;
+    /// published once it verifies, saying whether the digest came out the same.
+    #[arg(long, requires = "tag")]
+    force: bool,
     #[arg(long)]
     json: bool,
 }
@@ -23,45 +27,48 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let opts = Options {
         filter: args.select.filter(),
         dry_run: args.dry_run,
+        reconcile: kiln::publish::Scope::Full,
+        force: args.force,
     };
-    let bar = indicatif::ProgressBar::new(0);
-    if args.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} arch builds  {msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    let running = Mutex::new(Vec::<String>::new());
-    let progress = |e: Event| match e {
-        Event::Planned { arch_builds } => bar.set_length(arch_builds as u64),
-        Event::Started { target } => {
-            if let Ok(mut r) = running.lock() {
-                r.push(target);
-                bar.set_message(r.join(", "));
-            }
-        }
-        Event::Finished { target, outcome } => {
-            bar.inc(1);
-            if let Ok(mut r) = running.lock() {
-                r.retain(|t| *t != target);
-                bar.set_message(r.join(", "));
-            }
-            if let Outcome::Failed { kind, error } = outcome {
-                bar.println(format!("FAILED ({kind}) {target}: {error}"));
-            }
-        }
-    };
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let rt = tokio::runtime::Runtime::new()?;
-    let summary = rt.block_on(pipeline::run(&config, &cat, &opts, &progress))?;
-    bar.finish_and_clear();
+    // One writer per state dir: beside a running daemon, the daemon builds.
+    let lease = if opts.dry_run {
+        None
+    } else {
+        Some(handoff::take(&config)?)
+    };
+    let summary = if let Some(Lease::Daemon { pid }) = &lease {
+        let say = |line: &str| eprintln!("{line}");
+        rt.block_on(handoff::hand_off(
+            &config,
+            &cat,
+            &opts.filter,
+            opts.force,
+            pid,
+            &say,
+        ))?
+    } else {
+        let display = super::progress::Progress::new(args.json);
+        let progress = |e: Event| display.event(e);
+        let s = rt.block_on(pipeline::run(&config, &cat, &opts, &progress))?;
+        display.finish();
+        s
+    };
+    drop(lease);
+    if let Some(tag) = &opts.filter.tag
+        && summary.tags.is_empty()
+    {
+        anyhow::bail!("--tag {tag}: no such tag in the plan (`kiln plan` lists them)");
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print_summary(&summary, opts.dry_run);
     }
-    Ok(if summary.failed > 0 {
+    if let (Some(e), false) = (&summary.reconcile_error, args.json) {
+        println!("FAILED reconciling moving tags and aliases: {e}");
+    }
+    Ok(if summary.failed > 0 || summary.reconcile_error.is_some() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -113,6 +120,16 @@ fn print_summary(summary: &Summary, dry_run: bool) {
                 }
             }
         }
+    }
+    for m in &summary.repaired {
+        println!(
+            "{}: {} was {}, now {} (owner {})",
+            m.reason,
+            m.tag,
+            m.was.as_deref().unwrap_or("missing"),
+            m.now,
+            m.owner
+        );
     }
     println!(
         "\n{} built, {} unchanged, {} adopted, {} failed, {} without a builder{}",

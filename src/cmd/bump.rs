@@ -19,6 +19,10 @@ pub struct Args {
     /// Release date, YYYY-MM-DD.
     #[arg(long)]
     date: Option<String>,
+    /// The record the status and date come from (a file at a commit, a
+    /// tag), kept beside them in the series file.
+    #[arg(long)]
+    source: Option<String>,
     /// Show what would change without writing.
     #[arg(long)]
     dry_run: bool,
@@ -59,6 +63,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         &versions,
         status,
         date,
+        args.source.as_deref(),
     )?;
     kiln::plan::validate(&staged.catalogue)?;
     if !args.dry_run {

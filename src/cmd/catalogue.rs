@@ -181,6 +181,7 @@ fn show(cat: &Catalogue, version: &str, json: bool) -> Result<ExitCode> {
     let builds = os_releases(cat, &v);
     let out = serde_json::json!({
         "version": v, "series": v.series(), "status": release.status, "date": release.date,
+        "source": release.source,
         "native": series.native, "bytecode_only": series.bytecode_only, "supported": supported,
         "variants": variants.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "opam_packages": packages, "latest": cat.latest() == Some(&v), "os_releases": builds,
@@ -238,6 +239,9 @@ fn print_release(
         release.status,
         release.date.map(|d| format!(", {d}")).unwrap_or_default()
     );
+    if let Some(source) = &release.source {
+        println!("  source:        {source}");
+    }
     println!("  native:        {}", series.native.join(", "));
     println!("  bytecode only: {}", series.bytecode_only.join(", "));
     for (var, arches) in variants {

@@ -27,7 +27,7 @@ enum Sub {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// The latest jobs of the queue: state, attempts, failure kind, log.
+    /// The latest jobs of the queue (as `kiln jobs list`).
     Jobs {
         #[arg(long)]
         json: bool,
@@ -64,30 +64,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Sub::Jobs { json, limit } => {
-            let jobs = Queue::open(&config.database.path)?.list(limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
-            } else {
-                for j in &jobs {
-                    println!(
-                        "#{:<4} {:<10} {}:{}  attempts {}  {}{}{}",
-                        j.id,
-                        j.state,
-                        j.repository,
-                        j.tag,
-                        j.attempts,
-                        j.outcome.as_deref().unwrap_or(""),
-                        j.failure
-                            .map(|f| format!("{f} failure: {}", j.error.as_deref().unwrap_or("")))
-                            .unwrap_or_default(),
-                        j.log
-                            .as_deref()
-                            .map(|l| format!("  (log: {l})"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
+            super::jobs::list(&Queue::open(&config.database.path)?, json, limit)
         }
         Sub::Run => {
             // Refuse a bad schedule and a second daemon before anything starts.
@@ -103,6 +80,13 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
                 rebuild: Some(tx),
                 queue_db: Some(config.database.path.clone()),
                 metrics: Metrics::default(),
+                distribution: Some(Arc::new(kiln::api::Backing::new(
+                    kiln::registry::Registry::new(&config.registry)?,
+                ))),
+                workers: Some(Arc::new(kiln::api::workers::Workers::of(
+                    &config,
+                    kiln::api::workers::MAX_AGE,
+                ))),
             });
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async move {

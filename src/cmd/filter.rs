@@ -16,6 +16,12 @@ pub struct PlanFilter {
     os: Option<String>,
     #[arg(long)]
     arch: Option<Arch>,
+    /// A compiler variant (flambda, flambda+fp, …), or `none` for the plain compiler.
+    #[arg(long)]
+    variant: Option<String>,
+    /// One tag, `TAG` or `REPOSITORY:TAG` (`opam:debian-13-ocaml-5.5`).
+    #[arg(long)]
+    tag: Option<String>,
 }
 
 impl PlanFilter {
@@ -26,7 +32,11 @@ impl PlanFilter {
             platform: self.platform,
             os: self.os,
             arch: self.arch,
-            tag: None,
+            tag: self.tag.map(|t| {
+                t.rsplit_once(':')
+                    .map_or(t.clone(), |(_, tag)| tag.to_string())
+            }),
+            variant: self.variant,
         }
     }
 }

@@ -20,6 +20,10 @@ enum Sub {
         /// Replace an existing lockfile (kept beside it as `.bak`).
         #[arg(long)]
         force: bool,
+        /// Read and hash every blob rather than HEAD it (as `kiln verify
+        /// --deep`): catches a blob whose bytes changed at the same size.
+        #[arg(long)]
+        deep: bool,
         #[arg(long)]
         json: bool,
     },
@@ -27,7 +31,12 @@ enum Sub {
 
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
-    let Sub::Recover { force, json } = args.command;
+    let Sub::Recover { force, deep, json } = args.command;
+    let depth = if deep {
+        kiln::registry::Depth::Deep
+    } else {
+        kiln::registry::Depth::Cheap
+    };
     let path = config.lockfile_path();
     if path.exists() {
         if !force {
@@ -38,13 +47,14 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         }
         std::fs::copy(&path, path.with_extension("json.bak"))?;
     }
+    let cat = kiln::catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let reg = Registry::new(&config.registry)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let r = rt.block_on(kiln::publish::recover::recover_into(
-        &reg,
-        &config.registry.namespace,
-        &path,
-    ))?;
+    let ns = &config.registry.namespace;
+    let r = rt.block_on(async {
+        let repos = kiln::publish::repositories::known_repositories(&reg, &cat, ns, None).await?;
+        kiln::publish::recover::recover_into(&reg, ns, &repos, &path, depth).await
+    })?;
     if json {
         println!(
             "{}",

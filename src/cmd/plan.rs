@@ -25,6 +25,12 @@ pub struct Args {
     /// With --targets: also compute each target's build key (resolves parents).
     #[arg(long)]
     keys: bool,
+    /// Print each selected target's recipes as its build renders them,
+    /// with the values only a build knows (the source server's URL, the
+    /// parent's digest, the opam-repository commit) as `{{placeholders}}`:
+    /// nothing is resolved, no network is used.
+    #[arg(long, conflicts_with = "keys")]
+    render: bool,
     #[arg(long)]
     json: bool,
 }
@@ -34,8 +40,13 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let filter = args.select.filter();
     let targets = plan::expand(&cat, &filter)?;
+    if args.render {
+        return render(&targets, args.json);
+    }
     let totals = plan::totals(&targets);
     let tags = plan::tags(&targets, &config.registry.namespace);
+    let traffic = plan::traffic::traffic(&targets, &tags, &config.registry);
+    let pending = plan::pending::pending(&cat, &targets);
     let builders = kiln::builders::Builders::new(&config);
     let reqs = plan::requirements(&targets, &config.registry.namespace, |t| {
         builders.can_build(t)
@@ -54,8 +65,10 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "totals": totals,
+                "traffic": traffic,
                 "tags": tags,
                 "requirements": reqs,
+                "pending": pending,
                 "targets": if args.targets { serde_json::to_value(&targets)? } else { serde_json::Value::Null },
                 "build_keys": keys.build_keys,
                 "immutable_tags": keys.immutable_tags,
@@ -69,8 +82,72 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         print_targets(&targets, &keys);
     }
     print_tags(&tags);
+    print_pending(&pending);
     print_gate(&reqs);
     print_totals(&totals, &reqs);
+    print_traffic(&traffic, &config.registry.url);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_traffic(t: &plan::traffic::Traffic, registry: &str) {
+    let per: Vec<String> = t.pulls.iter().map(|(h, n)| format!("{h} {n}")).collect();
+    let limit = |n: u64| {
+        if n == 0 {
+            "no limit set".to_string()
+        } else {
+            format!("limit {n} per {}h", t.window_hours)
+        }
+    };
+    println!(
+        "registry traffic of a full round: {} manifest pulls ({}; {}), {} manifest pushes to {registry} ({})",
+        t.pulls_total,
+        if per.is_empty() {
+            "no parents".to_string()
+        } else {
+            per.join(", ")
+        },
+        limit(t.pull_limit),
+        t.pushes,
+        limit(t.push_limit)
+    );
+    for o in &t.over {
+        println!("  OVER: {o}");
+    }
+}
+
+/// `kiln plan --render`: every recipe of every target, one after the
+/// other under a header naming the target, its tag and the file; with
+/// `--json`, a list of `{target, tag, recipes: [{file, text}]}`.
+fn render(targets: &[Target], json: bool) -> Result<ExitCode> {
+    let mut out = Vec::new();
+    for t in targets {
+        let files = plan::render::render(t)?;
+        out.push((t, files));
+    }
+    if json {
+        let doc: Vec<serde_json::Value> = out
+            .iter()
+            .map(|(t, files)| {
+                serde_json::json!({
+                    "target": t.id(),
+                    "tag": t.tag,
+                    "recipes": files.iter().map(|(f, text)| serde_json::json!({"file": f, "text": text})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (t, files) in &out {
+        for (file, text) in files {
+            println!("==> {} ({}): {file} <==", t.id(), t.tag);
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            println!();
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -153,6 +230,29 @@ fn print_tags(tags: &[PlannedTag]) {
         );
         println!();
     }
+}
+
+/// Sources targets take that only a machine reaching their origin can
+/// declare, each with its command (such targets are refused until then).
+fn print_pending(pending: &[plan::pending::Pending]) {
+    if pending.is_empty() {
+        return;
+    }
+    println!(
+        "== pending sources ({}: refused until declared)",
+        pending.len()
+    );
+    for p in pending {
+        println!(
+            "{}  ({} targets)  {}",
+            p.source,
+            p.targets,
+            p.command
+                .as_deref()
+                .unwrap_or("NO COMMAND: declare it in versions/sources.yaml")
+        );
+    }
+    println!();
 }
 
 fn print_gate(reqs: &[Requirement]) {

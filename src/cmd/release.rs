@@ -25,11 +25,29 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         .map(|v| v.parse())
         .collect::<Result<_, _>>()?;
     let rt = tokio::runtime::Runtime::new()?;
+    // One writer per state dir: beside a running daemon, the daemon builds.
+    let lease = if args.dry_run {
+        None
+    } else {
+        Some(kiln::daemon::handoff::take(&config)?)
+    };
+    let say = |line: &str| eprintln!("{line}");
+    let daemon = match &lease {
+        Some(kiln::daemon::handoff::Lease::Daemon { pid }) => {
+            say(&format!(
+                "kiln: the daemon (pid {pid}) holds the state dir: the release's builds are handed to it"
+            ));
+            Some(kiln::refresh::release::HandOff { pid, say: &say })
+        }
+        _ => None,
+    };
     let report = rt.block_on(kiln::refresh::release::release(
         &config,
         &versions,
         args.dry_run,
+        daemon,
     ))?;
+    drop(lease);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -20,15 +20,26 @@ pub struct Args {
 
 pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let config = Config::load(sources)?;
+    let _lease = super::exclusive_of_daemon(&config, "kiln rollback")?;
     let reg = Registry::new(&config.registry)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let e = rt.block_on(kiln::publish::verify::rollback(
-        &reg,
-        &config.lockfile_path(),
-        &args.tag,
-        args.to.as_deref(),
-        &args.reason,
-    ))?;
+    let path = config.lockfile_path();
+    let ns = &config.registry.namespace;
+    let e = rt.block_on(async {
+        // Roll back what the namespace holds now, another factory's
+        // publications included; then publish the result for them.
+        kiln::publish::remote::sync(&reg, ns, &path).await?;
+        let e = kiln::publish::verify::rollback(
+            &reg,
+            &path,
+            &args.tag,
+            args.to.as_deref(),
+            &args.reason,
+        )
+        .await?;
+        kiln::publish::remote::publish_lockfile(&reg, ns, &path).await?;
+        Ok::<_, kiln::publish::PublishError>(e)
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {

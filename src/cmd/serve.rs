@@ -48,6 +48,13 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         rebuild: None,
         queue_db: Some(config.database.path.clone()),
         metrics: Metrics::default(),
+        distribution: Some(Arc::new(kiln::api::Backing::new(
+            kiln::registry::Registry::new(&config.registry)?,
+        ))),
+        workers: Some(Arc::new(kiln::api::workers::Workers::of(
+            &config,
+            kiln::api::workers::MAX_AGE,
+        ))),
     });
     rt.block_on(async move {
         let shutdown = async {

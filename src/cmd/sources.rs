@@ -38,6 +38,23 @@ enum Sub {
     /// versions/sources.yaml from the release's SHA256.sig, once its
     /// signify signature verifies with the release's public key.
     DeclareOpenbsd(DeclareOpenbsd),
+    /// Declare a git source (versions/sources.yaml `git:`) at the commit
+    /// branch REF of URL names now; run where the network reaches URL.
+    /// `kiln sources sync` then mirrors a bundle of that commit.
+    DeclareGit(DeclareGit),
+}
+
+#[derive(clap::Args)]
+struct DeclareGit {
+    /// The source's name: served to builds as {{sources_url}}/<NAME>.bundle.
+    name: String,
+    /// The remote (https://…, file:///…, or file:<path relative to versions/>).
+    url: String,
+    /// The branch whose commit is declared.
+    #[arg(value_name = "REF")]
+    git_ref: String,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -71,6 +88,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         Sub::Sync(s) => (s, true),
         Sub::List(s) => (s, false),
         Sub::DeclareOpenbsd(d) => return declare_openbsd(&config, d),
+        Sub::DeclareGit(d) => return declare_git(&config, d),
     };
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let targets = plan::expand(&cat, &sel.plan.filter())?;
@@ -98,7 +116,7 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         let builders = kiln::builders::Builders::new(&config);
-        let (wanted, bundle) =
+        let (wanted, bundle, git) =
             kiln::pipeline::sources::wanted(&config, &builders, &targets, &commit).await?;
         let mirror = Mirror::new(&reg, &config.registry.namespace, &config.state_dir);
         let mut rows = Vec::new();
@@ -115,6 +133,15 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             rows.push(serde_json::json!({
                 "name": kiln::sources::BUNDLE_NAME, "url": config.plan.opam_repository,
                 "checksum": format!("git={commit}"), "declared_in": "plan.opam_repository",
+                "present": p.is_some(), "blob": p.as_ref().map(|p| p.blob.clone()),
+            }));
+        }
+        for g in &git {
+            let p = mirror.git_present(g).await?;
+            rows.push(serde_json::json!({
+                "name": g.served(), "url": g.url,
+                "checksum": match &g.commit { Some(c) => format!("git={c}"), None => format!("undeclared: {}", g.declare_command()) },
+                "declared_in": config.versions_dir.join("sources.yaml"),
                 "present": p.is_some(), "blob": p.as_ref().map(|p| p.blob.clone()),
             }));
         }
@@ -180,6 +207,39 @@ fn declare_openbsd(config: &Config, args: DeclareOpenbsd) -> Result<ExitCode> {
         report.declarations.len(),
         report.keynum,
         report.sources_yaml.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn declare_git(config: &Config, args: DeclareGit) -> Result<ExitCode> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let r = rt.block_on(kiln::sources::declare_git::declare(
+        &config.versions_dir,
+        &args.name,
+        &args.url,
+        &args.git_ref,
+    ))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let how = match r.outcome {
+        kiln::sources::declare_git::Outcome::Added => "added",
+        kiln::sources::declare_git::Outcome::Declared => "declared",
+        kiln::sources::declare_git::Outcome::Unchanged => "unchanged",
+    };
+    println!(
+        "{how:9} {} {} {} at {}{} in {}",
+        r.name,
+        r.url,
+        r.git_ref,
+        r.commit,
+        r.previous
+            .as_deref()
+            .filter(|p| *p != r.commit)
+            .map(|p| format!(" (was {p})"))
+            .unwrap_or_default(),
+        r.sources_yaml.display()
     );
     Ok(ExitCode::SUCCESS)
 }

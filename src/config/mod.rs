@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod layer;
+mod secrets;
 mod validate;
-use validate::{OPEN_TABLES, validate};
+
+use layer::{env_path, lookup, merge, set_path};
+pub use secrets::{REDACTED, redact_userinfo};
+use validate::validate;
 
 /// The platforms Kiln knows (`platforms/<name>/`).
 pub const PLATFORMS: [&str; 5] = ["linux", "windows", "macos", "freebsd", "openbsd"];
@@ -51,6 +56,18 @@ pub struct Config {
     pub refresh: Refresh,
     pub api: Api,
     pub daemon: Daemon,
+    pub identity: Identity,
+}
+
+/// Where the keys Kiln logs in or signs with live: outside `state_dir`, so
+/// that losing the state (disposable: a cache of the registry) loses no
+/// identity. `kiln doctor` checks every key named here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Empty: `$XDG_CONFIG_HOME/kiln`, else `$HOME/.config/kiln`, else
+    /// `identity/` beside the config file. Made absolute when loaded.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +85,38 @@ pub struct Registry {
     pub concurrency: usize,
     pub rate_limit: f64,
     pub docker_config: String,
+    /// The longest one request waits out the registry's own rate limit
+    /// (429 with Retry-After or ratelimit-* headers); beyond it the work
+    /// fails as infrastructure and the daemon parks it until the reset.
+    #[serde(default = "rate_limit_max_wait_secs")]
+    pub rate_limit_max_wait_secs: u64,
+    /// What a full round may pull from and push to registries in one
+    /// limit window (`limit_window_hours`), for `kiln plan`; 0: no limit.
+    #[serde(default)]
+    pub pull_limit: u64,
+    #[serde(default)]
+    pub push_limit: u64,
+    #[serde(default = "limit_window_hours")]
+    pub limit_window_hours: u64,
+    /// `kiln gc --registry` keeps unreferenced manifests this long.
+    #[serde(default = "registry_retention_days")]
+    pub retention_days: u64,
+    /// A command run after `kiln gc --registry` deleted manifests, to free
+    /// their blobs (the registry's own garbage collection); empty: none.
+    #[serde(default)]
+    pub garbage_collect: String,
+}
+
+fn limit_window_hours() -> u64 {
+    6
+}
+
+fn registry_retention_days() -> u64 {
+    30
+}
+
+fn rate_limit_max_wait_secs() -> u64 {
+    900
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +139,12 @@ pub struct DockerHost {
     pub emulate: Vec<String>,
     #[serde(default = "one")]
     pub concurrency: usize,
+    /// The address of this machine the host's build containers reach,
+    /// where a build's source proxy listens (default for a `unix://`
+    /// engine: its default bridge's gateway, e.g. 172.17.0.1). Needed for
+    /// a `tcp://` or `ssh://` engine whose builds take sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources_address: Option<String>,
 }
 
 fn one() -> usize {
@@ -100,7 +155,8 @@ fn one() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct Zfs {
     pub hosts: Vec<ZfsHost>,
-    /// `kiln gc` keeps unreferenced base images younger than this.
+    /// `kiln gc` keeps unreferenced base images and kept QEMU disks
+    /// younger than this.
     #[serde(default = "retention_days")]
     pub retention_days: u64,
     /// The provisioning script is killed after this long.
@@ -163,7 +219,8 @@ pub struct Qemu {
     pub ssh_user: String,
     /// The private key obuilder's workers log in with; its `.pub` is
     /// authorized in the image (`{{ssh_public_key}}`) and Kiln logs in with
-    /// it to verify. Relative to the state dir; empty: `qemu/id_ed25519`.
+    /// it to verify. Relative to `identity.dir` (never the state dir: a
+    /// lost state must not lose the login); made absolute when loaded.
     pub ssh_key: String,
     /// Keep each target's last verified disk on this host, for a later run
     /// of the same key to adopt without booting.
@@ -193,6 +250,15 @@ fn head() -> String {
 pub struct Refresh {
     pub api_url: String,
     pub token_env: String,
+    /// A GitHub App instead of a personal token: its id, the installation
+    /// whose token Kiln acts with, and the App's RSA private key (PEM,
+    /// relative to `identity.dir`; made absolute when loaded). 0: no App.
+    #[serde(default)]
+    pub app_id: u64,
+    #[serde(default)]
+    pub installation_id: u64,
+    #[serde(default)]
+    pub app_key: String,
     pub consumers: Vec<Consumer>,
 }
 
@@ -204,8 +270,11 @@ pub struct Consumer {
     pub repo: String,
     #[serde(default = "main_branch")]
     pub base: String,
-    pub path: String,
-    /// `json-pins`, `yaml-pins` or `version-list`.
+    /// Files the change touches, from the repository's root: `ocaml-version`
+    /// its `.ml` (and `.mli`, `CHANGES.md` when listed); `opam-pin` each
+    /// `dune-project`/`*.opam` bound and `git reset --hard` pin.
+    pub paths: Vec<String>,
+    /// `ocaml-version` or `opam-pin`.
     pub format: String,
     /// `pull-request` or `issue`.
     #[serde(default = "pull_request")]
@@ -244,10 +313,21 @@ pub struct Daemon {
     /// catalogue are polled for changes; 0 turns polling off.
     #[serde(default = "poll_secs")]
     pub poll_secs: u64,
+    /// Cron schedule (with seconds) of `kiln gc --registry`; empty: never.
+    #[serde(default)]
+    pub registry_gc_schedule: String,
+    /// At SIGTERM, how long running jobs may go on; then they are stopped
+    /// (leaving nothing) and queued again for the next start.
+    #[serde(default = "drain_secs")]
+    pub drain_secs: u64,
 }
 
 fn retry_base_secs() -> u64 {
     30
+}
+
+fn drain_secs() -> u64 {
+    240
 }
 
 fn poll_secs() -> u64 {
@@ -280,7 +360,7 @@ impl Config {
     /// Embedded defaults only, with relative paths against `base`.
     pub fn defaults(base: &Path) -> Result<Config, ConfigError> {
         let value = parse("embedded defaults", DEFAULT_TOML)?;
-        finish(value, "embedded defaults", base)
+        finish(value, "embedded defaults", base, &[])
     }
 
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
@@ -338,7 +418,7 @@ impl Config {
             }
             set_path(&mut value, &path, v, &format!("--set {arg}"))?;
         }
-        finish(value, &origin, &base)
+        finish(value, &origin, &base, &sources.env)
     }
 
     /// Absolute path of the SQLite database.
@@ -368,7 +448,26 @@ fn parse(origin: &str, text: &str) -> Result<toml::Value, ConfigError> {
         })
 }
 
-fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+/// The default identity directory: `$XDG_CONFIG_HOME/kiln`, else
+/// `$HOME/.config/kiln`, else `identity/` beside the config.
+fn identity_default(env: &[(String, String)], base: &Path) -> PathBuf {
+    let var = |k: &str| {
+        env.iter()
+            .find(|(n, v)| n == k && !v.is_empty())
+            .map(|(_, v)| PathBuf::from(v))
+    };
+    var("XDG_CONFIG_HOME")
+        .map(|x| x.join("kiln"))
+        .or_else(|| var("HOME").map(|h| h.join(".config/kiln")))
+        .unwrap_or_else(|| base.join("identity"))
+}
+
+fn finish(
+    value: toml::Value,
+    origin: &str,
+    base: &Path,
+    env: &[(String, String)],
+) -> Result<Config, ConfigError> {
     let mut config: Config = value
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError::Field {
@@ -387,6 +486,25 @@ fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, Confi
     config.platforms_dir = abs(&config.platforms_dir);
     config.manifests_dir = abs(&config.manifests_dir);
     config.database.path = abs(&config.database.path);
+    config.identity.dir = if config.identity.dir.as_os_str().is_empty() {
+        identity_default(env, base)
+    } else {
+        abs(&config.identity.dir)
+    };
+    let key = if config.qemu.ssh_key.is_empty() {
+        "id_ed25519"
+    } else {
+        config.qemu.ssh_key.as_str()
+    };
+    config.qemu.ssh_key = config.identity.dir.join(key).display().to_string();
+    if !config.refresh.app_key.is_empty() {
+        config.refresh.app_key = config
+            .identity
+            .dir
+            .join(&config.refresh.app_key)
+            .display()
+            .to_string();
+    }
     // A local opam-repository (a git directory) may be named relative to
     // the file, like the directories above; URLs are left alone.
     if config.plan.opam_repository.starts_with("./")
@@ -398,112 +516,6 @@ fn finish(value: toml::Value, origin: &str, base: &Path) -> Result<Config, Confi
     }
     validate(&config, origin)?;
     Ok(config)
-}
-
-/// Overlay `overlay` onto `base`, refusing keys the defaults do not know.
-fn merge(
-    base: &mut toml::Value,
-    overlay: toml::Value,
-    origin: &str,
-    prefix: &str,
-) -> Result<(), ConfigError> {
-    match (base, overlay) {
-        (toml::Value::Table(b), toml::Value::Table(o)) => {
-            for (k, v) in o {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                match b.get_mut(&k) {
-                    Some(slot @ toml::Value::Table(_)) if v.is_table() => {
-                        merge(slot, v, origin, &key)?
-                    }
-                    Some(slot) => *slot = v,
-                    // Tables whose keys are the user's (platform names).
-                    None if OPEN_TABLES.contains(&prefix) => {
-                        b.insert(k, v);
-                    }
-                    None => {
-                        return Err(ConfigError::UnknownKey {
-                            origin: origin.to_string(),
-                            key,
-                        });
-                    }
-                }
-            }
-            Ok(())
-        }
-        (b, o) => {
-            *b = o;
-            Ok(())
-        }
-    }
-}
-
-fn lookup<'a>(value: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
-    let mut cur = value;
-    for p in path {
-        cur = cur.as_table()?.get(p)?;
-    }
-    Some(cur)
-}
-
-/// Map `REGISTRY_URL` to `["registry", "url"]` when such a scalar exists.
-/// Top-level keys with underscores (`STATE_DIR`) are tried first.
-fn env_path(value: &toml::Value, rest: &str) -> Option<Vec<String>> {
-    let lower = rest.to_ascii_lowercase();
-    let table = value.as_table()?;
-    if let Some(v) = table.get(&lower)
-        && !v.is_table()
-    {
-        return Some(vec![lower]);
-    }
-    let (section, key) = lower.split_once('_')?;
-    let sec = table.get(section)?.as_table()?;
-    match sec.get(key) {
-        Some(v) if !v.is_table() && !v.is_array() => Some(vec![section.into(), key.into()]),
-        _ => None,
-    }
-}
-
-fn set_path(
-    value: &mut toml::Value,
-    path: &[String],
-    raw: &str,
-    origin: &str,
-) -> Result<(), ConfigError> {
-    let mut cur = value;
-    for p in path {
-        cur = cur
-            .as_table_mut()
-            .and_then(|t| t.get_mut(p))
-            .ok_or_else(|| ConfigError::UnknownKey {
-                origin: origin.to_string(),
-                key: path.join("."),
-            })?;
-    }
-    let bad = |what: &str| ConfigError::Field {
-        origin: origin.to_string(),
-        message: format!("{} = {raw:?}: expected {what}", path.join(".")),
-    };
-    *cur = match cur {
-        toml::Value::String(_) => toml::Value::String(raw.to_string()),
-        toml::Value::Integer(_) => {
-            toml::Value::Integer(raw.parse().map_err(|_| bad("an integer"))?)
-        }
-        toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|_| bad("a number"))?),
-        toml::Value::Boolean(_) => {
-            toml::Value::Boolean(raw.parse().map_err(|_| bad("true or false"))?)
-        }
-        _ => {
-            // Arrays and tables: accept an inline TOML value.
-            let wrapped = format!("v = {raw}");
-            let t: toml::Table = wrapped.parse().map_err(|_| bad("a TOML value"))?;
-            t.get("v").cloned().ok_or_else(|| bad("a TOML value"))?
-        }
-    };
-    Ok(())
 }
 
 #[cfg(test)]

@@ -21,6 +21,13 @@ pub(super) fn validate(c: &Config, origin: &str) -> Result<(), ConfigError> {
     for (i, k) in c.refresh.consumers.iter().enumerate() {
         validate_consumer(i, k).map_err(field)?;
     }
+    let r = &c.refresh;
+    if r.app_id != 0 && (r.installation_id == 0 || r.app_key.is_empty()) {
+        return Err(field(format!(
+            "refresh.app_id = {}: a GitHub App also needs refresh.installation_id and refresh.app_key (its private key, PEM)",
+            r.app_id
+        )));
+    }
     if c.api.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(field(format!(
             "api.listen = {:?}: expected ADDRESS:PORT such as 127.0.0.1:8080",
@@ -74,15 +81,19 @@ fn validate_docker_host(i: usize, h: &DockerHost) -> Result<(), String> {
     Ok(())
 }
 
-/// `refresh.consumers[i]`: a known format and mode, an OWNER/NAME repo.
+/// `refresh.consumers[i]`: a known format and mode, an OWNER/NAME repo,
+/// at least one path.
 fn validate_consumer(i: usize, k: &Consumer) -> Result<(), String> {
-    if !matches!(
-        k.format.as_str(),
-        "json-pins" | "yaml-pins" | "version-list"
-    ) {
+    if !matches!(k.format.as_str(), "ocaml-version" | "opam-pin") {
         return Err(format!(
-            "refresh.consumers[{i}] ({}): format = {:?}, expected \"json-pins\", \"yaml-pins\" or \"version-list\"",
+            "refresh.consumers[{i}] ({}): format = {:?}, expected \"ocaml-version\" (ocurrent/ocaml-version's files) or \"opam-pin\" (a consumer's ocaml-version lower bound and opam-repository pin)",
             k.repo, k.format
+        ));
+    }
+    if k.paths.is_empty() {
+        return Err(format!(
+            "refresh.consumers[{i}] ({}): paths = [], expected the files to change",
+            k.repo
         ));
     }
     if !matches!(k.mode.as_str(), "pull-request" | "issue") {

@@ -27,6 +27,11 @@ pub(super) async fn run_job(config: &Config, job: &Job) -> (Finish, Vec<Arch>) {
             ..Default::default()
         },
         dry_run: false,
+        // The round reconciles every tag once when it ends.
+        reconcile: crate::publish::Scope::Changed,
+        force: crate::state::queue::Queue::open(&config.database.path)
+            .and_then(|q| q.is_forced(job.id))
+            .unwrap_or(false),
     };
     let summary = match pipeline::run(config, &cat, &opts, &|_| {}).await {
         Ok(s) => s,

@@ -3,8 +3,10 @@
 //! scheduler that runs them through the pipeline, and the
 //! single-instance lock.
 
+pub mod handoff;
 mod job;
 pub mod lock;
+mod registry_gc;
 pub mod run;
 pub mod triggers;
 
@@ -27,4 +29,8 @@ pub enum DaemonError {
     Catalogue(#[from] crate::catalogue::CatalogueError),
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
+    #[error(transparent)]
+    Publish(#[from] crate::publish::PublishError),
 }

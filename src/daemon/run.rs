@@ -17,12 +17,25 @@
 //! exponential backoff; a recipe failure is final and the API shows it
 //! with its log.
 //!
-//! SIGTERM/SIGINT: no new job starts; running jobs finish (each publishes
-//! completely or not at all); then exit. After `kill -9`, the next start
-//! puts the interrupted jobs back in the queue under a `resume-interrupted`
-//! round.
+//! The state store failing (SQLite busy, locked, I/O) never ends the
+//! loop: starting jobs is tried again at the next wake-up, and a finished
+//! job's result is written with retries and backoff (a job whose result
+//! still cannot be written stays `running` and is queued again at the
+//! next start).
+//!
+//! SIGTERM/SIGINT: no new job starts; running jobs may finish (each
+//! publishes completely or not at all) within `daemon.drain_secs`; what
+//! still runs then is stopped and queued again; then exit. After `kill
+//! -9`, the next start puts the interrupted jobs back in the queue under a
+//! `resume-interrupted` round.
+//!
+//! Job control: a cancel request (`kiln jobs cancel`, the API) for a
+//! running job is seen within [`QUEUE_POLL`]; its build is dropped, which
+//! kills its processes and hands its containers and datasets to
+//! [`crate::process::cleanup_later`]; once those cleanups have run the
+//! job ends `cancelled`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +45,15 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::DaemonError;
+
+mod control;
 use super::job::run_job;
 use super::lock::DaemonLock;
 use super::triggers::{Schedules, Trigger, poll};
 use crate::builders::Builders;
 use crate::catalogue::{Arch, BuilderKind};
 use crate::config::Config;
-use crate::model::{ArchState, TagId};
+use crate::model::{ArchState, FailureKind, TagId};
 use crate::pipeline::group_by_tag;
 use crate::plan::{Filter, Target};
 use crate::state::StateStore;
@@ -97,6 +112,7 @@ impl Daemon {
         }
         match round {
             Some(r) => {
+                // A round whose every enqueue was refused has no job to end it.
                 self.close_round_if_done(r)?;
                 tracing::info!(round = r, trigger = %trigger.name(), "round opened");
             }
@@ -107,9 +123,12 @@ impl Daemon {
         Ok(round)
     }
 
-    fn close_round_if_done(&self, round: i64) -> Result<(), DaemonError> {
+    /// Close `round` when none of its jobs is pending; returns whether it
+    /// closed.
+    fn close_round_if_done(&self, round: i64) -> Result<bool, DaemonError> {
         let (pending, built, unchanged, failed) = self.queue.round_counts(round)?;
-        if pending == 0 {
+        let done = pending == 0;
+        if done {
             self.rounds.finish(
                 round,
                 built as usize,
@@ -119,11 +138,51 @@ impl Daemon {
             )?;
             tracing::info!(round, built, unchanged, failed, "round done");
         }
-        Ok(())
+        Ok(done)
     }
 }
 
-type Running = JoinSet<(Job, Finish, Vec<Arch>)>;
+/// The end of a round, built or not: every moving tag and alias the
+/// lockfile names read back from the registry and put back where it
+/// drifted ([`crate::publish::reconcile`]). A failure is logged; the
+/// next round tries again.
+async fn reconcile_round(config: &Config, round: i64) {
+    let result = async {
+        let cat = crate::catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+        let all = crate::plan::expand(&cat, &Filter::default())?;
+        let reg = crate::registry::Registry::new(&config.registry)?;
+        // Another factory's publications since the last job count too.
+        crate::publish::remote::sync(&reg, &config.registry.namespace, &config.lockfile_path())
+            .await?;
+        let r = crate::publish::reconcile(
+            &reg,
+            &config.lockfile_path(),
+            &all,
+            &config.registry.namespace,
+            crate::publish::Scope::Full,
+        )
+        .await?;
+        if r.changed_anything() {
+            let ns = &config.registry.namespace;
+            crate::publish::remote::publish_lockfile(&reg, ns, &config.lockfile_path()).await?;
+        }
+        Ok::<_, DaemonError>(r)
+    }
+    .await;
+    match result {
+        Ok(r) => tracing::info!(
+            round,
+            checked = r.checked,
+            moved = r.moved.len(),
+            "round reconciled"
+        ),
+        Err(e) => tracing::error!(round, error = %e, "reconciling the round's tags"),
+    }
+}
+
+/// A finished job: how it ended, its arches, and when it started.
+type Ended = (Job, Finish, Vec<Arch>, std::time::Instant);
+type Running = JoinSet<Ended>;
 
 /// The loop's own state between wake-ups.
 struct Loop {
@@ -133,12 +192,22 @@ struct Loop {
     next_poll: Option<DateTime<Utc>>,
     next_fire: Vec<DateTime<Utc>>,
     running: Running,
+    /// Each running job's task: the job, and who asked to cancel it.
+    tasks: HashMap<tokio::task::Id, (Job, tokio::task::AbortHandle, Option<String>)>,
+    /// Stopping: jobs stopped now are queued again, not cancelled.
+    draining: bool,
+    /// Reconciliations of rounds that ended.
+    tails: JoinSet<()>,
     busy: BTreeMap<BuilderKind, usize>,
+    registry_gc: super::registry_gc::RegistryGc,
 }
 
 impl Loop {
     /// Start what is due, up to each builder kind's capacity.
     fn start_due(&mut self) -> Result<(), DaemonError> {
+        if self.registry_gc.pending {
+            return Ok(()); // the registry's gc waits for an idle moment
+        }
         for kind in BuilderKind::ALL {
             let capacity = self.d.builders.get(kind).capacity();
             while self.busy.get(&kind).copied().unwrap_or(0) < capacity {
@@ -148,14 +217,17 @@ impl Loop {
                 *self.busy.entry(kind).or_default() += 1;
                 let d = self.d.clone();
                 let span = tracing::info_span!("job", job = job.id, target = %format!("{}:{}", job.repository, job.tag), attempt = job.attempts);
-                self.running.spawn(
+                let it = job.clone();
+                let handle = self.running.spawn(
                     async move {
                         tracing::info!("job started");
+                        let started = std::time::Instant::now();
                         let (finish, arches) = run_job(&d.config, &job).await;
-                        (job, finish, arches)
+                        (job, finish, arches, started)
                     }
                     .instrument(span),
                 );
+                self.tasks.insert(handle.id(), (it, handle, None));
             }
         }
         Ok(())
@@ -173,13 +245,13 @@ impl Loop {
         if let Some(p) = self.next_poll {
             wake = wake.min(p);
         }
+        if let Some(g) = self.registry_gc.next() {
+            wake = wake.min(g);
+        }
         if let Some(due) = self.d.queue.next_due()? {
             wake = wake.min(due.max(now + chrono::Duration::milliseconds(200)));
         }
-        Ok((wake - now)
-            .to_std()
-            .unwrap_or_default()
-            .min(Duration::from_secs(3600)))
+        Ok((wake - now).to_std().unwrap_or_default().min(QUEUE_POLL))
     }
 
     /// Fire the schedules that are due.
@@ -227,12 +299,31 @@ impl Loop {
             Some(Utc::now() + chrono::Duration::from_std(self.poll_every).unwrap_or_default());
     }
 
-    /// Record a finished job; an infrastructure failure is queued again.
-    fn job_done(&mut self, job: Job, finish: Finish, arches: Vec<Arch>) -> Result<(), DaemonError> {
-        if let Some(n) = self.busy.get_mut(&job.builder) {
-            *n = n.saturating_sub(1);
-        }
+    /// Record a finished job; an infrastructure failure is queued again,
+    /// and one that failed while a registry's rate limit held Kiln off
+    /// (since `started`) is parked until the limit resets.
+    fn job_done(
+        &mut self,
+        job: Job,
+        finish: Finish,
+        arches: Vec<Arch>,
+        started: std::time::Instant,
+    ) -> Result<(), DaemonError> {
         let d = &self.d;
+        if let Finish::Failed {
+            kind: FailureKind::Infra,
+            error,
+            log,
+        } = &finish
+            && let Some((registry, until)) = crate::registry::limits::held_since(started)
+        {
+            d.queue.park(&job, until, error, log.as_deref())?;
+            let id = TagId::new(&job.repository, &job.tag);
+            tracing::warn!(job = job.id, target = %id, %registry, until = %until.to_rfc3339(), error, "registry rate limit: job parked until it resets");
+            d.mark_queued(&id, arches.into_iter());
+            // The parked job is still queued: its round stays open.
+            return Ok(());
+        }
         let new_state = d.queue.finish(
             &job,
             &finish,
@@ -251,16 +342,61 @@ impl Loop {
         if new_state == "queued" {
             d.mark_queued(&id, arches.into_iter());
         }
-        d.close_round_if_done(job.round)
+        if d.close_round_if_done(job.round)? {
+            let d = self.d.clone();
+            let round = job.round;
+            self.tails
+                .spawn(async move { reconcile_round(&d.config, round).await });
+        }
+        Ok(())
     }
 }
+
+impl Loop {
+    /// [`Loop::job_done`], retried with backoff while the state store is
+    /// busy, locked or failing: a finished job's result is never dropped
+    /// and never ends the daemon. After the last attempt the job stays
+    /// `running` in the queue, and the next start queues it again.
+    async fn record_done(
+        &mut self,
+        job: Job,
+        finish: Finish,
+        arches: Vec<Arch>,
+        started: std::time::Instant,
+    ) {
+        if let Some(n) = self.busy.get_mut(&job.builder) {
+            *n = n.saturating_sub(1);
+        }
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=STATE_ATTEMPTS {
+            match self.job_done(job.clone(), finish.clone(), arches.clone(), started) {
+                Ok(()) => return,
+                Err(e) if attempt < STATE_ATTEMPTS => {
+                    tracing::warn!(job = job.id, attempt, error = %e, "recording a finished job: the state store failed; retrying in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(job = job.id, error = %e, "recording a finished job failed {STATE_ATTEMPTS} times: it is queued again at the next start")
+                }
+            }
+        }
+    }
+}
+
+/// The longest the loop sleeps: work another process queued (a `kiln
+/// build` handed to this daemon) starts within it.
+pub const QUEUE_POLL: Duration = Duration::from_secs(2);
+
+/// How often a state-store write is tried before the daemon moves on.
+const STATE_ATTEMPTS: u32 = 8;
 
 /// The scheduler: holds the daemon lock, recovers, then loops until a
 /// signal arrives. `manual` carries rebuild requests from the API.
 pub async fn scheduler(
     config: Config,
     _lock: DaemonLock,
-    mut manual: mpsc::Receiver<String>,
+    mut manual: mpsc::Receiver<crate::model::rebuild::Rebuild>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {
     let schedules = Schedules::parse(&config)?;
@@ -275,6 +411,7 @@ pub async fn scheduler(
     if resumed > 0 {
         tracing::info!(jobs = resumed, "interrupted jobs queued again");
     }
+    let registry_gc = super::registry_gc::RegistryGc::new(&d.config)?;
     let mut l = Loop {
         poll_every: Duration::from_secs(d.config.daemon.poll_secs),
         next_poll: (d.config.daemon.poll_secs > 0).then(Utc::now),
@@ -282,37 +419,67 @@ pub async fn scheduler(
         schedules,
         d,
         running: JoinSet::new(),
+        tasks: HashMap::new(),
+        draining: false,
+        tails: JoinSet::new(),
         busy: BTreeMap::new(),
+        registry_gc,
     };
     let mut stopping = *stop.borrow();
+    let drain = Duration::from_secs(l.d.config.daemon.drain_secs);
+    let mut drain_until = tokio::time::Instant::now() + drain;
     loop {
-        if !stopping {
-            l.start_due()?;
+        if let Err(e) = l.cancel_requested() {
+            tracing::error!(error = %e, "reading cancel requests: the state store failed; retrying shortly");
         }
-        if stopping && l.running.is_empty() {
+        if !stopping {
+            let idle = l.running.is_empty();
+            l.registry_gc.run_if_idle(&l.d.config, idle).await;
+            // A state store that is busy, locked or failing now is tried
+            // again at the next wake-up, never the end of the daemon.
+            if let Err(e) = l.start_due() {
+                tracing::error!(error = %e, "starting due jobs: the state store failed; retrying shortly");
+            }
+        }
+        if stopping && l.running.is_empty() && l.tails.is_empty() {
             return Ok(());
         }
-        let wait = l.wait()?;
+        let wait = l.wait().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the queue: the state store failed; retrying in 1 s");
+            Duration::from_secs(1)
+        });
         tokio::select! {
             _ = tokio::time::sleep(wait), if !stopping => {
                 let now = Utc::now();
                 l.fire_schedules(now);
+                l.registry_gc.fire(now);
                 l.poll_inputs(now).await;
             }
-            Some(who) = manual.recv(), if !stopping => {
-                if let Err(e) = l.d.trigger(&Trigger::Manual(who), &|_| true) {
-                    tracing::error!(error = %e, "requested round not opened");
+            Some(request) = manual.recv(), if !stopping => {
+                match request {
+                    crate::model::rebuild::Rebuild::Round { who } => {
+                        if let Err(e) = l.d.trigger(&Trigger::Manual(who), &|_| true) {
+                            tracing::error!(error = %e, "requested round not opened");
+                        }
+                    }
+                    crate::model::rebuild::Rebuild::Tag { tag, force, reply } => {
+                        let _ = reply.send(l.d.queue_tag(&tag, force));
+                    }
                 }
             }
-            Some(done) = l.running.join_next(), if !l.running.is_empty() => {
-                match done {
-                    Ok((job, finish, arches)) => l.job_done(job, finish, arches)?,
-                    Err(e) => tracing::error!(error = %e, "job task failed"),
-                }
+            Some(_) = l.tails.join_next(), if !l.tails.is_empty() => {}
+            Some(done) = l.running.join_next_with_id(), if !l.running.is_empty() => {
+                l.task_ended(done).await;
+            }
+            // Cancel requests are read at the top of the loop.
+            _ = tokio::time::sleep(QUEUE_POLL), if stopping && !l.running.is_empty() => {}
+            _ = tokio::time::sleep_until(drain_until), if stopping && !l.draining && !l.running.is_empty() => {
+                l.stop_running();
             }
             _ = stop.changed(), if !stopping => {
                 stopping = true;
-                tracing::info!(running = l.running.len(), "stopping: no new jobs; running ones finish");
+                drain_until = tokio::time::Instant::now() + drain;
+                tracing::info!(running = l.running.len(), drain_secs = drain.as_secs(), "stopping: no new jobs; running ones finish");
             }
         }
     }

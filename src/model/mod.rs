@@ -3,6 +3,7 @@
 //! API, the daemon, the pipeline and the CLI all speak these types, so
 //! they live low (above `catalogue`, below everything that acts).
 
+pub mod rebuild;
 pub mod requirement;
 pub mod state;
 pub mod tag;

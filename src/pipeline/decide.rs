@@ -27,6 +27,15 @@ pub enum Decision {
     },
 }
 
+/// A forced rebuild: every arch built, none reused, whatever the keys.
+pub fn forced(arch_keys: &BTreeMap<Arch, String>) -> Decision {
+    Decision::Build {
+        group_key: group_key(arch_keys),
+        reuse: BTreeMap::new(),
+        build: arch_keys.keys().copied().collect(),
+    }
+}
+
 /// Each arch's build key.
 pub fn arch_keys(prepared: &[Prepared]) -> BTreeMap<Arch, String> {
     prepared
@@ -240,6 +249,131 @@ mod tests {
         };
         assert_eq!(reuse.len(), 1);
         assert_eq!(build, [Arch::S390x]);
+    }
+
+    /// `arch`'s prepared target of the tag, with `key` and `inputs`.
+    fn prepared(arch: Arch, key: &str, inputs: &[(&str, &str)]) -> Prepared {
+        Prepared {
+            target: crate::plan::fixture::target("debian-13-ocaml-5.5", arch),
+            inputs: inputs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            key: key.to_string(),
+            recipes: vec![],
+        }
+    }
+
+    #[test]
+    fn each_arch_is_judged_by_its_own_key() {
+        let p = [
+            prepared(Arch::Amd64, "a", &[]),
+            prepared(Arch::Arm64, "b", &[]),
+        ];
+        assert_eq!(
+            arch_keys(&p),
+            keys(&[(Arch::Amd64, "a"), (Arch::Arm64, "b")])
+        );
+    }
+
+    #[test]
+    fn the_tag_key_is_the_group_key_of_its_arch_names_and_keys() {
+        let k = keys(&[(Arch::Amd64, "a"), (Arch::Arm64, "b")]);
+        let by_name = BTreeMap::from([
+            ("amd64".to_string(), "a".to_string()),
+            ("arm64".to_string(), "b".to_string()),
+        ]);
+        assert_eq!(group_key(&k), key::group_key(&by_name));
+        let swapped = keys(&[(Arch::Amd64, "b"), (Arch::Arm64, "a")]);
+        assert_ne!(group_key(&k), group_key(&swapped));
+    }
+
+    #[test]
+    fn the_tag_records_each_input_under_its_arch() {
+        let p = [
+            prepared(Arch::Amd64, "a", &[("ocaml", "5.5.0")]),
+            prepared(Arch::Arm64, "b", &[("ocaml", "5.5.0"), ("parent", "p")]),
+        ];
+        let names: Vec<_> = tag_inputs(&p).into_iter().collect();
+        assert_eq!(
+            names,
+            [
+                ("amd64.ocaml".to_string(), "5.5.0".to_string()),
+                ("arm64.ocaml".to_string(), "5.5.0".to_string()),
+                ("arm64.parent".to_string(), "p".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_arch_of_an_unpublished_tag_is_missing() {
+        let p = prepared(Arch::Amd64, "a", &[]);
+        assert_eq!(standing(None, &p), ArchStanding::Missing);
+    }
+
+    #[test]
+    fn an_arch_the_published_tag_lacks_is_missing() {
+        let e = published(&[(Arch::Amd64, "a")]);
+        let p = prepared(Arch::Arm64, "b", &[]);
+        assert_eq!(standing(Some(&e), &p), ArchStanding::Missing);
+    }
+
+    #[test]
+    fn an_arch_published_with_its_key_is_current() {
+        let e = published(&[(Arch::Amd64, "a"), (Arch::Arm64, "b")]);
+        let p = prepared(Arch::Arm64, "b", &[]);
+        assert_eq!(standing(Some(&e), &p), ArchStanding::Current);
+    }
+
+    #[test]
+    fn a_tag_holding_another_compiler_is_stale_whatever_the_keys() {
+        let mut e = published(&[(Arch::Amd64, "a")]);
+        e.ocaml = Some("5.5.1".parse().unwrap());
+        let p = prepared(Arch::Amd64, "a", &[]);
+        assert_eq!(
+            standing(Some(&e), &p),
+            ArchStanding::StaleVersion("5.5.1".into())
+        );
+        e.ocaml = None;
+        assert_eq!(
+            standing(Some(&e), &p),
+            ArchStanding::StaleVersion("none".into())
+        );
+    }
+
+    #[test]
+    fn an_arch_published_with_another_key_names_only_its_own_changed_inputs() {
+        let mut e = published(&[(Arch::Amd64, "a"), (Arch::Arm64, "b")]);
+        e.inputs = BTreeMap::from([
+            ("amd64.ocaml".to_string(), "5.5.0".to_string()),
+            ("amd64.parent".to_string(), "old".to_string()),
+            ("arm64.parent".to_string(), "other".to_string()),
+        ]);
+        let p = prepared(Arch::Amd64, "a2", &[("ocaml", "5.5.0"), ("parent", "new")]);
+        assert_eq!(
+            standing(Some(&e), &p),
+            ArchStanding::StaleInputs(vec!["parent".into()])
+        );
+    }
+
+    #[test]
+    fn each_standing_reads_as_plan_keys_prints_it() {
+        let shown = [
+            ArchStanding::Missing,
+            ArchStanding::StaleVersion("5.4.1".into()),
+            ArchStanding::Current,
+            ArchStanding::StaleInputs(vec!["parent".into(), "recipe:Dockerfile".into()]),
+        ]
+        .map(|s| s.to_string());
+        assert_eq!(
+            shown,
+            [
+                "missing",
+                "stale: the tag holds OCaml 5.4.1",
+                "published, current",
+                "stale: parent, recipe:Dockerfile changed",
+            ]
+        );
     }
 
     #[test]

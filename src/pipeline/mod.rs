@@ -13,8 +13,10 @@
 //!    kind, is recorded for the API and the daemon;
 //! 4. [`publish`](crate::publish): the index over every arch is
 //!    assembled, verified and published; the lockfile says which inputs
-//!    changed. Last, the series-less aliases move where a version's tier-1
-//!    set is complete.
+//!    changed. Last, [`reconcile`](crate::publish::reconcile): every
+//!    alias goes to its one owner (series-less aliases once a version's
+//!    tier-1 set is complete) and every moving tag and alias the
+//!    registry holds elsewhere is put back.
 //!
 //! [`rebuild`] is `kiln verify --rebuild`: one published target through
 //! steps 1 and 3 with its published inputs, compared instead of published.
@@ -76,6 +78,16 @@ impl RunError {
 pub struct Options {
     pub filter: Filter,
     pub dry_run: bool,
+    /// Which moving tags and aliases the run reads back from the registry
+    /// after publishing ([`crate::publish::reconcile`]): every one for a
+    /// CLI run, only those whose owner changed for a daemon job (its
+    /// round reconciles them all when it ends).
+    pub reconcile: crate::publish::Scope,
+    /// Build the selected tags even when their keys are unchanged (`kiln
+    /// build --tag … --force`): every arch, nothing adopted; the result
+    /// is published once it verifies, and the report says whether it gave
+    /// the published digest again.
+    pub force: bool,
 }
 
 /// What every tag of one run shares.
@@ -89,6 +101,7 @@ struct Run<'a> {
     commit: String,
     parents: ParentCache,
     dry_run: bool,
+    force: bool,
 }
 
 /// Run the plan selected by `opts`.
@@ -100,7 +113,7 @@ pub async fn run(
 ) -> Result<Summary, RunError> {
     let targets = plan::expand(cat, &opts.filter)?;
     let registry = Registry::new(&config.registry)?;
-    let lock = load_or_recover(config, &registry, opts.dry_run).await?;
+    let lock = load_or_recover(config, cat, &registry, opts.dry_run).await?;
     let mut run = Run {
         config,
         registry,
@@ -110,6 +123,7 @@ pub async fn run(
         commit: prepare::opam_repository_commit(config).await?,
         parents: ParentCache::new(config),
         dry_run: opts.dry_run,
+        force: opts.force,
     };
     if !opts.dry_run {
         sources::preflight(config, &run.registry, &run.builders, &targets, &run.commit).await?;
@@ -125,13 +139,26 @@ pub async fn run(
     }
     if !opts.dry_run {
         let all = plan::expand(cat, &Filter::default())?;
-        let moved = crate::publish::promote_newest_aliases(
+        // A registry that fails here (a rate limit past its ceiling) does
+        // not lose the run's report: the failure is in the summary, and
+        // the next run reconciles again.
+        let reconciled = match crate::publish::reconcile(
             &run.registry,
             &config.lockfile_path(),
             &all,
             &config.registry.namespace,
+            opts.reconcile,
         )
-        .await?;
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "reconciling moving tags and aliases");
+                summary.reconcile_error = Some(e.to_string());
+                Default::default()
+            }
+        };
+        summary.repaired = reconciled.moved.clone();
         let indexes = crate::publish::publish_multi_os_indexes(
             &run.registry,
             &config.lockfile_path(),
@@ -142,7 +169,7 @@ pub async fn run(
         if !indexes.is_empty() {
             tracing::info!(tags = %indexes.join(", "), "multi-OS indexes moved");
         }
-        if summary.built + summary.adopted > 0 || !moved.is_empty() {
+        if summary.built + summary.adopted > 0 || reconciled.changed_anything() {
             run.push_lockfile().await;
         }
     }
@@ -154,18 +181,38 @@ pub async fn run(
 /// built again. A dry run recovers in memory only.
 async fn load_or_recover(
     config: &Config,
+    cat: &Catalogue,
     registry: &Registry,
     dry_run: bool,
 ) -> Result<Lockfile, RunError> {
     let path = config.lockfile_path();
     if path.exists() {
+        if !dry_run {
+            // Another factory may have published to this namespace since
+            // this one last did: decide on its entries too. A registry that
+            // cannot answer now (rate limited, down) does not stop the run:
+            // its tags meet the same registry and fail as infrastructure,
+            // and the lockfile's publication at the end syncs again first.
+            let ns = &config.registry.namespace;
+            if let Err(e) = crate::publish::remote::sync(registry, ns, &path).await {
+                tracing::warn!(error = %e, "reading the published lockfile; this run's publication merges it");
+            }
+        }
         return Ok(Lockfile::load(&path)?);
     }
     let ns = &config.registry.namespace;
+    let repos = crate::publish::repositories::known_repositories(registry, cat, ns, None).await?;
     let r = if dry_run {
-        crate::publish::recover::recover(registry, ns).await?
+        crate::publish::recover::recover(registry, ns, &repos).await?
     } else {
-        crate::publish::recover::recover_into(registry, ns, &path).await?
+        crate::publish::recover::recover_into(
+            registry,
+            ns,
+            &repos,
+            &path,
+            crate::registry::Depth::Cheap,
+        )
+        .await?
     };
     if !r.lockfile.entries.is_empty() {
         tracing::info!(
@@ -195,7 +242,7 @@ impl Run<'_> {
     async fn push_lockfile(&self) {
         let path = self.config.lockfile_path();
         let ns = &self.config.registry.namespace;
-        match crate::publish::remote::push_lockfile(&self.registry, ns, &path).await {
+        match crate::publish::remote::publish_lockfile(&self.registry, ns, &path).await {
             Ok(digest) => tracing::info!(%digest, "lockfile pushed to the registry"),
             Err(e) => tracing::warn!(error = %e, "pushing the lockfile to the registry"),
         }

@@ -225,6 +225,7 @@ fn find_target(
         os: Some(entry.os.clone()),
         arch: Some(arch),
         tag: Some(entry.tag.clone()),
+        ..Filter::default()
     };
     plan::expand(cat, &filter)?
         .into_iter()

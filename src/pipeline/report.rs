@@ -101,6 +101,13 @@ pub struct Summary {
     pub adopted: usize,
     pub failed: usize,
     pub no_builder: usize,
+    /// Moving tags and aliases the run put back at their owner's digest
+    /// in the registry ([`crate::publish::reconcile`]).
+    pub repaired: Vec<crate::publish::reconcile::Move>,
+    /// Why the run's reconciliation failed, if it did (the next run
+    /// reconciles again); the run then exits non-zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconcile_error: Option<String>,
 }
 
 impl Summary {
@@ -121,7 +128,16 @@ impl Summary {
 /// Progress events for a display.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Planned { arch_builds: usize },
-    Started { target: String },
-    Finished { target: String, outcome: Outcome },
+    Planned {
+        arch_builds: usize,
+    },
+    /// An arch build starts on a builder of this kind.
+    Started {
+        target: String,
+        builder: String,
+    },
+    Finished {
+        target: String,
+        outcome: Outcome,
+    },
 }

@@ -52,7 +52,13 @@ impl Run<'_> {
             .get(&id.key())
             .filter(|e| e.ocaml == ts[0].version)
             .cloned();
-        match decide::decide(published.as_ref(), &decide::arch_keys(&prepared)) {
+        let keys = decide::arch_keys(&prepared);
+        let decision = if self.force {
+            decide::forced(&keys)
+        } else {
+            decide::decide(published.as_ref(), &keys)
+        };
+        match decision {
             Decision::Unchanged { digest, arches } => {
                 for p in &prepared {
                     progress(Event::Finished {
@@ -84,16 +90,17 @@ impl Run<'_> {
                         .insert(*a, Outcome::Unchanged { digest: d.clone() });
                 }
                 let immutable = ts[0].immutable_tag(&group_key);
-                if self
-                    .adopt(
-                        id,
-                        &prepared,
-                        &group_key,
-                        &immutable,
-                        published.as_ref(),
-                        &mut report,
-                    )
-                    .await
+                if !self.force
+                    && self
+                        .adopt(
+                            id,
+                            &prepared,
+                            &group_key,
+                            &immutable,
+                            published.as_ref(),
+                            &mut report,
+                        )
+                        .await
                 {
                     return report;
                 }
@@ -110,6 +117,9 @@ impl Run<'_> {
                     };
                     self.publish(id, &prepared, &built, published.as_ref(), &mut report)
                         .await;
+                    if self.force {
+                        forced_outcome(id, published.as_ref(), &mut report);
+                    }
                 }
             }
         }
@@ -173,6 +183,7 @@ impl Run<'_> {
             tracing::info!(target_id = %p.target.id(), builder = %p.target.builder, key = %p.key, log = %log.display(), "build started");
             progress(Event::Started {
                 target: p.target.id(),
+                builder: p.target.builder.to_string(),
             });
             jobs.push(self.build_one(id, p, immutable, log));
         }
@@ -350,7 +361,20 @@ impl Run<'_> {
                 };
             }
             Err(e) => {
-                let f = Failure::new(e.kind(), e.to_string());
+                let message = match (&e, self.force) {
+                    (
+                        crate::publish::PublishError::ImmutableMoved {
+                            existing, wanted, ..
+                        },
+                        true,
+                    ) => {
+                        format!(
+                            "forced rebuild gave {wanted}, not the published {existing}: the recipe is not reproducible; nothing moved (immutable tags never move)"
+                        )
+                    }
+                    _ => e.to_string(),
+                };
+                let f = Failure::new(e.kind(), message);
                 for p in prepared {
                     self.record(id, p.target.arch, &ArchState::failed(&f));
                 }
@@ -358,4 +382,28 @@ impl Run<'_> {
             }
         }
     }
+}
+
+/// What a forced rebuild gave against the published digest: the same
+/// digest (a reproducible recipe), or another one, said loudly.
+fn forced_outcome(id: &TagId, published: Option<&Entry>, report: &mut TagReport) {
+    let digest = match &report.outcome {
+        Outcome::Built { digest } | Outcome::Unchanged { digest } => digest.clone(),
+        _ => return,
+    };
+    let note = match published {
+        Some(p) if p.digest == digest => {
+            "forced rebuild: the published digest again (reproducible)".to_string()
+        }
+        Some(p) => {
+            tracing::warn!(target = %id, was = %p.digest, now = %digest, "forced rebuild gave another digest: the recipe is not reproducible");
+            format!(
+                "forced rebuild: {digest} differs from the published {} (not reproducible)",
+                p.digest
+            )
+        }
+        None => "forced rebuild: nothing was published before".to_string(),
+    };
+    report.changed_inputs = vec![note];
+    report.outcome = Outcome::Built { digest };
 }

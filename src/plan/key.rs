@@ -70,4 +70,57 @@ mod tests {
         let y: Inputs = [("ab".to_string(), "c".to_string())].into();
         assert_ne!(build_key(&x), build_key(&y));
     }
+
+    /// Keys published by an earlier Kiln must come out the same, or every
+    /// tag would rebuild: pinned to `sha256sum` of the canonical text.
+    #[test]
+    fn a_key_is_the_sha256_of_its_canonical_lines() {
+        let a: Inputs = [
+            ("parent_digest".to_string(), "sha256:aa".to_string()),
+            ("ocaml".to_string(), "5.5.0".to_string()),
+        ]
+        .into();
+        // printf 'kiln-build-key-v1\nocaml=5.5.0\nparent_digest=sha256:aa\n' | sha256sum
+        assert_eq!(
+            build_key(&a),
+            "sha256:2d278eb341fac19fcbd5bd50a3deace639decc72bf6d8f8d6246736d8caf334f"
+        );
+        let arches: BTreeMap<String, String> = [
+            ("arm64".to_string(), "sha256:2".to_string()),
+            ("amd64".to_string(), "sha256:1".to_string()),
+        ]
+        .into();
+        // printf 'kiln-build-key-v1\narch:amd64=sha256:1\narch:arm64=sha256:2\n' | sha256sum
+        assert_eq!(
+            group_key(&arches),
+            "sha256:067dbd3276b43ef3b8504600a65521d6a43873b9891830773dd00c2b99267a5c"
+        );
+    }
+
+    #[test]
+    fn added_and_removed_inputs_count_as_changed_once_each_in_order() {
+        let old: Inputs = [
+            ("recipe".to_string(), "r".to_string()),
+            ("parent".to_string(), "p".to_string()),
+            ("gone".to_string(), "g".to_string()),
+        ]
+        .into();
+        let new: Inputs = [
+            ("recipe".to_string(), "r".to_string()),
+            ("parent".to_string(), "p2".to_string()),
+            ("added".to_string(), "a".to_string()),
+        ]
+        .into();
+        assert_eq!(changed(&old, &new), ["added", "gone", "parent"]);
+        assert!(changed(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn a_recipe_hash_is_its_sha256_in_hex() {
+        // The FIPS 180-2 test vector for "abc".
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }

@@ -14,14 +14,22 @@
 //! `<os>`, `<alias>` (where the platform has `bare_aliases`) and `latest`
 //! (the default OS release).
 
+#[cfg(test)]
+pub(crate) mod fixture;
 pub mod key;
 pub mod opam_repo;
+pub mod pending;
 pub mod prepare;
 mod uses;
 pub use uses::Uses;
+mod filter;
 pub mod recipe_vars;
+pub mod render;
 pub mod tags;
 pub mod template;
+pub mod traffic;
+use filter::matches;
+pub use filter::{Filter, PLAIN_VARIANT};
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -51,19 +59,6 @@ pub const BUILD_TIME_VARS: &[&str] = &[
     "ssh_public_key",
     "sources_url",
 ];
-
-/// Narrow a plan: every field that is set must match.
-#[derive(Debug, Clone, Default)]
-pub struct Filter {
-    /// A version (`5.5.0`), series (`5.5`) or set (`recent`).
-    pub version: Option<String>,
-    pub platform: Option<String>,
-    /// OS release id or alias.
-    pub os: Option<String>,
-    pub arch: Option<Arch>,
-    /// One moving tag (`debian-13-ocaml-5.5`): the daemon's unit of work.
-    pub tag: Option<String>,
-}
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Target {
@@ -242,10 +237,6 @@ pub enum PlanError {
     Policy { path: PathBuf, message: String },
 }
 
-fn matches(filter: &Option<String>, value: &str) -> bool {
-    filter.as_deref().is_none_or(|f| f == value)
-}
-
 /// Every target the catalogue and policies call for, filtered.
 pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError> {
     let wanted: Option<Vec<OcamlVersion>> = match &filter.version {
@@ -269,9 +260,9 @@ pub fn expand(cat: &Catalogue, filter: &Filter) -> Result<Vec<Target>, PlanError
             {
                 continue;
             }
-            // The compiler-less image has no version: an explicit
-            // --version never selects it.
-            if pf.policy.opam_image && wanted.is_none() {
+            // The compiler-less image has no version or variant: an
+            // explicit --version or --variant never selects it.
+            if pf.policy.opam_image && wanted.is_none() && filter.variant.is_none() {
                 expand_opam_image(cat, pf, os, filter, &mut out);
             }
             for v in &versions {
@@ -384,7 +375,7 @@ fn expand_release(
     );
     for variant in variants {
         let tag = moving_tag(&os.id, v, variant);
-        if filter.tag.as_ref().is_some_and(|f| *f != tag) {
+        if filter.tag.as_ref().is_some_and(|f| *f != tag) || !filter.selects_variant(variant) {
             continue;
         }
         let aliases = aliases(pf, os, v, variant, newest);
@@ -408,8 +399,9 @@ fn expand_release(
             if variant.is_some_and(|var| !cat.variants(v, arch).contains(&var)) {
                 continue;
             }
-            let vars =
+            let mut vars =
                 recipe_vars::target_vars(os, v, release.status, variant, arch, &opam_packages);
+            recipe_vars::add_git_commits(&mut vars, &cat.sources);
             out.push(Target {
                 platform: pf.platform.clone(),
                 os: os.id.clone(),

@@ -145,9 +145,8 @@ pub async fn resolve_parent(
         message,
     };
     let loopback = host.starts_with("127.") || host.starts_with("localhost");
-    let mut rc = config.registry.clone();
-    rc.url = format!("{}://{host}", if loopback { "http" } else { "https" });
-    let reg = Registry::upstream(&rc).map_err(parent_err)?;
+    let url = format!("{}://{host}", if loopback { "http" } else { "https" });
+    let reg = Registry::upstream(&config.registry, &url).map_err(parent_err)?;
     let (digest, media_type) = reg
         .head_manifest(&path, &tag)
         .await
@@ -307,6 +306,20 @@ pub async fn prepare(
     build_vars: &BTreeMap<String, String>,
     parents: &mut ParentCache,
 ) -> Result<Prepared, PrepareError> {
+    // A git source only a networked machine can declare refuses the
+    // target here, naming the command, before anything is resolved.
+    if let Some(g) = t.uses.undeclared() {
+        return Err(PrepareError::Recipe {
+            path: "versions/sources.yaml".into(),
+            message: format!(
+                "{} (taken by {}) is not declared at a commit; on a machine that reaches {}, run `{}`",
+                g.served(),
+                t.id(),
+                g.url,
+                g.declare_command()
+            ),
+        });
+    }
     let mut vars = t.vars.clone();
     let mut inputs = key::Inputs::new();
     if let Some(p) = &t.parent {
@@ -343,6 +356,13 @@ pub async fn prepare(
     for d in &t.uses.sources {
         inputs.insert(format!("source:{}", d.name), d.sha256.clone());
     }
+    // Git sources are keyed by their commit.
+    for g in &t.uses.git {
+        inputs.insert(
+            format!("source:{}", g.served()),
+            g.commit.clone().unwrap_or_default(),
+        );
+    }
     // A reproducible recipe's output is a function of its key, so the
     // date every timestamp is clamped to is keyed. Other recipes' outputs
     // are not determined by their inputs anyway, and keying it there would
@@ -365,11 +385,10 @@ pub async fn prepare(
 fn check_sources(t: &Target, recipes: &[(String, String)], url: &str) -> Result<(), PrepareError> {
     for (name, text) in recipes {
         let refs = crate::catalogue::sources::references(text, url);
-        if let Some((source, line)) = refs
-            .names
-            .iter()
-            .find(|(n, _)| !t.uses.sources.iter().any(|d| d.name == *n))
-        {
+        if let Some((source, line)) = refs.names.iter().find(|(n, _)| {
+            !t.uses.sources.iter().any(|d| d.name == *n)
+                && !t.uses.git.iter().any(|g| g.served() == *n)
+        }) {
             return Err(PrepareError::Recipe {
                 path: format!("{name} (rendered for {}), line {line}", t.id()),
                 message: format!(
@@ -382,7 +401,7 @@ fn check_sources(t: &Target, recipes: &[(String, String)], url: &str) -> Result<
 }
 
 /// Every recipe of a target, rendered with `vars`.
-fn render_recipes(
+pub(super) fn render_recipes(
     t: &Target,
     vars: &BTreeMap<String, String>,
 ) -> Result<Vec<(String, String)>, PrepareError> {

@@ -13,6 +13,30 @@ use crate::catalogue::{Arch, OcamlVersion, OsRelease, Status};
 
 use super::OPAM_VERSION;
 
+/// The git sources (versions/sources.yaml `git:`) of upstream's extra opam
+/// repositories: the beta repository (`maybe_add_beta`) and the GCC 15
+/// patches overlay (`maybe_add_gcc15_overlay`).
+pub const BETA_REPOSITORY: &str = "ocaml-beta-repository";
+pub const GCC15_OVERLAY: &str = "ocaml-patches-overlay";
+
+/// `ocaml_beta_repository_commit` and `ocaml_gcc15_overlay_commit`: the
+/// commit each git source is declared at, which the recipes check the
+/// cloned bundle against (`undeclared` while it is pending: such a target
+/// is refused before it builds).
+pub fn add_git_commits(vars: &mut BTreeMap<String, String>, sources: &crate::catalogue::Sources) {
+    for (var, name) in [
+        ("ocaml_beta_repository_commit", BETA_REPOSITORY),
+        ("ocaml_gcc15_overlay_commit", GCC15_OVERLAY),
+    ] {
+        let commit = sources
+            .git
+            .iter()
+            .find(|g| g.name == name)
+            .and_then(|g| g.commit.clone());
+        vars.insert(var.into(), commit.unwrap_or_else(|| "undeclared".into()));
+    }
+}
+
 /// The words a decision renders as.
 fn word(b: bool) -> String {
     if b { "true" } else { "false" }.to_string()
@@ -85,11 +109,11 @@ pub fn add(
     };
     vars.insert(
         "ocaml_beta_repository_source".into(),
-        source(beta, "ocaml-beta-repository.tar.gz"),
+        source(beta, &format!("{BETA_REPOSITORY}.bundle")),
     );
     vars.insert(
         "ocaml_gcc15_overlay_source".into(),
-        source(overlay, "ocaml-patches-overlay.tar.gz"),
+        source(overlay, &format!("{GCC15_OVERLAY}.bundle")),
     );
     // `maybe_install_secondary_compiler`: below 4.08 dune has no native
     // support (Linux only; Windows recipes do not use it).
@@ -148,6 +172,11 @@ pub(super) fn target_vars(
 /// none (the `opam` stage of a recipe may use only these).
 pub(super) fn base_vars(os: &OsRelease, arch: Arch) -> BTreeMap<String, String> {
     let mut vars = os.vars.clone();
+    // A per-distro step the OS release does not switch on is off.
+    for (switch, _) in crate::catalogue::platform::STEP_SWITCHES {
+        vars.entry((*switch).into())
+            .or_insert_with(|| "false".into());
+    }
     vars.insert("os".into(), os.id.clone());
     vars.insert("distro".into(), os.distro.clone());
     vars.insert("arch".into(), arch.to_string());

@@ -147,3 +147,169 @@ pub fn tags(targets: &[Target], namespace: &str) -> Vec<PlannedTag> {
     images.extend(multi);
     images
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::IndexTag;
+    use crate::plan::fixture::target;
+
+    /// Two arches of Debian 13 (aliased), and one of Debian 12.
+    fn debian() -> Vec<Target> {
+        let mut amd = target("debian-13-ocaml-5.5", Arch::Amd64);
+        amd.aliases = vec!["debian-ocaml-5.5".into()];
+        let mut arm = amd.clone();
+        arm.arch = Arch::Arm64;
+        let mut old = target("debian-12-ocaml-5.5", Arch::Amd64);
+        old.os = "debian-12".into();
+        vec![amd, arm, old]
+    }
+
+    /// A Windows release `os` (build `version`) of the multi-OS index.
+    fn windows(os: &str, version: &str) -> Target {
+        let mut t = target(&format!("{os}-mingw-ocaml-5.5"), Arch::Amd64);
+        t.platform = "windows".into();
+        t.os = os.into();
+        t.os_version = Some(version.into());
+        t.multi_os = Some(IndexTag {
+            tag: "windows-all-mingw-ocaml-5.5".into(),
+            aliases: vec!["windows-mingw-ocaml-5.5".into()],
+        });
+        t
+    }
+
+    fn names(tags: &[PlannedTag]) -> Vec<String> {
+        tags.iter().map(PlannedTag::name).collect()
+    }
+
+    #[test]
+    fn each_image_tag_comes_once_followed_by_its_aliases() {
+        let tags = tags(&debian(), "kiln");
+        assert_eq!(
+            names(&tags),
+            [
+                "kiln/opam:debian-13-ocaml-5.5",
+                "kiln/opam:debian-ocaml-5.5",
+                "kiln/opam:debian-12-ocaml-5.5",
+            ]
+        );
+        let kinds: Vec<_> = tags
+            .iter()
+            .map(|t| (t.kind, t.alias_of.as_deref()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (TagKind::Image, None),
+                (TagKind::Alias, Some("debian-13-ocaml-5.5")),
+                (TagKind::Image, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tag_holds_an_entry_per_target_and_each_arch_once() {
+        let tags = tags(
+            &[
+                windows("windows-server-2022", "10.0.20348"),
+                windows("windows-server-2025", "10.0.26100"),
+            ],
+            "kiln",
+        );
+        assert_eq!(
+            names(&tags),
+            [
+                "kiln/opam:windows-server-2022-mingw-ocaml-5.5",
+                "kiln/opam:windows-server-2025-mingw-ocaml-5.5",
+                "kiln/opam:windows-all-mingw-ocaml-5.5",
+                "kiln/opam:windows-mingw-ocaml-5.5",
+            ]
+        );
+        let multi = &tags[2];
+        assert_eq!(multi.kind, TagKind::MultiOs);
+        assert_eq!(multi.arches, [Arch::Amd64]);
+        assert_eq!(
+            multi.entries,
+            [
+                TagEntry {
+                    os: "windows-server-2022".into(),
+                    arch: Arch::Amd64,
+                    os_version: Some("10.0.20348".into()),
+                },
+                TagEntry {
+                    os: "windows-server-2025".into(),
+                    arch: Arch::Amd64,
+                    os_version: Some("10.0.26100".into()),
+                },
+            ]
+        );
+        assert_eq!(
+            tags[3].alias_of.as_deref(),
+            Some("windows-all-mingw-ocaml-5.5")
+        );
+        assert_eq!(tags[3].entries.len(), 2);
+        let debian = super::tags(&debian(), "kiln");
+        assert_eq!(debian[0].arches, [Arch::Amd64, Arch::Arm64]);
+        assert_eq!(debian[0].entries.len(), 2);
+    }
+
+    #[test]
+    fn a_tag_is_required_when_one_of_its_entries_is_but_a_multi_os_index_never() {
+        let mut targets = debian();
+        targets[1].required = false;
+        targets[2].required = false;
+        targets.push(windows("windows-server-2022", "10.0.20348"));
+        // Not pinned here: the multi-OS index's alias, marked required like
+        // an image's alias although the index it names never is.
+        let required: Vec<_> = tags(&targets, "kiln")
+            .into_iter()
+            .filter(|t| t.tag != "windows-mingw-ocaml-5.5")
+            .map(|t| (t.tag, t.required))
+            .collect();
+        assert_eq!(
+            required,
+            [
+                ("debian-13-ocaml-5.5".to_string(), true),
+                ("debian-ocaml-5.5".to_string(), true),
+                ("debian-12-ocaml-5.5".to_string(), false),
+                ("windows-server-2022-mingw-ocaml-5.5".to_string(), true),
+                ("windows-all-mingw-ocaml-5.5".to_string(), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tag_of_two_required_entries_is_required() {
+        let tags = tags(&debian(), "kiln");
+        assert!(tags[0].required && tags[1].required);
+    }
+
+    #[test]
+    fn a_tag_is_reproducible_only_when_every_entry_is() {
+        let mut targets = debian();
+        targets[1].reproducible = false;
+        let reproducible: Vec<_> = tags(&targets, "kiln")
+            .into_iter()
+            .map(|t| t.reproducible)
+            .collect();
+        assert_eq!(reproducible, [false, false, true]);
+    }
+
+    #[test]
+    fn tags_of_one_name_in_two_repositories_are_two_tags() {
+        let mut targets = debian();
+        targets[1].repository = "opam-staging".into();
+        targets[1].aliases.clear();
+        let tags = tags(&targets, "");
+        assert_eq!(
+            names(&tags),
+            [
+                "opam:debian-13-ocaml-5.5",
+                "opam:debian-ocaml-5.5",
+                "opam-staging:debian-13-ocaml-5.5",
+                "opam:debian-12-ocaml-5.5",
+            ]
+        );
+        assert_eq!(tags[0].arches, [Arch::Amd64]);
+    }
+}

@@ -36,6 +36,19 @@ impl Uses {
                     .any(|v| v.split_whitespace().any(|w| w == d.name))
             })
             .filter(|d| !refs.names.iter().any(|(n, _)| *n == d.name));
+        let named_by_var = |served: &str| {
+            vars.values()
+                .any(|v| v.split_whitespace().any(|w| w == served))
+        };
+        let git = cat
+            .sources
+            .git
+            .iter()
+            .filter(|g| {
+                refs.names.iter().any(|(n, _)| *n == g.served()) || named_by_var(&g.served())
+            })
+            .cloned()
+            .collect();
         Uses {
             sources: refs
                 .names
@@ -46,6 +59,7 @@ impl Uses {
                 .collect(),
             opam_cache: refs.opam_cache,
             bundle: refs.bundle,
+            git,
         }
     }
 }

@@ -7,18 +7,22 @@
 //! atomically. A set that fails verification is never tagged with a moving
 //! tag and never reaches the lockfile.
 
-pub mod aliases;
+pub mod merge;
 pub mod multi_os;
+pub mod owners;
+pub mod reconcile;
 pub mod recover;
 pub mod remote;
+pub mod repositories;
+pub mod retention;
 pub mod tag;
 pub mod verify;
 
 /// The lockfile lives low (the API, builders and daemon read it); it is
 /// re-exported here, where it is written.
 pub use crate::lockfile;
-pub use aliases::promote_newest_aliases;
 pub use multi_os::publish_multi_os_indexes;
+pub use reconcile::{Reconciled, Scope, reconcile};
 pub use tag::{TagBuild, adopt_tag, find_published, publish_tag};
 
 use std::path::Path;
@@ -47,6 +51,14 @@ pub enum PublishError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the namespace's published lockfile {digest} (pushed by {writer}) cannot be merged: {error}; nothing was pushed over it"
+    )]
+    OtherWriter {
+        digest: String,
+        writer: String,
+        error: String,
+    },
     #[error("{0}: nothing to publish")]
     Empty(String),
     #[error(
@@ -67,7 +79,9 @@ impl PublishError {
         use crate::model::FailureKind;
         match self {
             PublishError::Registry(e) => e.kind(),
-            PublishError::Lockfile(_) | PublishError::Lock { .. } => FailureKind::Infra,
+            PublishError::Lockfile(_)
+            | PublishError::Lock { .. }
+            | PublishError::OtherWriter { .. } => FailureKind::Infra,
             PublishError::ImmutableMoved { .. }
             | PublishError::Empty(_)
             | PublishError::KeyMismatch { .. } => FailureKind::Recipe,
@@ -154,7 +168,24 @@ pub async fn publish(
     }
     index::verify(reg, &repo, &entry.digest, required).await?;
     entry.verified_at = Some(chrono::Utc::now());
-    // 3. Moving tag and aliases.
+    // 3. Under the lockfile's lock, so that no reconciliation decides
+    //    between the tags moving and the entry being recorded: the moving
+    //    tag and aliases. A rebuild of the same compiler keeps the
+    //    series-less aliases its tag owned (`latest` already waited for
+    //    that compiler's tier-1 set); a new compiler waits again.
+    let _guard = lock_lockfile(lockfile_path)?;
+    let mut lock = Lockfile::load(lockfile_path)?;
+    if let Some(old) = lock.entries.get(&entry.key())
+        && old.ocaml == entry.ocaml
+    {
+        let kept: Vec<String> = old
+            .aliases
+            .iter()
+            .filter(|a| !owners::is_series_alias(a) && !entry.aliases.contains(a))
+            .cloned()
+            .collect();
+        entry.aliases.extend(kept);
+    }
     for tag in std::iter::once(&entry.tag).chain(entry.aliases.iter()) {
         let current = reg.head_manifest(&repo, tag).await?.map(|(d, _)| d);
         if current.as_deref() != Some(entry.digest.as_str()) {
@@ -162,9 +193,7 @@ pub async fn publish(
                 .await?;
         }
     }
-    // 4. The lockfile, under a cross-process lock, atomically.
-    let _guard = lock_lockfile(lockfile_path)?;
-    let mut lock = Lockfile::load(lockfile_path)?;
+    // 4. The lockfile, atomically.
     let change = lock.publish(entry, reason);
     lock.save(lockfile_path)?;
     Ok(change)

@@ -1,15 +1,17 @@
 //! Rebuilding a lost lockfile from the registry, the source of truth.
 //!
 //! Every index Kiln publishes carries its entry's record
-//! (`org.ocaml.kiln.entry`). Recovery lists the namespace's repositories
-//! and tags, reads the record of every index a tag points at, and
+//! (`org.ocaml.kiln.entry`). Recovery lists the tags of the namespace's
+//! repositories (those the catalogue and the published lockfile name,
+//! `repositories`: never `_catalog`, which Docker Hub and GHCR refuse),
+//! reads the record of every index a tag points at, and
 //! rebuilds: each moving tag's current entry (the index its tag points
 //! at, with the other tags pointing there as aliases) and its history (the
 //! other builds of that tag still under their immutable tags, newest
 //! first). It only reads the registry: nothing there is deleted or moved.
 //! The lockfile it writes is then verified like any other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
@@ -18,7 +20,7 @@ use super::PublishError;
 use super::lockfile::{ENTRY_ANNOTATION, Entry, EntryRecord, HistoryEntry, Lockfile};
 use crate::catalogue::Arch;
 use crate::registry::index::{self, Platform};
-use crate::registry::{OCI_INDEX, Registry};
+use crate::registry::{Depth, OCI_INDEX, Registry};
 
 /// What recovery found.
 #[derive(Debug, Default, serde::Serialize)]
@@ -39,20 +41,22 @@ struct Found {
     tags: Vec<String>,
 }
 
-/// Rebuild the lockfile of everything under `namespace` (every repository
-/// when empty) from the registry's tags and index annotations.
-pub async fn recover(reg: &Registry, namespace: &str) -> Result<Recovery, PublishError> {
-    let prefix = format!("{namespace}/");
+/// Rebuild the lockfile of `repositories` (see
+/// [`super::repositories::known_repositories`]) from the registry's tags
+/// and index annotations.
+pub async fn recover(
+    reg: &Registry,
+    namespace: &str,
+    repositories: &BTreeSet<String>,
+) -> Result<Recovery, PublishError> {
     let mut out = Recovery::default();
-    for repo in reg.catalog().await? {
-        if (!namespace.is_empty() && !repo.starts_with(&prefix))
-            || repo == super::remote::lockfile_repository(namespace)
-        {
+    for repo in repositories {
+        if *repo == super::remote::lockfile_repository(namespace) {
             continue;
         }
-        let found = read_repository(reg, &repo, &mut out.skipped).await?;
+        let found = read_repository(reg, repo, &mut out.skipped).await?;
         out.builds += found.len();
-        for e in entries(reg, &repo, found, &mut out.skipped).await? {
+        for e in entries(reg, repo, found, &mut out.skipped).await? {
             out.lockfile.entries.insert(e.key(), e);
         }
     }
@@ -182,19 +186,21 @@ fn history(found: &BTreeMap<String, Found>, current: &str, tag: &str) -> Vec<His
     h
 }
 
-/// Recover, verify, and write the lockfile to `path`. Entries that fail
-/// verification are reported and left out.
+/// Recover, verify at `depth`, and write the lockfile to `path`. Entries
+/// that fail verification are reported and left out.
 pub async fn recover_into(
     reg: &Registry,
     namespace: &str,
+    repositories: &BTreeSet<String>,
     path: &Path,
+    depth: Depth,
 ) -> Result<Recovery, PublishError> {
-    let mut r = recover(reg, namespace).await?;
+    let mut r = recover(reg, namespace, repositories).await?;
     let scratch = tempfile::tempdir().map_err(|source| PublishError::Lock {
         path: std::env::temp_dir().display().to_string(),
         source,
     })?;
-    for p in super::verify::verify(reg, &r.lockfile, scratch.path()).await {
+    for p in super::verify::verify_at(reg, &r.lockfile, scratch.path(), depth).await {
         if r.lockfile.entries.remove(&p.entry).is_some() {
             r.skipped.push(format!("{}: {}", p.entry, p.problem));
         }

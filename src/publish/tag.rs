@@ -82,7 +82,7 @@ fn entry(b: &TagBuild<'_>, first: &Prepared, digest: String) -> Entry {
         tag: b.id.tag.clone(),
         immutable_tag: b.immutable_tag.to_string(),
         // Series-less aliases (`debian-13`, `debian`, `latest`) wait for
-        // the whole tier-1 set: see `promote_newest_aliases`.
+        // the whole tier-1 set: see `publish::owners`.
         aliases: t
             .aliases
             .iter()
@@ -108,6 +108,7 @@ fn entry(b: &TagBuild<'_>, first: &Prepared, digest: String) -> Entry {
         verified_at: None,
         history: vec![],
         adopted: b.adopted.clone(),
+        repairs: vec![],
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::lockfile::{Entry, HistoryEntry, Lockfile};
 use super::{PublishError, lock_lockfile};
 use crate::registry::index::{self, Platform};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::{Depth, Registry, RegistryError};
 
 /// One thing wrong with one lockfile entry.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -23,11 +23,35 @@ fn arch_of(platform: &str) -> Option<Arch> {
     Platform::parse(platform)?.arch()
 }
 
-/// Check every entry: tags point at the recorded digest, the index and each
-/// child exist with exactly the recorded arches, and every blob's content
-/// matches its digest. Returns every problem found.
+/// Check every entry cheaply ([`Depth::Cheap`]: every blob present with
+/// its size), as `kiln verify`, `kiln release` and recovery do by default.
 pub async fn verify(reg: &Registry, lock: &Lockfile, scratch: &Path) -> Vec<Problem> {
-    let mut problems = Vec::new();
+    verify_at(reg, lock, scratch, Depth::Cheap).await
+}
+
+/// Check every entry: tags point at the recorded digest, the index and each
+/// child exist with exactly the recorded arches, and every blob is there
+/// (`depth`: by HEAD and size, or its content hashed). Returns every
+/// problem found.
+pub async fn verify_at(
+    reg: &Registry,
+    lock: &Lockfile,
+    scratch: &Path,
+    depth: Depth,
+) -> Vec<Problem> {
+    let mut problems: Vec<Problem> = super::owners::contested(lock)
+        .into_iter()
+        .flat_map(|(alias, claimants)| {
+            claimants.iter().map(|c| Problem {
+                entry: c.clone(),
+                problem: format!(
+                    "alias {alias} is claimed by {} entries ({}): the registry holds one; `kiln verify --repair` gives it its owner",
+                    claimants.len(),
+                    claimants.join(", ")
+                ),
+            }).collect::<Vec<_>>()
+        })
+        .collect();
     for (key, e) in &lock.entries {
         let mut say = |p: String| {
             problems.push(Problem {
@@ -69,39 +93,13 @@ pub async fn verify(reg: &Registry, lock: &Lockfile, scratch: &Path) -> Vec<Prob
             Err(err) => say(format!("index {}: {err}", e.digest)),
         }
         for (arch, a) in &e.arches {
-            if let Err(err) = verify_manifest_blobs(reg, &e.repository, &a.digest, scratch).await {
+            let blobs = reg.check_manifest_blobs(&e.repository, &a.digest, depth, scratch);
+            if let Err(err) = blobs.await {
                 say(format!("{arch} ({}): {err}", a.digest));
             }
         }
     }
     problems
-}
-
-/// Every blob a manifest names exists and its content hashes to its digest.
-async fn verify_manifest_blobs(
-    reg: &Registry,
-    repo: &str,
-    digest: &str,
-    scratch: &Path,
-) -> Result<(), RegistryError> {
-    let m = reg.get_manifest(repo, digest).await?;
-    let v = m.json()?;
-    let mut blobs: Vec<String> = v["layers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["digest"].as_str().map(str::to_string))
-        .collect();
-    if let Some(c) = v["config"]["digest"].as_str() {
-        blobs.push(c.to_string());
-    }
-    for b in blobs {
-        let tmp = scratch.join(b.replace(':', "-"));
-        let r = reg.pull_blob_to_file(repo, &b, &tmp).await;
-        let _ = std::fs::remove_file(&tmp);
-        r.map_err(|e| RegistryError::Invalid(format!("blob {b}: {e}")))?;
-    }
-    Ok(())
 }
 
 /// Move `repository:tag` (and its aliases) back to `to` (default: the

@@ -15,12 +15,15 @@ use serde_json::{Value, json};
 
 use crate::config::{Consumer, Refresh};
 
+pub mod credentials;
+pub mod ocaml_version;
+pub mod opam_pin;
 pub mod release;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    #[error("GitHub client for {url}: {message}")]
-    Client { url: String, message: String },
+    #[error(transparent)]
+    Credentials(#[from] credentials::CredentialError),
     #[error("{repo}: {path} on {branch}: {message}")]
     File {
         repo: String,
@@ -45,6 +48,12 @@ pub struct Update {
     pub pins: BTreeMap<String, String>,
     /// The pins before this release, for the diff in the body.
     pub previous: BTreeMap<String, String>,
+    /// What ocaml-version's files should say (the `ocaml-version` format).
+    #[serde(skip)]
+    pub ocaml_version: Option<ocaml_version::Wanted>,
+    /// The ocaml-version lower bound and opam-repository commit (the
+    /// `opam-pin` format).
+    pub opam_pin: Option<opam_pin::OpamPin>,
 }
 
 /// What refreshing one consumer did (or would do, in a dry run).
@@ -60,58 +69,51 @@ pub enum Action {
 }
 
 pub fn client(cfg: &Refresh) -> Result<Octocrab, RefreshError> {
-    let err = |message: String| RefreshError::Client {
-        url: cfg.api_url.clone(),
-        message,
-    };
-    let mut b = Octocrab::builder()
-        .base_uri(cfg.api_url.as_str())
-        .map_err(|e| err(e.to_string()))?;
-    if let Ok(token) = std::env::var(&cfg.token_env) {
-        b = b.personal_token(token);
-    }
-    b.build().map_err(|e| err(e.to_string()))
+    Ok(credentials::client(cfg)?)
 }
 
-/// The file's new content for `update`, keeping whatever else it holds.
-pub fn render(format: &str, old: &str, update: &Update) -> Result<String, String> {
-    match format {
-        "json-pins" => {
-            let mut v: Value = if old.trim().is_empty() {
-                json!({})
-            } else {
-                serde_json::from_str(old).map_err(|e| format!("not JSON: {e}"))?
+/// Each file's new content for `update` (`old`: path → content on the
+/// base branch), keeping whatever else it holds.
+pub fn render(
+    c: &Consumer,
+    old: &BTreeMap<String, String>,
+    update: &Update,
+) -> Result<BTreeMap<String, String>, String> {
+    match c.format.as_str() {
+        "ocaml-version" => {
+            let wanted = update
+                .ocaml_version
+                .as_ref()
+                .ok_or("no catalogue state to write into ocaml-version")?;
+            let find = |suffix: &str| old.iter().find(|(p, _)| p.ends_with(suffix));
+            let (ml_path, ml) = find(ocaml_version::ML).ok_or("paths name no ocaml_version.ml")?;
+            let mli = find(ocaml_version::MLI);
+            let changes = find(ocaml_version::CHANGES);
+            let files = ocaml_version::Files {
+                ml: ml.clone(),
+                mli: mli.map(|m| m.1.clone()),
+                changes: changes.map(|m| m.1.clone()),
             };
-            let obj = v
-                .as_object_mut()
-                .ok_or("expected a JSON object of image → pin")?;
-            for (k, p) in &update.pins {
-                obj.insert(k.clone(), json!(p));
+            let new = ocaml_version::patch(&files, wanted).map_err(|e| e.to_string())?;
+            let mut out = BTreeMap::from([(ml_path.clone(), new.files.ml)]);
+            if let (Some((p, _)), Some(t)) = (mli, new.files.mli) {
+                out.insert(p.clone(), t);
             }
-            Ok(format!(
-                "{}\n",
-                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
-            ))
+            if let (Some((p, _)), Some(t)) = (changes, new.files.changes) {
+                out.insert(p.clone(), t);
+            }
+            Ok(out)
         }
-        "yaml-pins" => {
-            let mut m: BTreeMap<String, serde_norway::Value> = if old.trim().is_empty() {
-                BTreeMap::new()
-            } else {
-                serde_norway::from_str(old).map_err(|e| format!("not a YAML mapping: {e}"))?
-            };
-            for (k, p) in &update.pins {
-                m.insert(k.clone(), serde_norway::Value::String(p.clone()));
-            }
-            serde_norway::to_string(&m).map_err(|e| e.to_string())
-        }
-        "version-list" => {
-            let mut lines: Vec<String> = old.lines().map(str::to_string).collect();
-            for v in &update.versions {
-                if !lines.iter().any(|l| l.trim() == v) {
-                    lines.push(v.clone());
-                }
-            }
-            Ok(format!("{}\n", lines.join("\n").trim_end()))
+        "opam-pin" => {
+            let pin = update.opam_pin.as_ref().ok_or("no opam pin to write")?;
+            old.iter()
+                .map(|(p, t)| {
+                    Ok((
+                        p.clone(),
+                        opam_pin::render(p, t, pin).map_err(|e| format!("{p}: {e}"))?,
+                    ))
+                })
+                .collect()
         }
         other => Err(format!("unknown format {other:?}")),
     }
@@ -149,9 +151,10 @@ fn is_status(e: &octocrab::Error, code: u16) -> bool {
 async fn get_file(
     gh: &Octocrab,
     c: &Consumer,
+    path: &str,
     branch: &str,
 ) -> Result<Option<(String, String)>, RefreshError> {
-    let route = format!("/repos/{}/contents/{}?ref={branch}", c.repo, c.path);
+    let route = format!("/repos/{}/contents/{path}?ref={branch}", c.repo);
     match gh.get::<Value, _, ()>(route, None).await {
         Ok(v) => {
             let b64: String = v["content"]
@@ -164,7 +167,7 @@ async fn get_file(
                 .decode(b64)
                 .map_err(|e| RefreshError::File {
                     repo: c.repo.clone(),
-                    path: c.path.clone(),
+                    path: path.to_string(),
                     branch: branch.to_string(),
                     message: format!("bad base64 content: {e}"),
                 })?;
@@ -174,8 +177,50 @@ async fn get_file(
             )))
         }
         Err(e) if is_status(&e, 404) => Ok(None),
-        Err(e) => Err(api(&c.repo, &format!("reading {}", c.path), e)),
+        Err(e) => Err(api(&c.repo, &format!("reading {path}"), e)),
     }
+}
+
+/// Every path of the consumer as its base branch holds it.
+async fn read_base(gh: &Octocrab, c: &Consumer) -> Result<BTreeMap<String, String>, RefreshError> {
+    let mut out = BTreeMap::new();
+    for path in &c.paths {
+        let (text, _) =
+            get_file(gh, c, path, &c.base)
+                .await?
+                .ok_or_else(|| RefreshError::File {
+                    repo: c.repo.clone(),
+                    path: path.clone(),
+                    branch: c.base.clone(),
+                    message: "not found: create it, or fix refresh.consumers".into(),
+                })?;
+        out.insert(path.clone(), text);
+    }
+    Ok(out)
+}
+
+/// The pull request's (or issue's) body.
+fn body(c: &Consumer, update: &Update) -> String {
+    let what = match (&update.opam_pin, c.format.as_str()) {
+        (Some(p), "opam-pin") => format!(
+            "Kiln published base images for OCaml {}: every required image is built, verified and pinned by digest. \
+             This moves the `ocaml-version` lower bound to {} and the opam-repository pin to {}, the commit the images were built with.\n\n{}",
+            update.versions.join(", "),
+            p.ocaml_version,
+            p.commit,
+            pin_diff(update)
+        ),
+        _ => format!(
+            "OCaml {}: the change Kiln's catalogue makes to ocaml-version, opened before the base images are built.\n",
+            update.versions.join(", ")
+        ),
+    };
+    let kind = if c.mode == "issue" {
+        "issue"
+    } else {
+        "pull request"
+    };
+    format!("{what}\nThis {kind} was opened by `kiln release`.")
 }
 
 /// Refresh one consumer. `branch` names Kiln's branch for this release.
@@ -187,52 +232,46 @@ pub async fn refresh(
     title: &str,
     dry_run: bool,
 ) -> Result<Action, RefreshError> {
-    let file_err = |message: String| RefreshError::File {
+    let old = read_base(gh, c).await?;
+    let new = render(c, &old, update).map_err(|message| RefreshError::File {
         repo: c.repo.clone(),
-        path: c.path.clone(),
+        path: c.paths.join(", "),
         branch: c.base.clone(),
         message,
-    };
-    let (old, _) = get_file(gh, c, &c.base)
-        .await?
-        .ok_or_else(|| file_err("not found: create it, or fix refresh.consumers".into()))?;
-    let new = render(&c.format, &old, update).map_err(file_err)?;
-    let body = format!(
-        "Kiln published base images for OCaml {}: every required image is built, verified and pinned by digest.\n\n{}\nThis {} was opened by `kiln release`.",
-        update.versions.join(", "),
-        pin_diff(update),
-        if c.mode == "issue" {
-            "issue"
-        } else {
-            "pull request"
-        }
-    );
-    if new == old {
+    })?;
+    let changed: Vec<(String, String)> = new
+        .into_iter()
+        .filter(|(p, t)| old.get(p) != Some(t))
+        .collect();
+    if changed.is_empty() {
         return Ok(Action::UpToDate);
     }
     if dry_run {
-        return Ok(Action::WouldChange {
-            diff: format!(
-                "--- {path}\n+++ {path}\n-{}\n+{}",
-                old.trim_end().replace('\n', "\n-"),
-                new.trim_end().replace('\n', "\n+"),
-                path = c.path
-            ),
-        });
+        let diff = changed
+            .iter()
+            .map(|(p, t)| {
+                similar::TextDiff::from_lines(old[p].as_str(), t.as_str())
+                    .unified_diff()
+                    .header(&format!("a/{p}"), &format!("b/{p}"))
+                    .to_string()
+            })
+            .collect();
+        return Ok(Action::WouldChange { diff });
     }
+    let body = body(c, update);
     if c.mode == "issue" {
-        return open_issue(gh, c, title, &body, &new).await;
+        return open_issue(gh, c, title, &body, &changed).await;
     }
-    open_pull_request(gh, c, branch, title, &body, &new).await
+    open_pull_request(gh, c, branch, title, &body, &changed).await
 }
 
-/// An issue asking for `new`, unless an open issue has the same title.
+/// An issue asking for the change, unless an open issue has the same title.
 async fn open_issue(
     gh: &Octocrab,
     c: &Consumer,
     title: &str,
     body: &str,
-    new: &str,
+    changed: &[(String, String)],
 ) -> Result<Action, RefreshError> {
     let open: Value = gh
         .get(
@@ -251,8 +290,15 @@ async fn open_issue(
             number: i["number"].as_u64().unwrap_or(0),
         });
     }
+    let wanted: String = changed
+        .iter()
+        .map(|(p, t)| format!("\n\nWanted in `{p}`:\n\n```\n{t}```\n"))
+        .collect();
     let i: Value = gh
-        .post(format!("/repos/{}/issues", c.repo), Some(&json!({"title": title, "body": format!("{body}\n\nWanted in `{}`:\n\n```\n{new}```\n", c.path)})))
+        .post(
+            format!("/repos/{}/issues", c.repo),
+            Some(&json!({"title": title, "body": format!("{body}{wanted}")})),
+        )
         .await
         .map_err(|e| api(&c.repo, "opening an issue", e))?;
     Ok(Action::IssueOpened {
@@ -260,15 +306,16 @@ async fn open_issue(
     })
 }
 
-/// A pull request committing `new` on `branch`, unless one from that
-/// branch is open; the branch and the commit are made only if missing.
+/// A pull request committing the changed files on `branch`, unless one
+/// from that branch is open; the branch and the commits are made only if
+/// missing.
 async fn open_pull_request(
     gh: &Octocrab,
     c: &Consumer,
     branch: &str,
     title: &str,
     body: &str,
-    new: &str,
+    changed: &[(String, String)],
 ) -> Result<Action, RefreshError> {
     let owner = c.repo.split('/').next().unwrap_or("");
     let open: Value = gh
@@ -285,7 +332,9 @@ async fn open_pull_request(
         });
     }
     create_branch(gh, c, branch).await?;
-    commit_file(gh, c, branch, title, new).await?;
+    for (path, new) in changed {
+        commit_file(gh, c, path, branch, title, new).await?;
+    }
     let pr: Value = gh
         .post(
             format!("/repos/{}/pulls", c.repo),
@@ -326,11 +375,12 @@ async fn create_branch(gh: &Octocrab, c: &Consumer, branch: &str) -> Result<(), 
 async fn commit_file(
     gh: &Octocrab,
     c: &Consumer,
+    path: &str,
     branch: &str,
     title: &str,
     new: &str,
 ) -> Result<(), RefreshError> {
-    let on_branch = get_file(gh, c, branch).await?;
+    let on_branch = get_file(gh, c, path, branch).await?;
     if on_branch.as_ref().map(|(t, _)| t.as_str()) != Some(new) {
         let mut put = json!({
             "message": title,
@@ -340,9 +390,9 @@ async fn commit_file(
         if let Some((_, sha)) = &on_branch {
             put["sha"] = json!(sha);
         }
-        gh.put::<Value, _, _>(format!("/repos/{}/contents/{}", c.repo, c.path), Some(&put))
+        gh.put::<Value, _, _>(format!("/repos/{}/contents/{path}", c.repo), Some(&put))
             .await
-            .map_err(|e| api(&c.repo, &format!("committing {}", c.path), e))?;
+            .map_err(|e| api(&c.repo, &format!("committing {path}"), e))?;
     }
     Ok(())
 }
@@ -351,29 +401,44 @@ async fn commit_file(
 mod tests {
     use super::*;
 
-    fn update() -> Update {
-        Update {
-            versions: vec!["5.5.0".into(), "4.14.4".into()],
-            pins: BTreeMap::from([(
-                "ocaml/opam:debian-13-ocaml-5.5".to_string(),
-                "r/o:t@sha256:b".to_string(),
-            )]),
-            previous: BTreeMap::from([(
-                "ocaml/opam:debian-13-ocaml-5.5".to_string(),
-                "r/o:t@sha256:a".to_string(),
-            )]),
+    fn consumer(format: &str, paths: &[&str]) -> Consumer {
+        Consumer {
+            repo: "o/r".into(),
+            base: "main".into(),
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            format: format.into(),
+            mode: "pull-request".into(),
         }
     }
 
     #[test]
-    fn formats() {
-        let j = render("json-pins", "{\"keep\": 1}", &update()).unwrap();
-        assert!(j.contains("\"keep\": 1") && j.contains("sha256:b"));
-        let y = render("yaml-pins", "other: x\n", &update()).unwrap();
-        assert!(y.contains("other: x") && y.contains("sha256:b"));
-        let l = render("version-list", "4.14.3\n5.5.0\n", &update()).unwrap();
-        assert_eq!(l, "4.14.3\n5.5.0\n4.14.4\n");
-        assert!(render("json-pins", "[1]", &update()).is_err());
-        assert!(pin_diff(&update()).contains("`r/o:t@sha256:a` | `r/o:t@sha256:b`"));
+    fn opam_pin_renders_each_file_and_names_the_one_it_cannot() {
+        let update = Update {
+            opam_pin: Some(opam_pin::OpamPin {
+                ocaml_version: "4.1.4".into(),
+                commit: "c".repeat(40),
+            }),
+            ..Update::default()
+        };
+        let c = consumer("opam-pin", &["x.opam", "Dockerfile"]);
+        let old = BTreeMap::from([
+            (
+                "x.opam".to_string(),
+                "\"ocaml-version\" {>= \"4.1.3\"}\n".to_string(),
+            ),
+            ("Dockerfile".to_string(), "FROM x\n".to_string()),
+        ]);
+        let e = render(&c, &old, &update).unwrap_err();
+        assert!(e.starts_with("Dockerfile: holds no"), "{e}");
+        let mut pins = BTreeMap::new();
+        pins.insert("a".to_string(), "r/o:t@sha256:b".to_string());
+        let table = pin_diff(&Update {
+            pins,
+            ..Update::default()
+        });
+        assert!(
+            table.contains("| `a` | `(none)` | `r/o:t@sha256:b` |"),
+            "{table}"
+        );
     }
 }

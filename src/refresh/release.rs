@@ -1,8 +1,14 @@
 //! `kiln release`: the whole cascade for new compiler versions, safe to
-//! rerun at any point — bump the catalogue, build what the plan calls for
-//! (unchanged tags are skipped, so nothing is built twice), verify what is
-//! published, and, only once every requested version is available, refresh
-//! the CI systems (an open pull request is found, not opened again).
+//! rerun at any point — check the GitHub credentials (an authenticated
+//! read: nothing is bumped or built with credentials GitHub refuses), bump
+//! the catalogue, open ocaml-version's pull
+//! request (the `ocaml-version` consumers: the change the catalogue makes
+//! to its files), build what the plan calls for (unchanged tags are
+//! skipped, so nothing is built twice), verify what is published, and,
+//! only once every requested version is available, bump the other
+//! consumers' pins (`opam-pin`: the ocaml-version lower bound and the
+//! opam-repository commit the images were built with). An open pull
+//! request is found, not opened again.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +38,10 @@ pub enum ReleaseError {
     Refresh(#[from] super::RefreshError),
     #[error(transparent)]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("the consumers' pins: {0}")]
+    Pin(#[from] super::opam_pin::PinError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
 }
 
 #[derive(Debug, Serialize)]
@@ -47,10 +57,18 @@ pub struct Report {
     pub complete: bool,
 }
 
+/// The daemon that holds the state dir's lease (`pid`), to which the
+/// release hands its builds, and where the hand-off's lines go.
+pub struct HandOff<'a> {
+    pub pid: &'a str,
+    pub say: &'a (dyn Fn(&str) + Sync),
+}
+
 pub async fn release(
     config: &Config,
     versions: &[OcamlVersion],
     dry_run: bool,
+    daemon: Option<HandOff<'_>>,
 ) -> Result<Report, ReleaseError> {
     let mut report = Report {
         bumped: vec![],
@@ -61,14 +79,32 @@ pub async fn release(
         refreshed: BTreeMap::new(),
         complete: false,
     };
+    // 0. The GitHub credentials, proved by an authenticated read before
+    // anything changes: a missing or refused token is noticed now, not at
+    // the first write after hours of builds.
+    // The one client of the run: an App's installation token, minted
+    // here, is cached in it until it expires.
+    let gh = if !dry_run && !config.refresh.consumers.is_empty() {
+        Some(
+            super::credentials::checked_client(&config.refresh)
+                .await
+                .map_err(super::RefreshError::from)?,
+        )
+    } else {
+        None
+    };
     // 1. Catalogue.
     report.bumped = bump_versions(config, versions, dry_run)?;
     if dry_run && !report.bumped.is_empty() {
         // The dry-run plan below reads the unbumped catalogue: say so.
         tracing::info!("dry run: versions not yet in the catalogue are not planned");
     }
-    // 2–3. Build every platform's targets for these versions.
-    report.builds = build_versions(config, versions, dry_run).await?;
+    // 2. ocaml-version learns the versions first, before any image exists.
+    if let Some(gh) = &gh {
+        open_ocaml_version(gh, config, versions, &mut report).await?;
+    }
+    // 3. Build every platform's targets for these versions.
+    report.builds = build_versions(config, versions, dry_run, daemon).await?;
     if dry_run {
         // What each consumer's file would become with what is published now
         // (reads only; GitHub being unreachable is reported, not fatal).
@@ -89,12 +125,73 @@ pub async fn release(
         // continues once the missing images are built.
         return Ok(report);
     }
-    // 6. Refresh the CI systems.
-    if !config.refresh.consumers.is_empty() {
-        refresh_consumers(config, versions, &update, &mut report).await?;
+    // 6. Bump the consumers' pins, now that the gate is open.
+    if config
+        .refresh
+        .consumers
+        .iter()
+        .any(|c| !is_ocaml_version(c))
+    {
+        let mut update = update;
+        update.opam_pin = Some(super::opam_pin::pin_for(config, &lock, versions).await?);
+        if let Some(gh) = &gh {
+            refresh_consumers(gh, config, versions, &update, &mut report).await?;
+        }
     }
     report.complete = true;
     Ok(report)
+}
+
+fn is_ocaml_version(c: &crate::config::Consumer) -> bool {
+    c.format == "ocaml-version"
+}
+
+fn branch_and_title(versions: &[OcamlVersion]) -> (String, String) {
+    let names: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
+    (
+        format!("kiln/release-{}", names.join("-")),
+        format!("Kiln: OCaml {} base images are available", names.join(", ")),
+    )
+}
+
+/// The update the `ocaml-version` consumers get: what the catalogue says.
+fn ocaml_version_update(
+    config: &Config,
+    versions: &[OcamlVersion],
+) -> Result<Update, ReleaseError> {
+    let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
+    Ok(Update {
+        versions: versions.iter().map(|v| v.to_string()).collect(),
+        ocaml_version: Some(super::ocaml_version::Wanted::from_catalogue(&cat)),
+        ..Update::default()
+    })
+}
+
+/// Open (or find) the pull request of each `ocaml-version` consumer.
+async fn open_ocaml_version(
+    gh: &octocrab::Octocrab,
+    config: &Config,
+    versions: &[OcamlVersion],
+    report: &mut Report,
+) -> Result<(), ReleaseError> {
+    let consumers: Vec<_> = config
+        .refresh
+        .consumers
+        .iter()
+        .filter(|c| is_ocaml_version(c))
+        .collect();
+    if consumers.is_empty() {
+        return Ok(());
+    }
+    let update = ocaml_version_update(config, versions)?;
+    let (branch, _) = branch_and_title(versions);
+    let names: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
+    let title = format!("Add OCaml {}", names.join(", "));
+    for c in consumers {
+        let a = super::refresh(gh, c, &update, &branch, &title, false).await?;
+        report.refreshed.insert(c.repo.clone(), a);
+    }
+    Ok(())
 }
 
 /// Add each version to the catalogue; the ones that changed it.
@@ -120,11 +217,13 @@ fn bump_versions(
     Ok(bumped)
 }
 
-/// One build run per version the catalogue has, every platform.
+/// One build run per version the catalogue has, every platform; handed
+/// to the daemon (`daemon`: its pid) when it holds the state dir's lease.
 async fn build_versions(
     config: &Config,
     versions: &[OcamlVersion],
     dry_run: bool,
+    daemon: Option<HandOff<'_>>,
 ) -> Result<Vec<Summary>, ReleaseError> {
     let cat = catalogue::load(&config.versions_dir, &config.platforms_dir)?;
     let mut builds = vec![];
@@ -138,8 +237,17 @@ async fn build_versions(
                 ..Default::default()
             },
             dry_run,
+            reconcile: crate::publish::Scope::Full,
+            force: false,
         };
-        builds.push(pipeline::run(config, &cat, &opts, &|_| {}).await?);
+        let summary = match &daemon {
+            Some(h) if !dry_run => {
+                crate::daemon::handoff::hand_off(config, &cat, &opts.filter, false, h.pid, h.say)
+                    .await?
+            }
+            _ => pipeline::run(config, &cat, &opts, &|_| {}).await?,
+        };
+        builds.push(summary);
     }
     Ok(builds)
 }
@@ -153,7 +261,9 @@ async fn preview_refresh(
 ) -> Result<(), ReleaseError> {
     let lock = Lockfile::load(&config.lockfile_path())?;
     let (reqs, jobs) = crate::status::requirements(config)?;
-    let update = published_update(config, versions, &lock, &reqs, &jobs);
+    let mut update = published_update(config, versions, &lock, &reqs, &jobs);
+    update.ocaml_version = ocaml_version_update(config, versions)?.ocaml_version;
+    update.opam_pin = super::opam_pin::pin_for(config, &lock, versions).await.ok();
     let gh = super::client(&config.refresh)?;
     for c in &config.refresh.consumers {
         let a = match super::refresh(&gh, c, &update, "kiln/dry-run", "dry run", true).await {
@@ -279,19 +389,22 @@ fn gate(
     update
 }
 
-/// Open (or find) each consumer's pull request or issue for the release.
+/// Open (or find) each pin consumer's pull request or issue for the release.
 async fn refresh_consumers(
+    gh: &octocrab::Octocrab,
     config: &Config,
     versions: &[OcamlVersion],
     update: &Update,
     report: &mut Report,
 ) -> Result<(), ReleaseError> {
-    let gh = super::client(&config.refresh)?;
-    let names: Vec<String> = versions.iter().map(|v| v.to_string()).collect();
-    let branch = format!("kiln/release-{}", names.join("-"));
-    let title = format!("Kiln: OCaml {} base images are available", names.join(", "));
-    for c in &config.refresh.consumers {
-        let a = super::refresh(&gh, c, update, &branch, &title, false).await?;
+    let (branch, title) = branch_and_title(versions);
+    for c in config
+        .refresh
+        .consumers
+        .iter()
+        .filter(|c| !is_ocaml_version(c))
+    {
+        let a = super::refresh(gh, c, update, &branch, &title, false).await?;
         report.refreshed.insert(c.repo.clone(), a);
     }
     Ok(())

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{Body, Registry, RegistryError, fail, scope, sha256_digest, sha256_file};
+use super::{Body, Registry, RegistryError, fail, mount_scope, scope, sha256_digest, sha256_file};
 
 /// What [`Registry::push_blob_file_report`] did.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl Registry {
                 &format!("/v2/{repo}/blobs/uploads/?mount={digest}&from={from}"),
                 &[],
                 None,
-                &scope(repo, true),
+                &mount_scope(repo, from),
             )
             .await?;
         match r.status() {
@@ -173,10 +173,8 @@ impl Registry {
     /// Fetch a blob and check its digest.
     pub async fn pull_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>, RegistryError> {
         let r = self.get_blob(repo, digest).await?;
-        let bytes = r.bytes().await.map_err(|e| RegistryError::Http {
-            url: format!("{repo}@{digest}"),
-            message: e.to_string(),
-        })?;
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let bytes = r.bytes().await.map_err(|e| self.broken(&url, &e))?;
         same_digest(repo, digest, sha256_digest(&bytes))?;
         Ok(bytes.to_vec())
     }
@@ -208,10 +206,7 @@ impl Registry {
                 Ok(None) => break,
                 Err(e) => {
                     let _ = tokio::fs::remove_file(&tmp).await;
-                    return Err(RegistryError::Http {
-                        url: format!("{repo}@{digest}"),
-                        message: e.to_string(),
-                    });
+                    return Err(self.broken(&self.url(&format!("/v2/{repo}/blobs/{digest}")), &e));
                 }
             }
         }
@@ -226,8 +221,13 @@ impl Registry {
         Ok(n)
     }
 
-    /// GET a blob: the response, its body not read yet, or the failure.
-    async fn get_blob(&self, repo: &str, digest: &str) -> Result<reqwest::Response, RegistryError> {
+    /// GET a blob: the response, its body not read yet (and not checked:
+    /// the reader checks the digest), or the failure.
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
         let r = self
             .send(
                 Method::GET,

@@ -1,31 +1,20 @@
-//! The HTTP side of the OCI distribution API: auth, retries, rate limit and
-//! concurrency limit. Everything else in `registry` goes through
+//! The HTTP side of the OCI distribution API: auth, retries, rate limits
+//! and concurrency limit. Everything else in `registry` goes through
 //! [`Registry::send`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use base64::Engine as _;
 use reqwest::{Method, StatusCode, header};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OnceCell, Semaphore};
 
-use super::RegistryError;
+use super::auth::{Credentials, Secret, host_of};
+use super::limits::{self, Schedule};
+use super::token::Token;
+use super::{RegistryError, error_chain};
 use crate::config;
-
-/// Credentials for basic auth or for fetching bearer tokens.
-#[derive(Clone, Default)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never log secrets.
-        write!(f, "Credentials({}, <redacted>)", self.username)
-    }
-}
 
 /// A request body that can be sent again on retry.
 #[derive(Clone)]
@@ -71,18 +60,22 @@ pub struct Registry {
     pub base: String,
     /// `127.0.0.1:5000`, for references.
     pub host: String,
-    http: reqwest::Client,
-    creds: Option<Credentials>,
+    pub(super) http: reqwest::Client,
+    /// Kiln's registry settings: where this host's credentials come from.
+    settings: config::Registry,
+    /// This host's credentials, looked up at the first challenge.
+    creds: OnceCell<Option<Credentials>>,
     /// scope → bearer token.
-    tokens: Mutex<HashMap<String, String>>,
+    pub(super) tokens: Mutex<HashMap<String, Token>>,
+    /// The registry asked for basic auth: every request carries it.
+    pub(super) basic: AtomicBool,
     permits: Arc<Semaphore>,
-    /// Next instant a request may start (client-side rate limit).
-    next_slot: Mutex<Instant>,
-    interval: Duration,
-    /// How far ahead of the schedule a burst may run.
-    burst: Duration,
+    schedule: Schedule,
     pub max_attempts: u32,
     pub base_backoff: Duration,
+    /// The longest a request waits out a registry's rate limit (429,
+    /// Retry-After, ratelimit-*) before failing as rate-limited.
+    pub max_rate_wait: Duration,
     /// Upload chunk size: each chunk is one PATCH, the unit of resumption.
     pub chunk_size: u64,
 }
@@ -95,53 +88,25 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-fn host_of(url: &str) -> String {
-    url.trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_string()
-}
-
-/// Credentials from the environment, then from a Docker config.json.
-pub fn credentials(cfg: &config::Registry) -> Option<Credentials> {
-    if let (Ok(u), Ok(p)) = (
-        std::env::var("KILN_REGISTRY_USERNAME"),
-        std::env::var("KILN_REGISTRY_PASSWORD"),
-    ) {
-        return Some(Credentials {
-            username: u,
-            password: p,
-        });
-    }
-    let path = if let Some(rest) = cfg.docker_config.strip_prefix("~/") {
-        std::path::PathBuf::from(std::env::var("HOME").ok()?).join(rest)
-    } else {
-        std::path::PathBuf::from(&cfg.docker_config)
-    };
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let host = host_of(&cfg.url);
-    let auth = v["auths"][host.as_str()]["auth"].as_str()?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (u, p) = text.split_once(':')?;
-    Some(Credentials {
-        username: u.to_string(),
-        password: p.to_string(),
-    })
+/// Whether `host` is this machine.
+fn is_loopback(host: &str) -> bool {
+    host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
 }
 
 impl Registry {
+    /// A client for Kiln's own registry, `cfg.url`.
     pub fn new(cfg: &config::Registry) -> Result<Registry, RegistryError> {
-        let host = host_of(&cfg.url);
-        let loopback =
-            host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
-        if cfg.url.starts_with("http://") && !loopback && !cfg.insecure {
+        Registry::for_url(cfg, &cfg.url)
+    }
+
+    /// A client for the registry at `url`, with Kiln's registry settings
+    /// `cfg` (limits, where config.json is): credentials are those of
+    /// `url`'s own host, never `cfg.url`'s.
+    pub fn for_url(cfg: &config::Registry, url: &str) -> Result<Registry, RegistryError> {
+        let host = host_of(url);
+        if url.starts_with("http://") && !is_loopback(&host) && !cfg.insecure {
             return Err(RegistryError::Config(format!(
-                "registry.url {}: plain HTTP is only allowed for loopback registries unless registry.insecure = true",
-                cfg.url
+                "registry {url}: plain HTTP is only allowed for loopback registries unless registry.insecure = true"
             )));
         }
         let http = reqwest::Client::builder()
@@ -151,28 +116,28 @@ impl Registry {
             .build()
             .map_err(|e| RegistryError::Config(format!("HTTP client: {e}")))?;
         Ok(Registry {
-            base: cfg.url.trim_end_matches('/').to_string(),
+            base: url.trim_end_matches('/').to_string(),
             host,
             http,
-            creds: credentials(cfg),
+            settings: cfg.clone(),
+            creds: OnceCell::new(),
             tokens: Mutex::new(HashMap::new()),
+            basic: AtomicBool::new(false),
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
-            next_slot: Mutex::new(Instant::now()),
-            interval: Duration::from_secs_f64(1.0 / cfg.rate_limit.max(0.001)),
-            burst: Duration::from_secs_f64(
-                cfg.concurrency.max(1) as f64 / cfg.rate_limit.max(0.001),
-            ),
+            schedule: Schedule::new(cfg.rate_limit, cfg.concurrency),
             max_attempts: 5,
             base_backoff: Duration::from_millis(200),
+            max_rate_wait: Duration::from_secs(cfg.rate_limit_max_wait_secs),
             chunk_size: super::CHUNK,
         })
     }
 
-    /// A client for an upstream registry Kiln only reads parents from:
-    /// fewer attempts and a shorter connect timeout, so that an unreachable
-    /// upstream costs seconds, not minutes (the run then stops asking it).
-    pub fn upstream(cfg: &config::Registry) -> Result<Registry, RegistryError> {
-        let mut r = Registry::new(cfg)?;
+    /// A client for an upstream registry Kiln only reads parents from
+    /// (`url`): its own credentials, fewer attempts and a shorter connect
+    /// timeout, so that an unreachable upstream costs seconds, not
+    /// minutes (the run then stops asking it).
+    pub fn upstream(cfg: &config::Registry, url: &str) -> Result<Registry, RegistryError> {
+        let mut r = Registry::for_url(cfg, url)?;
         r.http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(60))
@@ -180,6 +145,15 @@ impl Registry {
             .map_err(|e| RegistryError::Config(format!("HTTP client: {e}")))?;
         r.max_attempts = 2;
         Ok(r)
+    }
+
+    /// This registry's credentials (resolved once, at the first
+    /// challenge).
+    pub(super) async fn credentials(&self) -> Result<Option<Credentials>, RegistryError> {
+        self.creds
+            .get_or_try_init(|| super::auth::credentials_for(&self.settings, &self.host))
+            .await
+            .cloned()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -190,25 +164,75 @@ impl Registry {
         }
     }
 
-    /// Client-side rate limit: a virtual schedule (GCRA) spacing requests
-    /// `interval` apart on average, with a burst of `concurrency` allowed.
-    async fn rate_limit(&self) {
-        let wait = {
-            let mut next = self.next_slot.lock().await;
-            let now = Instant::now();
-            let tat = (*next).max(now);
-            *next = tat + self.interval;
-            tat.checked_sub(self.burst)
-                .unwrap_or(now)
-                .saturating_duration_since(now)
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+    /// Build one attempt of a request, with the body afresh and the auth
+    /// this registry wants.
+    async fn request(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Body>,
+        scope: &str,
+    ) -> Result<reqwest::RequestBuilder, RegistryError> {
+        let mut req = self.http.request(method.clone(), url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
+        if let Some(b) = body {
+            if let Some(ct) = &b.content_type {
+                req = req.header(header::CONTENT_TYPE, ct);
+            }
+            req = match &b.file {
+                Some(range) => {
+                    let stream = range.stream().await.map_err(|e| RegistryError::Io {
+                        path: range.path.display().to_string(),
+                        source: e,
+                    })?;
+                    req.header(header::CONTENT_LENGTH, range.len).body(stream)
+                }
+                None => req
+                    .header(header::CONTENT_LENGTH, b.bytes.len())
+                    .body(b.bytes.clone()),
+            };
+        }
+        if let Some(token) = self.cached_token(scope).await {
+            req = req.bearer_auth(token);
+        } else if self.basic.load(Ordering::Relaxed)
+            && let Some(c) = self.credentials().await?
+            && let Secret::Password(p) = &c.secret
+        {
+            req = req.basic_auth(&c.username, Some(p));
+        }
+        Ok(req)
     }
 
-    /// Send with auth, rate limit, concurrency limit and retries on
-    /// connection errors, 429 and 5xx (honouring Retry-After).
+    /// Wait out a hold an earlier 429 put on this registry, or fail at
+    /// once when it lasts longer than this request may still wait.
+    async fn respect_hold(&self, url: &str, waited: &mut Duration) -> Result<(), RegistryError> {
+        let Some((left, until, said)) = limits::held(&self.host) else {
+            return Ok(());
+        };
+        if *waited + left > self.max_rate_wait {
+            return Err(RegistryError::RateLimited(Box::new(super::RateLimited {
+                registry: self.host.clone(),
+                url: url.to_string(),
+                until,
+                said: if said.is_empty() {
+                    "an earlier answer asked Kiln to wait".into()
+                } else {
+                    format!("an earlier answer asked Kiln to wait: {said}")
+                },
+                max_wait: self.max_rate_wait.as_secs(),
+            })));
+        }
+        tokio::time::sleep(left).await;
+        *waited += left;
+        Ok(())
+    }
+
+    /// Send with auth, rate limits, concurrency limit and retries: on
+    /// connection errors and 5xx up to `max_attempts`, on 429 for as long
+    /// as the registry asks within `max_rate_wait`.
     pub async fn send(
         &self,
         method: Method,
@@ -219,49 +243,26 @@ impl Registry {
     ) -> Result<reqwest::Response, RegistryError> {
         let url = self.url(path);
         let mut attempt = 0;
-        let mut authed_once = false;
+        let mut authed = false;
+        let mut waited = Duration::ZERO;
         loop {
             attempt += 1;
+            self.respect_hold(&url, &mut waited).await?;
             let _permit = self
                 .permits
                 .acquire()
                 .await
                 .map_err(|_| RegistryError::Config("registry client closed".into()))?;
-            self.rate_limit().await;
-            let mut req = self.http.request(method.clone(), &url);
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            if let Some(b) = &body {
-                if let Some(ct) = &b.content_type {
-                    req = req.header(header::CONTENT_TYPE, ct);
-                }
-                req = match &b.file {
-                    Some(range) => {
-                        let stream = range.stream().await.map_err(|e| RegistryError::Io {
-                            path: range.path.display().to_string(),
-                            source: e,
-                        })?;
-                        req.header(header::CONTENT_LENGTH, range.len).body(stream)
-                    }
-                    None => req
-                        .header(header::CONTENT_LENGTH, b.bytes.len())
-                        .body(b.bytes.clone()),
-                };
-            }
-            if let Some(token) = self.tokens.lock().await.get(scope) {
-                req = req.bearer_auth(token);
-            } else if let Some(c) = &self.creds
-                && authed_once
-            {
-                req = req.basic_auth(&c.username, Some(&c.password));
-            }
-            let result = req.send().await;
-            let retry_after = match result {
+            self.schedule.slot().await;
+            let req = self
+                .request(&method, &url, headers, body.as_ref(), scope)
+                .await?;
+            let backoff = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
-                    if status == StatusCode::UNAUTHORIZED && !authed_once {
-                        authed_once = true;
+                    let announced = limits::announced(resp.headers());
+                    if status == StatusCode::UNAUTHORIZED && !authed {
+                        authed = true;
                         let challenge = resp
                             .headers()
                             .get(header::WWW_AUTHENTICATE)
@@ -272,17 +273,24 @@ impl Registry {
                         attempt -= 1;
                         continue;
                     }
-                    if (status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error())
-                        && attempt < self.max_attempts
-                    {
-                        let ra = resp
-                            .headers()
-                            .get(header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(Duration::from_secs);
-                        tracing::warn!(%url, %status, attempt, "registry asked us to retry");
-                        ra
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        let wait = announced
+                            .wait()
+                            .unwrap_or(self.base_backoff * 2u32.pow(attempt.min(10)));
+                        limits::hold(&self.host, wait, &announced.describe());
+                        if waited + wait > self.max_rate_wait {
+                            return Err(self.rate_limited(&url, resp, &announced, wait).await);
+                        }
+                        tracing::warn!(registry = %self.host, %url, limits = %announced.describe(), wait_secs = wait.as_secs_f64(), "registry rate limit: waiting");
+                        tokio::time::sleep(wait).await;
+                        waited += wait;
+                        attempt -= 1;
+                        continue;
+                    }
+                    self.note_limits(&announced);
+                    if status.is_server_error() && attempt < self.max_attempts {
+                        tracing::warn!(registry = %self.host, %url, %status, attempt, "registry failed on its side; retrying");
+                        announced.retry_after
                     } else {
                         return Ok(resp);
                     }
@@ -291,125 +299,67 @@ impl Registry {
                     if attempt < self.max_attempts
                         && (e.is_connect() || e.is_timeout() || e.is_request()) =>
                 {
-                    tracing::warn!(%url, error = %e, attempt, "registry request failed; retrying");
+                    tracing::warn!(registry = %self.host, %url, error = %error_chain(&e), attempt, "registry request failed; retrying");
                     None
                 }
-                Err(e) => {
-                    return Err(RegistryError::Http {
-                        url,
-                        message: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(self.broken(&url, &e)),
             };
-            let backoff = retry_after.unwrap_or(self.base_backoff * 2u32.pow(attempt.min(6)));
-            tokio::time::sleep(backoff.min(Duration::from_secs(60))).await;
+            let wait = backoff.unwrap_or(self.base_backoff * 2u32.pow(attempt.min(6)));
+            tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
         }
     }
 
-    /// Answer a 401: bearer token from the realm, or basic auth.
-    async fn authenticate(&self, challenge: &str, scope: &str) -> Result<(), RegistryError> {
-        let Some(params) = challenge.strip_prefix("Bearer ") else {
-            if self.creds.is_none() {
-                return Err(RegistryError::Auth(format!(
-                    "{} needs credentials: set KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD or log in with docker",
-                    self.host
-                )));
-            }
-            return Ok(());
-        };
-        let mut realm = String::new();
-        let mut service = String::new();
-        for part in split_params(params) {
-            if let Some((k, v)) = part.split_once('=') {
-                let v = v.trim_matches('"').to_string();
-                match k.trim() {
-                    "realm" => realm = v,
-                    "service" => service = v,
-                    _ => {}
-                }
-            }
+    /// A registry that did not answer, or whose connection broke.
+    pub(super) fn broken(&self, url: &str, e: &reqwest::Error) -> RegistryError {
+        RegistryError::Http {
+            registry: self.host.clone(),
+            url: url.to_string(),
+            message: error_chain(e),
         }
-        if realm.is_empty() {
-            return Err(RegistryError::Auth(format!(
-                "bad WWW-Authenticate from {}: {challenge}",
-                self.host
-            )));
+    }
+
+    /// A successful answer may say the window is spent: then hold the
+    /// registry until it resets, so the next request waits instead of
+    /// being refused.
+    fn note_limits(&self, a: &limits::Announced) {
+        if a.remaining == Some(0)
+            && let Some(reset) = a.reset
+        {
+            tracing::warn!(registry = %self.host, limits = %a.describe(), "registry rate limit spent");
+            limits::hold(&self.host, reset, &a.describe());
+        } else if let (Some(r), Some(l)) = (a.remaining, a.limit)
+            && r * 10 < l
+        {
+            tracing::info!(registry = %self.host, limits = %a.describe(), "registry rate limit nearly spent");
         }
-        let mut req = self
-            .http
-            .get(&realm)
-            .query(&[("service", service.as_str()), ("scope", scope)]);
-        if let Some(c) = &self.creds {
-            req = req.basic_auth(&c.username, Some(&c.password));
-        }
-        let resp = req
-            .send()
+    }
+
+    /// The error for a 429 whose wait is longer than Kiln waits.
+    async fn rate_limited(
+        &self,
+        url: &str,
+        resp: reqwest::Response,
+        announced: &limits::Announced,
+        wait: Duration,
+    ) -> RegistryError {
+        let body: String = resp
+            .text()
             .await
-            .map_err(|e| RegistryError::Auth(format!("token from {realm}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(RegistryError::Auth(format!(
-                "token from {realm}: {}",
-                resp.status()
-            )));
-        }
-        let v: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|e| RegistryError::Auth(format!("token from {realm}: {e}")))?;
-        let token = v["token"]
-            .as_str()
-            .or_else(|| v["access_token"].as_str())
-            .ok_or_else(|| {
-                RegistryError::Auth(format!("token from {realm}: no token in answer"))
-            })?;
-        self.tokens
-            .lock()
-            .await
-            .insert(scope.to_string(), token.to_string());
-        Ok(())
-    }
-}
-
-/// Split `a="x,y",b="z"` on commas outside quotes.
-fn split_params(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in s.chars() {
-        match c {
-            '"' => {
-                quoted = !quoted;
-                cur.push(c);
-            }
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn challenge_params() {
-        let p = split_params(
-            r#"realm="https://auth/token",service="reg",scope="repository:a/b:pull,push""#,
-        );
-        assert_eq!(p.len(), 3);
-        assert_eq!(p[2], r#"scope="repository:a/b:pull,push""#);
-    }
-
-    #[test]
-    fn credentials_are_never_printed() {
-        let c = Credentials {
-            username: "u".into(),
-            password: "hunter2".into(),
-        };
-        assert!(!format!("{c:?}").contains("hunter2"));
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        let said = [announced.describe(), body.trim().to_string()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(": ");
+        RegistryError::RateLimited(Box::new(super::RateLimited {
+            registry: self.host.clone(),
+            url: url.to_string(),
+            until: chrono::Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default(),
+            said,
+            max_wait: self.max_rate_wait.as_secs(),
+        }))
     }
 }

@@ -5,8 +5,9 @@ use super::RegistryError;
 use crate::model::FailureKind;
 
 impl RegistryError {
-    /// Unreachable, overloaded or failing registries (transport errors,
-    /// 5xx, 429, 408, auth) and corrupted transfers are infrastructure;
+    /// Unreachable, overloaded, rate-limiting or failing registries
+    /// (transport errors, 5xx, 429, 408, auth) and corrupted transfers are
+    /// infrastructure;
     /// a refused request (other 4xx), an invalid manifest or a bad
     /// configuration is final.
     pub fn kind(&self) -> FailureKind {
@@ -14,6 +15,7 @@ impl RegistryError {
             RegistryError::Http { .. }
             | RegistryError::Io { .. }
             | RegistryError::Auth(_)
+            | RegistryError::RateLimited(_)
             | RegistryError::DigestMismatch { .. } => FailureKind::Infra,
             RegistryError::Status { status, .. } => {
                 if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
@@ -47,10 +49,19 @@ mod tests {
             assert_eq!(infra.kind(), FailureKind::Infra, "{infra}");
         }
         let transport = RegistryError::Http {
+            registry: "127.0.0.1:5000".into(),
             url: "http://127.0.0.1:5000/v2/".into(),
             message: "whatever words the transport chose".into(),
         };
         assert_eq!(transport.kind(), FailureKind::Infra);
+        let limited = RegistryError::RateLimited(Box::new(crate::registry::RateLimited {
+            registry: "registry-1.docker.io".into(),
+            url: "https://registry-1.docker.io/v2/library/debian/manifests/13".into(),
+            until: chrono::Utc::now(),
+            said: "limit 100 per 21600s, 0 remaining".into(),
+            max_wait: 900,
+        }));
+        assert_eq!(limited.kind(), FailureKind::Infra);
         for fin in [
             status(404),
             status(400),

@@ -1,6 +1,8 @@
-//! Listing what a registry holds: its repositories (`/v2/_catalog`) and a
-//! repository's tags (`/v2/<repo>/tags/list`), page by page. Recovery of a
-//! lost lockfile reads the registry through these.
+//! Listing a repository's tags (`/v2/<repo>/tags/list`), page by page.
+//!
+//! There is deliberately no `/v2/_catalog`: Docker Hub and GHCR refuse it,
+//! so what Kiln reads from a registry (recovery, verify, gc) starts from
+//! the repositories the catalogue and the published lockfile name.
 
 use reqwest::{Method, StatusCode};
 
@@ -10,17 +12,6 @@ use super::{Registry, RegistryError, fail, scope};
 const PAGE: usize = 1000;
 
 impl Registry {
-    /// Every repository in the registry, sorted.
-    pub async fn catalog(&self) -> Result<Vec<String>, RegistryError> {
-        self.paged(
-            "/v2/_catalog",
-            "repositories",
-            "registry:catalog:*",
-            "catalog",
-        )
-        .await
-    }
-
     /// Every tag of `repo`, sorted; none when the repository does not exist.
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
         self.paged(
@@ -52,10 +43,10 @@ impl Registry {
                 s if !s.is_success() => return Err(fail(what, path.to_string(), r).await),
                 _ => {}
             }
-            let v: serde_json::Value = r.json().await.map_err(|e| RegistryError::Http {
-                url: self.url(&page),
-                message: e.to_string(),
-            })?;
+            let v: serde_json::Value = r
+                .json()
+                .await
+                .map_err(|e| self.broken(&self.url(&page), &e))?;
             let items: Vec<String> = v[field]
                 .as_array()
                 .into_iter()

@@ -85,14 +85,8 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let bytes = r
-            .bytes()
-            .await
-            .map_err(|e| RegistryError::Http {
-                url: format!("{repo}:{reference}"),
-                message: e.to_string(),
-            })?
-            .to_vec();
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let bytes = r.bytes().await.map_err(|e| self.broken(&url, &e))?.to_vec();
         let digest = sha256_digest(&bytes);
         if reference.starts_with("sha256:") && digest != reference {
             return Err(RegistryError::DigestMismatch {

@@ -10,13 +10,18 @@
 //! helpers; `blob`, `upload` and `manifest` hold the requests.
 
 pub mod artifact;
+pub mod auth;
 mod blob;
+mod check;
 mod client;
+mod delete;
 pub mod index;
 mod kind;
+pub mod limits;
 mod list;
 mod manifest;
 mod stream;
+mod token;
 mod upload;
 
 use std::path::Path;
@@ -24,8 +29,11 @@ use std::path::Path;
 use reqwest::{Method, StatusCode, header};
 use sha2::{Digest, Sha256};
 
+pub use auth::{Credentials, Secret, credentials_for};
 pub use blob::{BlobPush, PushedHow};
-pub use client::{Body, Credentials, FileRange, Registry};
+pub use check::Depth;
+pub use client::{Body, FileRange, Registry};
+pub use delete::Deleted;
 pub use manifest::Manifest;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -83,17 +91,30 @@ async fn hash_prefix(path: &Path, limit: u64) -> std::io::Result<(Sha256, u64)> 
 pub enum RegistryError {
     #[error("registry configuration: {0}")]
     Config(String),
-    #[error("{url}: {message}")]
-    Http { url: String, message: String },
+    /// The registry did not answer, or the connection broke (it died
+    /// mid-upload, a proxy cut it).
+    #[error(
+        "registry {registry}: {url}: {message}; check that {registry} is up and reachable, then run again"
+    )]
+    Http {
+        registry: String,
+        url: String,
+        message: String,
+    },
     #[error("registry authentication: {0}")]
     Auth(String),
-    #[error("{what} {reference}: registry answered {status}: {body}")]
+    /// `reference` starts with the registry's host (`127.0.0.1:5000/kiln/opam:tag`).
+    #[error("{what} {reference}: registry answered {status}: {body}{}", status_fix(*status, reference))]
     Status {
         what: &'static str,
         reference: String,
         status: StatusCode,
         body: String,
     },
+    /// The registry's rate limit asks for a longer wait than a request
+    /// may take (`registry.rate_limit_max_wait_secs`).
+    #[error("{0}")]
+    RateLimited(Box<RateLimited>),
     #[error("{what} {reference}: digest mismatch: expected {expected}, got {actual}")]
     DigestMismatch {
         what: &'static str,
@@ -110,6 +131,53 @@ pub enum RegistryError {
     },
 }
 
+/// A registry's rate limit that outlasts what Kiln waits in a request.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "registry {registry}: rate limited (429) at {url} ({said}) until {until}, longer than registry.rate_limit_max_wait_secs ({max_wait}s) waits: the work is parked until then; log in to {registry} for a higher limit, lower registry.rate_limit, or raise the ceiling"
+)]
+pub struct RateLimited {
+    pub registry: String,
+    pub url: String,
+    pub until: chrono::DateTime<chrono::Utc>,
+    /// What the registry said: its limit headers and body.
+    pub said: String,
+    pub max_wait: u64,
+}
+
+/// What to do about a refusal, by status; `reference` starts with the
+/// registry's host.
+fn status_fix(status: StatusCode, reference: &str) -> String {
+    let registry = reference.split('/').next().unwrap_or(reference);
+    match status.as_u16() {
+        401 => format!(
+            "; {registry} refused Kiln's credentials: log in (`docker login {registry}`) or, for Kiln's own registry, set KILN_REGISTRY_USERNAME/KILN_REGISTRY_PASSWORD"
+        ),
+        403 => format!(
+            "; the account Kiln uses on {registry} may not do this: grant it access to the repository"
+        ),
+        429 => format!("; {registry} is rate limiting Kiln: run again once its limit resets"),
+        s if s >= 500 => format!("; {registry} failed on its side: run again later"),
+        _ => String::new(),
+    }
+}
+
+/// An error with its causes (`error sending request …: connection
+/// reset by peer`): reqwest's own Display stops at the first.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -121,12 +189,23 @@ fn scope(repo: &str, push: bool) -> String {
     )
 }
 
+/// The scope of a cross-repository mount: push to `repo`, pull from
+/// `from` (a registry grants the mount only with both).
+fn mount_scope(repo: &str, from: &str) -> String {
+    format!("{} {}", scope(repo, true), scope(from, false))
+}
+
 async fn fail(what: &'static str, reference: String, resp: reqwest::Response) -> RegistryError {
     let status = resp.status();
+    let url = resp.url();
+    let registry = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or("")),
+        None => url.host_str().unwrap_or("").to_string(),
+    };
     let body = resp.text().await.unwrap_or_default();
     RegistryError::Status {
         what,
-        reference,
+        reference: format!("{registry}/{reference}"),
         status,
         body: body.chars().take(400).collect(),
     }

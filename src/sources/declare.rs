@@ -89,7 +89,7 @@ impl DeclareError {
 /// What to declare.
 #[derive(Debug, Clone)]
 pub struct Request {
-    /// `7.9`: the OS release is `openbsd-7.9`.
+    /// `7.9`: the OpenBSD OS release whose `vars.release` is `7.9`.
     pub release: String,
     pub arch: Arch,
     pub sha256_sig: PathBuf,
@@ -134,23 +134,37 @@ struct Set {
     line: usize,
 }
 
-/// The release's sets, from `vars.sets` of the platform that has
-/// `openbsd-<release>` for `arch`.
+/// The release's sets, from `vars.sets` of the OpenBSD OS release whose
+/// `vars.release` is the one asked for, built for `arch`
+/// (`openbsd-79-amd64`: OS release ids follow obuilder's image names).
 fn release_sets(
     cat: &catalogue::Catalogue,
     req: &Request,
 ) -> Result<(PathBuf, Vec<Set>), DeclareError> {
-    let id = format!("openbsd-{}", req.release);
-    let Some((pf, os)) = cat
+    let is_release = |r: &catalogue::OsRelease| {
+        r.distro == "openbsd" && r.vars.get("release") == Some(&req.release)
+    };
+    let candidates: Vec<(&catalogue::Platform, &catalogue::OsRelease)> = cat
         .platforms
         .iter()
-        .find_map(|pf| Some((pf, pf.releases.iter().find(|r| r.id == id)?)))
+        .flat_map(|pf| {
+            pf.releases
+                .iter()
+                .filter(|r| is_release(r))
+                .map(move |r| (pf, r))
+        })
+        .collect();
+    let Some(&(pf, os)) = candidates
+        .iter()
+        .find(|(_, r)| r.arches.iter().any(|a| req.arch == a.as_str()))
+        .or(candidates.first())
     else {
         return Err(DeclareError::UnknownRelease {
-            release: id,
+            release: format!("OpenBSD {} (vars.release)", req.release),
             platforms_dir: cat.platforms_dir.clone(),
         });
     };
+    let id = os.id.clone();
     let path = pf.dir.join("platform.yaml");
     let text = std::fs::read_to_string(&path).map_err(|source| CatalogueError::Read {
         path: path.clone(),
@@ -182,7 +196,8 @@ fn release_sets(
     let Some(list) = os.vars.get("sets") else {
         return Err(refuse(id_line, format!("{id} lists no sets (vars.sets)")));
     };
-    let prefix = format!("{id}-{}-", req.arch);
+    // Sources are named by release and arch, whatever the OS release's id.
+    let prefix = format!("openbsd-{}-{}-", req.release, req.arch);
     let mut sets = Vec::new();
     for name in list.split_whitespace() {
         let line = line_of(&text, |l| {
@@ -368,7 +383,7 @@ fn block_header(req: &Request, platform_yaml: &Path, keynum: &str) -> String {
         .map(|d| format!("platforms/{}/platform.yaml", d.to_string_lossy()))
         .unwrap_or_else(|| "platform.yaml".into());
     format!(
-        "OpenBSD {rel} {arch}: the sets of openbsd-{rel} in {platform},\n\
+        "OpenBSD {rel} {arch}: the sets of OpenBSD {rel} in {platform},\n\
          declared by `kiln sources declare-openbsd` from {sig}, verified\n\
          with {pubkey} (signify key {keynum}). Each sha256 is the one\n\
          the signed listing gives; SHA256's is that of the listing itself.",

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{ARTIFACT, BUNDLE_NAME, Checksum, LAYER, REPOSITORY, SourcesError, Wanted};
+use crate::catalogue::sources::GitSource;
 use crate::registry::{OCI_MANIFEST, Registry, artifact::CONFIG};
 
 /// A source as the mirror holds it.
@@ -52,6 +53,12 @@ pub fn tag_of(c: &Checksum) -> String {
 
 fn bundle_tag(commit: &str) -> String {
     format!("opam-repository-{commit}")
+}
+
+/// The tag of a git source's bundle: `git-<name>-<commit>` (at most 125
+/// characters: names are at most 80).
+fn git_tag(g: &GitSource, commit: &str) -> String {
+    format!("git-{}-{commit}", g.name)
 }
 
 impl<'a> Mirror<'a> {
@@ -109,6 +116,58 @@ impl<'a> Mirror<'a> {
                 declared_in: "plan.opam_repository".into(),
                 repository: self.repo.clone(),
             })
+    }
+
+    /// The mirror's bundle of git source `g` at its declared commit, if any
+    /// (never, for a source not declared at a commit).
+    pub async fn git_present(&self, g: &GitSource) -> Result<Option<Present>, SourcesError> {
+        match &g.commit {
+            Some(c) => self.present_tag(&g.served(), &git_tag(g, c)).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The bundle of `g`, or the error naming it as undeclared (with the
+    /// command that declares it) or as missing.
+    pub async fn require_git(&self, g: &GitSource) -> Result<Present, SourcesError> {
+        let Some(commit) = &g.commit else {
+            return Err(SourcesError::Undeclared {
+                name: g.served(),
+                command: g.declare_command(),
+            });
+        };
+        self.git_present(g)
+            .await?
+            .ok_or_else(|| SourcesError::Missing {
+                name: format!("{} at {commit}", g.served()),
+                declared_in: "versions/sources.yaml (git)".into(),
+                repository: self.repo.clone(),
+            })
+    }
+
+    /// Git source `g` at its commit as a bundle in the mirror, fetched
+    /// from `url` (see [`super::git::bundle`]).
+    pub async fn sync_git(
+        &self,
+        state_dir: &Path,
+        g: &GitSource,
+        url: &str,
+    ) -> Result<(Present, SyncOutcome), SourcesError> {
+        if let Some(p) = self.git_present(g).await? {
+            return Ok((p, SyncOutcome::Present));
+        }
+        let commit = g.commit.clone().unwrap_or_default();
+        tracing::info!(source = %g.name, %url, %commit, "bundling into the source mirror");
+        let tmp = self.tmp()?;
+        super::git::bundle(state_dir, g, url, tmp.path()).await?;
+        let (sha, size) = crate::registry::sha256_file(tmp.path())
+            .await
+            .map_err(SourcesError::io(tmp.path()))?;
+        let cfg = json!({"name": g.served(), "url": g.url, "ref": g.git_ref, "commit": commit});
+        let p = self
+            .push(tmp.path(), &sha, size, &git_tag(g, &commit), cfg)
+            .await?;
+        Ok((p, SyncOutcome::Fetched))
     }
 
     /// Every wanted source in the mirror, or the first missing one named.

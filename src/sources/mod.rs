@@ -9,11 +9,15 @@
 //!   pinned by their opam file's own `url { checksum }` at the
 //!   opam-repository commit in use ([`opam`]);
 //! - the opam-repository itself at that commit, as a git bundle (pinned by
-//!   the commit: git's own content address).
+//!   the commit: git's own content address);
+//! - the git sources of `versions/sources.yaml` (`git:`: a remote, a branch
+//!   and the commit it was declared at), each a bundle of that commit
+//!   ([`git`]), served as `{{sources_url}}/<name>.bundle`.
 //!
 //! In the registry, repository `<namespace>/kiln-sources`, each source is
 //! an OCI artifact of one layer (the file, byte for byte) tagged
-//! `sha256-<hex>` (`opam-repository-<commit>` for bundles): content
+//! `sha256-<hex>` (`opam-repository-<commit>`, `git-<name>-<commit>` for
+//! bundles): content
 //! addressed, so a tag is never moved. Builds get them through a local
 //! cache (`<state>/sources/`, every file checked against its digest) and a
 //! per-build HTTP server ([`serve`]) that lays them out as
@@ -22,12 +26,16 @@
 //! layout, so `opam switch create` finds archives by checksum).
 //!
 //! Declaring: an OpenBSD release's sets are declared from its
-//! signify-verified `SHA256.sig` ([`declare`], [`signify`]).
+//! signify-verified `SHA256.sig` ([`declare`], [`signify`]); a git source
+//! at the commit its branch names now ([`declare_git`]).
 
 pub mod declare;
+pub mod declare_git;
 pub mod fetch;
+pub mod git;
 mod mirror;
 pub mod opam;
+pub mod proxy;
 pub mod serve;
 pub mod signify;
 
@@ -38,6 +46,7 @@ use crate::registry::RegistryError;
 
 pub use mirror::{Mirror, Present, SyncOutcome, SyncReport};
 pub use opam::{Archive, Checksum};
+pub use proxy::SourceProxy;
 pub use serve::{SourceServer, Tree};
 
 /// The registry repository under the namespace that holds the mirror.
@@ -62,11 +71,20 @@ pub struct Uses {
     pub opam_cache: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub bundle: bool,
+    /// Git sources (their commits are build inputs; one not declared at a
+    /// commit refuses the target, naming the command that declares it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub git: Vec<crate::catalogue::sources::GitSource>,
 }
 
 impl Uses {
     pub fn is_empty(&self) -> bool {
-        self.sources.is_empty() && !self.opam_cache && !self.bundle
+        self.sources.is_empty() && !self.opam_cache && !self.bundle && self.git.is_empty()
+    }
+
+    /// The first git source not declared at a commit, if any.
+    pub fn undeclared(&self) -> Option<&crate::catalogue::sources::GitSource> {
+        self.git.iter().find(|g| g.commit.is_none())
     }
 }
 
@@ -112,6 +130,16 @@ pub enum SourcesError {
     Opam { path: String, message: String },
     #[error("opam-repository: {0}")]
     Git(String),
+    /// Fetching or bundling a git source (retried).
+    #[error("git source {0}")]
+    GitRepo(String),
+    /// A git source's declared commit is not what its remote holds.
+    #[error("git source {0}")]
+    GitPin(String),
+    #[error(
+        "source {name} is not declared at a commit (versions/sources.yaml, git); on a machine that reaches its remote, run `{command}`"
+    )]
+    Undeclared { name: String, command: String },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -126,12 +154,15 @@ impl SourcesError {
         match self {
             // Fetching from an upstream or talking to the registry can
             // succeed on a retry; a declaration cannot fix itself.
-            SourcesError::Fetch { .. } | SourcesError::Io { .. } | SourcesError::Git(_) => {
-                FailureKind::Infra
-            }
+            SourcesError::Fetch { .. }
+            | SourcesError::Io { .. }
+            | SourcesError::Git(_)
+            | SourcesError::GitRepo(_) => FailureKind::Infra,
             SourcesError::Registry(e) => e.kind(),
             SourcesError::Missing { .. }
             | SourcesError::Checksum { .. }
+            | SourcesError::Undeclared { .. }
+            | SourcesError::GitPin(_)
             | SourcesError::Opam { .. } => FailureKind::Recipe,
         }
     }
@@ -199,5 +230,10 @@ pub async fn target_tree(
         true => Some(mirror.require_bundle(commit).await?),
         false => None,
     };
-    serve::tree_for(mirror, &wanted, &present, bundle.as_ref()).await
+    let mut tree = serve::tree_for(mirror, &wanted, &present, bundle.as_ref()).await?;
+    for g in &uses.git {
+        let p = mirror.require_git(g).await?;
+        tree.insert(g.served(), mirror.materialize(&p).await?);
+    }
+    Ok(tree)
 }

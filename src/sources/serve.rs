@@ -73,6 +73,11 @@ impl Tree {
 }
 
 async fn get(State(tree): State<Arc<Tree>>, UrlPath(path): UrlPath<String>) -> Response {
+    serve_file(&tree, &path).await
+}
+
+/// The file the tree serves at `path`, streamed; 404 when it has none.
+pub(super) async fn serve_file(tree: &Tree, path: &str) -> Response {
     let Some(file) = tree.files.get(path.trim_start_matches('/')) else {
         tracing::debug!(%path, "source server: not found");
         return StatusCode::NOT_FOUND.into_response();
@@ -96,6 +101,25 @@ async fn get(State(tree): State<Arc<Tree>>, UrlPath(path): UrlPath<String>) -> R
     }
 }
 
+/// Serve `app` on `bind` (port 0: an ephemeral one), named `what` in
+/// errors and logs: its address and the task serving it.
+pub(super) async fn listen(
+    bind: SocketAddr,
+    app: axum::Router,
+    what: &'static str,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), SourcesError> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(SourcesError::io(format!("{what} on {bind}")))?;
+    let addr = listener.local_addr().map_err(SourcesError::io(what))?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "{what} stopped");
+        }
+    });
+    Ok((addr, task))
+}
+
 /// A running server; dropped, it stops.
 pub struct SourceServer {
     addr: SocketAddr,
@@ -105,20 +129,10 @@ pub struct SourceServer {
 impl SourceServer {
     /// Serve `tree` on `bind` (port 0 for an ephemeral one).
     pub async fn start(tree: Tree, bind: SocketAddr) -> Result<SourceServer, SourcesError> {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .map_err(SourcesError::io(format!("source server on {bind}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(SourcesError::io("source server"))?;
         let app = axum::Router::new()
             .route("/{*path}", axum::routing::get(get))
             .with_state(Arc::new(tree));
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "source server stopped");
-            }
-        });
+        let (addr, task) = listen(bind, app, "source server").await?;
         Ok(SourceServer { addr, task })
     }
 

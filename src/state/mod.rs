@@ -1,14 +1,17 @@
 //! Per-arch build states in the SQLite state store: what is building,
 //! what failed, with which kind and why, where its log is. The digest API
 //! reads them to say "building" or "failed: …" in a refusal instead of
-//! "not built". Beside it, the daemon's durable job queue ([`queue`]) and
-//! rounds ([`rounds`]), sharing one SQLite opener: the API reads them too,
-//! so they live below both.
+//! "not built". Beside it, the daemon's durable job queue ([`queue`],
+//! retried by the policy in [`retry`]) and rounds ([`rounds`]), sharing
+//! one SQLite opener: the API reads them too, so they live below both.
 
+pub mod hosts;
 pub mod opam_repo;
 pub mod parents;
 pub mod queue;
+pub mod retry;
 pub mod rounds;
+pub mod unreferenced;
 
 use std::path::Path;
 

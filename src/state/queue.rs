@@ -13,10 +13,14 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
+use super::retry::retry_after;
 use super::{Db, StateError};
 use crate::catalogue::BuilderKind;
 
 pub use crate::model::FailureKind;
+
+mod control;
+pub use control::{Cancel, ControlError};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Job {
@@ -142,6 +146,12 @@ impl Queue {
                 duration_secs REAL NOT NULL,
                 failure TEXT
             );
+            CREATE TABLE IF NOT EXISTS job_control (
+                job INTEGER PRIMARY KEY,
+                action TEXT NOT NULL,
+                asked_by TEXT NOT NULL,
+                asked_at TEXT NOT NULL
+            );
             CREATE TABLE IF NOT EXISTS watch (
                 key TEXT PRIMARY KEY,
                 value TEXT NOT NULL,
@@ -186,6 +196,57 @@ impl Queue {
         .map_err(self.db.err())?;
         tx.commit().map_err(self.db.err())?;
         Ok(true)
+    }
+
+    /// The job that will build this tag next: the one already waiting in
+    /// the queue, or a new one in `round`. Returns its id and whether it
+    /// is new (a hand-off from `kiln build` follows it either way).
+    pub fn queue_or_join(
+        &self,
+        round: i64,
+        repository: &str,
+        tag: &str,
+        platform: &str,
+        builder: BuilderKind,
+    ) -> Result<(i64, bool), StateError> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db.err())?;
+        let waiting: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE repository = ?1 AND tag = ?2 AND state = 'queued' ORDER BY id LIMIT 1",
+                params![repository, tag],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.db.err())?;
+        if let Some(id) = waiting {
+            return Ok((id, false));
+        }
+        let t = now();
+        tx.execute(
+            "INSERT INTO jobs (round, repository, tag, platform, builder, state, queued_at, next_attempt_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?6)",
+            params![round, repository, tag, platform, builder.as_str(), t],
+        )
+        .map_err(self.db.err())?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(self.db.err())?;
+        Ok((id, true))
+    }
+
+    /// One job by id.
+    pub fn get(&self, id: i64) -> Result<Option<Job>, StateError> {
+        self.db
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                row_to_job,
+            )
+            .optional()
+            .map_err(self.db.err())
     }
 
     /// Is a job for this tag waiting in the queue?
@@ -236,8 +297,9 @@ impl Queue {
         Ok(Some(job))
     }
 
-    /// Record the end of a running job. An infrastructure failure with
-    /// attempts left goes back to the queue after `backoff(attempts)`.
+    /// Record the end of a running job. A failure the retry policy
+    /// ([`retry_after`]) tries again goes back to the queue, due after its
+    /// backoff.
     /// Returns the job's new state.
     pub fn finish(
         &self,
@@ -267,9 +329,9 @@ impl Queue {
                 ("succeeded".to_string(), None)
             }
             Finish::Failed { kind, error, log } => {
-                let retry = kind.is_retryable() && (job.attempts as u32) < max_attempts;
-                if retry {
-                    let wait = backoff(retry_base, job.attempts as u32);
+                if let Some(wait) =
+                    retry_after(*kind, job.attempts as u32, max_attempts, retry_base)
+                {
                     let next = t + chrono::Duration::from_std(wait).unwrap_or_default();
                     tx.execute(
                         "UPDATE jobs SET state = 'queued', failure = ?2, error = ?3, log = ?4, next_attempt_at = ?5, duration_secs = ?6 WHERE id = ?1",
@@ -296,6 +358,34 @@ impl Queue {
         Ok(state)
     }
 
+    /// A running job that failed while a registry held Kiln off (its rate
+    /// limit) goes back to the queue until `until`, the limit's reset; the
+    /// attempt is recorded (infra) but not counted against
+    /// `max_attempts`: waiting for a registry is not the job failing.
+    pub fn park(
+        &self,
+        job: &Job,
+        until: DateTime<Utc>,
+        error: &str,
+        log: Option<&str>,
+    ) -> Result<(), StateError> {
+        let mut conn = self.db.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db.err())?;
+        tx.execute(
+            "UPDATE jobs SET state = 'queued', failure = 'infra', error = ?2, log = ?3, next_attempt_at = ?4, attempts = MAX(attempts - 1, 0) WHERE id = ?1",
+            params![job.id, error, log, until.to_rfc3339()],
+        )
+        .map_err(self.db.err())?;
+        tx.execute(
+            "INSERT INTO attempts (job, builder, started_at, duration_secs, failure) VALUES (?1, ?2, ?3, 0, 'infra')",
+            params![job.id, job.builder.as_str(), job.started_at.clone().unwrap_or_default()],
+        )
+        .map_err(self.db.err())?;
+        tx.commit().map_err(self.db.err())
+    }
+
     /// Jobs a killed daemon left running go back to the queue (the
     /// interrupted attempt is not counted); they and the jobs still queued
     /// move to a new `round`. Returns how many were running.
@@ -319,6 +409,16 @@ impl Queue {
         let mut conn = self.db.conn();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.db.err())?;
+        // A job someone asked to cancel before the daemon died stays
+        // cancelled.
+        tx.execute(
+            "UPDATE jobs SET state = 'cancelled', error = 'cancelled (asked while it ran; the daemon stopped first)', finished_at = ?1
+             WHERE state = 'running' AND id IN (SELECT job FROM job_control WHERE action = 'cancel')",
+            params![now()],
+        )
+        .map_err(self.db.err())?;
+        tx.execute("DELETE FROM job_control WHERE action = 'cancel'", [])
             .map_err(self.db.err())?;
         let n = tx
             .execute(
@@ -432,137 +532,5 @@ impl Queue {
     }
 }
 
-/// Exponential backoff after the `attempt`-th failure: base, 2·base, 4·base…
-/// capped at an hour.
-pub fn backoff(base: Duration, attempt: u32) -> Duration {
-    (base * 2u32.saturating_pow(attempt.saturating_sub(1).min(16))).min(Duration::from_secs(3600))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let b = Duration::from_secs(30);
-        assert_eq!(backoff(b, 1), Duration::from_secs(30));
-        assert_eq!(backoff(b, 2), Duration::from_secs(60));
-        assert_eq!(backoff(b, 3), Duration::from_secs(120));
-        assert_eq!(backoff(b, 30), Duration::from_secs(3600));
-    }
-
-    #[test]
-    fn queue_retries_infra_failures_and_not_recipe_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let q = Queue::open(&dir.path().join("kiln.db")).unwrap();
-        assert!(
-            q.enqueue(1, "kiln/opam", "a", "linux", BuilderKind::Docker)
-                .unwrap()
-        );
-        assert!(
-            !q.enqueue(2, "kiln/opam", "a", "linux", BuilderKind::Docker)
-                .unwrap(),
-            "deduplicated"
-        );
-        assert!(
-            q.enqueue(1, "kiln/opam", "b", "linux", BuilderKind::Docker)
-                .unwrap()
-        );
-        let far = Utc::now() + chrono::Duration::hours(2);
-        assert!(q.take(BuilderKind::Zfs, far).unwrap().is_none());
-        let a = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
-        assert_eq!((a.tag.as_str(), a.attempts), ("a", 1));
-        let infra = Finish::Failed {
-            kind: FailureKind::Infra,
-            error: "connection refused".into(),
-            log: None,
-        };
-        assert_eq!(
-            q.finish(&a, &infra, 2, Duration::from_secs(60)).unwrap(),
-            "queued"
-        );
-        // Not due yet: b comes first.
-        let b = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
-        assert_eq!(b.tag, "b");
-        let recipe = Finish::Failed {
-            kind: FailureKind::Recipe,
-            error: "build step failed".into(),
-            log: Some("/l".into()),
-        };
-        assert_eq!(
-            q.finish(&b, &recipe, 2, Duration::from_secs(60)).unwrap(),
-            "failed"
-        );
-        assert!(q.take(BuilderKind::Docker, Utc::now()).unwrap().is_none());
-        let a = q.take(BuilderKind::Docker, far).unwrap().unwrap();
-        assert_eq!(a.attempts, 2);
-        assert_eq!(
-            q.finish(&a, &infra, 2, Duration::from_secs(60)).unwrap(),
-            "failed",
-            "out of attempts"
-        );
-        assert_eq!(q.round_counts(1).unwrap(), (0, 0, 0, 2));
-        let s = q.stats().unwrap();
-        assert_eq!(
-            s.failures,
-            vec![("infra".to_string(), 2), ("recipe".to_string(), 1)]
-        );
-        assert_eq!(s.durations[0].2, 3);
-        // A tag being built is not taken twice.
-        assert!(
-            q.enqueue(5, "kiln/opam", "d", "linux", BuilderKind::Docker)
-                .unwrap()
-        );
-        let d1 = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
-        assert!(
-            q.enqueue(5, "kiln/opam", "d", "linux", BuilderKind::Docker)
-                .unwrap()
-        );
-        assert!(
-            q.take(BuilderKind::Docker, Utc::now()).unwrap().is_none(),
-            "d is running"
-        );
-        q.finish(
-            &d1,
-            &Finish::Succeeded {
-                outcome: "built".into(),
-            },
-            2,
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        let d2 = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
-        q.finish(
-            &d2,
-            &Finish::Succeeded {
-                outcome: "unchanged".into(),
-            },
-            2,
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        // A killed daemon's running job goes back to the queue, uncounted.
-        assert!(
-            q.enqueue(3, "kiln/opam", "c", "linux", BuilderKind::Docker)
-                .unwrap()
-        );
-        let c = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
-        assert_eq!(c.attempts, 1);
-        assert_eq!(q.recover(|| Ok(4)).unwrap(), 1);
-        let c = q.take(BuilderKind::Docker, Utc::now()).unwrap().unwrap();
-        assert_eq!((c.round, c.attempts), (4, 1));
-        q.finish(
-            &c,
-            &Finish::Succeeded {
-                outcome: "built".into(),
-            },
-            2,
-            Duration::from_secs(1),
-        )
-        .unwrap();
-        assert_eq!(q.round_counts(4).unwrap(), (0, 1, 0, 0));
-        q.watch_set("k", "v1").unwrap();
-        q.watch_set("k", "v2").unwrap();
-        assert_eq!(q.watch_get("k").unwrap().as_deref(), Some("v2"));
-    }
-}
+mod tests;

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::Bounded;
+
 /// A dockerd of its own, stopped (and everything it mounted unmounted)
 /// when dropped.
 pub struct PrivateEngine {
@@ -24,7 +26,7 @@ impl Drop for Bridge {
             Command::new("ip")
                 .args(["link", "del", &self.0])
                 .stderr(Stdio::null())
-                .status()
+                .status_within(Duration::from_secs(60))
                 .map(|s| s.success())
                 .unwrap_or(true)
         });
@@ -38,25 +40,25 @@ pub fn make_bridge(prefix: &str, addr: &str) -> Bridge {
     let _ = Command::new("ip")
         .args(["link", "del", &name])
         .stderr(Stdio::null())
-        .status();
+        .status_within(Duration::from_secs(60));
     assert!(
         Command::new("ip")
             .args(["link", "add", &name, "type", "bridge"])
-            .status()
+            .status_within(Duration::from_secs(60))
             .unwrap()
             .success()
     );
     assert!(
         Command::new("ip")
             .args(["addr", "add", addr, "dev", &name])
-            .status()
+            .status_within(Duration::from_secs(60))
             .unwrap()
             .success()
     );
     assert!(
         Command::new("ip")
             .args(["link", "set", &name, "up"])
-            .status()
+            .status_within(Duration::from_secs(60))
             .unwrap()
             .success()
     );
@@ -69,8 +71,23 @@ impl PrivateEngine {
     }
 
     pub fn start(dir: &Path, bridge: &str) -> PrivateEngine {
+        PrivateEngine::start_in(dir, bridge, None)
+    }
+
+    /// [`PrivateEngine::start`] inside the network namespace `netns` (made
+    /// by `ip netns add`): its builds' host network is that namespace's,
+    /// and `bridge` must exist there.
+    pub fn start_in(dir: &Path, bridge: &str, netns: Option<&str>) -> PrivateEngine {
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let child = Command::new("setsid")
+        let mut cmd = Command::new("setsid");
+        if let Some(ns) = netns {
+            // nsenter, not `ip netns exec`: that one remounts /sys in a
+            // mount namespace of its own, hiding the cgroups dockerd needs.
+            cmd.arg("nsenter")
+                .arg(format!("--net=/run/netns/{ns}"))
+                .arg("--");
+        }
+        let child = cmd
             .arg("dockerd")
             .arg("--data-root")
             .arg(dir.join("data"))
@@ -96,7 +113,7 @@ impl PrivateEngine {
                 .args(["-H", &format!("unix://{}", e.socket().display()), "version"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()
+                .status_within(Duration::from_secs(30))
                 .map(|s| s.success())
                 .unwrap_or(false);
             if ok {
@@ -122,7 +139,7 @@ impl PrivateEngine {
         }
         let _ = Command::new("pkill")
             .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
-            .status();
+            .status_within(Duration::from_secs(60));
         // This machine's init may not reap the killed containerd: drop its
         // pid file so the restarted engine starts a fresh one.
         let _ = std::fs::remove_file(self.dir.join("exec/containerd/containerd.pid"));
@@ -158,7 +175,7 @@ impl Drop for PrivateEngine {
         // Anything still running from this engine's directories (shims).
         let _ = Command::new("pkill")
             .args(["-9", "-f", &self.dir.join("exec").display().to_string()])
-            .status();
+            .status_within(Duration::from_secs(60));
         // Every mount under its directories, deepest first: a killed
         // engine leaves its network namespaces bind-mounted in exec/netns.
         let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -172,7 +189,7 @@ impl Drop for PrivateEngine {
             let _ = Command::new("umount")
                 .args(["-l", m])
                 .stderr(Stdio::null())
-                .status();
+                .status_within(Duration::from_secs(60));
         }
     }
 }

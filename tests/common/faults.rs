@@ -19,6 +19,8 @@ pub struct PrivateRegistry {
     pub port: u16,
     pub storage: PathBuf,
     config: PathBuf,
+    /// YAML appended at top level (`auth:`).
+    extra: String,
     child: Option<Child>,
 }
 
@@ -33,22 +35,50 @@ impl PrivateRegistry {
         let storage = dir.join("data");
         std::fs::create_dir_all(&storage).unwrap();
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kiln-fault-test-secret\n{extra}",
-                storage.display()
-            ),
-        )
-        .unwrap();
         let mut r = PrivateRegistry {
             port,
             storage,
             config,
+            extra: extra.to_string(),
             child: None,
         };
+        r.write_config();
         r.restart();
         r
+    }
+
+    fn write_config(&self) {
+        std::fs::write(
+            &self.config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n  secret: kiln-fault-test-secret\n{}",
+                self.storage.display(),
+                self.port,
+                self.extra
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Every file of its storage with its size: what a test compares to
+    /// show that nothing was written (a blob, a manifest, a tag, an upload
+    /// begun and abandoned all add or change a file).
+    pub fn contents(&self) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.storage.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = e.path();
+                let Ok(meta) = e.metadata() else { continue };
+                if meta.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push((path, meta.len()));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn url(&self) -> String {

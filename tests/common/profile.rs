@@ -14,6 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use super::registry::Published;
+use super::{Bounded, LIMIT};
+
 /// The checkout: where `scripts/` and the services' state (`.kiln`) are.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +36,11 @@ pub fn kiln() -> Command {
 /// `kiln fixtures` in the checkout: the busybox parents, pushed to the
 /// shared registry by the shared engine.
 pub fn fixtures() {
-    let out = kiln().arg("fixtures").current_dir(root()).output().unwrap();
+    let out = kiln()
+        .arg("fixtures")
+        .current_dir(root())
+        .output_within(LIMIT)
+        .unwrap();
     assert!(
         out.status.success(),
         "kiln fixtures: {}",
@@ -82,6 +89,9 @@ pub struct Profile {
     /// The registry namespace this profile publishes under (unique per
     /// profile name and test process).
     pub namespace: String,
+    /// What the profile published, removed from its registry when the
+    /// profile drops (failed test or not).
+    _published: Option<Published>,
 }
 
 enum Catalogue {
@@ -153,6 +163,7 @@ impl Profile {
             dir,
             config,
             namespace: "kiln".to_string(),
+            _published: None,
         }
     }
 
@@ -167,8 +178,10 @@ impl Profile {
         c
     }
 
+    /// `kiln --config <this profile> <args>`, its output (bounded by
+    /// [`LIMIT`]).
     pub fn kiln(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().unwrap()
+        self.command().args(args).output_within(LIMIT).unwrap()
     }
 
     /// `kiln build --json <args>`: its exit code and summary.
@@ -189,7 +202,7 @@ impl Profile {
             .command()
             .args(["sources", "sync"])
             .args(args)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert!(
             out.status.success(),
@@ -203,7 +216,7 @@ impl Profile {
             .command()
             .args(["build", "--json"])
             .args(args)
-            .output()
+            .output_within(LIMIT)
             .unwrap();
         assert!(
             !out.stdout.is_empty(),
@@ -405,6 +418,10 @@ impl ProfileBuilder {
         } else {
             (state_dir().display().to_string(), "kiln.db")
         };
+        let registry = self
+            .registry_url
+            .clone()
+            .unwrap_or_else(|| "http://127.0.0.1:5000".to_string());
         let url = self
             .registry_url
             .map(|u| format!("url = \"{u}\"\n"))
@@ -419,7 +436,7 @@ impl ProfileBuilder {
                     .arg(demo.join("opam-repository"))
                     .arg(&git)
                     .stdout(std::process::Stdio::null())
-                    .status()
+                    .status_within(LIMIT)
                     .unwrap()
                     .success();
                 assert!(ok, "scripts/demo/opam-repository.sh failed");
@@ -443,6 +460,7 @@ impl ProfileBuilder {
         Profile {
             dir,
             config,
+            _published: Some(Published::namespace(&registry, &namespace)),
             namespace,
         }
     }
@@ -471,7 +489,7 @@ fn copy_tree(from: &Path, into: &Path) {
             .arg("-r")
             .arg(from)
             .arg(into)
-            .status()
+            .status_within(LIMIT)
             .unwrap()
             .success(),
         "cp -r {} {}",

@@ -7,10 +7,46 @@
 //! destroyed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::zfs;
+use super::{Bounded, Spawned};
+
+/// A test user with NOPASSWD sudo: its processes killed, its sudoers
+/// entry and the user removed on drop. Made before `useradd`, so that a
+/// failure right after still removes the user.
+struct Account {
+    user: String,
+    sudoers: PathBuf,
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.sudoers);
+        super::retry(20, Duration::from_millis(250), || {
+            // Only this test's own user's processes (ssh sessions, the
+            // watchdog of a recipe), so that userdel may remove it.
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-u", &self.user])
+                .stderr(Stdio::null())
+                .status_within(Duration::from_secs(30));
+            let gone = Command::new("id")
+                .arg(&self.user)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status_within(Duration::from_secs(30))
+                .map(|s| !s.success())
+                .unwrap_or(false);
+            gone || Command::new("userdel")
+                .args(["-r", &self.user])
+                .stderr(Stdio::null())
+                .status_within(Duration::from_secs(60))
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+    }
+}
 
 pub struct SshWorker {
     /// The ssh_config `Host` Kiln connects to.
@@ -18,27 +54,32 @@ pub struct SshWorker {
     pub user: String,
     pub ssh_config: PathBuf,
     pub port: u16,
-    // Dropped in this order: sshd, then the pool, then the files.
-    sshd: Option<Child>,
+    // Dropped in this order, after `drop` killed the connections: sshd,
+    // the pool, the user, then the files.
+    sshd: Option<Spawned>,
     pub pool: zfs::Pool,
+    _account: Account,
     dir: tempfile::TempDir,
-    sudoers: PathBuf,
 }
 
-fn run(what: &str, c: &mut Command) -> Result<(), String> {
-    let out = c.output().map_err(|e| format!("{what}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(())
+/// Run a setup step; its failure is the test's (a fault of this machine,
+/// not a missing component), named with its stderr.
+fn run(what: &str, c: &mut Command) {
+    let out = c
+        .output_within(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
 }
 
 impl SshWorker {
-    /// Start a worker named `tag`; `Err` says what is missing here (the
-    /// caller reports the test skipped).
+    /// Start a worker named `tag`. `Err` only when a tool it needs is not
+    /// installed (the caller reports the test skipped, which fails under
+    /// KILN_REQUIRE_ALL); any other failure to set it up panics, cleaning
+    /// up what was made.
     pub fn start(tag: &str) -> Result<SshWorker, String> {
         for tool in ["/usr/sbin/sshd", "/usr/bin/ssh-keygen", "/usr/bin/sudo"] {
             if !Path::new(tool).exists() {
@@ -47,32 +88,44 @@ impl SshWorker {
                 ));
             }
         }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         // sshd reads the authorized keys as the user.
-        run("chmod", Command::new("chmod").arg("755").arg(d))?;
+        run("chmod", Command::new("chmod").arg("755").arg(d));
         for key in ["host_key", "client_key"] {
             run(
                 "ssh-keygen",
                 Command::new("ssh-keygen")
                     .args(["-q", "-t", "ed25519", "-N", "", "-C", tag, "-f"])
                     .arg(d.join(key)),
-            )?;
+            );
         }
         let user = format!("kw{}{tag}", std::process::id());
-        let _ = Command::new("userdel").args(["-r", &user]).output();
+        let account = Account {
+            user: user.clone(),
+            sudoers: PathBuf::from(format!("/etc/sudoers.d/kiln-test-{user}")),
+        };
+        // One left by a killed earlier run of this pid: gone first.
+        drop(Account {
+            user: user.clone(),
+            sudoers: account.sudoers.clone(),
+        });
         run(
             "useradd",
             Command::new("useradd").args(["-m", "-s", "/bin/sh", &user]),
-        )?;
+        );
         // No password, but not locked: sshd refuses locked accounts.
-        run("usermod", Command::new("usermod").args(["-p", "*", &user]))?;
-        let sudoers = PathBuf::from(format!("/etc/sudoers.d/kiln-test-{user}"));
-        std::fs::write(&sudoers, format!("{user} ALL=(ALL) NOPASSWD: ALL\n"))
-            .map_err(|e| e.to_string())?;
-        run("chmod", Command::new("chmod").arg("440").arg(&sudoers))?;
-        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
-            .map_err(|e| e.to_string())?;
+        run("usermod", Command::new("usermod").args(["-p", "*", &user]));
+        std::fs::write(
+            &account.sudoers,
+            format!("{user} ALL=(ALL) NOPASSWD: ALL\n"),
+        )
+        .unwrap();
+        run(
+            "chmod",
+            Command::new("chmod").arg("440").arg(&account.sudoers),
+        );
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
         let port = super::free_port();
         std::fs::write(
             d.join("sshd_config"),
@@ -80,18 +133,17 @@ impl SshWorker {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin no\nAllowUsers {user}\n\
-                 MaxSessions 50\nMaxStartups 50\nLogLevel INFO\n",
+                 MaxSessions 50\nMaxStartups 50\nLogLevel DEBUG1\n",
                 d = d.display()
             ),
         )
-        .map_err(|e| e.to_string())?;
-        let host_pub =
-            std::fs::read_to_string(d.join("host_key.pub")).map_err(|e| e.to_string())?;
+        .unwrap();
+        let host_pub = std::fs::read_to_string(d.join("host_key.pub")).unwrap();
         std::fs::write(
             d.join("known_hosts"),
             format!("[127.0.0.1]:{port} {}", host_pub.trim()),
         )
-        .map_err(|e| e.to_string())?;
+        .unwrap();
         let alias = format!("kiln-worker-{tag}");
         let ssh_config = d.join("ssh_config");
         std::fs::write(
@@ -102,18 +154,19 @@ impl SshWorker {
                 d = d.display()
             ),
         )
-        .map_err(|e| e.to_string())?;
+        .unwrap();
         // Debian's sshd refuses to start without its privilege separation dir.
         let _ = std::fs::create_dir_all("/run/sshd");
-        let log = std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?;
-        let sshd = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("sshd: {e}"))?;
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let sshd = Spawned::start(
+            "the test worker's sshd",
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
         let pool = zfs::Pool::create(&format!("kilnssh{}{tag}", std::process::id()));
         let w = SshWorker {
             alias,
@@ -122,8 +175,8 @@ impl SshWorker {
             port,
             sshd: Some(sshd),
             pool,
+            _account: account,
             dir,
-            sudoers,
         };
         super::wait_until("the worker's sshd to accept connections", 20, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -138,15 +191,14 @@ impl SshWorker {
             "name",
             &w.pool.name,
         ]);
-        if !out.status.success() {
-            return Err(format!(
-                "ssh to the test worker: {} (sshd: {})",
-                String::from_utf8_lossy(&out.stderr).trim(),
-                std::fs::read_to_string(w.dir.path().join("sshd.log"))
-                    .unwrap_or_default()
-                    .trim()
-            ));
-        }
+        assert!(
+            out.status.success(),
+            "ssh to the test worker: {} (sshd: {})",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            std::fs::read_to_string(w.dir.path().join("sshd.log"))
+                .unwrap_or_default()
+                .trim()
+        );
         Ok(w)
     }
 
@@ -157,7 +209,7 @@ impl SshWorker {
             .arg(&self.ssh_config)
             .args(["-o", "BatchMode=yes", &self.alias])
             .args(command)
-            .output()
+            .output_within(Duration::from_secs(120))
             .unwrap()
     }
 
@@ -171,12 +223,21 @@ impl SshWorker {
         )
     }
 
+    /// What the worker's sshd logged (at DEBUG1: connections, sessions
+    /// and the forwarding requests a connection made).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
     /// How many ssh connections sshd accepted so far.
     pub fn connections(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("sshd.log"))
-            .unwrap_or_default()
-            .matches("Accepted publickey")
-            .count()
+        self.log().matches("Accepted publickey").count()
+    }
+
+    /// The pid of the worker's listening sshd: an ancestor of every
+    /// command run over a connection to it.
+    pub fn sshd_pid(&self) -> u32 {
+        self.sshd.as_ref().map(Spawned::id).unwrap_or(0)
     }
 
     /// The sshd processes serving connections: each connection's monitor
@@ -189,7 +250,7 @@ impl SshWorker {
         let children = |pid: u32| -> Vec<u32> {
             let out = Command::new("pgrep")
                 .args(["-P", &pid.to_string(), "sshd"])
-                .output()
+                .output_within(Duration::from_secs(30))
                 .unwrap();
             String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -204,34 +265,37 @@ impl SshWorker {
         all
     }
 
-    /// Every process of the worker's user.
+    /// Every process of the worker's user (`ps -u`; its failure panics,
+    /// so that "none" is never "ps could not say").
     pub fn user_processes(&self) -> String {
         let out = Command::new("ps")
             .args(["-u", &self.user, "-o", "pid=,args="])
-            .output()
+            .output_within(Duration::from_secs(30))
             .unwrap();
+        // ps exits 1 when it selected nothing, with nothing on stderr.
+        assert!(
+            out.status.success() || out.stderr.is_empty(),
+            "ps -u {}: {}",
+            self.user,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 }
 
 impl Drop for SshWorker {
     fn drop(&mut self) {
-        if let Some(mut sshd) = self.sshd.take() {
-            // Its connections first (they run as the user), then sshd.
-            for pid in self.connection_pids() {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        // Its connections first (they run as the user), then sshd.
+        let connections = self.connection_pids();
+        if let Some(sshd) = self.sshd.take() {
+            for pid in connections {
+                let _ = Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status_within(Duration::from_secs(30));
             }
-            let _ = sshd.kill();
-            let _ = sshd.wait();
+            drop(sshd);
         }
-        let _ = std::fs::remove_file(&self.sudoers);
-        super::retry(20, Duration::from_millis(250), || {
-            Command::new("userdel")
-                .args(["-r", &self.user])
-                .stderr(Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(true)
-        });
+        // Then the pool, the user (its guard kills what is left of its
+        // processes) and the files, in field order.
     }
 }

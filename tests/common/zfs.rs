@@ -3,6 +3,8 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::Bounded;
+
 /// Why ZFS cannot be used here, as `scripts/services.sh up` recorded it
 /// (`.kiln/run/zfs.unavailable`); `None` when it brought the pool up.
 pub fn unavailable() -> Option<String> {
@@ -16,17 +18,35 @@ pub fn unavailable() -> Option<String> {
 }
 
 /// `zfs list -r` of `top`: it and every dataset below (none if it does not
-/// exist).
+/// exist). Any other failure of `zfs list` (zfs-fuse wedged or gone) is a
+/// panic, never an empty list: "no tree left" must not pass because zfs
+/// could not say.
 pub fn datasets(top: &str) -> Vec<String> {
+    try_datasets(top).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`datasets`], its failure as a value (for drops, which must not panic).
+pub fn try_datasets(top: &str) -> Result<Vec<String>, String> {
     let out = Command::new("zfs")
         .args(["list", "-H", "-r", "-o", "name", top])
-        .stderr(Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+        .output_within(Duration::from_secs(120))
+        .map_err(|e| format!("zfs list -r {top}: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        // The one failure that means "nothing there".
+        if stderr.contains("dataset does not exist") {
+            return Ok(vec![]);
+        }
+        return Err(format!(
+            "zfs list -r {top} failed ({}): {}",
+            out.status,
+            stderr.trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
-        .collect()
+        .collect())
 }
 
 /// Destroys a dataset tree (e.g. `kiln/<prefix>`) on drop.
@@ -37,13 +57,15 @@ impl Drop for Tree {
         // zfs-fuse may report "busy" right after an unmount: destroy the
         // deepest datasets first and retry until nothing is left.
         super::retry(40, Duration::from_millis(250), || {
-            let mut names = datasets(&self.0);
+            let Ok(mut names) = try_datasets(&self.0) else {
+                return false;
+            };
             names.sort_by_key(|n| std::cmp::Reverse(n.matches('/').count()));
             for n in &names {
                 let _ = Command::new("zfs")
                     .args(["destroy", "-r", "-f", n])
                     .stderr(Stdio::null())
-                    .status();
+                    .status_within(Duration::from_secs(120));
             }
             names.is_empty()
         });
@@ -68,7 +90,7 @@ impl Pool {
             Command::new("zpool")
                 .args(["create", "-f", "-m", "none", name])
                 .arg(&img)
-                .status()
+                .status_within(Duration::from_secs(120))
                 .unwrap()
                 .success(),
             "zpool create {name}"
@@ -92,13 +114,13 @@ impl Drop for Pool {
                 .args(["list", &self.name])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status()
+                .status_within(Duration::from_secs(60))
                 .map(|s| s.success())
                 .unwrap_or(false);
             gone || Command::new("zpool")
                 .args(["destroy", "-f", &self.name])
                 .stderr(Stdio::null())
-                .status()
+                .status_within(Duration::from_secs(120))
                 .map(|s| s.success())
                 .unwrap_or(true)
         });

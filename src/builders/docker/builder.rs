@@ -2,6 +2,14 @@
 //! a configured engine that runs it natively or under emulation, within
 //! that host's concurrency, and builds, smoke-tests and pushes it; or, for
 //! `kiln verify --rebuild`, builds it the same way and keeps it.
+//!
+//! Routing ([`order`]): hosts that run the arch natively before hosts that
+//! emulate it, then the one with the most free build slots. A host that
+//! stops answering while it builds (the build fails as infrastructure and
+//! the engine no longer answers a ping) is marked down in the state store
+//! ([`crate::state::hosts`]) and the build moves to the next host; a down
+//! host is skipped, by every process, until it answers a ping again
+//! (probed at most every [`PROBE_EVERY`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,12 +56,74 @@ impl DockerBuilder {
         }
     }
 
+    /// The hosts that may build `t`, in the order to try them ([`order`]),
+    /// down hosts left out (probed again when their probe is due); or why
+    /// there is none.
+    async fn candidates(
+        &self,
+        t: &Target,
+    ) -> Result<Vec<&(DockerHost, Engine, Arc<Semaphore>)>, Failure> {
+        let health = self.health();
+        let mut up = vec![];
+        let mut down = vec![];
+        for e in self.engines().iter().filter(|(h, _, _)| serves(h, t)) {
+            let key = format!("docker:{}", e.0.name);
+            match health.as_ref().and_then(|h| h.get(&key).ok().flatten()) {
+                Some(d) if !probe_due(&key) || e.1.docker.ping().await.is_err() => {
+                    down.push(format!(
+                        "{} (down since {}: {})",
+                        e.0.name, d.since, d.error
+                    ));
+                }
+                Some(_) => {
+                    tracing::info!(host = %e.0.name, "docker host answers again: back in the routing");
+                    if let Some(h) = &health {
+                        let _ = h.mark_up(&key);
+                    }
+                    up.push(e);
+                }
+                None => up.push(e),
+            }
+        }
+        if up.is_empty() {
+            return Err(Failure::infra(format!(
+                "{}: no docker host for {} {} is up{}",
+                t.id(),
+                t.platform,
+                t.arch,
+                if down.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", down.join("; "))
+                }
+            )));
+        }
+        let keys: Vec<(bool, usize)> = up
+            .iter()
+            .map(|(h, _, slots)| (t.arch == h.arch, slots.available_permits()))
+            .collect();
+        Ok(order(&keys).into_iter().map(|i| up[i]).collect())
+    }
+
+    /// The state store's record of hosts marked down (routing works
+    /// without it: a store that cannot open is logged).
+    fn health(&self) -> Option<crate::state::hosts::HostHealth> {
+        match crate::state::hosts::HostHealth::open(&self.config.database.path) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "host health: the state store failed");
+                None
+            }
+        }
+    }
+
     /// Build one arch as [`Builder::build`] does (same engine routing,
     /// slots, recipe, smoke test and export) and keep the reproducible
     /// image on disk instead of pushing it.
     pub async fn rebuild(&self, job: BuildJob<'_>) -> Result<LocalImage, Failure> {
         let (engine, slots) = self.route(&job.prepared.target)?;
-        let spec = spec(&job, &self.work_dir);
+        let mut spec = spec(&job, &self.work_dir);
+        spec.auth = engine_auth(&self.config, &spec, job.log).await?;
         let _slot = slots.acquire_owned().await;
         super::build_local(engine, &spec)
             .await
@@ -79,6 +149,90 @@ impl DockerBuilder {
                 .collect()
         })
     }
+}
+
+/// Start a build's source proxy where `host`'s build containers reach
+/// it: `sources_address`, or for a local engine its bridge's gateway.
+async fn source_proxy(
+    host: &DockerHost,
+    engine: &Engine,
+    tree: crate::sources::Tree,
+) -> Result<crate::sources::SourceProxy, Failure> {
+    let ip: std::net::IpAddr = match &host.sources_address {
+        Some(a) => a.parse().map_err(|e| {
+            Failure::new(
+                crate::model::FailureKind::Recipe,
+                format!("docker host {}: sources_address {a:?}: {e}", host.name),
+            )
+        })?,
+        None if host.endpoint.starts_with("unix://") => bridge_gateway(engine)
+            .await
+            .ok_or_else(|| {
+                Failure::infra(format!(
+                    "docker host {}: its default bridge network has no IPv4 gateway for the source proxy; set docker.hosts.sources_address",
+                    host.name
+                ))
+            })?,
+        None => {
+            return Err(Failure::new(
+                crate::model::FailureKind::Recipe,
+                format!(
+                    "docker host {} ({}): its builds take sources, but Kiln does not know where its build containers reach this machine; set docker.hosts.sources_address",
+                    host.name, host.endpoint
+                ),
+            ));
+        }
+    };
+    crate::sources::SourceProxy::start(tree, std::net::SocketAddr::new(ip, 0))
+        .await
+        .map_err(|e| Failure::new(e.kind(), e.to_string()))
+}
+
+/// The IPv4 gateway of the engine's default `bridge` network.
+async fn bridge_gateway(engine: &Engine) -> Option<std::net::IpAddr> {
+    let net = engine
+        .docker
+        .inspect_network(
+            "bridge",
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .ok()?;
+    net.ipam?
+        .config?
+        .into_iter()
+        .filter_map(|c| c.gateway)
+        .filter_map(|g| g.parse::<std::net::IpAddr>().ok())
+        .find(|ip| ip.is_ipv4())
+}
+
+/// How often a down host is pinged to see whether it answers again.
+pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Is a probe of the down host `key` due (and, if so, taken now)?
+fn probe_due(key: &str) -> bool {
+    static LAST: OnceLock<std::sync::Mutex<BTreeMap<String, std::time::Instant>>> = OnceLock::new();
+    let mut last = match LAST.get_or_init(Default::default).lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let now = std::time::Instant::now();
+    match last.get(key) {
+        Some(t) if now.duration_since(*t) < PROBE_EVERY => false,
+        _ => {
+            last.insert(key.to_string(), now);
+            true
+        }
+    }
+}
+
+/// The order to try hosts in, given for each (runs the arch natively,
+/// free build slots): native first, then the most free slots, then the
+/// configuration's order.
+pub fn order(hosts: &[(bool, usize)]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..hosts.len()).collect();
+    idx.sort_by_key(|&i| (!hosts[i].0, std::cmp::Reverse(hosts[i].1), i));
+    idx
 }
 
 fn serves(h: &DockerHost, t: &Target) -> bool {
@@ -123,8 +277,28 @@ fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
             .collect(),
         log: job.log.to_path_buf(),
         labels: BTreeMap::from([("org.ocaml.kiln.build-key".to_string(), p.key.clone())]),
-        host_network: false,
+        auth: Default::default(),
+        host: String::new(),
+        proxy: None,
     }
+}
+
+/// The engine's credentials for `spec`: its parent's registry (the pull)
+/// and Kiln's own (a Windows push), each its own.
+async fn engine_auth(
+    config: &Config,
+    spec: &BuildSpec,
+    log: &std::path::Path,
+) -> Result<super::EngineAuth, Failure> {
+    let hosts = spec
+        .parent
+        .as_deref()
+        .map(|p| super::pull::registry_host(p.split('@').next().unwrap_or(p)))
+        .into_iter()
+        .chain((spec.os != "linux").then(|| crate::registry::auth::host_of(&config.registry.url)));
+    super::EngineAuth::resolve(&config.registry, hosts)
+        .await
+        .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(log))
 }
 
 impl Builder for DockerBuilder {
@@ -154,24 +328,62 @@ impl Builder for DockerBuilder {
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
-            let (engine, slots) = self.route(&job.prepared.target)?;
+            let t = &job.prepared.target;
             let mut spec = spec(&job, &self.work_dir);
-            // The source server lives as long as this build (dropped at the end).
-            let server = crate::builders::source_server(&self.config, &job)
+            spec.auth = engine_auth(&self.config, &spec, job.log).await?;
+            // Recipes name `http://kiln-sources`, the same in every build;
+            // each attempt gets its own proxy where its host's containers
+            // reach it (dropped when the attempt ends).
+            let tree = crate::builders::source_tree(&self.config, &job)
                 .await
                 .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
-            if let Some(s) = &server {
-                spec.dockerfile = spec.dockerfile.replace(super::SOURCES_URL, &s.url());
-                spec.host_network = true;
+            if tree.is_some() {
+                spec.dockerfile = spec
+                    .dockerfile
+                    .replace(super::SOURCES_URL, crate::sources::proxy::SOURCES_URL);
             }
-            let _slot = slots.acquire_owned().await;
-            super::build(engine, job.registry, &spec)
-                .await
-                .map(|b| BuildOutput {
-                    digest: b.digest,
-                    adopted: None,
-                })
-                .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))
+            let mut failed = None;
+            for (host, engine, slots) in self.candidates(t).await? {
+                spec.host = host.name.clone();
+                let _proxy = match &tree {
+                    Some(tree) => {
+                        let p = source_proxy(host, engine, tree.clone())
+                            .await
+                            .map_err(|f| f.with_log(job.log))?;
+                        spec.proxy = Some(p.proxy_url());
+                        Some(p)
+                    }
+                    None => None,
+                };
+                let built = {
+                    let _slot = slots.clone().acquire_owned().await;
+                    super::build(engine, job.registry, &spec).await
+                };
+                let e = match built {
+                    Ok(b) => {
+                        return Ok(BuildOutput {
+                            digest: b.digest,
+                            adopted: None,
+                        });
+                    }
+                    Err(e) => e,
+                };
+                let f = Failure::new(e.kind(), e.to_string()).with_log(job.log);
+                // An infrastructure failure of a host that no longer
+                // answers: mark it down and move the build on.
+                if f.kind != crate::model::FailureKind::Infra || engine.docker.ping().await.is_ok()
+                {
+                    return Err(f);
+                }
+                tracing::warn!(host = %host.name, target = %t.id(), error = %f.message, "docker host stopped answering: marked down, the build moves to the next host");
+                if let Some(h) = self.health() {
+                    let _ = h.mark_down(&format!("docker:{}", host.name), &f.message);
+                }
+                failed = Some(f);
+            }
+            Err(failed.unwrap_or_else(|| {
+                Failure::infra(format!("{}: no docker host could build it", t.id()))
+            }))
         })
     }
 
@@ -184,5 +396,30 @@ impl Builder for DockerBuilder {
                 }
             }
         })
+    }
+
+    /// Each engine: reachable, Kiln's running containers, its cache size.
+    fn inventory<'a>(
+        &'a self,
+        _lock: &'a crate::lockfile::Lockfile,
+    ) -> BoxFuture<'a, Vec<crate::builders::inventory::HostReport>> {
+        Box::pin(futures_util::future::join_all(self.hosts.iter().map(|h| {
+            crate::builders::inventory::within(super::usage::stub(h), super::usage::report(h))
+        })))
+    }
+}
+
+#[cfg(test)]
+mod routing {
+    use super::order;
+
+    #[test]
+    fn native_hosts_come_first_then_the_most_free_slots() {
+        // (native, free slots), in configuration order.
+        let hosts = [(false, 8), (true, 1), (true, 3), (false, 0)];
+        assert_eq!(order(&hosts), vec![2, 1, 0, 3]);
+        // Ties keep the configuration's order.
+        assert_eq!(order(&[(true, 2), (true, 2)]), vec![0, 1]);
+        assert!(order(&[]).is_empty());
     }
 }

@@ -36,12 +36,15 @@ pub mod compare;
 mod export;
 pub mod layer;
 pub mod parents;
+pub mod pull;
 mod steps;
 mod sweep;
+pub mod usage;
 
 pub use builder::DockerBuilder;
 pub use compare::{CompareError, Difference, compare};
 pub use export::LocalImage;
+pub use pull::EngineAuth;
 pub use sweep::{OWNER_LABEL, sweep_orphans};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,28 @@ pub enum DockerError {
         command: String,
         got: String,
         expected: String,
+        log: PathBuf,
+    },
+    /// The engine could not pull the build's parent: its registry refused
+    /// (credentials, rate limit) or could not be reached.
+    #[error(
+        "{target}: the engine could not pull the parent {parent} from {registry}: {message}; check that the engine reaches {registry} and that Kiln has credentials for it (`docker login {registry}` where Kiln runs: Kiln hands them to the engine); a rate limit (toomanyrequests) passes at its reset"
+    )]
+    Pull {
+        target: String,
+        parent: String,
+        registry: String,
+        message: String,
+    },
+    /// A pull inside the build (a `FROM` or `COPY --from` image) was
+    /// refused by the registry's rate limit; the engine says so only as
+    /// build-stream text.
+    #[error(
+        "{target}: a pull in the build was rate limited by its registry: {message}; it passes at the registry's reset (log in for a higher limit) (log: {log})"
+    )]
+    RateLimited {
+        target: String,
+        message: String,
         log: PathBuf,
     },
     #[error("{target}: push of {reference} failed: {message}")]
@@ -119,6 +144,8 @@ impl DockerError {
     pub fn kind(&self) -> FailureKind {
         match self {
             DockerError::Connect { .. }
+            | DockerError::Pull { .. }
+            | DockerError::RateLimited { .. }
             | DockerError::Push { .. }
             | DockerError::Engine { .. }
             | DockerError::EngineStore { .. }
@@ -134,11 +161,20 @@ impl DockerError {
 
     /// The engine's report of a failed build step: the recipe's, unless
     /// the engine says it lost its own image store (a file of
-    /// `image/*/imagedb` gone under it), which is the engine's. The engine
-    /// reports both only as text, so this one phrase is matched here, where
-    /// the report arrives, and nowhere else.
+    /// `image/*/imagedb` gone under it) or a registry refused a pull for
+    /// its rate limit (`toomanyrequests`, distribution's error code), both
+    /// the infrastructure's. The engine reports these only as text, so
+    /// these phrases are matched here, where the report arrives, and
+    /// nowhere else.
     fn build_step(target: &str, message: String, log: &Path) -> DockerError {
         let (target, log) = (target.to_string(), log.to_path_buf());
+        if message.contains("toomanyrequests") {
+            return DockerError::RateLimited {
+                target,
+                message,
+                log,
+            };
+        }
         if message.contains("failed to get digest") && message.contains("no such file") {
             DockerError::EngineStore {
                 target,
@@ -252,9 +288,14 @@ pub struct BuildSpec {
     pub smoke: Vec<SmokeCheck>,
     pub log: PathBuf,
     pub labels: BTreeMap<String, String>,
-    /// RUN steps share the host's network, to reach Kiln's per-build
-    /// source server on loopback.
-    pub host_network: bool,
+    /// Credentials the engine pulls the parent and pushes (Windows) with,
+    /// per registry.
+    pub auth: EngineAuth,
+    /// The configured host building it, for the log.
+    pub host: String,
+    /// The build's source proxy (`http://kiln:<token>@addr:port`), given
+    /// as Docker's predefined proxy arguments: outside the cache key.
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -297,6 +338,7 @@ pub async fn build(
 ) -> Result<BuildResult, DockerError> {
     let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
+        pull::pull_parent(engine, spec).await?;
         let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
         let digest = steps::deliver(engine, reg, spec, &mut built, &mut cleanup).await?;
         Ok(BuildResult {
@@ -315,6 +357,7 @@ pub async fn build(
 pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage, DockerError> {
     let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
+        pull::pull_parent(engine, spec).await?;
         let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
         let img = export::export(engine, spec, &built.local).await?;
         steps::log_image(&mut built, &img, "kept").await;
@@ -354,6 +397,18 @@ mod tests {
         let step = DockerError::build_step("t", lost.to_string(), Path::new(LOG));
         assert!(matches!(step, DockerError::EngineStore { .. }), "{step:?}");
         assert!(step.to_string().contains("failed to get digest"), "{step}");
+    }
+
+    #[test]
+    fn a_rate_limited_pull_in_the_build_is_infrastructure() {
+        // As dockerd words a Docker Hub refusal inside `FROM`.
+        let said = "toomanyrequests: You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit";
+        let e = bollard::errors::Error::DockerStreamError {
+            error: said.to_string(),
+        };
+        assert_eq!(kind_of(e), FailureKind::Infra);
+        let step = DockerError::build_step("t", said.to_string(), Path::new(LOG));
+        assert!(matches!(step, DockerError::RateLimited { .. }), "{step:?}");
     }
 
     #[test]

@@ -70,7 +70,9 @@ pub async fn ensure_busybox(
             }],
             log: config.log_dir().join(format!("fixtures_busybox_{arch}.log")),
             labels: BTreeMap::new(),
-            host_network: false,
+            host: String::new(),
+            proxy: None,
+            auth: Default::default(),
         };
         digests.push(build(engine, reg, &spec).await?.digest);
     }
@@ -140,7 +142,9 @@ pub async fn ensure_debian(
             }],
             log: config.log_dir().join(format!("fixtures_debian_{arch}.log")),
             labels: BTreeMap::new(),
-            host_network: false,
+            host: String::new(),
+            proxy: None,
+            auth: Default::default(),
         };
         digests.push(build(engine, reg, &spec).await?.digest);
     }

@@ -53,7 +53,7 @@ pub(super) async fn build_and_smoke(
         )[7..19]
     );
     cleanup.images.push(local.clone());
-    build_image(engine, spec, &local, &mut log).await?;
+    build_image(engine, spec, &local, &mut log, cleanup).await?;
     let smoke_output = smoke(engine, spec, &local, &mut log, cleanup).await?;
     Ok(Built {
         local,
@@ -113,31 +113,61 @@ async fn build_image(
     spec: &BuildSpec,
     local: &str,
     log: &mut File,
+    cleanup: &mut Cleanup<'_>,
 ) -> Result<(), DockerError> {
     let tar = context_tar(&spec.dockerfile, &spec.context)?;
     let mut labels: std::collections::HashMap<String, String> =
         spec.labels.clone().into_iter().collect();
     labels.insert("org.ocaml.kiln.target".into(), spec.target.clone());
     let platform = spec.arch.docker_platform(&spec.os);
+    // Docker's predefined proxy arguments: they reach RUN steps as
+    // environment but enter neither the cache key nor the history.
+    let proxy: std::collections::HashMap<String, String> = spec
+        .proxy
+        .iter()
+        .flat_map(|p| {
+            ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"]
+                .map(|k| (k.to_string(), p.clone()))
+        })
+        .collect();
     let opts = BuildImageOptionsBuilder::default()
-        .networkmode(if spec.host_network { "host" } else { "default" })
+        // The engine's default network: never the host's (sources come
+        // through the build's proxy).
+        .networkmode("default")
         .dockerfile("Dockerfile")
         .t(local)
         .platform(&platform)
         .rm(true)
         .forcerm(true)
         .labels(&labels)
+        .buildargs(&proxy)
         .build();
     let _ = log
-        .write_all(format!("# kiln: building {} for {platform}\n", spec.target).as_bytes())
+        .write_all(
+            format!(
+                "# kiln: building {} for {platform} on docker host {}\n",
+                spec.target, spec.host
+            )
+            .as_bytes(),
+        )
         .await;
-    let mut stream = engine
-        .docker
-        .build_image(opts, None, Some(bollard::body_full(tar.into())));
+    let mut stream = engine.docker.build_image(
+        opts,
+        spec.auth.config(),
+        Some(bollard::body_full(tar.into())),
+    );
     while let Some(item) = stream.next().await {
         let failure = match item {
             Ok(info) => {
                 if let Some(s) = &info.stream {
+                    // The step running now: a build dropped mid-step (a
+                    // cancelled job) removes its container itself, as the
+                    // engine may not notice the client leaving.
+                    if let Some(id) = s.trim().strip_prefix("---> Running in ") {
+                        cleanup.step = Some(id.trim().to_string());
+                    } else if s.trim_start().starts_with("---> ") {
+                        cleanup.step = None;
+                    }
                     log.write_all(s.as_bytes())
                         .await
                         .map_err(|source| DockerError::Log {
@@ -232,10 +262,11 @@ async fn push(
         })?;
     cleanup.images.push(push_ref.to_string());
     let mut digest = None;
+    let registry = super::pull::registry_host(repo);
     let mut stream = engine.docker.push_image(
         repo,
         Some(PushImageOptionsBuilder::default().tag(tag).build()),
-        None,
+        spec.auth.for_host(&registry),
     );
     while let Some(item) = stream.next().await {
         let info = item.map_err(|e| push_err(e.to_string()))?;

@@ -15,6 +15,47 @@ pub(super) struct Cleanup<'a> {
     pub(super) engine: &'a Engine,
     pub(super) images: Vec<String>,
     pub(super) containers: Vec<String>,
+    /// The container of the build step running now (the engine removes
+    /// it when the step ends; only a dropped build removes it here).
+    pub(super) step: Option<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    /// A build dropped mid-way (a cancelled job) still removes what it
+    /// made: the removal runs on the runtime ([`crate::process::cleanup_later`]).
+    fn drop(&mut self) {
+        if self.containers.is_empty() && self.images.is_empty() && self.step.is_none() {
+            return;
+        }
+        let docker = self.engine.docker.clone();
+        let mut containers = std::mem::take(&mut self.containers);
+        containers.extend(self.step.take());
+        let images = std::mem::take(&mut self.images);
+        crate::process::cleanup_later("smoke containers and local build images", async move {
+            remove(&docker, containers, images).await;
+        });
+    }
+}
+
+/// Force-remove containers, then images.
+async fn remove(docker: &bollard::Docker, containers: Vec<String>, images: Vec<String>) {
+    for c in containers {
+        let _ = docker
+            .remove_container(
+                &c,
+                Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+            )
+            .await;
+    }
+    for i in images {
+        let _ = docker
+            .remove_image(
+                &i,
+                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                None,
+            )
+            .await;
+    }
 }
 
 impl<'a> Cleanup<'a> {
@@ -24,31 +65,15 @@ impl<'a> Cleanup<'a> {
             engine,
             images: vec![],
             containers: vec![],
+            step: None,
         }
     }
 
     pub(super) async fn run(&mut self) {
-        for c in self.containers.drain(..) {
-            let _ = self
-                .engine
-                .docker
-                .remove_container(
-                    &c,
-                    Some(RemoveContainerOptionsBuilder::default().force(true).build()),
-                )
-                .await;
-        }
-        for i in self.images.drain(..) {
-            let _ = self
-                .engine
-                .docker
-                .remove_image(
-                    &i,
-                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
-                    None,
-                )
-                .await;
-        }
+        let containers = std::mem::take(&mut self.containers);
+        let images = std::mem::take(&mut self.images);
+        self.step = None;
+        remove(&self.engine.docker, containers, images).await;
     }
 }
 

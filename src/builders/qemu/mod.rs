@@ -2,6 +2,7 @@
 
 pub mod boots;
 pub mod build;
+pub mod disks;
 pub mod fetch;
 pub mod img;
 pub mod installer;
@@ -154,13 +155,24 @@ impl Builder for QemuBuilder {
         let root = self.work_dir.join("qemu");
         Box::pin(async move { crate::builders::sweep_dead_work_dirs(&root) })
     }
+
+    /// This machine: QEMU present, builds running, the kept disks.
+    fn inventory<'a>(
+        &'a self,
+        lock: &'a crate::lockfile::Lockfile,
+    ) -> BoxFuture<'a, Vec<crate::builders::inventory::HostReport>> {
+        Box::pin(async move {
+            let names = crate::builders::inventory::qemu_names(lock);
+            vec![disks::report(&self.config, &names)]
+        })
+    }
 }
 
 impl QemuBuilder {
     /// Where the last verified disk of each target stays on this host,
     /// named by its build key.
     fn disks(&self) -> PathBuf {
-        self.state_dir.join("qemu/disks")
+        disks::dir(&self.state_dir)
     }
 
     /// The verified disk of this very key, if this host kept one and it
@@ -239,10 +251,7 @@ impl QemuBuilder {
 
     /// The worker's private key (see `config::Qemu::ssh_key`).
     fn private_key(&self) -> PathBuf {
-        match self.qemu.ssh_key.as_str() {
-            "" => self.state_dir.join("qemu/id_ed25519"),
-            k => self.state_dir.join(k),
-        }
+        PathBuf::from(&self.qemu.ssh_key)
     }
 
     fn public_key(&self) -> PathBuf {

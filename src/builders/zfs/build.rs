@@ -147,19 +147,42 @@ pub async fn sweep_dead(zfs: &Zfs, dataset: &str) -> Result<(), ZfsError> {
     Ok(())
 }
 
-/// Build the tree; on failure destroy it.
+/// Build the tree; on failure destroy it, and when the build is dropped
+/// mid-way (a cancelled job) too ([`Unfinished`]).
 pub async fn build(zfs: &Zfs, spec: &ZfsSpec) -> Result<Built, ZfsBuildError> {
     sweep_dead(zfs, &spec.dataset).await?;
-    let result = build_inner(zfs, spec).await;
+    let mut unfinished = Unfinished(None);
+    let result = build_inner(zfs, spec, &mut unfinished).await;
+    unfinished.0 = None;
     if result.is_err() {
         let _ = zfs.destroy_recursive(&spec.dataset).await;
     }
     result
 }
 
+/// A tree being built (armed once creating it starts; never an adopted
+/// complete tree): destroyed if its build is dropped before it ends.
+struct Unfinished(Option<(Zfs, String)>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some((zfs, dataset)) = self.0.take() {
+            crate::process::cleanup_later("a half-built ZFS tree", async move {
+                if let Err(e) = zfs.destroy_recursive(&dataset).await {
+                    tracing::warn!(%dataset, error = %e, "destroying an interrupted build's tree: left to the next sweep");
+                }
+            });
+        }
+    }
+}
+
 type IoErr<'a> = dyn Fn(String) -> ZfsBuildError + Sync + 'a;
 
-async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<Built, ZfsBuildError> {
+async fn build_inner(
+    zfs: &Zfs,
+    spec: &ZfsSpec,
+    unfinished: &mut Unfinished,
+) -> Result<Built, ZfsBuildError> {
     let target = spec.target.clone();
     let io = |message: String| ZfsBuildError::Io {
         target: target.clone(),
@@ -177,6 +200,7 @@ async fn build_inner(zfs: &Zfs, spec: &ZfsSpec) -> Result<Built, ZfsBuildError> 
             reused: true,
         });
     }
+    unfinished.0 = Some((zfs.clone(), spec.dataset.clone()));
     create_tree(zfs, spec, &io).await?;
     provision(zfs, spec, &io).await?;
     zfs.snapshot_recursive(&snapshot).await?;

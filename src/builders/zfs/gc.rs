@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::driver::{Zfs, ZfsError};
-use crate::lockfile::{ArtifactKind, Lockfile};
+use crate::lockfile::Lockfile;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Decision {
@@ -38,25 +38,12 @@ pub fn is_image(leaf: &str) -> bool {
     })
 }
 
-/// The image leaf names the lockfile's ZFS entries point at.
+/// The image leaf names the lockfile's ZFS entries point at (the
+/// inventory's rule, [`crate::builders::inventory::zfs_names`]).
 pub fn referenced(lock: &Lockfile) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for e in lock.entries.values() {
-        if e.kind != ArtifactKind::ZfsStream {
-            continue;
-        }
-        for a in e.arches.values() {
-            let key = a.build_key.trim_start_matches("sha256:");
-            if key.len() >= 12 {
-                let name = match &e.ocaml {
-                    Some(v) => format!("ocaml-{v}"),
-                    None => crate::plan::OPAM_STAGE.to_string(),
-                };
-                out.insert(format!("{}-{name}-{}", e.os, &key[..12]));
-            }
-        }
-    }
-    out
+    crate::builders::inventory::zfs_names(lock)
+        .into_keys()
+        .collect()
 }
 
 pub async fn gc(

@@ -5,6 +5,7 @@ pub mod build;
 pub mod driver;
 pub mod fetch;
 pub mod gc;
+pub mod holds;
 pub mod host;
 pub mod incremental;
 pub mod probe;
@@ -105,6 +106,20 @@ impl Builder for ZfsBuilder {
                     tracing::warn!(host = %h.name, error = %e, "sweeping what killed kiln processes left");
                 }
             }
+        })
+    }
+
+    fn inventory<'a>(
+        &'a self,
+        lock: &'a crate::lockfile::Lockfile,
+    ) -> BoxFuture<'a, Vec<crate::builders::inventory::HostReport>> {
+        Box::pin(async move {
+            let names = crate::builders::inventory::zfs_names(lock);
+            let names = &names;
+            futures_util::future::join_all(self.hosts.iter().map(|h| {
+                crate::builders::inventory::within(holds::stub(h), holds::report(h, names))
+            }))
+            .await
         })
     }
 }

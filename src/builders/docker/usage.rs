@@ -1,0 +1,200 @@
+//! A Docker engine for the worker inventory: reachable (`/_ping`), the
+//! containers Kiln runs on it now, and its cache, the bytes `docker system
+//! df` reports for image layers and the build cache.
+//!
+//! bollard's `df` reads the shape engines answer from API 1.52 on
+//! (`ImageUsage`, `BuildCacheUsage`); older engines (Docker 20.10 here,
+//! API 1.41) answer `LayersSize` and a `BuildCache` list, which bollard's
+//! type has no field for. For those, `/system/df` is read once more as
+//! JSON over the same endpoint (unix socket or plain tcp) and summed the
+//! same way; an engine that answers neither is reported with its cache
+//! unknown.
+
+use std::time::Duration;
+
+use bollard::query_parameters::ListContainersOptions;
+
+use super::{Engine, OWNER_LABEL};
+use crate::builders::inventory::HostReport;
+use crate::catalogue::BuilderKind;
+use crate::config::DockerHost;
+
+/// The report's first lines, known without asking the engine (its
+/// endpoint's userinfo redacted: the inventory is served publicly).
+pub fn stub(h: &DockerHost) -> HostReport {
+    let address = crate::config::redact_userinfo(&h.endpoint);
+    let mut r = HostReport::new(BuilderKind::Docker, &h.name, &address);
+    r.arches = std::iter::once(&h.arch)
+        .chain(&h.emulate)
+        .cloned()
+        .collect();
+    r.slots = h.concurrency.max(1);
+    r
+}
+
+/// Ask the engine.
+pub async fn report(h: &DockerHost) -> HostReport {
+    let r = stub(h);
+    // Errors name the endpoint: with its userinfo redacted, as the address.
+    let redacted = |e: &dyn std::fmt::Display| e.to_string().replace(&h.endpoint, &r.address);
+    let engine = match super::connect(h) {
+        Ok(e) => e,
+        Err(e) => {
+            let e = redacted(&e);
+            return r.unreachable(e);
+        }
+    };
+    let docker = engine.docker.clone().with_timeout(Duration::from_secs(30));
+    if let Err(e) = docker.ping().await {
+        let e = redacted(&e);
+        return r.unreachable(e);
+    }
+    let mut r = r;
+    r.busy = running(&engine).await.ok();
+    match cache_bytes(h, &engine).await {
+        Ok(bytes) => r.engine_cache_bytes = Some(bytes),
+        Err(e) => tracing::warn!(host = %h.name, error = %e, "the engine's cache size is unknown"),
+    }
+    r
+}
+
+/// Containers Kiln started that are running now, their owner alive.
+async fn running(engine: &Engine) -> Result<usize, bollard::errors::Error> {
+    let filters: std::collections::HashMap<String, Vec<String>> =
+        [("label".to_string(), vec![OWNER_LABEL.to_string()])].into();
+    let containers = engine
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: false,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await?;
+    Ok(containers
+        .iter()
+        .filter(|c| {
+            c.labels
+                .as_ref()
+                .and_then(|l| l.get(OWNER_LABEL))
+                .is_some_and(|o| !crate::process::owner_is_gone(o))
+        })
+        .count())
+}
+
+/// Image layers plus build cache, in bytes.
+async fn cache_bytes(h: &DockerHost, engine: &Engine) -> Result<u64, String> {
+    let df = engine.docker.df(None).await.map_err(|e| e.to_string())?;
+    let images = df.image_usage.and_then(|u| u.total_size);
+    let cache = df.build_cache_usage.and_then(|u| u.total_size);
+    if images.is_some() || cache.is_some() {
+        let sum = images.unwrap_or(0).max(0) + cache.unwrap_or(0).max(0);
+        return Ok(sum as u64);
+    }
+    legacy_df(h).await
+}
+
+/// `/system/df` in the shape engines before API 1.52 answer.
+async fn legacy_df(h: &DockerHost) -> Result<u64, String> {
+    let (client, url) = if let Some(path) = h.endpoint.strip_prefix("unix://") {
+        let client = reqwest::Client::builder().unix_socket(path);
+        (client, "http://localhost/system/df".to_string())
+    } else if let Some(addr) = h.endpoint.strip_prefix("tcp://")
+        && std::env::var_os("DOCKER_CERT_PATH").is_none()
+    {
+        (
+            reqwest::Client::builder(),
+            format!("http://{addr}/system/df"),
+        )
+    } else {
+        return Err(format!(
+            "{} answers /system/df in a shape bollard does not read, and {} is not read directly",
+            h.name, h.endpoint
+        ));
+    };
+    let client = client
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let body: serde_json::Value = client
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    legacy_sum(&body).ok_or_else(|| format!("/system/df of {} has no LayersSize", h.name))
+}
+
+/// `LayersSize` plus every build cache record's `Size`.
+fn legacy_sum(body: &serde_json::Value) -> Option<u64> {
+    let layers = body.get("LayersSize")?.as_u64()?;
+    let cache: u64 = body
+        .get("BuildCache")
+        .and_then(|c| c.as_array())
+        .map(|c| c.iter().filter_map(|r| r.get("Size")?.as_u64()).sum())
+        .unwrap_or(0);
+    Some(layers + cache)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoints_credentials_are_not_in_the_report() {
+        let h = DockerHost {
+            name: "remote".into(),
+            endpoint: "tcp://builder:hunter2@10.0.0.5:2375".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            emulate: vec!["arm64".into()],
+            concurrency: 3,
+            sources_address: None,
+        };
+        let r = stub(&h);
+        assert_eq!(r.address, "tcp://<redacted>@10.0.0.5:2375");
+        assert_eq!((r.arches.join(" "), r.slots), ("amd64 arm64".into(), 3));
+    }
+
+    /// Refused on its port, or an endpoint Kiln cannot use (whose error
+    /// names the endpoint): unreachable, the credentials nowhere.
+    #[tokio::test]
+    async fn an_unreachable_engine_is_reported_without_its_credentials() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        for endpoint in [
+            format!("tcp://builder:hunter2@127.0.0.1:{port}"),
+            format!("http://builder:hunter2@127.0.0.1:{port}"),
+        ] {
+            let h = DockerHost {
+                name: "gone".into(),
+                endpoint,
+                os: "linux".into(),
+                arch: "amd64".into(),
+                emulate: vec![],
+                concurrency: 1,
+                sources_address: None,
+            };
+            let r = report(&h).await;
+            assert!(r.health.starts_with("unreachable: "), "{}", r.health);
+            assert!(!r.health.contains("hunter2"), "{}", r.health);
+            assert_eq!((r.busy, r.engine_cache_bytes), (None, None));
+        }
+    }
+
+    #[test]
+    fn legacy_df_sums_layers_and_build_cache() {
+        let body = serde_json::json!({"LayersSize": 1000, "Images": [],
+            "BuildCache": [{"Size": 20}, {"Size": 3}]});
+        assert_eq!(legacy_sum(&body), Some(1023));
+        assert_eq!(
+            legacy_sum(&serde_json::json!({"LayersSize": 7, "BuildCache": null})),
+            Some(7)
+        );
+        assert_eq!(legacy_sum(&serde_json::json!({"Images": []})), None);
+    }
+}
