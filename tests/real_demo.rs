@@ -30,6 +30,22 @@ fn profile(name: &str) -> Profile {
     p
 }
 
+/// Every build log's last lines: what a failed run shows, so a failure
+/// on a CI machine says which command failed and why.
+fn log_tails(p: &Profile) -> String {
+    let mut out = String::new();
+    let Ok(dir) = std::fs::read_dir(p.path().join("state/log")) else {
+        return "no build logs".into();
+    };
+    for e in dir.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        out += &format!("\n--- {} (last 40 lines)\n{tail}\n", e.path().display());
+    }
+    out
+}
+
 fn log(p: &Profile, target: &str) -> String {
     let path = p.path().join(format!("state/log/{target}.log"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -60,7 +76,7 @@ fn ocaml_compiled_from_source_with_every_input_from_the_mirror() {
         "{synced}"
     );
     let (code, s) = p.build(&["--os", "debian-12"]);
-    assert_eq!(code, Some(0), "{s:#}");
+    assert_eq!(code, Some(0), "{s:#}{}", log_tails(&p));
     assert_eq!(s["built"], 1, "{s:#}");
     let log = log(&p, "linux_debian-12_4.13.1_amd64");
     // The archive came from the build's source server, by checksum.
@@ -99,7 +115,7 @@ fn ocaml_compiled_from_source_with_every_input_from_the_mirror() {
 fn debians_packaged_ocaml_on_two_arches_compiles_and_runs_on_each() {
     let p = profile("real-system");
     let (code, s) = p.build(&["--os", "debian-12-system"]);
-    assert_eq!(code, Some(0), "{s:#}");
+    assert_eq!(code, Some(0), "{s:#}{}", log_tails(&p));
     assert_eq!(s["built"], 1, "{s:#}");
     for (arch, uname) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
         let log = log(&p, &format!("linux_debian-12-system_4.13.1_{arch}"));

@@ -198,12 +198,26 @@ async fn bridge_gateway(engine: &Engine) -> Option<std::net::IpAddr> {
         )
         .await
         .ok()?;
-    net.ipam?
-        .config?
-        .into_iter()
-        .filter_map(|c| c.gateway)
-        .filter_map(|g| g.parse::<std::net::IpAddr>().ok())
-        .find(|ip| ip.is_ipv4())
+    net.ipam?.config?.into_iter().find_map(|c| {
+        ipv4_gateway(c.gateway.as_deref(), c.subnet.as_deref()).map(std::net::IpAddr::V4)
+    })
+}
+
+/// A bridge's IPv4 gateway from its IPAM entry: the one it names, or,
+/// as a freshly started engine leaves it unnamed for its default bridge,
+/// the first address of its subnet (where Docker puts `docker0`).
+fn ipv4_gateway(gateway: Option<&str>, subnet: Option<&str>) -> Option<std::net::Ipv4Addr> {
+    if let Some(g) = gateway.and_then(|g| g.parse().ok()) {
+        return Some(g);
+    }
+    let (net, len) = subnet?.split_once('/')?;
+    let net: std::net::Ipv4Addr = net.parse().ok()?;
+    let len: u32 = len.parse().ok()?;
+    if !(1..=30).contains(&len) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - len);
+    Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
 }
 
 /// How often a down host is pinged to see whether it answers again.
@@ -421,5 +435,26 @@ mod routing {
         // Ties keep the configuration's order.
         assert_eq!(order(&[(true, 2), (true, 2)]), vec![0, 1]);
         assert!(order(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_bridge_without_a_named_gateway_has_its_subnets_first_address() {
+        use super::ipv4_gateway;
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        assert_eq!(
+            ipv4_gateway(Some("10.9.0.5"), Some("10.9.0.0/24")),
+            Some(ip("10.9.0.5"))
+        );
+        assert_eq!(
+            ipv4_gateway(None, Some("172.17.0.0/16")),
+            Some(ip("172.17.0.1"))
+        );
+        assert_eq!(
+            ipv4_gateway(Some(""), Some("192.168.7.9/24")),
+            Some(ip("192.168.7.1"))
+        );
+        assert_eq!(ipv4_gateway(None, Some("fd00::/64")), None);
+        assert_eq!(ipv4_gateway(None, Some("10.0.0.0/32")), None);
+        assert_eq!(ipv4_gateway(None, None), None);
     }
 }
