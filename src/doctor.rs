@@ -219,12 +219,31 @@ async fn check_engine(
             );
         }
     };
+    let info = tokio::time::timeout(Duration::from_secs(10), engine.docker.info())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    if let Some(problem) = info.as_ref().and_then(|i| windows_mismatch(host, i)) {
+        return missing(
+            &component,
+            true,
+            format!("{endpoint}: {problem}{marked}"),
+            "set the host's os_version and isolation in kiln.toml to what its engine runs (`docker info`: Kernel Version, Default Isolation)",
+        );
+    }
+    let disk = info
+        .as_ref()
+        .and_then(|i| i.docker_root_dir.as_deref())
+        .filter(|_| endpoint.starts_with("unix://"))
+        .and_then(free_disk)
+        .map(|free| format!(", {} GiB free", free / (1 << 30)))
+        .unwrap_or_default();
     match tokio::time::timeout(Duration::from_secs(10), engine.docker.version()).await {
         Ok(Ok(v)) => ok(
             &component,
             true,
             format!(
-                "{endpoint}: Docker {} API {} ({}/{}), builds {}{}{}",
+                "{endpoint}: Docker {} API {} ({}/{}){disk}, builds {}{}{}",
                 v.version.unwrap_or_default(),
                 v.api_version.unwrap_or_default(),
                 v.os.unwrap_or_default(),
@@ -262,6 +281,53 @@ async fn check_engine(
             SERVICES_FIX,
         ),
     }
+}
+
+/// A Windows host whose engine runs another OS build or isolation than
+/// its configuration says (routing trusts the configuration): why.
+fn windows_mismatch(
+    host: &crate::config::DockerHost,
+    info: &bollard::models::SystemInfo,
+) -> Option<String> {
+    if host.os != "windows" {
+        return None;
+    }
+    let want = host.isolation.unwrap_or_default();
+    let isolation = info.isolation.map(|i| i.to_string()).unwrap_or_default();
+    if !isolation.is_empty() && isolation != "default" && isolation != want.as_str() {
+        return Some(format!(
+            "its engine isolates containers by {isolation}, the configuration says {}",
+            want.as_str()
+        ));
+    }
+    // `10.0 20348 (20348.1.amd64fre…)`: the build is the second word.
+    let running = info
+        .kernel_version
+        .as_deref()
+        .and_then(|k| k.split_whitespace().nth(1))
+        .and_then(|b| b.parse::<u32>().ok());
+    let configured = host
+        .os_version
+        .as_deref()
+        .and_then(crate::config::windows_build);
+    match (running, configured) {
+        (Some(r), Some(c)) if r != c => Some(format!(
+            "its engine runs Windows build {r}, the configuration says os_version {}",
+            host.os_version.as_deref().unwrap_or_default()
+        )),
+        _ => None,
+    }
+}
+
+/// Free bytes on the filesystem holding `path` (a local engine's root).
+fn free_disk(path: &str) -> Option<u64> {
+    let c = std::ffi::CString::new(path).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 async fn check_registry(url: &str) -> Check {
@@ -418,5 +484,48 @@ mod tests {
             checks: vec![missing("a", true, "gone".into(), "fix a")],
         };
         assert!(!r.healthy());
+    }
+
+    #[test]
+    fn a_windows_engine_unlike_its_configuration_is_named() {
+        use bollard::models::{SystemInfo, SystemInfoIsolationEnum};
+        let host = crate::config::DockerHost {
+            name: "win22".into(),
+            endpoint: "tcp://10.0.0.9:2376".into(),
+            os: "windows".into(),
+            arch: "amd64".into(),
+            emulate: vec![],
+            concurrency: 1,
+            sources_address: None,
+            os_version: Some("10.0.20348".into()),
+            isolation: None,
+        };
+        let info = |iso, kernel: &str| SystemInfo {
+            isolation: Some(iso),
+            kernel_version: Some(kernel.into()),
+            ..Default::default()
+        };
+        let k2022 = "10.0 20348 (20348.1.amd64fre.fe_release.210507-1500)";
+        let k2025 = "10.0 26100 (26100.1.amd64fre.ge_release.240331-1435)";
+        assert_eq!(
+            windows_mismatch(&host, &info(SystemInfoIsolationEnum::PROCESS, k2022)),
+            None
+        );
+        let e = windows_mismatch(&host, &info(SystemInfoIsolationEnum::PROCESS, k2025)).unwrap();
+        assert!(e.contains("build 26100") && e.contains("10.0.20348"), "{e}");
+        let e = windows_mismatch(&host, &info(SystemInfoIsolationEnum::HYPERV, k2022)).unwrap();
+        assert!(e.contains("by hyperv") && e.contains("says process"), "{e}");
+        let mut linux = host.clone();
+        linux.os = "linux".into();
+        assert_eq!(
+            windows_mismatch(&linux, &info(SystemInfoIsolationEnum::HYPERV, k2025)),
+            None
+        );
+    }
+
+    #[test]
+    fn free_disk_reads_the_filesystem() {
+        assert!(free_disk("/").is_some_and(|b| b > 0));
+        assert_eq!(free_disk("/no/such/dir"), None);
     }
 }

@@ -501,6 +501,7 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
             labels: Default::default(),
             host: "local".into(),
             proxy: None,
+            isolation: None,
             auth: Default::default(),
         };
         digests.push(docker::build(&engine, &reg, &spec).await.unwrap().digest);

@@ -143,6 +143,7 @@ async fn container_runs_on_the_engine() {
         labels: BTreeMap::new(),
         host: "local".into(),
         proxy: None,
+        isolation: None,
         auth: Default::default(),
     };
     let r = docker::build(&engine, &reg, &spec).await.unwrap();

@@ -9,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod hosts;
 mod layer;
 mod secrets;
 mod validate;
 
+pub use hosts::{Docker, DockerHost, Isolation, Qemu, Zfs, ZfsHost, windows_build};
 use layer::{env_path, lookup, merge, set_path};
 pub use secrets::{REDACTED, redact_userinfo};
 use validate::validate;
@@ -117,114 +119,6 @@ fn registry_retention_days() -> u64 {
 
 fn rate_limit_max_wait_secs() -> u64 {
     900
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Docker {
-    pub hosts: Vec<DockerHost>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct DockerHost {
-    pub name: String,
-    /// `unix:///path`, `tcp://host:port` (TLS from DOCKER_CERT_PATH) or `ssh://user@host`.
-    pub endpoint: String,
-    /// `linux` or `windows`.
-    pub os: String,
-    /// Native arch, in Kiln's arch names (amd64, arm64, …).
-    pub arch: String,
-    #[serde(default)]
-    pub emulate: Vec<String>,
-    #[serde(default = "one")]
-    pub concurrency: usize,
-    /// The address of this machine the host's build containers reach,
-    /// where a build's source proxy listens (default for a `unix://`
-    /// engine: its default bridge's gateway, e.g. 172.17.0.1). Needed for
-    /// a `tcp://` or `ssh://` engine whose builds take sources.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sources_address: Option<String>,
-}
-
-fn one() -> usize {
-    1
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Zfs {
-    pub hosts: Vec<ZfsHost>,
-    /// `kiln gc` keeps unreferenced base images and kept QEMU disks
-    /// younger than this.
-    #[serde(default = "retention_days")]
-    pub retention_days: u64,
-    /// The provisioning script is killed after this long.
-    #[serde(default = "provision_timeout_secs")]
-    pub provision_timeout_secs: u64,
-}
-
-fn retention_days() -> u64 {
-    14
-}
-
-fn provision_timeout_secs() -> u64 {
-    7200
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ZfsHost {
-    pub name: String,
-    /// `user@host` (or an ssh_config `Host`) of a remote worker; empty:
-    /// this machine.
-    #[serde(default)]
-    pub ssh: String,
-    /// An ssh_config file for reaching it (`ssh -F`): port, key, known hosts.
-    #[serde(default)]
-    pub ssh_config: String,
-    /// Run zfs, zpool and the build's scripts through `sudo -n` (the ssh
-    /// user is not root, as on a macOS worker's admin account).
-    #[serde(default)]
-    pub sudo: bool,
-    pub pool: String,
-    pub prefix: String,
-    /// Platforms (`macos`, `freebsd`) this host builds base datasets for.
-    #[serde(default)]
-    pub platforms: Vec<String>,
-    /// The host's arch, in Kiln's names.
-    #[serde(default = "amd64")]
-    pub arch: String,
-}
-
-fn amd64() -> String {
-    "amd64".into()
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Qemu {
-    pub accel: String,
-    pub system: String,
-    pub img: String,
-    /// The install boot's limit.
-    pub boot_timeout_secs: u64,
-    /// The first boot's limit: `rc.firsttime` installs packages, opam and
-    /// the compiler, then powers the machine off.
-    pub first_boot_timeout_secs: u64,
-    /// The verify boot's limit: boot, ssh login, smoke test.
-    pub verify_timeout_secs: u64,
-    /// The user obuilder's QEMU sandbox logs in as (`install.conf` creates
-    /// it; recipes get it as `{{ssh_user}}`).
-    pub ssh_user: String,
-    /// The private key obuilder's workers log in with; its `.pub` is
-    /// authorized in the image (`{{ssh_public_key}}`) and Kiln logs in with
-    /// it to verify. Relative to `identity.dir` (never the state dir: a
-    /// lost state must not lose the login); made absolute when loaded.
-    pub ssh_key: String,
-    /// Keep each target's last verified disk on this host, for a later run
-    /// of the same key to adopt without booting.
-    pub keep_disks: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -68,6 +68,28 @@ fn validate_docker_host(i: usize, h: &DockerHost) -> Result<(), String> {
             h.name
         ));
     }
+    if h.os == "windows" {
+        match h.os_version.as_deref() {
+            None => {
+                return Err(format!(
+                    "docker.hosts[{i}] ({}): a Windows host needs os_version, its OS build (\"10.0.17763\" ltsc2019, \"10.0.20348\" ltsc2022, \"10.0.26100\" ltsc2025): it decides which releases it builds",
+                    h.name
+                ));
+            }
+            Some(v) if super::hosts::windows_build(v).is_none() => {
+                return Err(format!(
+                    "docker.hosts[{i}] ({}): os_version = {v:?}, expected a Windows version such as \"10.0.20348\"",
+                    h.name
+                ));
+            }
+            Some(_) => {}
+        }
+    } else if h.os_version.is_some() || h.isolation.is_some() {
+        return Err(format!(
+            "docker.hosts[{i}] ({}): os_version and isolation are for Windows hosts (os = \"windows\")",
+            h.name
+        ));
+    }
     let ok = h.endpoint.starts_with("unix://")
         || h.endpoint.starts_with("tcp://")
         || h.endpoint.starts_with("ssh://")

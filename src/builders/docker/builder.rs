@@ -24,6 +24,12 @@ use crate::config::{Config, DockerHost};
 use crate::model::{ArtifactKind, Failure};
 use crate::plan::Target;
 
+/// What a routed build ended with.
+enum Done {
+    Pushed(String),
+    Kept(LocalImage),
+}
+
 /// Docker Engine hosts, connected on first use.
 pub struct DockerBuilder {
     config: Config,
@@ -40,19 +46,6 @@ impl DockerBuilder {
             hosts: config.docker.hosts.clone(),
             engines: OnceLock::new(),
             work_dir: config.work_dir().join("docker"),
-        }
-    }
-
-    /// The engine that builds `t`, with its host's build slots.
-    fn route(&self, t: &Target) -> Result<(&Engine, Arc<Semaphore>), Failure> {
-        match self.engines().iter().find(|(h, _, _)| serves(h, t)) {
-            Some((_, engine, slots)) => Ok((engine, slots.clone())),
-            None => Err(Failure::infra(format!(
-                "{}: no docker host for {} {} is reachable",
-                t.id(),
-                t.platform,
-                t.arch
-            ))),
         }
     }
 
@@ -118,16 +111,76 @@ impl DockerBuilder {
     }
 
     /// Build one arch as [`Builder::build`] does (same engine routing,
-    /// slots, recipe, smoke test and export) and keep the reproducible
-    /// image on disk instead of pushing it.
+    /// failover, source proxy, slots, recipe, smoke test and export) and
+    /// keep the reproducible image on disk instead of pushing it.
     pub async fn rebuild(&self, job: BuildJob<'_>) -> Result<LocalImage, Failure> {
-        let (engine, slots) = self.route(&job.prepared.target)?;
+        match self.run(job, false).await? {
+            Done::Kept(img) => Ok(img),
+            Done::Pushed(_) => Err(Failure::infra("a kept rebuild was pushed")),
+        }
+    }
+
+    /// Route `job` over the hosts that may build it and build it on the
+    /// first that can: pushed (`push`) or kept on disk. A host that stops
+    /// answering mid-build is marked down and the build moves on.
+    async fn run(&self, job: BuildJob<'_>, push: bool) -> Result<Done, Failure> {
+        let t = &job.prepared.target;
         let mut spec = spec(&job, &self.work_dir);
         spec.auth = engine_auth(&self.config, &spec, job.log).await?;
-        let _slot = slots.acquire_owned().await;
-        super::build_local(engine, &spec)
+        // Recipes name `http://kiln-sources`, the same in every build;
+        // each attempt gets its own proxy where its host's containers
+        // reach it (dropped when the attempt ends).
+        let tree = crate::builders::source_tree(&self.config, &job)
             .await
-            .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))
+            .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
+        if tree.is_some() {
+            spec.dockerfile = spec
+                .dockerfile
+                .replace(super::SOURCES_URL, crate::sources::proxy::SOURCES_URL);
+        }
+        let mut failed = None;
+        for (host, engine, slots) in self.candidates(t).await? {
+            spec.host = host.name.clone();
+            spec.isolation = (host.os == "windows").then(|| host.isolation.unwrap_or_default());
+            let _proxy = match &tree {
+                Some(tree) => {
+                    let p = source_proxy(host, engine, tree.clone())
+                        .await
+                        .map_err(|f| f.with_log(job.log))?;
+                    spec.proxy = Some(p.proxy_url());
+                    Some(p)
+                }
+                None => None,
+            };
+            let built = {
+                let _slot = slots.clone().acquire_owned().await;
+                if push {
+                    super::build(engine, job.registry, &spec)
+                        .await
+                        .map(|b| Done::Pushed(b.digest))
+                } else {
+                    super::build_local(engine, &spec).await.map(Done::Kept)
+                }
+            };
+            let e = match built {
+                Ok(done) => return Ok(done),
+                Err(e) => e,
+            };
+            let f = Failure::new(e.kind(), e.to_string()).with_log(job.log);
+            // An infrastructure failure of a host that no longer
+            // answers: mark it down and move the build on.
+            if f.kind != crate::model::FailureKind::Infra || engine.docker.ping().await.is_ok() {
+                return Err(f);
+            }
+            tracing::warn!(host = %host.name, target = %t.id(), error = %f.message, "docker host stopped answering: marked down, the build moves to the next host");
+            if let Some(h) = self.health() {
+                let _ = h.mark_down(&format!("docker:{}", host.name), &f.message);
+            }
+            failed = Some(f);
+        }
+        Err(failed.unwrap_or_else(|| {
+            Failure::infra(format!("{}: no docker host could build it", t.id()))
+        }))
     }
 
     /// The engines that connected, each with its host's build slots.
@@ -250,7 +303,9 @@ pub fn order(hosts: &[(bool, usize)]) -> Vec<usize> {
 }
 
 fn serves(h: &DockerHost, t: &Target) -> bool {
-    h.os == t.platform && (t.arch == h.arch || h.emulate.iter().any(|e| t.arch == *e))
+    h.os == t.platform
+        && (t.arch == h.arch || h.emulate.iter().any(|e| t.arch == *e))
+        && h.runs_os_version(t.os_version.as_deref())
 }
 
 /// The build of one arch, as the engine API takes it.
@@ -294,6 +349,7 @@ fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
         auth: Default::default(),
         host: String::new(),
         proxy: None,
+        isolation: None,
     }
 }
 
@@ -342,62 +398,13 @@ impl Builder for DockerBuilder {
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
-            let t = &job.prepared.target;
-            let mut spec = spec(&job, &self.work_dir);
-            spec.auth = engine_auth(&self.config, &spec, job.log).await?;
-            // Recipes name `http://kiln-sources`, the same in every build;
-            // each attempt gets its own proxy where its host's containers
-            // reach it (dropped when the attempt ends).
-            let tree = crate::builders::source_tree(&self.config, &job)
-                .await
-                .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
-            if tree.is_some() {
-                spec.dockerfile = spec
-                    .dockerfile
-                    .replace(super::SOURCES_URL, crate::sources::proxy::SOURCES_URL);
+            match self.run(job, true).await? {
+                Done::Pushed(digest) => Ok(BuildOutput {
+                    digest,
+                    adopted: None,
+                }),
+                Done::Kept(_) => Err(Failure::infra("a published build was kept, not pushed")),
             }
-            let mut failed = None;
-            for (host, engine, slots) in self.candidates(t).await? {
-                spec.host = host.name.clone();
-                let _proxy = match &tree {
-                    Some(tree) => {
-                        let p = source_proxy(host, engine, tree.clone())
-                            .await
-                            .map_err(|f| f.with_log(job.log))?;
-                        spec.proxy = Some(p.proxy_url());
-                        Some(p)
-                    }
-                    None => None,
-                };
-                let built = {
-                    let _slot = slots.clone().acquire_owned().await;
-                    super::build(engine, job.registry, &spec).await
-                };
-                let e = match built {
-                    Ok(b) => {
-                        return Ok(BuildOutput {
-                            digest: b.digest,
-                            adopted: None,
-                        });
-                    }
-                    Err(e) => e,
-                };
-                let f = Failure::new(e.kind(), e.to_string()).with_log(job.log);
-                // An infrastructure failure of a host that no longer
-                // answers: mark it down and move the build on.
-                if f.kind != crate::model::FailureKind::Infra || engine.docker.ping().await.is_ok()
-                {
-                    return Err(f);
-                }
-                tracing::warn!(host = %host.name, target = %t.id(), error = %f.message, "docker host stopped answering: marked down, the build moves to the next host");
-                if let Some(h) = self.health() {
-                    let _ = h.mark_down(&format!("docker:{}", host.name), &f.message);
-                }
-                failed = Some(f);
-            }
-            Err(failed.unwrap_or_else(|| {
-                Failure::infra(format!("{}: no docker host could build it", t.id()))
-            }))
         })
     }
 

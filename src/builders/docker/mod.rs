@@ -296,6 +296,10 @@ pub struct BuildSpec {
     /// The build's source proxy (`http://kiln:<token>@addr:port`), given
     /// as Docker's predefined proxy arguments: outside the cache key.
     pub proxy: Option<String>,
+    /// A Windows host's isolation, given to its smoke-test containers
+    /// (its builds take the engine's default, which `kiln doctor` checks
+    /// is the same: the build API has no isolation field in bollard).
+    pub isolation: Option<crate::config::Isolation>,
 }
 
 #[derive(Debug, Clone)]

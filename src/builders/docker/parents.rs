@@ -72,6 +72,7 @@ pub async fn ensure_busybox(
             labels: BTreeMap::new(),
             host: String::new(),
             proxy: None,
+            isolation: None,
             auth: Default::default(),
         };
         digests.push(build(engine, reg, &spec).await?.digest);
@@ -144,6 +145,7 @@ pub async fn ensure_debian(
             labels: BTreeMap::new(),
             host: String::new(),
             proxy: None,
+            isolation: None,
             auth: Default::default(),
         };
         digests.push(build(engine, reg, &spec).await?.digest);

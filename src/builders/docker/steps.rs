@@ -4,7 +4,7 @@
 //! reproducible and pushed by digest with Kiln's registry client; a
 //! Windows image pushed by the engine.
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, HostConfigIsolationEnum};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, LogsOptionsBuilder,
     PushImageOptionsBuilder, TagImageOptionsBuilder, WaitContainerOptionsBuilder,
@@ -317,6 +317,10 @@ async fn run_in(
                 network_disabled: Some(true),
                 host_config: Some(HostConfig {
                     network_mode: Some("none".into()),
+                    isolation: spec.isolation.map(|i| match i {
+                        crate::config::Isolation::Process => HostConfigIsolationEnum::PROCESS,
+                        crate::config::Isolation::Hyperv => HostConfigIsolationEnum::HYPERV,
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()

@@ -152,6 +152,8 @@ mod tests {
             emulate: vec!["arm64".into()],
             concurrency: 3,
             sources_address: None,
+            os_version: None,
+            isolation: None,
         };
         let r = stub(&h);
         assert_eq!(r.address, "tcp://<redacted>@10.0.0.5:2375");
@@ -178,6 +180,8 @@ mod tests {
                 emulate: vec![],
                 concurrency: 1,
                 sources_address: None,
+                os_version: None,
+                isolation: None,
             };
             let r = report(&h).await;
             assert!(r.health.starts_with("unreachable: "), "{}", r.health);
