@@ -51,6 +51,19 @@ fn engine_check(p: &Profile, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no check of {name}: {d:#}"))
 }
 
+/// The docker host `name`'s health in `kiln workers --json`.
+fn worker_health(p: &Profile, name: &str) -> String {
+    let inv: serde_json::Value = common::ok_json(p.kiln(&["workers", "--json"]));
+    inv["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["builder"] == "docker" && h["host"] == name)
+        .and_then(|h| h["health"].as_str())
+        .unwrap_or_else(|| panic!("no docker host {name}: {inv:#}"))
+        .to_string()
+}
+
 #[test]
 fn the_native_host_is_chosen_over_one_that_emulates() {
     fixtures();
@@ -150,6 +163,14 @@ fn a_host_killed_mid_build_is_marked_down_and_the_build_completes_on_another() {
             .contains("marked down by a build since"),
         "{check}"
     );
+    // The worker inventory (`kiln workers`, `/v1/workers`, the status
+    // page) shows it down too.
+    assert!(
+        worker_health(&p, "private").starts_with("down since "),
+        "{}",
+        worker_health(&p, "private")
+    );
+    assert_eq!(worker_health(&p, "local"), "ok");
     // Back: the next build (a new key) probes it and routes to it again.
     let _engine = PrivateEngine::start(dir.path(), &bridge.0);
     assert!(

@@ -306,7 +306,7 @@ fn worker_schemas(schemas: &mut Map<String, Value>) {
                 "builder": {"type": "string", "enum": builders},
                 "host": {"type": "string"},
                 "address": {"type": "string", "description": "this machine, an ssh target or an engine endpoint"},
-                "health": {"type": "string", "description": "`ok`, or `unreachable: <error>`, `unhealthy: <why>`"},
+                "health": {"type": "string", "description": "`ok`, or `unreachable: <error>`, `unhealthy: <why>`, `down since <time>: <error> (…)` (marked down by a build: routing skips it until it answers a probe)"},
                 "arches": {"type": "array", "items": {"type": "string"}},
                 "slots": {"type": "integer", "minimum": 0},
                 "busy": {"type": ["integer", "null"], "minimum": 0, "description": "builds running now; null when the host could not be asked"},

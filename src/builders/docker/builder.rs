@@ -273,6 +273,17 @@ fn ipv4_gateway(gateway: Option<&str>, subnet: Option<&str>) -> Option<std::net:
     Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
 }
 
+/// A host's health as the inventory shows it once a build marked it down:
+/// routing skips it until a probe finds it answering.
+fn marked_down(health: &str, d: &crate::state::hosts::Down) -> String {
+    let now = if health == "ok" {
+        "answers again: routing takes it back at its next probe".to_string()
+    } else {
+        health.to_string()
+    };
+    format!("down since {}: {} ({now})", d.since, d.error)
+}
+
 /// How often a down host is pinged to see whether it answers again.
 pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -424,9 +435,20 @@ impl Builder for DockerBuilder {
         &'a self,
         _lock: &'a crate::lockfile::Lockfile,
     ) -> BoxFuture<'a, Vec<crate::builders::inventory::HostReport>> {
-        Box::pin(futures_util::future::join_all(self.hosts.iter().map(|h| {
-            crate::builders::inventory::within(super::usage::stub(h), super::usage::report(h))
-        })))
+        Box::pin(async move {
+            let down = self.health().and_then(|h| h.all().ok()).unwrap_or_default();
+            let mut reports = futures_util::future::join_all(self.hosts.iter().map(|h| {
+                crate::builders::inventory::within(super::usage::stub(h), super::usage::report(h))
+            }))
+            .await;
+            for r in &mut reports {
+                let key = format!("docker:{}", r.host);
+                if let Some(d) = down.iter().find(|d| d.host == key) {
+                    r.health = marked_down(&r.health, d);
+                }
+            }
+            reports
+        })
     }
 }
 
@@ -463,5 +485,22 @@ mod routing {
         assert_eq!(ipv4_gateway(None, Some("fd00::/64")), None);
         assert_eq!(ipv4_gateway(None, Some("10.0.0.0/32")), None);
         assert_eq!(ipv4_gateway(None, None), None);
+    }
+
+    #[test]
+    fn a_host_marked_down_shows_when_and_why_and_whether_it_answers() {
+        let d = crate::state::hosts::Down {
+            host: "docker:arm64-1".into(),
+            since: "2026-12-07T15:00:00Z".into(),
+            error: "engine gone".into(),
+        };
+        assert_eq!(
+            super::marked_down("ok", &d),
+            "down since 2026-12-07T15:00:00Z: engine gone (answers again: routing takes it back at its next probe)"
+        );
+        assert_eq!(
+            super::marked_down("unreachable: refused", &d),
+            "down since 2026-12-07T15:00:00Z: engine gone (unreachable: refused)"
+        );
     }
 }
