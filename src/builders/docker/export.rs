@@ -1,8 +1,8 @@
 //! From a built local image to a reproducible one, and its push.
 //!
-//! The engine's `docker save` tar (Docker 20.10: `manifest.json`, the image
-//! config, one `<id>/layer.tar` per layer, a repeated layer as a symlink)
-//! is streamed and unpacked under the work dir. The layers the image
+//! The engine's `docker save` tar (Docker 20.10's layout or the OCI image
+//! layout of Docker 25 and later, see [`unpack_tar`]) is streamed and
+//! unpacked under the work dir. The layers the image
 //! shares with its pinned parent keep their bytes (the parent's digest
 //! fixes them) and are only compressed; every other layer is made
 //! byte-stable by [`super::layer`]. A fresh image config keeps only what
@@ -146,8 +146,16 @@ fn invalid(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-/// Unpack a `docker save` tar: the JSON files at its top, each layer tar
-/// to a file of its own.
+/// Unpack a `docker save` tar, in either layout an engine writes: Docker
+/// 20.10's (`manifest.json`, `<id>.json`, `<id>/layer.tar`, a repeated
+/// layer as a symlink) or the OCI image layout of Docker 25 and later,
+/// classic or containerd image store (`index.json`, `oci-layout`, every
+/// blob under `blobs/sha256/`, and the same `manifest.json` naming the
+/// config and layers by their paths there). The JSON files at the top are
+/// kept in memory, every other file goes to a file of its own, and
+/// `manifest.json` says which are the config and the layers. A layer the
+/// engine stored compressed (the containerd store keeps pulled layers
+/// gzipped) is decompressed: Kiln compresses every layer itself.
 fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
     let mut ar = tar::Archive::new(r);
     let mut jsons: BTreeMap<String, Vec<u8>> = BTreeMap::new();
@@ -161,14 +169,14 @@ fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
             let mut v = Vec::new();
             e.read_to_end(&mut v)?;
             jsons.insert(name, v);
-        } else if name.ends_with("/layer.tar") && kind.is_symlink() {
+        } else if kind.is_symlink() {
             let target = e.link_name_bytes().unwrap_or_default();
             links.insert(
                 name.clone(),
                 resolve(&name, &String::from_utf8_lossy(&target)),
             );
-        } else if name.ends_with("/layer.tar") && kind.is_file() {
-            let p = dir.join(format!("raw-{i}.tar"));
+        } else if kind.is_file() {
+            let p = dir.join(format!("raw-{i}"));
             let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?);
             io::copy(&mut e, &mut w)?;
             w.flush()?;
@@ -176,15 +184,21 @@ fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
         }
     }
     let json = |name: &str| -> io::Result<Value> {
-        let bytes = jsons
-            .get(name)
-            .ok_or_else(|| invalid(format!("no {name} in the saved image")))?;
-        serde_json::from_slice(bytes).map_err(|e| invalid(format!("{name}: {e}")))
+        let bytes = match jsons.get(name) {
+            Some(b) => b.clone(),
+            None => std::fs::read(
+                files
+                    .get(links.get(name).map(String::as_str).unwrap_or(name))
+                    .ok_or_else(|| invalid(format!("no {name} in the saved image")))?,
+            )?,
+        };
+        serde_json::from_slice(&bytes).map_err(|e| invalid(format!("{name}: {e}")))
     };
     let manifest = json("manifest.json")?;
     let image = &manifest[0];
     let config = json(image["Config"].as_str().unwrap_or("(no Config)"))?;
-    let mut layers = Vec::new();
+    let mut layers: Vec<PathBuf> = Vec::new();
+    let mut plain: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     for l in image["Layers"].as_array().into_iter().flatten() {
         let name = l.as_str().unwrap_or_default();
         let name = links.get(name).map(String::as_str).unwrap_or(name);
@@ -193,9 +207,49 @@ fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
                 "manifest.json names {name}, which is not in the tar"
             ))
         })?;
-        layers.push(p.clone());
+        let tar = match plain.get(p) {
+            Some(t) => t.clone(),
+            None => {
+                let t = uncompressed(p, name)?;
+                plain.insert(p.clone(), t.clone());
+                t
+            }
+        };
+        layers.push(tar);
+    }
+    // Files that are not layers (the config blob, manifests, `<id>/json`).
+    for p in files.values() {
+        if !layers.contains(p) {
+            let _ = std::fs::remove_file(p);
+        }
     }
     Ok(Saved { config, layers })
+}
+
+/// The layer file `p` as a plain tar: itself, or its gzip stream
+/// decompressed beside it (and the compressed file removed).
+fn uncompressed(p: &Path, name: &str) -> io::Result<PathBuf> {
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(p)?.read(&mut magic)?;
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => {
+            let out = p.with_extension("tar");
+            let mut r = flate2::read::GzDecoder::new(io::BufReader::new(std::fs::File::open(p)?));
+            let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&out)?);
+            io::copy(&mut r, &mut w).map_err(|e| {
+                invalid(format!(
+                    "{name}: a gzip layer that does not decompress: {e}"
+                ))
+            })?;
+            w.flush()?;
+            std::fs::remove_file(p)?;
+            Ok(out)
+        }
+        [0x28, 0xb5, 0x2f, 0xfd] => Err(invalid(format!(
+            "{name}: a zstd-compressed layer; Kiln reads plain and gzip layers (build on the engine's classic image store, or with gzip layers)"
+        ))),
+        _ => Ok(p.to_path_buf()),
+    }
 }
 
 /// The path a symlink at `name` to `target` names (`a/layer.tar` →
@@ -394,5 +448,109 @@ mod tests {
     fn a_repeated_layer_is_a_symlink_to_the_first() {
         assert_eq!(resolve("b/layer.tar", "../a/layer.tar"), "a/layer.tar");
         assert_eq!(resolve("b/layer.tar", "./c/layer.tar"), "b/c/layer.tar");
+    }
+
+    /// A tar of `entries`: `(path, Ok(bytes))` a file, `(path,
+    /// Err(target))` a symlink.
+    fn tar_of(entries: &[(&str, Result<Vec<u8>, &str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, what) in entries {
+            let mut h = tar::Header::new_gnu();
+            match what {
+                Ok(bytes) => {
+                    h.set_size(bytes.len() as u64);
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_mode(0o644);
+                    b.append_data(&mut h, path, bytes.as_slice()).unwrap();
+                }
+                Err(target) => {
+                    h.set_size(0);
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    b.append_link(&mut h, path, target).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn layer_tar(file: &str, body: &[u8]) -> Vec<u8> {
+        tar_of(&[(file, Ok(body.to_vec()))])
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    /// The layers' bytes and the config, from a save tar.
+    fn read(save: &[u8]) -> (Value, Vec<Vec<u8>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = unpack_tar(save, dir.path()).unwrap();
+        let layers = s.layers.iter().map(|p| std::fs::read(p).unwrap()).collect();
+        (s.config, layers)
+    }
+
+    #[test]
+    fn both_save_layouts_give_the_same_config_and_layers() {
+        let config = serde_json::to_vec(&saved()).unwrap();
+        let (a, b) = (layer_tar("a", b"parent"), layer_tar("b", b"ours"));
+        // Docker 20.10: `<id>/layer.tar`, a repeated layer as a symlink.
+        let legacy = tar_of(&[
+            ("cfg0.json", Ok(config.clone())),
+            ("l1/VERSION", Ok(b"1.0".to_vec())),
+            ("l1/layer.tar", Ok(a.clone())),
+            ("l2/layer.tar", Ok(b.clone())),
+            ("l3/layer.tar", Err("../l1/layer.tar")),
+            (
+                "manifest.json",
+                Ok(br#"[{"Config":"cfg0.json","Layers":["l1/layer.tar","l2/layer.tar","l3/layer.tar"]}]"#.to_vec()),
+            ),
+        ]);
+        // Docker 25+: the OCI layout, blobs by digest, one of them gzipped
+        // as the containerd store keeps a pulled layer; manifest.json last.
+        let oci = tar_of(&[
+            ("blobs/sha256/c0", Ok(config.clone())),
+            ("blobs/sha256/aa", Ok(gzip(&a))),
+            ("blobs/sha256/bb", Ok(b.clone())),
+            ("blobs/sha256/11", Ok(b"{\"schemaVersion\":2}".to_vec())),
+            ("index.json", Ok(b"{\"schemaVersion\":2,\"manifests\":[]}".to_vec())),
+            ("oci-layout", Ok(b"{\"imageLayoutVersion\":\"1.0.0\"}".to_vec())),
+            (
+                "manifest.json",
+                Ok(br#"[{"Config":"blobs/sha256/c0","Layers":["blobs/sha256/aa","blobs/sha256/bb","blobs/sha256/aa"]}]"#.to_vec()),
+            ),
+        ]);
+        let (c1, l1) = read(&legacy);
+        let (c2, l2) = read(&oci);
+        assert_eq!(c1, saved());
+        assert_eq!(c2, saved());
+        assert_eq!(l1, vec![a.clone(), b.clone(), a.clone()]);
+        assert_eq!(l2, l1);
+    }
+
+    #[test]
+    fn a_save_naming_what_it_lacks_or_a_zstd_layer_is_refused_by_name() {
+        let missing = tar_of(&[(
+            "manifest.json",
+            Ok(br#"[{"Config":"blobs/sha256/c0","Layers":[]}]"#.to_vec()),
+        )]);
+        let dir = tempfile::tempdir().unwrap();
+        let e = unpack_tar(missing.as_slice(), dir.path()).err().unwrap();
+        assert!(e.to_string().contains("no blobs/sha256/c0"), "{e}");
+        let zstd = tar_of(&[
+            ("blobs/sha256/c0", Ok(serde_json::to_vec(&saved()).unwrap())),
+            ("blobs/sha256/zz", Ok(vec![0x28, 0xb5, 0x2f, 0xfd, 0, 0])),
+            (
+                "manifest.json",
+                Ok(br#"[{"Config":"blobs/sha256/c0","Layers":["blobs/sha256/zz"]}]"#.to_vec()),
+            ),
+        ]);
+        let e = unpack_tar(zstd.as_slice(), dir.path()).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("blobs/sha256/zz: a zstd-compressed layer"),
+            "{e}"
+        );
     }
 }
