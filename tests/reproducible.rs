@@ -116,6 +116,42 @@ fn the_same_key_built_on_two_engines_gives_the_same_digests() {
     );
 }
 
+/// A current Docker Engine (26.x, Debian trixie's) writes `docker save`
+/// in the OCI image layout, and with the containerd image store keeps
+/// images differently again: the same key built there, on each store, has
+/// the digest the suite's Docker 20.10 gives it.
+#[test]
+fn docker_26_on_either_image_store_gives_the_digest_of_docker_20_10() {
+    fixtures();
+    let args = ["--os", "busybox", "--version", "4.13", "--arch", "amd64"];
+    let a = Profile::demo("repro-20").own_state().create();
+    build_one(&a, &args);
+    let tag = |p: &Profile| p.entry(&format!("{}/opam:busybox-ocaml-4.13", p.namespace));
+    let want = tag(&a)["arches"]["amd64"]["digest"].clone();
+    for (name, containerd) in [("classic", false), ("containerd", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let bridge = make_bridge("kilnr6", "172.31.249.1/24");
+        let engine = PrivateEngine::start_current(dir.path(), &bridge.0, containerd);
+        assert!(engine.version().starts_with("26."), "{}", engine.version());
+        let driver = if containerd { "overlayfs" } else { "overlay2" };
+        assert_eq!(engine.driver(), driver, "{name} store");
+        let b = Profile::demo(&format!("repro-26-{name}"))
+            .own_state()
+            .toml(&format!(
+                "[docker]\n[[docker.hosts]]\nname = \"docker26\"\nendpoint = \"unix://{}\"\nos = \"linux\"\narch = \"amd64\"\nconcurrency = 1\n",
+                engine.socket().display()
+            ))
+            .create();
+        build_one(&b, &args);
+        let log =
+            std::fs::read_to_string(b.path().join("state/log/linux_busybox_4.13.1_amd64.log"))
+                .unwrap();
+        assert!(log.contains("on docker host docker26"), "{log}");
+        assert_eq!(tag(&b)["arches"]["amd64"]["digest"], want, "{name} store");
+        drop(engine);
+    }
+}
+
 #[test]
 fn verify_rebuild_says_identical_or_names_the_layer_and_file_that_differ() {
     fixtures();

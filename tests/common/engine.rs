@@ -103,10 +103,62 @@ impl PrivateEngine {
             .stderr(log)
             .spawn()
             .unwrap();
-        let e = PrivateEngine {
+        PrivateEngine {
             dir: dir.to_path_buf(),
             child: Some(child),
-        };
+        }
+        .answering()
+    }
+
+    /// A current Docker Engine (Debian trixie's docker.io, 26.x, from
+    /// [`current_docker_root`]) as a private engine: run chrooted in that
+    /// root, in a mount namespace of its own (the root's /proc, /sys, /dev
+    /// and a tmpfs /run; `dir` bound at /kiln/d for its socket, pid file
+    /// and data root; the root bound on itself, so that `/` is a mount point
+    /// as the engine's layer unpacking needs), on this machine's network and `bridge`. With
+    /// `containerd_store` it keeps images in containerd's image store (the
+    /// `containerd-snapshotter` feature) instead of the classic one.
+    pub fn start_current(dir: &Path, bridge: &str, containerd_store: bool) -> PrivateEngine {
+        let root = current_docker_root();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let r = root.display();
+        let script = format!(
+            "set -e; mount --make-rprivate /; mount --bind {r} {r}; \
+             mount --rbind /proc {r}/proc; mount --rbind /sys {r}/sys; mount --rbind /dev {r}/dev; \
+             mount -t tmpfs tmpfs {r}/run; mount --bind {d} {r}/kiln/d; \
+             exec chroot {r} dockerd --data-root /kiln/d/data --exec-root /run/docker \
+               -p /kiln/d/docker.pid -H unix:///kiln/d/docker.sock --bridge={bridge} \
+               --iptables=false --ip-masq=false{features}",
+            d = dir.display(),
+            features = if containerd_store {
+                " --config-file /kiln/d/daemon.json"
+            } else {
+                ""
+            }
+        );
+        if containerd_store {
+            std::fs::write(
+                dir.join("daemon.json"),
+                r#"{"features": {"containerd-snapshotter": true}}"#,
+            )
+            .unwrap();
+        }
+        let child = Command::new("setsid")
+            .args(["unshare", "--mount", "bash", "-c", &script])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        PrivateEngine {
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        }
+        .answering()
+    }
+
+    /// Wait until the engine answers (panics with its log if it does not).
+    fn answering(self) -> PrivateEngine {
+        let e = self;
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             let ok = Command::new("docker")
@@ -123,8 +175,28 @@ impl PrivateEngine {
         }
         panic!(
             "private dockerd did not start: {}",
-            std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            std::fs::read_to_string(e.dir.join("dockerd.log")).unwrap_or_default()
         );
+    }
+
+    /// The engine's server version (`docker version`).
+    pub fn version(&self) -> String {
+        self.format("version", "{{.Server.Version}}")
+    }
+
+    /// Its storage driver (`docker info`): `overlay2` for the classic
+    /// image store, `overlayfs` for containerd's snapshotter.
+    pub fn driver(&self) -> String {
+        self.format("info", "{{.Driver}}")
+    }
+
+    fn format(&self, what: &str, format: &str) -> String {
+        let out = Command::new("docker")
+            .args(["-H", &format!("unix://{}", self.socket().display())])
+            .args([what, "--format", format])
+            .output_within(Duration::from_secs(30))
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// SIGKILL the engine and every process it started (its containerd
@@ -192,4 +264,38 @@ impl Drop for PrivateEngine {
                 .status_within(Duration::from_secs(60));
         }
     }
+}
+
+/// A root filesystem of Debian trixie with its docker.io (Docker Engine
+/// 26.x, containerd, runc), made once by `debootstrap` from Debian's
+/// mirror and kept under the services' state dir (`.kiln/fixtures`).
+pub fn current_docker_root() -> PathBuf {
+    static ONCE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = ONCE.lock().unwrap_or_else(|e| e.into_inner());
+    let root = super::state_dir().join("fixtures/trixie-docker");
+    if root.join("kiln/d").is_dir() {
+        return root;
+    }
+    let partial = root.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let out = Command::new("debootstrap")
+        .args([
+            "--variant=minbase",
+            "--include=docker.io,ca-certificates",
+            "trixie",
+        ])
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .output_within(Duration::from_secs(1200))
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "debootstrap trixie with docker.io: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(partial.join("kiln/d")).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::rename(&partial, &root).unwrap();
+    root
 }
