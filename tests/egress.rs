@@ -24,48 +24,13 @@ use serde_json::{Value, json};
 
 mod common;
 use common::engine::PrivateEngine;
+use common::netns::{Netns, ip};
 use common::{Bounded, LIMIT, Profile, Spawned};
 
 /// The mirror's host, and the build's side of the link to it.
 const MIRROR: &str = "10.231.77.1";
 const BUILD: &str = "10.231.77.2";
 const PAYLOAD: &str = "kiln egress test payload: source mirror\n";
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output_within(Duration::from_secs(60))
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace, deleted on drop (with the interfaces in it).
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status_within(Duration::from_secs(60));
-        ip(&["netns", "add", &name]);
-        let ns = Netns(name);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        ns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status_within(Duration::from_secs(60));
-    }
-}
 
 /// The two namespaces and the one link between them: the build's has no
 /// other route than to the mirror's /30.

@@ -78,6 +78,17 @@ impl PrivateEngine {
     /// by `ip netns add`): its builds' host network is that namespace's,
     /// and `bridge` must exist there.
     pub fn start_in(dir: &Path, bridge: &str, netns: Option<&str>) -> PrivateEngine {
+        PrivateEngine::start_with(dir, bridge, netns, &[])
+    }
+
+    /// [`PrivateEngine::start_in`] with more `dockerd` arguments (another
+    /// listener, its TLS files).
+    pub fn start_with(
+        dir: &Path,
+        bridge: &str,
+        netns: Option<&str>,
+        extra: &[String],
+    ) -> PrivateEngine {
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
         let mut cmd = Command::new("setsid");
         if let Some(ns) = netns {
@@ -99,6 +110,7 @@ impl PrivateEngine {
             .arg(format!("unix://{}", dir.join("docker.sock").display()))
             .arg(format!("--bridge={bridge}"))
             .args(["--iptables=false", "--ip-masq=false"])
+            .args(extra)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod faults;
 pub mod github;
 pub mod jobs;
+pub mod netns;
 pub mod nginx;
 pub mod proc;
 pub mod profile;

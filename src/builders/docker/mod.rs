@@ -229,6 +229,11 @@ pub fn connect(host: &DockerHost) -> Result<Engine, DockerError> {
     } else if host.endpoint.starts_with("tcp://") {
         match std::env::var("DOCKER_CERT_PATH") {
             Ok(dir) => {
+                // bollard's TLS takes rustls' process-wide provider, which
+                // two providers linked in (ring, aws-lc-rs) leave unset:
+                // choose aws-lc-rs (octocrab's) once; a second call is a
+                // no-op.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
                 let d = Path::new(&dir);
                 Docker::connect_with_ssl(
                     &host.endpoint,
