@@ -208,7 +208,7 @@ async fn check_engine(
     let marked = down
         .map(|d| format!("; marked down by a build since {}: {}", d.since, d.error))
         .unwrap_or_default();
-    let engine = match crate::builders::docker::connect(host) {
+    let engine = match crate::builders::docker::connect(host).await {
         Ok(e) => e,
         Err(e) => {
             return missing(
@@ -497,6 +497,7 @@ mod tests {
             emulate: vec![],
             concurrency: 1,
             sources_address: None,
+            ssh_config: None,
             os_version: Some("10.0.20348".into()),
             isolation: None,
         };

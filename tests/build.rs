@@ -469,7 +469,7 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
     use kiln::builders::docker::{self, BuildSpec, SmokeCheck};
     use kiln::registry::index::{self, Platform};
     let cfg = kiln::config::Config::defaults(root()).unwrap();
-    let engine = docker::connect(&cfg.docker.hosts[0]).unwrap();
+    let engine = docker::connect(&cfg.docker.hosts[0]).await.unwrap();
     let reg = kiln::registry::Registry::new(&cfg.registry).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut digests = Vec::new();

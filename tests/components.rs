@@ -115,7 +115,7 @@ async fn qcow2_create_check_overlay_compact() {
 #[tokio::test]
 async fn container_runs_on_the_engine() {
     let cfg = config();
-    let engine = docker::connect(&cfg.docker.hosts[0]).unwrap();
+    let engine = docker::connect(&cfg.docker.hosts[0]).await.unwrap();
     let busybox = std::fs::read(root().join(".kiln/fixtures/busybox-amd64"))
         .expect("run scripts/services.sh up first");
     let reg = Registry::new(&cfg.registry).unwrap();

@@ -153,6 +153,36 @@ impl Drop for Route {
     }
 }
 
+/// The busybox profile on the one docker host `host` (its name, endpoint
+/// and more), whose recipe takes `payload.txt` from `{{sources_url}}`;
+/// the source synced.
+fn profile(name: &str, os: &str, host: &str) -> Profile {
+    let p = Profile::busybox(name, os)
+        .own_state()
+        .recipe_prefix(
+            "RUN wget -q -O /payload.txt {{sources_url}}/payload.txt && grep -q 'source mirror' /payload.txt\n",
+        )
+        .toml(&format!(
+            "[docker]\n[[docker.hosts]]\n{host}os = \"linux\"\narch = \"amd64\"\nconcurrency = 1\n"
+        ))
+        .create();
+    let origin = p.path().join("origin/payload.txt");
+    std::fs::create_dir_all(origin.parent().unwrap()).unwrap();
+    std::fs::write(&origin, PAYLOAD).unwrap();
+    use sha2::Digest;
+    std::fs::write(
+        p.path().join("versions/sources.yaml"),
+        format!(
+            "sources:\n  - name: payload.txt\n    url: file://{}\n    sha256: {}\n",
+            origin.display(),
+            hex::encode(sha2::Sha256::digest(PAYLOAD))
+        ),
+    )
+    .unwrap();
+    p.sync_sources();
+    p
+}
+
 #[test]
 fn a_build_on_a_tls_engine_in_another_network_takes_its_sources_through_the_link() {
     common::fixtures();
@@ -254,29 +284,13 @@ fn a_build_on_a_tls_engine_in_another_network_takes_its_sources_through_the_link
         String::from_utf8_lossy(&plain.stdout)
     );
 
-    let p = Profile::busybox("remote-tls", "busybox-remote")
-        .own_state()
-        .recipe_prefix(
-            "RUN wget -q -O /payload.txt {{sources_url}}/payload.txt && grep -q 'source mirror' /payload.txt\n",
-        )
-        .toml(&format!(
-            "[docker]\n[[docker.hosts]]\nname = \"remote\"\nendpoint = \"tcp://{ENGINE}:2376\"\nos = \"linux\"\narch = \"amd64\"\nconcurrency = 1\nsources_address = \"{HOST}\"\n"
-        ))
-        .create();
-    let origin = p.path().join("origin/payload.txt");
-    std::fs::create_dir_all(origin.parent().unwrap()).unwrap();
-    std::fs::write(&origin, PAYLOAD).unwrap();
-    use sha2::Digest;
-    std::fs::write(
-        p.path().join("versions/sources.yaml"),
-        format!(
-            "sources:\n  - name: payload.txt\n    url: file://{}\n    sha256: {}\n",
-            origin.display(),
-            hex::encode(sha2::Sha256::digest(PAYLOAD))
+    let p = profile(
+        "remote-tls",
+        "busybox-remote",
+        &format!(
+            "name = \"remote\"\nendpoint = \"tcp://{ENGINE}:2376\"\nsources_address = \"{HOST}\"\n"
         ),
-    )
-    .unwrap();
-    p.sync_sources();
+    );
     let out = p
         .command()
         .args(["build", "--json"])
@@ -304,4 +318,52 @@ fn a_build_on_a_tls_engine_in_another_network_takes_its_sources_through_the_link
         .unwrap();
     assert!(!images.stdout.is_empty(), "the remote engine built nothing");
     drop(engine);
+}
+
+/// An engine reached only over ssh (the sshd test host on loopback, its
+/// user in the `docker` group): Kiln's own connection forwards the host's
+/// Docker socket here and, for the build, its source proxy (listening
+/// on this machine's loopback only) to the host's bridge gateway; the
+/// build fetches through it, and the forward and connection go with the
+/// run.
+#[test]
+fn a_build_on_an_ssh_engine_takes_its_sources_through_the_connection() {
+    common::fixtures();
+    let w = match common::sshd::SshWorker::start("de") {
+        Ok(w) => w,
+        Err(e) => panic!("the ssh test host: {e}"),
+    };
+    let added = Command::new("usermod")
+        .args(["-aG", "docker", &w.user])
+        .status_within(Duration::from_secs(60))
+        .unwrap();
+    assert!(added.success());
+    let p = profile(
+        "remote-ssh",
+        "busybox-remotessh",
+        &format!(
+            "name = \"sshengine\"\nendpoint = \"ssh://{}\"\nssh_config = \"{}\"\n",
+            w.alias,
+            w.ssh_config.display()
+        ),
+    );
+    let (code, s) = p.build(&[]);
+    let log = std::fs::read_to_string(
+        p.path()
+            .join("state/log/linux_busybox-remotessh_5.5.0_amd64.log"),
+    )
+    .unwrap_or_default();
+    assert_eq!(code, Some(0), "{s}\n{log}\n{}", w.log());
+    assert_eq!(s["built"], 1, "{s}");
+    assert!(log.contains("on docker host sshengine"), "{log}");
+    // Through sshd: the socket and the reverse forward were asked of it.
+    let sshd = w.log();
+    assert!(
+        sshd.contains("docker.sock") && sshd.contains("tcpip-forward"),
+        "{sshd}"
+    );
+    // Kiln has exited: its connection is gone from the host.
+    common::wait_until("the ssh connection to close", 30, || {
+        w.user_processes().trim().is_empty()
+    });
 }

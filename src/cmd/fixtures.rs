@@ -20,10 +20,10 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
         .hosts
         .first()
         .context("no docker host configured")?;
-    let engine = docker::connect(host)?;
     let reg = Registry::new(&config.registry)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
+        let engine = docker::connect(host).await?;
         let d = parents::ensure_busybox(&config, &engine, &reg).await?;
         println!("{}/{}:latest@{d}", reg.host, parents::BUSYBOX_REPO);
         if args.debian {

@@ -29,6 +29,10 @@ pub struct DockerHost {
     /// a `tcp://` or `ssh://` engine whose builds take sources.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources_address: Option<String>,
+    /// An `ssh://` host's ssh_config file (`ssh -F`: port, key, known
+    /// hosts), as `[[zfs.hosts]] ssh_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_config: Option<String>,
     /// A Windows host's OS build (`10.0.20348` for ltsc2022): which
     /// releases' images it can run ([`DockerHost::runs_os_version`]).
     /// Required for `os = "windows"`.
@@ -185,6 +189,7 @@ mod tests {
             emulate: vec![],
             concurrency: 1,
             sources_address: Some("10.0.0.1".into()),
+            ssh_config: None,
             os_version: Some(os_version.into()),
             isolation,
         }

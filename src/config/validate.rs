@@ -90,6 +90,12 @@ fn validate_docker_host(i: usize, h: &DockerHost) -> Result<(), String> {
             h.name
         ));
     }
+    if h.ssh_config.is_some() && !h.endpoint.starts_with("ssh://") {
+        return Err(format!(
+            "docker.hosts[{i}] ({}): ssh_config is for ssh:// endpoints",
+            h.name
+        ));
+    }
     let ok = h.endpoint.starts_with("unix://")
         || h.endpoint.starts_with("tcp://")
         || h.endpoint.starts_with("ssh://")

@@ -74,7 +74,13 @@ impl SourceProxy {
 
     /// The value of the build's `http_proxy`, credentials included.
     pub fn proxy_url(&self) -> String {
-        format!("http://{USER}:{}@{}", self.token, self.addr)
+        self.proxy_url_at(self.addr)
+    }
+
+    /// The same, for a build that reaches the proxy at `addr` (the far
+    /// end of an ssh forward to it).
+    pub fn proxy_url_at(&self, addr: SocketAddr) -> String {
+        format!("http://{USER}:{}@{addr}", self.token)
     }
 }
 

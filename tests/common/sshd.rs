@@ -133,7 +133,7 @@ impl SshWorker {
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
                  AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
                  KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin no\nAllowUsers {user}\n\
-                 MaxSessions 50\nMaxStartups 50\nLogLevel DEBUG1\n",
+                 MaxSessions 50\nMaxStartups 50\nLogLevel DEBUG1\nGatewayPorts clientspecified\n",
                 d = d.display()
             ),
         )

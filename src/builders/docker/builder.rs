@@ -34,7 +34,7 @@ enum Done {
 pub struct DockerBuilder {
     config: Config,
     hosts: Vec<DockerHost>,
-    engines: OnceLock<Vec<(DockerHost, Engine, Arc<Semaphore>)>>,
+    engines: tokio::sync::OnceCell<Vec<(DockerHost, Engine, Arc<Semaphore>)>>,
     /// Exports are unpacked and layers written under here (`<pid>-…`).
     work_dir: PathBuf,
 }
@@ -44,7 +44,7 @@ impl DockerBuilder {
         DockerBuilder {
             config: config.clone(),
             hosts: config.docker.hosts.clone(),
-            engines: OnceLock::new(),
+            engines: tokio::sync::OnceCell::new(),
             work_dir: config.work_dir().join("docker"),
         }
     }
@@ -59,7 +59,7 @@ impl DockerBuilder {
         let health = self.health();
         let mut up = vec![];
         let mut down = vec![];
-        for e in self.engines().iter().filter(|(h, _, _)| serves(h, t)) {
+        for e in self.engines().await.iter().filter(|(h, _, _)| serves(h, t)) {
             let key = format!("docker:{}", e.0.name);
             match health.as_ref().and_then(|h| h.get(&key).ok().flatten()) {
                 Some(d) if !probe_due(&key) || e.1.docker.ping().await.is_err() => {
@@ -142,13 +142,13 @@ impl DockerBuilder {
         for (host, engine, slots) in self.candidates(t).await? {
             spec.host = host.name.clone();
             spec.isolation = (host.os == "windows").then(|| host.isolation.unwrap_or_default());
-            let _proxy = match &tree {
+            let route = match &tree {
                 Some(tree) => {
-                    let p = source_proxy(host, engine, tree.clone())
+                    let r = source_proxy(host, engine, tree.clone())
                         .await
                         .map_err(|f| f.with_log(job.log))?;
-                    spec.proxy = Some(p.proxy_url());
-                    Some(p)
+                    spec.proxy = Some(r.url.clone());
+                    Some(r)
                 }
                 None => None,
             };
@@ -162,6 +162,9 @@ impl DockerBuilder {
                     super::build_local(engine, &spec).await.map(Done::Kept)
                 }
             };
+            if let Some(r) = route {
+                r.close().await;
+            }
             let e = match built {
                 Ok(done) => return Ok(done),
                 Err(e) => e,
@@ -183,34 +186,90 @@ impl DockerBuilder {
         }))
     }
 
-    /// The engines that connected, each with its host's build slots.
-    fn engines(&self) -> &[(DockerHost, Engine, Arc<Semaphore>)] {
-        self.engines.get_or_init(|| {
-            self.hosts
-                .iter()
-                .filter_map(|h| match super::connect(h) {
-                    Ok(e) => Some((
-                        h.clone(),
-                        e,
-                        host_permits(&format!("docker:{}", h.name), h.concurrency),
-                    )),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "docker host unavailable");
-                        None
+    /// The engines that connected, each with its host's build slots (an
+    /// ssh host connects here, once per process; one that cannot is left
+    /// out, logged).
+    async fn engines(&self) -> &[(DockerHost, Engine, Arc<Semaphore>)] {
+        self.engines
+            .get_or_init(|| async {
+                let mut out = Vec::new();
+                for h in &self.hosts {
+                    match super::connect(h).await {
+                        Ok(e) => out.push((
+                            h.clone(),
+                            e,
+                            host_permits(&format!("docker:{}", h.name), h.concurrency),
+                        )),
+                        Err(e) => tracing::warn!(error = %e, "docker host unavailable"),
                     }
-                })
-                .collect()
-        })
+                }
+                out
+            })
+            .await
+    }
+}
+
+/// A build's source proxy and how its containers reach it.
+struct SourceRoute {
+    proxy: crate::sources::SourceProxy,
+    /// The build's `http_proxy`.
+    url: String,
+    /// An ssh engine's forward of the proxy to its bridge gateway.
+    forward: Option<(
+        Arc<super::tunnel::Tunnel>,
+        crate::builders::zfs::host::Forward,
+    )>,
+}
+
+impl SourceRoute {
+    /// Stop the proxy and cancel its forward.
+    async fn close(self) {
+        if let Some((t, f)) = &self.forward {
+            t.cancel(f).await;
+        }
+        drop(self.proxy);
     }
 }
 
 /// Start a build's source proxy where `host`'s build containers reach
-/// it: `sources_address`, or for a local engine its bridge's gateway.
+/// it: `sources_address`; for a local engine its bridge's gateway; for
+/// an ssh engine on this machine's loopback, forwarded over the engine's
+/// connection to the host's bridge gateway.
 async fn source_proxy(
     host: &DockerHost,
     engine: &Engine,
     tree: crate::sources::Tree,
-) -> Result<crate::sources::SourceProxy, Failure> {
+) -> Result<SourceRoute, Failure> {
+    let start = |ip: std::net::IpAddr| {
+        crate::sources::SourceProxy::start(tree.clone(), std::net::SocketAddr::new(ip, 0))
+    };
+    let proxy_failed = |e: crate::sources::SourcesError| Failure::new(e.kind(), e.to_string());
+    let no_gateway = || {
+        Failure::infra(format!(
+            "docker host {}: its default bridge network has no IPv4 gateway for the source proxy; set docker.hosts.sources_address",
+            host.name
+        ))
+    };
+    if host.sources_address.is_none()
+        && let Some(t) = &engine.tunnel
+    {
+        let gateway = bridge_gateway(engine).await.ok_or_else(no_gateway)?;
+        let proxy = start(std::net::Ipv4Addr::LOCALHOST.into())
+            .await
+            .map_err(proxy_failed)?;
+        let f = t.reverse(gateway, proxy.addr()).await.map_err(|e| {
+            Failure::infra(format!(
+                "docker host {}: forwarding the source proxy to {gateway} over ssh (its sshd needs `GatewayPorts clientspecified`): {e}",
+                host.name
+            ))
+        })?;
+        let url = proxy.proxy_url_at(std::net::SocketAddr::new(gateway, f.remote_port));
+        return Ok(SourceRoute {
+            proxy,
+            url,
+            forward: Some((t.clone(), f)),
+        });
+    }
     let ip: std::net::IpAddr = match &host.sources_address {
         Some(a) => a.parse().map_err(|e| {
             Failure::new(
@@ -218,14 +277,9 @@ async fn source_proxy(
                 format!("docker host {}: sources_address {a:?}: {e}", host.name),
             )
         })?,
-        None if host.endpoint.starts_with("unix://") => bridge_gateway(engine)
-            .await
-            .ok_or_else(|| {
-                Failure::infra(format!(
-                    "docker host {}: its default bridge network has no IPv4 gateway for the source proxy; set docker.hosts.sources_address",
-                    host.name
-                ))
-            })?,
+        None if host.endpoint.starts_with("unix://") => {
+            bridge_gateway(engine).await.ok_or_else(no_gateway)?
+        }
         None => {
             return Err(Failure::new(
                 crate::model::FailureKind::Recipe,
@@ -236,9 +290,12 @@ async fn source_proxy(
             ));
         }
     };
-    crate::sources::SourceProxy::start(tree, std::net::SocketAddr::new(ip, 0))
-        .await
-        .map_err(|e| Failure::new(e.kind(), e.to_string()))
+    let proxy = start(ip).await.map_err(proxy_failed)?;
+    Ok(SourceRoute {
+        url: proxy.proxy_url(),
+        proxy,
+        forward: None,
+    })
 }
 
 /// The IPv4 gateway of the engine's default `bridge` network.
@@ -422,7 +479,7 @@ impl Builder for DockerBuilder {
     fn sweep(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             crate::builders::sweep_dead_work_dirs(&self.work_dir);
-            for (h, e, _) in self.engines() {
+            for (h, e, _) in self.engines().await {
                 if let Err(err) = super::sweep_orphans(e).await {
                     tracing::warn!(host = %h.name, error = %err, "sweeping what killed kiln processes left");
                 }

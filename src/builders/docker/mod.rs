@@ -39,6 +39,7 @@ pub mod parents;
 pub mod pull;
 mod steps;
 mod sweep;
+pub mod tunnel;
 pub mod usage;
 
 pub use builder::DockerBuilder;
@@ -214,11 +215,13 @@ impl DockerError {
 pub struct Engine {
     pub name: String,
     pub docker: Docker,
+    /// An `ssh://` engine's connection (its socket forwarded here).
+    pub tunnel: Option<std::sync::Arc<tunnel::Tunnel>>,
 }
 
 /// Connect to a configured host: unix socket, tcp (TLS with the certificates
 /// in `DOCKER_CERT_PATH`, plain otherwise), or ssh.
-pub fn connect(host: &DockerHost) -> Result<Engine, DockerError> {
+pub async fn connect(host: &DockerHost) -> Result<Engine, DockerError> {
     let err = |message: String| DockerError::Connect {
         host: host.name.clone(),
         endpoint: host.endpoint.clone(),
@@ -247,15 +250,29 @@ pub fn connect(host: &DockerHost) -> Result<Engine, DockerError> {
             Err(_) => Docker::connect_with_http(&host.endpoint, 1800, bollard::API_DEFAULT_VERSION),
         }
     } else if host.endpoint.starts_with("ssh://") {
-        // Runs `docker system dial-stdio` on the remote through the ssh
-        // binary (keys from the ssh agent or ~/.ssh, as for `docker -H ssh://`).
-        Docker::connect_with_ssh(&host.endpoint, 1800, bollard::API_DEFAULT_VERSION, None)
+        // Kiln's own ssh connection, the host's socket forwarded here: it
+        // also carries the builds' source forwards ([`tunnel`]).
+        let t = tunnel::Tunnel::open(host)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        let docker = Docker::connect_with_unix(
+            &t.socket.display().to_string(),
+            1800,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| err(e.to_string()))?;
+        return Ok(Engine {
+            name: host.name.clone(),
+            docker,
+            tunnel: Some(std::sync::Arc::new(t)),
+        });
     } else {
         return Err(err("expected a unix://, tcp:// or ssh:// endpoint".into()));
     };
     Ok(Engine {
         name: host.name.clone(),
         docker: docker.map_err(|e| err(e.to_string()))?,
+        tunnel: None,
     })
 }
 

@@ -37,7 +37,7 @@ pub async fn report(h: &DockerHost) -> HostReport {
     let r = stub(h);
     // Errors name the endpoint: with its userinfo redacted, as the address.
     let redacted = |e: &dyn std::fmt::Display| e.to_string().replace(&h.endpoint, &r.address);
-    let engine = match super::connect(h) {
+    let engine = match super::connect(h).await {
         Ok(e) => e,
         Err(e) => {
             let e = redacted(&e);
@@ -152,6 +152,7 @@ mod tests {
             emulate: vec!["arm64".into()],
             concurrency: 3,
             sources_address: None,
+            ssh_config: None,
             os_version: None,
             isolation: None,
         };
@@ -180,6 +181,7 @@ mod tests {
                 emulate: vec![],
                 concurrency: 1,
                 sources_address: None,
+                ssh_config: None,
                 os_version: None,
                 isolation: None,
             };

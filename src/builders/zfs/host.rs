@@ -234,12 +234,13 @@ pub struct Forward {
 }
 
 impl Host {
-    /// `ssh -S <control> -O <op> -R <spec> host`: a request to the
-    /// connection's master, which opens or closes the forward on the host.
-    fn mux(&self, op: &str, spec: &str) -> Result<Cmd, ProcessError> {
+    /// `ssh -S <control> -O <op> <flag> <spec> host`: a request to the
+    /// connection's master, which opens or closes a forward (`-R` on the
+    /// host, `-L` here).
+    fn mux(&self, op: &str, flag: &str, spec: &str) -> Result<Cmd, ProcessError> {
         let Some(conn) = &self.conn else {
             return Err(ProcessError::Io {
-                command: format!("ssh -O {op} -R {spec} {}", self.config.ssh),
+                command: format!("ssh -O {op} {flag} {spec} {}", self.config.ssh),
                 source: std::io::Error::other("no connection to forward over (a local host)"),
             });
         };
@@ -247,9 +248,20 @@ impl Host {
             .args(self.ssh_options())
             .arg("-S")
             .arg(&conn.control)
-            .args(["-O", op, "-R", spec])
+            .args(["-O", op, flag, spec])
             .arg(&self.config.ssh)
             .timeout(Duration::from_secs(30)))
+    }
+
+    /// Make the Unix socket `remote` on the host reachable here at the
+    /// Unix socket `local`, over this handle's connection (`-L`).
+    pub async fn forward_socket(
+        &self,
+        local: &std::path::Path,
+        remote: &str,
+    ) -> Result<(), ProcessError> {
+        let spec = format!("{}:{remote}", local.display());
+        self.mux("forward", "-L", &spec)?.run().await.map(|_| ())
     }
 
     /// Make `local` (a listener on this machine) reachable from the host at
@@ -258,8 +270,22 @@ impl Host {
         &self,
         local: std::net::SocketAddr,
     ) -> Result<Forward, ProcessError> {
-        let spec = format!("0:{}:{}", local.ip(), local.port());
-        let cmd = self.mux("forward", &spec)?;
+        self.reverse_forward_on(None, local).await
+    }
+
+    /// [`Host::reverse_forward`] listening on the host's address `bind`
+    /// (its sshd must allow it: `GatewayPorts clientspecified`) instead
+    /// of its loopback.
+    pub async fn reverse_forward_on(
+        &self,
+        bind: Option<std::net::IpAddr>,
+        local: std::net::SocketAddr,
+    ) -> Result<Forward, ProcessError> {
+        let spec = match bind {
+            Some(b) => format!("{b}:0:{}:{}", local.ip(), local.port()),
+            None => format!("0:{}:{}", local.ip(), local.port()),
+        };
+        let cmd = self.mux("forward", "-R", &spec)?;
         let out = cmd.run().await?;
         // With a listen port of 0, ssh prints the port the host allocated.
         let remote_port = out
@@ -280,7 +306,7 @@ impl Host {
 
     /// Close a forward: the host stops listening on its port.
     pub async fn cancel_forward(&self, f: &Forward) -> Result<(), ProcessError> {
-        self.mux("cancel", &f.spec)?.run().await.map(|_| ())
+        self.mux("cancel", "-R", &f.spec)?.run().await.map(|_| ())
     }
 }
 
