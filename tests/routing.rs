@@ -3,7 +3,8 @@
 //! A host running the arch natively is chosen over one that emulates it;
 //! a host killed mid-build is marked down (in the state store, shown by
 //! `kiln doctor`) and the build completes on the other host; once it
-//! answers again it is back in the routing.
+//! answers again it is back in the routing; builds arriving together
+//! spread over hosts with free slots.
 
 use std::time::Duration;
 
@@ -195,4 +196,54 @@ fn a_host_killed_mid_build_is_marked_down_and_the_build_completes_on_another() {
         !check["detail"].as_str().unwrap().contains("marked down"),
         "{check}"
     );
+}
+
+/// Two arches of one tag arrive together; two hosts, one slot each, serve
+/// both (natively or by emulation): each build takes a host of its own,
+/// so both run at once (both reach the barrier before it opens).
+#[test]
+fn builds_arriving_together_spread_over_hosts_by_free_slots() {
+    fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = make_bridge("kilnrs", "172.31.246.1/24");
+    let engine = PrivateEngine::start(dir.path(), &bridge.0);
+    let barrier = Barrier::for_engine(&bridge.0);
+    let p = Profile::busybox("route-spread", "busybox-route-spread")
+        .own_state()
+        .recipe_prefix(&barrier.docker_step("held"))
+        .toml(&hosts(&[
+            (
+                "local",
+                "unix:///var/run/docker.sock".into(),
+                "amd64",
+                "\"arm64\"",
+                1,
+            ),
+            (
+                "private",
+                format!("unix://{}", engine.socket().display()),
+                "amd64",
+                "\"arm64\"",
+                1,
+            ),
+        ]))
+        .create();
+    p.edit("platforms/linux/platform.yaml", |t| {
+        t.replace("arches: [amd64]", "arches: [amd64, arm64]")
+    });
+    let build = Spawned::piped("kiln build", p.command().args(["build", "--json"]));
+    // Both held at once: one slot per host, so on two hosts.
+    let arrived = barrier.wait_for_arrivals(2, Duration::from_secs(240));
+    assert_eq!(arrived.len(), 2, "{arrived:?}");
+    barrier.open();
+    let out = build.output_within(LIMIT);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{s}");
+    let log = build_log(&p);
+    assert!(
+        log.contains("on docker host local") && log.contains("on docker host private"),
+        "{log}"
+    );
+    drop(engine);
 }

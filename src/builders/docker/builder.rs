@@ -139,7 +139,20 @@ impl DockerBuilder {
                 .replace(super::SOURCES_URL, crate::sources::proxy::SOURCES_URL);
         }
         let mut failed = None;
-        for (host, engine, slots) in self.candidates(t).await? {
+        let mut hosts = self.candidates(t).await?;
+        while !hosts.is_empty() {
+            // The first host in routing order with a slot free now (so that
+            // builds arriving together spread over the hosts), else wait
+            // for the first one's.
+            let (i, slot) = match hosts
+                .iter()
+                .enumerate()
+                .find_map(|(i, (_, _, s))| s.clone().try_acquire_owned().ok().map(|p| (i, p)))
+            {
+                Some((i, p)) => (i, Some(p)),
+                None => (0, hosts[0].2.clone().acquire_owned().await.ok()),
+            };
+            let (host, engine, _) = hosts.remove(i);
             spec.host = host.name.clone();
             spec.isolation = (host.os == "windows").then(|| host.isolation.unwrap_or_default());
             let route = match &tree {
@@ -152,16 +165,14 @@ impl DockerBuilder {
                 }
                 None => None,
             };
-            let built = {
-                let _slot = slots.clone().acquire_owned().await;
-                if push {
-                    super::build(engine, job.registry, &spec)
-                        .await
-                        .map(|b| Done::Pushed(b.digest))
-                } else {
-                    super::build_local(engine, &spec).await.map(Done::Kept)
-                }
+            let built = if push {
+                super::build(engine, job.registry, &spec)
+                    .await
+                    .map(|b| Done::Pushed(b.digest))
+            } else {
+                super::build_local(engine, &spec).await.map(Done::Kept)
             };
+            drop(slot);
             if let Some(r) = route {
                 r.close().await;
             }
