@@ -41,7 +41,8 @@ impl Tunnel {
             arch: h.arch.clone(),
         };
         let host = Host::connect(&target).await?;
-        sweep_dead_dirs();
+        // Socket directories of killed Kiln processes.
+        crate::builders::zfs::host::sweep_dead_temp("kiln-docker-");
         let dir = tempfile::Builder::new()
             .prefix(&format!("kiln-docker-{}-", std::process::id()))
             .tempdir()
@@ -67,28 +68,6 @@ impl Tunnel {
     pub async fn cancel(&self, f: &Forward) {
         if let Err(e) = self.host.cancel_forward(f).await {
             tracing::warn!(error = %e, "cancelling a source forward (it goes with the connection)");
-        }
-    }
-}
-
-/// Remove the socket directories (`kiln-docker-<pid>-…`) of Kiln
-/// processes of this machine that were killed before they could.
-fn sweep_dead_dirs() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(pid) = name
-            .strip_prefix("kiln-docker-")
-            .and_then(|rest| rest.split_once('-'))
-            .map(|(pid, _)| pid.to_string())
-        else {
-            continue;
-        };
-        let owner = format!("{}/{pid}", crate::process::hostname());
-        if crate::process::owner_is_gone(&owner) {
-            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }

@@ -313,13 +313,19 @@ impl Host {
 /// Remove the control sockets (`kiln-ssh-<pid>-<n>`) of Kiln processes of
 /// this machine that were killed before they could.
 fn sweep_dead_sockets() {
+    sweep_dead_temp("kiln-ssh-");
+}
+
+/// Remove what killed Kiln processes of this machine left in the temp dir
+/// under `<prefix><pid>-…` (a file or a directory).
+pub(crate) fn sweep_dead_temp(prefix: &str) {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(pid) = name
-            .strip_prefix("kiln-ssh-")
+            .strip_prefix(prefix)
             .and_then(|rest| rest.split_once('-'))
             .map(|(pid, _)| pid.to_string())
         else {
@@ -327,7 +333,12 @@ fn sweep_dead_sockets() {
         };
         let owner = format!("{}/{pid}", crate::process::hostname());
         if crate::process::owner_is_gone(&owner) {
-            let _ = std::fs::remove_file(e.path());
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
         }
     }
 }
