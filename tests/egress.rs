@@ -160,25 +160,7 @@ fn confined(tag: &str) -> Confined {
             .is_ok_and(|s| s.success())
     });
     // The registry on the build's loopback: a relay through a Unix socket.
-    let sock = d.join("registry.sock");
-    let host_relay = Spawned::start(
-        "the registry relay (host side)",
-        Command::new("socat")
-            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
-            .arg("TCP:127.0.0.1:5000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    common::wait_until("the relay's socket", 30, || sock.exists());
-    let kiln_relay = Spawned::start(
-        "the registry relay (namespace side)",
-        Command::new("ip")
-            .args(["netns", "exec", &net.build.0, "socat"])
-            .arg("TCP-LISTEN:5000,bind=127.0.0.1,reuseaddr,fork")
-            .arg(format!("UNIX-CONNECT:{}", sock.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let (host_relay, kiln_relay) = common::netns::registry_relay(&net.build.0, d);
     let engine_dir = d.join("engine");
     std::fs::create_dir_all(&engine_dir).unwrap();
     let br = format!("kegbr{}{tag}", std::process::id() % 100_000);

@@ -19,7 +19,7 @@ use std::time::Duration;
 mod common;
 use common::engine::PrivateEngine;
 use common::netns::{Netns, ip};
-use common::{Bounded, Profile, Spawned};
+use common::{Bounded, Profile};
 
 /// This machine's end of the link, and the engine's.
 const HOST: &str = "10.232.88.1";
@@ -231,25 +231,7 @@ fn a_build_on_a_tls_engine_in_another_network_takes_its_sources_through_the_link
     let _route = Route;
 
     // The registry on the namespace's loopback, for the engine's pulls.
-    let sock = d.join("registry.sock");
-    let _host_relay = Spawned::start(
-        "the registry relay (host side)",
-        Command::new("socat")
-            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
-            .arg("TCP:127.0.0.1:5000")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    common::wait_until("the relay's socket", 30, || sock.exists());
-    let _ns_relay = Spawned::start(
-        "the registry relay (namespace side)",
-        Command::new("ip")
-            .args(["netns", "exec", &ns.0, "socat"])
-            .arg("TCP-LISTEN:5000,bind=127.0.0.1,reuseaddr,fork")
-            .arg(format!("UNIX-CONNECT:{}", sock.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
+    let _relay = common::netns::registry_relay(&ns.0, d);
 
     // The engine, listening with TLS on its end of the link.
     let certs = d.join("certs");

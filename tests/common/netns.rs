@@ -42,3 +42,29 @@ impl Drop for Netns {
             .status_within(Duration::from_secs(60));
     }
 }
+
+/// The suite's registry (127.0.0.1:5000) on the loopback of namespace
+/// `ns`: a socat relay on each side of a Unix socket in `dir`. Both
+/// relays stop when the returned pair drops.
+pub fn registry_relay(ns: &str, dir: &std::path::Path) -> (super::Spawned, super::Spawned) {
+    let sock = dir.join("registry.sock");
+    let host = super::Spawned::start(
+        "the registry relay (host side)",
+        Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+            .arg("TCP:127.0.0.1:5000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    super::wait_until("the relay's socket", 30, || sock.exists());
+    let inside = super::Spawned::start(
+        "the registry relay (namespace side)",
+        Command::new("ip")
+            .args(["netns", "exec", ns, "socat"])
+            .arg("TCP-LISTEN:5000,bind=127.0.0.1,reuseaddr,fork")
+            .arg(format!("UNIX-CONNECT:{}", sock.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    (host, inside)
+}
