@@ -107,6 +107,10 @@ pub async fn run(config: &Config) -> Report {
     for host in &config.zfs.hosts {
         checks.push(check_zfs(host).await);
     }
+    for host in config.qemu.hosts.iter().filter(|h| !h.ssh.is_empty()) {
+        let key = format!("qemu:{}", host.name);
+        checks.push(check_qemu(host, config, down.iter().find(|d| d.host == key)).await);
+    }
     checks.push(check_tool(&config.qemu.img, &["--version"], "qemu-img", true).await);
     checks.push(check_tool(&config.qemu.system, &["--version"], "qemu-system", true).await);
     // The QEMU install boot's private network namespace, whose port 80
@@ -389,6 +393,37 @@ async fn check_zfs(host: &crate::config::ZfsHost) -> Check {
         fix
     };
     missing(&component, true, detail, &fix)
+}
+
+/// A remote QEMU host (`[[qemu.hosts]]`): reachable over ssh, with QEMU
+/// and the build's tools, its work dir writable; KVM and free disk shown.
+async fn check_qemu(
+    host: &crate::config::QemuHost,
+    config: &Config,
+    down: Option<&crate::state::hosts::Down>,
+) -> Check {
+    let component = format!("qemu host ({})", host.name);
+    match crate::builders::qemu::site::probe(host, &config.qemu).await {
+        Ok(s) => {
+            let detail = format!(
+                "{} on {}, KVM {}, {} GiB free in {}",
+                s.version,
+                host.ssh,
+                if s.kvm { "usable" } else { "not usable (TCG)" },
+                s.free_kib / (1024 * 1024),
+                host.work_dir
+            );
+            match down {
+                Some(d) => ok(
+                    &component,
+                    true,
+                    format!("{detail}; {}", crate::builders::hosts::marked_down("ok", d)),
+                ),
+                None => ok(&component, true, detail),
+            }
+        }
+        Err((problem, fix)) => missing(&component, true, problem, &fix),
+    }
 }
 
 async fn check_tool(program: &str, args: &[&str], component: &str, required: bool) -> Check {

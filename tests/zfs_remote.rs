@@ -777,3 +777,62 @@ fn remote_build_whose_source_is_missing_is_refused_before_connecting() {
     );
     assert!(images(&w.pool.name, "knosrc").is_empty());
 }
+
+/// Two hosts of the platform, the first unreachable: the build tries it
+/// (equal free slots keep the configuration's order), marks it down and
+/// builds on the second; the inventory shows the first down.
+#[test]
+fn a_build_moves_from_an_unreachable_zfs_host_to_the_next_one() {
+    let test = "a_build_moves_from_an_unreachable_zfs_host_to_the_next_one";
+    let Some((_lock, w)) = worker_for(test, "fo") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere_config = dir.path().join("ssh_config");
+    std::fs::write(
+        &nowhere_config,
+        format!(
+            "Host kiln-nowhere\n  HostName 127.0.0.1\n  Port {}\n  ConnectTimeout 5\n",
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let nowhere = format!(
+        "[[zfs.hosts]]\nname = \"nowhere\"\nssh = \"kiln-nowhere\"\nssh_config = \"{}\"\npool = \"tank\"\nprefix = \"kiln\"\nplatforms = [\"macos\"]\narch = \"amd64\"\n",
+        nowhere_config.display()
+    );
+    let p = Profile::demo("zfs-remote-failover")
+        .demo_opam_repository()
+        .toml(&format!("[zfs]\n{nowhere}{}", w.host_toml("there", "kfo")))
+        .create();
+    p.sync_sources_for(&["--platform", "macos"]);
+    let (code, s) = p.build(&["--platform", "macos"]);
+    assert_eq!((code, &s["built"]), (Some(0), &json!(1)), "{s}");
+    assert_eq!(
+        images(&w.pool.name, "kfo").len(),
+        1,
+        "built on the second host"
+    );
+    let out = p
+        .command()
+        .args(["workers", "--json"])
+        .output_within(LIMIT)
+        .unwrap();
+    let inv: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let row = |name: &str| {
+        inv["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["builder"] == "zfs" && h["host"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no zfs host {name} in {inv}"))
+    };
+    let down = row("nowhere");
+    assert!(
+        down["health"].as_str().unwrap().starts_with("down since "),
+        "{down}"
+    );
+    assert_eq!(row("there")["health"], "ok", "{inv}");
+}

@@ -12,6 +12,7 @@
 
 pub mod docker;
 pub mod gc;
+pub mod hosts;
 pub mod inventory;
 pub mod qemu;
 pub mod zfs;

@@ -173,6 +173,42 @@ pub struct Qemu {
     /// Keep each target's last verified disk on this host, for a later run
     /// of the same key to adopt without booting.
     pub keep_disks: bool,
+    /// Where OpenBSD builds run: Linux hosts with QEMU (and KVM), this
+    /// machine or reached over ssh. None configured: this machine, one
+    /// build at a time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<QemuHost>,
+}
+
+/// A Linux host that runs QEMU builds (`[[qemu.hosts]]`). A remote one
+/// needs sshd, `qemu-system-*`, `qemu-img`, `socat`, `unshare`, `tar` and
+/// `pkill`, nothing of Kiln: the build's server, sets and sources reach it
+/// through Kiln's ssh connection, and the compacted disks come back over it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QemuHost {
+    pub name: String,
+    /// `user@host` (or an ssh_config `Host`); empty: this machine.
+    #[serde(default)]
+    pub ssh: String,
+    /// An ssh_config file for reaching it (`ssh -F`).
+    #[serde(default)]
+    pub ssh_config: String,
+    /// Builds at once on this host.
+    #[serde(default = "one")]
+    pub concurrency: usize,
+    /// Where a remote host keeps its builds' work dirs (each build's own
+    /// directory, removed when the build ends or its connection is cut).
+    #[serde(default = "qemu_work_dir")]
+    pub work_dir: String,
+    /// `kvm` or `tcg` on this host (`qemu.accel` when unset; `auto` is
+    /// judged on this machine only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+}
+
+fn qemu_work_dir() -> String {
+    "/var/tmp/kiln-qemu".into()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ mod layer;
 mod secrets;
 mod validate;
 
-pub use hosts::{Docker, DockerHost, Isolation, Qemu, Zfs, ZfsHost, windows_build};
+pub use hosts::{Docker, DockerHost, Isolation, Qemu, QemuHost, Zfs, ZfsHost, windows_build};
 use layer::{env_path, lookup, merge, set_path};
 pub use secrets::{REDACTED, redact_userinfo};
 use validate::validate;

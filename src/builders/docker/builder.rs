@@ -9,15 +9,17 @@
 //! the engine no longer answers a ping) is marked down in the state store
 //! ([`crate::state::hosts`]) and the build moves to the next host; a down
 //! host is skipped, by every process, until it answers a ping again
-//! (probed at most every [`PROBE_EVERY`]).
+//! (probed at most every [`hosts::PROBE_EVERY`]). The model (health,
+//! order, slots) is [`crate::builders::hosts`]'s, shared with QEMU hosts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
 use super::{BuildSpec, Engine, LocalImage, SmokeCheck};
+use crate::builders::hosts::{self, order, probe_due};
 use crate::builders::{BoxFuture, BuildJob, BuildOutput, Builder, host_permits};
 use crate::catalogue::BuilderKind;
 use crate::config::{Config, DockerHost};
@@ -98,16 +100,8 @@ impl DockerBuilder {
         Ok(order(&keys).into_iter().map(|i| up[i]).collect())
     }
 
-    /// The state store's record of hosts marked down (routing works
-    /// without it: a store that cannot open is logged).
     fn health(&self) -> Option<crate::state::hosts::HostHealth> {
-        match crate::state::hosts::HostHealth::open(&self.config.database.path) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "host health: the state store failed");
-                None
-            }
-        }
+        hosts::health(&self.config)
     }
 
     /// Build one arch as [`Builder::build`] does (same engine routing,
@@ -144,14 +138,8 @@ impl DockerBuilder {
             // The first host in routing order with a slot free now (so that
             // builds arriving together spread over the hosts), else wait
             // for the first one's.
-            let (i, slot) = match hosts
-                .iter()
-                .enumerate()
-                .find_map(|(i, (_, _, s))| s.clone().try_acquire_owned().ok().map(|p| (i, p)))
-            {
-                Some((i, p)) => (i, Some(p)),
-                None => (0, hosts[0].2.clone().acquire_owned().await.ok()),
-            };
+            let slots: Vec<_> = hosts.iter().map(|(_, _, s)| s.clone()).collect();
+            let (i, slot) = hosts::take_slot(&slots).await;
             let (host, engine, _) = hosts.remove(i);
             spec.host = host.name.clone();
             spec.isolation = (host.os == "windows").then(|| host.isolation.unwrap_or_default());
@@ -341,46 +329,6 @@ fn ipv4_gateway(gateway: Option<&str>, subnet: Option<&str>) -> Option<std::net:
     Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
 }
 
-/// A host's health as the inventory shows it once a build marked it down:
-/// routing skips it until a probe finds it answering.
-fn marked_down(health: &str, d: &crate::state::hosts::Down) -> String {
-    let now = if health == "ok" {
-        "answers again: routing takes it back at its next probe".to_string()
-    } else {
-        health.to_string()
-    };
-    format!("down since {}: {} ({now})", d.since, d.error)
-}
-
-/// How often a down host is pinged to see whether it answers again.
-pub const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Is a probe of the down host `key` due (and, if so, taken now)?
-fn probe_due(key: &str) -> bool {
-    static LAST: OnceLock<std::sync::Mutex<BTreeMap<String, std::time::Instant>>> = OnceLock::new();
-    let mut last = match LAST.get_or_init(Default::default).lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
-    let now = std::time::Instant::now();
-    match last.get(key) {
-        Some(t) if now.duration_since(*t) < PROBE_EVERY => false,
-        _ => {
-            last.insert(key.to_string(), now);
-            true
-        }
-    }
-}
-
-/// The order to try hosts in, given for each (runs the arch natively,
-/// free build slots): native first, then the most free slots, then the
-/// configuration's order.
-pub fn order(hosts: &[(bool, usize)]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..hosts.len()).collect();
-    idx.sort_by_key(|&i| (!hosts[i].0, std::cmp::Reverse(hosts[i].1), i));
-    idx
-}
-
 fn serves(h: &DockerHost, t: &Target) -> bool {
     h.os == t.platform
         && (t.arch == h.arch || h.emulate.iter().any(|e| t.arch == *e))
@@ -504,17 +452,11 @@ impl Builder for DockerBuilder {
         _lock: &'a crate::lockfile::Lockfile,
     ) -> BoxFuture<'a, Vec<crate::builders::inventory::HostReport>> {
         Box::pin(async move {
-            let down = self.health().and_then(|h| h.all().ok()).unwrap_or_default();
             let mut reports = futures_util::future::join_all(self.hosts.iter().map(|h| {
                 crate::builders::inventory::within(super::usage::stub(h), super::usage::report(h))
             }))
             .await;
-            for r in &mut reports {
-                let key = format!("docker:{}", r.host);
-                if let Some(d) = down.iter().find(|d| d.host == key) {
-                    r.health = marked_down(&r.health, d);
-                }
-            }
+            hosts::show_down(&self.config, "docker", &mut reports);
             reports
         })
     }
@@ -522,18 +464,6 @@ impl Builder for DockerBuilder {
 
 #[cfg(test)]
 mod routing {
-    use super::order;
-
-    #[test]
-    fn native_hosts_come_first_then_the_most_free_slots() {
-        // (native, free slots), in configuration order.
-        let hosts = [(false, 8), (true, 1), (true, 3), (false, 0)];
-        assert_eq!(order(&hosts), vec![2, 1, 0, 3]);
-        // Ties keep the configuration's order.
-        assert_eq!(order(&[(true, 2), (true, 2)]), vec![0, 1]);
-        assert!(order(&[]).is_empty());
-    }
-
     #[test]
     fn a_bridge_without_a_named_gateway_has_its_subnets_first_address() {
         use super::ipv4_gateway;
@@ -553,22 +483,5 @@ mod routing {
         assert_eq!(ipv4_gateway(None, Some("fd00::/64")), None);
         assert_eq!(ipv4_gateway(None, Some("10.0.0.0/32")), None);
         assert_eq!(ipv4_gateway(None, None), None);
-    }
-
-    #[test]
-    fn a_host_marked_down_shows_when_and_why_and_whether_it_answers() {
-        let d = crate::state::hosts::Down {
-            host: "docker:arm64-1".into(),
-            since: "2026-12-07T15:00:00Z".into(),
-            error: "engine gone".into(),
-        };
-        assert_eq!(
-            super::marked_down("ok", &d),
-            "down since 2026-12-07T15:00:00Z: engine gone (answers again: routing takes it back at its next probe)"
-        );
-        assert_eq!(
-            super::marked_down("unreachable: refused", &d),
-            "down since 2026-12-07T15:00:00Z: engine gone (unreachable: refused)"
-        );
     }
 }

@@ -17,16 +17,23 @@
 //!    the machine off. Not powering off within its timeout fails the build.
 //! 3. **verify**: an overlay of the disk (the published disk stays as the
 //!    first boot left it, cleanly shut down) boots without network
-//!    (`restrict=on`: only the forwarded ssh port reaches it). Kiln logs in
-//!    as obuilder's QEMU sandbox does — `ssh <user>@localhost -p <port>`
-//!    with the worker's key — and runs the smoke test, whose answer must
-//!    name the catalogue's compiler. Then this QEMU is killed.
+//!    (`restrict=on`: only the forwarded ssh port reaches it), in a
+//!    namespace of its own whose forwarded port `socat` offers as a Unix
+//!    socket in the work dir (no port to find free on a shared host; a
+//!    remote host's socket is forwarded here). Kiln logs in as obuilder's
+//!    QEMU sandbox does — the image's user with the worker's key — and
+//!    runs the smoke test, whose answer must name the catalogue's
+//!    compiler. Then this QEMU is killed.
+//!
+//! The namespaces are user namespaces too (`unshare -r`): a remote host's
+//! ssh user needs no privilege.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::build::{Boot, QemuError, QemuSpec};
+use super::site::Site;
 use crate::process::{Cmd, ProcessError};
 
 /// Which boot, for logs and errors.
@@ -119,7 +126,7 @@ fn boot_args(spec: &QemuSpec, stage: Stage, probe: &str) -> Vec<OsString> {
 /// the build's server.
 pub async fn install(
     spec: &QemuSpec,
-    work: &Path,
+    site: &Site,
     disk: &Path,
     serial: &Path,
     socket: &Path,
@@ -129,7 +136,7 @@ pub async fn install(
         Boot::Kernel(_) => "user,id=n0,bootfile=auto_install".to_string(),
         Boot::Pxe { bootfile, .. } => format!(
             "user,id=n0,tftp={},bootfile={bootfile}",
-            work.join("tftp").display()
+            site.work.join("tftp").display()
         ),
     };
     let mut qemu = qemu_args(spec, &[disk.to_path_buf()], serial, net);
@@ -140,64 +147,86 @@ pub async fn install(
     let script = "ip link set lo up && \
         { socat TCP-LISTEN:80,bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:\"$0\" & } && \
         sleep 0.2 && exec \"$@\"";
-    let cmd = Cmd::new("unshare")
-        .args([
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "sh",
-            "-c",
-            script,
-        ])
-        .arg(socket)
-        .arg(&spec.system)
-        .args(qemu)
+    let cmd = site
+        .cmd("unshare", namespaced(script, socket, spec, qemu))
         .timeout(spec.timeouts.install);
     let result = cmd.run().await;
     finish(
         spec,
+        site,
         Stage::Install,
         serial,
         result,
         spec.install_marker.as_deref(),
     )
+    .await
+}
+
+/// `unshare` arguments running `script` (with `$0` = `path`, `$@` = QEMU)
+/// as the init of new user, network and PID namespaces: no privilege
+/// needed on the host, any port free inside, everything gone with QEMU.
+fn namespaced(script: &str, path: &Path, spec: &QemuSpec, qemu: Vec<OsString>) -> Vec<OsString> {
+    let mut a: Vec<OsString> = [
+        "-r",
+        "--net",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        script,
+    ]
+    .map(OsString::from)
+    .to_vec();
+    a.push(path.into());
+    a.push(spec.system.clone().into());
+    a.extend(qemu);
+    a
 }
 
 /// The first boot: the installed disk (and the download-cache disk it
 /// formats) with network; it must power off.
 pub async fn first_boot(
     spec: &QemuSpec,
+    site: &Site,
     disks: &[PathBuf],
     serial: &Path,
     port: u16,
 ) -> Result<(), QemuError> {
     let mut qemu = qemu_args(spec, disks, serial, "user,id=n0".into());
     qemu.extend(boot_args(spec, Stage::FirstBoot, &probe_url(port)));
-    let cmd = Cmd::new(&spec.system)
-        .args(qemu)
+    let cmd = site
+        .cmd(&spec.system, qemu)
         .timeout(spec.timeouts.first_boot);
     let result = cmd.run().await;
-    finish(spec, Stage::FirstBoot, serial, result, None)
+    finish(spec, site, Stage::FirstBoot, serial, result, None).await
 }
 
-/// The verify boot: an overlay, no network but the forwarded ssh port;
-/// log in, run the smoke test, then stop the guest.
+/// The guest's ssh port inside the verify boot's namespace.
+const GUEST_SSH: u16 = 2222;
+
+/// The verify boot: an overlay, no network but the forwarded ssh port
+/// (in a namespace of its own, reached through a Unix socket in the work
+/// dir); log in, run the smoke test, then stop the guest.
 pub async fn verify(
     spec: &QemuSpec,
+    site: &Site,
     overlays: &[PathBuf],
     serial: &Path,
     port: u16,
 ) -> Result<String, QemuError> {
-    let ssh_port = free_port().map_err(|e| QemuError::Setup {
-        target: spec.target.clone(),
-        message: format!("a port for ssh: {e}"),
-    })?;
-    let net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{ssh_port}-:22");
+    let net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{GUEST_SSH}-:22");
     let mut qemu = qemu_args(spec, overlays, serial, net);
     qemu.extend(boot_args(spec, Stage::Verify, &probe_url(port)));
-    let cmd = Cmd::new(&spec.system)
-        .args(qemu)
+    let sock = site.work.join("ssh.sock");
+    let script = format!(
+        "ip link set lo up && \
+         {{ socat UNIX-LISTEN:\"$0\",fork,unlink-early TCP:127.0.0.1:{GUEST_SSH} & }} && \
+         exec \"$@\""
+    );
+    let here = site.reach_socket(&sock).await?;
+    let cmd = site
+        .cmd("unshare", namespaced(&script, &sock, spec, qemu))
         .timeout(spec.timeouts.verify);
     let mut guest = Box::pin(cmd.run());
     let checked = tokio::select! {
@@ -213,11 +242,12 @@ pub async fn verify(
             };
             Err(boot_error(spec, Stage::Verify, source))
         }
-        r = login_and_check(spec, ssh_port) => r,
+        r = login_and_check(spec, &here) => r,
     };
-    // Dropping the QEMU future kills it: the overlay is thrown away.
+    // Dropping the QEMU future kills it (and on a remote host its
+    // watchdog): the overlay is thrown away.
     drop(guest);
-    append_log(&spec.log, Stage::Verify, serial);
+    append_log(&spec.log, Stage::Verify, &site.read(serial).await);
     checked
 }
 
@@ -226,17 +256,17 @@ fn probe_url(port: u16) -> String {
     format!("http://10.0.2.2:{port}/install.conf")
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn ssh(login: &Login, port: u16) -> Cmd {
+/// ssh to the guest as obuilder's sandbox logs in (the user, the
+/// worker's key), through the verify boot's socket.
+fn ssh(login: &Login, socket: &Path) -> Cmd {
     Cmd::new("ssh")
         .arg(format!("{}@localhost", login.user))
-        .args(["-p", &port.to_string()])
-        .args(["-o", "NoHostAuthenticationForLocalhost=yes"])
+        .arg("-o")
+        .arg(format!(
+            "ProxyCommand=socat - UNIX-CONNECT:{}",
+            socket.display()
+        ))
+        .args(["-o", "StrictHostKeyChecking=no"])
         .arg("-i")
         .arg(&login.key)
         .args([
@@ -256,13 +286,13 @@ fn ssh(login: &Login, port: u16) -> Cmd {
 
 /// Poll the login as obuilder does (`ssh … exit`, once a second), then
 /// run the smoke test; its output must contain the expected answer.
-async fn login_and_check(spec: &QemuSpec, port: u16) -> Result<String, QemuError> {
+async fn login_and_check(spec: &QemuSpec, socket: &Path) -> Result<String, QemuError> {
     let login = &spec.login;
-    while let Err(e) = ssh(login, port).arg("exit").run().await {
+    while let Err(e) = ssh(login, socket).arg("exit").run().await {
         tracing::debug!(target = %spec.target, error = %e, "waiting for the guest's ssh");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let out = ssh(login, port)
+    let out = ssh(login, socket)
         .arg(&login.command)
         .run()
         .await
@@ -273,7 +303,7 @@ async fn login_and_check(spec: &QemuSpec, port: u16) -> Result<String, QemuError
         })?;
     let answer = out.stdout.trim().to_string();
     let entry = format!(
-        "# kiln: verify boot, over ssh as {}@localhost:{port}: {}\n{answer}\n",
+        "# kiln: verify boot, over ssh as {}@localhost: (the guest's port 22): {}\n{answer}\n",
         login.user, login.command
     );
     append_text(&spec.log, &entry);
@@ -286,7 +316,7 @@ async fn login_and_check(spec: &QemuSpec, port: u16) -> Result<String, QemuError
         });
     }
     if let Some(cache) = &spec.cache {
-        check_cache(spec, cache, port).await?;
+        check_cache(spec, cache, socket).await?;
     }
     Ok(answer)
 }
@@ -296,14 +326,14 @@ async fn login_and_check(spec: &QemuSpec, port: u16) -> Result<String, QemuError
 async fn check_cache(
     spec: &QemuSpec,
     cache: &super::build::CacheDisk,
-    port: u16,
+    socket: &Path,
 ) -> Result<(), QemuError> {
     let probe = format!("{}/.kiln-verify", cache.dir);
     let script = format!(
         "{} && touch {probe} && rm {probe} && doas umount {}",
         cache.mount, cache.dir
     );
-    let out = ssh(&spec.login, port).arg(&script).run().await;
+    let out = ssh(&spec.login, socket).arg(&script).run().await;
     let entry = format!(
         "# kiln: verify boot, the download-cache disk over ssh: {script}\n{}\n",
         match &out {
@@ -330,16 +360,17 @@ fn boot_error(spec: &QemuSpec, stage: Stage, source: ProcessError) -> QemuError 
 
 /// A boot that ran to its end: its console goes to the log, and `expect`
 /// must be on it.
-fn finish(
+async fn finish(
     spec: &QemuSpec,
+    site: &Site,
     stage: Stage,
     serial: &Path,
     result: Result<crate::process::Output, ProcessError>,
     expect: Option<&str>,
 ) -> Result<(), QemuError> {
-    append_log(&spec.log, stage, serial);
+    let console = site.read(serial).await;
+    append_log(&spec.log, stage, &console);
     result.map_err(|source| boot_error(spec, stage, source))?;
-    let console = std::fs::read_to_string(serial).unwrap_or_default();
     match expect {
         Some(marker) if !console.contains(marker) => Err(QemuError::Console {
             target: spec.target.clone(),
@@ -351,11 +382,10 @@ fn finish(
     }
 }
 
-fn append_log(log: &Path, stage: Stage, serial: &Path) {
-    let text = std::fs::read_to_string(serial).unwrap_or_default();
+fn append_log(log: &Path, stage: Stage, console: &str) {
     append_text(
         log,
-        &format!("# kiln: {}, serial console:\n{text}\n", stage.as_str()),
+        &format!("# kiln: {}, serial console:\n{console}\n", stage.as_str()),
     );
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use super::boots::{self, Login};
 use super::img::{Img, ImgError};
+use super::site::Site;
 use super::tree::Tree;
 use crate::process::ProcessError;
 
@@ -39,6 +40,10 @@ pub enum QemuError {
         expected: String,
         log: PathBuf,
     },
+    /// The QEMU host itself: unreachable, its connection lost, its work
+    /// dir or forwards refused. Infrastructure: the build may move on.
+    #[error("{message}")]
+    Host { host: String, message: String },
     #[error("{target}: verify boot: the ssh login worked but {message} (log: {log})")]
     Login {
         target: String,
@@ -103,8 +108,10 @@ pub struct Timeouts {
 pub struct QemuSpec {
     pub target: String,
     pub system: String,
-    /// `kvm` or `tcg`.
+    /// `kvm` or `tcg` (set per host when the build is routed).
     pub accel: String,
+    /// The target's own `vars.accel`, which no host overrides.
+    pub accel_var: Option<String>,
     pub memory_mib: u32,
     pub cpus: u32,
     pub disk_size: String,
@@ -135,41 +142,59 @@ pub struct QemuOutput {
     pub cache: Option<Box<QemuOutput>>,
 }
 
-/// Build, verify and compact; on any failure nothing is left behind.
-/// A Kiln killed outright takes QEMU with it (see `process`), and the next
-/// build removes its work directory.
-pub async fn build(img: &Img, spec: &QemuSpec) -> Result<QemuOutput, QemuError> {
+/// Build, verify and compact on `host`; on any failure nothing is left
+/// behind, here or there. A Kiln killed outright takes QEMU with it (see
+/// `process`, and `site` for a remote host), and the next build removes
+/// its work directory.
+pub async fn build(
+    img: &Img,
+    spec: &QemuSpec,
+    host: &crate::config::QemuHost,
+) -> Result<QemuOutput, QemuError> {
     let setup = |message: String| QemuError::Setup {
         target: spec.target.clone(),
         message,
     };
-    std::fs::create_dir_all(&spec.work_root)
-        .map_err(|e| setup(format!("{}: {e}", spec.work_root.display())))?;
-    crate::builders::sweep_dead_work_dirs(&spec.work_root);
-    // Named by our pid, so that a later build can tell a dead process's dir.
-    let work = tempfile::Builder::new()
-        .prefix(&format!("{}-", std::process::id()))
-        .tempdir_in(&spec.work_root)
-        .map_err(|e| setup(format!("work dir: {e}")))?;
     if let Some(dir) = spec.log.parent() {
         std::fs::create_dir_all(dir).map_err(|e| setup(format!("{}: {e}", dir.display())))?;
     }
-    std::fs::write(&spec.log, format!("# kiln: {}\n", spec.target))
-        .map_err(|e| setup(format!("{}: {e}", spec.log.display())))?;
-    let server = super::tree::serve(spec.tree.clone(), &work.path().join("http.sock"))
-        .await
-        .map_err(|e| setup(format!("HTTP server: {e}")))?;
-    let result = run(img, spec, work.path(), &server).await;
-    drop(server);
+    std::fs::write(
+        &spec.log,
+        format!("# kiln: {}, on qemu host {}\n", spec.target, host.name),
+    )
+    .map_err(|e| setup(format!("{}: {e}", spec.log.display())))?;
+    let site = Site::open(host, &spec.work_root).await?;
+    let img = match site.remote_host() {
+        Some(h) => img.on(h),
+        None => img.clone(),
+    };
+    let result = async {
+        // The server listens on this machine; the site reaches it.
+        let socket = site.local_dir().join("http.sock");
+        let server_err = |e: std::io::Error| QemuError::Setup {
+            target: spec.target.clone(),
+            message: format!("HTTP server: {e}"),
+        };
+        let (tcp, port) = super::tree::bind().await.map_err(server_err)?;
+        let (site_port, site_socket) = site.reach_server(port, &socket).await?;
+        let server = super::tree::serve(spec.tree.clone(), tcp, &socket, site_port, site_socket)
+            .map_err(server_err)?;
+        let r = run(&img, spec, &site, &server).await;
+        drop(server);
+        r
+    }
+    .await;
+    site.close().await;
     result
 }
 
 async fn run(
     img: &Img,
     spec: &QemuSpec,
-    work: &Path,
+    site: &Site,
     server: &super::tree::Server,
 ) -> Result<QemuOutput, QemuError> {
+    let work = &site.work;
     let disk = work.join("disk.qcow2");
     img.create(&disk, &spec.disk_size).await?;
     let cache = match &spec.cache {
@@ -180,12 +205,17 @@ async fn run(
         }
         None => None,
     };
+    let mut spec = spec.clone();
     if let Boot::Pxe { tftp, .. } = &spec.boot {
-        super::tree::lay_out(tftp, &work.join("tftp")).map_err(|e| QemuError::Setup {
+        let staged = site.local_dir().join("tftp");
+        super::tree::lay_out(tftp, &staged).map_err(|e| QemuError::Setup {
             target: spec.target.clone(),
-            message: format!("TFTP tree in {}: {e}", work.display()),
+            message: format!("TFTP tree in {}: {e}", staged.display()),
         })?;
+        site.put_tree(&staged, &work.join("tftp")).await?;
     }
+    stage_kernels(&mut spec, site).await?;
+    let spec = &spec;
     let serial = |stage: &str| work.join(format!("{stage}.serial"));
     let disks = |root: &Path, cache: Option<&PathBuf>| {
         let mut v = vec![root.to_path_buf()];
@@ -194,15 +224,15 @@ async fn run(
     };
     boots::install(
         spec,
-        work,
+        site,
         &disk,
         &serial("install"),
-        &server.socket,
-        server.port,
+        &server.site_socket,
+        server.site_port,
     )
     .await?;
     let first = disks(&disk, cache.as_ref());
-    boots::first_boot(spec, &first, &serial("firstboot"), server.port).await?;
+    boots::first_boot(spec, site, &first, &serial("firstboot"), server.site_port).await?;
     // The published disks stay as the first boot left them.
     let overlay = work.join("verify.qcow2");
     img.overlay(&disk, &overlay).await?;
@@ -215,15 +245,12 @@ async fn run(
         None => None,
     };
     let verify = disks(&overlay, cache_overlay.as_ref());
-    let answer = boots::verify(spec, &verify, &serial("verify"), server.port).await?;
-    for o in verify {
-        let _ = std::fs::remove_file(o);
-    }
-    tracing::info!(target = %spec.target, %answer, "verify boot: smoke test over ssh");
-    let mut out = compact(img, spec, &disk, work, &spec.output).await?;
+    let answer = boots::verify(spec, site, &verify, &serial("verify"), server.site_port).await?;
+    tracing::info!(target = %spec.target, host = %site.name, %answer, "verify boot: smoke test over ssh");
+    let mut out = compact(img, spec, site, &disk, &spec.output).await?;
     if let Some(c) = &cache {
         let dest = cache_output(&spec.output);
-        let cached = compact(img, spec, c, work, &dest).await;
+        let cached = compact(img, spec, site, c, &dest).await;
         match cached {
             Ok(c) => out.cache = Some(Box::new(c)),
             Err(e) => {
@@ -235,6 +262,40 @@ async fn run(
     Ok(out)
 }
 
+/// The test guest's kernel and initramfs, put beside the build on a
+/// remote site (the paths QEMU opens are the site's).
+async fn stage_kernels(spec: &mut QemuSpec, site: &Site) -> Result<(), QemuError> {
+    if !site.is_remote() {
+        return Ok(());
+    }
+    let kernel = match &mut spec.boot {
+        Boot::Kernel(k) => Some(k),
+        Boot::Pxe { then, .. } => then.as_mut(),
+    };
+    let Some(k) = kernel else {
+        return Ok(());
+    };
+    let staged = site.local_dir().join("boot");
+    std::fs::create_dir_all(&staged).map_err(|e| QemuError::Setup {
+        target: spec.target.clone(),
+        message: format!("{}: {e}", staged.display()),
+    })?;
+    for (from, name) in [(&k.kernel, "kernel"), (&k.initrd, "initrd")] {
+        let to = staged.join(name);
+        std::fs::hard_link(from, &to)
+            .or_else(|_| std::fs::copy(from, &to).map(|_| ()))
+            .map_err(|e| QemuError::Setup {
+                target: spec.target.clone(),
+                message: format!("{}: {e}", from.display()),
+            })?;
+    }
+    let there = site.work.join("boot");
+    site.put_tree(&staged, &there).await?;
+    k.kernel = there.join("kernel");
+    k.initrd = there.join("initrd");
+    Ok(())
+}
+
 /// Where the compacted download-cache disk goes, beside the system disk.
 pub fn cache_output(output: &Path) -> PathBuf {
     let name = output
@@ -244,30 +305,26 @@ pub fn cache_output(output: &Path) -> PathBuf {
     output.with_file_name(format!("{name}.download-cache.qcow2"))
 }
 
-/// Compact, check, hash; only then does the output exist.
+/// Compact and check on the site, bring the result here and hash it; only
+/// then does the output exist.
 async fn compact(
     img: &Img,
     spec: &QemuSpec,
+    site: &Site,
     disk: &Path,
-    work: &Path,
     output: &Path,
 ) -> Result<QemuOutput, QemuError> {
     let setup = |message: String| QemuError::Setup {
         target: spec.target.clone(),
         message,
     };
-    let compact = work.join("compact.qcow2");
+    let compact = site.work.join("compact.qcow2");
     img.compact(disk, &compact).await?;
     img.check(&compact).await?;
     let info = img.info(&compact).await?;
-    let (sha256, size) = crate::registry::sha256_file(&compact)
+    site.fetch(&compact, output).await?;
+    let (sha256, size) = crate::registry::sha256_file(output)
         .await
-        .map_err(|e| setup(format!("{}: {e}", compact.display())))?;
-    if let Some(dir) = output.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    std::fs::rename(&compact, output)
-        .or_else(|_| std::fs::copy(&compact, output).map(|_| ()))
         .map_err(|e| setup(format!("{}: {e}", output.display())))?;
     Ok(QemuOutput {
         path: output.to_path_buf(),

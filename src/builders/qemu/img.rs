@@ -41,45 +41,76 @@ pub struct Info {
 #[derive(Debug, Clone)]
 pub struct Img {
     pub program: String,
+    /// A remote QEMU host's connection (see `site`): paths are the host's.
+    host: Option<crate::builders::zfs::host::Host>,
 }
 
 impl Img {
     pub fn new(program: &str) -> Img {
         Img {
             program: program.to_string(),
+            host: None,
         }
     }
 
-    fn cmd(&self) -> Cmd {
-        Cmd::new(&self.program).timeout(Duration::from_secs(1800))
+    /// The same program on a remote host, over its connection.
+    pub fn on(&self, host: crate::builders::zfs::host::Host) -> Img {
+        Img {
+            program: self.program.clone(),
+            host: Some(host),
+        }
+    }
+
+    fn cmd(&self, args: Vec<std::ffi::OsString>) -> Cmd {
+        let c = match &self.host {
+            Some(h) => {
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect();
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                h.cmd(&self.program, &args)
+            }
+            None => Cmd::new(&self.program).args(args),
+        };
+        c.timeout(Duration::from_secs(1800))
     }
 
     pub async fn create(&self, path: &Path, size: &str) -> Result<(), ImgError> {
-        self.cmd()
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(path)
-            .arg(size)
-            .run()
-            .await?;
+        self.cmd(vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            path.into(),
+            size.into(),
+        ])
+        .run()
+        .await?;
         Ok(())
     }
 
     /// A copy-on-write overlay over `base` (what a build step boots).
     pub async fn overlay(&self, base: &Path, overlay: &Path) -> Result<(), ImgError> {
-        self.cmd()
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(base)
-            .arg(overlay)
-            .run()
-            .await?;
+        self.cmd(vec![
+            "create".into(),
+            "-q".into(),
+            "-f".into(),
+            "qcow2".into(),
+            "-F".into(),
+            "qcow2".into(),
+            "-b".into(),
+            base.into(),
+            overlay.into(),
+        ])
+        .run()
+        .await?;
         Ok(())
     }
 
     pub async fn info(&self, path: &Path) -> Result<Info, ImgError> {
         let out = self
-            .cmd()
-            .args(["info", "--output=json"])
-            .arg(path)
+            .cmd(vec!["info".into(), "--output=json".into(), path.into()])
             .run()
             .await?;
         serde_json::from_str(&out.stdout).map_err(|e| ImgError::Parse {
@@ -93,9 +124,7 @@ impl Img {
     pub async fn check(&self, path: &Path) -> Result<(), ImgError> {
         // check exits 2/3 on corruption/leaks: read its JSON either way.
         let out = match self
-            .cmd()
-            .args(["check", "--output=json"])
-            .arg(path)
+            .cmd(vec!["check".into(), "--output=json".into(), path.into()])
             .run()
             .await
         {
@@ -122,12 +151,17 @@ impl Img {
 
     /// Compact and compress: `convert -O qcow2 -c`.
     pub async fn compact(&self, src: &Path, dest: &Path) -> Result<(), ImgError> {
-        self.cmd()
-            .args(["convert", "-q", "-O", "qcow2", "-c"])
-            .arg(src)
-            .arg(dest)
-            .run()
-            .await?;
+        self.cmd(vec![
+            "convert".into(),
+            "-q".into(),
+            "-O".into(),
+            "qcow2".into(),
+            "-c".into(),
+            src.into(),
+            dest.into(),
+        ])
+        .run()
+        .await?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ pub mod disks;
 pub mod fetch;
 pub mod img;
 pub mod installer;
+pub mod site;
 pub mod tree;
 
 use std::collections::BTreeMap;
@@ -15,8 +16,9 @@ use std::time::Duration;
 use crate::builders::{
     BoxFuture, BuildJob, BuildOutput, Builder, artifact_annotations, artifact_name,
 };
+use crate::builders::{host_permits, hosts};
 use crate::catalogue::{Arch, BuilderKind};
-use crate::config::{Config, Qemu};
+use crate::config::{Config, Qemu, QemuHost};
 use crate::model::{ArtifactKind, Failure, FailureKind};
 use crate::plan::{Prepared, Target};
 use crate::registry::artifact as oci;
@@ -55,7 +57,9 @@ impl build::QemuError {
     pub fn kind(&self) -> FailureKind {
         use crate::process::ProcessError;
         match self {
-            build::QemuError::Setup { .. } | build::QemuError::Img(_) => FailureKind::Infra,
+            build::QemuError::Setup { .. }
+            | build::QemuError::Img(_)
+            | build::QemuError::Host { .. } => FailureKind::Infra,
             build::QemuError::Boot { source, .. }
                 if matches!(
                     **source,
@@ -71,7 +75,8 @@ impl build::QemuError {
     }
 }
 
-/// QEMU on this machine, one build at a time.
+/// QEMU on this machine, or on the `[[qemu.hosts]]` (each its own
+/// concurrency), routed by [`crate::builders::hosts`].
 pub struct QemuBuilder {
     /// For the source mirror the sets come from.
     config: Config,
@@ -101,12 +106,15 @@ impl Builder for QemuBuilder {
     }
 
     fn can_build(&self, t: &Target) -> bool {
-        t.arch == Arch::Amd64 && crate::process::which(&self.qemu.system).is_some()
+        t.arch == Arch::Amd64
+            && self
+                .hosts()
+                .iter()
+                .any(|h| !h.ssh.is_empty() || crate::process::which(&self.qemu.system).is_some())
     }
 
     fn capacity(&self) -> usize {
-        // QEMU builds share this machine's CPUs.
-        1
+        self.hosts().iter().map(|h| h.concurrency.max(1)).sum()
     }
 
     /// The server placeholders, and the login contract: the user and the
@@ -136,9 +144,10 @@ impl Builder for QemuBuilder {
                 return Ok(pushed);
             }
             let spec = self.spec(&job).await?;
-            let out = build::build(&img, &spec)
+            let out = self
+                .routed(&img, spec)
                 .await
-                .map_err(|e| Failure::new(e.kind(), e.to_string()).with_log(job.log))?;
+                .map_err(|f| f.with_log(job.log))?;
             let pushed = push(&job, &out).await;
             if pushed.is_ok() && self.qemu.keep_disks {
                 self.keep(job.prepared, &out);
@@ -156,19 +165,135 @@ impl Builder for QemuBuilder {
         Box::pin(async move { crate::builders::sweep_dead_work_dirs(&root) })
     }
 
-    /// This machine: QEMU present, builds running, the kept disks.
+    /// Each host: reachable, its tools, builds running; this machine's
+    /// kept disks.
     fn inventory<'a>(
         &'a self,
         lock: &'a crate::lockfile::Lockfile,
     ) -> BoxFuture<'a, Vec<crate::builders::inventory::HostReport>> {
         Box::pin(async move {
             let names = crate::builders::inventory::qemu_names(lock);
-            vec![disks::report(&self.config, &names)]
+            let mut reports = Vec::new();
+            for h in self.hosts() {
+                if h.ssh.is_empty() {
+                    // This machine: its tools, builds and kept disks.
+                    let mut r = disks::report(&self.config, &names);
+                    r.host = h.name.clone();
+                    r.slots = h.concurrency.max(1);
+                    reports.push(r);
+                } else {
+                    let report = site::report(&h, &self.qemu);
+                    reports.push(crate::builders::inventory::within(site::stub(&h), report).await);
+                }
+            }
+            hosts::show_down(&self.config, "qemu", &mut reports);
+            reports
         })
     }
 }
 
 impl QemuBuilder {
+    /// The configured hosts, or this machine alone.
+    fn hosts(&self) -> Vec<QemuHost> {
+        if self.qemu.hosts.is_empty() {
+            vec![site::Site::local_host()]
+        } else {
+            self.qemu.hosts.clone()
+        }
+    }
+
+    /// Build on the first host, in routing order, with a slot free (see
+    /// [`crate::builders::hosts`]); a host that cannot be reached, or is
+    /// lost mid-build, is marked down and the build moves to the next.
+    async fn routed(
+        &self,
+        img: &img::Img,
+        mut spec: build::QemuSpec,
+    ) -> Result<build::QemuOutput, Failure> {
+        let health = hosts::health(&self.config);
+        let (mut up, mut due, mut down) = (Vec::new(), Vec::new(), Vec::new());
+        for h in self.hosts() {
+            let key = format!("qemu:{}", h.name);
+            match health.as_ref().and_then(|s| s.get(&key).ok().flatten()) {
+                // A down host is tried again (last) when its probe is due:
+                // opening its site is the probe.
+                Some(d) if !hosts::probe_due(&key) => {
+                    down.push(format!("{} (down since {}: {})", h.name, d.since, d.error));
+                }
+                Some(_) => due.push((h, true)),
+                None => up.push((h, false)),
+            }
+        }
+        up.extend(due);
+        if up.is_empty() {
+            return Err(Failure::infra(format!(
+                "{}: no qemu host is up: {}",
+                spec.target,
+                down.join("; ")
+            )));
+        }
+        let free: Vec<(bool, usize)> = up
+            .iter()
+            .map(|(h, was_down)| {
+                let slots = host_permits(&format!("qemu:{}", h.name), h.concurrency);
+                (!*was_down, slots.available_permits())
+            })
+            .collect();
+        let mut up: Vec<(QemuHost, bool)> = hosts::order(&free)
+            .into_iter()
+            .map(|i| up[i].clone())
+            .collect();
+        let mut failed = None;
+        while !up.is_empty() {
+            let slots: Vec<_> = up
+                .iter()
+                .map(|(h, _)| host_permits(&format!("qemu:{}", h.name), h.concurrency))
+                .collect();
+            let (i, slot) = hosts::take_slot(&slots).await;
+            let (host, _) = up.remove(i);
+            let key = format!("qemu:{}", host.name);
+            spec.accel = self.accel_on(&host, &spec);
+            let built = build::build(img, &spec, &host).await;
+            drop(slot);
+            match built {
+                Ok(out) => {
+                    if let Some(s) = &health
+                        && s.mark_up(&key).unwrap_or(false)
+                    {
+                        tracing::info!(host = %host.name, "qemu host answers again: back in the routing");
+                    }
+                    return Ok(out);
+                }
+                Err(e @ build::QemuError::Host { .. }) => {
+                    tracing::warn!(host = %host.name, target = %spec.target, error = %e, "qemu host lost: marked down, the build moves to the next host");
+                    if let Some(s) = &health {
+                        let _ = s.mark_down(&key, &e.to_string());
+                    }
+                    failed = Some(Failure::infra(e.to_string()));
+                }
+                Err(e) => return Err(Failure::new(e.kind(), e.to_string())),
+            }
+        }
+        Err(failed.unwrap_or_else(|| {
+            Failure::infra(format!("{}: no qemu host could build it", spec.target))
+        }))
+    }
+
+    /// The accelerator on `host`: the target's `vars.accel`, else the
+    /// host's, else `qemu.accel` (`auto` judged here for this machine,
+    /// KVM on a remote host).
+    fn accel_on(&self, host: &QemuHost, spec: &build::QemuSpec) -> String {
+        if let Some(a) = &spec.accel_var {
+            return a.clone();
+        }
+        match (&host.accel, host.ssh.is_empty()) {
+            (Some(a), _) => a.clone(),
+            (None, true) => accel(&self.qemu),
+            (None, false) if self.qemu.accel == "auto" => "kvm".into(),
+            (None, false) => self.qemu.accel.clone(),
+        }
+    }
+
     /// Where the last verified disk of each target stays on this host,
     /// named by its build key.
     fn disks(&self) -> PathBuf {
@@ -388,6 +513,7 @@ impl QemuBuilder {
             target: t.id(),
             system: self.qemu.system.clone(),
             accel: var("accel").unwrap_or_else(|| accel(&self.qemu)),
+            accel_var: var("accel"),
             memory_mib: var("memory_mib")
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(1024),

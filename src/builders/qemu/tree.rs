@@ -135,6 +135,11 @@ async fn serve_path(State(tree): State<Arc<Tree>>, uri: Uri) -> Response {
 pub struct Server {
     pub port: u16,
     pub socket: PathBuf,
+    /// Where the QEMU host reaches it: its port on the host's loopback (the
+    /// tree's placeholders name it) and its socket's path there (the same
+    /// as here on this machine).
+    pub site_port: u16,
+    pub site_socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -147,14 +152,27 @@ impl Drop for Server {
     }
 }
 
-/// Bind 127.0.0.1 on an ephemeral port first (the tree's placeholders are
-/// filled with it), then serve the tree there and on `socket`.
-pub async fn serve(mut tree: Tree, socket: &Path) -> std::io::Result<Server> {
+/// Bind 127.0.0.1 on an ephemeral port, for [`serve`].
+pub async fn bind() -> std::io::Result<(tokio::net::TcpListener, u16)> {
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = tcp.local_addr()?.port();
+    Ok((tcp, port))
+}
+
+/// Serve the tree on `tcp` and on `socket`, its placeholders filled with
+/// the port the QEMU host reaches it on (`site_port`: the bound port on
+/// this machine, a forwarded one on a remote host).
+pub fn serve(
+    mut tree: Tree,
+    tcp: tokio::net::TcpListener,
+    socket: &Path,
+    site_port: u16,
+    site_socket: PathBuf,
+) -> std::io::Result<Server> {
+    let port = tcp.local_addr()?.port();
     tree.fill_placeholders(
-        &format!("http://10.0.2.2:{port}"),
-        &format!("10.0.2.2:{port}"),
+        &format!("http://10.0.2.2:{site_port}"),
+        &format!("10.0.2.2:{site_port}"),
     );
     tree.pack()?;
     let _ = std::fs::remove_file(socket);
@@ -174,6 +192,8 @@ pub async fn serve(mut tree: Tree, socket: &Path) -> std::io::Result<Server> {
     Ok(Server {
         port,
         socket: socket.to_path_buf(),
+        site_port,
+        site_socket,
         tasks,
     })
 }

@@ -264,6 +264,18 @@ impl Host {
         self.mux("forward", "-L", &spec)?.run().await.map(|_| ())
     }
 
+    /// Make the Unix socket `local` (a listener on this machine) reachable
+    /// on the host at the Unix socket `remote` (`-R <remote>:<local>`).
+    /// Cancelled with the connection (the caller removes `remote`).
+    pub async fn reverse_forward_socket(
+        &self,
+        remote: &str,
+        local: &std::path::Path,
+    ) -> Result<(), ProcessError> {
+        let spec = format!("{remote}:{}", local.display());
+        self.mux("forward", "-R", &spec)?.run().await.map(|_| ())
+    }
+
     /// Make `local` (a listener on this machine) reachable from the host at
     /// `127.0.0.1:<remote_port>`, over this handle's connection.
     pub async fn reverse_forward(

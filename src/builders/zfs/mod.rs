@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::builders::{
-    BoxFuture, BuildJob, BuildOutput, Builder, artifact_annotations, host_permits,
+    BoxFuture, BuildJob, BuildOutput, Builder, artifact_annotations, host_permits, hosts,
 };
 use crate::catalogue::BuilderKind;
 use crate::config::{Config, ZfsHost};
@@ -28,7 +28,8 @@ use crate::plan::{Prepared, Target};
 use crate::registry::{Registry, artifact as oci};
 use artifact::{IncrementalRef, ZfsArtifactConfig};
 
-/// ZFS hosts, one build at a time each.
+/// ZFS hosts, one build at a time each, routed by
+/// [`crate::builders::hosts`] among those of the target's platform.
 pub struct ZfsBuilder {
     config: Config,
     hosts: Vec<ZfsHost>,
@@ -47,9 +48,92 @@ impl ZfsBuilder {
     }
 
     fn host_for(&self, t: &Target) -> Option<&ZfsHost> {
+        self.hosts_for(t).into_iter().next()
+    }
+
+    /// The hosts of `t`'s platform and arch, in configuration order.
+    fn hosts_for(&self, t: &Target) -> Vec<&ZfsHost> {
         self.hosts
             .iter()
-            .find(|h| h.platforms.contains(&t.platform) && t.arch == h.arch)
+            .filter(|h| h.platforms.contains(&t.platform) && t.arch == h.arch)
+            .collect()
+    }
+
+    /// Build on the first host of the platform, in routing order, with its
+    /// slot free (one build at a time each; see [`crate::builders::hosts`]);
+    /// a host that fails the build as infrastructure and then does not
+    /// answer is marked down and the build moves to the next.
+    async fn routed(&self, job: &BuildJob<'_>) -> Result<BuildOutput, Failure> {
+        let t = &job.prepared.target;
+        let health = hosts::health(&self.config);
+        let (mut up, mut due, mut down) = (Vec::new(), Vec::new(), Vec::new());
+        for h in self.hosts_for(t) {
+            let key = format!("zfs:{}", h.name);
+            match health.as_ref().and_then(|s| s.get(&key).ok().flatten()) {
+                Some(d) if !hosts::probe_due(&key) => {
+                    down.push(format!("{} (down since {}: {})", h.name, d.since, d.error))
+                }
+                Some(_) => due.push(h),
+                None => up.push(h),
+            }
+        }
+        let n_up = up.len();
+        up.extend(due);
+        if up.is_empty() {
+            let kind = if down.is_empty() {
+                crate::model::FailureKind::NoBuilder
+            } else {
+                crate::model::FailureKind::Infra
+            };
+            return Err(Failure::new(
+                kind,
+                format!(
+                    "no zfs host builds {} {}{}",
+                    t.platform,
+                    t.arch,
+                    if down.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" that is up: {}", down.join("; "))
+                    }
+                ),
+            ));
+        }
+        let slots = |h: &ZfsHost| host_permits(&format!("zfs:{}", h.name), 1);
+        let free: Vec<(bool, usize)> = up
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (i < n_up, slots(h).available_permits()))
+            .collect();
+        let mut up: Vec<&ZfsHost> = hosts::order(&free).into_iter().map(|i| up[i]).collect();
+        let mut failed = None;
+        while !up.is_empty() {
+            let permits: Vec<_> = up.iter().map(|h| slots(h)).collect();
+            let (i, slot) = hosts::take_slot(&permits).await;
+            let host = up.remove(i);
+            let key = format!("zfs:{}", host.name);
+            let built = self.build_on(host, job).await;
+            drop(slot);
+            let f = match built {
+                Ok(out) => {
+                    if let Some(s) = &health {
+                        let _ = s.mark_up(&key);
+                    }
+                    return Ok(out);
+                }
+                Err(f) => f,
+            };
+            if f.kind != crate::model::FailureKind::Infra || probe::answers(host).await {
+                return Err(f);
+            }
+            tracing::warn!(host = %host.name, target = %t.id(), error = %f.message, "zfs host does not answer: marked down, the build moves to the next host");
+            if let Some(s) = &health {
+                let _ = s.mark_down(&key, &f.message);
+            }
+            failed = Some(f);
+        }
+        Err(failed
+            .unwrap_or_else(|| Failure::infra(format!("{}: no zfs host could build it", t.id()))))
     }
 }
 
@@ -77,21 +161,7 @@ impl Builder for ZfsBuilder {
     }
 
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
-        Box::pin(async move {
-            let t = &job.prepared.target;
-            let host = self.host_for(t).ok_or_else(|| {
-                Failure::new(
-                    crate::model::FailureKind::NoBuilder,
-                    format!("no zfs host builds {} {}", t.platform, t.arch),
-                )
-            })?;
-            // One build at a time per ZFS host, across every job of the process.
-            let _slot = host_permits(&format!("zfs:{}", host.name), 1)
-                .acquire_owned()
-                .await
-                .map_err(|e| Failure::infra(e.to_string()))?;
-            self.build_on(host, &job).await
-        })
+        Box::pin(async move { self.routed(&job).await })
     }
 
     fn sweep(&self) -> BoxFuture<'_, ()> {
@@ -116,10 +186,12 @@ impl Builder for ZfsBuilder {
         Box::pin(async move {
             let names = crate::builders::inventory::zfs_names(lock);
             let names = &names;
-            futures_util::future::join_all(self.hosts.iter().map(|h| {
+            let mut reports = futures_util::future::join_all(self.hosts.iter().map(|h| {
                 crate::builders::inventory::within(holds::stub(h), holds::report(h, names))
             }))
-            .await
+            .await;
+            hosts::show_down(&self.config, "zfs", &mut reports);
+            reports
         })
     }
 }

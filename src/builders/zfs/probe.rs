@@ -121,3 +121,9 @@ impl Probe {
         })
     }
 }
+
+/// Does the host still answer with its pool online (after a build failed
+/// as infrastructure: was it the host)?
+pub async fn answers(config: &ZfsHost) -> bool {
+    matches!(probe(config).await, Probe::Online { .. })
+}
