@@ -235,13 +235,21 @@ async fn check_engine(
             "set the host's os_version and isolation in kiln.toml to what its engine runs (`docker info`: Kernel Version, Default Isolation)",
         );
     }
-    let disk = info
-        .as_ref()
-        .and_then(|i| i.docker_root_dir.as_deref())
-        .filter(|_| endpoint.starts_with("unix://"))
-        .and_then(free_disk)
-        .map(|free| format!(", {} GiB free", free / (1 << 30)))
-        .unwrap_or_default();
+    // A local engine's root is on this machine's filesystem; a remote
+    // Linux engine is asked (see `usage::free_disk`).
+    let root = info.as_ref().and_then(|i| i.docker_root_dir.clone());
+    let disk = match root {
+        Some(root) if endpoint.starts_with("unix://") => free_disk(&root)
+            .map(|free| format!(", {} GiB free", free / (1 << 30)))
+            .unwrap_or_default(),
+        Some(root) if host.os == "linux" => {
+            match crate::builders::docker::usage::free_disk(&engine, &root).await {
+                Ok(free) => format!(", {} GiB free in {root}", free / (1 << 30)),
+                Err(e) => format!(", free disk unknown: {e}"),
+            }
+        }
+        _ => String::new(),
+    };
     match tokio::time::timeout(Duration::from_secs(10), engine.docker.version()).await {
         Ok(Ok(v)) => ok(
             &component,

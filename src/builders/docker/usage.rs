@@ -59,6 +59,119 @@ pub async fn report(h: &DockerHost) -> HostReport {
 }
 
 /// Containers Kiln started that are running now, their owner alive.
+/// Free bytes where a Linux engine keeps its images (`root`, its
+/// `DockerRootDir`), asked of the engine itself: `df` in a short-lived
+/// container of an image it already holds (no pull, no network), the
+/// root bind-mounted read-only. For engines Kiln has no shell on (tcp);
+/// the container carries Kiln's owner label, so a killed `doctor` leaves
+/// nothing the sweep would not remove.
+pub async fn free_disk(engine: &Engine, root: &str) -> Result<u64, String> {
+    use bollard::models::{ContainerCreateBody, HostConfig};
+    use bollard::query_parameters::{
+        CreateContainerOptionsBuilder, ListImagesOptions, LogsOptionsBuilder,
+        RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    };
+    use futures_util::StreamExt;
+    let images = engine
+        .docker
+        .list_images(None::<ListImagesOptions>)
+        .await
+        .map_err(|e| e.to_string())?;
+    // An image with a `df`: a base or a build of one.
+    let image = images
+        .iter()
+        .flat_map(|i| i.repo_tags.iter())
+        .find(|t| {
+            ["busybox", "debian", "ubuntu", "alpine", "opam"]
+                .iter()
+                .any(|b| t.contains(b))
+        })
+        .cloned()
+        .ok_or("no image with a df on the engine yet (it has built nothing)")?;
+    let name = format!("kiln-df-{}-{}", std::process::id(), rand_suffix());
+    let created = engine
+        .docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            ContainerCreateBody {
+                image: Some(image.clone()),
+                labels: Some([(OWNER_LABEL.to_string(), crate::process::owner())].into()),
+                entrypoint: Some(vec!["df".into()]),
+                cmd: Some(vec!["-Pk".into(), "/kiln-root".into()]),
+                network_disabled: Some(true),
+                host_config: Some(HostConfig {
+                    network_mode: Some("none".into()),
+                    binds: Some(vec![format!("{root}:/kiln-root:ro")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let run = async {
+        engine
+            .docker
+            .start_container(
+                &created.id,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut wait = engine.docker.wait_container(
+            &created.id,
+            Some(
+                WaitContainerOptionsBuilder::default()
+                    .condition("not-running")
+                    .build(),
+            ),
+        );
+        while let Some(r) = wait.next().await {
+            r.map_err(|e| e.to_string())?;
+        }
+        let mut out = String::new();
+        let mut logs = engine.docker.logs(
+            &created.id,
+            Some(LogsOptionsBuilder::default().stdout(true).build()),
+        );
+        while let Some(l) = logs.next().await {
+            out.push_str(&l.map_err(|e| e.to_string())?.to_string());
+        }
+        df_available(&out).ok_or_else(|| format!("{image}: df said {out:?}"))
+    };
+    let result = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 60 s".into()));
+    let _ = engine
+        .docker
+        .remove_container(
+            &created.id,
+            Some(RemoveContainerOptionsBuilder::default().force(true).build()),
+        )
+        .await;
+    result
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Available bytes from `df -Pk`'s output (its second line's fourth field,
+/// in KiB).
+fn df_available(out: &str) -> Option<u64> {
+    let kib: u64 = out
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 async fn running(engine: &Engine) -> Result<usize, bollard::errors::Error> {
     let filters: std::collections::HashMap<String, Vec<String>> =
         [("label".to_string(), vec![OWNER_LABEL.to_string()])].into();
@@ -141,6 +254,13 @@ fn legacy_sum(body: &serde_json::Value) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn df_gives_the_available_kib() {
+        let out = "Filesystem           1024-blocks    Used Available Capacity Mounted on\n/dev/vda             263174212 11411160 240978852   5% /kiln-root\n";
+        assert_eq!(df_available(out), Some(240978852 * 1024));
+        assert_eq!(df_available("df: /kiln-root: No such file\n"), None);
+    }
 
     #[test]
     fn an_endpoints_credentials_are_not_in_the_report() {

@@ -52,6 +52,22 @@ pub enum QemuError {
     },
 }
 
+impl QemuError {
+    /// Did ssh itself fail (exit 255: the connection to a remote QEMU host
+    /// lost), rather than the command it ran?
+    pub fn lost_connection(&self) -> bool {
+        let ssh_failed = |e: &ProcessError| {
+            matches!(e, ProcessError::Failed { status, .. }
+                if status == crate::builders::zfs::host::SSH_FAILED)
+        };
+        match self {
+            QemuError::Boot { source, .. } => ssh_failed(source),
+            QemuError::Img(ImgError::Process(e)) => ssh_failed(e),
+            _ => false,
+        }
+    }
+}
+
 /// Direct kernel boot of the test guest (`-kernel/-initrd/-append`): the
 /// guest tells an installed disk from an empty one itself. `{probe}` in the
 /// command line becomes the server's address as the first boot reaches it.
@@ -184,6 +200,21 @@ pub async fn build(
         r
     }
     .await;
+    // A remote boot that failed because its host went away (the
+    // connection cut, the host down) is the host's, not the recipe's.
+    let result = match result {
+        Err(e)
+            if site.is_remote()
+                && !matches!(e, QemuError::Host { .. })
+                && (e.lost_connection() || !site.answers().await) =>
+        {
+            Err(QemuError::Host {
+                host: site.name.clone(),
+                message: format!("qemu host {} stopped answering: {e}", site.name),
+            })
+        }
+        r => r,
+    };
     site.close().await;
     result
 }

@@ -29,8 +29,10 @@ use crate::process::{Cmd, ProcessError, Streaming};
 /// A remote command killed when its session's stdin closes: run in the
 /// background, the shell waits for it while a reader of the held stdin
 /// kills it on end-of-file.
-const WATCHDOG: &str = "\"$@\" </dev/null & p=$!; \
-    { cat >/dev/null; kill -KILL $p; } >/dev/null 2>&1 & wait $p";
+/// (A background list's stdin is /dev/null unless redirected: the held
+/// stdin is passed to the reader as fd 3.)
+const WATCHDOG: &str = "exec 3<&0; \"$@\" </dev/null 3<&- & p=$!; \
+    { cat <&3 >/dev/null; kill -KILL $p; } >/dev/null 2>&1 & exec 3<&-; wait $p";
 
 /// The host a site runs on, for errors and logs.
 #[derive(Debug, thiserror::Error)]
