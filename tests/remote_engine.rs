@@ -299,6 +299,37 @@ fn a_build_on_a_tls_engine_in_another_network_takes_its_sources_through_the_link
         .output_within(Duration::from_secs(60))
         .unwrap();
     assert!(!images.stdout.is_empty(), "the remote engine built nothing");
+    // doctor reaches it as builds do and asks it its free disk (no shell
+    // on a tcp engine: df in a container of an image it holds).
+    let out = p
+        .command()
+        .args(["doctor", "--json"])
+        .env("DOCKER_CERT_PATH", &certs)
+        .output_within(common::LIMIT)
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["component"] == "docker engine (remote)")
+        .unwrap_or_else(|| panic!("{report}"))
+        .clone();
+    assert_eq!(check["status"], "ok", "{check}");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("GiB free in ") && detail.contains("builds amd64"),
+        "{check}"
+    );
+    // The df container is gone.
+    let left = Command::new("docker")
+        .arg("-H")
+        .arg(format!("unix://{}", engine.socket().display()))
+        .args(["ps", "-aq", "--filter", "name=kiln-df-"])
+        .output_within(Duration::from_secs(60))
+        .unwrap();
+    assert!(left.stdout.is_empty(), "df containers left");
     drop(engine);
 }
 

@@ -77,16 +77,18 @@ pub async fn free_disk(engine: &Engine, root: &str) -> Result<u64, String> {
         .list_images(None::<ListImagesOptions>)
         .await
         .map_err(|e| e.to_string())?;
-    // An image with a `df`: a base or a build of one.
+    // An image with a `df`: a base or a build of one (named by a tag, or
+    // by the digest it was pulled by), run by its id.
     let image = images
         .iter()
-        .flat_map(|i| i.repo_tags.iter())
-        .find(|t| {
-            ["busybox", "debian", "ubuntu", "alpine", "opam"]
-                .iter()
-                .any(|b| t.contains(b))
+        .find(|i| {
+            i.repo_tags.iter().chain(&i.repo_digests).any(|n| {
+                ["busybox", "debian", "ubuntu", "alpine", "opam"]
+                    .iter()
+                    .any(|b| n.contains(b))
+            })
         })
-        .cloned()
+        .map(|i| i.id.clone())
         .ok_or("no image with a df on the engine yet (it has built nothing)")?;
     let name = format!("kiln-df-{}-{}", std::process::id(), rand_suffix());
     let created = engine
