@@ -502,6 +502,7 @@ async fn push_parent_variant(repo: &str, tag: &str, marker: &str) -> String {
             host: "local".into(),
             proxy: None,
             isolation: None,
+            no_cache: false,
             auth: Default::default(),
         };
         digests.push(docker::build(&engine, &reg, &spec).await.unwrap().digest);
@@ -758,4 +759,82 @@ fn the_sweep_never_touches_what_a_live_build_holds() {
     );
     a.entry(&format!("{}/opam:busybox-sweeplive-ocaml-5.5", a.namespace));
     assert_eq!(held(), (vec![], vec![]), "A left its own things behind");
+}
+
+/// The build log of `p`'s build of `os` `version` (a prefix: `4.13`).
+fn log_of(p: &Profile, os: &str, version: &str) -> String {
+    let dir = p.path().join("state/log");
+    let prefix = format!("linux_{os}_{version}");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with(&prefix) && n.ends_with("_amd64.log")
+        })
+        .unwrap_or_else(|| panic!("no {prefix}*_amd64.log in {}", dir.display()));
+    std::fs::read_to_string(file.path()).unwrap()
+}
+
+/// Two builds share their first step (the second one's own step is
+/// another: the recipe changed after it): the second build takes the
+/// shared step from the engine's layer cache (its build output says so),
+/// because a published build's steps stay on the engine; its own step is
+/// built afresh.
+#[test]
+fn a_second_build_reuses_the_steps_it_shares_with_the_first() {
+    common::fixtures();
+    let p = Profile::busybox("layer-cache", "busybox-layercache")
+        .own_state()
+        .create();
+    // A step no earlier run has cached.
+    let mark = format!(
+        "kiln-shared-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    p.edit("platforms/linux/busybox.Dockerfile", |t| {
+        t.replacen(
+            "RUN mkdir -p /usr/local/bin",
+            &format!("RUN echo {mark} > /kiln-shared-step\nRUN mkdir -p /usr/local/bin"),
+            1,
+        )
+    });
+    let cached_after = |log: &str, step: &str| -> bool {
+        let at = log
+            .rfind(step)
+            .unwrap_or_else(|| panic!("no step {step:?} in {log}"));
+        let next = &log[at..];
+        let end = next[1..].find("Step ").map_or(next.len(), |e| e + 1);
+        next[..end].contains("Using cache")
+    };
+    let (code, s) = p.build(&["--arch", "amd64"]);
+    assert_eq!((code, &s["built"]), (Some(0), &serde_json::json!(1)), "{s}");
+    let first = log_of(&p, "busybox-layercache", "5.5");
+    assert!(
+        !cached_after(&first, &mark),
+        "the first build had no cache to take: {first}"
+    );
+    // The compiler's own step changes: the tag is built again.
+    p.edit("platforms/linux/busybox.Dockerfile", |t| {
+        t.replacen(
+            "RUN mkdir -p /usr/local/bin",
+            "RUN mkdir -p /usr/local/bin /opt/kiln-second",
+            1,
+        )
+    });
+    let (code, s) = p.build(&["--arch", "amd64"]);
+    assert_eq!((code, &s["built"]), (Some(0), &serde_json::json!(1)), "{s}");
+    let second = log_of(&p, "busybox-layercache", "5.5");
+    assert!(
+        cached_after(&second, &mark),
+        "the shared step was built again: {second}"
+    );
+    assert!(
+        !cached_after(&second, "RUN mkdir -p /usr/local/bin /opt/kiln-second"),
+        "the changed step came from the cache: {second}"
+    );
 }

@@ -144,6 +144,7 @@ async fn container_runs_on_the_engine() {
         host: "local".into(),
         proxy: None,
         isolation: None,
+        no_cache: false,
         auth: Default::default(),
     };
     let r = docker::build(&engine, &reg, &spec).await.unwrap();

@@ -322,6 +322,9 @@ pub struct BuildSpec {
     /// (its builds take the engine's default, which `kiln doctor` checks
     /// is the same: the build API has no isolation field in bollard).
     pub isolation: Option<crate::config::Isolation>,
+    /// Build every step afresh (`kiln verify --rebuild`: a rebuild that
+    /// took the engine's cached steps would prove nothing).
+    pub no_cache: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -373,6 +376,10 @@ pub async fn build(
         })
     }
     .await;
+    // A published build's steps stay as the engine's layer cache (its
+    // parents are not pruned with its tag): the next build sharing them
+    // reuses them. A failed build's go.
+    cleanup.keep_cache = result.is_ok();
     cleanup.run().await;
     result
 }
@@ -381,6 +388,10 @@ pub async fn build(
 /// reproducible image on disk instead of pushing it (`kiln verify
 /// --rebuild`). Linux only.
 pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage, DockerError> {
+    let spec = &BuildSpec {
+        no_cache: true,
+        ..spec.clone()
+    };
     let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
         pull::pull_parent(engine, spec).await?;

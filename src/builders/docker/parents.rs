@@ -73,6 +73,7 @@ pub async fn ensure_busybox(
             host: String::new(),
             proxy: None,
             isolation: None,
+            no_cache: false,
             auth: Default::default(),
         };
         digests.push(build(engine, reg, &spec).await?.digest);
@@ -146,6 +147,7 @@ pub async fn ensure_debian(
             host: String::new(),
             proxy: None,
             isolation: None,
+            no_cache: false,
             auth: Default::default(),
         };
         digests.push(build(engine, reg, &spec).await?.digest);

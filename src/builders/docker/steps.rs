@@ -139,6 +139,7 @@ async fn build_image(
         .platform(&platform)
         .rm(true)
         .forcerm(true)
+        .nocache(spec.no_cache)
         .labels(&labels)
         .buildargs(&proxy)
         .build();

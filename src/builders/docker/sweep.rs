@@ -18,6 +18,9 @@ pub(super) struct Cleanup<'a> {
     /// The container of the build step running now (the engine removes
     /// it when the step ends; only a dropped build removes it here).
     pub(super) step: Option<String>,
+    /// Remove the images' tags but keep their untagged parents (the
+    /// steps of a published build: the engine's layer cache).
+    pub(super) keep_cache: bool,
 }
 
 impl Drop for Cleanup<'_> {
@@ -32,13 +35,19 @@ impl Drop for Cleanup<'_> {
         containers.extend(self.step.take());
         let images = std::mem::take(&mut self.images);
         crate::process::cleanup_later("smoke containers and local build images", async move {
-            remove(&docker, containers, images).await;
+            remove(&docker, containers, images, false).await;
         });
     }
 }
 
-/// Force-remove containers, then images.
-async fn remove(docker: &bollard::Docker, containers: Vec<String>, images: Vec<String>) {
+/// Force-remove containers, then images (and their untagged parents,
+/// unless `keep_cache`).
+async fn remove(
+    docker: &bollard::Docker,
+    containers: Vec<String>,
+    images: Vec<String>,
+    keep_cache: bool,
+) {
     for c in containers {
         let _ = docker
             .remove_container(
@@ -51,7 +60,12 @@ async fn remove(docker: &bollard::Docker, containers: Vec<String>, images: Vec<S
         let _ = docker
             .remove_image(
                 &i,
-                Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                Some(
+                    RemoveImageOptionsBuilder::default()
+                        .force(true)
+                        .noprune(keep_cache)
+                        .build(),
+                ),
                 None,
             )
             .await;
@@ -66,6 +80,7 @@ impl<'a> Cleanup<'a> {
             images: vec![],
             containers: vec![],
             step: None,
+            keep_cache: false,
         }
     }
 
@@ -73,7 +88,7 @@ impl<'a> Cleanup<'a> {
         let containers = std::mem::take(&mut self.containers);
         let images = std::mem::take(&mut self.images);
         self.step = None;
-        remove(&self.engine.docker, containers, images).await;
+        remove(&self.engine.docker, containers, images, self.keep_cache).await;
     }
 }
 
