@@ -46,6 +46,10 @@ pub struct BuildJob<'a> {
     pub immutable_tag: &'a str,
     /// The build's log file.
     pub log: &'a Path,
+    /// Build every step afresh, taking nothing from a host's cache (a
+    /// forced rebuild, `kiln verify --rebuild`: rebuilding proves nothing
+    /// if the steps come from the cache).
+    pub fresh: bool,
 }
 
 /// What a build pushed.

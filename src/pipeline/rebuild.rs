@@ -138,6 +138,7 @@ pub async fn rebuild(
         repository: &entry.repository,
         immutable_tag: &entry.immutable_tag,
         log: &log,
+        fresh: true,
     };
     let img = DockerBuilder::new(config)
         .rebuild(job)

@@ -242,6 +242,7 @@ impl Run<'_> {
             repository: &id.repository,
             immutable_tag: immutable,
             log: &log,
+            fresh: self.force,
         };
         let result = self.builders.get(p.target.builder).build(job).await;
         (p, result)

@@ -377,7 +377,7 @@ fn spec(job: &BuildJob<'_>, work_dir: &std::path::Path) -> BuildSpec {
         host: String::new(),
         proxy: None,
         isolation: None,
-        no_cache: false,
+        no_cache: job.fresh,
     }
 }
 

@@ -322,8 +322,7 @@ pub struct BuildSpec {
     /// (its builds take the engine's default, which `kiln doctor` checks
     /// is the same: the build API has no isolation field in bollard).
     pub isolation: Option<crate::config::Isolation>,
-    /// Build every step afresh (`kiln verify --rebuild`: a rebuild that
-    /// took the engine's cached steps would prove nothing).
+    /// Build every step afresh ([`crate::builders::BuildJob::fresh`]).
     pub no_cache: bool,
 }
 
@@ -388,10 +387,6 @@ pub async fn build(
 /// reproducible image on disk instead of pushing it (`kiln verify
 /// --rebuild`). Linux only.
 pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage, DockerError> {
-    let spec = &BuildSpec {
-        no_cache: true,
-        ..spec.clone()
-    };
     let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
         pull::pull_parent(engine, spec).await?;

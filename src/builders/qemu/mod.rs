@@ -137,7 +137,7 @@ impl Builder for QemuBuilder {
     fn build<'a>(&'a self, job: BuildJob<'a>) -> BoxFuture<'a, Result<BuildOutput, Failure>> {
         Box::pin(async move {
             let img = img::Img::new(&self.qemu.img);
-            if !self.qemu.keep_disks {
+            if !self.qemu.keep_disks || job.fresh {
                 // Nothing kept here: nothing to adopt either.
             } else if let Some(out) = self.cached(&img, job.prepared).await {
                 let mut pushed = push(&job, &out).await?;
