@@ -838,3 +838,59 @@ fn a_second_build_reuses_the_steps_it_shares_with_the_first() {
         "the changed step came from the cache: {second}"
     );
 }
+
+/// The manifest of `reference` for amd64 (its index's child, if an index).
+fn amd64_manifest(reference: &str) -> serde_json::Value {
+    let raw = skopeo_raw(reference);
+    let Some(children) = raw["manifests"].as_array() else {
+        return raw;
+    };
+    let child = children
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .unwrap_or_else(|| panic!("no amd64 in {raw}"));
+    let name = reference.split('@').next().unwrap();
+    let name = name
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map_or(name, |(n, _)| n);
+    skopeo_raw(&format!("{name}@{}", child["digest"].as_str().unwrap()))
+}
+
+/// The image keeps its parent's layers as the parent's registry holds
+/// them: the same blobs, mounted from the parent's repository (not
+/// compressed again), its own layers after them.
+#[test]
+fn the_parents_layers_are_mounted_as_its_registry_holds_them() {
+    common::fixtures();
+    let p = Profile::busybox("mounted", "busybox-mounted")
+        .own_state()
+        .create();
+    let s = build(&p, &["--arch", "amd64"]);
+    assert_eq!(s["failed"], 0, "{s}");
+    let lock = Lockfile::load(&p.lockfile_path()).unwrap();
+    let e = &lock.entries[&format!("{}/opam:busybox-mounted-ocaml-5.5", p.namespace)];
+    let ours = amd64_manifest(&format!("127.0.0.1:5000/{}@{}", e.repository, e.digest));
+    let parent = amd64_manifest("127.0.0.1:5000/kiln-fixtures/busybox:latest");
+    let digests = |m: &serde_json::Value| -> Vec<String> {
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (ours, parent) = (digests(&ours), digests(&parent));
+    assert!(!parent.is_empty());
+    assert_eq!(
+        ours[..parent.len()],
+        parent[..],
+        "the parent's blobs, as they are"
+    );
+    assert!(ours.len() > parent.len(), "the image's own layers follow");
+    let log = log_of(&p, "busybox-mounted", "5.5");
+    assert!(
+        log.contains("(parent, mounted from kiln-fixtures/busybox)"),
+        "{log}"
+    );
+}

@@ -158,7 +158,9 @@ impl DockerBuilder {
                     .await
                     .map(|b| Done::Pushed(b.digest))
             } else {
-                super::build_local(engine, &spec).await.map(Done::Kept)
+                super::build_local(engine, job.registry, &spec)
+                    .await
+                    .map(Done::Kept)
             };
             drop(slot);
             if let Some(r) = route {

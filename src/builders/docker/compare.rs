@@ -131,6 +131,15 @@ async fn layer_difference(
         .into();
         return Ok(d);
     };
+    if a.mount_from.is_some() || a.path.as_os_str().is_empty() {
+        // The rebuilt image keeps the parent's blob as its registry holds
+        // it; an image published before that had it compressed by Kiln.
+        d.what = format!(
+            "the parent's layer {} (mounted as the parent's registry holds it) against {digest}; the same files, another compression",
+            a.digest
+        );
+        return Ok(d);
+    }
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| CompareError::Io { path, source }

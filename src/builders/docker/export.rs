@@ -66,6 +66,7 @@ struct Saved {
 /// Export `local` from the engine and make it reproducible.
 pub(super) async fn export(
     engine: &Engine,
+    reg: &Registry,
     spec: &BuildSpec,
     local: &str,
 ) -> Result<LocalImage, DockerError> {
@@ -89,15 +90,45 @@ pub(super) async fn export(
         .await
         .map_err(|e| err(format!("docker save of {local}: {e}")))?;
     let inherited = inherited(engine, spec, &saved.config).await?;
+    // The parent's layers as its registry holds them, where they pair
+    // with ours: mounted, not compressed here.
+    let parent = match inherited {
+        0 => None,
+        _ => super::parent_layers::lookup(reg, spec).await,
+    };
+    let ours: Vec<&str> = saved.config["rootfs"]["diff_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mounted: Vec<LayerBlob> = parent
+        .map(|p| {
+            p.layers
+                .iter()
+                .zip(&ours)
+                .take(inherited)
+                .take_while(|(l, d)| l.diff_id == **d)
+                .map(|(l, _)| LayerBlob {
+                    path: PathBuf::new(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    diff_id: l.diff_id.clone(),
+                    mount_from: Some(p.repo.clone()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let raws = std::mem::take(&mut saved.layers);
     let (sde, out) = (spec.source_date_epoch, dir.path().to_path_buf());
-    let layers = tokio::task::spawn_blocking(move || make_layers(&raws, inherited, sde, &out))
-        .await
-        .map_err(|e| err(e.to_string()))?
-        .map_err(|source| DockerError::Layer {
-            target: spec.target.clone(),
-            source,
-        })?;
+    let layers =
+        tokio::task::spawn_blocking(move || make_layers(&raws, mounted, inherited, sde, &out))
+            .await
+            .map_err(|e| err(e.to_string()))?
+            .map_err(|source| DockerError::Layer {
+                target: spec.target.clone(),
+                source,
+            })?;
     let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id.clone()).collect();
     let config = image_config(&saved.config, &diff_ids, sde)
         .to_string()
@@ -120,6 +151,10 @@ pub(super) async fn push(
     img: &LocalImage,
 ) -> Result<String, RegistryError> {
     for l in &img.layers {
+        if let Some(from) = &l.mount_from {
+            mount_parent_layer(reg, repo, from, l, img._dir.path()).await?;
+            continue;
+        }
         let p = reg
             .push_blob_file_known(repo, &l.path, &l.digest, l.size, None)
             .await?;
@@ -129,6 +164,31 @@ pub(super) async fn push(
         .await?;
     reg.put_manifest(repo, &img.digest, &img.manifest, OCI_MANIFEST)
         .await
+}
+
+/// A parent's layer into `repo`: there already, or mounted from the
+/// parent's repository; copied through `scratch` only if the registry
+/// will not mount it.
+async fn mount_parent_layer(
+    reg: &Registry,
+    repo: &str,
+    from: &str,
+    l: &LayerBlob,
+    scratch: &Path,
+) -> Result<(), RegistryError> {
+    if reg.blob_size(repo, &l.digest).await?.is_some()
+        || reg.mount_blob(repo, &l.digest, from).await?
+    {
+        tracing::debug!(%repo, %from, digest = %l.digest, "parent layer mounted");
+        return Ok(());
+    }
+    let tmp = scratch.join(l.digest.replace(':', "-"));
+    reg.pull_blob_to_file(from, &l.digest, &tmp).await?;
+    let pushed = reg
+        .push_blob_file_known(repo, &tmp, &l.digest, l.size, None)
+        .await;
+    let _ = std::fs::remove_file(&tmp);
+    pushed.map(|_| ())
 }
 
 /// Stream `docker save` of `local` into `dir`.
@@ -308,21 +368,25 @@ async fn inherited(
         .count())
 }
 
-/// Compress the parent's layers as they are and normalize the others;
-/// each raw tar is removed once no later layer names it.
+/// Take the parent's layers `mounted` as its registry holds them (the
+/// leading ones), compress the rest of the parent's as they are and
+/// normalize the others; each raw tar is removed once no later layer
+/// names it.
 fn make_layers(
     raws: &[PathBuf],
+    mounted: Vec<LayerBlob>,
     inherited: usize,
     sde: u64,
     dir: &Path,
 ) -> Result<Vec<LayerBlob>, LayerError> {
     let mut out = Vec::new();
+    let mut mounted = mounted.into_iter();
     for (i, raw) in raws.iter().enumerate() {
         let dest = dir.join(format!("layer-{i}.tar.gz"));
-        out.push(if i < inherited {
-            layer::compress(raw, &dest)?
-        } else {
-            layer::normalize(raw, &dest, sde)?
+        out.push(match mounted.next() {
+            Some(m) => m,
+            None if i < inherited => layer::compress(raw, &dest)?,
+            None => layer::normalize(raw, &dest, sde)?,
         });
         if !raws[i + 1..].contains(raw) {
             let _ = std::fs::remove_file(raw);
@@ -435,6 +499,7 @@ mod tests {
             digest: "sha256:l".into(),
             size: 3,
             diff_id: "sha256:d".into(),
+            mount_from: None,
         };
         let a = manifest(b"{}", std::slice::from_ref(&l));
         assert_eq!(a, manifest(b"{}", &[l]));

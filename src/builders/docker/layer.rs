@@ -63,6 +63,9 @@ pub struct LayerBlob {
     pub size: u64,
     /// `sha256:` of the tar: the config's `rootfs.diff_ids` entry.
     pub diff_id: String,
+    /// A parent's layer kept as its registry holds it: mounted from this
+    /// repository (no file here).
+    pub mount_from: Option<String>,
 }
 
 /// The types of entry a layer may hold.
@@ -282,6 +285,7 @@ impl BlobWriter {
             digest: format!("sha256:{}", hex::encode(file.hash.finalize())),
             size: file.n,
             diff_id: format!("sha256:{}", hex::encode(self.tar.finalize())),
+            mount_from: None,
         })
     }
 }

@@ -35,6 +35,7 @@ pub mod builder;
 pub mod compare;
 mod export;
 pub mod layer;
+pub mod parent_layers;
 pub mod parents;
 pub mod pull;
 mod steps;
@@ -386,12 +387,16 @@ pub async fn build(
 /// Build and smoke-test one arch exactly as [`build`] does, but keep the
 /// reproducible image on disk instead of pushing it (`kiln verify
 /// --rebuild`). Linux only.
-pub async fn build_local(engine: &Engine, spec: &BuildSpec) -> Result<LocalImage, DockerError> {
+pub async fn build_local(
+    engine: &Engine,
+    reg: &crate::registry::Registry,
+    spec: &BuildSpec,
+) -> Result<LocalImage, DockerError> {
     let mut cleanup = sweep::Cleanup::new(engine);
     let result = async {
         pull::pull_parent(engine, spec).await?;
         let mut built = steps::build_and_smoke(engine, spec, &mut cleanup).await?;
-        let img = export::export(engine, spec, &built.local).await?;
+        let img = export::export(engine, reg, spec, &built.local).await?;
         steps::log_image(&mut built, &img, "kept").await;
         Ok(img)
     }

@@ -71,7 +71,7 @@ pub(super) async fn deliver(
     cleanup: &mut Cleanup<'_>,
 ) -> Result<String, DockerError> {
     let digest = if spec.os == "linux" {
-        let img = export::export(engine, spec, &built.local).await?;
+        let img = export::export(engine, reg, spec, &built.local).await?;
         log_image(built, &img, "made reproducible").await;
         export::push(reg, &spec.repository, &img)
             .await
@@ -94,10 +94,10 @@ pub(super) async fn deliver(
 pub(super) async fn log_image(built: &mut Built, img: &LocalImage, what: &str) {
     let mut text = format!("# kiln: {what}: {}\n", img.digest);
     for (i, l) in img.layers.iter().enumerate() {
-        let from = if i < img.inherited {
-            "parent"
-        } else {
-            "normalized"
+        let from = match (&l.mount_from, i < img.inherited) {
+            (Some(repo), _) => format!("parent, mounted from {repo}"),
+            (None, true) => "parent".to_string(),
+            (None, false) => "normalized".to_string(),
         };
         text.push_str(&format!(
             "# kiln:   layer {i} ({from}): {} {} bytes, diff {}\n",
