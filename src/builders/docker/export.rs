@@ -4,8 +4,10 @@
 //! layout of Docker 25 and later, see [`unpack_tar`]) is streamed and
 //! unpacked under the work dir. The layers the image
 //! shares with its pinned parent keep their bytes (the parent's digest
-//! fixes them) and are only compressed; every other layer is made
-//! byte-stable by [`super::layer`]. A fresh image config keeps only what
+//! fixes them): taken as the parent's registry holds them and mounted
+//! from its repository when it is in Kiln's registry
+//! ([`super::parent_layers`]), else only compressed; every other layer is
+//! made byte-stable by [`super::layer`]. A fresh image config keeps only what
 //! determines the image (platform, the runtime config, history, the new
 //! `diff_ids`) and dates everything at the SOURCE_DATE_EPOCH: no
 //! `container`, `container_config`, `docker_version` or hostnames. The
