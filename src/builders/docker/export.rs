@@ -15,11 +15,12 @@
 //! client, by digest. The work directory (`<pid>-…`, so a killed Kiln's is
 //! swept) goes when the [`LocalImage`] is dropped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 use super::layer::{self, LayerBlob, LayerError};
 use super::{BuildSpec, DockerError, Engine};
@@ -88,16 +89,21 @@ pub(super) async fn export(
         .prefix(&format!("{}-", std::process::id()))
         .tempdir_in(&spec.work_dir)
         .map_err(|e| err(format!("{}: {e}", spec.work_dir.display())))?;
-    let mut saved = unpack(engine, local, dir.path())
+    // The parent's layers as its registry holds them: mounted, so their
+    // files in the save are not even written ([`unpack_tar`]'s `skip`).
+    let parent = match &spec.parent {
+        Some(_) => super::parent_layers::lookup(reg, spec).await,
+        None => None,
+    };
+    let skip: BTreeSet<String> = parent
+        .iter()
+        .flat_map(|p| &p.layers)
+        .flat_map(|l| [l.diff_id.clone(), l.digest.clone()])
+        .collect();
+    let mut saved = unpack(engine, local, dir.path(), skip)
         .await
         .map_err(|e| err(format!("docker save of {local}: {e}")))?;
     let inherited = inherited(engine, spec, &saved.config).await?;
-    // The parent's layers as its registry holds them, where they pair
-    // with ours: mounted, not compressed here.
-    let parent = match inherited {
-        0 => None,
-        _ => super::parent_layers::lookup(reg, spec).await,
-    };
     let ours: Vec<&str> = saved.config["rootfs"]["diff_ids"]
         .as_array()
         .into_iter()
@@ -121,6 +127,18 @@ pub(super) async fn export(
                 .collect()
         })
         .unwrap_or_default();
+    // A layer of the image's own that is a parent layer's twin (an empty
+    // RUN) was not written either: save again, writing everything.
+    if saved
+        .layers
+        .iter()
+        .skip(mounted.len())
+        .any(|p| p.as_os_str().is_empty())
+    {
+        saved = unpack(engine, local, dir.path(), BTreeSet::new())
+            .await
+            .map_err(|e| err(format!("docker save of {local}: {e}")))?;
+    }
     let raws = std::mem::take(&mut saved.layers);
     let (sde, out) = (spec.source_date_epoch, dir.path().to_path_buf());
     let layers =
@@ -194,12 +212,17 @@ async fn mount_parent_layer(
 }
 
 /// Stream `docker save` of `local` into `dir`.
-async fn unpack(engine: &Engine, local: &str, dir: &Path) -> io::Result<Saved> {
+async fn unpack(
+    engine: &Engine,
+    local: &str,
+    dir: &Path,
+    skip: BTreeSet<String>,
+) -> io::Result<Saved> {
     use futures_util::TryStreamExt;
     let stream = Box::pin(engine.docker.export_image(local).map_err(io::Error::other));
     let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || unpack_tar(reader, &dir))
+    tokio::task::spawn_blocking(move || unpack_tar(reader, &dir, &skip))
         .await
         .map_err(io::Error::other)?
 }
@@ -218,7 +241,13 @@ fn invalid(what: String) -> io::Error {
 /// `manifest.json` says which are the config and the layers. A layer the
 /// engine stored compressed (the containerd store keeps pulled layers
 /// gzipped) is decompressed: Kiln compresses every layer itself.
-fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
+///
+/// A file whose digest is in `skip` (a parent layer that will be mounted,
+/// as its uncompressed tar or its compressed blob) is not kept: not even
+/// written when its name says its digest (`blobs/sha256/<hex>`), removed
+/// as soon as it is written otherwise. Its layer is an empty path. So the
+/// disk holds the image's own layers, never the parent's.
+fn unpack_tar(r: impl Read, dir: &Path, skip: &BTreeSet<String>) -> io::Result<Saved> {
     let mut ar = tar::Archive::new(r);
     let mut jsons: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -238,11 +267,28 @@ fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
                 resolve(&name, &String::from_utf8_lossy(&target)),
             );
         } else if kind.is_file() {
+            let named = name
+                .strip_prefix("blobs/sha256/")
+                .map(|hex| format!("sha256:{hex}"));
+            if named.as_ref().is_some_and(|d| skip.contains(d)) {
+                io::copy(&mut e, &mut io::sink())?;
+                files.insert(name, PathBuf::new());
+                continue;
+            }
             let p = dir.join(format!("raw-{i}"));
-            let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?);
+            let mut w = Hashing {
+                inner: BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?),
+                hash: Sha256::new(),
+            };
             io::copy(&mut e, &mut w)?;
-            w.flush()?;
-            files.insert(name, p);
+            w.inner.flush()?;
+            let digest = format!("sha256:{}", hex::encode(w.hash.finalize()));
+            if skip.contains(&digest) {
+                std::fs::remove_file(&p)?;
+                files.insert(name, PathBuf::new());
+            } else {
+                files.insert(name, p);
+            }
         }
     }
     let json = |name: &str| -> io::Result<Value> {
@@ -271,6 +317,8 @@ fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
         })?;
         let tar = match plain.get(p) {
             Some(t) => t.clone(),
+            // Not kept (see `skip`).
+            None if p.as_os_str().is_empty() => PathBuf::new(),
             None => {
                 let t = uncompressed(p, name)?;
                 plain.insert(p.clone(), t.clone());
@@ -281,11 +329,29 @@ fn unpack_tar(r: impl Read, dir: &Path) -> io::Result<Saved> {
     }
     // Files that are not layers (the config blob, manifests, `<id>/json`).
     for p in files.values() {
-        if !layers.contains(p) {
+        if !layers.contains(p) && !p.as_os_str().is_empty() {
             let _ = std::fs::remove_file(p);
         }
     }
     Ok(Saved { config, layers })
+}
+
+/// A writer that hashes what it writes.
+struct Hashing<W> {
+    inner: W,
+    hash: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The layer file `p` as a plain tar: itself, or its gzip stream
@@ -553,7 +619,7 @@ mod tests {
     /// The layers' bytes and the config, from a save tar.
     fn read(save: &[u8]) -> (Value, Vec<Vec<u8>>) {
         let dir = tempfile::tempdir().unwrap();
-        let s = unpack_tar(save, dir.path()).unwrap();
+        let s = unpack_tar(save, dir.path(), &BTreeSet::new()).unwrap();
         let layers = s.layers.iter().map(|p| std::fs::read(p).unwrap()).collect();
         (s.config, layers)
     }
@@ -597,13 +663,54 @@ mod tests {
     }
 
     #[test]
+    fn a_parent_layer_to_mount_is_never_kept_on_disk() {
+        let config = serde_json::to_vec(&saved()).unwrap();
+        let (a, b) = (layer_tar("a", b"parent"), layer_tar("b", b"ours"));
+        let skip: BTreeSet<String> = [sha256_digest(&a)].into();
+        // By its content (20.10: named by a layer id), and by its name
+        // (the OCI layout: named by digest, never written).
+        let legacy = tar_of(&[
+            ("cfg0.json", Ok(config.clone())),
+            ("l1/layer.tar", Ok(a.clone())),
+            ("l2/layer.tar", Ok(b.clone())),
+            (
+                "manifest.json",
+                Ok(
+                    br#"[{"Config":"cfg0.json","Layers":["l1/layer.tar","l2/layer.tar"]}]"#
+                        .to_vec(),
+                ),
+            ),
+        ]);
+        let hex = sha256_digest(&a)[7..].to_string();
+        let oci = tar_of(&[
+            ("blobs/sha256/c0", Ok(config)),
+            (&format!("blobs/sha256/{hex}"), Ok(a.clone())),
+            ("blobs/sha256/bb", Ok(b.clone())),
+            (
+                "manifest.json",
+                Ok(format!(r#"[{{"Config":"blobs/sha256/c0","Layers":["blobs/sha256/{hex}","blobs/sha256/bb"]}}]"#).into_bytes()),
+            ),
+        ]);
+        for save in [legacy, oci] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = unpack_tar(save.as_slice(), dir.path(), &skip).unwrap();
+            assert_eq!(s.layers[0], PathBuf::new(), "the parent's layer: not kept");
+            assert_eq!(std::fs::read(&s.layers[1]).unwrap(), b);
+            let on_disk: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+            assert_eq!(on_disk.len(), 1, "only the image's own layer on disk");
+        }
+    }
+
+    #[test]
     fn a_save_naming_what_it_lacks_or_a_zstd_layer_is_refused_by_name() {
         let missing = tar_of(&[(
             "manifest.json",
             Ok(br#"[{"Config":"blobs/sha256/c0","Layers":[]}]"#.to_vec()),
         )]);
         let dir = tempfile::tempdir().unwrap();
-        let e = unpack_tar(missing.as_slice(), dir.path()).err().unwrap();
+        let e = unpack_tar(missing.as_slice(), dir.path(), &BTreeSet::new())
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("no blobs/sha256/c0"), "{e}");
         let zstd = tar_of(&[
             ("blobs/sha256/c0", Ok(serde_json::to_vec(&saved()).unwrap())),
@@ -613,7 +720,9 @@ mod tests {
                 Ok(br#"[{"Config":"blobs/sha256/c0","Layers":["blobs/sha256/zz"]}]"#.to_vec()),
             ),
         ]);
-        let e = unpack_tar(zstd.as_slice(), dir.path()).err().unwrap();
+        let e = unpack_tar(zstd.as_slice(), dir.path(), &BTreeSet::new())
+            .err()
+            .unwrap();
         assert!(
             e.to_string()
                 .contains("blobs/sha256/zz: a zstd-compressed layer"),
