@@ -2,7 +2,7 @@
 //!
 //! The engine's `docker save` tar (Docker 20.10's layout or the OCI image
 //! layout of Docker 25 and later, see [`unpack_tar`]) is streamed and
-//! unpacked under the work dir. The layers the image
+//! unpacked under the work dir, the parent's layers to be mounted left out. The layers the image
 //! shares with its pinned parent keep their bytes (the parent's digest
 //! fixes them): taken as the parent's registry holds them and mounted
 //! from its repository when it is in Kiln's registry
