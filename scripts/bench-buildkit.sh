@@ -8,7 +8,7 @@
 # run chrooted from the root the tests debootstrap
 # (.kiln/fixtures/trixie-docker; made here if missing, docker-buildx added
 # to it once), in a mount namespace of this script's own, with no network
-# for its containers. Both builders build the same Dockerfile FROM the
+# for its containers (its own bridge, nothing routed). Both builders build the same Dockerfile FROM the
 # busybox fixture parent in the local registry (`bash scripts/services.sh
 # up` first): a step of many small files, a step of 64 MiB, a small last
 # step. Measured: a cold build (--no-cache), a warm one (every step
@@ -37,9 +37,16 @@ if [ "${1:-}" != --inside ]; then
     skopeo inspect --tls-verify=false "docker://$PARENT" >/dev/null ||
         { echo "bench: $PARENT is not in the registry (bash scripts/services.sh up)" >&2; exit 1; }
     WORK=$(mktemp -d /var/tmp/kiln-bench-buildkit.XXXXXX)
+    # A bridge of its own: an engine given `--bridge=none` removes the
+    # host engine's docker0.
+    BR=kbench$$
+    ip link add "$BR" type bridge
+    ip addr add 10.213.77.1/24 dev "$BR"
+    ip link set "$BR" up
     # The engine's mounts end with the namespace; then its data can go.
     status=0
-    unshare --mount --propagation private bash "$0" --inside "$WORK" || status=$?
+    unshare --mount --propagation private bash "$0" --inside "$WORK" "$BR" || status=$?
+    ip link del "$BR" 2>/dev/null || true
     rm -rf "$WORK"
     exit "$status"
 fi
@@ -47,6 +54,7 @@ fi
 # In a mount namespace of our own: the root's /proc, /sys, /dev, a tmpfs
 # /run, the work dir at /kiln/d; dockerd and the CLI both chrooted.
 WORK=$2
+BR=$3
 mount --bind "$R" "$R"
 mount --rbind /proc "$R/proc"
 mount --rbind /sys "$R/sys"
@@ -55,7 +63,7 @@ mount -t tmpfs tmpfs "$R/run"
 mount --bind "$WORK" "$R/kiln/d"
 SOCK=unix:///kiln/d/docker.sock
 chroot "$R" dockerd --data-root /kiln/d/data --exec-root /run/docker -p /kiln/d/docker.pid \
-    -H "$SOCK" --bridge=none --iptables=false --ip-masq=false >"$WORK/dockerd.log" 2>&1 &
+    -H "$SOCK" --bridge="$BR" --iptables=false --ip-masq=false >"$WORK/dockerd.log" 2>&1 &
 DOCKERD=$!
 cleanup() {
     kill "$DOCKERD" 2>/dev/null || true
