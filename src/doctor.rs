@@ -105,7 +105,8 @@ pub async fn run(config: &Config) -> Report {
     }
     checks.push(check_registry(&config.registry.url).await);
     for host in &config.zfs.hosts {
-        checks.push(check_zfs(host).await);
+        let key = format!("zfs:{}", host.name);
+        checks.push(check_zfs(host, down.iter().find(|d| d.host == key)).await);
     }
     for host in config.qemu.hosts.iter().filter(|h| !h.ssh.is_empty()) {
         let key = format!("qemu:{}", host.name);
@@ -377,7 +378,10 @@ async fn check_registry(url: &str) -> Check {
 
 /// A ZFS host: reachable (over ssh for a remote one), with zfs and an
 /// ONLINE pool; each way of failing named with its fix.
-async fn check_zfs(host: &crate::config::ZfsHost) -> Check {
+async fn check_zfs(
+    host: &crate::config::ZfsHost,
+    down: Option<&crate::state::hosts::Down>,
+) -> Check {
     use crate::builders::zfs::probe::{Probe, probe};
     let component = format!("zfs pool ({})", host.name);
     let found = probe(host).await;
@@ -387,10 +391,16 @@ async fn check_zfs(host: &crate::config::ZfsHost) -> Check {
         } else {
             format!(" on {}", host.ssh)
         };
+        let marked = down
+            .map(|d| format!("; {}", crate::builders::hosts::marked_down("ok", d)))
+            .unwrap_or_default();
         return ok(
             &component,
             true,
-            format!("pool {} ONLINE{on}, {free} free of {size}", host.pool),
+            format!(
+                "pool {} ONLINE{on}, {free} free of {size}{marked}",
+                host.pool
+            ),
         );
     }
     let (detail, fix) = found.problem(host).unwrap_or_default();

@@ -172,6 +172,12 @@ fn a_host_killed_mid_build_is_marked_down_and_the_build_completes_on_another() {
         worker_health(&p, "private")
     );
     assert_eq!(worker_health(&p, "local"), "ok");
+    // And `kiln status`.
+    let status = String::from_utf8_lossy(&p.kiln(&["status"]).stdout).to_string();
+    assert!(
+        status.contains("hosts marked down") && status.contains("docker:private"),
+        "{status}"
+    );
     // Back: the next build (a new key) probes it and routes to it again.
     let _engine = PrivateEngine::start(dir.path(), &bridge.0);
     assert!(

@@ -91,6 +91,20 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
             }
         }
     }
+    // Hosts routing skips: builds waiting on them go elsewhere or wait
+    // (`kiln workers` and `kiln doctor` say more).
+    let down = kiln::state::hosts::HostHealth::open(&config.database.path)
+        .and_then(|h| h.all())
+        .unwrap_or_default();
+    if !down.is_empty() {
+        println!(
+            "
+hosts marked down (skipped by routing until they answer):"
+        );
+        for d in down {
+            println!("  {:<24} since {}: {}", d.host, d.since, d.error);
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
