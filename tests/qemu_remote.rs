@@ -18,25 +18,14 @@ use serde_json::Value;
 
 mod common;
 use common::sshd::SshWorker;
-use common::{Bounded, LIMIT, Profile, Spawned, zfs};
+use common::{Bounded, LIMIT, Profile, Spawned};
 
 static LOCK: Mutex<()> = Mutex::new(());
 
 /// The lock and a started host, or `None` (reported skipped).
 fn host_for(test: &str, tag: &str) -> Option<(MutexGuard<'static, ()>, SshWorker)> {
     let guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    // The sshd test host comes with a zfs-fuse pool of its own.
-    if let Some(why) = zfs::unavailable() {
-        common::skip(test, &why);
-        return None;
-    }
-    match SshWorker::start(tag) {
-        Ok(w) => Some((guard, w)),
-        Err(why) => {
-            common::skip(test, &why);
-            None
-        }
-    }
+    SshWorker::start_or_skip(test, tag).map(|w| (guard, w))
 }
 
 /// Where the host keeps its builds' work dirs (the user's home).
@@ -119,18 +108,11 @@ fn assert_host_clean(w: &SshWorker) {
     );
 }
 
-/// An ssh_config whose host is a loopback port nobody listens on.
+/// `[[qemu.hosts]]` for a host that cannot be reached.
 fn nowhere(dir: &std::path::Path) -> String {
-    let config = dir.join("ssh_config");
-    let port = common::free_port();
-    std::fs::write(
-        &config,
-        format!("Host kiln-nowhere\n  HostName 127.0.0.1\n  Port {port}\n  ConnectTimeout 5\n"),
-    )
-    .unwrap();
     format!(
         "[[qemu.hosts]]\nname = \"nowhere\"\nssh = \"kiln-nowhere\"\nssh_config = \"{}\"\n",
-        config.display()
+        common::sshd::nowhere(dir).display()
     )
 }
 
@@ -165,22 +147,7 @@ fn openbsd_builds_on_a_qemu_host_over_ssh_after_an_unreachable_one_is_marked_dow
     assert_host_clean(&w);
     // The unreachable host is down in the inventory; the other one is up,
     // its slots and builds read over ssh.
-    let out = p
-        .command()
-        .args(["workers", "--json"])
-        .output_within(LIMIT)
-        .unwrap();
-    let inv: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    let row = |name: &str| {
-        inv["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|h| h["builder"] == "qemu" && h["host"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no qemu host {name} in {inv}"))
-    };
+    let row = |name: &str| p.worker_row("qemu", name);
     let down = row("nowhere");
     assert!(
         down["health"].as_str().unwrap().starts_with("down since "),

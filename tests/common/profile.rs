@@ -171,6 +171,25 @@ impl Profile {
         self.dir.path()
     }
 
+    /// The row of `builder`'s host `name` in `kiln workers --json`,
+    /// whatever its exit status (a host that is down makes it 1).
+    pub fn worker_row(&self, builder: &str, name: &str) -> serde_json::Value {
+        let out = self
+            .command()
+            .args(["workers", "--json"])
+            .output_within(LIMIT)
+            .unwrap();
+        let inv: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        inv["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["builder"] == builder && h["host"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {builder} host {name} in {inv}"))
+    }
+
     /// `kiln --config <this profile>`, to add arguments to.
     pub fn command(&self) -> Command {
         let mut c = kiln();

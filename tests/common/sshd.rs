@@ -202,6 +202,22 @@ impl SshWorker {
         Ok(w)
     }
 
+    /// [`SshWorker::start`], or `None` reported as skipped (its pool needs
+    /// zfs-fuse; a tool missing): the test returns.
+    pub fn start_or_skip(test: &str, tag: &str) -> Option<SshWorker> {
+        if let Some(why) = zfs::unavailable() {
+            super::skip(test, &why);
+            return None;
+        }
+        match SshWorker::start(tag) {
+            Ok(w) => Some(w),
+            Err(why) => {
+                super::skip(test, &why);
+                None
+            }
+        }
+    }
+
     /// `ssh <worker> <command…>`, as Kiln reaches it.
     pub fn ssh(&self, command: &[&str]) -> std::process::Output {
         Command::new("ssh")
@@ -298,4 +314,19 @@ impl Drop for SshWorker {
         // Then the pool, the user (its guard kills what is left of its
         // processes) and the files, in field order.
     }
+}
+
+/// An ssh_config in `dir` whose `Host kiln-nowhere` is a loopback port
+/// nobody listens on: a host that cannot be reached.
+pub fn nowhere(dir: &Path) -> PathBuf {
+    let config = dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Host kiln-nowhere\n  HostName 127.0.0.1\n  Port {}\n  ConnectTimeout 5\n",
+            super::free_port()
+        ),
+    )
+    .unwrap();
+    config
 }

@@ -43,6 +43,21 @@ pub struct SiteError {
     pub message: String,
 }
 
+/// How the ssh machinery (`zfs::host`, shared with ZFS workers and ssh
+/// engines) reaches `h`.
+fn ssh_target(h: &QemuHost) -> ZfsHost {
+    ZfsHost {
+        name: h.name.clone(),
+        ssh: h.ssh.clone(),
+        ssh_config: h.ssh_config.clone(),
+        sudo: false,
+        pool: String::new(),
+        prefix: String::new(),
+        platforms: vec![],
+        arch: "amd64".into(),
+    }
+}
+
 /// One build's place on a QEMU host.
 pub struct Site {
     pub name: String,
@@ -85,16 +100,7 @@ impl Site {
             .prefix(&format!("{}-", std::process::id()))
             .tempdir_in(local_root)
             .map_err(|e| err("work dir", e.to_string()))?;
-        let zfs_like = ZfsHost {
-            name: cfg.name.clone(),
-            ssh: cfg.ssh.clone(),
-            ssh_config: cfg.ssh_config.clone(),
-            sudo: false,
-            pool: String::new(),
-            prefix: String::new(),
-            platforms: vec![],
-            arch: "amd64".into(),
-        };
+        let zfs_like = ssh_target(cfg);
         if cfg.ssh.is_empty() {
             return Ok(Site {
                 name: cfg.name.clone(),
@@ -452,17 +458,7 @@ pub async fn probe(
         img = q(&qemu.img),
         work = q(&h.work_dir),
     );
-    let zfs_like = ZfsHost {
-        name: h.name.clone(),
-        ssh: h.ssh.clone(),
-        ssh_config: h.ssh_config.clone(),
-        sudo: false,
-        pool: String::new(),
-        prefix: String::new(),
-        platforms: vec![],
-        arch: "amd64".into(),
-    };
-    let host = Host::new(&zfs_like);
+    let host = Host::new(&ssh_target(h));
     let out = host
         .script(&script)
         .timeout(Duration::from_secs(30))
