@@ -271,7 +271,9 @@ fn bad_schedule_is_refused_at_start() {
 
 #[test]
 fn killed_mid_build_then_restarted_resumes_and_publishes_once() {
-    let p = profile("kill", "*/2 * * * * *", "RUN sleep 6\n");
+    // A step no earlier build left in the engine's layer cache: it must
+    // take its 6 s.
+    let p = profile("kill", "*/2 * * * * *", &common::uncached_step("sleep 6"));
     let mut d = p.spawn();
     wait_http(p.port);
     // Wait until the first round is building, then kill -9 the daemon.

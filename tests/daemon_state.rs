@@ -36,7 +36,7 @@ fn a_busy_state_store_when_a_job_ends_is_retried_not_fatal() {
     // still locked (past the 10 s busy timeout) when it ends.
     let p = Profile::busybox("state-busy", "busybox-state-busy")
         .own_state()
-        .recipe_prefix("RUN sleep 6\n")
+        .recipe_prefix(&common::uncached_step("sleep 6"))
         .toml(&format!(
             "[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t\"\n[daemon]\nschedule = \"0 0 3 1 1 *\"\nmax_attempts = 5\nretry_base_secs = 1\n"
         ))

@@ -128,15 +128,46 @@ fn openbsd_builds_on_a_qemu_host_over_ssh_after_an_unreachable_one_is_marked_dow
     let hosts = format!("{}{}", nowhere(dir.path()), host_toml("far", &w));
     let p = profile("far", &hosts, 300);
     let mut build = spawn_build(&p);
-    let mut seen = false;
+    // Where a disk built here would be staged: a remote host's disks are
+    // streamed from the host into the registry instead.
+    let staged = common::state_dir().join("work/qemu-out");
+    let disks_here = || -> Vec<String> {
+        std::fs::read_dir(&staged)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|n| n.contains("openbsd-79"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (mut seen, mut landed) = (false, Vec::new());
     while build.try_wait().is_none() {
         seen |= qemu_on(&w);
-        std::thread::sleep(Duration::from_millis(200));
+        landed.extend(disks_here());
+        std::thread::sleep(Duration::from_millis(100));
     }
     let (code, s) = finished(build);
     assert_eq!(code, Some(0), "{s}");
     assert_eq!(s["built"], 1, "{s}");
     assert!(seen, "QEMU never ran as the host's user {}", w.user);
+    assert!(
+        landed.is_empty(),
+        "disks landed on this machine: {landed:?}"
+    );
+    // What was streamed is what `kiln fetch` checks and delivers: the
+    // disk, against the digest and sha256 its artifact names.
+    let key = format!("{}/openbsd-base:openbsd-79-amd64-ocaml-5.5", p.namespace);
+    p.entry(&key);
+    let dest = tempfile::tempdir().unwrap();
+    let out = p
+        .command()
+        .args(["fetch", &key, "--json", "--dest"])
+        .arg(dest.path())
+        .output_within(LIMIT)
+        .unwrap();
+    let fetched: Value = common::ok_json(out);
+    assert!(fetched.to_string().contains(".qcow2"), "{fetched}");
     let log = std::fs::read_to_string(
         common::state_dir().join("log/openbsd_openbsd-79-amd64_5.5.0_amd64.log"),
     )

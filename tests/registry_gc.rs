@@ -136,9 +136,13 @@ fn gc_deletes_what_nothing_references_and_the_registry_frees_it() {
     let key = format!("{repo}:busybox-gc-ocaml-5.5");
     let recipe = "platforms/linux/busybox.Dockerfile";
     let mut rounds = Vec::new();
+    // Each round's payload replaces the last one's (not added after it:
+    // the engine's layer cache would give a later round the earlier
+    // rounds' payloads, still referenced by the current image).
+    let base = std::fs::read_to_string(p.file(recipe)).unwrap();
     for round in 1..=3 {
-        p.edit(recipe, |t| {
-            format!("{t}RUN head -c 4194304 /dev/urandom > /round-{round}\n")
+        p.edit(recipe, |_| {
+            format!("{base}RUN head -c 4194304 /dev/urandom > /round-{round}\n")
         });
         let (code, summary) = p.build(&[]);
         assert_eq!(code, Some(0), "{summary:#}");

@@ -183,7 +183,8 @@ pub struct Qemu {
 /// A Linux host that runs QEMU builds (`[[qemu.hosts]]`). A remote one
 /// needs sshd, `qemu-system-*`, `qemu-img`, `socat`, `unshare`, `tar` and
 /// `pkill`, nothing of Kiln: the build's server, sets and sources reach it
-/// through Kiln's ssh connection, and the compacted disks come back over it.
+/// through Kiln's ssh connection, and the compacted disks are streamed
+/// from it into the registry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct QemuHost {

@@ -126,6 +126,33 @@ pub async fn put_artifact(
     put_layers(reg, a, layer_digest, size, Vec::new()).await
 }
 
+/// A further blob of an artifact already in its repository (streamed).
+#[derive(Debug, Clone)]
+pub struct ExtraBlob<'a> {
+    pub media_type: &'a str,
+    pub title: &'a str,
+    pub digest: &'a str,
+    pub size: u64,
+}
+
+/// [`put_artifact`] with further layers, every blob already in `a.repo`.
+pub async fn put_artifact_with(
+    reg: &Registry,
+    a: &ArtifactPush<'_>,
+    layer_digest: String,
+    size: u64,
+    extra: &[ExtraBlob<'_>],
+) -> Result<Pushed, RegistryError> {
+    let layers = extra
+        .iter()
+        .map(|x| {
+            json!({"mediaType": x.media_type, "digest": x.digest, "size": x.size,
+            "annotations": {"org.opencontainers.image.title": x.title}})
+        })
+        .collect();
+    put_layers(reg, a, layer_digest, size, layers).await
+}
+
 async fn put_layers(
     reg: &Registry,
     a: &ArtifactPush<'_>,

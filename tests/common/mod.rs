@@ -39,6 +39,17 @@ pub use profile::{
 };
 pub use skip::skip;
 
+/// `RUN <command>` as no earlier build rendered it (a comment naming this
+/// process and moment), so that the engine's layer cache, which keeps the
+/// steps of published builds, cannot answer it: it runs, taking its time.
+pub fn uncached_step(command: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("RUN {command} # uncached {}-{now}\n", std::process::id())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -148,6 +148,16 @@ pub struct QemuSpec {
     pub output: PathBuf,
 }
 
+/// A built disk and the site it was built on, still open: deliver the
+/// disk, then [`Site::close`] it.
+pub struct Built {
+    pub out: QemuOutput,
+    pub site: Site,
+}
+
+/// A verified, compacted disk: on this machine, or (from a remote QEMU
+/// host, until delivered) in the build's work dir there, its `sha256` and
+/// `size` then known only once it is streamed.
 #[derive(Debug, Clone)]
 pub struct QemuOutput {
     pub path: PathBuf,
@@ -166,7 +176,7 @@ pub async fn build(
     img: &Img,
     spec: &QemuSpec,
     host: &crate::config::QemuHost,
-) -> Result<QemuOutput, QemuError> {
+) -> Result<Built, QemuError> {
     let setup = |message: String| QemuError::Setup {
         target: spec.target.clone(),
         message,
@@ -215,8 +225,15 @@ pub async fn build(
         }
         r => r,
     };
-    site.close().await;
-    result
+    match result {
+        // Delivered while the site is open (a remote site's disks are
+        // streamed from its work dir); the caller closes it.
+        Ok(out) => Ok(Built { out, site }),
+        Err(e) => {
+            site.close().await;
+            Err(e)
+        }
+    }
 }
 
 async fn run(
@@ -353,6 +370,24 @@ async fn compact(
     img.compact(disk, &compact).await?;
     img.check(&compact).await?;
     let info = img.info(&compact).await?;
+    if site.is_remote() {
+        // Stays there, named for its role: streamed into the registry
+        // from the site when delivered (its digest known then).
+        let there = site.work.join(
+            output
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_else(|| "disk.qcow2".into()),
+        );
+        site.rename(&compact, &there).await?;
+        return Ok(QemuOutput {
+            path: there,
+            sha256: String::new(),
+            size: 0,
+            virtual_size: info.virtual_size,
+            cache: None,
+        });
+    }
     site.fetch(&compact, output).await?;
     let (sha256, size) = crate::registry::sha256_file(output)
         .await

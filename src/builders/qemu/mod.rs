@@ -145,19 +145,28 @@ impl Builder for QemuBuilder {
                 return Ok(pushed);
             }
             let spec = self.spec(&job).await?;
-            let out = self
+            let built = self
                 .routed(&img, spec)
                 .await
                 .map_err(|f| f.with_log(job.log))?;
-            let pushed = push(&job, &out).await;
-            if pushed.is_ok() && self.qemu.keep_disks {
-                self.keep(job.prepared, &out);
-            }
-            let _ = std::fs::remove_file(&out.path);
-            if let Some(c) = &out.cache {
-                let _ = std::fs::remove_file(&c.path);
-            }
-            pushed
+            // While the build's site is open: a remote host's disks are
+            // streamed from there; this machine's are pushed, then kept.
+            let (out, site) = (built.out, built.site);
+            let pushed = if site.is_remote() {
+                push_streamed(&job, &site, &out).await
+            } else {
+                let pushed = push(&job, &out).await;
+                if pushed.is_ok() && self.qemu.keep_disks {
+                    self.keep(job.prepared, &out);
+                }
+                let _ = std::fs::remove_file(&out.path);
+                if let Some(c) = &out.cache {
+                    let _ = std::fs::remove_file(&c.path);
+                }
+                pushed
+            };
+            site.close().await;
+            pushed.map_err(|f| f.with_log(job.log))
         })
     }
 
@@ -454,39 +463,64 @@ pub fn cache_title(title: &str) -> String {
 /// Push the compacted disk as an OCI artifact, its download-cache disk as a
 /// second layer; their digests are known.
 async fn push(job: &BuildJob<'_>, out: &build::QemuOutput) -> Result<BuildOutput, Failure> {
-    let t = &job.prepared.target;
-    let mut ann = artifact_annotations(job);
-    ann.insert("org.ocaml.kiln.sha256".to_string(), out.sha256.clone());
-    let title = format!("{}.qcow2", artifact_name(job.prepared));
+    let a = Artifact::of(job, out);
     let digest = format!("sha256:{}", out.sha256);
-    let mut config = serde_json::json!({"os": t.platform, "architecture": t.arch,
-        "disk": {"format": "qcow2", "virtual_size": out.virtual_size, "sha256": out.sha256}});
-    let cache_title = cache_title(&title);
-    let cache_digest = out.cache.as_ref().map(|c| format!("sha256:{}", c.sha256));
     let mut extra = Vec::new();
-    if let (Some(c), Some(d)) = (&out.cache, &cache_digest) {
-        config["download_cache"] = serde_json::json!({"format": "qcow2", "title": cache_title,
-            "virtual_size": c.virtual_size, "sha256": c.sha256});
+    if let (Some(c), Some(d)) = (&out.cache, &a.cache_digest) {
         extra.push(oci::ExtraLayer {
             file: &c.path,
             media_type: oci::QCOW2_LAYER,
-            title: &cache_title,
+            title: &a.cache_title,
             digest: d,
         });
     }
-    let pushed = oci::push_with(
+    let pushed = oci::push_with(job.registry, &a.push(job, &out.path, Some(&digest)), &extra)
+        .await
+        .map_err(|e| Failure::new(e.kind(), e.to_string()))?;
+    Ok(BuildOutput {
+        digest: pushed.digest,
+        adopted: None,
+    })
+}
+
+/// Push a remote site's disks as [`push`] does, each streamed from the
+/// site into the registry (nothing lands on this machine's disk).
+async fn push_streamed(
+    job: &BuildJob<'_>,
+    site: &site::Site,
+    out: &build::QemuOutput,
+) -> Result<BuildOutput, Failure> {
+    let failed = |e: site::SiteError| Failure::infra(e.to_string());
+    let mut out = out.clone();
+    let (digest, size) = site
+        .stream_into(&out.path, job.registry, job.repository)
+        .await
+        .map_err(failed)?;
+    out.sha256 = digest.trim_start_matches("sha256:").to_string();
+    out.size = size;
+    if let Some(c) = out.cache.as_mut() {
+        let (d, n) = site
+            .stream_into(&c.path, job.registry, job.repository)
+            .await
+            .map_err(failed)?;
+        c.sha256 = d.trim_start_matches("sha256:").to_string();
+        c.size = n;
+    }
+    let a = Artifact::of(job, &out);
+    let extra: Vec<oci::ExtraBlob> = match (&out.cache, &a.cache_digest) {
+        (Some(c), Some(d)) => vec![oci::ExtraBlob {
+            media_type: oci::QCOW2_LAYER,
+            title: &a.cache_title,
+            digest: d,
+            size: c.size,
+        }],
+        _ => vec![],
+    };
+    let pushed = oci::put_artifact_with(
         job.registry,
-        &oci::ArtifactPush {
-            repo: job.repository,
-            file: &out.path,
-            artifact_type: oci::QCOW2_ARTIFACT,
-            layer_media_type: oci::QCOW2_LAYER,
-            title: &title,
-            digest: Some(&digest),
-            uncompressed_sha256: None,
-            config,
-            annotations: ann,
-        },
+        &a.push(job, &out.path, Some(&digest)),
+        digest.clone(),
+        size,
         &extra,
     )
     .await
@@ -495,4 +529,57 @@ async fn push(job: &BuildJob<'_>, out: &build::QemuOutput) -> Result<BuildOutput
         digest: pushed.digest,
         adopted: None,
     })
+}
+
+/// What a disk artifact says of itself: its title, config (the disks'
+/// sizes and digests) and annotations.
+struct Artifact {
+    title: String,
+    cache_title: String,
+    cache_digest: Option<String>,
+    config: serde_json::Value,
+    annotations: BTreeMap<String, String>,
+}
+
+impl Artifact {
+    fn of(job: &BuildJob<'_>, out: &build::QemuOutput) -> Artifact {
+        let t = &job.prepared.target;
+        let mut annotations = artifact_annotations(job);
+        annotations.insert("org.ocaml.kiln.sha256".to_string(), out.sha256.clone());
+        let title = format!("{}.qcow2", artifact_name(job.prepared));
+        let mut config = serde_json::json!({"os": t.platform, "architecture": t.arch,
+            "disk": {"format": "qcow2", "virtual_size": out.virtual_size, "sha256": out.sha256}});
+        let cache_title = cache_title(&title);
+        let cache_digest = out.cache.as_ref().map(|c| format!("sha256:{}", c.sha256));
+        if let Some(c) = &out.cache {
+            config["download_cache"] = serde_json::json!({"format": "qcow2", "title": cache_title,
+                "virtual_size": c.virtual_size, "sha256": c.sha256});
+        }
+        Artifact {
+            title,
+            cache_title,
+            cache_digest,
+            config,
+            annotations,
+        }
+    }
+
+    fn push<'a>(
+        &'a self,
+        job: &'a BuildJob<'_>,
+        file: &'a std::path::Path,
+        digest: Option<&'a str>,
+    ) -> oci::ArtifactPush<'a> {
+        oci::ArtifactPush {
+            repo: job.repository,
+            file,
+            artifact_type: oci::QCOW2_ARTIFACT,
+            layer_media_type: oci::QCOW2_LAYER,
+            title: &self.title,
+            digest,
+            uncompressed_sha256: None,
+            config: self.config.clone(),
+            annotations: self.annotations.clone(),
+        }
+    }
 }

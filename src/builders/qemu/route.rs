@@ -25,7 +25,7 @@ impl QemuBuilder {
         &self,
         img: &img::Img,
         mut spec: build::QemuSpec,
-    ) -> Result<build::QemuOutput, Failure> {
+    ) -> Result<build::Built, Failure> {
         let health = hosts::health(&self.config);
         let (mut up, mut due, mut down) = (Vec::new(), Vec::new(), Vec::new());
         for h in self.hosts() {

@@ -5,7 +5,7 @@
 //! `qemu-img`, the namespaced install boot), files it reads back (serial
 //! consoles), trees it puts there (the TFTP tree, the guest's kernel), the
 //! build's HTTP server made reachable there, the guest's ssh socket made
-//! reachable here, and the compacted disks brought back. On this machine
+//! reachable here, and the compacted disks streamed into the registry. On this machine
 //! each is the direct operation, so the local path is what it always was.
 //!
 //! A remote build runs in a work dir of its own on the host, over one ssh
@@ -242,44 +242,83 @@ impl Site {
         remote.map(|_| ()).map_err(|e| err(e.to_string()))
     }
 
-    /// Bring the site's file `from` to `to` on this machine (a local site
-    /// moves it).
+    /// Move this machine's site's file `from` to `to` (a remote site's
+    /// files are streamed from there instead, see [`Site::stream_into`]).
     pub async fn fetch(&self, from: &Path, to: &Path) -> Result<(), SiteError> {
         let err = |message: String| SiteError {
             host: self.name.clone(),
-            what: format!("bringing {} back", from.display()),
+            what: format!("moving {} to {}", from.display(), to.display()),
             message,
         };
+        if self.is_remote() {
+            return Err(err("a remote site's files are streamed, not fetched".into()));
+        }
         if let Some(dir) = to.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        if !self.is_remote() {
-            return std::fs::rename(from, to)
-                .or_else(|_| std::fs::copy(from, to).map(|_| ()))
-                .map_err(|e| err(e.to_string()));
-        }
-        let path = from.display().to_string();
+        std::fs::rename(from, to)
+            .or_else(|_| std::fs::copy(from, to).map(|_| ()))
+            .map_err(|e| err(e.to_string()))
+    }
+
+    /// Rename a file on the site.
+    pub async fn rename(&self, from: &Path, to: &Path) -> Result<(), SiteError> {
+        let (f, t) = (from.display().to_string(), to.display().to_string());
+        let c = if self.is_remote() {
+            self.host.cmd("mv", &[&f, &t])
+        } else {
+            Cmd::new("mv").args([&f, &t])
+        };
+        c.timeout(Duration::from_secs(60))
+            .run()
+            .await
+            .map(|_| ())
+            .map_err(|e| SiteError {
+                host: self.name.clone(),
+                what: format!("renaming {f}"),
+                message: e.to_string(),
+            })
+    }
+
+    /// Stream the site's file `path` into a blob of `repo`, never landing
+    /// on this machine's disk (`cat` over the connection, hashed on the
+    /// way, as ZFS sends are): the upload is finished only if the whole
+    /// file came, else cancelled.
+    pub async fn stream_into(
+        &self,
+        path: &Path,
+        reg: &crate::registry::Registry,
+        repo: &str,
+    ) -> Result<(String, u64), SiteError> {
+        let err = |message: String| SiteError {
+            host: self.name.clone(),
+            what: format!("streaming {} into {repo}", path.display()),
+            message,
+        };
+        let shown = path.display().to_string();
         let mut cat = self
             .host
-            .cmd("cat", &[&path])
+            .cmd("cat", &[&shown])
             .spawn_stream()
             .map_err(|e| err(e.to_string()))?;
-        let copied = async {
-            let mut file = tokio::fs::File::create(to).await?;
-            if let Some(mut out) = cat.stdout.take() {
-                tokio::io::copy(&mut out, &mut file).await?;
-            }
-            file.flush().await
-        }
-        .await;
+        let Some(out) = cat.stdout.take() else {
+            return Err(err("no stdout".into()));
+        };
+        let uploaded = reg.upload_stream(repo, out).await;
         let finished = cat.finish().await;
-        let result = copied
-            .map_err(|e| err(e.to_string()))
-            .and_then(|_| finished.map(|_| ()).map_err(|e| err(e.to_string())));
-        if result.is_err() {
-            let _ = std::fs::remove_file(to);
+        match (uploaded, finished) {
+            (Ok(blob), Ok(_)) => {
+                reg.finish_stream(&blob)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                Ok((blob.digest.clone(), blob.size))
+            }
+            (Ok(blob), Err(e)) => {
+                reg.cancel_stream(blob).await;
+                Err(err(e.to_string()))
+            }
+            (Err(e), _) => Err(err(e.to_string())),
         }
-        result
     }
 
     /// The build's HTTP server as the site reaches it: its TCP port on the
