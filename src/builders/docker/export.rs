@@ -20,7 +20,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use super::layer::{self, LayerBlob, LayerError};
 use super::{BuildSpec, DockerError, Engine};
@@ -276,10 +276,10 @@ fn unpack_tar(r: impl Read, dir: &Path, skip: &BTreeSet<String>) -> io::Result<S
                 continue;
             }
             let p = dir.join(format!("raw-{i}"));
-            let mut w = Hashing {
-                inner: BufWriter::with_capacity(1 << 20, std::fs::File::create(&p)?),
-                hash: Sha256::new(),
-            };
+            let mut w = layer::Hashing::new(BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(&p)?,
+            ));
             io::copy(&mut e, &mut w)?;
             w.inner.flush()?;
             let digest = format!("sha256:{}", hex::encode(w.hash.finalize()));
@@ -334,24 +334,6 @@ fn unpack_tar(r: impl Read, dir: &Path, skip: &BTreeSet<String>) -> io::Result<S
         }
     }
     Ok(Saved { config, layers })
-}
-
-/// A writer that hashes what it writes.
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// The layer file `p` as a plain tar: itself, or its gzip stream

@@ -241,10 +241,22 @@ struct BlobWriter {
     path: PathBuf,
 }
 
-struct Hashing<W> {
-    inner: W,
-    hash: Sha256,
-    n: u64,
+/// A writer that hashes and counts what it writes (the export's raw
+/// layers use it too).
+pub(super) struct Hashing<W> {
+    pub(super) inner: W,
+    pub(super) hash: Sha256,
+    pub(super) n: u64,
+}
+
+impl<W> Hashing<W> {
+    pub(super) fn new(inner: W) -> Hashing<W> {
+        Hashing {
+            inner,
+            hash: Sha256::new(),
+            n: 0,
+        }
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {

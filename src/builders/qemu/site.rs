@@ -186,7 +186,8 @@ impl Site {
     }
 
     /// Copy the directory `from` (on this machine, symlinks followed) to
-    /// `to` on the site; a local site already has it when `from == to`.
+    /// `to` on a remote site; a local site's `from` is in its work dir
+    /// already (its local dir is the work dir).
     pub async fn put_tree(&self, from: &Path, to: &Path) -> Result<(), SiteError> {
         let err = |message: String| SiteError {
             host: self.name.clone(),
@@ -194,15 +195,8 @@ impl Site {
             message,
         };
         if !self.is_remote() {
-            if from == to {
-                return Ok(());
-            }
-            return Cmd::new("cp")
-                .args(["-rL".as_ref(), from.as_os_str(), to.as_os_str()])
-                .run()
-                .await
-                .map(|_| ())
-                .map_err(|e| err(e.to_string()));
+            // The tree was laid out in the work dir itself.
+            return Ok(());
         }
         let to = to.display().to_string();
         let script = format!("mkdir -p {0} && exec tar -xf - -C {0}", shell_quote(&to));
