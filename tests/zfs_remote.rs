@@ -662,7 +662,7 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
         stderr.contains("source server forwarded to the build host"),
         "{stderr}"
     );
-    let sshd = w.log()[log_before..].to_string();
+    let sshd = w.log_of_ended(log_before, Duration::from_secs(30));
     assert!(
         sshd.lines()
             .any(|l| l.contains("rtype tcpip-forward want_reply")),
@@ -671,7 +671,7 @@ fn remote_build_reaches_the_source_server_through_its_connection_and_leaves_no_f
     assert!(
         sshd.lines()
             .any(|l| l.contains("rtype cancel-tcpip-forward want_reply")),
-        "the forward was never cancelled, only closed with the connection:\n{sshd}"
+        "the forward was never cancelled, only closed with the connection:\n{sshd}\nkiln:\n{stderr}"
     );
     // The forward rode the build's own connection.
     assert_eq!(w.connections() - before, 1, "ssh connections for one build");

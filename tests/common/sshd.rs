@@ -245,6 +245,30 @@ impl SshWorker {
         std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
     }
 
+    /// What sshd logged from byte `from` on, once every connection it
+    /// accepted since then has ended (sshd's per-connection processes
+    /// write their last lines after the client has gone, so a log read
+    /// at once may lack them). Panics after `within`.
+    pub fn log_of_ended(&self, from: usize, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let log = self.log();
+            let since = log.get(from..).unwrap_or_default();
+            let accepted = since.matches("Accepted publickey").count();
+            let ended = since.matches("Disconnected from user").count()
+                + since.matches("Connection closed by").count()
+                + since.matches("Connection reset by").count();
+            if ended >= accepted {
+                return since.to_string();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{accepted} connections accepted, {ended} ended after {within:?}:\n{since}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// How many ssh connections sshd accepted so far.
     pub fn connections(&self) -> usize {
         self.log().matches("Accepted publickey").count()
