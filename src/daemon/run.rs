@@ -94,7 +94,10 @@ impl Daemon {
             .filter(|t| self.builders.can_build(t))
             .collect();
         let mut round = None;
-        for (id, ts) in group_by_tag(&targets, &self.config.registry.namespace) {
+        // Queued critical path first (`schedule::order`): workers take
+        // jobs in queue order.
+        let groups = group_by_tag(&targets, &self.config.registry.namespace);
+        for (id, ts) in crate::pipeline::schedule::order(&groups) {
             if !ts.iter().any(|t| pick(t)) || self.queue.is_queued(&id.repository, &id.tag)? {
                 continue;
             }
@@ -107,7 +110,7 @@ impl Daemon {
                 .enqueue(r, &id.repository, &id.tag, &ts[0].platform, ts[0].builder)?
             {
                 tracing::info!(round = r, target = %id, trigger = %trigger.name(), "queued");
-                self.mark_queued(&id, ts.iter().map(|t| t.arch));
+                self.mark_queued(id, ts.iter().map(|t| t.arch));
             }
         }
         match round {

@@ -1,5 +1,5 @@
-//! `kiln build`: running a plan, one tag (one multi-arch index) at a time,
-//! read top-down:
+//! `kiln build`: running a plan, its tags (one multi-arch index each)
+//! concurrently, critical path first ([`schedule`]), each read top-down:
 //!
 //! 1. [`prepare`](crate::plan::prepare): each arch's inputs (rendered
 //!    recipes, parent digest, compiler, opam, opam-repository commit,
@@ -25,10 +25,13 @@ pub mod decide;
 pub mod keys;
 pub mod rebuild;
 pub mod report;
+pub mod schedule;
 pub mod sources;
 mod tag;
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use futures_util::{StreamExt, stream};
 
 pub use keys::{PlanKeys, plan_keys, target_keys};
 pub use report::{Event, Outcome, Summary, TagReport};
@@ -99,7 +102,7 @@ struct Run<'a> {
     state: StateStore,
     builders: Builders,
     commit: String,
-    parents: ParentCache,
+    parents: tokio::sync::Mutex<ParentCache>,
     dry_run: bool,
     force: bool,
 }
@@ -114,14 +117,14 @@ pub async fn run(
     let targets = plan::expand(cat, &opts.filter)?;
     let registry = Registry::new(&config.registry)?;
     let lock = load_or_recover(config, cat, &registry, opts.dry_run).await?;
-    let mut run = Run {
+    let run = Run {
         config,
         registry,
         lock,
         state: StateStore::open(&config.database.path)?,
         builders: Builders::new(config),
         commit: prepare::opam_repository_commit(config).await?,
-        parents: ParentCache::new(config),
+        parents: tokio::sync::Mutex::new(ParentCache::new(config)),
         dry_run: opts.dry_run,
         force: opts.force,
     };
@@ -133,9 +136,33 @@ pub async fn run(
     progress(Event::Planned {
         arch_builds: groups.values().map(Vec::len).sum(),
     });
+    // Tags run concurrently, critical path first (`schedule`); each
+    // host's slots bound the builds, a failed tag holds no other back.
+    let slots: usize = targets
+        .iter()
+        .map(|t| t.builder)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|k| run.builders.get(k).capacity())
+        .sum();
+    let in_flight = schedule::in_flight(slots, config.registry.concurrency);
+    let run = &run;
+    let tags: Vec<_> = schedule::order(&groups)
+        .into_iter()
+        .map(
+            |(id, ts)| -> futures_util::future::BoxFuture<'_, TagReport> {
+                Box::pin(run.tag(id, ts, progress))
+            },
+        )
+        .collect();
+    let mut reports: Vec<TagReport> = stream::iter(tags)
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    reports.sort_by(|a, b| (&a.repository, &a.tag).cmp(&(&b.repository, &b.tag)));
     let mut summary = Summary::default();
-    for (id, ts) in &groups {
-        summary.add(run.tag(id, ts, progress).await);
+    for r in reports {
+        summary.add(r);
     }
     if !opts.dry_run {
         let all = plan::expand(cat, &Filter::default())?;

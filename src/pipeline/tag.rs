@@ -33,7 +33,7 @@ impl Run<'_> {
     }
 
     pub(super) async fn tag(
-        &mut self,
+        &self,
         id: &TagId,
         ts: &[&Target],
         progress: &(dyn Fn(Event) + Sync),
@@ -128,7 +128,7 @@ impl Run<'_> {
 
     /// Prepare every arch, or say why the tag cannot be built.
     async fn prepare_arches(
-        &mut self,
+        &self,
         id: &TagId,
         ts: &[&Target],
         report: &mut TagReport,
@@ -149,7 +149,10 @@ impl Run<'_> {
                 continue;
             }
             let vars = builder.build_vars();
-            match prepare::prepare(self.config, t, &self.commit, &vars, &mut self.parents).await {
+            // The parent cache is shared by the run's concurrent tags; its
+            // lock is fair, so tags prepare in the order they started.
+            let mut parents = self.parents.lock().await;
+            match prepare::prepare(self.config, t, &self.commit, &vars, &mut parents).await {
                 Ok(p) => prepared.push(p),
                 Err(e) => {
                     let f = Failure::from(e);

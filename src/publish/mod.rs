@@ -89,12 +89,20 @@ impl PublishError {
     }
 }
 
-/// Serialize lockfile writers across processes (daemon, CLI) with flock.
+/// Serialize lockfile writers: across processes (daemon, CLI) with
+/// flock, and within this one (concurrent tags of a run) with an async
+/// mutex taken first, so that a task waiting for the lock never blocks a
+/// runtime thread that the holder needs.
 pub struct LockfileGuard {
     _file: std::fs::File,
+    _here: tokio::sync::OwnedMutexGuard<()>,
 }
 
-pub fn lock_lockfile(path: &Path) -> Result<LockfileGuard, PublishError> {
+static IN_PROCESS: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
+
+pub async fn lock_lockfile(path: &Path) -> Result<LockfileGuard, PublishError> {
+    let here = IN_PROCESS.clone().lock_owned().await;
     let lock_path = path.with_extension("lock");
     let err = |source| PublishError::Lock {
         path: lock_path.display().to_string(),
@@ -109,13 +117,24 @@ pub fn lock_lockfile(path: &Path) -> Result<LockfileGuard, PublishError> {
         .write(true)
         .open(&lock_path)
         .map_err(err)?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; blocks until granted.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    if rc != 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    Ok(LockfileGuard { _file: file })
+    // Another process may hold it for a while: wait off the runtime.
+    let file = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; blocks until granted.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if rc != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(file)
+        }
+    })
+    .await
+    .map_err(|e| err(std::io::Error::other(e)))?
+    .map_err(err)?;
+    Ok(LockfileGuard {
+        _file: file,
+        _here: here,
+    })
 }
 
 /// Tag, verify and record one entry whose digest is already in the registry.
@@ -173,7 +192,7 @@ pub async fn publish(
     //    tag and aliases. A rebuild of the same compiler keeps the
     //    series-less aliases its tag owned (`latest` already waited for
     //    that compiler's tier-1 set); a new compiler waits again.
-    let _guard = lock_lockfile(lockfile_path)?;
+    let _guard = lock_lockfile(lockfile_path).await?;
     let mut lock = Lockfile::load(lockfile_path)?;
     if let Some(old) = lock.entries.get(&entry.key())
         && old.ocaml == entry.ocaml

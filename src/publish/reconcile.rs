@@ -89,7 +89,7 @@ pub async fn reconcile(
     namespace: &str,
     scope: Scope,
 ) -> Result<Reconciled, PublishError> {
-    let _guard = lock_lockfile(path)?;
+    let _guard = lock_lockfile(path).await?;
     let mut lock = Lockfile::load(path)?;
     let owned = owners(&lock, all, namespace);
     let mut out = Reconciled::default();

@@ -209,7 +209,7 @@ pub async fn recover_into(
     for e in r.lockfile.entries.values_mut() {
         e.verified_at = Some(now);
     }
-    let _guard = super::lock_lockfile(path)?;
+    let _guard = super::lock_lockfile(path).await?;
     r.lockfile.save(path)?;
     Ok(r)
 }

@@ -108,7 +108,7 @@ pub async fn sync(reg: &Registry, namespace: &str, path: &Path) -> Result<Synced
     )
     .await
     .map_err(|e| other_writer_error(&digest, writer.as_deref(), e))?;
-    let _guard = super::lock_lockfile(path)?;
+    let _guard = super::lock_lockfile(path).await?;
     let mut ours = Lockfile::load(path)?;
     out.merged = merge::merge(&mut ours, &theirs);
     if !out.merged.is_empty() {

@@ -261,7 +261,7 @@ pub async fn gc_registry(
 ) -> Result<Report, PublishError> {
     let reg = Registry::new(&config.registry)?;
     let path = config.lockfile_path();
-    let _guard = super::lock_lockfile(&path)?;
+    let _guard = super::lock_lockfile(&path).await?;
     let local = if path.exists() {
         Lockfile::load(&path)?
     } else {

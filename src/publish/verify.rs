@@ -112,7 +112,7 @@ pub async fn rollback(
     to: Option<&str>,
     reason: &str,
 ) -> Result<Entry, PublishError> {
-    let _guard = lock_lockfile(lockfile_path)?;
+    let _guard = lock_lockfile(lockfile_path).await?;
     let mut lock = Lockfile::load(lockfile_path)?;
     let entry = lock.entries.get(key).cloned().ok_or_else(|| {
         RegistryError::Invalid(format!(

@@ -15,7 +15,8 @@ pub mod unreferenced;
 
 use std::path::Path;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
 
 use crate::catalogue::Arch;
 use crate::model::requirement::job_key;
@@ -100,6 +101,14 @@ impl Db {
     }
 }
 
+/// One arch's build record: when it started, when its state last changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Span {
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub updated: chrono::DateTime<chrono::Utc>,
+    pub state: String,
+}
+
 impl StateStore {
     pub fn open(path: &Path) -> Result<StateStore, StateError> {
         let db = Db::open(
@@ -113,10 +122,12 @@ impl StateStore {
                 log TEXT,
                 updated_at TEXT NOT NULL,
                 kind TEXT,
+                started_at TEXT,
                 PRIMARY KEY (repository, tag, arch)
             );",
         )?;
         db.migrate_add_column("target_state", "kind TEXT")?;
+        db.migrate_add_column("target_state", "started_at TEXT")?;
         Ok(StateStore { db })
     }
 
@@ -130,15 +141,56 @@ impl StateStore {
         self.db
             .conn()
             .execute(
-                "INSERT INTO target_state (repository, tag, arch, state, error, log, updated_at, kind)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                // `started_at`: when the arch last started building; kept
+                // by the states after it, so that a finished build's
+                // record spans its run (`started_at` to `updated_at`).
+                "INSERT INTO target_state (repository, tag, arch, state, error, log, updated_at, kind, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?4 = 'building' THEN ?7 END)
                  ON CONFLICT (repository, tag, arch) DO UPDATE SET
                    state = excluded.state, error = excluded.error, log = excluded.log,
-                   updated_at = excluded.updated_at, kind = excluded.kind",
+                   updated_at = excluded.updated_at, kind = excluded.kind,
+                   started_at = CASE WHEN excluded.state = 'building' THEN excluded.updated_at
+                                     WHEN excluded.state = 'queued' THEN NULL
+                                     ELSE target_state.started_at END",
                 params![id.repository, id.tag, arch.as_str(), state.name(), error, log, chrono::Utc::now().to_rfc3339(), kind],
             )
             .map_err(self.db.err())?;
         Ok(())
+    }
+
+    /// When `arch` of `id` last started building and when its state last
+    /// changed (its end, once it succeeded or failed), with that state.
+    pub fn span(&self, id: &TagId, arch: Arch) -> Result<Option<Span>, StateError> {
+        let err = self.db.err();
+        let row = self
+            .db
+            .conn()
+            .query_row(
+                "SELECT started_at, updated_at, state FROM target_state
+                 WHERE repository = ?1 AND tag = ?2 AND arch = ?3",
+                params![id.repository, id.tag, arch.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(&err)?;
+        let time = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.to_utc())
+        };
+        Ok(row.and_then(|(started, updated, state)| {
+            Some(Span {
+                started: time(started.as_deref()?)?,
+                updated: time(&updated)?,
+                state,
+            })
+        }))
     }
 
     /// States the gate should know about (succeeded ones are in the lockfile).
@@ -218,6 +270,29 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_finished_build_keeps_when_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateStore::open(&dir.path().join("kiln.db")).unwrap();
+        let t = TagId::new("kiln/opam", "t");
+        s.set(&t, Arch::Amd64, &ArchState::Queued).unwrap();
+        assert_eq!(
+            s.span(&t, Arch::Amd64).unwrap(),
+            None,
+            "queued: not started"
+        );
+        s.set(&t, Arch::Amd64, &ArchState::Building).unwrap();
+        let building = s.span(&t, Arch::Amd64).unwrap().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.set(&t, Arch::Amd64, &ArchState::Succeeded).unwrap();
+        let done = s.span(&t, Arch::Amd64).unwrap().unwrap();
+        assert_eq!(done.started, building.started);
+        assert!(done.updated > done.started, "{done:?}");
+        assert_eq!(done.state, "succeeded");
+        s.set(&t, Arch::Amd64, &ArchState::Queued).unwrap();
+        assert_eq!(s.span(&t, Arch::Amd64).unwrap(), None, "queued again");
     }
 
     #[test]
