@@ -136,6 +136,17 @@ pub async fn run(
     progress(Event::Planned {
         arch_builds: groups.values().map(Vec::len).sum(),
     });
+    // The plan's parents, each asked once and all at once (a no-op round
+    // is then local work and reconciliation's HEADs).
+    let pairs = targets.iter().filter_map(|t| {
+        let platform = crate::registry::index::Platform::for_arch(&t.platform, t.arch);
+        Some((t.parent.clone()?, platform))
+    });
+    run.parents
+        .lock()
+        .await
+        .resolve_all(config, pairs, config.registry.concurrency)
+        .await;
     // Tags run concurrently, critical path first (`schedule`); each
     // host's slots bound the builds, a failed tag holds no other back.
     let slots: usize = targets

@@ -199,6 +199,27 @@ fn unreachable_cause(host: &str) -> Option<String> {
     }
 }
 
+/// Ask `reference`'s registry (unless its host is marked unreachable):
+/// the host asked, and its answer.
+async fn ask(
+    config: &Config,
+    reference: &str,
+    platform: &Platform,
+) -> (String, Result<(String, String), PrepareError>) {
+    let host = parse_parent(reference)
+        .map(|r| registry_location(&r).0)
+        .unwrap_or_default();
+    let result = match unreachable_cause(&host) {
+        Some(cause) => Err(PrepareError::Unreachable {
+            reference: reference.to_string(),
+            host: host.clone(),
+            cause,
+        }),
+        None => resolve_parent(config, reference, platform).await,
+    };
+    (host, result)
+}
+
 /// Parent resolution for one run: what was resolved, and the remembered
 /// digests in the state database to fall back on when an upstream host
 /// does not answer.
@@ -236,17 +257,58 @@ impl ParentCache {
         if let Some(x) = self.resolved.get(&key) {
             return Ok(x.clone());
         }
-        let host = parse_parent(reference)
-            .map(|r| registry_location(&r).0)
-            .unwrap_or_default();
-        let result = match unreachable_cause(&host) {
-            Some(cause) => Err(PrepareError::Unreachable {
-                reference: reference.to_string(),
-                host: host.clone(),
-                cause,
-            }),
-            None => resolve_parent(config, reference, platform).await,
-        };
+        let (host, result) = ask(config, reference, platform).await;
+        self.settle(key, reference, platform, &host, result)
+    }
+
+    /// Resolve every `(reference, platform)` not known yet, `concurrency`
+    /// at a time: a run's many targets share few parents, each asked once
+    /// and all at once, before any target prepares. What fails here is
+    /// not kept: the target that names it fails with it when it prepares
+    /// (at once, for a host just marked unreachable).
+    pub async fn resolve_all(
+        &mut self,
+        config: &Config,
+        pairs: impl IntoIterator<Item = (String, Platform)>,
+        concurrency: usize,
+    ) {
+        let todo: BTreeMap<String, (String, Platform)> = pairs
+            .into_iter()
+            .map(|(r, p)| (format!("{r} {p}"), (r, p)))
+            .filter(|(k, _)| !self.resolved.contains_key(k))
+            .collect();
+        let asks: Vec<futures_util::future::BoxFuture<'_, _>> = todo
+            .into_iter()
+            .map(|(key, (r, p))| -> futures_util::future::BoxFuture<'_, _> {
+                Box::pin(async move {
+                    let (host, result) = ask(config, &r, &p).await;
+                    (key, r, p, host, result)
+                })
+            })
+            .collect();
+        let answers: Vec<_> =
+            futures_util::StreamExt::collect(futures_util::StreamExt::buffer_unordered(
+                futures_util::stream::iter(asks),
+                concurrency.max(1),
+            ))
+            .await;
+        for (key, r, p, host, result) in answers {
+            if let Err(e) = self.settle(key, &r, &p, &host, result) {
+                tracing::debug!(parent = %r, platform = %p, error = %e, "resolving a parent ahead of its targets");
+            }
+        }
+    }
+
+    /// Keep what the upstream answered (remembered in the state database),
+    /// or fall back to the remembered digest when it did not answer.
+    fn settle(
+        &mut self,
+        key: String,
+        reference: &str,
+        platform: &Platform,
+        host: &str,
+        result: Result<(String, String), PrepareError>,
+    ) -> Result<(String, String), PrepareError> {
         let x = match result {
             Ok(x) => {
                 if let Some(s) = &self.store
@@ -257,7 +319,7 @@ impl ParentCache {
                 x
             }
             Err(e) if e.kind() == FailureKind::Infra => {
-                self.fall_back(reference, platform, &host, e)?
+                self.fall_back(reference, platform, host, e)?
             }
             Err(e) => return Err(e),
         };
@@ -274,7 +336,9 @@ impl ParentCache {
         host: &str,
         e: PrepareError,
     ) -> Result<(String, String), PrepareError> {
-        if !matches!(e, PrepareError::Unreachable { .. }) {
+        // Said once per host, though several parents asked at once (see
+        // `resolve_all`) may all find it unreachable.
+        if !matches!(e, PrepareError::Unreachable { .. }) && unreachable_cause(host).is_none() {
             tracing::warn!(%host, error = %e, "upstream registry unreachable: not asked again for {}s; parents from it use their last known digest", UNREACHABLE_FOR.as_secs());
             let cause = match &e {
                 PrepareError::Parent { source, .. } => source.to_string(),
