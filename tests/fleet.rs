@@ -112,3 +112,64 @@ fn the_default_configuration_is_this_machine_and_says_what_it_cannot_build() {
         "{missing:?}"
     );
 }
+
+/// `kiln plan --estimate --json` with `toml`: the simulated round.
+fn estimate(toml: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fleet.toml");
+    let r = root().display();
+    std::fs::write(
+        &file,
+        format!(
+            "versions_dir = \"{r}/versions\"\nplatforms_dir = \"{r}/platforms\"\nstate_dir = \"{d}/state\"\n[database]\npath = \"{d}/state/kiln.db\"\n{toml}",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .arg("--config")
+        .arg(&file)
+        .args(["plan", "--estimate", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_example_fleet_builds_a_production_round_within_a_day_and_names_its_bottleneck() {
+    let e = estimate(&fleet());
+    assert_eq!(e["unroutable"], 0, "{e:#}");
+    let builds = e["builds"].as_u64().unwrap();
+    assert!(builds > 500, "{e:#}");
+    let hours = e["makespan_secs"].as_f64().unwrap() / 3600.0;
+    assert!(hours > 1.0 && hours < 24.0, "{hours} h: {e:#}");
+    // The host that ends the round is the riscv64 builder, the slowest
+    // arch with the fewest slots; its kind is the bottleneck.
+    let hosts = e["hosts"].as_object().unwrap();
+    let (last, h) = hosts
+        .iter()
+        .max_by(|a, b| {
+            a.1["last_end_secs"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b.1["last_end_secs"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(last, "riscv64", "{e:#}");
+    assert_eq!(e["bottleneck"], h["kind"]);
+    // Halving that host's slots makes the round longer.
+    let slower = estimate(&fleet().replacen(
+        "arch = \"riscv64\"\nconcurrency = 2",
+        "arch = \"riscv64\"\nconcurrency = 1",
+        1,
+    ));
+    assert!(
+        slower["makespan_secs"].as_f64().unwrap() > e["makespan_secs"].as_f64().unwrap(),
+        "{slower:#}"
+    );
+}

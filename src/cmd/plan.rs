@@ -31,6 +31,12 @@ pub struct Args {
     /// nothing is resolved, no network is used.
     #[arg(long, conflicts_with = "keys")]
     render: bool,
+    /// Simulate one full round of the selected targets on the configured
+    /// fleet (critical path first, the opam stage cached per host): the
+    /// makespan, the bottleneck host kind, each host's load and the bytes
+    /// that cross this machine.
+    #[arg(long, conflicts_with_all = ["keys", "render"])]
+    estimate: bool,
     #[arg(long)]
     json: bool,
 }
@@ -42,6 +48,9 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     let targets = plan::expand(&cat, &filter)?;
     if args.render {
         return render(&targets, args.json);
+    }
+    if args.estimate {
+        return estimate(&config, &targets, args.json);
     }
     let totals = plan::totals(&targets);
     let tags = plan::tags(&targets, &config.registry.namespace);
@@ -86,6 +95,53 @@ pub fn run(sources: &Sources, args: Args) -> Result<ExitCode> {
     print_gate(&reqs);
     print_totals(&totals, &reqs);
     print_traffic(&traffic, &config.registry.url);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln plan --estimate`.
+fn estimate(config: &Config, targets: &[Target], json: bool) -> Result<ExitCode> {
+    let costs = kiln::pipeline::simulate::Costs::default();
+    let e = kiln::pipeline::simulate::simulate(config, targets, &costs, true);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&e)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let hours = |s: f64| s / 3600.0;
+    let last = e
+        .hosts
+        .iter()
+        .max_by(|a, b| a.1.last_end_secs.total_cmp(&b.1.last_end_secs))
+        .map(|(n, _)| n.as_str())
+        .unwrap_or("none");
+    println!(
+        "one round of {} builds on {} hosts: {:.1} h (bottleneck: {} host {last}); {:.1} GiB cross this machine",
+        e.builds,
+        e.hosts.len(),
+        hours(e.makespan_secs),
+        e.bottleneck,
+        e.bytes as f64 / f64::from(1u32 << 30)
+    );
+    if e.unroutable > 0 {
+        println!(
+            "  {} targets no configured host builds (left out)",
+            e.unroutable
+        );
+    }
+    for (name, h) in &e.hosts {
+        let used = if e.makespan_secs > 0.0 {
+            100.0 * h.busy_secs / (h.slots as f64 * e.makespan_secs)
+        } else {
+            0.0
+        };
+        println!(
+            "  {name} ({}, {} slots): busy {:.1} h, {used:.0}% of the round, done at {:.1} h",
+            h.kind,
+            h.slots,
+            hours(h.busy_secs),
+            hours(h.last_end_secs)
+        );
+    }
+    println!("costs: {}", e.costs.source);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,6 +26,7 @@ pub mod keys;
 pub mod rebuild;
 pub mod report;
 pub mod schedule;
+pub mod simulate;
 pub mod sources;
 mod tag;
 

@@ -331,7 +331,9 @@ fn ipv4_gateway(gateway: Option<&str>, subnet: Option<&str>) -> Option<std::net:
     Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1))
 }
 
-fn serves(h: &DockerHost, t: &Target) -> bool {
+/// Whether host `h` can build `t` (its OS, its arch natively or emulated,
+/// a Windows release it runs).
+pub(crate) fn serves(h: &DockerHost, t: &Target) -> bool {
     h.os == t.platform
         && (t.arch == h.arch || h.emulate.iter().any(|e| t.arch == *e))
         && h.runs_os_version(t.os_version.as_deref())
