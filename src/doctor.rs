@@ -251,6 +251,21 @@ async fn check_engine(
         }
         _ => String::new(),
     };
+    // What the layer cache holds against the host's budget.
+    let cache = match crate::builders::docker::cache::usage(&engine).await {
+        Ok(u) => {
+            let human = crate::builders::inventory::human;
+            let budget = (host.cache_budget_gib * f64::from(1u32 << 30)) as u64;
+            format!(
+                ", layer cache {} of {} ({} steps)",
+                human(u.bytes),
+                human(budget),
+                u.steps
+            )
+        }
+        Err(e) => format!(", layer cache unknown: {e}"),
+    };
+    let disk = format!("{disk}{cache}");
     match tokio::time::timeout(Duration::from_secs(10), engine.docker.version()).await {
         Ok(Ok(v)) => ok(
             &component,
@@ -549,6 +564,7 @@ mod tests {
             arch: "amd64".into(),
             emulate: vec![],
             concurrency: 1,
+            cache_budget_gib: 50.0,
             sources_address: None,
             ssh_config: None,
             os_version: Some("10.0.20348".into()),

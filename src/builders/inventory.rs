@@ -254,3 +254,19 @@ pub async fn collect(builders: &Builders, lock: &Lockfile) -> Inventory {
         hosts: reports.into_iter().flatten().collect(),
     }
 }
+
+/// `bytes` for people: `24.0 MiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

@@ -36,7 +36,10 @@ fn print_text(inv: &Inventory) {
     for h in &inv.hosts {
         println!("{}", host_line(h));
         for item in &h.holds {
-            let size = item.bytes.map(human).unwrap_or_else(|| "?".into());
+            let size = item
+                .bytes
+                .map(kiln::builders::inventory::human)
+                .unwrap_or_else(|| "?".into());
             let digest = item.digest.as_deref().unwrap_or("");
             println!(
                 "    {:<14} {}  {size}  {}  {}{}",
@@ -79,22 +82,10 @@ fn host_line(h: &HostReport) -> String {
         line.push_str(&format!("; pool {} {} ({} free)", p.name, p.size, p.free));
     }
     if let Some(b) = h.engine_cache_bytes {
-        line.push_str(&format!("; engine cache {}", human(b)));
+        line.push_str(&format!(
+            "; engine cache {}",
+            kiln::builders::inventory::human(b)
+        ));
     }
     line
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }

@@ -7,9 +7,21 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Docker {
     pub hosts: Vec<DockerHost>,
+    /// A cached build step younger than this is never pruned (a build in
+    /// flight on the host, from any Kiln process, may need it next).
+    #[serde(default = "cache_min_age_secs")]
+    pub cache_min_age_secs: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+fn cache_min_age_secs() -> u64 {
+    3600
+}
+
+fn cache_budget_gib() -> f64 {
+    50.0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DockerHost {
     pub name: String,
@@ -23,6 +35,11 @@ pub struct DockerHost {
     pub emulate: Vec<String>,
     #[serde(default = "one")]
     pub concurrency: usize,
+    /// What the engine's layer cache (the steps of published builds) may
+    /// hold, in GiB; past it, the oldest steps nothing builds on are
+    /// pruned after each build (`builders/docker/cache.rs`).
+    #[serde(default = "cache_budget_gib")]
+    pub cache_budget_gib: f64,
     /// The address of this machine the host's build containers reach,
     /// where a build's source proxy listens (default for a `unix://`
     /// engine: its default bridge's gateway, e.g. 172.17.0.1). Needed for
@@ -225,6 +242,7 @@ mod tests {
             arch: "amd64".into(),
             emulate: vec![],
             concurrency: 1,
+            cache_budget_gib: 50.0,
             sources_address: Some("10.0.0.1".into()),
             ssh_config: None,
             os_version: Some(os_version.into()),

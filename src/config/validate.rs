@@ -68,6 +68,12 @@ fn validate_docker_host(i: usize, h: &DockerHost) -> Result<(), String> {
             h.name
         ));
     }
+    if !(h.cache_budget_gib.is_finite() && h.cache_budget_gib >= 0.0) {
+        return Err(format!(
+            "docker.hosts[{i}] ({}): cache_budget_gib = {}, expected a size in GiB, 0 or more",
+            h.name, h.cache_budget_gib
+        ));
+    }
     if h.os == "windows" {
         match h.os_version.as_deref() {
             None => {

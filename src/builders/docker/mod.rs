@@ -32,6 +32,7 @@ use crate::model::FailureKind;
 pub const SOURCES_URL: &str = "@KILN_SOURCES_URL@";
 
 pub mod builder;
+pub mod cache;
 pub mod compare;
 mod export;
 pub mod layer;
