@@ -9,9 +9,9 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `kiln config --check --json` on `toml` (written beside nothing: the
-/// catalogue paths are the repository's), its exit code and answer.
-fn check(toml: &str) -> (Option<i32>, serde_json::Value) {
+/// `kiln <args>` with `toml` as its configuration (written beside
+/// nothing: the catalogue paths are the repository's).
+fn kiln_with(toml: &str, args: &[&str]) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fleet.toml");
     let r = root().display();
@@ -23,12 +23,17 @@ fn check(toml: &str) -> (Option<i32>, serde_json::Value) {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("--config")
         .arg(&file)
-        .args(["config", "--check", "--json"])
+        .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `kiln config --check --json` on `toml`: its exit code and answer.
+fn check(toml: &str) -> (Option<i32>, serde_json::Value) {
+    let out = kiln_with(toml, &["config", "--check", "--json"]);
     let json = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "{e}: {}{}",
@@ -115,23 +120,7 @@ fn the_default_configuration_is_this_machine_and_says_what_it_cannot_build() {
 
 /// `kiln plan --estimate --json` with `toml`: the simulated round.
 fn estimate(toml: &str) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("fleet.toml");
-    let r = root().display();
-    std::fs::write(
-        &file,
-        format!(
-            "versions_dir = \"{r}/versions\"\nplatforms_dir = \"{r}/platforms\"\nstate_dir = \"{d}/state\"\n[database]\npath = \"{d}/state/kiln.db\"\n{toml}",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .arg("--config")
-        .arg(&file)
-        .args(["plan", "--estimate", "--json"])
-        .output()
-        .unwrap();
+    let out = kiln_with(toml, &["plan", "--estimate", "--json"]);
     assert!(
         out.status.success(),
         "{}",

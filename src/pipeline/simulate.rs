@@ -343,40 +343,21 @@ mod tests {
             .max_by(|a, b| a.1.last_end_secs.total_cmp(&b.1.last_end_secs))
             .map(|(n, _)| n.clone())
             .unwrap();
+        fn twin<T: Clone>(hosts: &mut Vec<T>, name: fn(&mut T) -> &mut String, of: &str) {
+            let mut found = None;
+            for h in hosts.iter_mut() {
+                if name(h) == of {
+                    found = Some(h.clone());
+                }
+            }
+            let mut h = found.unwrap();
+            name(&mut h).push_str("-twin");
+            hosts.push(h);
+        }
         match kind.as_str() {
-            "docker" => {
-                let mut h = c
-                    .docker
-                    .hosts
-                    .iter()
-                    .find(|h| h.name == slowest)
-                    .unwrap()
-                    .clone();
-                h.name.push_str("-twin");
-                c.docker.hosts.push(h);
-            }
-            "zfs" => {
-                let mut h = c
-                    .zfs
-                    .hosts
-                    .iter()
-                    .find(|h| h.name == slowest)
-                    .unwrap()
-                    .clone();
-                h.name.push_str("-twin");
-                c.zfs.hosts.push(h);
-            }
-            _ => {
-                let mut h = c
-                    .qemu
-                    .hosts
-                    .iter()
-                    .find(|h| h.name == slowest)
-                    .unwrap()
-                    .clone();
-                h.name.push_str("-twin");
-                c.qemu.hosts.push(h);
-            }
+            "docker" => twin(&mut c.docker.hosts, |h| &mut h.name, &slowest),
+            "zfs" => twin(&mut c.zfs.hosts, |h| &mut h.name, &slowest),
+            _ => twin(&mut c.qemu.hosts, |h| &mut h.name, &slowest),
         }
         let after = simulate(&c, &ts, &Costs::default(), true);
         assert!(

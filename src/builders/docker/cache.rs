@@ -48,22 +48,27 @@ pub struct CacheUse {
     pub freed: u64,
 }
 
-/// The untagged images of the engine (the build steps), by id.
-async fn steps(engine: &Engine) -> Result<BTreeMap<String, Step>, bollard::errors::Error> {
-    let all = engine
+/// Every image of the engine, intermediate ones included.
+async fn all_images(
+    engine: &Engine,
+) -> Result<Vec<bollard::models::ImageSummary>, bollard::errors::Error> {
+    engine
         .docker
         .list_images(Some(ListImagesOptions {
             all: true,
             ..Default::default()
         }))
-        .await?;
+        .await
+}
+
+/// The untagged images among `all` (the build steps), by id.
+fn steps(all: &[bollard::models::ImageSummary]) -> BTreeMap<String, Step> {
     let sizes: BTreeMap<&str, i64> = all.iter().map(|i| (i.id.as_str(), i.size)).collect();
     let untagged = |i: &bollard::models::ImageSummary| {
         i.repo_tags.iter().all(|t| t == "<none>:<none>")
             && i.repo_digests.iter().all(|d| d == "<none>@<none>")
     };
-    Ok(all
-        .iter()
+    all.iter()
         .filter(|i| untagged(i))
         .map(|i| {
             let parent = sizes.get(i.parent_id.as_str()).copied().unwrap_or(0);
@@ -74,12 +79,12 @@ async fn steps(engine: &Engine) -> Result<BTreeMap<String, Step>, bollard::error
             };
             (i.id.clone(), step)
         })
-        .collect())
+        .collect()
 }
 
 /// What the cache holds now.
 pub async fn usage(engine: &Engine) -> Result<CacheUse, bollard::errors::Error> {
-    let s = steps(engine).await?;
+    let s = steps(&all_images(engine).await?);
     Ok(CacheUse {
         steps: s.len(),
         bytes: s.values().map(|x| x.own).sum(),
@@ -110,7 +115,8 @@ pub async fn keep_within(
 ) -> Result<CacheUse, bollard::errors::Error> {
     let lock = host_lock(&engine.name);
     let _one = lock.lock().await;
-    let mut steps = steps(engine).await?;
+    let all = all_images(engine).await?;
+    let mut steps = steps(&all);
     let mut bytes: u64 = steps.values().map(|s| s.own).sum();
     let mut out = CacheUse {
         steps: steps.len(),
@@ -121,13 +127,6 @@ pub async fn keep_within(
         return Ok(out);
     }
     // Images something builds on: any image's parent (tagged ones too).
-    let all = engine
-        .docker
-        .list_images(Some(ListImagesOptions {
-            all: true,
-            ..Default::default()
-        }))
-        .await?;
     let mut children: BTreeMap<String, usize> = BTreeMap::new();
     for i in &all {
         *children.entry(i.parent_id.clone()).or_default() += 1;
