@@ -167,13 +167,11 @@ impl DockerBuilder {
                 r.close().await;
             }
             // The steps it left as the layer cache, within the host's
-            // budget (a failed build left none).
-            if built.is_ok() {
-                let budget = (host.cache_budget_gib * f64::from(1u32 << 30)) as u64;
-                let min_age = self.config.docker.cache_min_age_secs;
-                if let Err(e) = super::cache::keep_within(engine, budget, min_age).await {
-                    tracing::warn!(host = %host.name, error = %e, "keeping the layer cache within its budget");
-                }
+            // budget.
+            let budget = (host.cache_budget_gib * f64::from(1u32 << 30)) as u64;
+            let min_age = self.config.docker.cache_min_age_secs;
+            if let Err(e) = super::cache::keep_within(engine, budget, min_age).await {
+                tracing::warn!(host = %host.name, error = %e, "keeping the layer cache within its budget");
             }
             let e = match built {
                 Ok(done) => return Ok(done),

@@ -377,10 +377,9 @@ pub async fn build(
         })
     }
     .await;
-    // A published build's steps stay as the engine's layer cache (its
-    // parents are not pruned with its tag): the next build sharing them
-    // reuses them. A failed build's go.
-    cleanup.keep_cache = result.is_ok();
+    // The build's steps stay as the engine's layer cache (its parents
+    // are not pruned with its tag): the next build sharing them reuses
+    // them, and the host's cache budget bounds them (`cache.rs`).
     cleanup.run().await;
     result
 }

@@ -18,9 +18,6 @@ pub(super) struct Cleanup<'a> {
     /// The container of the build step running now (the engine removes
     /// it when the step ends; only a dropped build removes it here).
     pub(super) step: Option<String>,
-    /// Remove the images' tags but keep their untagged parents (the
-    /// steps of a published build: the engine's layer cache).
-    pub(super) keep_cache: bool,
 }
 
 impl Drop for Cleanup<'_> {
@@ -35,19 +32,18 @@ impl Drop for Cleanup<'_> {
         containers.extend(self.step.take());
         let images = std::mem::take(&mut self.images);
         crate::process::cleanup_later("smoke containers and local build images", async move {
-            remove(&docker, containers, images, false).await;
+            remove(&docker, containers, images).await;
         });
     }
 }
 
-/// Force-remove containers, then images (and their untagged parents,
-/// unless `keep_cache`).
-async fn remove(
-    docker: &bollard::Docker,
-    containers: Vec<String>,
-    images: Vec<String>,
-    keep_cache: bool,
-) {
+/// Force-remove containers, then images: their tags, never their
+/// untagged parents. Those are build steps, possibly shared: another
+/// build may have just taken one from the cache and be about to run its
+/// next step on it, so removing it under that build fails the build
+/// ("failed to get digest"). The layer cache's budget prunes them, old
+/// ones only (`cache.rs`).
+async fn remove(docker: &bollard::Docker, containers: Vec<String>, images: Vec<String>) {
     for c in containers {
         let _ = docker
             .remove_container(
@@ -63,7 +59,7 @@ async fn remove(
                 Some(
                     RemoveImageOptionsBuilder::default()
                         .force(true)
-                        .noprune(keep_cache)
+                        .noprune(true)
                         .build(),
                 ),
                 None,
@@ -80,7 +76,6 @@ impl<'a> Cleanup<'a> {
             images: vec![],
             containers: vec![],
             step: None,
-            keep_cache: false,
         }
     }
 
@@ -88,7 +83,7 @@ impl<'a> Cleanup<'a> {
         let containers = std::mem::take(&mut self.containers);
         let images = std::mem::take(&mut self.images);
         self.step = None;
-        remove(&self.engine.docker, containers, images, self.keep_cache).await;
+        remove(&self.engine.docker, containers, images).await;
     }
 }
 
@@ -171,7 +166,12 @@ pub async fn sweep_orphans(engine: &Engine) -> Result<(usize, usize), bollard::e
                 .docker
                 .remove_image(
                     tag,
-                    Some(RemoveImageOptionsBuilder::default().force(true).build()),
+                    Some(
+                        RemoveImageOptionsBuilder::default()
+                            .force(true)
+                            .noprune(true)
+                            .build(),
+                    ),
                     None,
                 )
                 .await;
