@@ -120,11 +120,11 @@ pub struct HostLoad {
     pub last_end_secs: f64,
 }
 
-/// The fleet's hosts that can build `t`: index and speed factor.
-fn candidates(config: &Config, hosts: &[Host], t: &Target) -> Vec<(usize, f64)> {
+/// The fleet's hosts that can build `t`: index, and whether natively.
+fn candidates(config: &Config, hosts: &[Host], t: &Target) -> Vec<(usize, bool)> {
     let mut out = Vec::new();
     for (i, h) in hosts.iter().enumerate() {
-        let factor = match (h.kind, t.builder) {
+        let native = match (h.kind, t.builder) {
             ("docker", BuilderKind::Docker) => {
                 let Some(d) = config.docker.hosts.iter().find(|d| d.name == h.name) else {
                     continue;
@@ -132,11 +132,7 @@ fn candidates(config: &Config, hosts: &[Host], t: &Target) -> Vec<(usize, f64)> 
                 if !crate::builders::docker::builder::serves(d, t) {
                     continue;
                 }
-                if d.arch == t.arch.as_str() {
-                    1.0
-                } else {
-                    f64::NAN
-                }
+                d.arch == t.arch.as_str()
             }
             ("zfs", BuilderKind::Zfs) => {
                 let ok = config.zfs.hosts.iter().any(|z| {
@@ -147,12 +143,12 @@ fn candidates(config: &Config, hosts: &[Host], t: &Target) -> Vec<(usize, f64)> 
                 if !ok {
                     continue;
                 }
-                1.0
+                true
             }
-            ("qemu", BuilderKind::Qemu) if t.arch == Arch::Amd64 => 1.0,
+            ("qemu", BuilderKind::Qemu) if t.arch == Arch::Amd64 => true,
             _ => continue,
         };
-        out.push((i, factor));
+        out.push((i, native));
     }
     out
 }
@@ -203,7 +199,7 @@ pub fn simulate(
             let arch = costs.arch.get(&t.arch).copied().unwrap_or(1.0);
             let mut best: Option<(f64, usize, usize, f64, bool)> = None;
             for (i, native) in candidates(config, &hosts, t) {
-                let speed = if native.is_nan() {
+                let speed = if !native {
                     arch * costs.emulation
                 } else {
                     arch
